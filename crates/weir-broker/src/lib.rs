@@ -1,0 +1,293 @@
+//! Weir's embedded broker: a Kafka-API broker ([tansu]) served from our own
+//! tokio runtime, so `weir` needs no separate Kafka install.
+//!
+//! When no brokers are configured, `weir` starts one of these in-process —
+//! durable (SQLite) under the state directory for the demo and the CLI,
+//! in memory for tests — and talks to it through the ordinary Kafka client,
+//! exactly as it would talk to Apache Kafka. `weir broker` runs one on its
+//! own for other clients.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), weir_broker::BrokerError> {
+//! use weir_broker::{EmbeddedBroker, Storage};
+//! let broker = EmbeddedBroker::start_on_free_port(Storage::Memory).await?;
+//! println!("bootstrap.servers={}", broker.bootstrap_servers());
+//! broker.stop().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Why tansu 0.6.0 and not its renamed successor nisshi 0.8.1: nisshi adds
+//! Kafka transactions and fixes several panics, but it depends on `rama`
+//! 0.4, which needs Rust 1.96, and the toolchain here is 1.95. Weir does not
+//! rely on transactions (exactly-once is state and offsets in one RocksDB
+//! write plus idempotent keyed outputs), and it avoids the requests that
+//! tansu 0.6.0 does not implement (`DeleteRecords`, incremental config
+//! append/subtract). Moving to nisshi is a one-crate change.
+//!
+//! [tansu]: https://github.com/tansu-io/tansu
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use tansu_broker::broker::Broker;
+use tansu_broker::coordinator::group::administrator::Controller;
+use tansu_storage::StorageContainer;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use url::Url;
+
+/// Where the broker keeps its data.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// In memory: gone when the broker stops (tests).
+    Memory,
+    /// A SQLite database file: survives restarts (demo, CLI).
+    Sqlite(PathBuf),
+}
+
+/// Errors starting the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The address is taken, or the storage cannot be opened.
+    #[error("cannot start the embedded broker on {address}: {message}")]
+    Start {
+        /// Listener address.
+        address: SocketAddr,
+        /// What went wrong.
+        message: String,
+    },
+    /// The broker did not accept connections in time.
+    #[error("the embedded broker on {0} did not start listening within 10 s")]
+    NotListening(SocketAddr),
+    /// The SQLite path cannot be expressed for the broker.
+    #[error("{0}")]
+    StoragePath(String),
+}
+
+/// A running in-process broker. Stops when [`EmbeddedBroker::stop`] is called
+/// or when dropped.
+#[derive(Debug)]
+pub struct EmbeddedBroker {
+    address: SocketAddr,
+    storage: Storage,
+    task: Option<JoinHandle<()>>,
+}
+
+impl EmbeddedBroker {
+    /// Starts a broker listening on `address`.
+    pub async fn start(address: SocketAddr, storage: Storage) -> Result<Self, BrokerError> {
+        let start_error = |message: String| BrokerError::Start { address, message };
+        // The broker binds inside its task; check the port first so that a
+        // taken port is an error here and not a log line there.
+        TcpListener::bind(address).map_err(|e| start_error(e.to_string()))?;
+        let listener = Url::parse(&format!("tcp://{address}")).expect("a socket address is a URL");
+        let storage_url = storage_url(&storage)?;
+        // A broker that just stopped on the same SQLite file may still be
+        // letting go of it (its tasks are dropped asynchronously): retry.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let broker = loop {
+            let built = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
+                .node_id(111)
+                .cluster_id("weir")
+                .incarnation_id(uuid::Uuid::new_v4())
+                .advertised_listener(listener.clone())
+                .listener(listener.clone())
+                .storage(storage_url.clone())
+                .schema_registry(None)
+                .silent(true)
+                .build()
+                .await;
+            match built {
+                Ok(broker) => break broker,
+                Err(error)
+                    if format!("{error:?}").contains("database is locked")
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(error) => return Err(start_error(format!("{error:?}"))),
+            }
+        };
+        let task = tokio::spawn(async move {
+            let mut broker = broker;
+            if let Err(error) = broker.serve(Instant::now()).await {
+                tracing::error!(?error, "embedded broker stopped");
+            }
+        });
+        let broker = Self {
+            address,
+            storage,
+            task: Some(task),
+        };
+        broker.wait_listening().await?;
+        tracing::info!(%address, storage = ?broker.storage, "embedded broker started");
+        Ok(broker)
+    }
+
+    /// Starts a broker on a free port of 127.0.0.1 (tests, throw-away runs).
+    pub async fn start_on_free_port(storage: Storage) -> Result<Self, BrokerError> {
+        let mut last = None;
+        // Another process may take the port between our probe and the
+        // broker's bind: try a few.
+        for _ in 0..5 {
+            let address = free_local_address().map_err(|e| BrokerError::Start {
+                address: SocketAddr::from(([127, 0, 0, 1], 0)),
+                message: e.to_string(),
+            })?;
+            match Self::start(address, storage.clone()).await {
+                Ok(broker) => return Ok(broker),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    /// The listener address.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// `bootstrap.servers` for clients.
+    pub fn bootstrap_servers(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// The storage.
+    pub fn storage(&self) -> &Storage {
+        &self.storage
+    }
+
+    /// Stops the broker and waits until its listener and storage are released.
+    pub async fn stop(mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+            let _ = task.await;
+        }
+        // Connections close with the aborted task set; give the port back.
+        for _ in 0..50 {
+            if TcpListener::bind(self.address).is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::info!(address = %self.address, "embedded broker stopped");
+    }
+
+    async fn wait_listening(&self) -> Result<(), BrokerError> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(self.address).await.is_ok() {
+                return Ok(());
+            }
+            if self.task.as_ref().is_some_and(JoinHandle::is_finished) {
+                return Err(BrokerError::Start {
+                    address: self.address,
+                    message: "the broker task ended at start-up (see the log)".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Err(BrokerError::NotListening(self.address))
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A port of 127.0.0.1 that was free a moment ago.
+pub fn free_local_address() -> std::io::Result<SocketAddr> {
+    TcpListener::bind(("127.0.0.1", 0))?.local_addr()
+}
+
+/// tansu resolves a SQLite URL as *working directory + host + path*, so an
+/// absolute path cannot be given directly: express it relative to the
+/// working directory. The URL's host takes the first component; `..`
+/// components are only allowed there (URL paths drop them).
+fn storage_url(storage: &Storage) -> Result<Url, BrokerError> {
+    let path = match storage {
+        Storage::Memory => return Ok(Url::parse("memory://tansu/").expect("valid URL")),
+        Storage::Sqlite(path) => path,
+    };
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| {
+            BrokerError::StoragePath(format!("cannot create {}: {e}", parent.display()))
+        })?;
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| BrokerError::StoragePath(format!("no working directory: {e}")))?;
+    let relative = relative_to(&cwd, path);
+    let components: Vec<String> = relative
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    let (host, rest) = components
+        .split_first()
+        .ok_or_else(|| BrokerError::StoragePath("empty SQLite path".into()))?;
+    if rest.iter().any(|c| c == "..") || rest.is_empty() {
+        return Err(BrokerError::StoragePath(format!(
+            "the embedded broker's SQLite file {} must be inside the working directory {} \
+             or one level above it (set WEIR_STATE_DIR to a folder there)",
+            path.display(),
+            cwd.display()
+        )));
+    }
+    Url::parse(&format!("sqlite://{host}/{}", rest.join("/")))
+        .map_err(|e| BrokerError::StoragePath(format!("SQLite path {}: {e}", path.display())))
+}
+
+/// `path` relative to `base` (both made absolute against `base`).
+fn relative_to(base: &Path, path: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    };
+    let (base, target) = (normal_components(base), normal_components(&absolute));
+    let common = base.iter().zip(&target).take_while(|(a, b)| a == b).count();
+    let mut relative = PathBuf::new();
+    for _ in common..base.len() {
+        relative.push("..");
+    }
+    for component in &target[common..] {
+        relative.push(component.as_os_str());
+    }
+    relative
+}
+
+fn normal_components(path: &Path) -> Vec<Component<'_>> {
+    path.components()
+        .filter(|c| *c != Component::CurDir)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_paths() {
+        let base = Path::new("/work/main");
+        assert_eq!(
+            relative_to(base, Path::new(".weir/b.db")),
+            PathBuf::from(".weir/b.db")
+        );
+        assert_eq!(
+            relative_to(base, Path::new("/work/main/.weir/b.db")),
+            PathBuf::from(".weir/b.db")
+        );
+        assert_eq!(
+            relative_to(base, Path::new("/work/x/b.db")),
+            PathBuf::from("../x/b.db")
+        );
+        assert_eq!(
+            relative_to(base, Path::new("/tmp/x/b.db")),
+            PathBuf::from("../../tmp/x/b.db")
+        );
+    }
+}

@@ -1,0 +1,122 @@
+//! The embedded broker against the real Kafka client (librdkafka).
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use weir_broker::{EmbeddedBroker, Storage};
+
+async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    let results = admin
+        .create_topics(
+            [&NewTopic::new(name, partitions, TopicReplication::Fixed(1))],
+            &AdminOptions::new(),
+        )
+        .await
+        .unwrap();
+    assert!(results[0].is_ok(), "{results:?}");
+}
+
+async fn produce(bootstrap: &str, topic: &str, count: usize) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    for i in 0..count {
+        let key = format!("k{i}");
+        let value = format!("v{i}");
+        producer
+            .send(
+                FutureRecord::to(topic).key(&key).payload(&value),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+fn read_all(bootstrap: &str, topic: &str, expected: usize) -> Vec<String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut values = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while values.len() < expected && std::time::Instant::now() < deadline {
+        if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+            let message = message.unwrap();
+            values.push(String::from_utf8(message.payload().unwrap().to_vec()).unwrap());
+        }
+    }
+    values.sort();
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_broker_serves_a_kafka_client() {
+    let broker = EmbeddedBroker::start_on_free_port(Storage::Memory)
+        .await
+        .unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    create_topic(&bootstrap, "t", 3).await;
+    produce(&bootstrap, "t", 30).await;
+    let bootstrap2 = bootstrap.clone();
+    let values = tokio::task::spawn_blocking(move || read_all(&bootstrap2, "t", 30))
+        .await
+        .unwrap();
+    assert_eq!(values.len(), 30);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_broker_keeps_data_across_restarts() {
+    // tansu resolves SQLite paths against the working directory: keep the
+    // database in a temporary folder under it.
+    let dir = tempfile::Builder::new()
+        .prefix(".broker-test-")
+        .tempdir_in(".")
+        .unwrap();
+    let storage = Storage::Sqlite(dir.path().join("broker.db"));
+
+    let broker = EmbeddedBroker::start_on_free_port(storage.clone())
+        .await
+        .unwrap();
+    let address = broker.address();
+    create_topic(&broker.bootstrap_servers(), "durable", 2).await;
+    produce(&broker.bootstrap_servers(), "durable", 20).await;
+    broker.stop().await;
+
+    let broker = EmbeddedBroker::start(address, storage).await.unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let values = tokio::task::spawn_blocking(move || read_all(&bootstrap, "durable", 20))
+        .await
+        .unwrap();
+    let mut expected: Vec<String> = (0..20).map(|i| format!("v{i}")).collect();
+    expected.sort();
+    assert_eq!(values, expected);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_port_is_a_clear_error() {
+    let broker = EmbeddedBroker::start_on_free_port(Storage::Memory)
+        .await
+        .unwrap();
+    let error = EmbeddedBroker::start(broker.address(), Storage::Memory)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains(&broker.address().to_string()), "{error}");
+    broker.stop().await;
+}

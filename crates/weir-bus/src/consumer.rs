@@ -1,0 +1,338 @@
+//! Consuming: decoded [`Record`]s, bad ones dead-lettered, offsets committed
+//! by hand.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::codec::{DeadLetterReason, DecodeError, TopicCodec, Value};
+use crate::dead_letter::{DeadLetterCounts, DeadLetters, Source, owned_headers};
+use crate::{Bus, BusError};
+
+/// Where a consumer starts reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartFrom {
+    /// The group's committed offsets; the beginning where none are committed.
+    #[default]
+    Committed,
+    /// The beginning of every partition (no group offsets are used).
+    Beginning,
+    /// The end: only records produced from now on.
+    End,
+}
+
+/// How a [`Consumer`] reads.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerOptions {
+    /// Consumer group. With a group, partitions are balanced across its
+    /// members and [`Consumer::commit`] stores offsets for the group.
+    pub group: Option<String>,
+    /// Where to start.
+    pub start: StartFrom,
+    /// Stop (return `None`) once every partition has been read to its end.
+    /// Needs exactly one topic.
+    pub until_end: bool,
+}
+
+/// A decoded record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Timestamp in milliseconds since the epoch, if the record has one.
+    pub timestamp: Option<i64>,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// The decoded value (`Value::Json(Null)` for a tombstone).
+    pub value: Value,
+}
+
+/// A record as stored, not decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Timestamp in milliseconds since the epoch, if the record has one.
+    pub timestamp: Option<i64>,
+    /// Key bytes.
+    pub key: Option<Vec<u8>>,
+    /// Headers.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Value bytes.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Reads topics; decodes values with each topic's codec; sends records that
+/// fail to the dead-letter topic and moves on.
+pub struct Consumer {
+    inner: Arc<StreamConsumer>,
+    codecs: HashMap<String, TopicCodec>,
+    dead_letters: DeadLetters,
+    max_record_bytes: usize,
+    /// Next offset to commit, per (topic, partition): past everything handed
+    /// out or dead-lettered.
+    positions: HashMap<(String, i32), i64>,
+    until_end: bool,
+    at_end: HashSet<i32>,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("topics", &self.codecs.keys().collect::<Vec<_>>())
+            .field("positions", &self.positions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    pub(crate) fn new(
+        bus: &Bus,
+        topics: &[&str],
+        options: ConsumerOptions,
+    ) -> Result<Self, BusError> {
+        if topics.is_empty() {
+            return Err(BusError::InvalidOption(
+                "a consumer needs at least one topic".into(),
+            ));
+        }
+        if options.until_end && topics.len() != 1 {
+            return Err(BusError::InvalidOption(
+                "reading until the end needs exactly one topic".into(),
+            ));
+        }
+        let group = options
+            .group
+            .clone()
+            .unwrap_or_else(|| format!("weir-reader-{}", crate::registry::uuid_like()));
+        let reset = match options.start {
+            StartFrom::End => "latest",
+            StartFrom::Committed | StartFrom::Beginning => "earliest",
+        };
+        let inner: StreamConsumer = bus
+            .config()
+            .client_config()
+            .set("group.id", &group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", reset)
+            .set(
+                "enable.partition.eof",
+                if options.until_end { "true" } else { "false" },
+            )
+            .create()
+            .map_err(|e| BusError::kafka("creating a consumer", e))?;
+        if options.group.is_some() && options.start != StartFrom::Beginning {
+            inner
+                .subscribe(topics)
+                .map_err(|e| BusError::kafka(format!("subscribing to {topics:?}"), e))?;
+        } else {
+            // No group (or "from the beginning"): read every partition ourselves.
+            let mut assignment = TopicPartitionList::new();
+            for topic in topics {
+                let partitions = partition_count(&inner, topic)?;
+                let offset = match options.start {
+                    StartFrom::End => Offset::End,
+                    _ => Offset::Beginning,
+                };
+                for partition in 0..partitions {
+                    assignment
+                        .add_partition_offset(topic, partition, offset)
+                        .map_err(|e| BusError::kafka("assigning partitions", e))?;
+                }
+            }
+            inner
+                .assign(&assignment)
+                .map_err(|e| BusError::kafka(format!("assigning {topics:?}"), e))?;
+        }
+        let codecs = topics
+            .iter()
+            .map(|topic| (topic.to_string(), bus.codec(topic)))
+            .collect();
+        Ok(Self {
+            inner: Arc::new(inner),
+            codecs,
+            dead_letters: DeadLetters::new(bus.producer()?, bus.admin().clone()),
+            max_record_bytes: bus.config().max_record_bytes,
+            positions: HashMap::new(),
+            until_end: options.until_end,
+            at_end: HashSet::new(),
+        })
+    }
+
+    /// The next good record, decoded. Records that fail go to the
+    /// dead-letter topic on the way. `None` once every partition is read to
+    /// its end, when the consumer was made with `until_end`.
+    pub async fn next(&mut self) -> Result<Option<Record>, BusError> {
+        loop {
+            let inner = self.inner.clone();
+            let message = match self.receive(&inner).await? {
+                Some(message) => message,
+                None => return Ok(None),
+            };
+            let topic = message.topic();
+            let codec = &self.codecs[topic];
+            let payload = message.payload();
+            let decoded = match payload {
+                Some(bytes) if bytes.len() > self.max_record_bytes => Err(DecodeError::new(
+                    DeadLetterReason::Oversized,
+                    format!(
+                        "{} bytes is more than the {} bytes allowed",
+                        bytes.len(),
+                        self.max_record_bytes
+                    ),
+                )),
+                Some(bytes) => codec.decode(bytes).await,
+                None => Ok(Value::Json(serde_json::Value::Null)),
+            };
+            self.positions.insert(
+                (topic.to_string(), message.partition()),
+                message.offset() + 1,
+            );
+            let headers = owned_headers(message.headers());
+            match decoded {
+                Ok(value) => {
+                    return Ok(Some(Record {
+                        topic: topic.to_string(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        timestamp: message.timestamp().to_millis(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        headers,
+                        value,
+                    }));
+                }
+                Err(error) => {
+                    let source = Source {
+                        topic,
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message.key(),
+                        payload,
+                        headers: &headers,
+                    };
+                    self.dead_letters.send(source, &error).await?;
+                }
+            }
+        }
+    }
+
+    /// The next record as stored, without decoding (for dead-letter topics
+    /// and tools that copy bytes).
+    pub async fn next_raw(&mut self) -> Result<Option<RawRecord>, BusError> {
+        let inner = self.inner.clone();
+        let Some(message) = self.receive(&inner).await? else {
+            return Ok(None);
+        };
+        self.positions.insert(
+            (message.topic().to_string(), message.partition()),
+            message.offset() + 1,
+        );
+        Ok(Some(RawRecord {
+            topic: message.topic().to_string(),
+            partition: message.partition(),
+            offset: message.offset(),
+            timestamp: message.timestamp().to_millis(),
+            key: message.key().map(<[u8]>::to_vec),
+            headers: owned_headers(message.headers()),
+            payload: message.payload().map(<[u8]>::to_vec),
+        }))
+    }
+
+    async fn receive<'c>(
+        &mut self,
+        inner: &'c StreamConsumer,
+    ) -> Result<Option<BorrowedMessage<'c>>, BusError> {
+        loop {
+            if self.until_end && self.all_at_end()? {
+                return Ok(None);
+            }
+            match inner.recv().await {
+                Ok(message) => {
+                    self.at_end.remove(&message.partition());
+                    return Ok(Some(message));
+                }
+                Err(KafkaError::PartitionEOF(partition)) => {
+                    self.at_end.insert(partition);
+                }
+                Err(error) => return Err(BusError::kafka("consuming", error)),
+            }
+        }
+    }
+
+    fn all_at_end(&self) -> Result<bool, BusError> {
+        let assignment = self
+            .inner
+            .assignment()
+            .map_err(|e| BusError::kafka("reading the assignment", e))?;
+        let elements = assignment.elements();
+        Ok(!elements.is_empty()
+            && elements
+                .iter()
+                .all(|e| self.at_end.contains(&e.partition())))
+    }
+
+    /// Commits (synchronously) the offsets of everything handed out or
+    /// dead-lettered so far, after the dead letters themselves are stored.
+    pub async fn commit(&mut self) -> Result<(), BusError> {
+        self.dead_letters.settle().await?;
+        if self.positions.is_empty() {
+            return Ok(());
+        }
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.positions {
+            offsets
+                .add_partition_offset(topic, *partition, Offset::Offset(*next))
+                .map_err(|e| BusError::kafka("building the offsets to commit", e))?;
+        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.commit(&offsets, CommitMode::Sync))
+            .await
+            .expect("commit task panicked")
+            .map_err(|e| BusError::kafka("committing offsets", e))
+    }
+
+    /// Waits until every dead letter sent so far is stored.
+    pub async fn settle_dead_letters(&mut self) -> Result<(), BusError> {
+        self.dead_letters.settle().await
+    }
+
+    /// Dead-letter counters of this consumer.
+    pub fn dead_letters(&self) -> Arc<DeadLetterCounts> {
+        self.dead_letters.counts()
+    }
+
+    /// The next offset of each partition read so far.
+    pub fn positions(&self) -> &HashMap<(String, i32), i64> {
+        &self.positions
+    }
+}
+
+fn partition_count(consumer: &StreamConsumer, topic: &str) -> Result<i32, BusError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+        .map_err(|e| BusError::kafka(format!("reading metadata of `{topic}`"), e))?;
+    let count = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map_or(0, |t| t.partitions().len());
+    if count == 0 {
+        return Err(BusError::UnknownTopic(topic.to_string()));
+    }
+    Ok(count as i32)
+}

@@ -1,0 +1,225 @@
+//! Producing: raw bytes with [`Producer`], encoded values with [`Publisher`].
+
+use std::time::Duration;
+
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
+use serde_json::Value as Json;
+
+use crate::codec::{DecodeError, TopicCodec, WireFormat};
+use crate::{BusConfig, BusError};
+
+/// Where a record was written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    /// Partition.
+    pub partition: i32,
+    /// Offset in the partition.
+    pub offset: i64,
+}
+
+/// A record to produce.
+#[derive(Debug)]
+pub struct OutRecord<'a> {
+    /// Topic.
+    pub topic: &'a str,
+    /// Partition; `None` lets the partitioner choose (by key hash when keyed).
+    pub partition: Option<i32>,
+    /// Key.
+    pub key: Option<&'a [u8]>,
+    /// Value bytes.
+    pub payload: &'a [u8],
+    /// Headers.
+    pub headers: Option<OwnedHeaders>,
+}
+
+impl<'a> OutRecord<'a> {
+    /// A record for `topic` with no key.
+    pub fn new(topic: &'a str, payload: &'a [u8]) -> Self {
+        Self {
+            topic,
+            partition: None,
+            key: None,
+            payload,
+            headers: None,
+        }
+    }
+
+    /// Sets the key.
+    pub fn key(mut self, key: &'a [u8]) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Sets the key if there is one.
+    pub fn maybe_key(mut self, key: Option<&'a [u8]>) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// Sends to this partition.
+    pub fn partition(mut self, partition: i32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    /// Sets headers.
+    pub fn headers(mut self, headers: OwnedHeaders) -> Self {
+        self.headers = Some(headers);
+        self
+    }
+}
+
+/// A Kafka producer (idempotent, `acks=all`). Sending is asynchronous:
+/// [`Producer::send`] queues the record and returns a future that resolves
+/// once the broker has it, so callers can keep many records in flight.
+#[derive(Clone)]
+pub struct Producer {
+    inner: FutureProducer,
+}
+
+impl std::fmt::Debug for Producer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Producer").finish_non_exhaustive()
+    }
+}
+
+/// The settings the bus produces with; `weir bench bus` gives the raw
+/// baseline the same ones.
+pub fn producer_config(config: &BusConfig) -> rdkafka::ClientConfig {
+    let mut client = config.client_config();
+    client
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("batch.num.messages", "10000")
+        .set("queue.buffering.max.messages", "200000");
+    // Overrides win over the defaults above.
+    for (key, value) in &config.overrides {
+        client.set(key, value);
+    }
+    client
+}
+
+impl Producer {
+    /// Creates a producer.
+    pub fn new(config: &BusConfig) -> Result<Self, BusError> {
+        let inner = producer_config(config)
+            .create()
+            .map_err(|e| BusError::kafka("creating a producer", e))?;
+        Ok(Self { inner })
+    }
+
+    /// Queues a record; waits only while the local queue is full. The
+    /// returned future resolves when the broker has acknowledged it.
+    pub async fn send(
+        &self,
+        record: OutRecord<'_>,
+    ) -> Result<impl Future<Output = Result<Delivery, BusError>> + use<>, BusError> {
+        let topic = record.topic.to_string();
+        let mut out: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(record.topic).payload(record.payload);
+        if let Some(key) = record.key {
+            out = out.key(key);
+        }
+        if let Some(partition) = record.partition {
+            out = out.partition(partition);
+        }
+        if let Some(headers) = record.headers {
+            out = out.headers(headers);
+        }
+        let future = loop {
+            match self.inner.send_result(out) {
+                Ok(future) => break future,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    out = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((error, _)) => {
+                    return Err(BusError::kafka(format!("producing to `{topic}`"), error));
+                }
+            }
+        };
+        Ok(delivered(topic, future))
+    }
+
+    /// Sends one record and waits for its acknowledgement.
+    pub async fn send_and_wait(&self, record: OutRecord<'_>) -> Result<Delivery, BusError> {
+        self.send(record).await?.await
+    }
+
+    /// Waits until every queued record is acknowledged (or `timeout`).
+    pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
+        self.inner
+            .flush(timeout)
+            .map_err(|e| BusError::kafka("flushing the producer", e))
+    }
+}
+
+async fn delivered(topic: String, future: DeliveryFuture) -> Result<Delivery, BusError> {
+    match future.await {
+        Ok(Ok(delivery)) => Ok(Delivery {
+            partition: delivery.partition,
+            offset: delivery.offset,
+        }),
+        Ok(Err((error, _))) => Err(BusError::kafka(format!("producing to `{topic}`"), error)),
+        Err(_) => Err(BusError::Closed("the producer".into())),
+    }
+}
+
+/// Encodes values with a topic's codec and produces them.
+#[derive(Debug, Clone)]
+pub struct Publisher {
+    producer: Producer,
+    codec: TopicCodec,
+    format: WireFormat,
+}
+
+impl Publisher {
+    pub(crate) fn new(producer: Producer, codec: TopicCodec) -> Self {
+        let format = codec.default_format();
+        Self {
+            producer,
+            codec,
+            format,
+        }
+    }
+
+    /// Writes values in `format` instead of the topic's default.
+    pub fn with_format(mut self, format: WireFormat) -> Self {
+        self.format = format;
+        self
+    }
+
+    /// The topic's codec.
+    pub fn codec(&self) -> &TopicCodec {
+        &self.codec
+    }
+
+    /// The underlying producer (for records that bypass the codec).
+    pub fn producer(&self) -> &Producer {
+        &self.producer
+    }
+
+    /// Checks a JSON value against the topic's schema and encodes it.
+    pub fn encode(&self, value: &Json) -> Result<Vec<u8>, DecodeError> {
+        self.codec.encode_json(value, self.format)
+    }
+
+    /// Queues encoded bytes for the topic (see [`Producer::send`]).
+    pub async fn send(
+        &self,
+        key: Option<&[u8]>,
+        bytes: &[u8],
+    ) -> Result<impl Future<Output = Result<Delivery, BusError>> + use<>, BusError> {
+        self.producer
+            .send(OutRecord::new(self.codec.topic(), bytes).maybe_key(key))
+            .await
+    }
+
+    /// Waits until every queued record is acknowledged.
+    pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
+        self.producer.flush(timeout)
+    }
+}

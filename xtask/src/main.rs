@@ -1,0 +1,363 @@
+//! `cargo xtask`: the project's own set-up and entry points.
+//!
+//! A fresh machine needs nothing but the Rust toolchain and Python 3: every
+//! task first runs the set-up it depends on, and every set-up step is
+//! idempotent and cached under `~/.cache/weir` (outside the work tree, so CI
+//! and later sessions reuse it):
+//!
+//! - system packages the build needs (`libclang-dev` for rocksdb's and
+//!   libsql's bindgen), installed with apt-get when missing;
+//! - the ONNX Runtime shared library, unpacked from the pinned `onnxruntime`
+//!   wheel on PyPI (version: `WEIR_ONNXRUNTIME_VERSION` in `.cargo/config.toml`);
+//! - Python virtual environments (`python/requirements-*.txt`), built only
+//!   for the tasks that need them, keyed by a hash of the requirements file;
+//! - the cargo target directory (`~/.cache/weir/target`).
+//!
+//! This crate uses only `std` so that it builds in seconds before anything
+//! else is installed.
+
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+
+/// Debian packages the workspace needs to build.
+const SYSTEM_PACKAGES: &[&str] = &["libclang-dev"];
+
+const USAGE: &str = "\
+usage: cargo xtask <task> [args]
+
+tasks:
+  setup [--python test|bench]   install what the build and tests need (idempotent)
+  test                          set-up, then fmt, clippy, all tests and doctests (what CI runs)
+  demo [weir demo args]         set-up, then `weir demo`: the end-to-end loop on the embedded broker
+  bench <name> [args]           set-up, then `weir bench <name>` built in release mode
+  weir [args]                   run the `weir` binary (debug build) with the set-up's environment
+  env                           print the environment the tasks pass to cargo and weir
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup_from_args(&args[1..]).map(|_| ()),
+        Some("test") => test(),
+        Some("demo") => demo(&args[1..]),
+        Some("bench") => bench(&args[1..]),
+        Some("weir") => weir(&args[1..]),
+        Some("env") => print_env(),
+        Some("-h" | "--help" | "help") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown task `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+/// Where the set-up keeps everything it downloads or builds.
+fn cache_dir() -> PathBuf {
+    if let Some(dir) = env::var_os("WEIR_CACHE") {
+        return PathBuf::from(dir);
+    }
+    let home = env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    home.join(".cache").join("weir")
+}
+
+fn workspace_root() -> PathBuf {
+    // xtask/ sits at the workspace root.
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives inside the workspace")
+        .to_path_buf()
+}
+
+fn target_dir() -> PathBuf {
+    env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| cache_dir().join("target"))
+}
+
+fn onnxruntime_version() -> String {
+    // Set by `.cargo/config.toml` for everything cargo runs.
+    env::var("WEIR_ONNXRUNTIME_VERSION").unwrap_or_else(|_| "1.32.0".to_string())
+}
+
+fn onnxruntime_library() -> PathBuf {
+    let version = onnxruntime_version();
+    cache_dir()
+        .join("onnxruntime")
+        .join(&version)
+        .join(format!("libonnxruntime.so.{version}"))
+}
+
+/// What the set-up produced, passed on to cargo and to `weir` as variables.
+struct Setup {
+    onnxruntime: PathBuf,
+    python: Option<PathBuf>,
+}
+
+impl Setup {
+    fn apply(&self, command: &mut Command) {
+        command
+            .env("CARGO_TARGET_DIR", target_dir())
+            .env("WEIR_ORT_LIB", &self.onnxruntime)
+            .current_dir(workspace_root());
+        if let Some(python) = &self.python {
+            command.env("WEIR_PYTHON", python);
+        }
+    }
+}
+
+fn setup_from_args(args: &[String]) -> Result<Setup> {
+    match args {
+        [] => setup(None),
+        [flag, env] if flag == "--python" => setup(Some(env)),
+        _ => Err(format!("bad arguments to setup: {args:?}\n\n{USAGE}")),
+    }
+}
+
+fn setup(python_env: Option<&str>) -> Result<Setup> {
+    system_packages()?;
+    let onnxruntime = onnxruntime()?;
+    let python = python_env.map(python_venv).transpose()?;
+    Ok(Setup {
+        onnxruntime,
+        python,
+    })
+}
+
+fn system_packages() -> Result<()> {
+    let missing: Vec<&str> = SYSTEM_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !debian_package_installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !Path::new("/usr/bin/apt-get").exists() {
+        return Err(format!(
+            "missing system packages {missing:?} and no apt-get to install them: install them by hand"
+        ));
+    }
+    eprintln!("xtask: installing system packages {missing:?}");
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+        .unwrap_or(false);
+    let apt = |args: &[&str]| -> Result<()> {
+        let mut command = if root {
+            Command::new("apt-get")
+        } else {
+            let mut sudo = Command::new("sudo");
+            sudo.arg("apt-get");
+            sudo
+        };
+        command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        run(&mut command)
+    };
+    apt(&["update", "-q"])?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(&install)
+}
+
+fn debian_package_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Unpacks `libonnxruntime.so.<version>` from the PyPI wheel into the cache.
+fn onnxruntime() -> Result<PathBuf> {
+    let library = onnxruntime_library();
+    if library.exists() {
+        return Ok(library);
+    }
+    let version = onnxruntime_version();
+    let dir = library
+        .parent()
+        .expect("library path has a parent")
+        .to_path_buf();
+    eprintln!("xtask: fetching ONNX Runtime {version} from PyPI");
+    let download = cache_dir()
+        .join("downloads")
+        .join(format!("onnxruntime-{version}"));
+    fs::create_dir_all(&download).map_err(|e| format!("{}: {e}", download.display()))?;
+    run(Command::new(python3())
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            &format!("onnxruntime=={version}"),
+            "-d",
+        ])
+        .arg(&download))?;
+    // Extract into a scratch folder, then rename: a crash never leaves a half library.
+    let scratch = dir.with_extension("partial");
+    let _ = fs::remove_dir_all(&scratch);
+    fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
+    let extract = r#"
+import glob, os, sys, zipfile
+download, out = sys.argv[1], sys.argv[2]
+wheels = glob.glob(os.path.join(download, "onnxruntime-*.whl"))
+if not wheels:
+    sys.exit("no onnxruntime wheel downloaded")
+with zipfile.ZipFile(wheels[0]) as wheel:
+    for name in wheel.namelist():
+        base = os.path.basename(name)
+        if name.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime"):
+            with open(os.path.join(out, base), "wb") as f:
+                f.write(wheel.read(name))
+"#;
+    run(Command::new(python3())
+        .args(["-c", extract])
+        .arg(&download)
+        .arg(&scratch))?;
+    let _ = fs::remove_dir_all(&dir);
+    fs::rename(&scratch, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !library.exists() {
+        return Err(format!(
+            "the onnxruntime {version} wheel has no {}",
+            library.file_name().unwrap().to_string_lossy()
+        ));
+    }
+    Ok(library)
+}
+
+/// Builds (once per requirements content) the virtual environment `name`
+/// from `python/requirements-<name>.txt` and returns its interpreter.
+fn python_venv(name: &str) -> Result<PathBuf> {
+    let requirements = workspace_root()
+        .join("python")
+        .join(format!("requirements-{name}.txt"));
+    let content =
+        fs::read(&requirements).map_err(|e| format!("{}: {e}", requirements.display()))?;
+    let venv = cache_dir()
+        .join("venv")
+        .join(format!("{name}-{:016x}", fnv1a(&content)));
+    let python = venv.join("bin").join("python");
+    let done = venv.join(".complete");
+    if done.exists() {
+        return Ok(python);
+    }
+    eprintln!(
+        "xtask: building the `{name}` Python environment in {}",
+        venv.display()
+    );
+    let _ = fs::remove_dir_all(&venv);
+    run(Command::new(python3()).args(["-m", "venv"]).arg(&venv))?;
+    run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--upgrade", "pip"]))?;
+    run(Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "-r"])
+        .arg(&requirements))?;
+    fs::write(&done, b"").map_err(|e| format!("{}: {e}", done.display()))?;
+    Ok(python)
+}
+
+fn python3() -> &'static str {
+    "python3"
+}
+
+/// FNV-1a: a stable content hash without a dependency.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn cargo() -> Command {
+    Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+fn test() -> Result<()> {
+    let setup = setup(Some("test"))?;
+    let step = |args: &[&str]| -> Result<()> {
+        let mut command = cargo();
+        command.args(args);
+        setup.apply(&mut command);
+        run(&mut command)
+    };
+    step(&["fmt", "--all", "--", "--check"])?;
+    step(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    step(&["nextest", "run", "--workspace", "--no-fail-fast"])?;
+    step(&["test", "--workspace", "--doc"])
+}
+
+fn demo(args: &[String]) -> Result<()> {
+    let setup = setup(None)?;
+    let mut command = cargo();
+    command
+        .args(["run", "--quiet", "--package", "weir-cli", "--", "demo"])
+        .args(args);
+    setup.apply(&mut command);
+    run(&mut command)
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let setup = setup(Some("bench"))?;
+    let mut command = cargo();
+    command
+        .args([
+            "run",
+            "--release",
+            "--quiet",
+            "--package",
+            "weir-cli",
+            "--",
+            "bench",
+        ])
+        .args(args);
+    setup.apply(&mut command);
+    run(&mut command)
+}
+
+fn weir(args: &[String]) -> Result<()> {
+    let setup = setup(None)?;
+    let mut command = cargo();
+    command
+        .args(["run", "--quiet", "--package", "weir-cli", "--"])
+        .args(args);
+    setup.apply(&mut command);
+    run(&mut command)
+}
+
+fn print_env() -> Result<()> {
+    println!("CARGO_TARGET_DIR={}", target_dir().display());
+    println!("WEIR_ORT_LIB={}", onnxruntime_library().display());
+    Ok(())
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let status = command
+        .status()
+        .map_err(|e| format!("cannot start {:?}: {e}", command.get_program()))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{command:?} failed ({status})"))
+    }
+}
