@@ -30,12 +30,20 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
+mod storage;
+
 use tansu_broker::broker::Broker;
 use tansu_broker::coordinator::group::administrator::Controller;
 use tansu_storage::StorageContainer;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use url::Url;
+
+use crate::storage::PatchedStorage;
+
+const NODE_ID: i32 = 111;
+const CLUSTER_ID: &str = "weir";
 
 /// Where the broker keeps its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,6 +80,7 @@ pub struct EmbeddedBroker {
     address: SocketAddr,
     storage: Storage,
     task: Option<JoinHandle<()>>,
+    cancellation: CancellationToken,
 }
 
 impl EmbeddedBroker {
@@ -83,23 +92,27 @@ impl EmbeddedBroker {
         TcpListener::bind(address).map_err(|e| start_error(e.to_string()))?;
         let listener = Url::parse(&format!("tcp://{address}")).expect("a socket address is a URL");
         let storage_url = storage_url(&storage)?;
+        // Built from its parts rather than with `Broker::builder()` so that
+        // the storage is wrapped with our fixes (see `storage`) and can be
+        // cancelled: a stopped broker then lets go of its SQLite file.
+        let cancellation = CancellationToken::new();
         // A broker that just stopped on the same SQLite file may still be
         // letting go of it (its tasks are dropped asynchronously): retry.
         let deadline = Instant::now() + Duration::from_secs(10);
-        let broker = loop {
-            let built = Broker::<Controller<StorageContainer>, StorageContainer>::builder()
-                .node_id(111)
-                .cluster_id("weir")
-                .incarnation_id(uuid::Uuid::new_v4())
+        let container = loop {
+            let built = StorageContainer::builder()
+                .cluster_id(CLUSTER_ID)
+                .node_id(NODE_ID)
                 .advertised_listener(listener.clone())
-                .listener(listener.clone())
                 .storage(storage_url.clone())
                 .schema_registry(None)
+                .lake_house(None)
+                .cancellation(cancellation.clone())
                 .silent(true)
                 .build()
                 .await;
             match built {
-                Ok(broker) => break broker,
+                Ok(container) => break container,
                 Err(error)
                     if format!("{error:?}").contains("database is locked")
                         && Instant::now() < deadline =>
@@ -109,6 +122,18 @@ impl EmbeddedBroker {
                 Err(error) => return Err(start_error(format!("{error:?}"))),
             }
         };
+        let storage_engine = PatchedStorage::new(container);
+        let groups = Controller::with_storage(storage_engine.clone())
+            .map_err(|e| start_error(format!("{e:?}")))?;
+        let broker = Broker::new(
+            NODE_ID,
+            CLUSTER_ID,
+            listener.clone(),
+            listener,
+            storage_engine,
+            groups,
+            uuid::Uuid::new_v4(),
+        );
         let task = tokio::spawn(async move {
             let mut broker = broker;
             if let Err(error) = broker.serve(Instant::now()).await {
@@ -119,6 +144,7 @@ impl EmbeddedBroker {
             address,
             storage,
             task: Some(task),
+            cancellation,
         };
         broker.wait_listening().await?;
         tracing::info!(%address, storage = ?broker.storage, "embedded broker started");
@@ -160,6 +186,7 @@ impl EmbeddedBroker {
 
     /// Stops the broker and waits until its listener and storage are released.
     pub async fn stop(mut self) {
+        self.cancellation.cancel();
         if let Some(task) = self.task.take() {
             task.abort();
             let _ = task.await;
@@ -194,6 +221,7 @@ impl EmbeddedBroker {
 
 impl Drop for EmbeddedBroker {
     fn drop(&mut self) {
+        self.cancellation.cancel();
         if let Some(task) = self.task.take() {
             task.abort();
         }

@@ -4,17 +4,18 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
+use rdkafka::ClientContext;
+use rdkafka::consumer::{CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::codec::{DeadLetterReason, DecodeError, TopicCodec, Value};
 use crate::dead_letter::{DeadLetterCounts, DeadLetters, Source, owned_headers};
-use crate::{Bus, BusError};
+use crate::{Bus, BusConfig, BusError};
 
 /// Where a consumer starts reading.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum StartFrom {
     /// The group's committed offsets; the beginning where none are committed.
     #[default]
@@ -23,6 +24,9 @@ pub enum StartFrom {
     Beginning,
     /// The end: only records produced from now on.
     End,
+    /// These offsets, per partition (partitions not named start at the
+    /// beginning). No group offsets are used.
+    Offsets(Vec<(String, i32, i64)>),
 }
 
 /// How a [`Consumer`] reads.
@@ -36,6 +40,10 @@ pub struct ConsumerOptions {
     /// Stop (return `None`) once every partition has been read to its end.
     /// Needs exactly one topic.
     pub until_end: bool,
+    /// Only look: report records that fail to decode (a warning and a
+    /// count) instead of writing them to the dead-letter topic. For tools
+    /// such as `weir tail` that must not change anything.
+    pub read_only: bool,
 }
 
 /// A decoded record.
@@ -79,7 +87,7 @@ pub struct RawRecord {
 /// Reads topics; decodes values with each topic's codec; sends records that
 /// fail to the dead-letter topic and moves on.
 pub struct Consumer {
-    inner: Arc<StreamConsumer>,
+    inner: Arc<StreamConsumer<QuietEof>>,
     codecs: HashMap<String, TopicCodec>,
     dead_letters: DeadLetters,
     max_record_bytes: usize,
@@ -87,6 +95,7 @@ pub struct Consumer {
     /// out or dead-lettered.
     positions: HashMap<(String, i32), i64>,
     until_end: bool,
+    read_only: bool,
     at_end: HashSet<i32>,
 }
 
@@ -121,22 +130,18 @@ impl Consumer {
             .unwrap_or_else(|| format!("weir-reader-{}", crate::registry::uuid_like()));
         let reset = match options.start {
             StartFrom::End => "latest",
-            StartFrom::Committed | StartFrom::Beginning => "earliest",
+            _ => "earliest",
         };
-        let inner: StreamConsumer = bus
-            .config()
-            .client_config()
-            .set("group.id", &group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
+        let inner: StreamConsumer<QuietEof> = consumer_config(bus.config(), &group)
             .set("auto.offset.reset", reset)
             .set(
                 "enable.partition.eof",
                 if options.until_end { "true" } else { "false" },
             )
-            .create()
+            .create_with_context(QuietEof)
             .map_err(|e| BusError::kafka("creating a consumer", e))?;
-        if options.group.is_some() && options.start != StartFrom::Beginning {
+        if options.group.is_some() && matches!(options.start, StartFrom::Committed | StartFrom::End)
+        {
             inner
                 .subscribe(topics)
                 .map_err(|e| BusError::kafka(format!("subscribing to {topics:?}"), e))?;
@@ -145,11 +150,15 @@ impl Consumer {
             let mut assignment = TopicPartitionList::new();
             for topic in topics {
                 let partitions = partition_count(&inner, topic)?;
-                let offset = match options.start {
-                    StartFrom::End => Offset::End,
-                    _ => Offset::Beginning,
-                };
                 for partition in 0..partitions {
+                    let offset = match &options.start {
+                        StartFrom::End => Offset::End,
+                        StartFrom::Offsets(offsets) => offsets
+                            .iter()
+                            .find(|(t, p, _)| t == topic && *p == partition)
+                            .map_or(Offset::Beginning, |(_, _, o)| Offset::Offset(*o)),
+                        _ => Offset::Beginning,
+                    };
                     assignment
                         .add_partition_offset(topic, partition, offset)
                         .map_err(|e| BusError::kafka("assigning partitions", e))?;
@@ -170,6 +179,7 @@ impl Consumer {
             max_record_bytes: bus.config().max_record_bytes,
             positions: HashMap::new(),
             until_end: options.until_end,
+            read_only: options.read_only,
             at_end: HashSet::new(),
         })
     }
@@ -216,6 +226,15 @@ impl Consumer {
                         value,
                     }));
                 }
+                Err(error) if self.read_only => {
+                    tracing::warn!(
+                        topic,
+                        partition = message.partition(),
+                        offset = message.offset(),
+                        "undecodable record skipped: {error}"
+                    );
+                    self.dead_letters.count_only(error.reason);
+                }
                 Err(error) => {
                     let source = Source {
                         topic,
@@ -255,19 +274,21 @@ impl Consumer {
 
     async fn receive<'c>(
         &mut self,
-        inner: &'c StreamConsumer,
+        inner: &'c StreamConsumer<QuietEof>,
     ) -> Result<Option<BorrowedMessage<'c>>, BusError> {
         loop {
-            if self.until_end && self.all_at_end()? {
-                return Ok(None);
-            }
             match inner.recv().await {
                 Ok(message) => {
-                    self.at_end.remove(&message.partition());
+                    if self.until_end {
+                        self.at_end.remove(&message.partition());
+                    }
                     return Ok(Some(message));
                 }
                 Err(KafkaError::PartitionEOF(partition)) => {
                     self.at_end.insert(partition);
+                    if self.all_at_end()? {
+                        return Ok(None);
+                    }
                 }
                 Err(error) => return Err(BusError::kafka("consuming", error)),
             }
@@ -322,7 +343,39 @@ impl Consumer {
     }
 }
 
-fn partition_count(consumer: &StreamConsumer, topic: &str) -> Result<i32, BusError> {
+/// librdkafka reports reaching the end of a partition as an error; for a
+/// consumer that asked to know (`until_end`) it is the expected way to stop.
+struct QuietEof;
+
+impl ClientContext for QuietEof {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_)
+            | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {
+                tracing::trace!("librdkafka: {error}: {reason}")
+            }
+            _ => tracing::error!("librdkafka: {error}: {reason}"),
+        }
+    }
+}
+
+impl ConsumerContext for QuietEof {}
+
+/// The settings the bus consumes with (offsets committed by hand);
+/// `weir bench bus` gives the raw baseline the same ones.
+pub fn consumer_config(config: &BusConfig, group: &str) -> rdkafka::ClientConfig {
+    let mut client = config.client_config();
+    client
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    for (key, value) in &config.overrides {
+        client.set(key, value);
+    }
+    client
+}
+
+fn partition_count(consumer: &StreamConsumer<QuietEof>, topic: &str) -> Result<i32, BusError> {
     let metadata = consumer
         .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
         .map_err(|e| BusError::kafka(format!("reading metadata of `{topic}`"), e))?;

@@ -12,7 +12,6 @@
 //! fixed consumer can replay the dead-letter topic.
 
 use std::collections::{BTreeMap, HashSet};
-use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -20,7 +19,7 @@ use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use weir_core::topics;
 
 use crate::codec::{DeadLetterReason, DecodeError};
-use crate::{Admin, BusError, Delivery, OutRecord, Producer, TopicSpec};
+use crate::{Admin, BusError, OutRecord, PendingDelivery, Producer, TopicSpec};
 
 /// Header naming the reason.
 pub const REASON: &str = "weir.dlq.reason";
@@ -82,15 +81,13 @@ pub struct Source<'a> {
     pub headers: &'a [(String, Vec<u8>)],
 }
 
-type Pending = Pin<Box<dyn Future<Output = Result<Delivery, BusError>> + Send>>;
-
 /// Writes dead letters and counts them.
 pub struct DeadLetters {
     producer: Producer,
     admin: Admin,
     ensured: HashSet<String>,
     counts: std::sync::Arc<DeadLetterCounts>,
-    pending: Vec<Pending>,
+    pending: Vec<PendingDelivery>,
 }
 
 impl std::fmt::Debug for DeadLetters {
@@ -152,7 +149,9 @@ impl DeadLetters {
                 value: Some(value),
             });
         }
-        tracing::warn!(
+        // Per record at debug level: bad input can come by the million; the
+        // counters and the dead-letter topic are what make it visible.
+        tracing::debug!(
             topic = source.topic,
             partition = source.partition,
             offset = source.offset,
@@ -165,9 +164,14 @@ impl DeadLetters {
             .maybe_key(source.key)
             .headers(headers);
         let delivery = self.producer.send(record).await?;
-        self.pending.push(Box::pin(delivery));
+        self.pending.push(delivery);
         self.counts.add(error.reason);
         Ok(())
+    }
+
+    /// Counts a record that a read-only reader skipped without writing it.
+    pub fn count_only(&self, reason: DeadLetterReason) {
+        self.counts.add(reason);
     }
 
     /// Waits until every dead letter sent so far is stored.

@@ -1,5 +1,7 @@
 //! Producing: raw bytes with [`Producer`], encoded values with [`Publisher`].
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -113,10 +115,7 @@ impl Producer {
 
     /// Queues a record; waits only while the local queue is full. The
     /// returned future resolves when the broker has acknowledged it.
-    pub async fn send(
-        &self,
-        record: OutRecord<'_>,
-    ) -> Result<impl Future<Output = Result<Delivery, BusError>> + use<>, BusError> {
+    pub async fn send(&self, record: OutRecord<'_>) -> Result<PendingDelivery, BusError> {
         let topic = record.topic.to_string();
         let mut out: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(record.topic).payload(record.payload);
@@ -141,7 +140,10 @@ impl Producer {
                 }
             }
         };
-        Ok(delivered(topic, future))
+        Ok(PendingDelivery {
+            topic,
+            inner: future,
+        })
     }
 
     /// Sends one record and waits for its acknowledgement.
@@ -157,14 +159,39 @@ impl Producer {
     }
 }
 
-async fn delivered(topic: String, future: DeliveryFuture) -> Result<Delivery, BusError> {
-    match future.await {
-        Ok(Ok(delivery)) => Ok(Delivery {
-            partition: delivery.partition,
-            offset: delivery.offset,
-        }),
-        Ok(Err((error, _))) => Err(BusError::kafka(format!("producing to `{topic}`"), error)),
-        Err(_) => Err(BusError::Closed("the producer".into())),
+/// A queued record: resolves to where it was stored once the broker has
+/// acknowledged it.
+#[must_use = "a delivery reports whether the record was stored"]
+pub struct PendingDelivery {
+    topic: String,
+    inner: DeliveryFuture,
+}
+
+impl std::fmt::Debug for PendingDelivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingDelivery")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl Future for PendingDelivery {
+    type Output = Result<Delivery, BusError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.inner)
+            .poll(cx)
+            .map(|result| match result {
+                Ok(Ok(delivery)) => Ok(Delivery {
+                    partition: delivery.partition,
+                    offset: delivery.offset,
+                }),
+                Ok(Err((error, _))) => Err(BusError::kafka(
+                    format!("producing to `{}`", self.topic),
+                    error,
+                )),
+                Err(_) => Err(BusError::Closed("the producer".into())),
+            })
     }
 }
 
@@ -212,7 +239,7 @@ impl Publisher {
         &self,
         key: Option<&[u8]>,
         bytes: &[u8],
-    ) -> Result<impl Future<Output = Result<Delivery, BusError>> + use<>, BusError> {
+    ) -> Result<PendingDelivery, BusError> {
         self.producer
             .send(OutRecord::new(self.codec.topic(), bytes).maybe_key(key))
             .await

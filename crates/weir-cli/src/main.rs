@@ -1,1 +1,104 @@
-fn main() {}
+//! `weir`: the command line of the Weir event-streaming MLOps platform.
+//!
+//! Every subcommand talks to Kafka. With no brokers configured
+//! (`WEIR_BROKERS` or `brokers` in `weir.toml`), `weir` uses its embedded
+//! broker: the one `weir broker` is running, or one it starts in-process
+//! with its data under the state directory (`.weir/`).
+
+mod bench;
+mod broker;
+mod connect;
+mod demo;
+mod input;
+mod publish;
+mod schemas;
+mod tail;
+mod topics;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+use weir_core::Config;
+
+/// Weir: publish events, define features, train, serve and monitor models,
+/// all through Kafka topics.
+#[derive(Parser)]
+#[command(name = "weir", version, propagate_version = true)]
+struct Cli {
+    /// More logging (-v: debug, -vv: trace). `RUST_LOG` also works.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Publish JSON lines or CSV (a file or stdin) to a topic.
+    Publish(publish::Args),
+    /// Print a topic's records, decoded.
+    Tail(tail::Args),
+    /// List, create and describe topics.
+    Topics(topics::Args),
+    /// Register, list and show schemas; serve the schema registry API.
+    Schemas(schemas::Args),
+    /// Run the embedded Kafka-API broker and the schema registry API for
+    /// other clients.
+    Broker(broker::Args),
+    /// Run the end-to-end demo on the embedded broker.
+    Demo(demo::Args),
+    /// Benchmarks: Weir against a raw baseline and the anchor tools.
+    Bench(bench::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            // A closed pipe (`weir tail t | head`) is a normal way to stop.
+            if error
+                .chain()
+                .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+                .any(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let config = Config::load()?;
+    match command {
+        Command::Publish(args) => publish::run(&config, args).await,
+        Command::Tail(args) => tail::run(&config, args).await,
+        Command::Topics(args) => topics::run(&config, args).await,
+        Command::Schemas(args) => schemas::run(&config, args).await,
+        Command::Broker(args) => broker::run(&config, args).await,
+        Command::Demo(args) => demo::run(&config, args).await,
+        Command::Bench(args) => bench::run(&config, args).await,
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info,weir=debug",
+        _ => "debug,weir=trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}

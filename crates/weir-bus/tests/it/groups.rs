@@ -24,6 +24,7 @@ async fn a_restarted_group_member_resumes_at_the_committed_offset() {
         group: Some("billing".into()),
         start: StartFrom::Committed,
         until_end: true,
+        read_only: false,
     };
     let mut first = h.bus.consumer(&["orders"], options.clone()).unwrap();
     let mut seen = Vec::new();

@@ -1,0 +1,249 @@
+//! `weir demo`: the end-to-end loop on the embedded broker.
+//!
+//! Stage 1 (the bus): a stream of card transactions, with malformed records
+//! mixed in as a buggy producer would send them, is published to
+//! `transactions` in Avro, read back by a consumer group, and the bad
+//! records end up in `weir.dlq.transactions` with their reasons. Each later
+//! component adds its stage here.
+//!
+//! Safe to run twice: the topic and schema are reused, and the consumer
+//! group resumes at its committed offsets, so each run reads (and
+//! dead-letters) only its own records.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use serde_json::{Value as Json, json};
+use weir_bus::dead_letter::describe;
+use weir_bus::{Bus, ConsumerOptions, OutRecord, SchemaType, StartFrom, TopicSpec};
+use weir_core::{Config, topics};
+
+use crate::connect::connect;
+
+/// The demo's event schema (also in `schemas/`).
+pub const CARD_TRANSACTION_SCHEMA: &str = include_str!("../../../schemas/card_transaction.avsc");
+const TOPIC: &str = "transactions";
+const GROUP: &str = "weir-demo";
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Card transactions to publish.
+    #[arg(long, default_value_t = 20_000)]
+    events: usize,
+    /// Seed of the synthetic data.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+}
+
+pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
+    println!("weir demo: the end-to-end loop\n");
+    let connection = connect(config).await?;
+    println!("Kafka: {}\n", connection.description);
+    let result = bus_stage(&connection.bus, &args).await;
+    connection.close().await;
+    result?;
+    println!(
+        "\nNext: `weir tail {TOPIC} -n 3`, `weir tail {} --from-beginning`, `weir topics describe {TOPIC}`",
+        topics::dlq(TOPIC)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn bus_stage(bus: &Bus, args: &Args) -> anyhow::Result<()> {
+    println!("[1] bus: publish events, read them back, dead-letter the bad ones");
+    bus.admin()
+        .ensure_topic(&TopicSpec::new(TOPIC, 3))
+        .await
+        .context("creating the demo topic")?;
+    let registered = bus
+        .registry()
+        .register(
+            &topics::value_subject(TOPIC),
+            SchemaType::Avro,
+            CARD_TRANSACTION_SCHEMA,
+        )
+        .await?;
+    println!(
+        "    topic `{TOPIC}` (3 partitions), schema `{}` v{} (id {})",
+        topics::value_subject(TOPIC),
+        registered.version,
+        registered.schema.id
+    );
+
+    // Publish: good records through the codec, bad ones as raw bytes, the
+    // way a misbehaving producer would write them.
+    let publisher = bus.publisher(TOPIC)?;
+    let mut rng = StdRng::seed_from_u64(args.seed);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+    let start_time = now - args.events as i64 * 25;
+    let malformed = malformed_records(registered.schema.id);
+    let mut bad_at: BTreeMap<usize, usize> = BTreeMap::new();
+    for index in 0..malformed.len() {
+        bad_at.insert(rng.random_range(0..args.events.max(1)), index);
+    }
+    let started = Instant::now();
+    let mut deliveries = Vec::with_capacity(args.events);
+    for i in 0..args.events {
+        let event = transaction(&mut rng, i, start_time);
+        let key = event["user_id"].as_str().expect("user_id").to_string();
+        let bytes = publisher.encode(&event)?;
+        deliveries.push(publisher.send(Some(key.as_bytes()), &bytes).await?);
+        if let Some(&index) = bad_at.get(&i) {
+            let (_, payload) = &malformed[index];
+            let record = OutRecord::new(TOPIC, payload).key(b"bad-producer");
+            deliveries.push(publisher.producer().send(record).await?);
+        }
+    }
+    let sent = deliveries.len();
+    for delivery in deliveries {
+        delivery.await?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    println!(
+        "    published {} transactions + {} malformed records in {seconds:.2} s ({:.0} records/s)",
+        args.events,
+        bad_at.len(),
+        sent as f64 / seconds
+    );
+
+    // Read back as consumer group `weir-demo`: a pipeline stage that keeps going.
+    let started = Instant::now();
+    let mut consumer = bus.consumer(
+        &[TOPIC],
+        ConsumerOptions {
+            group: Some(GROUP.into()),
+            start: StartFrom::Committed,
+            until_end: true,
+            read_only: false,
+        },
+    )?;
+    let mut per_partition: BTreeMap<i32, u64> = BTreeMap::new();
+    let mut spend: HashMap<String, f64> = HashMap::new();
+    let mut good = 0_u64;
+    while let Some(record) = consumer.next().await? {
+        good += 1;
+        *per_partition.entry(record.partition).or_default() += 1;
+        let value = record.value.to_json();
+        if let (Some(user), Some(amount)) = (value["user_id"].as_str(), value["amount"].as_f64()) {
+            *spend.entry(user.to_string()).or_default() += amount;
+        }
+    }
+    consumer.commit().await?;
+    let dead = consumer.dead_letters();
+    println!(
+        "    read back {good} records in {:.2} s as group `{GROUP}`; {} dead letters",
+        started.elapsed().as_secs_f64(),
+        dead.total()
+    );
+    let partitions: Vec<String> = per_partition
+        .iter()
+        .map(|(p, n)| format!("p{p}: {n}"))
+        .collect();
+    println!("    per partition: {}", partitions.join(", "));
+    let reasons: Vec<String> = dead
+        .by_reason()
+        .iter()
+        .map(|(reason, n)| format!("{reason} {n}"))
+        .collect();
+    println!("    dead letters by reason: {}", reasons.join(", "));
+    let mut top: Vec<(String, f64)> = spend.into_iter().collect();
+    top.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let top: Vec<String> = top
+        .iter()
+        .take(3)
+        .map(|(user, total)| format!("{user} {total:.2}"))
+        .collect();
+    println!("    top spenders: {}", top.join(", "));
+
+    show_dead_letters(bus, dead.total() as i64).await
+}
+
+/// Prints the dead letters of this run (the last ones of the topic).
+async fn show_dead_letters(bus: &Bus, count: i64) -> anyhow::Result<()> {
+    let dlq = topics::dlq(TOPIC);
+    if count == 0 {
+        return Ok(());
+    }
+    let (low, high) = bus.admin().watermarks(&dlq, 0).await?;
+    let mut reader = bus.consumer(
+        &[&dlq],
+        ConsumerOptions {
+            start: StartFrom::Offsets(vec![(dlq.clone(), 0, (high - count).max(low))]),
+            until_end: true,
+            read_only: true,
+            ..Default::default()
+        },
+    )?;
+    println!("    `{dlq}` holds {} record(s); this run's:", high - low);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Some(letter) = reader.next_raw().await? {
+        let headers: BTreeMap<String, String> = describe(&letter.headers).into_iter().collect();
+        let get = |name: &str| headers.get(name).map_or("", String::as_str);
+        let field = match get("weir.dlq.field") {
+            "" => String::new(),
+            field => format!(" field `{field}`"),
+        };
+        println!(
+            "      {}/{}@{}: {}{field}: {}",
+            get("weir.dlq.topic"),
+            get("weir.dlq.partition"),
+            get("weir.dlq.offset"),
+            get("weir.dlq.reason"),
+            get("weir.dlq.error")
+        );
+        if Instant::now() > deadline {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// One synthetic card transaction: a few heavy users, skewed amounts, event
+/// times slightly out of order (as they arrive from many terminals).
+pub fn transaction(rng: &mut StdRng, index: usize, start_time: i64) -> Json {
+    let user = (rng.random::<f64>().powi(2) * 1000.0) as u32;
+    let merchant = rng.random_range(0..200);
+    let amount = (rng.random::<f64>().powi(3) * 500.0 + 1.0) * 100.0;
+    let jitter = rng.random_range(0..2_000);
+    json!({
+        "transaction_id": format!("t{index:08}"),
+        "user_id": format!("u{user:04}"),
+        "merchant_id": format!("m{merchant:03}"),
+        "amount": amount.round() / 100.0,
+        "currency": "EUR",
+        "event_time": start_time + index as i64 * 25 - jitter,
+    })
+}
+
+/// Records a buggy producer might send, each with the reason it must fail.
+fn malformed_records(schema_id: u32) -> Vec<(&'static str, Vec<u8>)> {
+    let mut unknown_id = vec![0];
+    unknown_id.extend_from_slice(&(schema_id + 10_000).to_be_bytes());
+    unknown_id.extend_from_slice(b"\x02x");
+    let mut truncated = vec![0];
+    truncated.extend_from_slice(&schema_id.to_be_bytes());
+    truncated.extend_from_slice(b"\x10t000");
+    let mut records = Vec::new();
+    for _ in 0..3 {
+        records.push((
+            "bad-json",
+            br#"{"transaction_id": "x", "amount": 12.5"#.to_vec(),
+        ));
+        records.push((
+            "missing-field",
+            br#"{"transaction_id": "x", "user_id": "u1", "amount": 3.0, "event_time": 1}"#.to_vec(),
+        ));
+        records.push((
+            "wrong-type",
+            br#"{"transaction_id": "x", "user_id": "u1", "merchant_id": "m1", "amount": "12.50 EUR", "event_time": 1}"#
+                .to_vec(),
+        ));
+        records.push(("unknown-schema-id", unknown_id.clone()));
+        records.push(("bad-avro", truncated.clone()));
+    }
+    records
+}
