@@ -1,5 +1,6 @@
 //! End-to-end: the `weir` binary and official clients against a real broker.
 
 mod cli;
+mod docs;
 mod interop;
 mod support;

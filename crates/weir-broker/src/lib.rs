@@ -28,14 +28,15 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Component, Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 mod storage;
 
-use tansu_broker::broker::Broker;
+use rama::{Context, Service as _};
 use tansu_broker::coordinator::group::administrator::Controller;
-use tansu_storage::StorageContainer;
-use tokio::task::JoinHandle;
+use tansu_broker::service::services;
+use tansu_storage::{BrokerRegistrationRequest, Storage as _, StorageContainer};
+use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
@@ -44,6 +45,8 @@ use crate::storage::PatchedStorage;
 
 const NODE_ID: i32 = 111;
 const CLUSTER_ID: &str = "weir";
+/// How often the storage applies retention and compaction (tansu's default).
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(600);
 
 /// Where the broker keeps its data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,9 +68,6 @@ pub enum BrokerError {
         /// What went wrong.
         message: String,
     },
-    /// The broker did not accept connections in time.
-    #[error("the embedded broker on {0} did not start listening within 10 s")]
-    NotListening(SocketAddr),
     /// The SQLite path cannot be expressed for the broker.
     #[error("{0}")]
     StoragePath(String),
@@ -87,14 +87,11 @@ impl EmbeddedBroker {
     /// Starts a broker listening on `address`.
     pub async fn start(address: SocketAddr, storage: Storage) -> Result<Self, BrokerError> {
         let start_error = |message: String| BrokerError::Start { address, message };
-        // The broker binds inside its task; check the port first so that a
-        // taken port is an error here and not a log line there.
-        TcpListener::bind(address).map_err(|e| start_error(e.to_string()))?;
-        let listener = Url::parse(&format!("tcp://{address}")).expect("a socket address is a URL");
+        let listener = tokio::net::TcpListener::bind(address)
+            .await
+            .map_err(|e| start_error(e.to_string()))?;
+        let advertised = Url::parse(&format!("tcp://{address}")).expect("a socket address is a URL");
         let storage_url = storage_url(&storage)?;
-        // Built from its parts rather than with `Broker::builder()` so that
-        // the storage is wrapped with our fixes (see `storage`) and can be
-        // cancelled: a stopped broker then lets go of its SQLite file.
         let cancellation = CancellationToken::new();
         // A broker that just stopped on the same SQLite file may still be
         // letting go of it (its tasks are dropped asynchronously): retry.
@@ -103,7 +100,7 @@ impl EmbeddedBroker {
             let built = StorageContainer::builder()
                 .cluster_id(CLUSTER_ID)
                 .node_id(NODE_ID)
-                .advertised_listener(listener.clone())
+                .advertised_listener(advertised.clone())
                 .storage(storage_url.clone())
                 .schema_registry(None)
                 .lake_house(None)
@@ -122,33 +119,26 @@ impl EmbeddedBroker {
                 Err(error) => return Err(start_error(format!("{error:?}"))),
             }
         };
-        let storage_engine = PatchedStorage::new(container);
-        let groups = Controller::with_storage(storage_engine.clone())
+        let engine = PatchedStorage::new(container);
+        engine
+            .register_broker(BrokerRegistrationRequest {
+                broker_id: NODE_ID,
+                cluster_id: CLUSTER_ID.to_string(),
+                incarnation_id: uuid::Uuid::new_v4(),
+                rack: None,
+            })
+            .await
             .map_err(|e| start_error(format!("{e:?}")))?;
-        let broker = Broker::new(
-            NODE_ID,
-            CLUSTER_ID,
-            listener.clone(),
-            listener,
-            storage_engine,
-            groups,
-            uuid::Uuid::new_v4(),
-        );
-        let task = tokio::spawn(async move {
-            let mut broker = broker;
-            if let Err(error) = broker.serve(Instant::now()).await {
-                tracing::error!(?error, "embedded broker stopped");
-            }
-        });
-        let broker = Self {
+        let groups =
+            Controller::with_storage(engine.clone()).map_err(|e| start_error(format!("{e:?}")))?;
+        let task = tokio::spawn(serve(listener, engine, groups, cancellation.clone()));
+        tracing::info!(%address, ?storage, "embedded broker started");
+        Ok(Self {
             address,
             storage,
             task: Some(task),
             cancellation,
-        };
-        broker.wait_listening().await?;
-        tracing::info!(%address, storage = ?broker.storage, "embedded broker started");
-        Ok(broker)
+        })
     }
 
     /// Starts a broker on a free port of 127.0.0.1 (tests, throw-away runs).
@@ -200,23 +190,6 @@ impl EmbeddedBroker {
         }
         tracing::info!(address = %self.address, "embedded broker stopped");
     }
-
-    async fn wait_listening(&self) -> Result<(), BrokerError> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if tokio::net::TcpStream::connect(self.address).await.is_ok() {
-                return Ok(());
-            }
-            if self.task.as_ref().is_some_and(JoinHandle::is_finished) {
-                return Err(BrokerError::Start {
-                    address: self.address,
-                    message: "the broker task ended at start-up (see the log)".into(),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Err(BrokerError::NotListening(self.address))
-    }
 }
 
 impl Drop for EmbeddedBroker {
@@ -226,6 +199,57 @@ impl Drop for EmbeddedBroker {
             task.abort();
         }
     }
+}
+
+/// tansu's accept loop (`Broker::listen`) without its console output (it
+/// prints to stdout and draws spinners unless built through its builder,
+/// which cannot take a wrapped storage engine): one service per connection,
+/// periodic storage maintenance (retention, compaction), until cancelled.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    storage: PatchedStorage,
+    groups: Controller<PatchedStorage>,
+    cancellation: CancellationToken,
+) {
+    let mut connections = JoinSet::new();
+    let mut maintenance = tokio::time::interval(MAINTENANCE_INTERVAL);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        tracing::warn!(%error, "embedded broker: accept failed");
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let service = match services(CLUSTER_ID, groups.clone(), storage.clone(), None) {
+                    Ok(service) => service,
+                    Err(error) => {
+                        tracing::error!(?error, "embedded broker: cannot serve a connection");
+                        continue;
+                    }
+                };
+                connections.spawn(async move {
+                    if let Err(error) = service.serve(Context::default(), stream).await {
+                        tracing::debug!(%peer, ?error, "embedded broker: connection closed");
+                    }
+                });
+            }
+            _ = maintenance.tick() => {
+                let storage = storage.clone();
+                connections.spawn(async move {
+                    if let Err(error) = storage.maintain(SystemTime::now()).await {
+                        tracing::debug!(?error, "embedded broker: maintenance");
+                    }
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            () = cancellation.cancelled() => break,
+        }
+    }
+    connections.shutdown().await;
 }
 
 /// A port of 127.0.0.1 that was free a moment ago.

@@ -43,6 +43,11 @@ pub use error::BusError;
 pub use producer::{Delivery, OutRecord, PendingDelivery, Producer, Publisher, producer_config};
 pub use registry::{SchemaRegistry, SchemaType};
 
+// The Rust examples of the bus's page in docs/ are compiled as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/bus.md")]
+struct BusGuide;
+
 /// How to reach Kafka, and the bus's own limits.
 #[derive(Debug, Clone)]
 pub struct BusConfig {
