@@ -9,11 +9,7 @@ fn run_page(page: &str) -> Vec<(String, std::process::Output)> {
     let mut outputs = Vec::new();
     for line in text.lines().filter_map(|l| l.strip_prefix("$ weir ")) {
         let args: Vec<&str> = line.split_whitespace().collect();
-        let output = platform
-            .weir(&args)
-            .current_dir(repo())
-            .output()
-            .unwrap();
+        let output = platform.weir(&args).current_dir(repo()).output().unwrap();
         assert!(
             output.status.success(),
             "docs/{page}: `weir {line}` failed:\n{}",
@@ -37,11 +33,15 @@ fn bus_page() {
     };
     let published = stderr(find("publish"));
     assert!(published.contains("published 5 records"), "{published}");
-    assert!(published.contains("transactions.jsonl:4: missing-field at `merchant_id`"), "{published}");
+    assert!(
+        published.contains("transactions.jsonl:4: missing-field at `merchant_id`"),
+        "{published}"
+    );
     assert!(published.contains("transactions.jsonl:6:"), "{published}");
     let letters = String::from_utf8_lossy(&find("tail weir.dlq").stdout).into_owned();
     assert_eq!(letters.lines().count(), 2, "{letters}");
     assert!(letters.contains(r#""reason":"missing-field""#), "{letters}");
-    let first_two = String::from_utf8_lossy(&find("tail transactions --from-beginning").stdout).into_owned();
+    let first_two =
+        String::from_utf8_lossy(&find("tail transactions --from-beginning").stdout).into_owned();
     assert_eq!(first_two.lines().count(), 2);
 }

@@ -90,7 +90,8 @@ impl EmbeddedBroker {
         let listener = tokio::net::TcpListener::bind(address)
             .await
             .map_err(|e| start_error(e.to_string()))?;
-        let advertised = Url::parse(&format!("tcp://{address}")).expect("a socket address is a URL");
+        let advertised =
+            Url::parse(&format!("tcp://{address}")).expect("a socket address is a URL");
         let storage_url = storage_url(&storage)?;
         let cancellation = CancellationToken::new();
         // A broker that just stopped on the same SQLite file may still be

@@ -24,6 +24,7 @@
 //! Redpanda: it only speaks the Kafka protocol.
 
 mod admin;
+pub mod avro;
 pub mod codec;
 mod consumer;
 pub mod dead_letter;

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::OwnedHeaders;
+use rdkafka::message::{Message as _, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
 use serde_json::Value as Json;
 
@@ -116,7 +116,6 @@ impl Producer {
     /// Queues a record; waits only while the local queue is full. The
     /// returned future resolves when the broker has acknowledged it.
     pub async fn send(&self, record: OutRecord<'_>) -> Result<PendingDelivery, BusError> {
-        let topic = record.topic.to_string();
         let mut out: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(record.topic).payload(record.payload);
         if let Some(key) = record.key {
@@ -136,14 +135,14 @@ impl Producer {
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
                 Err((error, _)) => {
-                    return Err(BusError::kafka(format!("producing to `{topic}`"), error));
+                    return Err(BusError::kafka(
+                        format!("producing to `{}`", record.topic),
+                        error,
+                    ));
                 }
             }
         };
-        Ok(PendingDelivery {
-            topic,
-            inner: future,
-        })
+        Ok(PendingDelivery { inner: future })
     }
 
     /// Sends one record and waits for its acknowledgement.
@@ -163,15 +162,12 @@ impl Producer {
 /// acknowledged it.
 #[must_use = "a delivery reports whether the record was stored"]
 pub struct PendingDelivery {
-    topic: String,
     inner: DeliveryFuture,
 }
 
 impl std::fmt::Debug for PendingDelivery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PendingDelivery")
-            .field("topic", &self.topic)
-            .finish()
+        f.debug_struct("PendingDelivery").finish_non_exhaustive()
     }
 }
 
@@ -186,8 +182,8 @@ impl Future for PendingDelivery {
                     partition: delivery.partition,
                     offset: delivery.offset,
                 }),
-                Ok(Err((error, _))) => Err(BusError::kafka(
-                    format!("producing to `{}`", self.topic),
+                Ok(Err((error, message))) => Err(BusError::kafka(
+                    format!("producing to `{}`", message.topic()),
                     error,
                 )),
                 Err(_) => Err(BusError::Closed("the producer".into())),

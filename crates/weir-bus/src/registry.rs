@@ -32,7 +32,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weir_core::topics;
 
-use crate::codec::{AvroCodec, DeadLetterReason, DecodeError};
+use crate::avro::AvroCodec;
+use crate::codec::{DeadLetterReason, DecodeError};
 use crate::{Admin, BusConfig, BusError, TopicSpec};
 
 /// The kind of a schema, as the REST API names it.
@@ -105,7 +106,7 @@ pub struct Reference {
 #[derive(Debug)]
 pub enum SchemaKind {
     /// An Avro schema.
-    Avro(AvroCodec),
+    Avro(Box<AvroCodec>),
     /// A JSON Schema.
     Json(jsonschema::Validator),
 }
@@ -128,7 +129,7 @@ impl RegisteredSchema {
     pub fn parse(id: u32, schema_type: SchemaType, text: &str) -> Result<Self, RegistryError> {
         let kind = match schema_type {
             SchemaType::Avro => AvroCodec::parse(text)
-                .map(SchemaKind::Avro)
+                .map(|codec| SchemaKind::Avro(Box::new(codec)))
                 .map_err(|e| RegistryError::InvalidSchema(format!("invalid Avro schema: {e}")))?,
             SchemaType::Json => {
                 let json: Json = serde_json::from_str(text).map_err(|e| {
@@ -152,7 +153,7 @@ impl RegisteredSchema {
     /// Checks a JSON value against the schema.
     pub fn check_json(&self, json: &Json) -> Result<(), DecodeError> {
         match &self.kind {
-            SchemaKind::Avro(avro) => avro.from_json(json).map(|_| ()),
+            SchemaKind::Avro(avro) => avro.encode_json(json).map(|_| ()),
             SchemaKind::Json(validator) => match validator.iter_errors(json).next() {
                 None => Ok(()),
                 Some(error) => {
@@ -653,17 +654,16 @@ impl SchemaRegistry {
         self.wait_applied(offset + 1)
             .await
             .map_err(|e| RegistryError::Store(e.to_string()))?;
-        self.lookup(subject, schema_type, text).or_else(|_| {
+        self.lookup(subject, schema_type, text).map_err(|_| {
             // Another writer's record got into the log first and made ours
             // incompatible at its place.
-            Err(self
-                .state()
+            self.state()
                 .check_compatibility(subject, &candidate)
                 .err()
                 .unwrap_or_else(|| RegistryError::Incompatible {
                     subject: subject.to_string(),
                     details: "a concurrent registration won".to_string(),
-                }))
+                })
         })
     }
 

@@ -126,16 +126,14 @@ async fn publish(
     }
     let mut publisher = bus.publisher(&args.topic)?;
     match args.wire {
-        Some(WireArg::Avro) => {
-            if publisher.codec().default_format() != WireFormat::Avro {
-                bail!(
-                    "--wire avro needs an Avro schema for `{}`: pass --schema FILE.avsc",
-                    args.topic
-                );
-            }
+        Some(WireArg::Avro) if publisher.codec().default_format() != WireFormat::Avro => {
+            bail!(
+                "--wire avro needs an Avro schema for `{}`: pass --schema FILE.avsc",
+                args.topic
+            );
         }
         Some(WireArg::Json) => publisher = publisher.with_format(WireFormat::Json),
-        None => {}
+        Some(WireArg::Avro) | None => {}
     }
 
     let format = args.format.unwrap_or_else(|| match &args.file {
