@@ -42,7 +42,25 @@ async fn avro_round_trip_keeps_keys_and_partitions() {
         );
     }
 
-    let records = h.read_all("txns").await;
+    // An explicit partition is honoured.
+    let producer = h.bus.producer().unwrap();
+    let bytes = publisher.encode(&txn(1000)).unwrap();
+    let delivery = producer
+        .send_and_wait(
+            weir_bus::OutRecord::new("txns", &bytes)
+                .key(b"pinned")
+                .partition(2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(delivery.partition, 2);
+
+    let mut records = h.read_all("txns").await;
+    let pinned = records
+        .iter()
+        .position(|r| r.key.as_deref() == Some(b"pinned".as_slice()))
+        .unwrap();
+    assert_eq!(records.remove(pinned).partition, 2);
     assert_eq!(records.len(), 300);
     let mut seen: Vec<_> = records
         .iter()
