@@ -224,26 +224,33 @@ impl TopicCodec {
     }
 
     /// Decodes a record's bytes: Confluent-framed Avro if the first byte is 0,
-    /// JSON otherwise.
+    /// JSON otherwise. A schema id not known yet makes the registry catch
+    /// up with its log once before the record is declared undecodable.
     pub async fn decode(&self, payload: &[u8]) -> Result<Value, DecodeError> {
+        match self.decode_cached(payload) {
+            Err(error) if error.reason == DeadLetterReason::UnknownSchemaId => {
+                // A schema registered a moment ago may not be materialised
+                // here yet.
+                self.registry.sync().await.map_err(|e| {
+                    DecodeError::new(DeadLetterReason::UnknownSchemaId, e.to_string())
+                })?;
+                self.decode_cached(payload)
+            }
+            other => other,
+        }
+    }
+
+    /// Like [`TopicCodec::decode`], with the schemas the registry has now
+    /// (no waiting: for callers outside an async runtime).
+    pub fn decode_cached(&self, payload: &[u8]) -> Result<Value, DecodeError> {
         if payload.first() == Some(&MAGIC_BYTE) {
             let id = frame_schema_id(payload)?;
-            let writer = match self.registry.by_id(id) {
-                Some(writer) => writer,
-                // A schema registered a moment ago may not be materialised
-                // here yet: catch up with the registry's log once, then decide.
-                None => {
-                    self.registry.sync().await.map_err(|e| {
-                        DecodeError::new(DeadLetterReason::UnknownSchemaId, e.to_string())
-                    })?;
-                    self.registry.by_id(id).ok_or_else(|| {
-                        DecodeError::new(
-                            DeadLetterReason::UnknownSchemaId,
-                            format!("schema id {id} is not registered"),
-                        )
-                    })?
-                }
-            };
+            let writer = self.registry.by_id(id).ok_or_else(|| {
+                DecodeError::new(
+                    DeadLetterReason::UnknownSchemaId,
+                    format!("schema id {id} is not registered"),
+                )
+            })?;
             self.decode_avro(&writer, &payload[FRAME_HEADER_LEN..])
         } else {
             self.decode_json(payload)

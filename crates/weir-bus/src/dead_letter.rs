@@ -124,31 +124,7 @@ impl DeadLetters {
             self.admin.ensure_topic(&TopicSpec::new(&dlq, 1)).await?;
             self.ensured.insert(dlq.clone());
         }
-        let mut headers = OwnedHeaders::new_with_capacity(source.headers.len() + 6);
-        for (key, value) in source.headers {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        let partition = source.partition.to_string();
-        let offset = source.offset.to_string();
-        let mut ours = vec![
-            (REASON, error.reason.as_str()),
-            (ERROR, error.message.as_str()),
-            (TOPIC, source.topic),
-            (PARTITION, partition.as_str()),
-            (OFFSET, offset.as_str()),
-        ];
-        if let Some(field) = &error.field {
-            ours.push((FIELD, field));
-        }
-        for (key, value) in ours {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
+        let headers = headers(&source, error);
         // Per record at debug level: bad input can come by the million; the
         // counters and the dead-letter topic are what make it visible.
         tracing::debug!(
@@ -181,6 +157,37 @@ impl DeadLetters {
         }
         Ok(())
     }
+}
+
+/// The headers of `source`'s dead letter: its own headers and the
+/// `weir.dlq.*` ones saying why and where.
+pub fn headers(source: &Source<'_>, error: &DecodeError) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new_with_capacity(source.headers.len() + 6);
+    for (key, value) in source.headers {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    let partition = source.partition.to_string();
+    let offset = source.offset.to_string();
+    let mut ours = vec![
+        (REASON, error.reason.as_str()),
+        (ERROR, error.message.as_str()),
+        (TOPIC, source.topic),
+        (PARTITION, partition.as_str()),
+        (OFFSET, offset.as_str()),
+    ];
+    if let Some(field) = &error.field {
+        ours.push((FIELD, field));
+    }
+    for (key, value) in ours {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    headers
 }
 
 /// The `weir.dlq.*` headers of a dead-letter record, as `(name, value)` pairs.

@@ -1,0 +1,43 @@
+//! Weir's streaming runtime: jobs that read Kafka topics, compute event-time
+//! windowed aggregates, keep their state in RocksDB and write results, with
+//! exactly-once results across crashes. Built on timely dataflow; operators
+//! exchange Arrow record batches.
+//!
+//! ```text
+//!  Kafka partitions ─▶ source ─▶ (filter) ─▶ split by key ─exchange─▶ window aggregate ─▶ sink ─▶ topic
+//!   (per worker)     decode, event time,                              RocksDB state       (commit point)
+//!                    watermark, late → DLQ
+//! ```
+//!
+//! Time in the dataflow is a pair `(epoch, watermark)` ordered as a product:
+//! the watermark (event time in ms, less the allowed lateness) closes
+//! windows; the epoch counts checkpoints. See [`job`] for how the two make
+//! checkpoints consistent, and [`store`] for how state is kept.
+
+pub mod aggregate;
+pub mod batch;
+pub mod codec;
+pub mod decode;
+pub mod job;
+pub mod plan;
+pub mod store;
+pub mod window;
+
+/// What can go wrong in a job, by who is at fault: the job's definition
+/// (`Plan`), the data or the engine (`Execution`), the state store
+/// (`State`), Kafka (`Bus`).
+#[derive(Debug, thiserror::Error)]
+pub enum DataflowError {
+    /// The job's definition is wrong (unknown column, bad expression).
+    #[error("plan: {0}")]
+    Plan(String),
+    /// Running the job failed.
+    #[error("execution: {0}")]
+    Execution(String),
+    /// The state store failed or holds something unreadable.
+    #[error("state: {0}")]
+    State(String),
+    /// Kafka failed.
+    #[error(transparent)]
+    Bus(#[from] weir_bus::BusError),
+}

@@ -1,0 +1,5 @@
+//! The runtime against a real broker and real RocksDB: windowed results
+//! equal a brute-force reference, whatever the number of workers.
+
+mod support;
+mod windows;
