@@ -1,6 +1,7 @@
 //! End-to-end: the `weir` binary and official clients against a real broker.
 
 mod cli;
+mod dataflow;
 mod docs;
 mod interop;
 mod support;

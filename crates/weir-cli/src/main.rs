@@ -10,6 +10,7 @@ mod broker;
 mod connect;
 mod demo;
 mod input;
+mod job;
 mod publish;
 mod schemas;
 mod tail;
@@ -43,6 +44,9 @@ enum Command {
     Topics(topics::Args),
     /// Register, list and show schemas; serve the schema registry API.
     Schemas(schemas::Args),
+    /// Streaming jobs: windowed aggregations over topics, with state and
+    /// exactly-once checkpoints.
+    Job(job::Args),
     /// Run the embedded Kafka-API broker and the schema registry API for
     /// other clients.
     Broker(broker::Args),
@@ -83,6 +87,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Tail(args) => tail::run(&config, args).await,
         Command::Topics(args) => topics::run(&config, args).await,
         Command::Schemas(args) => schemas::run(&config, args).await,
+        Command::Job(args) => job::run(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Demo(args) => demo::run(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,

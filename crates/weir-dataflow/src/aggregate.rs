@@ -76,6 +76,8 @@ struct Layer {
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
     min_time: i64,
     expired: Vec<i64>,
+    /// Results emitted while this epoch was the earliest open one.
+    outputs: Vec<RecordBatch>,
 }
 
 /// The partial states of a sealed epoch: one row per group, state columns
@@ -85,6 +87,7 @@ struct Sealed {
     states: Vec<ArrayRef>,
     expired: Vec<i64>,
     closed_through: Option<i64>,
+    outputs: Vec<RecordBatch>,
 }
 
 /// One worker's windowed aggregation.
@@ -168,21 +171,37 @@ impl WindowAggregator {
             .collect()
     }
 
-    /// Restores after a (re)start: merges what was sealed up to `committed`
-    /// — the epoch all workers sealed — and forgets later epochs. `None`
-    /// starts afresh.
-    pub fn recover(&mut self, committed: Option<u64>) -> Result<(), DataflowError> {
+    /// Restores after a (re)start, first half: loads the epochs sealed up to
+    /// `committed` — the epoch all workers sealed — and returns the results
+    /// they emitted, which the caller writes to the sink (they may have
+    /// been lost with the crash) before calling
+    /// [`WindowAggregator::finish_recovery`]. `None` starts afresh.
+    pub fn recover(&mut self, committed: Option<u64>) -> Result<Vec<RecordBatch>, DataflowError> {
         let Some(global) = committed else {
-            return self.store.reset(self.op);
+            self.store.reset(self.op)?;
+            return Ok(Vec::new());
         };
-        let mut next = self.store.committed(self.op)?.map_or(0, |m| m + 1);
-        while next <= global {
-            if let Some(bytes) = self.store.sealed_changes(self.op, next)? {
+        let mut outputs = Vec::new();
+        let first = self.store.committed(self.op)?.map_or(0, |m| m + 1);
+        for epoch in first..=global {
+            if let Some(bytes) = self.store.sealed_changes(self.op, epoch)? {
                 let sealed = self.decode_sealed(&bytes)?;
-                self.sealed.insert(next, sealed);
+                outputs.extend(sealed.outputs.iter().cloned());
+                self.sealed.insert(epoch, sealed);
             }
-            self.commit(next)?;
-            next += 1;
+        }
+        Ok(outputs)
+    }
+
+    /// Restores after a (re)start, second half: commits the loaded epochs
+    /// and forgets later ones.
+    pub fn finish_recovery(&mut self, committed: Option<u64>) -> Result<(), DataflowError> {
+        let Some(global) = committed else {
+            return Ok(());
+        };
+        let first = self.store.committed(self.op)?.map_or(0, |m| m + 1);
+        for epoch in first..=global {
+            self.commit(epoch)?;
         }
         self.store.discard_after(self.op, Some(global))?;
         self.closed_through = self.store_closed_through()?;
@@ -228,6 +247,7 @@ impl WindowAggregator {
                 accumulators: self.accumulators()?,
                 min_time: i64::MAX,
                 expired: Vec::new(),
+                outputs: Vec::new(),
             };
             self.layers.insert(epoch, layer);
         }
@@ -264,14 +284,18 @@ impl WindowAggregator {
         let sealed = match self.layers.remove(&epoch) {
             Some(mut layer) => {
                 let mut states = Vec::new();
-                for accumulator in &mut layer.accumulators {
-                    states.extend(accumulator.state(EmitTo::All).map_err(df)?);
+                // An accumulator without groups may return no arrays at all.
+                if layer.groups.len() > 0 {
+                    for accumulator in &mut layer.accumulators {
+                        states.extend(accumulator.state(EmitTo::All).map_err(df)?);
+                    }
                 }
                 Sealed {
                     groups: layer.groups,
                     states,
                     expired: layer.expired,
                     closed_through: self.closed_through,
+                    outputs: layer.outputs,
                 }
             }
             None => Sealed {
@@ -279,6 +303,7 @@ impl WindowAggregator {
                 states: Vec::new(),
                 expired: Vec::new(),
                 closed_through: self.closed_through,
+                outputs: Vec::new(),
             },
         };
         let bytes = self.encode_sealed(&sealed)?;
@@ -409,21 +434,22 @@ impl WindowAggregator {
             .into_iter()
             .filter(|p| self.window.pane_expired(*p, limit))
             .collect();
-        if !expired.is_empty() {
+        if !expired.is_empty() || result.is_some() {
             if !self.layers.contains_key(&epoch) {
                 let layer = Layer {
                     groups: Groups::default(),
                     accumulators: self.accumulators()?,
                     min_time: i64::MAX,
                     expired: Vec::new(),
+                    outputs: Vec::new(),
                 };
                 self.layers.insert(epoch, layer);
             }
-            self.layers
-                .get_mut(&epoch)
-                .expect("inserted above")
-                .expired
-                .extend(expired);
+            let layer = self.layers.get_mut(&epoch).expect("inserted above");
+            layer.expired.extend(expired);
+            // Results are part of the epoch: if the process dies before the
+            // sink has flushed them, recovery writes them again.
+            layer.outputs.extend(result.iter().cloned());
         }
         Ok(result)
     }
@@ -563,7 +589,15 @@ impl WindowAggregator {
             }
             None => bytes.push(0),
         }
-        bytes.extend(crate::batch::to_ipc(&batch).map_err(df)?);
+        let states = crate::batch::to_ipc(&batch).map_err(df)?;
+        bytes.extend_from_slice(&(states.len() as u32).to_le_bytes());
+        bytes.extend(states);
+        bytes.extend_from_slice(&(sealed.outputs.len() as u32).to_le_bytes());
+        for output in &sealed.outputs {
+            let encoded = crate::batch::to_ipc(output).map_err(df)?;
+            bytes.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+            bytes.extend(encoded);
+        }
         Ok(bytes)
     }
 
@@ -591,7 +625,14 @@ impl WindowAggregator {
             )),
             _ => None,
         };
-        let batch = crate::batch::from_ipc(input).map_err(df)?;
+        let length = u32::from_le_bytes(read(4)?.try_into().map_err(|_| corrupt())?) as usize;
+        let batch = crate::batch::from_ipc(read(length)?).map_err(df)?;
+        let count = u32::from_le_bytes(read(4)?.try_into().map_err(|_| corrupt())?) as usize;
+        let mut outputs = Vec::with_capacity(count);
+        for _ in 0..count {
+            let length = u32::from_le_bytes(read(4)?.try_into().map_err(|_| corrupt())?) as usize;
+            outputs.push(crate::batch::from_ipc(read(length)?).map_err(df)?);
+        }
         let panes = batch
             .column(0)
             .as_any()
@@ -623,6 +664,7 @@ impl WindowAggregator {
             states,
             expired,
             closed_through,
+            outputs,
         })
     }
 }

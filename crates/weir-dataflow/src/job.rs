@@ -254,6 +254,11 @@ impl JobHandle {
         self.stop.store(true, Ordering::SeqCst);
     }
 
+    /// Whether the job has ended (see [`JobHandle::join`]).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
     /// Waits for the job to end: a bounded source reached its end, or
     /// [`JobHandle::stop`] was called.
     pub fn join(mut self) -> Result<Status, DataflowError> {
@@ -496,7 +501,17 @@ fn run_worker(
         spec.aggregation.window,
         prepared.time_column,
     )?;
-    aggregator.recover(committed)?;
+    // Results of the epochs being committed now may have died with the
+    // process before reaching the sink: write them again first.
+    let replayed = aggregator.recover(committed)?;
+    if !replayed.is_empty() {
+        let mut sink = SinkState::new(prepared)?;
+        for batch in &replayed {
+            sink.write(batch)?;
+        }
+        sink.flush()?;
+    }
+    aggregator.finish_recovery(committed)?;
     let resume: HashMap<i32, i64> = match committed {
         Some(epoch) => {
             let pending = store.committed(SOURCE_OP)?.is_none_or(|m| m < epoch);
@@ -655,6 +670,12 @@ fn run_worker(
                     None => u64::MAX,
                     Some(epoch) => epoch.saturating_sub(1),
                 };
+                if done == u64::MAX
+                    && last_done != Some(done)
+                    && let Err(error) = sink_state.flush()
+                {
+                    panic!("sink failed: {error}");
+                }
                 if last_done != Some(done) {
                     last_done = Some(done);
                     if let Err(error) = commit_through(&sink_shared, &mut sink_state, done, &status)
@@ -741,10 +762,14 @@ impl WindowOp {
                 aggregator.seal(epoch)?;
             }
             self.sealed_through = self.max_epoch_seen.max(self.sealed_through);
-            if !self.stopping.load(Ordering::SeqCst)
-                && let Some(batch) = aggregator.close_all(self.sealed_through + 1)?
-            {
-                results.push(Batch(batch));
+            if !self.stopping.load(Ordering::SeqCst) {
+                // The last results belong to one more epoch, sealed too.
+                let last = self.sealed_through + 1;
+                if let Some(batch) = aggregator.close_all(last)? {
+                    results.push(Batch(batch));
+                }
+                aggregator.seal(last)?;
+                self.sealed_through = last;
             }
             return Ok((results, None));
         }

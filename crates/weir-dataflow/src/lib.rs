@@ -20,6 +20,7 @@ pub mod codec;
 pub mod decode;
 pub mod job;
 pub mod plan;
+pub mod spec;
 pub mod store;
 pub mod window;
 

@@ -1,0 +1,161 @@
+//! `weir job run` under fire: killed with SIGKILL at random points and
+//! restarted, its final results equal a brute-force reference exactly.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+
+use crate::support::{Platform, stderr};
+
+struct Event {
+    user: String,
+    merchant: String,
+    amount: f64,
+    ts: i64,
+}
+
+/// A deterministic pseudo-random stream (xorshift), no dependency needed.
+fn events(count: usize) -> Vec<Event> {
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    (0..count)
+        .map(|i| Event {
+            user: format!("u{}", next() % 100),
+            merchant: format!("m{}", next() % 25),
+            amount: (next() % 100_000) as f64 / 100.0,
+            ts: 1_700_000_000_000 + i as i64 * 10 - (next() % 2_000) as i64,
+        })
+        .collect()
+}
+
+const JOB: &str = r#"
+name = "crash"
+checkpoint_interval = "300ms"
+
+[source]
+topic = "crash-in"
+event_time = "event_time"
+lateness = "5s"
+bounded = true
+schema = { user_id = "string", merchant_id = "string", amount = "double", event_time = "long" }
+
+[aggregate]
+keys = ["user_id"]
+window = { hop = { size = "60s", slide = "20s" } }
+aggregates = { n = "count(*)", total = "sum(amount)", low = "min(amount)", high = "max(amount)", merchants = "count(DISTINCT merchant_id)" }
+
+[sink]
+topic = "crash-out"
+"#;
+
+fn spawn_job(platform: &Platform, file: &std::path::Path) -> Child {
+    platform
+        .weir(&["job", "run", file.to_str().unwrap(), "--status-every", "1s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn a_job_killed_at_random_points_ends_with_exact_results() {
+    let platform = Platform::start();
+    let data = events(200_000);
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let lines: String = data
+        .iter()
+        .map(|e| {
+            format!(
+                "{{\"user_id\":\"{}\",\"merchant_id\":\"{}\",\"amount\":{},\"event_time\":{}}}\n",
+                e.user, e.merchant, e.amount, e.ts
+            )
+        })
+        .collect();
+    std::fs::write(&input, lines).unwrap();
+    platform.run(
+        &["publish", "crash-in", input.to_str().unwrap(), "--key", "user_id", "--partitions", "3"],
+        b"",
+    );
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, JOB).unwrap();
+
+    // Kill the job at pseudo-random points until it has crashed five times
+    // mid-stream, then let it finish.
+    let mut crashes = 0;
+    let mut delay_state = 7_u64;
+    let started = Instant::now();
+    loop {
+        let mut child = spawn_job(&platform, &job);
+        if crashes >= 5 {
+            let output = child.wait_with_output().unwrap();
+            assert!(output.status.success(), "final run failed:\n{}", stderr(&output));
+            break;
+        }
+        delay_state = delay_state.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let delay = Duration::from_millis(400 + (delay_state >> 33) % 1_200);
+        std::thread::sleep(delay);
+        match child.try_wait().unwrap() {
+            Some(status) => {
+                let output = child.wait_with_output().unwrap();
+                assert!(status.success(), "job failed:\n{}", stderr(&output));
+                break; // finished before we could kill it
+            }
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                crashes += 1;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "the job makes no progress");
+    }
+    assert!(crashes >= 5, "only {crashes} crash(es) happened before the job finished");
+
+    // Nothing was late or malformed.
+    let letters = platform.run(&["tail", "weir.dlq.crash-in", "--from-beginning"], b"");
+    assert!(letters.stdout.is_empty(), "dead letters:\n{}", String::from_utf8_lossy(&letters.stdout).lines().take(5).collect::<Vec<_>>().join("\n"));
+
+    // The output topic, latest value per key (entity + window).
+    let tail = platform.run(&["tail", "crash-out", "--from-beginning", "--meta"], b"");
+    let mut latest: BTreeMap<String, Json> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&tail.stdout).lines() {
+        let record: Json = serde_json::from_str(line).unwrap();
+        latest.insert(record["key"].as_str().unwrap().to_string(), record["value"].clone());
+    }
+
+    // The reference, by brute force.
+    let (size, slide) = (60_000_i64, 20_000_i64);
+    let mut reference: BTreeMap<String, (i64, f64, f64, f64, BTreeSet<String>)> = BTreeMap::new();
+    for event in &data {
+        let last = event.ts - event.ts.rem_euclid(slide);
+        let mut start = last;
+        while start + size > event.ts {
+            let entry = reference
+                .entry(format!("{}|{start}", event.user))
+                .or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY, BTreeSet::new()));
+            entry.0 += 1;
+            entry.1 += event.amount;
+            entry.2 = entry.2.min(event.amount);
+            entry.3 = entry.3.max(event.amount);
+            entry.4.insert(event.merchant.clone());
+            start -= slide;
+        }
+    }
+    assert_eq!(latest.len(), reference.len(), "number of (user, window) results");
+    for (key, (n, total, low, high, merchants)) in &reference {
+        let got = latest.get(key).unwrap_or_else(|| panic!("no result for {key}"));
+        assert_eq!(got["n"].as_i64(), Some(*n), "{key}: {got}");
+        assert_eq!(got["merchants"].as_i64(), Some(merchants.len() as i64), "{key}: {got}");
+        assert_eq!(got["low"].as_f64(), Some(*low), "{key}: {got}");
+        assert_eq!(got["high"].as_f64(), Some(*high), "{key}: {got}");
+        let sum = got["total"].as_f64().unwrap();
+        assert!((sum - total).abs() <= 1e-9 * total.abs().max(1.0), "{key}: {got} vs {total}");
+    }
+}
