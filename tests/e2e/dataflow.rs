@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
 
-use crate::support::{Platform, stderr};
+use crate::support::Platform;
 
 struct Event {
     user: String,
@@ -55,11 +55,12 @@ aggregates = { n = "count(*)", total = "sum(amount)", low = "min(amount)", high 
 topic = "crash-out"
 "#;
 
-fn spawn_job(platform: &Platform, file: &std::path::Path) -> Child {
+fn spawn_job(platform: &Platform, file: &std::path::Path, log: &std::path::Path) -> Child {
     platform
         .weir(&["job", "run", file.to_str().unwrap(), "--status-every", "1s"])
+        .env("RUST_LOG", "weir_dataflow=info")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap()
 }
@@ -81,7 +82,15 @@ fn a_job_killed_at_random_points_ends_with_exact_results() {
         .collect();
     std::fs::write(&input, lines).unwrap();
     platform.run(
-        &["publish", "crash-in", input.to_str().unwrap(), "--key", "user_id", "--partitions", "3"],
+        &[
+            "publish",
+            "crash-in",
+            input.to_str().unwrap(),
+            "--key",
+            "user_id",
+            "--partitions",
+            "3",
+        ],
         b"",
     );
     let job = dir.path().join("job.toml");
@@ -92,20 +101,26 @@ fn a_job_killed_at_random_points_ends_with_exact_results() {
     let mut crashes = 0;
     let mut delay_state = 7_u64;
     let started = Instant::now();
+    let mut logs = Vec::new();
     loop {
-        let mut child = spawn_job(&platform, &job);
+        let log = dir.path().join(format!("run-{}.log", logs.len()));
+        let mut child = spawn_job(&platform, &job, &log);
+        logs.push(log);
         if crashes >= 5 {
             let output = child.wait_with_output().unwrap();
-            assert!(output.status.success(), "final run failed:\n{}", stderr(&output));
+            let log = std::fs::read_to_string(logs.last().unwrap()).unwrap_or_default();
+            assert!(output.status.success(), "final run failed:\n{log}");
             break;
         }
-        delay_state = delay_state.wrapping_mul(6364136223846793005).wrapping_add(1);
+        delay_state = delay_state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1);
         let delay = Duration::from_millis(400 + (delay_state >> 33) % 1_200);
         std::thread::sleep(delay);
         match child.try_wait().unwrap() {
             Some(status) => {
-                let output = child.wait_with_output().unwrap();
-                assert!(status.success(), "job failed:\n{}", stderr(&output));
+                let log = std::fs::read_to_string(logs.last().unwrap()).unwrap_or_default();
+                assert!(status.success(), "job failed:\n{log}");
                 break; // finished before we could kill it
             }
             None => {
@@ -114,21 +129,59 @@ fn a_job_killed_at_random_points_ends_with_exact_results() {
                 crashes += 1;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(600), "the job makes no progress");
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "the job makes no progress"
+        );
     }
-    assert!(crashes >= 5, "only {crashes} crash(es) happened before the job finished");
+    assert!(
+        crashes >= 5,
+        "only {crashes} crash(es) happened before the job finished"
+    );
 
     // Nothing was late or malformed.
     let letters = platform.run(&["tail", "weir.dlq.crash-in", "--from-beginning"], b"");
-    assert!(letters.stdout.is_empty(), "dead letters:\n{}", String::from_utf8_lossy(&letters.stdout).lines().take(5).collect::<Vec<_>>().join("\n"));
+    assert!(
+        letters.stdout.is_empty(),
+        "dead letters:\n{}",
+        String::from_utf8_lossy(&letters.stdout)
+            .lines()
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 
     // The output topic, latest value per key (entity + window).
     let tail = platform.run(&["tail", "crash-out", "--from-beginning", "--meta"], b"");
     let mut latest: BTreeMap<String, Json> = BTreeMap::new();
+    let mut history: BTreeMap<String, Vec<(i64, Json)>> = BTreeMap::new();
     for line in String::from_utf8_lossy(&tail.stdout).lines() {
         let record: Json = serde_json::from_str(line).unwrap();
-        latest.insert(record["key"].as_str().unwrap().to_string(), record["value"].clone());
+        let key = record["key"].as_str().unwrap().to_string();
+        history.entry(key.clone()).or_default().push((
+            record["offset"].as_i64().unwrap(),
+            record["value"]["n"].clone(),
+        ));
+        latest.insert(key, record["value"].clone());
     }
+    let explain = |key: &str| {
+        let runs: Vec<String> = logs
+            .iter()
+            .map(|log| {
+                std::fs::read_to_string(log)
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("starting at epoch") || l.contains("resum"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .collect();
+        format!(
+            "emissions of {key} (offset, n): {:?}\nruns:\n{}",
+            history.get(key),
+            runs.join("\n---\n")
+        )
+    };
 
     // The reference, by brute force.
     let (size, slide) = (60_000_i64, 20_000_i64);
@@ -148,14 +201,32 @@ fn a_job_killed_at_random_points_ends_with_exact_results() {
             start -= slide;
         }
     }
-    assert_eq!(latest.len(), reference.len(), "number of (user, window) results");
+    assert_eq!(
+        latest.len(),
+        reference.len(),
+        "number of (user, window) results"
+    );
     for (key, (n, total, low, high, merchants)) in &reference {
-        let got = latest.get(key).unwrap_or_else(|| panic!("no result for {key}"));
-        assert_eq!(got["n"].as_i64(), Some(*n), "{key}: {got}");
-        assert_eq!(got["merchants"].as_i64(), Some(merchants.len() as i64), "{key}: {got}");
+        let got = latest
+            .get(key)
+            .unwrap_or_else(|| panic!("no result for {key}"));
+        assert_eq!(
+            got["n"].as_i64(),
+            Some(*n),
+            "{key}: {got}\n{}",
+            explain(key)
+        );
+        assert_eq!(
+            got["merchants"].as_i64(),
+            Some(merchants.len() as i64),
+            "{key}: {got}"
+        );
         assert_eq!(got["low"].as_f64(), Some(*low), "{key}: {got}");
         assert_eq!(got["high"].as_f64(), Some(*high), "{key}: {got}");
         let sum = got["total"].as_f64().unwrap();
-        assert!((sum - total).abs() <= 1e-9 * total.abs().max(1.0), "{key}: {got} vs {total}");
+        assert!(
+            (sum - total).abs() <= 1e-9 * total.abs().max(1.0),
+            "{key}: {got} vs {total}"
+        );
     }
 }

@@ -65,16 +65,18 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let handle = std::sync::Arc::new(std::sync::Mutex::new(Some(handle)));
     let finished = {
         let handle = handle.clone();
-        tokio::task::spawn_blocking(move || loop {
-            let done = handle
-                .lock()
-                .expect("handle")
-                .as_ref()
-                .is_none_or(|h| h.is_finished());
-            if done {
-                return;
+        tokio::task::spawn_blocking(move || {
+            loop {
+                let done = handle
+                    .lock()
+                    .expect("handle")
+                    .as_ref()
+                    .is_none_or(|h| h.is_finished());
+                if done {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
-            std::thread::sleep(Duration::from_millis(50));
         })
     };
     tokio::pin!(finished);

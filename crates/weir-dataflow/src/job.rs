@@ -504,6 +504,7 @@ fn run_worker(
     // Results of the epochs being committed now may have died with the
     // process before reaching the sink: write them again first.
     let replayed = aggregator.recover(committed)?;
+    let replayed_rows: usize = replayed.iter().map(RecordBatch::num_rows).sum();
     if !replayed.is_empty() {
         let mut sink = SinkState::new(prepared)?;
         for batch in &replayed {
@@ -535,7 +536,10 @@ fn run_worker(
     let first_epoch = committed.map_or(1, |e| e + 1);
     tracing::info!(
         worker = index,
+        ?local,
         ?committed,
+        ?resume,
+        results_written_again = replayed_rows,
         "job {} starting at epoch {first_epoch}",
         spec.name
     );
@@ -1119,7 +1123,17 @@ impl SourceState {
                     .partitions
                     .get_mut(&messages[index].partition())
                     .expect("assigned partition");
-                partition.max_event = Some(partition.max_event.map_or(t, |m| m.max(t)));
+                if partition.max_event.is_none_or(|m| t > m) {
+                    partition.max_event = Some(t);
+                    // The watermark moves record by record, so that a record
+                    // is late against every record before it in its
+                    // partition, not only those of earlier polls.
+                    if let Some(candidate) = self.candidate_watermark(Instant::now())
+                        && candidate > self.watermark
+                    {
+                        self.watermark = candidate;
+                    }
+                }
             }
         }
         let now = Instant::now();
@@ -1179,28 +1193,26 @@ impl SourceState {
         )
     }
 
-    /// Moves the watermark: the smallest over partitions that are neither
-    /// finished nor idle. When every partition is idle, event time is taken
-    /// to advance with the clock since each one's last record, so that a
-    /// quiet worker does not hold the whole job back.
-    fn advance_watermark(&mut self, cap: &mut Capability<Time>) {
-        let now = Instant::now();
+    /// The watermark the partitions allow now: the smallest over partitions
+    /// that are neither finished nor idle. When every partition is idle,
+    /// event time is taken to advance with the clock since each one's last
+    /// record, so that a quiet worker does not hold the whole job back.
+    fn candidate_watermark(&self, now: Instant) -> Option<i64> {
         let watermark_of =
             |p: &PartitionProgress| p.max_event.map(|m| m.saturating_sub(self.lateness));
-        let active: Vec<&PartitionProgress> = self
+        let mut active = self
             .partitions
             .values()
             .filter(|p| p.end.is_none_or(|end| p.next_offset < end))
             .filter(|p| now.duration_since(p.last_activity) < self.idle_timeout)
-            .collect();
-        let candidate = if self.partitions.is_empty() {
+            .peekable();
+        if self.partitions.is_empty() {
             Some(i64::MAX)
-        } else if !active.is_empty() {
+        } else if active.peek().is_some() {
             // A partition that has not shown an event time yet holds the
             // watermark where it is.
             active
-                .iter()
-                .map(|p| watermark_of(p))
+                .map(watermark_of)
                 .collect::<Option<Vec<_>>>()
                 .and_then(|v| v.into_iter().min())
         } else {
@@ -1213,16 +1225,23 @@ impl SourceState {
                     })
                 })
                 .max()
-        };
-        if let Some(candidate) = candidate
+        }
+    }
+
+    /// Moves the watermark and the capability with it.
+    fn advance_watermark(&mut self, cap: &mut Capability<Time>) {
+        if let Some(candidate) = self.candidate_watermark(Instant::now())
             && candidate > self.watermark
         {
             self.watermark = candidate;
-            let inner = u64::try_from(candidate.max(0)).unwrap_or(0);
-            if inner > cap.time().inner {
-                cap.downgrade(&Product::new(self.epoch, inner));
-            }
-            self.status.lock().expect("status").watermark = Some(candidate);
+        }
+        if self.watermark == i64::MIN {
+            return;
+        }
+        let inner = u64::try_from(self.watermark.max(0)).unwrap_or(0);
+        if inner > cap.time().inner {
+            cap.downgrade(&Product::new(self.epoch, inner));
+            self.status.lock().expect("status").watermark = Some(self.watermark);
         }
     }
 }

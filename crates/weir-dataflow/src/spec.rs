@@ -108,7 +108,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "m" | "min" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        other => return Err(format!("`{other}` in `{text}` is not a unit (ms, s, m, h, d)")),
+        other => {
+            return Err(format!(
+                "`{other}` in `{text}` is not a unit (ms, s, m, h, d)"
+            ));
+        }
     };
     Ok(Duration::from_millis(number * ms))
 }
@@ -136,18 +140,17 @@ pub fn load(path: &Path, state_dir: &Path) -> Result<JobSpec, DataflowError> {
 /// Parses a job from TOML text. Errors start with `line:column: `.
 pub fn parse(text: &str, state_dir: &Path) -> Result<JobSpec, String> {
     let file: JobFile = toml::from_str(text).map_err(|e| {
-        let (line, column) = e
-            .span()
-            .map_or((1, 1), |span| weir_core::config::line_column(text, span.start));
+        let (line, column) = e.span().map_or((1, 1), |span| {
+            weir_core::config::line_column(text, span.start)
+        });
         format!("{line}:{column}: {}", e.message())
     })?;
     let at = |span: std::ops::Range<usize>, message: String| {
         let (line, column) = weir_core::config::line_column(text, span.start);
         format!("{line}:{column}: {message}")
     };
-    let duration = |value: &Spanned<String>| {
-        parse_duration(value.get_ref()).map_err(|e| at(value.span(), e))
-    };
+    let duration =
+        |value: &Spanned<String>| parse_duration(value.get_ref()).map_err(|e| at(value.span(), e));
     let source = file.source;
     let mut kafka = KafkaSource::new(&source.topic, &source.event_time);
     if source.event_time == "kafka" {
@@ -165,7 +168,10 @@ pub fn parse(text: &str, state_dir: &Path) -> Result<JobSpec, String> {
             "earliest" => Start::Earliest,
             "latest" => Start::Latest,
             other => {
-                return Err(at(start.span(), format!("`{other}` is not earliest or latest")));
+                return Err(at(
+                    start.span(),
+                    format!("`{other}` is not earliest or latest"),
+                ));
             }
         },
     };

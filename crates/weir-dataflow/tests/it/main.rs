@@ -1,5 +1,7 @@
 //! The runtime against a real broker and real RocksDB: windowed results
 //! equal a brute-force reference, whatever the number of workers.
 
+mod cluster;
+mod dead_letters;
 mod support;
 mod windows;

@@ -19,6 +19,8 @@ use weir_core::Config;
 
 use crate::connect::bus_config;
 
+mod hop;
+
 #[derive(clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -30,6 +32,10 @@ enum What {
     /// Produce then consume records through the bus (Avro codec, dead-letter
     /// checks) and through a raw rdkafka loop with the same settings.
     Bus(BusArgs),
+    /// A hopping-window aggregation (1 h every 5 min; count, avg, max per
+    /// user) over a pre-loaded topic: a Weir job, a hand-written Rust loop
+    /// (the limit) and Quix Streams (the anchor), on the same data.
+    Hop(hop::Args),
 }
 
 #[derive(clap::Args)]
@@ -48,6 +54,7 @@ struct BusArgs {
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     match args.what {
         What::Bus(args) => bench_bus(config, args).await,
+        What::Hop(args) => hop::run(config, args).await,
     }
 }
 

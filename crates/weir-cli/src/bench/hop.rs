@@ -1,0 +1,393 @@
+//! `weir bench hop`: one windowed aggregation three ways on the same topic.
+//!
+//! 1. **Weir**: `weir job run` in a child process (1 worker), reading the
+//!    topic to its end and writing results to a topic; its peak RSS is read
+//!    from `/proc`.
+//! 2. **Hand loop** (the limit): one thread, rdkafka consumer, serde_json,
+//!    a `HashMap` of (user, window) → (count, sum, max), results to a topic.
+//! 3. **Quix Streams** (the anchor), `python/bench/quix_hop.py`, in the
+//!    Python environment `cargo xtask bench` builds.
+//!
+//! Data as in `shared/anchors/gen_txn.py`: JSON transactions keyed by user,
+//! event time advancing 10 ms per event, amounts exponential (mean 40).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Deserialize;
+use weir_broker::{EmbeddedBroker, Storage};
+use weir_bus::{Bus, OutRecord, TopicSpec};
+use weir_core::Config;
+
+use crate::connect::bus_config;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Events in the topic.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: usize,
+    /// Distinct users.
+    #[arg(long, default_value_t = 10_000)]
+    users: usize,
+    /// Events Quix Streams processes (it is slow: ~3k events/s here).
+    #[arg(long)]
+    quix_events: Option<usize>,
+    /// Skip Quix Streams.
+    #[arg(long)]
+    no_quix: bool,
+}
+
+const HOUR: i64 = 3_600_000;
+const SLIDE: i64 = 300_000;
+const T0: i64 = 1_700_000_000_000;
+
+pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
+    let (bootstrap, broker) = match &config.brokers {
+        Some(brokers) => (brokers.clone(), None),
+        None => {
+            let broker = EmbeddedBroker::start_on_free_port(Storage::Memory).await?;
+            (broker.bootstrap_servers(), Some(broker))
+        }
+    };
+    let bus = Bus::connect(bus_config(config, &bootstrap)).await?;
+    let topic = format!("bench.hop.{}", std::process::id());
+    bus.admin().create_topic(&TopicSpec::new(&topic, 1)).await?;
+    println!(
+        "weir bench hop: {} JSON events, {} users, 10 ms apart; hopping window 1 h every 5 min; count, avg, max of amount per user",
+        args.events, args.users
+    );
+    let started = Instant::now();
+    load(&bus, &topic, args.events, args.users).await?;
+    println!(
+        "loaded the topic in {:.1} s ({} on 1 partition)\n",
+        started.elapsed().as_secs_f64(),
+        if broker.is_some() {
+            "embedded broker, memory storage, in this process"
+        } else {
+            "the configured Kafka"
+        }
+    );
+
+    let weir = run_weir(config, &bootstrap, &topic).await?;
+    let hand = {
+        let (bootstrap, topic, events) = (bootstrap.clone(), topic.clone(), args.events);
+        tokio::task::spawn_blocking(move || hand_loop(&bootstrap, &topic, events)).await??
+    };
+    let quix = if args.no_quix {
+        None
+    } else {
+        Some(run_quix(&bootstrap, &topic, args.quix_events.unwrap_or(args.events)).await?)
+    };
+
+    println!(
+        "{:<34} {:>12} {:>10} {:>14}",
+        "", "events/s", "peak RSS", "vs hand loop"
+    );
+    let row = |name: &str, figure: &Figure| {
+        println!(
+            "{name:<34} {:>12.0} {:>10} {:>14.2}",
+            figure.events_per_second(),
+            figure
+                .rss_mib
+                .map_or("-".to_string(), |m| format!("{m:.0} MiB")),
+            figure.events_per_second() / hand.events_per_second()
+        );
+    };
+    row("weir job (1 worker, child process)", &weir);
+    row("hand loop (1 thread, HashMap)", &hand);
+    if let Some(quix) = &quix {
+        row("quix streams (.final(), 1 process)", quix);
+        println!(
+            "\nweir / quix streams: {:.1}x  (target >= 20x per core)",
+            weir.events_per_second() / quix.events_per_second()
+        );
+    }
+    println!(
+        "weir / hand loop: {:.2}  (target >= 0.5)\n\
+         The machine has 2 cores shared by the broker, the job and librdkafka's threads.",
+        weir.events_per_second() / hand.events_per_second()
+    );
+    drop(bus);
+    if let Some(broker) = broker {
+        broker.stop().await;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+struct Figure {
+    events: usize,
+    seconds: f64,
+    rss_mib: Option<f64>,
+}
+
+impl Figure {
+    fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.seconds
+    }
+}
+
+async fn load(bus: &Bus, topic: &str, events: usize, users: usize) -> anyhow::Result<()> {
+    let producer = bus.producer()?;
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..events {
+        let user = format!("u{}", rng.random_range(0..users));
+        // Exponential with mean 40, two decimals.
+        let amount = (-(1.0 - rng.random::<f64>()).ln() * 40.0 * 100.0).round() / 100.0;
+        let value = format!(
+            "{{\"user_id\":\"{user}\",\"merchant_id\":\"m{}\",\"amount\":{amount},\"ts\":{}}}",
+            rng.random_range(0..500),
+            T0 + i as i64 * 10
+        );
+        pending.push_back(
+            producer
+                .send(OutRecord::new(topic, value.as_bytes()).key(user.as_bytes()))
+                .await?,
+        );
+        if pending.len() > 100_000 {
+            pending.pop_front().expect("non-empty").await?;
+        }
+    }
+    for delivery in pending {
+        delivery.await?;
+    }
+    Ok(())
+}
+
+/// Peak RSS of a running process so far, from `/proc`.
+fn peak_rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Waits for a child, sampling its peak RSS until it exits.
+async fn wait_sampling(
+    mut child: tokio::process::Child,
+) -> anyhow::Result<(std::process::ExitStatus, Option<f64>)> {
+    let pid = child.id().context("the child has no pid")?;
+    let mut peak = None;
+    loop {
+        if let Some(rss) = peak_rss_mib(pid) {
+            peak = Some(rss);
+        }
+        tokio::select! {
+            status = child.wait() => return Ok((status?, peak)),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+    }
+}
+
+async fn run_weir(config: &Config, bootstrap: &str, topic: &str) -> anyhow::Result<Figure> {
+    let dir = tempdir()?;
+    let job = dir.join("hop.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"name = "bench-hop"
+checkpoint_interval = "1s"
+
+[source]
+topic = "{topic}"
+event_time = "ts"
+bounded = true
+schema = {{ user_id = "string", merchant_id = "string", amount = "double", ts = "long" }}
+
+[aggregate]
+keys = ["user_id"]
+window = {{ hop = {{ size = "1h", slide = "5m" }} }}
+aggregates = {{ count = "count(*)", avg_amount = "avg(amount)", max_amount = "max(amount)" }}
+
+[sink]
+topic = "{topic}-weir"
+"#
+        ),
+    )?;
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let child = tokio::process::Command::new(exe)
+        .args(["job", "run"])
+        .arg(&job)
+        .args(["--status-every", "1h"])
+        .env("WEIR_BROKERS", bootstrap)
+        .env("WEIR_STATE_DIR", &dir)
+        .env("WEIR_MAX_RECORD_BYTES", config.max_record_bytes.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let (status, rss) = wait_sampling(child).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("the weir job failed ({status})");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let events = count_records(bootstrap, topic)?;
+    Ok(Figure {
+        events,
+        seconds,
+        rss_mib: rss,
+    })
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("weir-bench-hop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn count_records(bootstrap: &str, topic: &str) -> anyhow::Result<usize> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let (low, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10))?;
+    Ok((high - low) as usize)
+}
+
+#[derive(Deserialize)]
+struct Transaction<'a> {
+    #[serde(borrow)]
+    user_id: std::borrow::Cow<'a, str>,
+    amount: f64,
+    ts: i64,
+}
+
+/// The limit: one thread, no framework.
+fn hand_loop(bootstrap: &str, topic: &str, events: usize) -> anyhow::Result<Figure> {
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("bench-hand-{}", std::process::id()))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut assignment = TopicPartitionList::new();
+    assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
+    consumer.assign(&assignment)?;
+    let producer: ThreadedProducer<DefaultProducerContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "200000")
+        .create()?;
+    let out = format!("{topic}-hand");
+    let started = Instant::now();
+    // (user, window start) -> (count, sum, max)
+    let mut windows: HashMap<(String, i64), (u64, f64, f64)> = HashMap::new();
+    let mut watermark = i64::MIN;
+    let mut next_close = i64::MIN;
+    let mut read = 0;
+    let emit = |windows: &mut HashMap<(String, i64), (u64, f64, f64)>,
+                up_to: i64|
+     -> anyhow::Result<()> {
+        let closed: Vec<(String, i64)> = windows
+            .keys()
+            .filter(|(_, s)| s + HOUR <= up_to)
+            .cloned()
+            .collect();
+        for key in closed {
+            let (count, sum, max) = windows.remove(&key).expect("present");
+            let value = format!(
+                "{{\"user_id\":\"{}\",\"window_start\":{},\"count\":{count},\"avg_amount\":{},\"max_amount\":{max}}}",
+                key.0,
+                key.1,
+                sum / count as f64
+            );
+            let record_key = format!("{}|{}", key.0, key.1);
+            let mut record = BaseRecord::to(&out).key(&record_key).payload(&value);
+            loop {
+                match producer.send(record) {
+                    Ok(()) => break,
+                    Err((_, back)) => {
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+            }
+        }
+        Ok(())
+    };
+    while read < events {
+        let Some(message) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let message = message?;
+        read += 1;
+        let Some(payload) = message.payload() else {
+            continue;
+        };
+        let Ok(event) = serde_json::from_slice::<Transaction<'_>>(payload) else {
+            continue;
+        };
+        let last = event.ts - event.ts.rem_euclid(SLIDE);
+        let mut start = last;
+        while start + HOUR > event.ts {
+            let entry = windows
+                .entry((event.user_id.to_string(), start))
+                .or_insert((0, 0.0, f64::MIN));
+            entry.0 += 1;
+            entry.1 += event.amount;
+            entry.2 = entry.2.max(event.amount);
+            start -= SLIDE;
+        }
+        watermark = watermark.max(event.ts);
+        if watermark >= next_close {
+            emit(&mut windows, watermark)?;
+            next_close = watermark - watermark.rem_euclid(SLIDE) + SLIDE;
+        }
+    }
+    emit(&mut windows, i64::MAX)?;
+    producer.flush(Duration::from_secs(60))?;
+    Ok(Figure {
+        events: read,
+        seconds: started.elapsed().as_secs_f64(),
+        rss_mib: None,
+    })
+}
+
+async fn run_quix(bootstrap: &str, topic: &str, events: usize) -> anyhow::Result<Figure> {
+    let python = std::env::var_os("WEIR_PYTHON")
+        .map(PathBuf::from)
+        .context("WEIR_PYTHON is not set: run the benchmark with `cargo xtask bench hop` (it builds the Python environment with Quix Streams), or pass --no-quix")?;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../python/bench/quix_hop.py");
+    let child = tokio::process::Command::new(python)
+        .arg(&script)
+        .args([bootstrap, topic, &events.to_string(), "final"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("no pid")?;
+    let output = {
+        let mut peak = None;
+        let wait = child.wait_with_output();
+        tokio::pin!(wait);
+        loop {
+            if let Some(rss) = peak_rss_mib(pid) {
+                peak = Some(rss);
+            }
+            tokio::select! {
+                output = &mut wait => break (output?, peak),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    };
+    let (output, rss) = output;
+    let line = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = line
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("quix streams printed no result ({})", output.status))?;
+    Ok(Figure {
+        events: report["events"].as_u64().unwrap_or(0) as usize,
+        seconds: report["seconds"].as_f64().unwrap_or(f64::NAN),
+        rss_mib: rss,
+    })
+}
