@@ -268,6 +268,16 @@ fn python_venv(name: &str) -> Result<PathBuf> {
         .args(["-m", "pip", "install", "--quiet", "-r"])
         .arg(&requirements))?;
     fs::write(&done, b"").map_err(|e| format!("{}: {e}", done.display()))?;
+    // Environments of older requirements are not used again.
+    if let Ok(entries) = fs::read_dir(venv.parent().expect("venv has a parent")) {
+        for entry in entries.flatten() {
+            let stale = entry.file_name().to_string_lossy().starts_with(&format!("{name}-"))
+                && entry.path() != venv;
+            if stale {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     Ok(python)
 }
 
