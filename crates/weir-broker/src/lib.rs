@@ -120,6 +120,9 @@ impl EmbeddedBroker {
                 Err(error) => return Err(start_error(format!("{error:?}"))),
             }
         };
+        if let Storage::Sqlite(path) = &storage {
+            index_headers(path).await.map_err(start_error)?;
+        }
         let engine = PatchedStorage::new(container);
         engine
             .register_broker(BrokerRegistrationRequest {
@@ -251,6 +254,27 @@ async fn serve(
         }
     }
     connections.shutdown().await;
+}
+
+/// tansu's SQLite schema has no index on record headers, and its fetch
+/// reads the headers of every record it returns by (partition, offset):
+/// without an index each fetch scans every header of every topic, so
+/// fetches slow down as dead letters (which carry headers) pile up.
+async fn index_headers(path: &Path) -> Result<(), String> {
+    let fail = |e: libsql::Error| format!("indexing {}: {e}", path.display());
+    let database = libsql::Builder::new_local(path)
+        .build()
+        .await
+        .map_err(fail)?;
+    let connection = database.connect().map_err(fail)?;
+    connection
+        .execute(
+            "create index if not exists weir_header_record on header (topition, offset_id)",
+            (),
+        )
+        .await
+        .map_err(fail)?;
+    Ok(())
 }
 
 /// A port of 127.0.0.1 that was free a moment ago.

@@ -11,9 +11,14 @@
 //!   (`DEFAULT_CONFIG`), so clients that hide defaults, as Kafka tools do,
 //!   show nothing. They are reported as dynamic topic configs.
 //! - **`Fetch` in the memory engine** from an offset inside a batch (a
-//!   consumer resuming at a committed offset, `weir tail -n`) returns
-//!   nothing, and the consumer waits forever: the batch that holds the
-//!   offset is looked up and returned.
+//!   consumer resuming at a committed offset, `weir tail -n`, a client
+//!   that read part of a batch) skips the rest of that batch, or returns
+//!   nothing and the consumer waits forever. The batch that holds the
+//!   offset is looked up and returned **without its records before the
+//!   offset** (as a compacted batch keeps its offsets): tansu's fetch loop
+//!   computes the next offset as the requested one plus the records
+//!   returned, so a whole batch from before the offset would make it skip
+//!   as many records further on.
 //! - **`DeleteRecords`** is `todo!()` in both engines and would panic a
 //!   connection task: it is refused with `UNSUPPORTED_VERSION` instead.
 
@@ -169,8 +174,11 @@ impl Storage for PatchedStorage {
             .inner
             .fetch(topition, offset, min_bytes, max_bytes, isolation)
             .await?;
-        if offset == 0 || batches.first().is_some_and(|b| b.base_offset <= offset) {
+        if offset == 0 || batches.first().is_some_and(|b| b.base_offset == offset) {
             return Ok(batches);
+        }
+        if batches.first().is_some_and(|b| b.base_offset < offset) {
+            return from_offset(batches, offset);
         }
         let stage = self.inner.offset_stage(topition).await?;
         if offset >= stage.high_watermark() {
@@ -195,7 +203,7 @@ impl Storage for PatchedStorage {
                 let last_end = found.last().map_or(from, end);
                 let covering: Vec<_> = found.into_iter().filter(|b| end(b) >= offset).collect();
                 if !covering.is_empty() {
-                    return Ok(covering);
+                    return from_offset(covering, offset);
                 }
                 // A size-limited answer ended before `offset`: go on after it.
                 from = last_end + 1;
@@ -385,4 +393,27 @@ impl Storage for PatchedStorage {
     async fn ping(&self) -> Result<()> {
         self.inner.ping().await
     }
+}
+
+/// `batches` (the first holding `offset`) without the records before
+/// `offset`: the first batch keeps its base offset and the offsets of the
+/// records it keeps, as a compacted batch does.
+fn from_offset(mut batches: Vec<deflated::Batch>, offset: i64) -> Result<Vec<deflated::Batch>> {
+    let Some(first) = batches.first_mut() else {
+        return Ok(batches);
+    };
+    if first.base_offset >= offset {
+        return Ok(batches);
+    }
+    let mut inflated = tansu_sans_io::record::inflated::Batch::try_from(&*first)?;
+    let base = inflated.base_offset;
+    inflated
+        .records
+        .retain(|record| base + i64::from(record.offset_delta) >= offset);
+    if inflated.records.is_empty() {
+        batches.remove(0);
+    } else {
+        *first = deflated::Batch::try_from(inflated)?;
+    }
+    Ok(batches)
 }

@@ -120,3 +120,65 @@ async fn a_taken_port_is_a_clear_error() {
     assert!(error.contains(&broker.address().to_string()), "{error}");
     broker.stop().await;
 }
+
+/// A consumer that starts or goes on inside a batch (a resumed checkpoint,
+/// a response cut short by its size limit) reads every later record once,
+/// in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reading_from_inside_a_batch_skips_nothing() {
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let broker = EmbeddedBroker::start_on_free_port(Storage::Memory)
+        .await
+        .unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    create_topic(&bootstrap, "batches", 1).await;
+    const RECORDS: i64 = 60_000;
+    // Two big batches, then small ones: a fetch from inside a big batch
+    // goes on over many small ones in the same response.
+    let value = "x".repeat(100);
+    for (records, batch) in [(20_000, "10000"), (RECORDS - 20_000, "200")] {
+        let producer: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("linger.ms", "100")
+            .set("batch.num.messages", batch)
+            .set("batch.size", "4000000")
+            .create()
+            .unwrap();
+        for i in 0..records {
+            let key = i.to_string();
+            producer
+                .send(BaseRecord::to("batches").key(&key).payload(&value))
+                .map_err(|(e, _)| e)
+                .unwrap();
+        }
+        producer.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    for start in [0, 4_096, 12_345, 19_990, 41_000] {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .set("group.id", "inside-a-batch")
+            .create()
+            .unwrap();
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset("batches", 0, Offset::Offset(start))
+            .unwrap();
+        consumer.assign(&assignment).unwrap();
+        let mut next = start;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while next < RECORDS {
+            assert!(std::time::Instant::now() < deadline, "stuck at {next}");
+            if let Some(message) = consumer.poll(Duration::from_millis(200)) {
+                let offset = message.unwrap().offset();
+                assert_eq!(
+                    offset, next,
+                    "from {start}: expected offset {next}, got {offset}"
+                );
+                next += 1;
+            }
+        }
+    }
+}
