@@ -55,9 +55,23 @@ aggregates = { n = "count(*)", total = "sum(amount)", low = "min(amount)", high 
 topic = "crash-out"
 "#;
 
-fn spawn_job(platform: &Platform, file: &std::path::Path, log: &std::path::Path) -> Child {
+fn spawn_job(
+    platform: &Platform,
+    file: &std::path::Path,
+    workers: usize,
+    log: &std::path::Path,
+) -> Child {
+    let workers = workers.to_string();
     platform
-        .weir(&["job", "run", file.to_str().unwrap(), "--status-every", "1s"])
+        .weir(&[
+            "job",
+            "run",
+            file.to_str().unwrap(),
+            "--status-every",
+            "1s",
+            "-w",
+            &workers,
+        ])
         .env("RUST_LOG", "weir_dataflow=info")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
@@ -67,6 +81,17 @@ fn spawn_job(platform: &Platform, file: &std::path::Path, log: &std::path::Path)
 
 #[test]
 fn a_job_killed_at_random_points_ends_with_exact_results() {
+    killed_at_random_points(1);
+}
+
+#[test]
+fn a_two_worker_job_killed_at_random_points_ends_with_exact_results() {
+    killed_at_random_points(2);
+}
+
+/// Kills a `weir job run` with `workers` worker threads at random points
+/// at least five times; its final results equal a brute-force reference.
+fn killed_at_random_points(workers: usize) {
     let platform = Platform::start();
     let data = events(200_000);
     let dir = tempfile::tempdir().unwrap();
@@ -104,7 +129,7 @@ fn a_job_killed_at_random_points_ends_with_exact_results() {
     let mut logs = Vec::new();
     loop {
         let log = dir.path().join(format!("run-{}.log", logs.len()));
-        let mut child = spawn_job(&platform, &job, &log);
+        let mut child = spawn_job(&platform, &job, workers, &log);
         logs.push(log);
         if crashes >= 5 {
             let output = child.wait_with_output().unwrap();

@@ -12,10 +12,22 @@
 //! A window is evaluated when the watermark has passed its end and every
 //! row that could belong to it is sealed: its panes' committed and sealed
 //! partial states are merged (`merge_batch`) and evaluated — the same
-//! accumulators and the same merge DataFusion's batch engine runs. Expired
-//! panes are deleted through the epoch in which they expired, and the
-//! "windows emitted up to" mark is committed with the epoch, so that a
-//! restart emits every window exactly as before.
+//! accumulators and the same merge DataFusion's batch engine runs. A window
+//! is evaluated in chunks of keys, reading its panes from RocksDB in key
+//! order, so memory does not grow with the number of keys. Expired state is
+//! deleted through the epoch in which it expired, and the "windows emitted
+//! up to" mark is committed with the epoch, so that a restart emits every
+//! window exactly as before.
+//!
+//! **Session windows** use panes as wide as the gap and keep, per (pane,
+//! key), the smallest and largest event time: the events of one pane are
+//! always in one session, and two consecutive panes of a key are when the
+//! second's first event is less than a gap after the first's last. A
+//! session closes when the watermark has passed its last event plus the gap.
+//!
+//! With [`Emit::OnUpdate`] every window a sealed epoch changed is emitted
+//! with its value so far (an upsert by entity and window), instead of once
+//! when it closes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
@@ -34,13 +46,27 @@ use crate::DataflowError;
 use crate::batch::KeyEncoder;
 use crate::codec;
 use crate::plan::AggregatePlan;
-use crate::store::{OperatorId, PaneStates, Store};
+use crate::store::{OperatorId, Store};
 use crate::window::Window;
 
 /// Output column of a window's start.
 pub const WINDOW_START: &str = "window_start";
 /// Output column of a window's end.
 pub const WINDOW_END: &str = "window_end";
+
+/// Groups evaluated at once when a window closes.
+const CHUNK: usize = 32_768;
+
+/// When results are emitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Emit {
+    /// Once per window and key, when the watermark passes the window's end.
+    #[default]
+    OnClose,
+    /// Every checkpoint, for each window and key it changed: the value so
+    /// far (an upsert by entity and window).
+    OnUpdate,
+}
 
 fn df(error: impl std::fmt::Display) -> DataflowError {
     DataflowError::Execution(error.to_string())
@@ -70,14 +96,31 @@ impl Groups {
     }
 }
 
+/// Smallest and largest event time of a group (session windows).
+type Bounds = (i64, i64);
+
+fn widen(a: Bounds, b: Bounds) -> Bounds {
+    (a.0.min(b.0), a.1.max(b.1))
+}
+
+/// What an epoch deletes when it commits.
+#[derive(Default)]
+struct Deletions {
+    /// Whole panes (tumbling and hopping windows).
+    panes: Vec<i64>,
+    /// Single `(pane, key)` groups (sessions).
+    groups: Vec<(i64, Vec<u8>)>,
+}
+
 /// Partial aggregates of one open epoch.
 struct Layer {
     groups: Groups,
     accumulators: Vec<Box<dyn GroupsAccumulator>>,
+    bounds: Vec<Bounds>,
     min_time: i64,
-    expired: Vec<i64>,
-    /// Results emitted while this epoch was the earliest open one.
-    outputs: Vec<RecordBatch>,
+    deletions: Deletions,
+    /// Windows ending at or before this were emitted in this epoch.
+    closed_through: Option<i64>,
 }
 
 /// The partial states of a sealed epoch: one row per group, state columns
@@ -85,10 +128,30 @@ struct Layer {
 struct Sealed {
     groups: Groups,
     states: Vec<ArrayRef>,
-    expired: Vec<i64>,
+    bounds: Vec<Bounds>,
+    deletions: Deletions,
     closed_through: Option<i64>,
-    outputs: Vec<RecordBatch>,
 }
+
+/// Where the partial states of an output group come from.
+#[derive(Default)]
+struct Contributions {
+    /// Committed state bytes (without bounds) and their output group.
+    committed: Vec<(Vec<u8>, usize)>,
+    /// Rows of sealed epochs' states and their output group.
+    sealed: BTreeMap<u64, (Vec<u32>, Vec<usize>)>,
+}
+
+impl Contributions {
+    fn add_sealed(&mut self, epoch: u64, row: usize, group: usize) {
+        let entry = self.sealed.entry(epoch).or_default();
+        entry.0.push(row as u32);
+        entry.1.push(group);
+    }
+}
+
+/// An output row: `(window start, window end, key)`.
+type OutputGroup = (i64, i64, Vec<u8>);
 
 /// One worker's windowed aggregation.
 pub struct WindowAggregator {
@@ -96,6 +159,7 @@ pub struct WindowAggregator {
     store: Rc<Store>,
     plan: AggregatePlan,
     window: Window,
+    emit: Emit,
     time_column: usize,
     keys: KeyEncoder,
     /// State fields of each aggregate.
@@ -118,10 +182,11 @@ impl WindowAggregator {
         plan: AggregatePlan,
         window: Window,
         time_column: usize,
+        emit: Emit,
     ) -> Result<Self, DataflowError> {
-        if matches!(window, Window::Session { .. }) {
+        if emit == Emit::OnUpdate && matches!(window, Window::Session { .. }) {
             return Err(DataflowError::Plan(
-                "session windows are not supported by the windowed aggregator yet".into(),
+                "session windows are emitted when they close, not on every update".into(),
             ));
         }
         let keys = KeyEncoder::new(plan.input.clone(), plan.keys.clone()).map_err(df)?;
@@ -131,23 +196,13 @@ impl WindowAggregator {
             .map(|a| a.state_fields().map_err(df))
             .collect::<Result<Vec<_>, _>>()?;
         let all_state_fields = state_fields.iter().flatten().cloned().collect();
-        let mut fields: Vec<FieldRef> = keys.fields();
-        for name in [WINDOW_START, WINDOW_END] {
-            fields.push(Arc::new(Field::new(
-                name,
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            )));
-        }
-        for (aggregate, name) in plan.aggregates.iter().zip(&plan.names) {
-            fields.push(Arc::new(aggregate.field().as_ref().clone().with_name(name)));
-        }
         Ok(Self {
             op,
             store,
-            output: Arc::new(Schema::new(fields)),
+            output: output_schema(&plan, &keys),
             plan,
             window,
+            emit,
             time_column,
             keys,
             state_fields,
@@ -163,6 +218,10 @@ impl WindowAggregator {
         self.output.clone()
     }
 
+    fn is_session(&self) -> bool {
+        matches!(self.window, Window::Session { .. })
+    }
+
     fn accumulators(&self) -> Result<Vec<Box<dyn GroupsAccumulator>>, DataflowError> {
         self.plan
             .aggregates
@@ -171,53 +230,46 @@ impl WindowAggregator {
             .collect()
     }
 
-    /// Restores after a (re)start, first half: loads the epochs sealed up to
-    /// `committed` — the epoch all workers sealed — and returns the results
-    /// they emitted, which the caller writes to the sink (they may have
-    /// been lost with the crash) before calling
-    /// [`WindowAggregator::finish_recovery`]. `None` starts afresh.
-    pub fn recover(&mut self, committed: Option<u64>) -> Result<Vec<RecordBatch>, DataflowError> {
+    fn layer(&mut self, epoch: u64) -> Result<&mut Layer, DataflowError> {
+        if !self.layers.contains_key(&epoch) {
+            let layer = Layer {
+                groups: Groups::default(),
+                accumulators: self.accumulators()?,
+                bounds: Vec::new(),
+                min_time: i64::MAX,
+                deletions: Deletions::default(),
+                closed_through: None,
+            };
+            self.layers.insert(epoch, layer);
+        }
+        Ok(self.layers.get_mut(&epoch).expect("inserted above"))
+    }
+
+    /// Restores after a (re)start: commits the epochs sealed up to
+    /// `committed` — the last epoch all workers sealed — and forgets later
+    /// ones. `None` starts afresh.
+    pub fn recover(&mut self, committed: Option<u64>) -> Result<(), DataflowError> {
         let Some(global) = committed else {
-            self.store.reset(self.op)?;
-            return Ok(Vec::new());
+            return self.store.reset(self.op);
         };
-        let mut outputs = Vec::new();
         let first = self.store.committed(self.op)?.map_or(0, |m| m + 1);
         for epoch in first..=global {
             if let Some(bytes) = self.store.sealed_changes(self.op, epoch)? {
                 let sealed = self.decode_sealed(&bytes)?;
-                outputs.extend(sealed.outputs.iter().cloned());
                 self.sealed.insert(epoch, sealed);
             }
-        }
-        Ok(outputs)
-    }
-
-    /// Restores after a (re)start, second half: commits the loaded epochs
-    /// and forgets later ones.
-    pub fn finish_recovery(&mut self, committed: Option<u64>) -> Result<(), DataflowError> {
-        let Some(global) = committed else {
-            return Ok(());
-        };
-        let first = self.store.committed(self.op)?.map_or(0, |m| m + 1);
-        for epoch in first..=global {
             self.commit(epoch)?;
         }
         self.store.discard_after(self.op, Some(global))?;
-        self.closed_through = self.store_closed_through()?;
-        Ok(())
-    }
-
-    fn store_closed_through(&self) -> Result<Option<i64>, DataflowError> {
-        let Some(bytes) = self.store.mark(self.op)? else {
-            return Ok(None);
+        self.closed_through = match self.store.mark(self.op)? {
+            None => None,
+            Some(bytes) => {
+                Some(i64::from_be_bytes(bytes.as_slice().try_into().map_err(
+                    |_| DataflowError::State("corrupt window mark".into()),
+                )?))
+            }
         };
-        Ok(Some(i64::from_be_bytes(
-            bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| DataflowError::State("corrupt window mark".into()))?,
-        )))
+        Ok(())
     }
 
     /// Adds a batch of rows that arrived in `epoch`.
@@ -241,46 +293,50 @@ impl WindowAggregator {
         }
         let times = event_times(batch.column(self.time_column))?;
         let rows = self.keys.rows(&batch).map_err(df)?;
-        if !self.layers.contains_key(&epoch) {
-            let layer = Layer {
-                groups: Groups::default(),
-                accumulators: self.accumulators()?,
-                min_time: i64::MAX,
-                expired: Vec::new(),
-                outputs: Vec::new(),
-            };
-            self.layers.insert(epoch, layer);
-        }
-        let layer = self.layers.get_mut(&epoch).expect("inserted above");
+        let args = self
+            .plan
+            .aggregates
+            .iter()
+            .map(|aggregate| {
+                aggregate
+                    .expressions()
+                    .iter()
+                    .map(|e| {
+                        e.evaluate(&batch)
+                            .and_then(|v| v.into_array(batch.num_rows()))
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(df)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (window, session) = (self.window, self.is_session());
+        let layer = self.layer(epoch)?;
         let mut group_indices = Vec::with_capacity(batch.num_rows());
-        for (i, t) in times.iter().enumerate() {
-            group_indices.push(
-                layer
-                    .groups
-                    .index(self.window.pane_of(*t), rows.row(i).as_ref()),
-            );
-            layer.min_time = layer.min_time.min(*t);
+        for (i, &t) in times.iter().enumerate() {
+            let group = layer.groups.index(window.pane_of(t), rows.row(i).as_ref());
+            if session {
+                if group == layer.bounds.len() {
+                    layer.bounds.push((t, t));
+                } else {
+                    layer.bounds[group] = widen(layer.bounds[group], (t, t));
+                }
+            }
+            group_indices.push(group);
+            layer.min_time = layer.min_time.min(t);
         }
         let total = layer.groups.len();
-        for (aggregate, accumulator) in self.plan.aggregates.iter().zip(&mut layer.accumulators) {
-            let args = aggregate
-                .expressions()
-                .iter()
-                .map(|e| {
-                    e.evaluate(&batch)
-                        .and_then(|v| v.into_array(batch.num_rows()))
-                })
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(df)?;
+        for (accumulator, args) in layer.accumulators.iter_mut().zip(&args) {
             accumulator
-                .update_batch(&args, &group_indices, None, total)
+                .update_batch(args, &group_indices, None, total)
                 .map_err(df)?;
         }
         Ok(())
     }
 
     /// Seals `epoch`: its partial states become immutable and durable.
-    pub fn seal(&mut self, epoch: u64) -> Result<(), DataflowError> {
+    /// With [`Emit::OnUpdate`], returns the current value of every window
+    /// the epoch changed.
+    pub fn seal(&mut self, epoch: u64) -> Result<Option<RecordBatch>, DataflowError> {
         let sealed = match self.layers.remove(&epoch) {
             Some(mut layer) => {
                 let mut states = Vec::new();
@@ -293,27 +349,103 @@ impl WindowAggregator {
                 Sealed {
                     groups: layer.groups,
                     states,
-                    expired: layer.expired,
-                    closed_through: self.closed_through,
-                    outputs: layer.outputs,
+                    bounds: layer.bounds,
+                    deletions: layer.deletions,
+                    closed_through: layer.closed_through,
                 }
             }
             None => Sealed {
                 groups: Groups::default(),
                 states: Vec::new(),
-                expired: Vec::new(),
-                closed_through: self.closed_through,
-                outputs: Vec::new(),
+                bounds: Vec::new(),
+                deletions: Deletions::default(),
+                closed_through: None,
             },
         };
         let bytes = self.encode_sealed(&sealed)?;
         self.store.seal(self.op, epoch, Some(&bytes), None)?;
+        let touched: Vec<(i64, Vec<u8>)> = if self.emit == Emit::OnUpdate {
+            sealed.groups.list.clone()
+        } else {
+            Vec::new()
+        };
         self.sealed.insert(epoch, sealed);
-        Ok(())
+        if touched.is_empty() {
+            return Ok(None);
+        }
+        self.updates(&touched).map(Some)
+    }
+
+    /// The current value of every window not closed yet (update mode, after
+    /// a restart: updates emitted before the crash may have been lost).
+    pub fn open_windows(&self) -> Result<Vec<RecordBatch>, DataflowError> {
+        if self.emit != Emit::OnUpdate {
+            return Ok(Vec::new());
+        }
+        let low = self
+            .closed_through
+            .map_or(i64::MIN, |c| c.saturating_sub(self.window.size()));
+        let touched: Vec<(i64, Vec<u8>)> = self
+            .store
+            .states_between(self.op, low, i64::MAX)?
+            .into_iter()
+            .map(|(pane, key, _)| (pane, key))
+            .collect();
+        let mut results = Vec::new();
+        for chunk in touched.chunks(CHUNK) {
+            results.push(self.updates(chunk)?);
+        }
+        Ok(results)
+    }
+
+    /// The current value of every open window holding one of `touched`.
+    fn updates(&self, touched: &[(i64, Vec<u8>)]) -> Result<RecordBatch, DataflowError> {
+        let after = self.closed_through.unwrap_or(i64::MIN);
+        let size = self.window.size();
+        let mut index: HashMap<(i64, &[u8]), usize> = HashMap::new();
+        let mut groups: Vec<OutputGroup> = Vec::new();
+        for (pane, key) in touched {
+            for start in self.window.windows_of(*pane) {
+                if start + size > after {
+                    index.entry((start, key)).or_insert_with(|| {
+                        groups.push((start, start + size, key.clone()));
+                        groups.len() - 1
+                    });
+                }
+            }
+        }
+        // Every (pane, key) the groups need, from the committed state and
+        // the sealed epochs.
+        let mut wanted: Vec<(i64, &[u8], usize)> = Vec::new();
+        for (group, (start, _, key)) in groups.iter().enumerate() {
+            for pane in self.window.panes_of_window(*start) {
+                wanted.push((pane, key.as_slice(), group));
+            }
+        }
+        let lookups: Vec<(i64, &[u8])> = wanted.iter().map(|(p, k, _)| (*p, *k)).collect();
+        let mut contributions = Contributions::default();
+        for (state, (_, _, group)) in self
+            .store
+            .states(self.op, &lookups)?
+            .into_iter()
+            .zip(&wanted)
+        {
+            if let Some(state) = state {
+                contributions.committed.push((state, *group));
+            }
+        }
+        for (epoch, sealed) in &self.sealed {
+            for (pane, key, group) in &wanted {
+                if let Some(row) = sealed.groups.by_pane.get(pane).and_then(|k| k.get(*key)) {
+                    contributions.add_sealed(*epoch, *row, *group);
+                }
+            }
+        }
+        self.evaluate(&groups, contributions)
     }
 
     /// Commits `epoch` (sealed by every worker): merges its partial states
-    /// into the committed state and applies its pane deletions.
+    /// into the committed state and applies its deletions.
     pub fn commit(&mut self, epoch: u64) -> Result<(), DataflowError> {
         let Some(sealed) = self.sealed.remove(&epoch) else {
             return self.store.commit(self.op, epoch, |_| {});
@@ -324,19 +456,25 @@ impl WindowAggregator {
             .iter()
             .map(|(pane, key)| (*pane, key.as_slice()))
             .collect();
+        let session = self.is_session();
         let mut merged_rows = Vec::new();
         if !groups.is_empty() {
             let existing = self.store.states(self.op, &groups)?;
             let mut accumulators = self.accumulators()?;
-            let present: Vec<usize> = (0..existing.len())
-                .filter(|i| existing[*i].is_some())
-                .collect();
-            let stored = codec::decode_rows(
-                present
-                    .iter()
-                    .map(|i| existing[*i].as_deref().expect("present")),
-                &self.all_state_fields,
-            )?;
+            let mut bounds = sealed.bounds.clone();
+            let mut present = Vec::new();
+            let mut stored_rows = Vec::new();
+            for (i, state) in existing.iter().enumerate() {
+                if let Some(state) = state {
+                    let (stored_bounds, state) = split_bounds(state, session)?;
+                    if let Some(b) = stored_bounds {
+                        bounds[i] = widen(bounds[i], b);
+                    }
+                    present.push(i);
+                    stored_rows.push(state);
+                }
+            }
+            let stored = codec::decode_rows(stored_rows, &self.all_state_fields)?;
             self.merge_into(&mut accumulators, &stored, &present, groups.len())?;
             let identity: Vec<usize> = (0..groups.len()).collect();
             self.merge_into(&mut accumulators, &sealed.states, &identity, groups.len())?;
@@ -346,6 +484,10 @@ impl WindowAggregator {
             }
             for row in 0..groups.len() {
                 let mut bytes = Vec::new();
+                if let Some((min, max)) = bounds.get(row).filter(|_| session) {
+                    bytes.extend_from_slice(&min.to_le_bytes());
+                    bytes.extend_from_slice(&max.to_le_bytes());
+                }
                 codec::encode_row(&states, row, &mut bytes)?;
                 merged_rows.push(bytes);
             }
@@ -354,8 +496,11 @@ impl WindowAggregator {
             for ((pane, key), state) in groups.iter().zip(&merged_rows) {
                 writes.put(*pane, key, state);
             }
-            for pane in &sealed.expired {
+            for pane in &sealed.deletions.panes {
                 writes.delete_pane(*pane);
+            }
+            for (pane, key) in &sealed.deletions.groups {
+                writes.delete(*pane, key);
             }
             if let Some(mark) = sealed.closed_through {
                 writes.set_mark(&mark.to_be_bytes());
@@ -393,14 +538,30 @@ impl WindowAggregator {
             .fold(watermark, i64::min)
     }
 
-    /// Evaluates every window ending at or before `limit` not yet emitted;
-    /// pane deletions go into `epoch` (the earliest open epoch).
-    pub fn close(&mut self, epoch: u64, limit: i64) -> Result<Option<RecordBatch>, DataflowError> {
-        let size = self.window.size();
+    /// Evaluates every window ending at or before `limit` not yet emitted.
+    /// The close belongs to `epoch`: its deletions and the new "emitted up
+    /// to" mark commit with it, so `epoch` must be the latest epoch whose
+    /// data the limit depends on (a restart before it commits closes those
+    /// windows again). Results come in batches of at most a few tens of
+    /// thousands of rows.
+    pub fn close(&mut self, epoch: u64, limit: i64) -> Result<Vec<RecordBatch>, DataflowError> {
         let after = self.closed_through.unwrap_or(i64::MIN);
         if limit <= after {
-            return Ok(None);
+            return Ok(Vec::new());
         }
+        if self.is_session() {
+            // A session scan reads all open sessions: do it once per gap of
+            // event time, or at the end.
+            let gap = self.window.size();
+            if limit != i64::MAX
+                && self.closed_through.is_some()
+                && limit < after.saturating_add(gap)
+            {
+                return Ok(Vec::new());
+            }
+            return self.close_sessions(epoch, after, limit);
+        }
+        let size = self.window.size();
         // Panes that may hold rows of the windows now closing.
         let low = after.saturating_sub(size);
         let mut panes: Vec<i64> = self.store.panes_between(self.op, low, limit)?;
@@ -423,104 +584,238 @@ impl WindowAggregator {
         starts.sort_unstable();
         starts.dedup();
 
-        let result = if starts.is_empty() {
-            None
-        } else {
-            Some(self.evaluate(&starts)?)
-        };
+        let mut results = Vec::new();
+        if self.emit == Emit::OnClose {
+            for start in starts {
+                self.evaluate_window(start, &mut results)?;
+            }
+        }
         self.closed_through = Some(limit);
-
         let expired: Vec<i64> = panes
             .into_iter()
             .filter(|p| self.window.pane_expired(*p, limit))
             .collect();
-        if !expired.is_empty() || result.is_some() {
-            if !self.layers.contains_key(&epoch) {
-                let layer = Layer {
-                    groups: Groups::default(),
-                    accumulators: self.accumulators()?,
-                    min_time: i64::MAX,
-                    expired: Vec::new(),
-                    outputs: Vec::new(),
-                };
-                self.layers.insert(epoch, layer);
-            }
-            let layer = self.layers.get_mut(&epoch).expect("inserted above");
-            layer.expired.extend(expired);
-            // Results are part of the epoch: if the process dies before the
-            // sink has flushed them, recovery writes them again.
-            layer.outputs.extend(result.iter().cloned());
-        }
-        Ok(result)
+        let layer = self.layer(epoch)?;
+        layer.deletions.panes.extend(expired);
+        layer.closed_through = Some(limit);
+        Ok(results)
     }
 
-    /// Every window's result at the end of input (sealed and committed
-    /// state only: seal the open epochs first).
-    pub fn close_all(&mut self, epoch: u64) -> Result<Option<RecordBatch>, DataflowError> {
-        self.close(epoch, i64::MAX)
-    }
-
-    fn evaluate(&self, starts: &[i64]) -> Result<RecordBatch, DataflowError> {
-        // Groups of the output: (window start, key).
-        let mut groups: HashMap<(i64, Vec<u8>), usize> = HashMap::new();
-        let mut group_list: Vec<(i64, Vec<u8>)> = Vec::new();
-        // Contributions: committed rows and sealed rows, each with its group.
-        let mut committed_rows: Vec<Vec<u8>> = Vec::new();
-        let mut committed_groups: Vec<usize> = Vec::new();
-        let mut sealed_rows: BTreeMap<u64, (Vec<u32>, Vec<usize>)> = BTreeMap::new();
-        let mut pane_cache: HashMap<i64, PaneStates> = HashMap::new();
-        for &start in starts {
-            for pane in self.window.panes_of_window(start) {
-                let states = match pane_cache.entry(pane) {
-                    std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(entry) => {
-                        entry.insert(self.store.pane(self.op, pane)?)
-                    }
-                };
-                for (key, state) in states.iter() {
-                    let group = group_of(&mut groups, &mut group_list, start, key);
-                    committed_rows.push(state.clone());
-                    committed_groups.push(group);
-                }
-                for (epoch, sealed) in &self.sealed {
-                    if let Some(keys) = sealed.groups.by_pane.get(&pane) {
-                        let entry = sealed_rows.entry(*epoch).or_default();
-                        for (key, row) in keys {
-                            let group = group_of(&mut groups, &mut group_list, start, key);
-                            entry.0.push(*row as u32);
-                            entry.1.push(group);
-                        }
-                    }
+    /// Evaluates the window starting at `start`, key chunk by key chunk:
+    /// its panes are read from RocksDB in key order and merged with the
+    /// sealed epochs' states.
+    fn evaluate_window(
+        &self,
+        start: i64,
+        results: &mut Vec<RecordBatch>,
+    ) -> Result<(), DataflowError> {
+        let end = start + self.window.size();
+        let panes: Vec<i64> = self.window.panes_of_window(start).collect();
+        let mut committed: Vec<_> = panes
+            .iter()
+            .map(|p| self.store.pane_iter(self.op, *p).peekable())
+            .collect();
+        // Sealed rows of the window's panes, in key order.
+        let mut sealed: Vec<(&[u8], u64, usize)> = Vec::new();
+        for (epoch, s) in &self.sealed {
+            for pane in &panes {
+                if let Some(keys) = s.groups.by_pane.get(pane) {
+                    sealed.extend(keys.iter().map(|(k, row)| (k.as_slice(), *epoch, *row)));
                 }
             }
         }
-        let total = group_list.len();
+        sealed.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut sealed = sealed.into_iter().peekable();
+
+        let mut groups: Vec<OutputGroup> = Vec::new();
+        let mut contributions = Contributions::default();
+        loop {
+            // The smallest key among the panes' next entries.
+            let mut next: Option<Vec<u8>> = sealed.peek().map(|(k, _, _)| k.to_vec());
+            for iter in &mut committed {
+                match iter.peek() {
+                    Some(Ok((key, _))) if next.as_deref().is_none_or(|n| key.as_ref() < n) => {
+                        next = Some(key.to_vec());
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) => {
+                        return Err(iter.next().expect("peeked").expect_err("an error"));
+                    }
+                    None => {}
+                }
+            }
+            let Some(key) = next else { break };
+            let group = groups.len();
+            for iter in &mut committed {
+                if matches!(iter.peek(), Some(Ok((k, _))) if k.as_ref() == key.as_slice()) {
+                    let (_, state) = iter.next().expect("peeked")?;
+                    contributions.committed.push((state.into_vec(), group));
+                }
+            }
+            while sealed.peek().is_some_and(|(k, _, _)| *k == key.as_slice()) {
+                let (_, epoch, row) = sealed.next().expect("peeked");
+                contributions.add_sealed(epoch, row, group);
+            }
+            groups.push((start, end, key));
+            if groups.len() == CHUNK {
+                results.push(self.evaluate(&groups, std::mem::take(&mut contributions))?);
+                groups.clear();
+            }
+        }
+        if !groups.is_empty() {
+            results.push(self.evaluate(&groups, contributions)?);
+        }
+        Ok(())
+    }
+
+    /// Emits the sessions that ended at or before `limit` (and after
+    /// `after`), and deletes their state.
+    fn close_sessions(
+        &mut self,
+        epoch: u64,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordBatch>, DataflowError> {
+        let gap = self.window.size();
+        // Every (pane, key) before `limit`, with its bounds and where its
+        // states are: committed bytes, or rows of sealed epochs.
+        #[derive(Default)]
+        struct Part {
+            bounds: Option<Bounds>,
+            committed: Option<Vec<u8>>,
+            sealed: Vec<(u64, usize)>,
+        }
+        let mut parts: BTreeMap<(Vec<u8>, i64), Part> = BTreeMap::new();
+        for (pane, key, state) in self.store.states_between(self.op, i64::MIN, limit)? {
+            let (bounds, state) = split_bounds(&state, true)?;
+            let part = parts.entry((key, pane)).or_default();
+            part.bounds = bounds;
+            part.committed = Some(state.to_vec());
+        }
+        for (epoch, sealed) in &self.sealed {
+            for (row, (pane, key)) in sealed.groups.list.iter().enumerate() {
+                if *pane >= limit {
+                    continue;
+                }
+                let part = parts.entry((key.clone(), *pane)).or_default();
+                let b = sealed.bounds[row];
+                part.bounds = Some(part.bounds.map_or(b, |a| widen(a, b)));
+                part.sealed.push((*epoch, row));
+            }
+        }
+        // Chains of a key's panes, in time order (the map is sorted by key,
+        // then pane).
+        let mut groups: Vec<OutputGroup> = Vec::new();
+        let mut contributions = Contributions::default();
+        let mut deleted: Vec<(i64, Vec<u8>)> = Vec::new();
+        let mut results = Vec::new();
+        let mut chain: Vec<(i64, Part)> = Vec::new();
+        let mut chain_key: Option<Vec<u8>> = None;
+        let mut chain_bounds: Bounds = (0, 0);
+        let flush_chain = |key: &[u8],
+                           chain: &mut Vec<(i64, Part)>,
+                           bounds: Bounds,
+                           groups: &mut Vec<OutputGroup>,
+                           contributions: &mut Contributions,
+                           deleted: &mut Vec<(i64, Vec<u8>)>| {
+            let end = bounds.1 + gap;
+            if chain.is_empty() || end > limit {
+                chain.clear();
+                return;
+            }
+            if end > after {
+                let group = groups.len();
+                groups.push((bounds.0, end, key.to_vec()));
+                for (_, part) in chain.iter_mut() {
+                    if let Some(state) = part.committed.take() {
+                        contributions.committed.push((state, group));
+                    }
+                    for (epoch, row) in &part.sealed {
+                        contributions.add_sealed(*epoch, *row, group);
+                    }
+                }
+            }
+            deleted.extend(chain.drain(..).map(|(pane, _)| (pane, key.to_vec())));
+        };
+        for ((key, pane), part) in parts {
+            let Some(bounds) = part.bounds else {
+                continue;
+            };
+            let same_key = chain_key.as_deref() == Some(key.as_slice());
+            if same_key && bounds.0 - chain_bounds.1 < gap {
+                chain_bounds = widen(chain_bounds, bounds);
+                chain.push((pane, part));
+                continue;
+            }
+            if let Some(previous) = chain_key.take() {
+                flush_chain(
+                    &previous,
+                    &mut chain,
+                    chain_bounds,
+                    &mut groups,
+                    &mut contributions,
+                    &mut deleted,
+                );
+            }
+            if groups.len() >= CHUNK {
+                results.push(self.evaluate(&groups, std::mem::take(&mut contributions))?);
+                groups.clear();
+            }
+            chain_key = Some(key);
+            chain_bounds = bounds;
+            chain.push((pane, part));
+        }
+        if let Some(previous) = chain_key.take() {
+            flush_chain(
+                &previous,
+                &mut chain,
+                chain_bounds,
+                &mut groups,
+                &mut contributions,
+                &mut deleted,
+            );
+        }
+        if !groups.is_empty() {
+            results.push(self.evaluate(&groups, contributions)?);
+        }
+        self.closed_through = Some(limit);
+        let layer = self.layer(epoch)?;
+        layer.deletions.groups.extend(deleted);
+        layer.closed_through = Some(limit);
+        Ok(results)
+    }
+
+    /// Merges the contributions of each output group and evaluates them.
+    fn evaluate(
+        &self,
+        groups: &[OutputGroup],
+        contributions: Contributions,
+    ) -> Result<RecordBatch, DataflowError> {
+        let total = groups.len();
         let mut accumulators = self.accumulators()?;
-        let stored = codec::decode_rows(
-            committed_rows.iter().map(Vec::as_slice),
-            &self.all_state_fields,
-        )?;
-        self.merge_into(&mut accumulators, &stored, &committed_groups, total)?;
-        for (epoch, (rows, group_indices)) in &sealed_rows {
-            let indices = UInt32Array::from(rows.clone());
+        let (rows, indices): (Vec<Vec<u8>>, Vec<usize>) =
+            contributions.committed.into_iter().unzip();
+        let stored = codec::decode_rows(rows.iter().map(Vec::as_slice), &self.all_state_fields)?;
+        self.merge_into(&mut accumulators, &stored, &indices, total)?;
+        for (epoch, (rows, group_indices)) in &contributions.sealed {
+            let rows = UInt32Array::from(rows.clone());
             let states = self.sealed[epoch]
                 .states
                 .iter()
-                .map(|column| take(column.as_ref(), &indices, None).map_err(df))
+                .map(|column| take(column.as_ref(), &rows, None).map_err(df))
                 .collect::<Result<Vec<_>, _>>()?;
             self.merge_into(&mut accumulators, &states, group_indices, total)?;
         }
 
         let mut columns = self
             .keys
-            .columns(group_list.iter().map(|(_, key)| key.as_slice()))
+            .columns(groups.iter().map(|(_, _, key)| key.as_slice()))
             .map_err(df)?;
-        let size = self.window.size();
         columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
-            group_list.iter().map(|(start, _)| *start),
+            groups.iter().map(|(start, _, _)| *start),
         )));
         columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
-            group_list.iter().map(|(start, _)| start + size),
+            groups.iter().map(|(_, end, _)| *end),
         )));
         for (accumulator, field) in accumulators
             .iter_mut()
@@ -540,6 +835,8 @@ impl WindowAggregator {
         let mut fields = vec![
             Field::new("pane", DataType::Int64, false),
             Field::new("key", DataType::Binary, false),
+            Field::new("tmin", DataType::Int64, false),
+            Field::new("tmax", DataType::Int64, false),
         ];
         fields.extend(
             self.all_state_fields
@@ -547,12 +844,20 @@ impl WindowAggregator {
                 .enumerate()
                 .map(|(i, f)| Field::new(format!("s{i}"), f.data_type().clone(), true)),
         );
+        let rows = sealed.groups.list.len();
+        let bound = |i: usize, which: fn(&Bounds) -> i64| sealed.bounds.get(i).map_or(0, which);
         let mut columns: Vec<ArrayRef> = vec![
             Arc::new(Int64Array::from_iter_values(
                 sealed.groups.list.iter().map(|(p, _)| *p),
             )),
             Arc::new(BinaryArray::from_iter_values(
                 sealed.groups.list.iter().map(|(_, k)| k.as_slice()),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                (0..rows).map(|i| bound(i, |b| b.0)),
+            )),
+            Arc::new(Int64Array::from_iter_values(
+                (0..rows).map(|i| bound(i, |b| b.1)),
             )),
         ];
         if sealed.states.is_empty() {
@@ -578,9 +883,15 @@ impl WindowAggregator {
             .collect::<Result<Vec<_>, _>>()?;
         let batch = RecordBatch::try_new(schema, columns).map_err(df)?;
         let mut bytes = Vec::new();
-        bytes.extend_from_slice(&(sealed.expired.len() as u32).to_le_bytes());
-        for pane in &sealed.expired {
+        bytes.extend_from_slice(&(sealed.deletions.panes.len() as u32).to_le_bytes());
+        for pane in &sealed.deletions.panes {
             bytes.extend_from_slice(&pane.to_le_bytes());
+        }
+        bytes.extend_from_slice(&(sealed.deletions.groups.len() as u32).to_le_bytes());
+        for (pane, key) in &sealed.deletions.groups {
+            bytes.extend_from_slice(&pane.to_le_bytes());
+            bytes.extend_from_slice(&(key.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(key);
         }
         match sealed.closed_through {
             Some(mark) => {
@@ -589,15 +900,7 @@ impl WindowAggregator {
             }
             None => bytes.push(0),
         }
-        let states = crate::batch::to_ipc(&batch).map_err(df)?;
-        bytes.extend_from_slice(&(states.len() as u32).to_le_bytes());
-        bytes.extend(states);
-        bytes.extend_from_slice(&(sealed.outputs.len() as u32).to_le_bytes());
-        for output in &sealed.outputs {
-            let encoded = crate::batch::to_ipc(output).map_err(df)?;
-            bytes.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
-            bytes.extend(encoded);
-        }
+        bytes.extend(crate::batch::to_ipc(&batch).map_err(df)?);
         Ok(bytes)
     }
 
@@ -613,11 +916,17 @@ impl WindowAggregator {
             Ok(head)
         };
         let count = u32::from_le_bytes(read(4)?.try_into().map_err(|_| corrupt())?) as usize;
-        let mut expired = Vec::with_capacity(count);
+        let mut deletions = Deletions::default();
         for _ in 0..count {
-            expired.push(i64::from_le_bytes(
+            deletions.panes.push(i64::from_le_bytes(
                 read(8)?.try_into().map_err(|_| corrupt())?,
             ));
+        }
+        let count = u32::from_le_bytes(read(4)?.try_into().map_err(|_| corrupt())?) as usize;
+        for _ in 0..count {
+            let pane = i64::from_le_bytes(read(8)?.try_into().map_err(|_| corrupt())?);
+            let length = u32::from_le_bytes(read(4)?.try_into().map_err(|_| corrupt())?) as usize;
+            deletions.groups.push((pane, read(length)?.to_vec()));
         }
         let closed_through = match read(1)?[0] {
             1 => Some(i64::from_le_bytes(
@@ -625,32 +934,32 @@ impl WindowAggregator {
             )),
             _ => None,
         };
-        let length = u32::from_le_bytes(read(4)?.try_into().map_err(|_| corrupt())?) as usize;
-        let batch = crate::batch::from_ipc(read(length)?).map_err(df)?;
-        let count = u32::from_le_bytes(read(4)?.try_into().map_err(|_| corrupt())?) as usize;
-        let mut outputs = Vec::with_capacity(count);
-        for _ in 0..count {
-            let length = u32::from_le_bytes(read(4)?.try_into().map_err(|_| corrupt())?) as usize;
-            outputs.push(crate::batch::from_ipc(read(length)?).map_err(df)?);
-        }
-        let panes = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .ok_or_else(corrupt)?;
+        let batch = crate::batch::from_ipc(input).map_err(df)?;
+        let column = |i: usize| {
+            batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .ok_or_else(corrupt)
+        };
+        let (panes, tmin, tmax) = (column(0)?, column(2)?, column(3)?);
         let keys = batch
             .column(1)
             .as_any()
             .downcast_ref::<BinaryArray>()
             .ok_or_else(corrupt)?;
         let mut groups = Groups::default();
+        let mut bounds = Vec::new();
         for i in 0..batch.num_rows() {
             groups.index(panes.value(i), keys.value(i));
+            if self.is_session() {
+                bounds.push((tmin.value(i), tmax.value(i)));
+            }
         }
         let states = self
             .all_state_fields
             .iter()
-            .zip(batch.columns().iter().skip(2))
+            .zip(batch.columns().iter().skip(4))
             .map(|(field, column)| {
                 if column.data_type() == field.data_type() {
                     Ok(column.clone())
@@ -662,23 +971,48 @@ impl WindowAggregator {
         Ok(Sealed {
             groups,
             states,
-            expired,
+            bounds,
+            deletions,
             closed_through,
-            outputs,
         })
     }
 }
 
-fn group_of(
-    groups: &mut HashMap<(i64, Vec<u8>), usize>,
-    list: &mut Vec<(i64, Vec<u8>)>,
-    start: i64,
-    key: &[u8],
-) -> usize {
-    *groups.entry((start, key.to_vec())).or_insert_with(|| {
-        list.push((start, key.to_vec()));
-        list.len() - 1
-    })
+/// The output schema of an aggregation: keys, window start and end, and
+/// the aggregates under their names.
+fn output_schema(plan: &AggregatePlan, keys: &KeyEncoder) -> SchemaRef {
+    let mut fields: Vec<FieldRef> = keys.fields();
+    for name in [WINDOW_START, WINDOW_END] {
+        fields.push(Arc::new(Field::new(
+            name,
+            DataType::Timestamp(TimeUnit::Millisecond, None),
+            false,
+        )));
+    }
+    for (aggregate, name) in plan.aggregates.iter().zip(&plan.names) {
+        fields.push(Arc::new(aggregate.field().as_ref().clone().with_name(name)));
+    }
+    Arc::new(Schema::new(fields))
+}
+
+/// The schema results of `plan` have (see [`WindowAggregator::output_schema`]).
+pub fn result_schema(plan: &AggregatePlan) -> Result<SchemaRef, DataflowError> {
+    let keys = KeyEncoder::new(plan.input.clone(), plan.keys.clone()).map_err(df)?;
+    Ok(output_schema(plan, &keys))
+}
+
+/// Splits stored state bytes into the session bounds (if sessions) and
+/// the encoded aggregate states.
+fn split_bounds(bytes: &[u8], session: bool) -> Result<(Option<Bounds>, &[u8]), DataflowError> {
+    if !session {
+        return Ok((None, bytes));
+    }
+    if bytes.len() < 16 {
+        return Err(DataflowError::State("corrupt session state".into()));
+    }
+    let min = i64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
+    let max = i64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes"));
+    Ok((Some((min, max)), &bytes[16..]))
 }
 
 /// A `GroupsAccumulator` for an aggregate: DataFusion's specialised one

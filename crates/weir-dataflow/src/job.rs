@@ -1,5 +1,15 @@
-//! Jobs: a Kafka source, a windowed aggregation and a sink, run as a timely
-//! dataflow on any number of worker threads and processes.
+//! Jobs: a source, an optional lookup join and row transform, an optional
+//! windowed aggregation and a sink, run as a timely dataflow on any number
+//! of worker threads and processes.
+//!
+//! ```text
+//!  source ─▶ [lookup join] ─▶ [transform] ─▶ split by key ─exchange─▶ window aggregate ─▶ [transform] ─▶ sink ─▶ commit
+//! ```
+//!
+//! A [`JobSpec`] says what to compute in SQL fragments (what `weir job run`
+//! reads from TOML); [`plan`] turns it into a [`Pipeline`] of physical
+//! expressions against the resolved schemas (the SQL front end builds
+//! pipelines directly); [`run`] runs a pipeline.
 //!
 //! # Time, watermarks and epochs
 //!
@@ -7,61 +17,70 @@
 //! product. The **watermark** is event time (ms) minus the allowed lateness;
 //! a source holds its capability at the smallest watermark of its
 //! partitions, so the input frontier of the window operator says which
-//! windows no row can still arrive for. The **epoch** counts checkpoints:
-//! every checkpoint interval a source stores its offsets for the epoch it
-//! leaves and moves its capability to the next epoch.
+//! windows no row can still arrive for. The **epoch** counts checkpoints: every checkpoint interval a
+//! source stores its offsets for the epoch it leaves and moves its
+//! capability to the next epoch.
 //!
 //! # Exactly-once
 //!
-//! When its input frontier has left epoch `e`, a window operator has seen
-//! every row of `e` from every source: it seals `e` (partial states to
-//! RocksDB) and only then lets its output frontier leave `e`. So when the
-//! sink's frontier leaves `e`, every operator of every worker has sealed it:
-//! the sink flushes its outputs and commits `e` on its worker (merge into
-//! the state; keep `e`'s offsets). After a crash the workers agree on the
+//! Each stateful operator **seals** an epoch on its own when its input
+//! frontier has left it: the source its offsets, the window operator its
+//! partial states, the sink its output (flushed to Kafka, or a staged
+//! Parquet file synced to disk). The sink holds its capability until it has
+//! sealed, so when the frontier of the final commit operator leaves epoch
+//! `e`, every operator of every worker has sealed `e` (timely's progress
+//! tracking is global): the worker **commits** `e` — merges the partial
+//! states into the committed state, keeps the offsets, renames the staged
+//! files into place. After a crash the workers agree (a broadcast) on the
 //! last epoch they all sealed, commit it, drop later ones, and the sources
 //! resume at its offsets. Outputs are keyed by entity and window, so a
 //! replay rewrites identical records and nothing is counted twice.
+//!
+//! When the dataflow ends, the workers agree on one last epoch that every
+//! operator seals — closing every remaining window in it at the end of a
+//! bounded input, leaving them open for the next run when stopped — and
+//! all commit it together.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use arrow::array::{Array, RecordBatch, TimestampMillisecondArray};
-use arrow::compute::take_record_batch;
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::Message as _;
-use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::{Exchange, Pipeline};
+use timely::dataflow::channels::pact::{Exchange, Pipeline as Pipe};
 use timely::dataflow::operators::generic::source;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Capability, Input, Inspect, Operator, Probe};
+use timely::dataflow::operators::{Input, Inspect, Operator, Probe};
 use timely::order::Product;
-use weir_bus::dead_letter::{self, Source as DeadSource};
-use weir_bus::{Bus, BusConfig, DeadLetterReason, DecodeError, TopicSpec};
+use weir_bus::{Bus, BusConfig, TopicCodec, TopicSpec};
 
 use crate::DataflowError;
-use crate::aggregate::{WINDOW_START, WindowAggregator, event_times};
+use crate::aggregate::{Emit, WINDOW_START, WindowAggregator, result_schema};
 use crate::batch::{Batch, KeyEncoder, split_by_key};
-use crate::decode::{RecordDecoder, arrow_schema};
+use crate::decode::arrow_schema;
+use crate::lookup::{Lookup, LookupPlan, LookupTable};
 use crate::plan::{AggregatePlan, plan_aggregate};
+use crate::sink::SinkState;
+use crate::source::{Checkpoint, SourceState, SourceStep, parquet_schema};
 use crate::store::{OperatorId, Store};
+use crate::transform::{Transform, plan_transform};
 use crate::window::Window;
+
+pub use crate::sink::{MemorySink, Sink};
 
 /// Timely time of every batch: `(epoch, watermark)`, a product order.
 pub type Time = Product<u64, u64>;
 
 const SOURCE_OP: OperatorId = 1;
 const WINDOW_OP: OperatorId = 2;
+const SINK_OP: OperatorId = 3;
+const LOOKUP_OP: OperatorId = 4;
 
 /// Where event time comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -122,6 +141,68 @@ impl KafkaSource {
     }
 }
 
+/// Parquet files as a (bounded) source: a backfill.
+#[derive(Debug, Clone)]
+pub struct ParquetSource {
+    /// A file, or a directory read recursively (`*.parquet`, in name order;
+    /// hidden files and directories are skipped).
+    pub path: PathBuf,
+    /// The event time column.
+    pub event_time: String,
+}
+
+impl ParquetSource {
+    /// The files to read, in order.
+    pub fn files(&self) -> Result<Vec<PathBuf>, DataflowError> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+            let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
+            entries.sort_by_key(|e| e.file_name());
+            for entry in entries {
+                let name = entry.file_name();
+                if name.to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out)?;
+                } else if path.extension().is_some_and(|e| e == "parquet") {
+                    out.push(path);
+                }
+            }
+            Ok(())
+        }
+        if self.path.is_file() {
+            return Ok(vec![self.path.clone()]);
+        }
+        let mut files = Vec::new();
+        walk(&self.path, &mut files)
+            .map_err(|e| DataflowError::Plan(format!("{}: {e}", self.path.display())))?;
+        Ok(files)
+    }
+}
+
+/// Where rows come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A Kafka topic.
+    Kafka(KafkaSource),
+    /// Parquet files.
+    Parquet(ParquetSource),
+}
+
+impl Source {
+    /// The event time column of decoded rows.
+    pub fn event_time_column(&self) -> &str {
+        match self {
+            Source::Kafka(k) => match &k.event_time {
+                EventTime::Field(name) => name,
+                EventTime::Kafka => KAFKA_TIMESTAMP,
+            },
+            Source::Parquet(p) => &p.event_time,
+        }
+    }
+}
+
 /// A grouped, windowed aggregation.
 #[derive(Debug, Clone)]
 pub struct Aggregation {
@@ -133,49 +214,134 @@ pub struct Aggregation {
     pub window: Window,
     /// `(output name, SQL aggregate)` pairs.
     pub aggregates: Vec<(String, String)>,
+    /// When results are emitted.
+    pub emit: Emit,
 }
 
-/// Results collected in memory (tests, tools): one process only.
+/// A stateless row transform in SQL: a condition and output columns.
 #[derive(Debug, Clone, Default)]
-pub struct MemorySink {
-    batches: Arc<Mutex<Vec<RecordBatch>>>,
+pub struct Select {
+    /// Rows to keep.
+    pub filter: Option<String>,
+    /// `(output name, SQL expression)` pairs; `None` keeps every column.
+    pub columns: Option<Vec<(String, String)>>,
 }
 
-impl MemorySink {
-    /// Everything emitted so far.
-    pub fn batches(&self) -> Vec<RecordBatch> {
-        self.batches.lock().expect("sink lock").clone()
-    }
-}
-
-/// Where results go.
-#[derive(Debug, Clone)]
-pub enum Sink {
-    /// A topic, as JSON, keyed by the grouping keys and the window start
-    /// (`u1|1700000000000`): a replay rewrites the same keys.
-    Kafka {
-        /// Topic.
-        topic: String,
-    },
-    /// Memory.
-    Memory(MemorySink),
-}
-
-/// A job.
+/// A job, as its author writes it.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
     /// Name: the state directory and consumer group are named after it.
     pub name: String,
     /// Input.
-    pub source: KafkaSource,
-    /// Computation.
-    pub aggregation: Aggregation,
+    pub source: Source,
+    /// A join with a table topic, before anything else.
+    pub lookup: Option<Lookup>,
+    /// A row transform before the aggregation (or the whole job).
+    pub select: Option<Select>,
+    /// The aggregation, if any.
+    pub aggregation: Option<Aggregation>,
     /// Output.
     pub sink: Sink,
     /// How often state and offsets are checkpointed.
     pub checkpoint_interval: Duration,
     /// Where workers keep their RocksDB state (`<dir>/<job>/worker-<n>`).
     pub state_dir: PathBuf,
+}
+
+/// A windowed aggregation planned against its input schema.
+#[derive(Debug, Clone)]
+pub struct WindowedAggregate {
+    /// Keys and aggregates.
+    pub plan: AggregatePlan,
+    /// The window.
+    pub window: Window,
+    /// Event time column of the aggregation's input.
+    pub time_column: usize,
+    /// When results are emitted.
+    pub emit: Emit,
+}
+
+/// A job planned down to physical expressions: what [`run`] runs.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Name: the state directory and consumer group are named after it.
+    pub name: String,
+    /// Input.
+    pub source: Source,
+    /// The schema of decoded source rows (with `_timestamp` for Kafka time).
+    pub source_schema: SchemaRef,
+    /// The lookup join.
+    pub lookup: Option<LookupPlan>,
+    /// Row transform before the aggregation.
+    pub transform: Option<Transform>,
+    /// The aggregation.
+    pub aggregate: Option<WindowedAggregate>,
+    /// Transform of the aggregation's results.
+    pub post: Option<Transform>,
+    /// Output.
+    pub sink: Sink,
+    /// How often state and offsets are checkpointed.
+    pub checkpoint_interval: Duration,
+    /// Where workers keep their RocksDB state.
+    pub state_dir: PathBuf,
+}
+
+impl Pipeline {
+    /// The schema of rows entering the aggregation (or the sink).
+    pub fn stage_schema(&self) -> SchemaRef {
+        if let Some(transform) = &self.transform {
+            return transform.output.clone();
+        }
+        match &self.lookup {
+            Some(lookup) => lookup.output.clone(),
+            None => self.source_schema.clone(),
+        }
+    }
+
+    /// The schema of the rows the sink receives.
+    pub fn output_schema(&self) -> Result<SchemaRef, DataflowError> {
+        if let Some(post) = &self.post {
+            return Ok(post.output.clone());
+        }
+        match &self.aggregate {
+            Some(aggregate) => result_schema(&aggregate.plan),
+            None => Ok(self.stage_schema()),
+        }
+    }
+
+    /// The columns that key output records: the sink's, or a windowed
+    /// job's grouping keys and `window_start`.
+    fn sink_key(&self) -> Result<Vec<usize>, DataflowError> {
+        let output = self.output_schema()?;
+        let named = match &self.sink {
+            Sink::Kafka { key, .. } | Sink::Table { key, .. } => key.clone(),
+            _ => Vec::new(),
+        };
+        let names = if !named.is_empty() {
+            named
+        } else if let Some(aggregate) = &self.aggregate {
+            let input = &aggregate.plan.input;
+            let mut names: Vec<String> = aggregate
+                .plan
+                .keys
+                .iter()
+                .map(|&i| input.field(i).name().clone())
+                .collect();
+            names.push(WINDOW_START.to_string());
+            names.retain(|n| output.index_of(n).is_ok());
+            names
+        } else {
+            Vec::new()
+        };
+        names
+            .iter()
+            .map(|name| {
+                output.index_of(name).map_err(|_| {
+                    DataflowError::Plan(format!("the key column `{name}` is not in the output"))
+                })
+            })
+            .collect()
+    }
 }
 
 /// Workers: threads of this process, and the other processes of a timely
@@ -279,46 +445,39 @@ impl Drop for JobHandle {
     }
 }
 
-/// Everything a worker needs, shareable across threads.
-struct Prepared {
-    spec: JobSpec,
-    bus: BusConfig,
-    codec: weir_bus::TopicCodec,
-    payload_schema: SchemaRef,
-    plan: AggregatePlan,
-    time_column: usize,
-    partitions: i32,
-    stop: Arc<AtomicBool>,
-    status: Arc<Mutex<Status>>,
+/// The Arrow schema of a topic's records: `given`, or the topic's
+/// registered Avro schema.
+pub fn topic_schema(
+    bus: &Bus,
+    topic: &str,
+    given: Option<&SchemaRef>,
+) -> Result<SchemaRef, DataflowError> {
+    if let Some(schema) = given {
+        return Ok(schema.clone());
+    }
+    let subject = weir_core::topics::value_subject(topic);
+    let latest = bus.registry().latest(&subject).ok_or_else(|| {
+        DataflowError::Plan(format!(
+            "topic `{topic}` has no schema registered under `{subject}`: register one or give the job a schema"
+        ))
+    })?;
+    match &latest.schema.kind {
+        weir_bus::registry::SchemaKind::Avro(avro) => arrow_schema(avro.schema),
+        weir_bus::registry::SchemaKind::Json(_) => Err(DataflowError::Plan(format!(
+            "`{subject}` is a JSON Schema: give the job an Arrow schema"
+        ))),
+    }
 }
 
-/// Plans and starts `spec` on `cluster`. Must be called within a tokio
-/// runtime (the schema registry and Kafka admin calls are async).
-pub async fn start(spec: JobSpec, bus: &Bus, cluster: Cluster) -> Result<JobHandle, DataflowError> {
-    let source = &spec.source;
-    let payload_schema = match &source.schema {
-        Some(schema) => schema.clone(),
-        None => {
-            let subject = weir_core::topics::value_subject(&source.topic);
-            let latest = bus.registry().latest(&subject).ok_or_else(|| {
-                DataflowError::Plan(format!(
-                    "topic `{}` has no schema registered under `{subject}`: register one or give the job a schema",
-                    source.topic
-                ))
-            })?;
-            match &latest.schema.kind {
-                weir_bus::registry::SchemaKind::Avro(avro) => arrow_schema(avro.schema)?,
-                weir_bus::registry::SchemaKind::Json(_) => {
-                    return Err(DataflowError::Plan(format!(
-                        "`{subject}` is a JSON Schema: give the job an Arrow schema"
-                    )));
-                }
+/// The schema of a source's decoded rows.
+pub fn source_schema(bus: &Bus, source: &Source) -> Result<SchemaRef, DataflowError> {
+    let schema = match source {
+        Source::Kafka(kafka) => {
+            let payload = topic_schema(bus, &kafka.topic, kafka.schema.as_ref())?;
+            if kafka.event_time != EventTime::Kafka {
+                return Ok(payload);
             }
-        }
-    };
-    let input_schema = match &source.event_time {
-        EventTime::Kafka => {
-            let mut fields: Vec<Field> = payload_schema
+            let mut fields: Vec<Field> = payload
                 .fields()
                 .iter()
                 .map(|f| f.as_ref().clone())
@@ -330,69 +489,164 @@ pub async fn start(spec: JobSpec, bus: &Bus, cluster: Cluster) -> Result<JobHand
             ));
             Arc::new(Schema::new(fields))
         }
-        EventTime::Field(_) => payload_schema.clone(),
+        Source::Parquet(parquet) => {
+            let files = parquet.files()?;
+            let first = files.first().ok_or_else(|| {
+                DataflowError::Plan(format!("no Parquet files in {}", parquet.path.display()))
+            })?;
+            parquet_schema(first)?
+        }
     };
-    let time_name = match &source.event_time {
-        EventTime::Field(name) => name.as_str(),
-        EventTime::Kafka => KAFKA_TIMESTAMP,
-    };
-    let time_column = input_schema.index_of(time_name).map_err(|_| {
+    let time = source.event_time_column();
+    schema.index_of(time).map_err(|_| {
         DataflowError::Plan(format!(
-            "the event time column `{time_name}` is not in the source's schema"
+            "the event time column `{time}` is not in the source's schema"
         ))
     })?;
-    let aggregation = &spec.aggregation;
-    let keys: Vec<&str> = aggregation.keys.iter().map(String::as_str).collect();
-    let aggregates: Vec<(&str, &str)> = aggregation
-        .aggregates
-        .iter()
-        .map(|(n, s)| (n.as_str(), s.as_str()))
-        .collect();
-    let plan = plan_aggregate(
-        input_schema,
-        aggregation.filter.as_deref(),
-        &keys,
-        &aggregates,
-    )?;
+    Ok(schema)
+}
 
+/// Plans a job: resolves schemas (through the registry) and plans its SQL
+/// fragments with DataFusion.
+pub async fn plan(spec: JobSpec, bus: &Bus) -> Result<Pipeline, DataflowError> {
+    let source_schema = source_schema(bus, &spec.source)?;
+    let lookup = match &spec.lookup {
+        Some(lookup) => {
+            let table = topic_schema(bus, &lookup.topic, lookup.schema.as_ref())?;
+            let partitions = bus.admin().partitions(&lookup.topic).await?;
+            Some(LookupPlan::new(lookup, &source_schema, table, partitions)?)
+        }
+        None => None,
+    };
+    let joined = lookup
+        .as_ref()
+        .map_or(source_schema.clone(), |l| l.output.clone());
+    let transform = spec
+        .select
+        .as_ref()
+        .map(|s| plan_transform(joined.clone(), s.filter.as_deref(), s.columns.as_deref()))
+        .transpose()?;
+    let stage = transform.as_ref().map_or(joined, |t| t.output.clone());
+    let aggregate = match &spec.aggregation {
+        None => None,
+        Some(aggregation) => {
+            let keys: Vec<&str> = aggregation.keys.iter().map(String::as_str).collect();
+            let aggregates: Vec<(&str, &str)> = aggregation
+                .aggregates
+                .iter()
+                .map(|(n, s)| (n.as_str(), s.as_str()))
+                .collect();
+            let time = spec.source.event_time_column();
+            let time_column = stage.index_of(time).map_err(|_| {
+                DataflowError::Plan(format!(
+                    "the event time column `{time}` must reach the aggregation (keep it in `select`)"
+                ))
+            })?;
+            Some(WindowedAggregate {
+                plan: plan_aggregate(
+                    stage.clone(),
+                    aggregation.filter.as_deref(),
+                    &keys,
+                    &aggregates,
+                )?,
+                window: aggregation.window,
+                time_column,
+                emit: aggregation.emit,
+            })
+        }
+    };
+    Ok(Pipeline {
+        name: spec.name,
+        source: spec.source,
+        source_schema,
+        lookup,
+        transform,
+        aggregate,
+        post: None,
+        sink: spec.sink,
+        checkpoint_interval: spec.checkpoint_interval,
+        state_dir: spec.state_dir,
+    })
+}
+
+/// Plans and starts `spec` on `cluster`. Must be called within a tokio
+/// runtime (the schema registry and Kafka admin calls are async).
+pub async fn start(spec: JobSpec, bus: &Bus, cluster: Cluster) -> Result<JobHandle, DataflowError> {
+    let pipeline = plan(spec, bus).await?;
+    run(pipeline, bus, cluster).await
+}
+
+/// Everything a worker needs, shareable across threads.
+struct Prepared {
+    pipeline: Pipeline,
+    bus: BusConfig,
+    source_codec: Option<TopicCodec>,
+    table_codec: Option<TopicCodec>,
+    partitions: i32,
+    sink_key: Vec<usize>,
+    output: SchemaRef,
+    stop: Arc<AtomicBool>,
+    status: Arc<Mutex<Status>>,
+}
+
+/// Starts a planned job on `cluster`. Must be called within a tokio
+/// runtime (Kafka admin calls are async).
+pub async fn run(
+    pipeline: Pipeline,
+    bus: &Bus,
+    cluster: Cluster,
+) -> Result<JobHandle, DataflowError> {
     let admin = bus.admin();
-    let partitions = admin.partitions(&source.topic).await?;
-    admin
-        .ensure_topic(&TopicSpec::new(weir_core::topics::dlq(&source.topic), 1))
-        .await?;
-    if let Sink::Kafka { topic } = &spec.sink {
+    let (partitions, source_codec) = match &pipeline.source {
+        Source::Kafka(kafka) => {
+            admin
+                .ensure_topic(&TopicSpec::new(weir_core::topics::dlq(&kafka.topic), 1))
+                .await?;
+            (
+                admin.partitions(&kafka.topic).await?,
+                Some(bus.codec(&kafka.topic)),
+            )
+        }
+        Source::Parquet(parquet) => (parquet.files()?.len() as i32, None),
+    };
+    let table_codec = match &pipeline.lookup {
+        Some(lookup) => {
+            admin
+                .ensure_topic(&TopicSpec::new(weir_core::topics::dlq(&lookup.topic), 1))
+                .await?;
+            Some(bus.codec(&lookup.topic))
+        }
+        None => None,
+    };
+    if let Sink::Kafka { topic, .. } = &pipeline.sink {
         admin
-            .ensure_topic(&TopicSpec::new(topic, partitions))
+            .ensure_topic(&TopicSpec::new(topic, partitions.max(1)))
             .await?;
     }
-    // The output schema, from an aggregator that is never run.
-    let probe_dir = tempfile_dir()?;
-    let output = WindowAggregator::new(
-        0,
-        Rc::new(Store::open(&probe_dir.join("probe"))?),
-        plan.clone(),
-        aggregation.window,
-        time_column,
-    )?
-    .output_schema();
-    let _ = std::fs::remove_dir_all(&probe_dir);
-
+    let output = pipeline.output_schema()?;
+    let sink_key = pipeline.sink_key()?;
+    if matches!(pipeline.sink, Sink::Table { .. }) && sink_key.is_empty() {
+        return Err(DataflowError::Plan(
+            "a table sink needs key columns (`key`)".into(),
+        ));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let status = Arc::new(Mutex::new(Status::default()));
+    let name = pipeline.name.clone();
     let prepared = Arc::new(Prepared {
-        codec: bus.codec(&source.topic),
-        spec,
+        pipeline,
         bus: bus.config().clone(),
-        payload_schema,
-        plan,
-        time_column,
+        source_codec,
+        table_codec,
         partitions,
+        sink_key,
+        output: output.clone(),
         stop: stop.clone(),
         status: status.clone(),
     });
     let config = timely_config(&cluster);
     let thread = std::thread::Builder::new()
-        .name(format!("weir-job-{}", prepared.spec.name))
+        .name(format!("weir-job-{name}"))
         .spawn(move || {
             let guards = timely::execute(config, move |worker| {
                 if let Err(error) = run_worker(worker, &prepared) {
@@ -417,16 +671,6 @@ pub async fn start(spec: JobSpec, bus: &Bus, cluster: Cluster) -> Result<JobHand
     })
 }
 
-fn tempfile_dir() -> Result<PathBuf, DataflowError> {
-    let dir = std::env::temp_dir().join(format!(
-        "weir-plan-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::create_dir_all(&dir).map_err(|e| DataflowError::State(e.to_string()))?;
-    Ok(dir)
-}
-
 fn timely_config(cluster: &Cluster) -> timely::Config {
     let communication = if cluster.addresses.len() > 1 {
         timely::CommunicationConfig::Cluster {
@@ -447,12 +691,17 @@ fn timely_config(cluster: &Cluster) -> timely::Config {
     }
 }
 
-/// The epoch every worker has sealed, agreed through a broadcast.
-fn agree_on_committed(worker: &mut timely::worker::Worker, local: Option<u64>) -> Option<u64> {
-    let seen: Rc<RefCell<Vec<Option<u64>>>> = Rc::new(RefCell::new(Vec::new()));
+/// What every worker says at an agreement: the first and last epoch all
+/// its operators sealed, and whether it is stopping.
+type Said = (Option<u64>, Option<u64>, bool);
+
+/// Exchanges `local` with every worker (a broadcast) and returns what all
+/// of them said.
+fn agree(worker: &mut timely::worker::Worker, local: Said) -> Vec<Said> {
+    let seen: Rc<RefCell<Vec<Said>>> = Rc::new(RefCell::new(Vec::new()));
     let collected = seen.clone();
     let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
-        let (input, stream) = scope.new_input::<Vec<Option<u64>>>();
+        let (input, stream) = scope.new_input::<Vec<Said>>();
         let (probe, _) = stream
             .broadcast()
             .inspect(move |value| collected.borrow_mut().push(*value))
@@ -465,13 +714,49 @@ fn agree_on_committed(worker: &mut timely::worker::Worker, local: Option<u64>) -
     while !probe.done() {
         worker.step();
     }
-    let values = seen.borrow();
+    let values = seen.borrow().clone();
     debug_assert_eq!(values.len(), worker.peers());
     values
-        .iter()
-        .copied()
+}
+
+/// The last epoch every operator of every worker sealed.
+fn agree_on_committed(worker: &mut timely::worker::Worker, local: Option<u64>) -> Option<u64> {
+    agree(worker, (local, local, false))
+        .into_iter()
+        .map(|(sealed, _, _)| sealed)
         .collect::<Option<Vec<u64>>>()
         .and_then(|v| v.into_iter().min())
+}
+
+/// What the operators of one worker share (they run on its thread).
+struct WorkerShared {
+    store: Rc<Store>,
+    aggregator: Option<RefCell<WindowAggregator>>,
+    sink: RefCell<SinkState>,
+    committed: RefCell<Option<u64>>,
+}
+
+impl WorkerShared {
+    /// The last epoch every operator of this worker sealed.
+    fn sealed(&self) -> Result<Option<u64>, DataflowError> {
+        local_sealed(&self.store, self.aggregator.is_some())
+    }
+}
+
+fn local_sealed(store: &Store, windowed: bool) -> Result<Option<u64>, DataflowError> {
+    Ok(sealed_epochs(store, windowed)?
+        .into_iter()
+        .collect::<Option<Vec<u64>>>()
+        .and_then(|v| v.into_iter().min()))
+}
+
+/// The last epoch each operator of this worker sealed.
+fn sealed_epochs(store: &Store, windowed: bool) -> Result<Vec<Option<u64>>, DataflowError> {
+    let mut ops = vec![SOURCE_OP, SINK_OP];
+    if windowed {
+        ops.push(WINDOW_OP);
+    }
+    ops.into_iter().map(|op| store.sealed(op)).collect()
 }
 
 fn run_worker(
@@ -479,95 +764,143 @@ fn run_worker(
     prepared: &Arc<Prepared>,
 ) -> Result<(), DataflowError> {
     let (index, peers) = (worker.index(), worker.peers());
-    let spec = &prepared.spec;
-    let dir = spec
+    let pipeline = &prepared.pipeline;
+    let dir = pipeline
         .state_dir
-        .join(&spec.name)
+        .join(&pipeline.name)
         .join(format!("worker-{index}"));
     std::fs::create_dir_all(&dir)
         .map_err(|e| DataflowError::State(format!("{}: {e}", dir.display())))?;
     let store = Rc::new(Store::open(&dir)?);
 
     // Recovery: the last epoch all workers sealed.
-    let local = match (store.sealed(SOURCE_OP)?, store.sealed(WINDOW_OP)?) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        _ => None,
-    };
+    let local = local_sealed(&store, pipeline.aggregate.is_some())?;
     let committed = agree_on_committed(worker, local);
-    let mut aggregator = WindowAggregator::new(
-        WINDOW_OP,
-        store.clone(),
-        prepared.plan.clone(),
-        spec.aggregation.window,
-        prepared.time_column,
-    )?;
-    // Results of the epochs being committed now may have died with the
-    // process before reaching the sink: write them again first.
-    let replayed = aggregator.recover(committed)?;
-    let replayed_rows: usize = replayed.iter().map(RecordBatch::num_rows).sum();
-    if !replayed.is_empty() {
-        let mut sink = SinkState::new(prepared)?;
-        for batch in &replayed {
-            sink.write(batch)?;
+    let aggregator = match &pipeline.aggregate {
+        Some(aggregate) => {
+            let mut aggregator = WindowAggregator::new(
+                WINDOW_OP,
+                store.clone(),
+                aggregate.plan.clone(),
+                aggregate.window,
+                aggregate.time_column,
+                aggregate.emit,
+            )?;
+            aggregator.recover(committed)?;
+            Some(RefCell::new(aggregator))
         }
-        sink.flush()?;
-    }
-    aggregator.finish_recovery(committed)?;
-    let resume: HashMap<i32, i64> = match committed {
+        None => None,
+    };
+    let mut sink = SinkState::new(
+        &pipeline.sink,
+        &prepared.bus,
+        prepared.output.clone(),
+        prepared.sink_key.clone(),
+        index,
+        (SINK_OP, store.clone()),
+    )?;
+    sink.recover(committed)?;
+    let resume: Checkpoint = match committed {
         Some(epoch) => {
             let pending = store.committed(SOURCE_OP)?.is_none_or(|m| m < epoch);
-            let offsets = store
+            let checkpoint = store
                 .offsets(SOURCE_OP, epoch)?
                 .map(|bytes| serde_json::from_slice(&bytes))
                 .transpose()
                 .map_err(|e| DataflowError::State(format!("stored offsets: {e}")))?
-                .unwrap_or_default();
+                .ok_or_else(|| {
+                    DataflowError::State(format!(
+                        "no offsets stored with epoch {epoch}, the last one every worker sealed"
+                    ))
+                })?;
             if pending {
                 store.commit(SOURCE_OP, epoch, |_| {})?;
             }
             store.discard_after(SOURCE_OP, Some(epoch))?;
-            offsets
+            checkpoint
         }
         None => {
             store.reset(SOURCE_OP)?;
-            HashMap::new()
+            store.reset(LOOKUP_OP)?;
+            Checkpoint::default()
         }
     };
     let first_epoch = committed.map_or(1, |e| e + 1);
+    if let (Some(aggregator), Some(_)) = (&aggregator, committed) {
+        // Updates emitted before a crash may not have reached the sink:
+        // emit the current value of every open window again.
+        for batch in aggregator.borrow().open_windows()? {
+            let batch = match &pipeline.post {
+                Some(post) => post.apply(&batch)?,
+                None => batch,
+            };
+            if batch.num_rows() > 0 {
+                sink.write(first_epoch, &batch)?;
+            }
+        }
+    }
     tracing::info!(
         worker = index,
         ?local,
         ?committed,
-        ?resume,
-        results_written_again = replayed_rows,
+        resume = ?resume.source,
         "job {} starting at epoch {first_epoch}",
-        spec.name
+        pipeline.name
     );
+
+    let lookup = match (&pipeline.lookup, &prepared.table_codec) {
+        (Some(plan), Some(codec)) => Some(LookupTable::open(
+            plan.clone(),
+            LOOKUP_OP,
+            store.clone(),
+            &prepared.bus,
+            codec.clone(),
+            &resume.table,
+        )?),
+        _ => None,
+    };
+    let mut source_state = SourceState::new(
+        pipeline,
+        &prepared.bus,
+        pipeline.source_schema.clone(),
+        prepared.source_codec.clone(),
+        prepared.partitions,
+        (SOURCE_OP, store.clone()),
+        lookup,
+        (index, peers),
+        &resume,
+        first_epoch,
+        prepared.stop.clone(),
+        prepared.status.clone(),
+    )?;
+    source_state.catch_up_table()?;
 
     let shared = Rc::new(WorkerShared {
         store,
-        aggregator: RefCell::new(aggregator),
+        aggregator,
+        sink: RefCell::new(sink),
         committed: RefCell::new(committed),
     });
-    let mut source_state = SourceState::new(prepared, index, peers, &resume, first_epoch)?;
-    source_state.store = Some(shared.store.clone());
-    let sink_state = SinkState::new(prepared)?;
 
     // Root timestamps must be totally ordered; the job runs in a nested
     // scope whose timestamps are (epoch, watermark) products.
     worker.dataflow::<u64, _, _>(|root| {
         root.iterative::<u64, _, _>(|scope| {
             let prepared_source = prepared.clone();
-            let batches = source::<_, CapacityContainerBuilder<Vec<Batch>>, _, _>(
+            let rows = source::<_, CapacityContainerBuilder<Vec<Batch>>, _, _>(
                 scope,
-                "KafkaSource",
+                "Source",
                 move |cap, info| {
                     let activator = scope.activator_for(info.address);
                     let mut state = source_state;
                     let mut cap = Some(cap);
                     move |output| {
                         let Some(c) = cap.as_mut() else { return };
-                        match state.step(c, output) {
+                        let mut give = |at: &timely::dataflow::operators::Capability<Time>,
+                                        batch: RecordBatch| {
+                            output.session(at).give(Batch(batch));
+                        };
+                        match state.step(c, &mut give) {
                             Ok(SourceStep::Continue { again }) => {
                                 if again {
                                     activator.activate();
@@ -585,105 +918,165 @@ fn run_worker(
                 },
             );
 
-            let key_columns = prepared.plan.keys.clone();
-            let input_schema = prepared.plan.input.clone();
-            let split = batches.unary::<CapacityContainerBuilder<Vec<(u64, Batch)>>, _, _, _>(
-                Pipeline,
-                "SplitByKey",
-                move |_, _| {
-                    let encoder =
-                        KeyEncoder::new(input_schema, key_columns).expect("key columns planned");
-                    move |input, output| {
-                        input.for_each(|cap, data| {
-                            let mut session = output.session(&cap);
-                            for batch in data.drain(..) {
-                                let rows = encoder.rows(&batch.0).expect("key rows");
-                                for (worker, part) in
-                                    split_by_key(&batch.0, &rows, peers).expect("split")
-                                {
-                                    session.give((worker, Batch(part)));
-                                }
-                            }
-                        });
-                    }
-                },
-            );
-
-            let window_shared = shared.clone();
-            let stopping = prepared.stop.clone();
-            let results = split.unary_frontier::<CapacityContainerBuilder<Vec<Batch>>, _, _, _>(
-                Exchange::new(|x: &(u64, Batch)| x.0),
-                "WindowAggregate",
-                move |cap, _| {
-                    let mut op = WindowOp {
-                        shared: window_shared,
-                        sealed_through: first_epoch - 1,
-                        max_epoch_seen: first_epoch,
-                        stopping,
-                    };
-                    let mut cap = Some(cap);
-                    move |(input, frontier), output| {
-                        let mut arrived = Vec::new();
-                        input.for_each(|stamp, data| {
-                            let epoch = stamp.stamp().iter().map(|t| t.outer).min().unwrap_or(0);
-                            arrived.extend(data.drain(..).map(|(_, batch)| (epoch, batch)));
-                        });
-                        let Some(held) = cap.as_mut() else { return };
-                        let elements: Vec<Time> = frontier.frontier().iter().cloned().collect();
-                        match op.step(arrived, &elements) {
-                            Ok((results, next)) => {
-                                if !results.is_empty() {
-                                    output.session(&*held).give_iterator(results.into_iter());
-                                }
-                                match next {
-                                    Some(next)
-                                        if held.time() != &next
-                                            && timely::order::PartialOrder::less_equal(
-                                                held.time(),
-                                                &next,
-                                            ) =>
-                                    {
-                                        held.downgrade(&next)
+            let results = match &pipeline.aggregate {
+                None => rows,
+                Some(aggregate) => {
+                    let key_columns = aggregate.plan.keys.clone();
+                    let input_schema = aggregate.plan.input.clone();
+                    let split = rows.unary::<CapacityContainerBuilder<Vec<(u64, Batch)>>, _, _, _>(
+                        Pipe,
+                        "SplitByKey",
+                        move |_, _| {
+                            let encoder = KeyEncoder::new(input_schema, key_columns)
+                                .expect("key columns planned");
+                            move |input, output| {
+                                input.for_each(|cap, data| {
+                                    let mut session = output.session(&cap);
+                                    for batch in data.drain(..) {
+                                        let rows = encoder.rows(&batch.0).expect("key rows");
+                                        for (worker, part) in
+                                            split_by_key(&batch.0, &rows, peers).expect("split")
+                                        {
+                                            session.give((worker, Batch(part)));
+                                        }
                                     }
-                                    Some(_) => {}
-                                    None => cap = None,
+                                });
+                            }
+                        },
+                    );
+                    let window_shared = shared.clone();
+                    let post = pipeline.post.clone();
+                    split.unary_frontier::<CapacityContainerBuilder<Vec<Batch>>, _, _, _>(
+                        Exchange::new(|x: &(u64, Batch)| x.0),
+                        "WindowAggregate",
+                        move |cap, _| {
+                            let mut op = WindowOp {
+                                shared: window_shared,
+                                sealed_through: first_epoch - 1,
+                                max_epoch_seen: first_epoch,
+                                close_epoch: first_epoch,
+                            };
+                            let mut cap = Some(cap);
+                            move |(input, frontier), output| {
+                                let mut arrived = Vec::new();
+                                input.for_each(|stamp, data| {
+                                    let epoch = stamp.stamp().iter().map(|t| t.outer).min().unwrap_or(0);
+                                    arrived.extend(data.drain(..).map(|(_, batch)| (epoch, batch)));
+                                });
+                                let Some(held) = cap.as_mut() else { return };
+                                let elements: Vec<Time> =
+                                    frontier.frontier().iter().cloned().collect();
+                                let apply_post = |batches: Vec<RecordBatch>| -> Result<Vec<Batch>, DataflowError> {
+                                    batches
+                                        .iter()
+                                        .map(|b| match &post {
+                                            Some(post) => post.apply(b),
+                                            None => Ok(b.clone()),
+                                        })
+                                        .filter(|b| b.as_ref().map_or(true, |b| b.num_rows() > 0))
+                                        .map(|b| b.map(Batch))
+                                        .collect()
+                                };
+                                let outcome = op.step(arrived, &elements).and_then(|(updates, closed, next)| {
+                                    Ok((apply_post(updates)?, apply_post(closed)?, next))
+                                });
+                                match outcome {
+                                    Ok((updates, closed, next)) => {
+                                        if !updates.is_empty() {
+                                            output.session(&*held).give_iterator(updates.into_iter());
+                                        }
+                                        if !closed.is_empty() {
+                                            let at = Product::new(op.close_epoch, held.time().inner);
+                                            let at = held.delayed(&at);
+                                            output.session(&at).give_iterator(closed.into_iter());
+                                        }
+                                        match next {
+                                            Some(next)
+                                                if held.time() != &next
+                                                    && timely::order::PartialOrder::less_equal(
+                                                        held.time(),
+                                                        &next,
+                                                    ) =>
+                                            {
+                                                held.downgrade(&next)
+                                            }
+                                            Some(_) => {}
+                                            None => cap = None,
+                                        }
+                                    }
+                                    Err(error) => panic!("window operator failed: {error}"),
                                 }
                             }
-                            Err(error) => panic!("window operator failed: {error}"),
-                        }
-                    }
-                },
-            );
+                        },
+                    )
+                }
+            };
 
             let sink_shared = shared.clone();
             let status = prepared.status.clone();
-            let mut sink_state = sink_state;
-            let mut last_done = None;
-            results.sink(Pipeline, "SinkAndCommit", move |(input, frontier)| {
-                input.for_each(|_, data| {
-                    for batch in data.drain(..) {
-                        if let Err(error) = sink_state.write(&batch.0) {
-                            panic!("sink failed: {error}");
+            let sealed = results.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
+                Pipe,
+                "Sink",
+                move |cap, _| {
+                    let mut cap = Some(cap);
+                    let mut sealed_through = first_epoch - 1;
+                    let mut max_epoch = first_epoch;
+                    move |(input, frontier), _output| {
+                        let mut sink = sink_shared.sink.borrow_mut();
+                        input.for_each(|stamp, data| {
+                            let epoch = stamp.stamp().iter().map(|t| t.outer).min().unwrap_or(0);
+                            max_epoch = max_epoch.max(epoch);
+                            for batch in data.drain(..) {
+                                if let Err(error) = sink.write(epoch, &batch.0) {
+                                    panic!("sink failed: {error}");
+                                }
+                                status.lock().expect("status").records_out +=
+                                    batch.num_rows() as u64;
+                            }
+                        });
+                        let Some(held) = cap.as_mut() else { return };
+                        let min_epoch = frontier.frontier().iter().map(|t| t.outer).min();
+                        if let Some(epoch) = min_epoch {
+                            max_epoch = max_epoch.max(epoch);
                         }
-                        status.lock().expect("status").records_out += batch.num_rows() as u64;
+                        let through = min_epoch.map_or(max_epoch, |e| e.saturating_sub(1));
+                        if through > sealed_through {
+                            if let Err(error) = sink.seal(through) {
+                                panic!("sink failed: {error}");
+                            }
+                            sealed_through = through;
+                        }
+                        match min_epoch {
+                            Some(epoch) if epoch > held.time().outer => {
+                                held.downgrade(&Product::new(epoch, 0))
+                            }
+                            Some(_) => {}
+                            None => cap = None,
+                        }
                     }
-                });
-                // Epochs before the earliest one still in the frontier are done
-                // everywhere; an empty frontier means all of them are.
-                let done = match frontier.frontier().iter().map(|t| t.outer).min() {
-                    None => u64::MAX,
-                    Some(epoch) => epoch.saturating_sub(1),
+                },
+            );
+
+            let commit_shared = shared.clone();
+            let status = prepared.status.clone();
+            let mut last_done = None;
+            sealed.sink(Pipe, "Commit", move |(input, frontier)| {
+                input.for_each(|_, _| {});
+                // Epochs before the earliest one still in the frontier are
+                // sealed everywhere; an empty frontier means all of them are.
+                // An empty frontier is the end: `finish` commits then.
+                let Some(done) = frontier
+                    .frontier()
+                    .iter()
+                    .map(|t| t.outer)
+                    .min()
+                    .map(|epoch| epoch.saturating_sub(1))
+                else {
+                    return;
                 };
-                if done == u64::MAX
-                    && last_done != Some(done)
-                    && let Err(error) = sink_state.flush()
-                {
-                    panic!("sink failed: {error}");
-                }
                 if last_done != Some(done) {
                     last_done = Some(done);
-                    if let Err(error) = commit_through(&sink_shared, &mut sink_state, done, &status)
-                    {
+                    if let Err(error) = commit_through(&commit_shared, done, &status) {
                         panic!("commit failed: {error}");
                     }
                 }
@@ -691,30 +1084,85 @@ fn run_worker(
         })
     });
     while worker.step_or_park(Some(Duration::from_millis(20))) {}
-    Ok(())
+    finish(worker, &shared, prepared)
 }
 
-/// What the operators of one worker share (they run on its thread).
-struct WorkerShared {
-    store: Rc<Store>,
-    aggregator: RefCell<WindowAggregator>,
-    committed: RefCell<Option<u64>>,
+/// After the dataflow: every operator of every worker seals one last
+/// epoch — at the end of a bounded input, with every window still open
+/// closed in it — and all commit it together.
+///
+/// The commit operator commits epochs while the job runs; at the end a
+/// worker whose input ended early has not sealed the epochs others went on
+/// to, so the workers agree on a last epoch instead.
+fn finish(
+    worker: &mut timely::worker::Worker,
+    shared: &WorkerShared,
+    prepared: &Prepared,
+) -> Result<(), DataflowError> {
+    let windowed = shared.aggregator.is_some();
+    let sealed = sealed_epochs(&shared.store, windowed)?;
+    let local_max = sealed.iter().flatten().copied().max();
+    let stopping = prepared.stop.load(Ordering::SeqCst);
+    let said = agree(worker, (None, local_max, stopping));
+    let stopping = said.iter().any(|(_, _, stopping)| *stopping);
+    let last = said
+        .iter()
+        .filter_map(|(_, max, _)| *max)
+        .max()
+        .unwrap_or(0)
+        + 1;
+    {
+        let mut sink = shared.sink.borrow_mut();
+        if let Some(aggregator) = &shared.aggregator {
+            let mut aggregator = aggregator.borrow_mut();
+            let window_sealed = shared.store.sealed(WINDOW_OP)?.unwrap_or(0);
+            let mut results = Vec::new();
+            for epoch in window_sealed + 1..last {
+                results.extend(aggregator.seal(epoch)?);
+            }
+            if !stopping {
+                // The input is over: every window closes.
+                results.extend(aggregator.close(last, i64::MAX)?);
+            }
+            results.extend(aggregator.seal(last)?);
+            for batch in &results {
+                let batch = match &prepared.pipeline.post {
+                    Some(post) => post.apply(batch)?,
+                    None => batch.clone(),
+                };
+                if batch.num_rows() > 0 {
+                    sink.write(last, &batch)?;
+                    prepared.status.lock().expect("status").records_out += batch.num_rows() as u64;
+                }
+            }
+        }
+        sink.seal(last)?;
+        // The source reads nothing more: its last offsets hold for the
+        // epochs up to the last one.
+        let source_sealed = shared.store.sealed(SOURCE_OP)?;
+        let offsets = match source_sealed {
+            Some(epoch) => shared.store.offsets(SOURCE_OP, epoch)?,
+            None => None,
+        };
+        for epoch in source_sealed.map_or(1, |e| e + 1)..=last {
+            shared
+                .store
+                .seal(SOURCE_OP, epoch, None, offsets.as_deref())?;
+        }
+    }
+    // Every worker has sealed `last` once every worker says so.
+    agree(worker, (Some(last), Some(last), false));
+    commit_through(shared, last, &prepared.status)
 }
 
-/// Commits every epoch up to `done` that this worker's operators sealed:
-/// outputs flushed first, then state merged and offsets kept.
+/// Commits every epoch up to `done` that this worker's operators sealed.
 fn commit_through(
     shared: &WorkerShared,
-    sink: &mut SinkState,
     done: u64,
     status: &Mutex<Status>,
 ) -> Result<(), DataflowError> {
-    let sealed = match (
-        shared.store.sealed(SOURCE_OP)?,
-        shared.store.sealed(WINDOW_OP)?,
-    ) {
-        (Some(a), Some(b)) => a.min(b),
-        _ => return Ok(()),
+    let Some(sealed) = shared.sealed()? else {
+        return Ok(());
     };
     let target = done.min(sealed);
     let last = *shared.committed.borrow();
@@ -722,10 +1170,12 @@ fn commit_through(
     if target < first {
         return Ok(());
     }
-    sink.flush()?;
-    let mut aggregator = shared.aggregator.borrow_mut();
+    let mut sink = shared.sink.borrow_mut();
     for epoch in first..=target {
-        aggregator.commit(epoch)?;
+        if let Some(aggregator) = &shared.aggregator {
+            aggregator.borrow_mut().commit(epoch)?;
+        }
+        sink.commit(epoch)?;
         shared.store.commit(SOURCE_OP, epoch, |_| {})?;
     }
     *shared.committed.borrow_mut() = Some(target);
@@ -741,598 +1191,59 @@ struct WindowOp {
     shared: Rc<WorkerShared>,
     sealed_through: u64,
     max_epoch_seen: u64,
-    stopping: Arc<AtomicBool>,
+    /// The epoch closes belong to: the latest in the frontier so far.
+    close_epoch: u64,
 }
 
 impl WindowOp {
     /// Takes the batches that arrived (with their epochs) and the input
-    /// frontier; returns results to emit and where the output capability
-    /// goes next (`None`: release it, the input is over).
+    /// frontier; returns the updates of sealed epochs, the windows closed
+    /// (emitted at `(close_epoch, watermark)`), and where the output
+    /// capability goes next (`None`: release it, the input is over).
+    #[allow(clippy::type_complexity)]
     fn step(
         &mut self,
         arrived: Vec<(u64, Batch)>,
         frontier: &[Time],
-    ) -> Result<(Vec<Batch>, Option<Time>), DataflowError> {
-        let mut aggregator = self.shared.aggregator.borrow_mut();
+    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>, Option<Time>), DataflowError> {
+        let mut aggregator = self
+            .shared
+            .aggregator
+            .as_ref()
+            .expect("a windowed job")
+            .borrow_mut();
         for (epoch, batch) in arrived {
             self.max_epoch_seen = self.max_epoch_seen.max(epoch);
             aggregator.update(epoch, &batch.0)?;
         }
         let mut results = Vec::new();
         if frontier.is_empty() {
-            // Input over: a bounded source ended (evaluate every window) or
-            // the job is stopping (keep windows open for the next run).
+            // Input over: the job is stopping, or a bounded source ended
+            // (then `finish` closes every window).
             for epoch in self.sealed_through + 1..=self.max_epoch_seen {
-                aggregator.seal(epoch)?;
+                results.extend(aggregator.seal(epoch)?);
             }
             self.sealed_through = self.max_epoch_seen.max(self.sealed_through);
-            if !self.stopping.load(Ordering::SeqCst) {
-                // The last results belong to one more epoch, sealed too.
-                let last = self.sealed_through + 1;
-                if let Some(batch) = aggregator.close_all(last)? {
-                    results.push(Batch(batch));
-                }
-                aggregator.seal(last)?;
-                self.sealed_through = last;
-            }
-            return Ok((results, None));
+            return Ok((results, Vec::new(), None));
         }
         let min_epoch = frontier.iter().map(|t| t.outer).min().expect("non-empty");
+        let max_epoch = frontier.iter().map(|t| t.outer).max().expect("non-empty");
         let min_watermark = frontier.iter().map(|t| t.inner).min().expect("non-empty");
+        self.max_epoch_seen = self.max_epoch_seen.max(max_epoch);
         for epoch in self.sealed_through + 1..min_epoch {
-            aggregator.seal(epoch)?;
+            results.extend(aggregator.seal(epoch)?);
             self.sealed_through = epoch;
         }
+        // The watermark may come from a source already in a later epoch:
+        // a close belongs to the latest epoch in the frontier, so that a
+        // restart before that epoch commits closes the windows again.
+        self.close_epoch = self.close_epoch.max(max_epoch);
         let limit = aggregator.closable(i64::try_from(min_watermark).unwrap_or(i64::MAX));
-        if let Some(batch) = aggregator.close(min_epoch, limit)? {
-            results.push(Batch(batch));
-        }
-        Ok((results, Some(Product::new(min_epoch, min_watermark))))
+        let closed = aggregator.close(self.close_epoch, limit)?;
+        Ok((
+            results,
+            closed,
+            Some(Product::new(min_epoch, min_watermark)),
+        ))
     }
-}
-
-/// Counts delivery failures of a producer, so a flush can tell whether
-/// everything it waited for arrived.
-#[derive(Default)]
-struct CountingContext {
-    failures: std::sync::atomic::AtomicU64,
-}
-
-impl rdkafka::ClientContext for CountingContext {}
-
-impl rdkafka::producer::ProducerContext for CountingContext {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, _: ()) {
-        if let Err((error, message)) = result {
-            tracing::error!(%error, topic = message.topic(), "a record was not delivered");
-            self.failures.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
-type Producer = ThreadedProducer<CountingContext>;
-
-fn producer(config: &BusConfig) -> Result<Producer, DataflowError> {
-    weir_bus::producer_config(config)
-        .create_with_context(CountingContext::default())
-        .map_err(|e| DataflowError::Execution(format!("creating a producer: {e}")))
-}
-
-/// Sends a record, waiting while the local queue is full.
-fn produce(
-    producer: &Producer,
-    topic: &str,
-    key: Option<&[u8]>,
-    payload: &[u8],
-    headers: Option<rdkafka::message::OwnedHeaders>,
-) -> Result<(), DataflowError> {
-    let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).payload(payload);
-    if let Some(key) = key {
-        record = record.key(key);
-    }
-    if let Some(headers) = headers {
-        record = record.headers(headers);
-    }
-    loop {
-        match producer.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                record = back;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((error, _)) => {
-                return Err(DataflowError::Execution(format!(
-                    "producing to `{topic}`: {error}"
-                )));
-            }
-        }
-    }
-}
-
-/// Waits for every record sent so far; fails if any was not delivered.
-fn flush(producer: &Producer) -> Result<(), DataflowError> {
-    producer
-        .flush(Duration::from_secs(60))
-        .map_err(|e| DataflowError::Execution(format!("flushing a producer: {e}")))?;
-    let failures = producer.context().failures.swap(0, Ordering::Relaxed);
-    if failures > 0 {
-        return Err(DataflowError::Execution(format!(
-            "{failures} record(s) were not delivered"
-        )));
-    }
-    Ok(())
-}
-
-/// One partition of a source.
-#[derive(Debug)]
-struct PartitionProgress {
-    next_offset: i64,
-    /// Where a bounded source stops.
-    end: Option<i64>,
-    /// Largest event time read.
-    max_event: Option<i64>,
-    last_activity: Instant,
-}
-
-enum SourceStep {
-    Continue { again: bool },
-    Done,
-}
-
-/// A worker's Kafka source: its partitions, watermark and epoch.
-struct SourceState {
-    consumer: BaseConsumer,
-    decoder: RecordDecoder,
-    topic: String,
-    dlq_topic: String,
-    dlq: Producer,
-    store: Option<Rc<Store>>,
-    partitions: BTreeMap<i32, PartitionProgress>,
-    lateness: i64,
-    idle_timeout: Duration,
-    kafka_time: bool,
-    time_column: usize,
-    epoch: u64,
-    interval: Duration,
-    next_checkpoint: Instant,
-    /// Event time below which records are late (-inf until known).
-    watermark: i64,
-    stop: Arc<AtomicBool>,
-    status: Arc<Mutex<Status>>,
-}
-
-/// Most records decoded per activation.
-const POLL_BATCH: usize = 4096;
-
-impl SourceState {
-    fn new(
-        prepared: &Prepared,
-        index: usize,
-        peers: usize,
-        resume: &HashMap<i32, i64>,
-        first_epoch: u64,
-    ) -> Result<Self, DataflowError> {
-        let spec = &prepared.spec;
-        let source = &spec.source;
-        let consumer: BaseConsumer =
-            weir_bus::consumer_config(&prepared.bus, &format!("weir-job-{}", spec.name))
-                .set(
-                    "auto.offset.reset",
-                    match source.start {
-                        Start::Earliest => "earliest",
-                        Start::Latest => "latest",
-                    },
-                )
-                .set("enable.partition.eof", "false")
-                .create()
-                .map_err(|e| DataflowError::Execution(format!("creating a consumer: {e}")))?;
-        let mut assignment = TopicPartitionList::new();
-        let mut partitions = BTreeMap::new();
-        for partition in (0..prepared.partitions).filter(|p| *p as usize % peers == index) {
-            let offset = match resume.get(&partition) {
-                Some(offset) => Offset::Offset(*offset),
-                None => match source.start {
-                    Start::Earliest => Offset::Beginning,
-                    Start::Latest => Offset::End,
-                },
-            };
-            assignment
-                .add_partition_offset(&source.topic, partition, offset)
-                .map_err(|e| DataflowError::Execution(e.to_string()))?;
-            let (low, high) = consumer
-                .fetch_watermarks(&source.topic, partition, Duration::from_secs(10))
-                .map_err(|e| {
-                    DataflowError::Execution(format!(
-                        "offsets of {}/{partition}: {e}",
-                        source.topic
-                    ))
-                })?;
-            let next_offset = match offset {
-                Offset::Offset(o) => o,
-                Offset::End => high,
-                _ => low,
-            };
-            partitions.insert(
-                partition,
-                PartitionProgress {
-                    next_offset,
-                    end: source.bounded.then_some(high),
-                    max_event: None,
-                    last_activity: Instant::now(),
-                },
-            );
-        }
-        consumer
-            .assign(&assignment)
-            .map_err(|e| DataflowError::Execution(format!("assigning partitions: {e}")))?;
-        let lateness = i64::try_from(source.lateness.as_millis()).unwrap_or(i64::MAX);
-        Ok(Self {
-            consumer,
-            decoder: RecordDecoder::new(
-                prepared.payload_schema.clone(),
-                Some(prepared.codec.clone()),
-            ),
-            topic: source.topic.clone(),
-            dlq_topic: weir_core::topics::dlq(&source.topic),
-            dlq: producer(&prepared.bus)?,
-            store: None,
-            partitions,
-            lateness,
-            idle_timeout: source.idle_timeout,
-            kafka_time: source.event_time == EventTime::Kafka,
-            time_column: prepared.time_column,
-            epoch: first_epoch,
-            interval: spec.checkpoint_interval,
-            next_checkpoint: Instant::now() + spec.checkpoint_interval,
-            watermark: i64::MIN,
-            stop: prepared.stop.clone(),
-            status: prepared.status.clone(),
-        })
-    }
-
-    fn store(&self) -> &Store {
-        self.store.as_ref().expect("store attached")
-    }
-
-    fn step(
-        &mut self,
-        cap: &mut Capability<Time>,
-        output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
-            '_,
-            Time,
-            CapacityContainerBuilder<Vec<Batch>>,
-        >,
-    ) -> Result<SourceStep, DataflowError> {
-        if cap.time().outer < self.epoch {
-            cap.downgrade(&Product::new(self.epoch, 0));
-        }
-        if self.stop.load(Ordering::SeqCst) {
-            self.seal()?;
-            return Ok(SourceStep::Done);
-        }
-        let mut messages = Vec::new();
-        while messages.len() < POLL_BATCH {
-            match self.consumer.poll(Duration::ZERO) {
-                None => break,
-                Some(Ok(message)) => messages.push(message.detach()),
-                Some(Err(error)) => {
-                    return Err(DataflowError::Execution(format!(
-                        "reading `{}`: {error}",
-                        self.topic
-                    )));
-                }
-            }
-        }
-        let read = !messages.is_empty();
-        if read {
-            self.process(&messages, cap, output)?;
-        }
-        self.advance_watermark(cap);
-        if Instant::now() >= self.next_checkpoint {
-            self.seal()?;
-            self.epoch += 1;
-            self.next_checkpoint = Instant::now() + self.interval;
-            cap.downgrade(&Product::new(self.epoch, cap.time().inner));
-        }
-        let finished = !self.partitions.is_empty()
-            && self
-                .partitions
-                .values()
-                .all(|p| p.end.is_some_and(|end| p.next_offset >= end));
-        let no_partitions_bounded = self.partitions.is_empty() && self.is_bounded();
-        if finished || no_partitions_bounded {
-            self.seal()?;
-            return Ok(SourceStep::Done);
-        }
-        Ok(SourceStep::Continue { again: read })
-    }
-
-    fn is_bounded(&self) -> bool {
-        self.partitions.values().all(|p| p.end.is_some())
-    }
-
-    /// Stores the offsets after the current epoch and marks it sealed.
-    fn seal(&mut self) -> Result<(), DataflowError> {
-        flush(&self.dlq)?;
-        let offsets: HashMap<i32, i64> = self
-            .partitions
-            .iter()
-            .map(|(p, progress)| (*p, progress.next_offset))
-            .collect();
-        let bytes = serde_json::to_vec(&offsets).expect("offsets serialize");
-        self.store().seal(SOURCE_OP, self.epoch, None, Some(&bytes))
-    }
-
-    fn process(
-        &mut self,
-        messages: &[rdkafka::message::OwnedMessage],
-        cap: &Capability<Time>,
-        output: &mut timely::dataflow::operators::generic::OutputBuilderSession<
-            '_,
-            Time,
-            CapacityContainerBuilder<Vec<Batch>>,
-        >,
-    ) -> Result<(), DataflowError> {
-        let payloads: Vec<Option<&[u8]>> = messages.iter().map(|m| m.payload()).collect();
-        let decoded = self.decoder.decode(&payloads)?;
-        for (index, error) in &decoded.rejected {
-            self.dead_letter(&messages[*index], error)?;
-        }
-        let mut batch = decoded.batch;
-        if self.kafka_time {
-            let times = TimestampMillisecondArray::from_iter_values(
-                decoded
-                    .rows
-                    .iter()
-                    .map(|i| messages[*i].timestamp().to_millis().unwrap_or(0)),
-            );
-            let mut columns = batch.columns().to_vec();
-            columns.push(Arc::new(times));
-            let mut fields: Vec<Field> = batch
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            fields.push(Field::new(
-                KAFKA_TIMESTAMP,
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ));
-            batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-                .map_err(|e| DataflowError::Execution(e.to_string()))?;
-        }
-        let times = event_times(batch.column(self.time_column))?;
-        let mut keep = Vec::with_capacity(times.len());
-        let mut late = 0;
-        for (row, (&index, &t)) in decoded.rows.iter().zip(&times).enumerate() {
-            if t < self.watermark {
-                late += 1;
-                let error = DecodeError::new(
-                    DeadLetterReason::Late,
-                    format!(
-                        "event time {t} is before the watermark {} (allowed lateness {} ms)",
-                        self.watermark, self.lateness
-                    ),
-                );
-                self.dead_letter(&messages[index], &error)?;
-            } else {
-                keep.push(row as u32);
-                let partition = self
-                    .partitions
-                    .get_mut(&messages[index].partition())
-                    .expect("assigned partition");
-                if partition.max_event.is_none_or(|m| t > m) {
-                    partition.max_event = Some(t);
-                    // The watermark moves record by record, so that a record
-                    // is late against every record before it in its
-                    // partition, not only those of earlier polls.
-                    if let Some(candidate) = self.candidate_watermark(Instant::now())
-                        && candidate > self.watermark
-                    {
-                        self.watermark = candidate;
-                    }
-                }
-            }
-        }
-        let now = Instant::now();
-        for message in messages {
-            if let Some(partition) = self.partitions.get_mut(&message.partition()) {
-                partition.next_offset = partition.next_offset.max(message.offset() + 1);
-                partition.last_activity = now;
-            }
-        }
-        let batch = if keep.len() == batch.num_rows() {
-            batch
-        } else {
-            take_record_batch(&batch, &arrow::array::UInt32Array::from(keep))
-                .map_err(|e| DataflowError::Execution(e.to_string()))?
-        };
-        if batch.num_rows() > 0 {
-            output.session(cap).give(Batch(batch));
-        }
-        let mut status = self.status.lock().expect("status");
-        status.records_in += messages.len() as u64;
-        status.dead_letters += (decoded.rejected.len() + late) as u64;
-        status.late += late as u64;
-        for (partition, progress) in &self.partitions {
-            let entry = status.partitions.entry(*partition).or_default();
-            entry.offset = progress.next_offset;
-            if let Ok((_, high)) =
-                self.consumer
-                    .fetch_watermarks(&self.topic, *partition, Duration::ZERO)
-            {
-                entry.lag = (high - progress.next_offset).max(0);
-            }
-        }
-        Ok(())
-    }
-
-    fn dead_letter(
-        &self,
-        message: &rdkafka::message::OwnedMessage,
-        error: &DecodeError,
-    ) -> Result<(), DataflowError> {
-        let headers: Vec<(String, Vec<u8>)> = Vec::new();
-        let source = DeadSource {
-            topic: &self.topic,
-            partition: message.partition(),
-            offset: message.offset(),
-            key: message.key(),
-            payload: message.payload(),
-            headers: &headers,
-        };
-        let headers = dead_letter::headers(&source, error);
-        produce(
-            &self.dlq,
-            &self.dlq_topic,
-            message.key(),
-            message.payload().unwrap_or_default(),
-            Some(headers),
-        )
-    }
-
-    /// The watermark the partitions allow now: the smallest over partitions
-    /// that are neither finished nor idle. When every partition is idle,
-    /// event time is taken to advance with the clock since each one's last
-    /// record, so that a quiet worker does not hold the whole job back.
-    fn candidate_watermark(&self, now: Instant) -> Option<i64> {
-        let watermark_of =
-            |p: &PartitionProgress| p.max_event.map(|m| m.saturating_sub(self.lateness));
-        let mut active = self
-            .partitions
-            .values()
-            .filter(|p| p.end.is_none_or(|end| p.next_offset < end))
-            .filter(|p| now.duration_since(p.last_activity) < self.idle_timeout)
-            .peekable();
-        if self.partitions.is_empty() {
-            Some(i64::MAX)
-        } else if active.peek().is_some() {
-            // A partition that has not shown an event time yet holds the
-            // watermark where it is.
-            active
-                .map(watermark_of)
-                .collect::<Option<Vec<_>>>()
-                .and_then(|v| v.into_iter().min())
-        } else {
-            self.partitions
-                .values()
-                .filter_map(|p| {
-                    watermark_of(p).map(|w| {
-                        let idle = now.duration_since(p.last_activity).as_millis() as i64;
-                        w.saturating_add(idle)
-                    })
-                })
-                .max()
-        }
-    }
-
-    /// Moves the watermark and the capability with it.
-    fn advance_watermark(&mut self, cap: &mut Capability<Time>) {
-        if let Some(candidate) = self.candidate_watermark(Instant::now())
-            && candidate > self.watermark
-        {
-            self.watermark = candidate;
-        }
-        if self.watermark == i64::MIN {
-            return;
-        }
-        let inner = u64::try_from(self.watermark.max(0)).unwrap_or(0);
-        if inner > cap.time().inner {
-            cap.downgrade(&Product::new(self.epoch, inner));
-            self.status.lock().expect("status").watermark = Some(self.watermark);
-        }
-    }
-}
-
-/// Writes results to the sink.
-struct SinkState {
-    target: SinkTarget,
-}
-
-enum SinkTarget {
-    Kafka { topic: String, producer: Producer },
-    Memory(MemorySink),
-}
-
-impl SinkState {
-    fn new(prepared: &Prepared) -> Result<Self, DataflowError> {
-        let target = match &prepared.spec.sink {
-            Sink::Kafka { topic } => SinkTarget::Kafka {
-                topic: topic.clone(),
-                producer: producer(&prepared.bus)?,
-            },
-            Sink::Memory(memory) => SinkTarget::Memory(memory.clone()),
-        };
-        Ok(Self { target })
-    }
-
-    fn write(&mut self, batch: &RecordBatch) -> Result<(), DataflowError> {
-        match &self.target {
-            SinkTarget::Memory(memory) => {
-                memory
-                    .batches
-                    .lock()
-                    .expect("sink lock")
-                    .push(batch.clone());
-                Ok(())
-            }
-            SinkTarget::Kafka { topic, producer } => {
-                let keys = result_keys(batch)?;
-                let mut lines = Vec::new();
-                {
-                    let mut writer = arrow::json::LineDelimitedWriter::new(&mut lines);
-                    writer
-                        .write(batch)
-                        .map_err(|e| DataflowError::Execution(e.to_string()))?;
-                    writer
-                        .finish()
-                        .map_err(|e| DataflowError::Execution(e.to_string()))?;
-                }
-                for (key, line) in keys.iter().zip(lines.split(|b| *b == b'\n')) {
-                    produce(producer, topic, Some(key.as_bytes()), line, None)?;
-                }
-                Ok(())
-            }
-        }
-    }
-
-    fn flush(&mut self) -> Result<(), DataflowError> {
-        match &self.target {
-            SinkTarget::Kafka { producer, .. } => flush(producer),
-            SinkTarget::Memory(_) => Ok(()),
-        }
-    }
-}
-
-/// Deterministic keys of result rows: the grouping keys and the window
-/// start, `|`-separated (`u1|1700000000000`).
-fn result_keys(batch: &RecordBatch) -> Result<Vec<String>, DataflowError> {
-    let schema = batch.schema();
-    let start = schema
-        .index_of(WINDOW_START)
-        .map_err(|e| DataflowError::Execution(e.to_string()))?;
-    let options = arrow::util::display::FormatOptions::default();
-    let formatters = (0..start)
-        .map(|i| arrow::util::display::ArrayFormatter::try_new(batch.column(i).as_ref(), &options))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| DataflowError::Execution(e.to_string()))?;
-    let starts = batch
-        .column(start)
-        .as_any()
-        .downcast_ref::<TimestampMillisecondArray>()
-        .ok_or_else(|| {
-            DataflowError::Execution("window_start is not a millisecond timestamp".into())
-        })?;
-    Ok((0..batch.num_rows())
-        .map(|row| {
-            let mut key: Vec<String> = formatters
-                .iter()
-                .map(|f| f.value(row).to_string())
-                .collect();
-            key.push(starts.value(row).to_string());
-            key.join("|")
-        })
-        .collect())
 }

@@ -4,9 +4,10 @@
 //! exchange Arrow record batches.
 //!
 //! ```text
-//!  Kafka partitions ─▶ source ─▶ (filter) ─▶ split by key ─exchange─▶ window aggregate ─▶ sink ─▶ topic
-//!   (per worker)     decode, event time,                              RocksDB state       (commit point)
-//!                    watermark, late → DLQ
+//!  Kafka partitions ─▶ source ─▶ split by key ─exchange─▶ window aggregate ─▶ sink ─▶ commit
+//!  or Parquet files   decode, event time,                  RocksDB state       Kafka, Parquet,
+//!   (per worker)      watermark, late → DLQ,                                   RocksDB table
+//!                     lookup join, transform
 //! ```
 //!
 //! Time in the dataflow is a pair `(epoch, watermark)` ordered as a product:
@@ -19,9 +20,14 @@ pub mod batch;
 pub mod codec;
 pub mod decode;
 pub mod job;
+mod kafka;
+pub mod lookup;
 pub mod plan;
+pub mod sink;
+pub mod source;
 pub mod spec;
 pub mod store;
+pub mod transform;
 pub mod window;
 
 /// What can go wrong in a job, by who is at fault: the job's definition

@@ -122,22 +122,8 @@ pub fn plan_aggregate(
         ),
         _ => None,
     };
-    let input_schema: DFSchemaRef = aggregate.input.schema().clone();
-    let arrow_input = input_schema.as_arrow();
-    let mut physical = Vec::new();
-    for (expr, (name, _)) in aggregate.aggr_expr.iter().zip(aggregates) {
-        let lowered =
-            LoweredAggregateBuilder::new(expr, &input_schema, arrow_input, &props, &planning)
-                .with_name(*name)
-                .build()
-                .map_err(|e| DataflowError::Plan(format!("aggregate `{name}`: {e}")))?;
-        if lowered.filter.is_some() || !lowered.order_bys.is_empty() {
-            return Err(DataflowError::Plan(format!(
-                "aggregate `{name}`: FILTER and ORDER BY inside aggregates are not supported in streams"
-            )));
-        }
-        physical.push(lowered.aggregate);
-    }
+    let names: Vec<&str> = aggregates.iter().map(|(name, _)| *name).collect();
+    let physical = physical_aggregates(&aggregate.aggr_expr, &names, aggregate.input.schema())?;
     Ok(AggregatePlan {
         input: schema,
         filter,
@@ -148,6 +134,32 @@ pub fn plan_aggregate(
             .map(|(name, _)| name.to_string())
             .collect(),
     })
+}
+
+/// Lowers logical aggregate expressions over rows of `input` to the
+/// physical aggregates the window operator runs, named `names`.
+pub fn physical_aggregates(
+    exprs: &[Expr],
+    names: &[&str],
+    input: &DFSchemaRef,
+) -> Result<Vec<Arc<AggregateFunctionExpr>>, DataflowError> {
+    let props = datafusion::execution::context::ExecutionProps::new();
+    let planning = PhysicalPlanningContext::default();
+    let arrow_input = input.as_arrow();
+    let mut physical = Vec::new();
+    for (expr, name) in exprs.iter().zip(names) {
+        let lowered = LoweredAggregateBuilder::new(expr, input, arrow_input, &props, &planning)
+            .with_name(*name)
+            .build()
+            .map_err(|e| DataflowError::Plan(format!("aggregate `{name}`: {e}")))?;
+        if lowered.filter.is_some() || !lowered.order_bys.is_empty() {
+            return Err(DataflowError::Plan(format!(
+                "aggregate `{name}`: FILTER and ORDER BY inside aggregates are not supported in streams"
+            )));
+        }
+        physical.push(lowered.aggregate);
+    }
+    Ok(physical)
 }
 
 /// Plans a scalar expression over rows of `schema` (a filter or a projection).

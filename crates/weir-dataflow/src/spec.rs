@@ -5,7 +5,7 @@
 //! checkpoint_interval = "1s"
 //!
 //! [source]
-//! topic = "transactions"
+//! topic = "transactions"       # or: parquet = "history/" (a backfill)
 //! event_time = "event_time"    # a column, or "kafka" for the record timestamp
 //! lateness = "5s"
 //! idle_timeout = "30s"
@@ -14,14 +14,27 @@
 //! # Without `schema`, the topic's registered Avro schema is used.
 //! schema = { user_id = "string", merchant_id = "string", amount = "double", event_time = "long" }
 //!
-//! [aggregate]
+//! [lookup]                     # optional: the latest row per key of a table topic
+//! topic = "merchants"
+//! key = "merchant_id"          # the table's key column
+//! on = "merchant_id"           # the stream's column matched with it
+//! columns = { category = "merchant_category" }   # table column = output name
+//! join = "left"                # or "inner" (the default)
+//! schema = { merchant_id = "string", category = "string" }
+//!
+//! [select]                     # optional: a row transform before the aggregation
 //! filter = "amount > 0"
+//! columns = ["user_id", "merchant_category", "amount * 100 AS cents", "event_time"]
+//!
+//! [aggregate]                  # optional: without it, rows go to the sink as they are
 //! keys = ["user_id"]
-//! window = { hop = { size = "1h", slide = "5m" } }   # or { tumble = "1m" }
-//! aggregates = { n = "count(*)", avg_amount = "avg(amount)", max_amount = "max(amount)" }
+//! window = { hop = { size = "1h", slide = "5m" } }   # or { tumble = "1m" }, { session = "30m" }
+//! aggregates = { n = "count(*)", avg_cents = "avg(cents)", categories = "count(DISTINCT merchant_category)" }
+//! emit = "close"               # or "update": every checkpoint, the windows that changed
 //!
 //! [sink]
-//! topic = "weir.features.user_spend"
+//! topic = "weir.features.user_spend"   # or: parquet = "out/", table = "user_spend.db"
+//! key = ["user_id", "window_start"]    # default: the grouping keys and window_start
 //! ```
 
 use std::collections::BTreeMap;
@@ -34,8 +47,14 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::DataflowError;
-use crate::job::{Aggregation, EventTime, JobSpec, KafkaSource, Sink, Start};
+use crate::aggregate::Emit;
+use crate::job::{
+    Aggregation, EventTime, JobSpec, KafkaSource, ParquetSource, Select, Sink, Source, Start,
+};
+use crate::lookup::{JoinKind, Lookup};
 use crate::window::Window;
+
+type SchemaFile = BTreeMap<String, Spanned<String>>;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -44,14 +63,22 @@ struct JobFile {
     #[serde(default)]
     checkpoint_interval: Option<Spanned<String>>,
     source: SourceFile,
-    aggregate: AggregateFile,
+    #[serde(default)]
+    lookup: Option<LookupFile>,
+    #[serde(default)]
+    select: Option<SelectFile>,
+    #[serde(default)]
+    aggregate: Option<AggregateFile>,
     sink: SinkFile,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SourceFile {
-    topic: String,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    parquet: Option<String>,
     event_time: String,
     #[serde(default)]
     lateness: Option<Spanned<String>>,
@@ -62,7 +89,30 @@ struct SourceFile {
     #[serde(default)]
     bounded: bool,
     #[serde(default)]
-    schema: Option<BTreeMap<String, Spanned<String>>>,
+    schema: Option<SchemaFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LookupFile {
+    topic: String,
+    key: String,
+    on: String,
+    #[serde(default)]
+    columns: BTreeMap<String, String>,
+    #[serde(default)]
+    join: Option<Spanned<String>>,
+    #[serde(default)]
+    schema: Option<SchemaFile>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SelectFile {
+    #[serde(default)]
+    filter: Option<String>,
+    #[serde(default)]
+    columns: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,6 +123,8 @@ struct AggregateFile {
     keys: Vec<String>,
     window: WindowFile,
     aggregates: BTreeMap<String, String>,
+    #[serde(default)]
+    emit: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,7 +141,14 @@ enum WindowFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SinkFile {
-    topic: String,
+    #[serde(default)]
+    topic: Option<String>,
+    #[serde(default)]
+    parquet: Option<String>,
+    #[serde(default)]
+    table: Option<String>,
+    #[serde(default)]
+    key: Vec<String>,
 }
 
 /// Parses a duration such as `250ms`, `5s`, `10m`, `1h`, `2d`.
@@ -130,15 +189,51 @@ fn data_type(name: &str) -> Option<DataType> {
     })
 }
 
-/// Reads a job file; `state_dir` holds the job's state.
+/// Reads a job file; `state_dir` holds the job's state. Relative paths in
+/// the file (Parquet, tables) are relative to the file's directory.
 pub fn load(path: &Path, state_dir: &Path) -> Result<JobSpec, DataflowError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| DataflowError::Plan(format!("{}: {e}", path.display())))?;
-    parse(&text, state_dir).map_err(|e| DataflowError::Plan(format!("{}:{e}", path.display())))
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse_in(&text, state_dir, base)
+        .map_err(|e| DataflowError::Plan(format!("{}:{e}", path.display())))
 }
 
 /// Parses a job from TOML text. Errors start with `line:column: `.
 pub fn parse(text: &str, state_dir: &Path) -> Result<JobSpec, String> {
+    parse_in(text, state_dir, Path::new("."))
+}
+
+/// `line:column` of a section header, for errors about the whole section.
+fn section(text: &str, header: &str) -> String {
+    let (line, column) = text
+        .find(header)
+        .map_or((1, 1), |at| weir_core::config::line_column(text, at));
+    format!("{line}:{column}")
+}
+
+/// Splits `expr AS name` (any case); a bare column is its own name.
+fn select_item(item: &str) -> Result<(String, String), String> {
+    let lower = item.to_ascii_lowercase();
+    match lower.rfind(" as ") {
+        Some(at) => {
+            let name = item[at + 4..].trim().trim_matches('"');
+            if name.is_empty() || !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+                return Err(format!("`{name}` is not a column name"));
+            }
+            Ok((name.to_string(), item[..at].trim().to_string()))
+        }
+        None => {
+            let name = item.trim();
+            if !name.chars().all(|c| c.is_alphanumeric() || c == '_') {
+                return Err(format!("`{name}` needs a name: write `{name} AS name`"));
+            }
+            Ok((name.to_string(), format!("\"{name}\"")))
+        }
+    }
+}
+
+fn parse_in(text: &str, state_dir: &Path, base: &Path) -> Result<JobSpec, String> {
     let file: JobFile = toml::from_str(text).map_err(|e| {
         let (line, column) = e.span().map_or((1, 1), |span| {
             weir_core::config::line_column(text, span.start)
@@ -151,32 +246,7 @@ pub fn parse(text: &str, state_dir: &Path) -> Result<JobSpec, String> {
     };
     let duration =
         |value: &Spanned<String>| parse_duration(value.get_ref()).map_err(|e| at(value.span(), e));
-    let source = file.source;
-    let mut kafka = KafkaSource::new(&source.topic, &source.event_time);
-    if source.event_time == "kafka" {
-        kafka.event_time = EventTime::Kafka;
-    }
-    if let Some(lateness) = &source.lateness {
-        kafka.lateness = duration(lateness)?;
-    }
-    if let Some(idle) = &source.idle_timeout {
-        kafka.idle_timeout = duration(idle)?;
-    }
-    kafka.start = match &source.start {
-        None => Start::Earliest,
-        Some(start) => match start.get_ref().as_str() {
-            "earliest" => Start::Earliest,
-            "latest" => Start::Latest,
-            other => {
-                return Err(at(
-                    start.span(),
-                    format!("`{other}` is not earliest or latest"),
-                ));
-            }
-        },
-    };
-    kafka.bounded = source.bounded;
-    if let Some(schema) = source.schema {
+    let schema_of = |schema: &SchemaFile| -> Result<arrow::datatypes::SchemaRef, String> {
         let fields = schema
             .iter()
             .map(|(name, kind)| {
@@ -191,30 +261,143 @@ pub fn parse(text: &str, state_dir: &Path) -> Result<JobSpec, String> {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        kafka.schema = Some(Arc::new(Schema::new(fields)));
-    }
-    let window = match &file.aggregate.window {
-        WindowFile::Tumble(size) => {
-            Window::tumbling(duration(size)?).map_err(|e| at(size.span(), e.to_string()))?
+        Ok(Arc::new(Schema::new(fields)))
+    };
+    let source = file.source;
+    let source = match (&source.topic, &source.parquet) {
+        (Some(topic), None) => {
+            let mut kafka = KafkaSource::new(topic, &source.event_time);
+            if source.event_time == "kafka" {
+                kafka.event_time = EventTime::Kafka;
+            }
+            if let Some(lateness) = &source.lateness {
+                kafka.lateness = duration(lateness)?;
+            }
+            if let Some(idle) = &source.idle_timeout {
+                kafka.idle_timeout = duration(idle)?;
+            }
+            kafka.start = match &source.start {
+                None => Start::Earliest,
+                Some(start) => match start.get_ref().as_str() {
+                    "earliest" => Start::Earliest,
+                    "latest" => Start::Latest,
+                    other => {
+                        return Err(at(
+                            start.span(),
+                            format!("`{other}` is not earliest or latest"),
+                        ));
+                    }
+                },
+            };
+            kafka.bounded = source.bounded;
+            kafka.schema = source.schema.as_ref().map(schema_of).transpose()?;
+            Source::Kafka(kafka)
         }
-        WindowFile::Hop { size, slide } => Window::hopping(duration(size)?, duration(slide)?)
-            .map_err(|e| at(slide.span(), e.to_string()))?,
-        WindowFile::Session(gap) => {
-            Window::session(duration(gap)?).map_err(|e| at(gap.span(), e.to_string()))?
+        (None, Some(parquet)) => Source::Parquet(ParquetSource {
+            path: base.join(parquet),
+            event_time: source.event_time.clone(),
+        }),
+        _ => {
+            return Err(format!(
+                "{}: [source] needs one of `topic` or `parquet`",
+                section(text, "[source]")
+            ));
+        }
+    };
+    let lookup = match file.lookup {
+        None => None,
+        Some(lookup) => Some(Lookup {
+            schema: lookup.schema.as_ref().map(schema_of).transpose()?,
+            kind: match &lookup.join {
+                None => JoinKind::Inner,
+                Some(kind) => match kind.get_ref().as_str() {
+                    "inner" => JoinKind::Inner,
+                    "left" => JoinKind::Left,
+                    other => {
+                        return Err(at(kind.span(), format!("`{other}` is not inner or left")));
+                    }
+                },
+            },
+            topic: lookup.topic,
+            key: lookup.key,
+            on: lookup.on,
+            columns: lookup.columns.into_iter().collect(),
+        }),
+    };
+    let select = match file.select {
+        None => None,
+        Some(select) => Some(Select {
+            filter: select.filter,
+            columns: select
+                .columns
+                .map(|items| {
+                    items
+                        .iter()
+                        .map(|item| select_item(item.get_ref()).map_err(|e| at(item.span(), e)))
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?,
+        }),
+    };
+    let aggregation = match file.aggregate {
+        None => None,
+        Some(aggregate) => {
+            let window =
+                match &aggregate.window {
+                    WindowFile::Tumble(size) => Window::tumbling(duration(size)?)
+                        .map_err(|e| at(size.span(), e.to_string()))?,
+                    WindowFile::Hop { size, slide } => {
+                        Window::hopping(duration(size)?, duration(slide)?)
+                            .map_err(|e| at(slide.span(), e.to_string()))?
+                    }
+                    WindowFile::Session(gap) => Window::session(duration(gap)?)
+                        .map_err(|e| at(gap.span(), e.to_string()))?,
+                };
+            let emit = match &aggregate.emit {
+                None => Emit::OnClose,
+                Some(emit) => match emit.get_ref().as_str() {
+                    "close" => Emit::OnClose,
+                    "update" => Emit::OnUpdate,
+                    other => {
+                        return Err(at(emit.span(), format!("`{other}` is not close or update")));
+                    }
+                },
+            };
+            Some(Aggregation {
+                filter: aggregate.filter,
+                keys: aggregate.keys,
+                window,
+                aggregates: aggregate.aggregates.into_iter().collect(),
+                emit,
+            })
+        }
+    };
+    let sink = match (file.sink.topic, file.sink.parquet, file.sink.table) {
+        (Some(topic), None, None) => Sink::Kafka {
+            topic,
+            key: file.sink.key,
+        },
+        (None, Some(dir), None) => Sink::Parquet {
+            dir: base.join(dir),
+        },
+        (None, None, Some(path)) => Sink::Table {
+            path: base.join(path),
+            key: file.sink.key,
+        },
+        _ => {
+            return Err(format!(
+                "{}: [sink] needs one of `topic`, `parquet` or `table`",
+                section(text, "[sink]")
+            ));
         }
     };
     Ok(JobSpec {
         name: file.name,
-        source: kafka,
-        aggregation: Aggregation {
-            filter: file.aggregate.filter,
-            keys: file.aggregate.keys,
-            window,
-            aggregates: file.aggregate.aggregates.into_iter().collect(),
-        },
-        sink: Sink::Kafka {
-            topic: file.sink.topic,
-        },
+        source,
+        lookup,
+        select,
+        aggregation,
+        sink,
         checkpoint_interval: match &file.checkpoint_interval {
             Some(interval) => duration(interval)?,
             None => Duration::from_secs(1),
@@ -241,12 +424,27 @@ mod tests {
             .join("\n");
         let spec = parse(&example, Path::new("/tmp/state")).unwrap();
         assert_eq!(spec.name, "user_spend");
-        assert_eq!(spec.source.lateness, Duration::from_secs(5));
+        let Source::Kafka(kafka) = &spec.source else {
+            panic!("a Kafka source")
+        };
+        assert_eq!(kafka.lateness, Duration::from_secs(5));
+        let aggregation = spec.aggregation.unwrap();
         assert_eq!(
-            spec.aggregation.window,
+            aggregation.window,
             Window::hopping(Duration::from_secs(3600), Duration::from_secs(300)).unwrap()
         );
-        assert_eq!(spec.aggregation.aggregates.len(), 3);
+        assert_eq!(aggregation.aggregates.len(), 3);
+        let lookup = spec.lookup.unwrap();
+        assert_eq!(lookup.kind, JoinKind::Left);
+        let columns = spec.select.unwrap().columns.unwrap();
+        assert_eq!(
+            columns[2],
+            ("cents".to_string(), "amount * 100".to_string())
+        );
+        assert_eq!(
+            columns[0],
+            ("user_id".to_string(), "\"user_id\"".to_string())
+        );
     }
 
     #[test]

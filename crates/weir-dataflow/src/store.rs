@@ -12,6 +12,7 @@
 //! | `m` op | the last epoch merged into the committed state |
 //! | `o` op epoch | a source's offsets after an epoch |
 //! | `w` op | an operator's own committed mark (windows emitted up to) |
+//! | `t` op key | a lookup table's latest row of a key |
 //!
 //! An epoch is sealed by each operator on its own (`p`, `d`); it is
 //! committed once every operator of every worker has sealed it, which the
@@ -51,8 +52,11 @@ fn err(context: &str, error: rocksdb::Error) -> DataflowError {
     DataflowError::State(format!("{context}: {error}"))
 }
 
-/// A pane's committed `(key, state)` pairs.
-pub type PaneStates = Vec<(Vec<u8>, Vec<u8>)>;
+/// A committed `(key, state)` pair read from an iterator.
+pub type StateEntry = (Box<[u8]>, Box<[u8]>);
+
+/// A committed `(pane, key, state)` triple.
+pub type GroupState = (i64, Vec<u8>, Vec<u8>);
 
 /// One worker's RocksDB.
 pub struct Store {
@@ -194,7 +198,7 @@ impl Store {
     /// Forgets everything of `op` (a job started afresh).
     pub fn reset(&self, op: OperatorId) -> Result<(), DataflowError> {
         let mut batch = WriteBatch::default();
-        for tag in [b's', b'p', b'o', b'd', b'm', b'w'] {
+        for tag in [b's', b'p', b'o', b'd', b'm', b'w', b't'] {
             batch.delete_range(key(tag, op, &[]), key(tag, op + 1, &[]));
         }
         self.db
@@ -226,19 +230,40 @@ impl Store {
             .collect()
     }
 
-    /// Committed `(key, state)` pairs of one pane.
-    pub fn pane(&self, op: OperatorId, pane: i64) -> Result<PaneStates, DataflowError> {
+    /// Committed `(key, state)` pairs of one pane, in key order, read lazily.
+    pub fn pane_iter(
+        &self,
+        op: OperatorId,
+        pane: i64,
+    ) -> impl Iterator<Item = Result<StateEntry, DataflowError>> + '_ {
         let prefix = key(b's', op, &time_bytes(pane));
+        let skip = prefix.len();
+        self.db
+            .iterator(IteratorMode::From(&prefix, Direction::Forward))
+            .map(|item| item.map_err(|e| err("scanning state", e)))
+            .take_while(move |item| item.as_ref().map_or(true, |(k, _)| k.starts_with(&prefix)))
+            .map(move |item| item.map(|(k, v)| (k[skip..].into(), v)))
+    }
+
+    /// Committed `(pane, key, state)` triples with panes in `[from, to)`.
+    pub fn states_between(
+        &self,
+        op: OperatorId,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<GroupState>, DataflowError> {
+        let start = key(b's', op, &time_bytes(from));
+        let end = key(b's', op, &time_bytes(to));
         let mut out = Vec::new();
         for item in self
             .db
-            .iterator(IteratorMode::From(&prefix, Direction::Forward))
+            .iterator(IteratorMode::From(&start, Direction::Forward))
         {
             let (k, v) = item.map_err(|e| err("scanning state", e))?;
-            if !k.starts_with(&prefix) {
+            if k.as_ref() >= end.as_slice() {
                 break;
             }
-            out.push((k[prefix.len()..].to_vec(), v.to_vec()));
+            out.push((time_from_bytes(&k[3..11]), k[11..].to_vec(), v.to_vec()));
         }
         Ok(out)
     }
@@ -270,6 +295,43 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Sets (`Some`) or deletes (`None`) table rows of `op`, in one write.
+    pub fn put_table_rows<'a>(
+        &self,
+        op: OperatorId,
+        rows: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    ) -> Result<(), DataflowError> {
+        let mut batch = WriteBatch::default();
+        for (k, row) in rows {
+            match row {
+                Some(row) => batch.put(key(b't', op, k), row),
+                None => batch.delete(key(b't', op, k)),
+            }
+        }
+        self.db
+            .write_opt(batch, &self.write)
+            .map_err(|e| err("writing a table", e))
+    }
+
+    /// Table rows of `op` for `keys` (`None` where absent).
+    pub fn table_rows(
+        &self,
+        op: OperatorId,
+        keys: impl IntoIterator<Item = impl AsRef<[u8]>>,
+    ) -> Result<Vec<Option<Vec<u8>>>, DataflowError> {
+        let keys: Vec<Vec<u8>> = keys
+            .into_iter()
+            .map(|k| key(b't', op, k.as_ref()))
+            .collect();
+        self.db
+            .multi_get(&keys)
+            .into_iter()
+            .map(|r| r.map_err(|e| err("reading a table", e)))
+            .collect()
+    }
+}
+
 fn state_key(op: OperatorId, pane: i64, group: &[u8]) -> Vec<u8> {
     let mut rest = Vec::with_capacity(8 + group.len());
     rest.extend_from_slice(&time_bytes(pane));
@@ -292,6 +354,11 @@ impl StateWrites<'_> {
     /// Sets the operator's mark (committed with the state).
     pub fn set_mark(&mut self, mark: &[u8]) {
         self.batch.put(key(b'w', self.op, &[]), mark);
+    }
+
+    /// Removes the state of one `(pane, key)`.
+    pub fn delete(&mut self, pane: i64, group: &[u8]) {
+        self.batch.delete(state_key(self.op, pane, group));
     }
 
     /// Removes every key's state of a pane.
@@ -333,7 +400,7 @@ mod tests {
             Some(&b"offsets-1"[..])
         );
         assert_eq!(store.panes_between(1, -100, 100).unwrap(), vec![-5, 10]);
-        assert_eq!(store.pane(1, 10).unwrap().len(), 2);
+        assert_eq!(store.pane_iter(1, 10).count(), 2);
         let got = store.states(1, &[(10, b"k3"), (10, b"nope")]).unwrap();
         assert_eq!(got, vec![Some(b"s3".to_vec()), None]);
 

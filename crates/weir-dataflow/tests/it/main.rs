@@ -3,5 +3,8 @@
 
 mod cluster;
 mod dead_letters;
+mod files;
+mod lookup;
+mod memory;
 mod support;
 mod windows;

@@ -11,7 +11,10 @@ use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
 use weir_broker::{EmbeddedBroker, Storage};
 use weir_bus::{Bus, BusConfig, OutRecord, TopicSpec};
-use weir_dataflow::job::{Aggregation, Cluster, JobSpec, KafkaSource, MemorySink, Sink, start};
+use weir_dataflow::aggregate::Emit;
+use weir_dataflow::job::{
+    Aggregation, Cluster, JobSpec, KafkaSource, MemorySink, Sink, Source, start,
+};
 use weir_dataflow::window::Window;
 
 pub struct Harness {
@@ -105,6 +108,7 @@ pub fn aggregation(window: Window) -> Aggregation {
             ("high".into(), "max(amount)".into()),
             ("merchants".into(), "count(DISTINCT merchant_id)".into()),
         ],
+        emit: Emit::OnClose,
     }
 }
 
@@ -121,8 +125,10 @@ pub fn spec(
     source.bounded = true;
     JobSpec {
         name: name.into(),
-        source,
-        aggregation: aggregation(window),
+        source: Source::Kafka(source),
+        lookup: None,
+        select: None,
+        aggregation: Some(aggregation(window)),
         sink,
         checkpoint_interval: Duration::from_millis(200),
         state_dir: state.to_path_buf(),
@@ -131,16 +137,21 @@ pub fn spec(
 
 /// Runs a job to the end of its topic and returns its results.
 pub async fn run_to_end(bus: &Bus, spec: JobSpec, cluster: Cluster) -> Results {
+    Results::from_batches(&run_to_end_batches(bus, spec, cluster).await)
+}
+
+/// Runs a job to the end of its source and returns what its memory sink got.
+pub async fn run_to_end_batches(bus: &Bus, spec: JobSpec, cluster: Cluster) -> Vec<RecordBatch> {
     let sink = match &spec.sink {
         Sink::Memory(sink) => sink.clone(),
-        Sink::Kafka { .. } => panic!("run_to_end reads a memory sink"),
+        _ => panic!("run_to_end reads a memory sink"),
     };
     let handle = start(spec, bus, cluster).await.unwrap();
     tokio::task::spawn_blocking(move || handle.join())
         .await
         .unwrap()
         .unwrap();
-    Results::from_batches(&sink.batches())
+    sink.batches()
 }
 
 pub fn memory() -> (Sink, MemorySink) {
@@ -223,9 +234,9 @@ impl Results {
     pub fn reference(events: &[Event], window: Window) -> Self {
         let mut acc: BTreeMap<(String, i64), (Vec<f64>, std::collections::BTreeSet<String>)> =
             BTreeMap::new();
-        for event in events {
-            for start in window.windows_of(event.ts) {
-                let entry = acc.entry((event.user.clone(), start)).or_default();
+        for (key, group) in reference_groups(events, window) {
+            let entry = acc.entry(key).or_default();
+            for event in group {
                 entry.0.push(event.amount);
                 entry.1.insert(event.merchant.clone());
             }
@@ -270,4 +281,45 @@ impl Results {
             );
         }
     }
+}
+
+/// The events of every (user, window start), by brute force: hopping and
+/// tumbling windows by definition, sessions by sorting each user's events
+/// and cutting where two are a gap or more apart.
+pub fn reference_groups(events: &[Event], window: Window) -> BTreeMap<(String, i64), Vec<&Event>> {
+    let mut groups: BTreeMap<(String, i64), Vec<&Event>> = BTreeMap::new();
+    match window {
+        Window::Session { gap } => {
+            let mut by_user: BTreeMap<&str, Vec<&Event>> = BTreeMap::new();
+            for event in events {
+                by_user.entry(&event.user).or_default().push(event);
+            }
+            for (user, mut list) in by_user {
+                list.sort_by_key(|e| e.ts);
+                let mut start = list[0].ts;
+                let mut last = list[0].ts;
+                for event in list {
+                    if event.ts - last >= gap {
+                        start = event.ts;
+                    }
+                    last = event.ts;
+                    groups
+                        .entry((user.to_string(), start))
+                        .or_default()
+                        .push(event);
+                }
+            }
+        }
+        _ => {
+            for event in events {
+                for start in window.windows_of(event.ts) {
+                    groups
+                        .entry((event.user.clone(), start))
+                        .or_default()
+                        .push(event);
+                }
+            }
+        }
+    }
+    groups
 }

@@ -1,9 +1,14 @@
+use std::collections::BTreeMap;
 use std::time::Duration;
 
-use weir_dataflow::job::Cluster;
+use arrow::array::{Array, Float64Array, StringArray, TimestampMillisecondArray};
+use weir_dataflow::aggregate::Emit;
+use weir_dataflow::job::{Cluster, start};
 use weir_dataflow::window::Window;
 
-use crate::support::{Harness, Results, events, memory, publish, run_to_end, spec};
+use crate::support::{
+    Harness, Results, events, memory, publish, reference_groups, run_to_end, spec,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hopping_windows_on_out_of_order_data_equal_the_reference() {
@@ -45,4 +50,158 @@ async fn tumbling_windows_with_one_and_two_workers_agree() {
     )
     .await;
     two.assert_matches(&reference);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_windows_equal_the_reference() {
+    let h = Harness::start().await;
+    // 40 users, one event every 250 ms overall: a user's events are ~10 s
+    // apart on average, so a 12 s gap both joins and splits sessions.
+    let data = events(12_000, 40, 250, 2_000, 4);
+    publish(&h.bus, "session-in", 3, &data).await;
+    let window = Window::session(Duration::from_secs(12)).unwrap();
+    let (sink, results) = memory();
+    let got = run_to_end(
+        &h.bus,
+        spec("sessions", "session-in", h.state.path(), window, sink),
+        Cluster::local(2),
+    )
+    .await;
+    let reference = Results::reference(&data, window);
+    got.assert_matches(&reference);
+    // Window bounds: first event, last event + gap.
+    let groups = reference_groups(&data, window);
+    for batch in results.batches() {
+        let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+        let users = col("user_id");
+        let users = users.as_any().downcast_ref::<StringArray>().unwrap();
+        let (starts, ends) = (col("window_start"), col("window_end"));
+        let starts = starts
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .unwrap();
+        let ends = ends
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .unwrap();
+        for i in 0..batch.num_rows() {
+            let events = &groups[&(users.value(i).to_string(), starts.value(i))];
+            let last = events.iter().map(|e| e.ts).max().unwrap();
+            assert_eq!(ends.value(i), last + 12_000);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_aggregate_equals_the_reference() {
+    let h = Harness::start().await;
+    let data = events(10_000, 20, 50, 1_000, 5);
+    publish(&h.bus, "aggregates-in", 2, &data).await;
+    let window = Window::tumbling(Duration::from_secs(20)).unwrap();
+    let (sink, results) = memory();
+    let mut job = spec("aggregates", "aggregates-in", h.state.path(), window, sink);
+    job.aggregation.as_mut().unwrap().aggregates = vec![
+        ("n".into(), "count(*)".into()),
+        ("total".into(), "sum(amount)".into()),
+        ("mean".into(), "avg(amount)".into()),
+        ("low".into(), "min(amount)".into()),
+        ("high".into(), "max(amount)".into()),
+        ("merchants".into(), "count(DISTINCT merchant_id)".into()),
+        ("sd".into(), "stddev(amount)".into()),
+        ("variance".into(), "var_pop(amount)".into()),
+        (
+            "median".into(),
+            "approx_percentile_cont(amount, 0.5)".into(),
+        ),
+        ("first_merchant".into(), "min(merchant_id)".into()),
+    ];
+    let got = run_to_end(&h.bus, job, Cluster::local(1)).await;
+    got.assert_matches(&Results::reference(&data, window));
+    let groups = reference_groups(&data, window);
+    let mut seen = 0;
+    for batch in results.batches() {
+        let col = |name: &str| batch.column(batch.schema().index_of(name).unwrap()).clone();
+        let floats = |name: &str| {
+            col(name)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .clone()
+        };
+        let users = col("user_id");
+        let users = users.as_any().downcast_ref::<StringArray>().unwrap();
+        let starts = col("window_start");
+        let starts = starts
+            .as_any()
+            .downcast_ref::<TimestampMillisecondArray>()
+            .unwrap();
+        let firsts = col("first_merchant");
+        let firsts = firsts.as_any().downcast_ref::<StringArray>().unwrap();
+        let (sd, variance, median) = (floats("sd"), floats("variance"), floats("median"));
+        for i in 0..batch.num_rows() {
+            seen += 1;
+            let events = &groups[&(users.value(i).to_string(), starts.value(i))];
+            let amounts: Vec<f64> = events.iter().map(|e| e.amount).collect();
+            let n = amounts.len() as f64;
+            let mean = amounts.iter().sum::<f64>() / n;
+            let squares: f64 = amounts.iter().map(|a| (a - mean).powi(2)).sum();
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-6 * a.abs().max(b.abs()).max(1.0);
+            assert!(close(variance.value(i), squares / n), "var_pop of {i}");
+            if amounts.len() > 1 {
+                assert!(
+                    close(sd.value(i), (squares / (n - 1.0)).sqrt()),
+                    "stddev of {i}"
+                );
+            } else {
+                assert!(sd.is_null(i), "stddev of one value is null");
+            }
+            // The t-digest is approximate: the median lies between the
+            // 30th and the 70th percentile of the exact values.
+            let mut sorted = amounts.clone();
+            sorted.sort_by(f64::total_cmp);
+            let rank = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
+            let (lo, hi) = (rank(0.3), rank(0.7));
+            assert!(
+                median.value(i) >= lo - 1e-9 && median.value(i) <= hi + 1e-9,
+                "median {} not within [{lo}, {hi}]",
+                median.value(i)
+            );
+            let first = events.iter().map(|e| e.merchant.as_str()).min().unwrap();
+            assert_eq!(firsts.value(i), first);
+        }
+    }
+    assert_eq!(seen, groups.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_end_with_the_values_of_closed_windows() {
+    let h = Harness::start().await;
+    let data = events(8_000, 30, 50, 1_000, 6);
+    publish(&h.bus, "update-in", 2, &data).await;
+    let window = Window::hopping(Duration::from_secs(40), Duration::from_secs(20)).unwrap();
+    let (sink, results) = memory();
+    let mut job = spec("updates", "update-in", h.state.path(), window, sink);
+    job.aggregation.as_mut().unwrap().emit = Emit::OnUpdate;
+    job.checkpoint_interval = Duration::from_millis(50);
+    let handle = start(job, &h.bus, Cluster::local(2)).await.unwrap();
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .unwrap()
+        .unwrap();
+    // The last update of each window is its final value.
+    let batches = results.batches();
+    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+    let mut last = BTreeMap::new();
+    for batch in &batches {
+        for (key, row) in Results::from_batches(std::slice::from_ref(batch)).0 {
+            last.insert(key, row);
+        }
+    }
+    let reference = Results::reference(&data, window);
+    Results(last).assert_matches(&reference);
+    assert!(
+        rows > reference.0.len(),
+        "{rows} updates for {} windows: some windows should have been updated more than once",
+        reference.0.len()
+    );
 }

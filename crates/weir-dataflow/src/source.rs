@@ -1,0 +1,644 @@
+//! A worker's source: the Kafka partitions or Parquet files it reads, its
+//! watermark and epoch, and what it does to rows before they leave it
+//! (dead-lettering late records, the lookup join, the transform).
+//!
+//! Kafka partitions and Parquet files are assigned to workers round-robin
+//! (`partition % workers`). A Parquet source is a backfill: its watermark
+//! does not move until every file is read, so no row is late, and all
+//! windows close at the end.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::{RecordBatch, TimestampMillisecondArray, UInt32Array};
+use arrow::compute::take_record_batch;
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::parquet::arrow::arrow_reader::{
+    ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::message::{Message as _, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use weir_bus::{DeadLetterReason, DecodeError};
+
+use crate::DataflowError;
+use crate::aggregate::event_times;
+use crate::decode::RecordDecoder;
+use crate::job::{KAFKA_TIMESTAMP, Pipeline, Source, Start, Status};
+use crate::kafka::{Producer, dead_letter, flush, producer};
+use crate::lookup::LookupTable;
+use crate::store::{OperatorId, Store};
+use crate::transform::Transform;
+
+/// Most records read per activation.
+const POLL_BATCH: usize = 4096;
+
+/// What a source checkpoints with each epoch: where to resume.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Checkpoint {
+    /// Next offset (Kafka) or row (Parquet file) per partition.
+    pub source: HashMap<i32, i64>,
+    /// Next offset per partition of the lookup table's topic.
+    #[serde(default)]
+    pub table: HashMap<i32, i64>,
+    /// Largest event time read per partition, so that the watermark (and
+    /// what is late) goes on where it was.
+    #[serde(default)]
+    pub max_event: HashMap<i32, i64>,
+}
+
+/// One partition (or file) of a source.
+#[derive(Debug)]
+struct PartitionProgress {
+    next_offset: i64,
+    /// Where a bounded source stops.
+    end: Option<i64>,
+    /// Largest event time read.
+    max_event: Option<i64>,
+    last_activity: Instant,
+}
+
+pub(crate) enum SourceStep {
+    Continue { again: bool },
+    Done,
+}
+
+enum Reader {
+    Kafka {
+        consumer: BaseConsumer,
+        decoder: RecordDecoder,
+        topic: String,
+        kafka_time: bool,
+    },
+    Parquet {
+        files: BTreeMap<i32, PathBuf>,
+        current: Option<(i32, ParquetRecordBatchReader)>,
+    },
+}
+
+/// A worker's source.
+pub(crate) struct SourceState {
+    op: OperatorId,
+    reader: Reader,
+    lookup: Option<LookupTable>,
+    transform: Option<Transform>,
+    dlq: Producer,
+    store: Rc<Store>,
+    partitions: BTreeMap<i32, PartitionProgress>,
+    lateness: i64,
+    idle_timeout: Duration,
+    /// A backfill: the watermark stays put until the end.
+    hold_watermark: bool,
+    time_column: usize,
+    epoch: u64,
+    interval: Duration,
+    next_checkpoint: Instant,
+    /// Event time below which records are late (-inf until known).
+    watermark: i64,
+    stop: Arc<AtomicBool>,
+    status: Arc<Mutex<Status>>,
+}
+
+/// Worker `index` of `peers` takes every partition `p` with `p % peers == index`.
+fn mine(partition: i32, index: usize, peers: usize) -> bool {
+    partition as usize % peers == index
+}
+
+impl SourceState {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        pipeline: &Pipeline,
+        bus: &weir_bus::BusConfig,
+        source_schema: SchemaRef,
+        codec: Option<weir_bus::TopicCodec>,
+        partitions_total: i32,
+        (op, store): (OperatorId, Rc<Store>),
+        lookup: Option<LookupTable>,
+        (index, peers): (usize, usize),
+        resume: &Checkpoint,
+        first_epoch: u64,
+        stop: Arc<AtomicBool>,
+        status: Arc<Mutex<Status>>,
+    ) -> Result<Self, DataflowError> {
+        let mut partitions = BTreeMap::new();
+        let now = Instant::now();
+        let (reader, lateness, idle_timeout, hold_watermark) = match &pipeline.source {
+            Source::Kafka(source) => {
+                let consumer: BaseConsumer =
+                    weir_bus::consumer_config(bus, &format!("weir-job-{}", pipeline.name))
+                        .set("enable.partition.eof", "false")
+                        .create()
+                        .map_err(|e| {
+                            DataflowError::Execution(format!("creating a consumer: {e}"))
+                        })?;
+                let mut assignment = TopicPartitionList::new();
+                for partition in (0..partitions_total).filter(|p| mine(*p, index, peers)) {
+                    let offset = match resume.source.get(&partition) {
+                        Some(offset) => Offset::Offset(*offset),
+                        None => match source.start {
+                            Start::Earliest => Offset::Beginning,
+                            Start::Latest => Offset::End,
+                        },
+                    };
+                    assignment
+                        .add_partition_offset(&source.topic, partition, offset)
+                        .map_err(|e| DataflowError::Execution(e.to_string()))?;
+                    let (low, high) = consumer
+                        .fetch_watermarks(&source.topic, partition, Duration::from_secs(10))
+                        .map_err(|e| {
+                            DataflowError::Execution(format!(
+                                "offsets of {}/{partition}: {e}",
+                                source.topic
+                            ))
+                        })?;
+                    let next_offset = match offset {
+                        Offset::Offset(o) => o,
+                        Offset::End => high,
+                        _ => low,
+                    };
+                    partitions.insert(
+                        partition,
+                        PartitionProgress {
+                            next_offset,
+                            end: source.bounded.then_some(high),
+                            max_event: resume.max_event.get(&partition).copied(),
+                            last_activity: now,
+                        },
+                    );
+                }
+                consumer
+                    .assign(&assignment)
+                    .map_err(|e| DataflowError::Execution(format!("assigning partitions: {e}")))?;
+                let kafka_time = source.event_time == crate::job::EventTime::Kafka;
+                let payload_schema = if kafka_time {
+                    let fields: Vec<Field> = source_schema
+                        .fields()
+                        .iter()
+                        .filter(|f| f.name() != KAFKA_TIMESTAMP)
+                        .map(|f| f.as_ref().clone())
+                        .collect();
+                    Arc::new(Schema::new(fields))
+                } else {
+                    source_schema.clone()
+                };
+                (
+                    Reader::Kafka {
+                        consumer,
+                        decoder: RecordDecoder::new(payload_schema, codec),
+                        topic: source.topic.clone(),
+                        kafka_time,
+                    },
+                    i64::try_from(source.lateness.as_millis()).unwrap_or(i64::MAX),
+                    source.idle_timeout,
+                    false,
+                )
+            }
+            Source::Parquet(source) => {
+                let mut files = BTreeMap::new();
+                for (i, path) in source.files()?.into_iter().enumerate() {
+                    let partition = i as i32;
+                    if !mine(partition, index, peers) {
+                        continue;
+                    }
+                    let rows = parquet_rows(&path)?;
+                    partitions.insert(
+                        partition,
+                        PartitionProgress {
+                            next_offset: resume.source.get(&partition).copied().unwrap_or(0),
+                            end: Some(rows),
+                            max_event: resume.max_event.get(&partition).copied(),
+                            last_activity: now,
+                        },
+                    );
+                    files.insert(partition, path);
+                }
+                (
+                    Reader::Parquet {
+                        files,
+                        current: None,
+                    },
+                    0,
+                    Duration::MAX,
+                    true,
+                )
+            }
+        };
+        let mut state = Self {
+            op,
+            reader,
+            lookup,
+            transform: pipeline.transform.clone(),
+            dlq: producer(bus)?,
+            store,
+            partitions,
+            lateness,
+            idle_timeout,
+            hold_watermark,
+            time_column: source_schema
+                .index_of(pipeline.source.event_time_column())
+                .map_err(|e| DataflowError::Plan(e.to_string()))?,
+            epoch: first_epoch,
+            interval: pipeline.checkpoint_interval,
+            next_checkpoint: Instant::now() + pipeline.checkpoint_interval,
+            watermark: i64::MIN,
+            stop,
+            status,
+        };
+        if let Some(watermark) = state.candidate_watermark(now) {
+            state.watermark = watermark;
+        }
+        Ok(state)
+    }
+
+    /// Reads the lookup table to its current end before the stream starts.
+    pub(crate) fn catch_up_table(&mut self) -> Result<(), DataflowError> {
+        if let Some(table) = &mut self.lookup {
+            let rejected = table.catch_up()?;
+            for (message, error) in &rejected {
+                dead_letter(&self.dlq, message, error)?;
+            }
+            self.status.lock().expect("status").dead_letters += rejected.len() as u64;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn step(
+        &mut self,
+        cap: &mut timely::dataflow::operators::Capability<crate::job::Time>,
+        output: &mut impl FnMut(&timely::dataflow::operators::Capability<crate::job::Time>, RecordBatch),
+    ) -> Result<SourceStep, DataflowError> {
+        use timely::order::Product;
+        if cap.time().outer < self.epoch {
+            cap.downgrade(&Product::new(self.epoch, 0));
+        }
+        if self.stop.load(Ordering::SeqCst) {
+            self.seal()?;
+            return Ok(SourceStep::Done);
+        }
+        if let Some(table) = &mut self.lookup {
+            let rejected = table.poll(1024, Duration::ZERO)?;
+            for (message, error) in &rejected {
+                dead_letter(&self.dlq, message, error)?;
+            }
+            self.status.lock().expect("status").dead_letters += rejected.len() as u64;
+        }
+        let read = match &mut self.reader {
+            Reader::Kafka { consumer, .. } => {
+                let mut messages = Vec::new();
+                while messages.len() < POLL_BATCH {
+                    match consumer.poll(Duration::ZERO) {
+                        None => break,
+                        Some(Ok(message)) => messages.push(message.detach()),
+                        Some(Err(error)) => {
+                            return Err(DataflowError::Execution(format!(
+                                "reading the source: {error}"
+                            )));
+                        }
+                    }
+                }
+                let read = !messages.is_empty();
+                if read {
+                    self.process_kafka(&messages, cap, output)?;
+                }
+                read
+            }
+            Reader::Parquet { .. } => self.read_parquet(cap, output)?,
+        };
+        self.advance_watermark(cap);
+        if Instant::now() >= self.next_checkpoint {
+            self.seal()?;
+            self.epoch += 1;
+            self.next_checkpoint = Instant::now() + self.interval;
+            cap.downgrade(&Product::new(self.epoch, cap.time().inner));
+        }
+        let finished = self
+            .partitions
+            .values()
+            .all(|p| p.end.is_some_and(|end| p.next_offset >= end));
+        if finished {
+            self.seal()?;
+            return Ok(SourceStep::Done);
+        }
+        Ok(SourceStep::Continue { again: read })
+    }
+
+    /// Stores the offsets after the current epoch and marks it sealed.
+    fn seal(&mut self) -> Result<(), DataflowError> {
+        flush(&self.dlq)?;
+        let checkpoint = Checkpoint {
+            source: self
+                .partitions
+                .iter()
+                .map(|(p, progress)| (*p, progress.next_offset))
+                .collect(),
+            table: self
+                .lookup
+                .as_ref()
+                .map(|t| t.offsets().clone())
+                .unwrap_or_default(),
+            max_event: self
+                .partitions
+                .iter()
+                .filter_map(|(p, progress)| progress.max_event.map(|m| (*p, m)))
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&checkpoint).expect("offsets serialize");
+        self.store.seal(self.op, self.epoch, None, Some(&bytes))
+    }
+
+    fn process_kafka(
+        &mut self,
+        messages: &[OwnedMessage],
+        cap: &timely::dataflow::operators::Capability<crate::job::Time>,
+        output: &mut impl FnMut(&timely::dataflow::operators::Capability<crate::job::Time>, RecordBatch),
+    ) -> Result<(), DataflowError> {
+        let Reader::Kafka {
+            decoder,
+            kafka_time,
+            ..
+        } = &self.reader
+        else {
+            unreachable!("a Kafka reader");
+        };
+        let kafka_time = *kafka_time;
+        let payloads: Vec<Option<&[u8]>> = messages.iter().map(|m| m.payload()).collect();
+        let decoded = decoder.decode(&payloads)?;
+        for (index, error) in &decoded.rejected {
+            dead_letter(&self.dlq, &messages[*index], error)?;
+        }
+        let mut batch = decoded.batch;
+        if kafka_time {
+            let times = TimestampMillisecondArray::from_iter_values(
+                decoded
+                    .rows
+                    .iter()
+                    .map(|i| messages[*i].timestamp().to_millis().unwrap_or(0)),
+            );
+            let mut columns = batch.columns().to_vec();
+            columns.push(Arc::new(times));
+            let mut fields: Vec<Field> = batch
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| f.as_ref().clone())
+                .collect();
+            fields.push(Field::new(
+                KAFKA_TIMESTAMP,
+                DataType::Timestamp(TimeUnit::Millisecond, None),
+                false,
+            ));
+            batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+                .map_err(|e| DataflowError::Execution(e.to_string()))?;
+        }
+        let row_partitions: Vec<i32> = decoded
+            .rows
+            .iter()
+            .map(|i| messages[*i].partition())
+            .collect();
+        let (keep, late) = self.admit(&batch, &row_partitions)?;
+        for row in &late {
+            let (t, message) = (row.1, &messages[decoded.rows[row.0]]);
+            let error = DecodeError::new(
+                DeadLetterReason::Late,
+                format!(
+                    "event time {t} is before the watermark {} (allowed lateness {} ms)",
+                    row.2, self.lateness
+                ),
+            );
+            dead_letter(&self.dlq, message, &error)?;
+        }
+        let now = Instant::now();
+        for message in messages {
+            if let Some(partition) = self.partitions.get_mut(&message.partition()) {
+                partition.next_offset = partition.next_offset.max(message.offset() + 1);
+                partition.last_activity = now;
+            }
+        }
+        self.emit(batch, keep, cap, output)?;
+        let mut status = self.status.lock().expect("status");
+        status.records_in += messages.len() as u64;
+        status.dead_letters += (decoded.rejected.len() + late.len()) as u64;
+        status.late += late.len() as u64;
+        if let Reader::Kafka {
+            consumer, topic, ..
+        } = &self.reader
+        {
+            for (partition, progress) in &self.partitions {
+                let entry = status.partitions.entry(*partition).or_default();
+                entry.offset = progress.next_offset;
+                if let Ok((_, high)) = consumer.fetch_watermarks(topic, *partition, Duration::ZERO)
+                {
+                    entry.lag = (high - progress.next_offset).max(0);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads one batch of the next unfinished file; `false` when none is left.
+    fn read_parquet(
+        &mut self,
+        cap: &timely::dataflow::operators::Capability<crate::job::Time>,
+        output: &mut impl FnMut(&timely::dataflow::operators::Capability<crate::job::Time>, RecordBatch),
+    ) -> Result<bool, DataflowError> {
+        let Reader::Parquet { files, current } = &mut self.reader else {
+            unreachable!("a Parquet reader");
+        };
+        if current.is_none() {
+            let next = self
+                .partitions
+                .iter()
+                .find(|(_, p)| p.end.is_some_and(|end| p.next_offset < end));
+            let Some((&partition, progress)) = next else {
+                return Ok(false);
+            };
+            let path = &files[&partition];
+            let file = File::open(path)
+                .map_err(|e| DataflowError::Execution(format!("{}: {e}", path.display())))?;
+            let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                .and_then(|b| {
+                    b.with_batch_size(8192)
+                        .with_offset(progress.next_offset as usize)
+                        .build()
+                })
+                .map_err(|e| DataflowError::Execution(format!("{}: {e}", path.display())))?;
+            *current = Some((partition, reader));
+        }
+        let (partition, reader) = current.as_mut().expect("opened above");
+        let partition = *partition;
+        let batch = match reader.next() {
+            Some(batch) => batch.map_err(|e| {
+                DataflowError::Execution(format!("{}: {e}", files[&partition].display()))
+            })?,
+            None => {
+                // A file shorter than its metadata said: it is done.
+                let progress = self.partitions.get_mut(&partition).expect("a file");
+                progress.end = Some(progress.next_offset);
+                *current = None;
+                return Ok(true);
+            }
+        };
+        let rows = batch.num_rows();
+        let progress = self.partitions.get_mut(&partition).expect("a file");
+        progress.next_offset += rows as i64;
+        if progress.end.is_some_and(|end| progress.next_offset >= end) {
+            *current = None;
+        }
+        let row_partitions = vec![partition; rows];
+        let (keep, _) = self.admit(&batch, &row_partitions)?;
+        self.emit(batch, keep, cap, output)?;
+        let mut status = self.status.lock().expect("status");
+        status.records_in += rows as u64;
+        let entry = status.partitions.entry(partition).or_default();
+        entry.offset = self.partitions[&partition].next_offset;
+        entry.lag = self.partitions[&partition]
+            .end
+            .map_or(0, |end| end - entry.offset);
+        Ok(true)
+    }
+
+    /// Checks rows against the watermark, moving it row by row: returns the
+    /// rows to keep and the late ones `(row, event time, watermark)`.
+    #[allow(clippy::type_complexity)]
+    fn admit(
+        &mut self,
+        batch: &RecordBatch,
+        row_partitions: &[i32],
+    ) -> Result<(Vec<u32>, Vec<(usize, i64, i64)>), DataflowError> {
+        let times = event_times(batch.column(self.time_column))?;
+        let mut keep = Vec::with_capacity(times.len());
+        let mut late = Vec::new();
+        for (row, (&t, partition)) in times.iter().zip(row_partitions).enumerate() {
+            if t < self.watermark {
+                late.push((row, t, self.watermark));
+                continue;
+            }
+            keep.push(row as u32);
+            let progress = self
+                .partitions
+                .get_mut(partition)
+                .expect("assigned partition");
+            if progress.max_event.is_none_or(|m| t > m) {
+                progress.max_event = Some(t);
+                // The watermark moves record by record, so that a record is
+                // late against every record before it in its partition, not
+                // only those of earlier polls.
+                if let Some(candidate) = self.candidate_watermark(Instant::now())
+                    && candidate > self.watermark
+                {
+                    self.watermark = candidate;
+                }
+            }
+        }
+        Ok((keep, late))
+    }
+
+    /// Sends the kept rows on, through the lookup join and the transform.
+    fn emit(
+        &mut self,
+        batch: RecordBatch,
+        keep: Vec<u32>,
+        cap: &timely::dataflow::operators::Capability<crate::job::Time>,
+        output: &mut impl FnMut(&timely::dataflow::operators::Capability<crate::job::Time>, RecordBatch),
+    ) -> Result<(), DataflowError> {
+        let mut batch = if keep.len() == batch.num_rows() {
+            batch
+        } else {
+            take_record_batch(&batch, &UInt32Array::from(keep))
+                .map_err(|e| DataflowError::Execution(e.to_string()))?
+        };
+        if let Some(table) = &self.lookup {
+            batch = table.join(&batch)?;
+        }
+        if let Some(transform) = &self.transform {
+            batch = transform.apply(&batch)?;
+        }
+        if batch.num_rows() > 0 {
+            output(cap, batch);
+        }
+        Ok(())
+    }
+
+    /// The watermark the partitions allow now: the smallest over partitions
+    /// that are neither finished nor idle. When every partition is idle,
+    /// event time is taken to advance with the clock since each one's last
+    /// record, so that a quiet worker does not hold the whole job back.
+    fn candidate_watermark(&self, now: Instant) -> Option<i64> {
+        if self.hold_watermark {
+            return None;
+        }
+        let watermark_of =
+            |p: &PartitionProgress| p.max_event.map(|m| m.saturating_sub(self.lateness));
+        let mut active = self
+            .partitions
+            .values()
+            .filter(|p| p.end.is_none_or(|end| p.next_offset < end))
+            .filter(|p| now.duration_since(p.last_activity) < self.idle_timeout)
+            .peekable();
+        if self.partitions.is_empty() {
+            Some(i64::MAX)
+        } else if active.peek().is_some() {
+            // A partition that has not shown an event time yet holds the
+            // watermark where it is.
+            active
+                .map(watermark_of)
+                .collect::<Option<Vec<_>>>()
+                .and_then(|v| v.into_iter().min())
+        } else {
+            self.partitions
+                .values()
+                .filter_map(|p| {
+                    watermark_of(p).map(|w| {
+                        let idle = now.duration_since(p.last_activity).as_millis() as i64;
+                        w.saturating_add(idle)
+                    })
+                })
+                .max()
+        }
+    }
+
+    /// Moves the watermark and the capability with it.
+    fn advance_watermark(
+        &mut self,
+        cap: &mut timely::dataflow::operators::Capability<crate::job::Time>,
+    ) {
+        use timely::order::Product;
+        if let Some(candidate) = self.candidate_watermark(Instant::now())
+            && candidate > self.watermark
+        {
+            self.watermark = candidate;
+        }
+        if self.watermark == i64::MIN {
+            return;
+        }
+        let inner = u64::try_from(self.watermark.max(0)).unwrap_or(0);
+        if inner > cap.time().inner {
+            cap.downgrade(&Product::new(self.epoch, inner));
+            self.status.lock().expect("status").watermark = Some(self.watermark);
+        }
+    }
+}
+
+/// Rows in a Parquet file, from its footer.
+pub(crate) fn parquet_rows(path: &std::path::Path) -> Result<i64, DataflowError> {
+    let file = File::open(path)
+        .map_err(|e| DataflowError::Execution(format!("{}: {e}", path.display())))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| DataflowError::Execution(format!("{}: {e}", path.display())))?;
+    Ok(builder.metadata().file_metadata().num_rows())
+}
+
+/// The Arrow schema of a Parquet file.
+pub fn parquet_schema(path: &std::path::Path) -> Result<SchemaRef, DataflowError> {
+    let file =
+        File::open(path).map_err(|e| DataflowError::Plan(format!("{}: {e}", path.display())))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| DataflowError::Plan(format!("{}: {e}", path.display())))?;
+    Ok(builder.schema().clone())
+}
