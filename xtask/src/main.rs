@@ -271,7 +271,10 @@ fn python_venv(name: &str) -> Result<PathBuf> {
     // Environments of older requirements are not used again.
     if let Ok(entries) = fs::read_dir(venv.parent().expect("venv has a parent")) {
         for entry in entries.flatten() {
-            let stale = entry.file_name().to_string_lossy().starts_with(&format!("{name}-"))
+            let stale = entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{name}-"))
                 && entry.path() != venv;
             if stale {
                 let _ = fs::remove_dir_all(entry.path());

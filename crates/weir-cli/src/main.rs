@@ -95,8 +95,10 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn init_tracing(verbose: u8) {
+    // The embedded broker (tansu) logs expected conditions, such as creating
+    // a topic that exists, as errors: they show with -v.
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,tansu_broker=off,tansu_storage=off,tansu_sans_io=off",
         1 => "info,weir=debug",
         _ => "debug,weir=trace",
     };
