@@ -3,12 +3,35 @@
 
 use crate::support::{Platform, repo, stderr};
 
+/// A command line's words, as a shell splits them (double quotes group).
+fn words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
 fn run_page(page: &str) -> Vec<(String, std::process::Output)> {
     let text = std::fs::read_to_string(repo().join("docs").join(page)).unwrap();
     let platform = Platform::start();
     let mut outputs = Vec::new();
     for line in text.lines().filter_map(|l| l.strip_prefix("$ weir ")) {
-        let args: Vec<&str> = line.split_whitespace().collect();
+        let args = words(line);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let output = platform.weir(&args).current_dir(repo()).output().unwrap();
         assert!(
             output.status.success(),
@@ -44,4 +67,61 @@ fn bus_page() {
     let first_two =
         String::from_utf8_lossy(&find("tail transactions --from-beginning").stdout).into_owned();
     assert_eq!(first_two.lines().count(), 2);
+}
+
+#[test]
+fn sql_page() {
+    let outputs = run_page("sql.md");
+    let find = |prefix: &str| {
+        outputs
+            .iter()
+            .find(|(line, _)| line.starts_with(prefix))
+            .map(|(_, output)| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap()
+    };
+    let applied = find("features apply");
+    assert!(
+        applied.contains("spend_per_minute v1 (recorded) → weir.features.spend_per_minute.v1"),
+        "{applied}"
+    );
+    assert!(applied.contains("categories v1 (recorded)"), "{applied}");
+    let list = find("features list");
+    assert!(
+        list.contains("spend_per_minute") && list.contains("categories"),
+        "{list}"
+    );
+    let described = find("features describe");
+    assert!(
+        described.contains("table       merchants: merchants (key merchant_id)"),
+        "{described}"
+    );
+    let checked = find("features check");
+    assert!(
+        checked.contains("0 only in the batch, 0 only in the stream, 0 different"),
+        "{checked}"
+    );
+    // u1: 12.5 + 3.2 + 7.0; u2: 80.0 + 19.9 (the bad lines were dead-lettered).
+    let spend = find("sql \"SELECT user_id, n");
+    let rows: Vec<&str> = spend
+        .lines()
+        .filter(|l| l.starts_with("| u") && !l.contains("user_id"))
+        .collect();
+    assert_eq!(rows.len(), 2, "{spend}");
+    assert!(
+        rows[0].contains("u1") && rows[0].contains("| 3 ") && rows[0].contains("22.7"),
+        "{spend}"
+    );
+    assert!(
+        rows[1].contains("u2") && rows[1].contains("| 2 ") && rows[1].contains("99.9"),
+        "{spend}"
+    );
+    let categories = find("sql --format json");
+    assert_eq!(
+        categories.lines().collect::<Vec<_>>(),
+        vec![
+            r#"{"user_id":"u1","categories":2,"grocery":15.7}"#,
+            r#"{"user_id":"u2","categories":2,"grocery":19.9}"#
+        ],
+        "{categories}"
+    );
 }

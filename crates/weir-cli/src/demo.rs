@@ -5,15 +5,19 @@
 //! `transactions` in Avro, read back by a consumer group, and the bad
 //! records end up in `weir.dlq.transactions` with their reasons.
 //!
-//! Stage 2 (the dataflow runtime): a streaming job computes spend per user
-//! over the last hour, every five minutes, from `transactions` to
-//! `weir.features.user_spend`, with its state in RocksDB and exactly-once
-//! checkpoints (the job of `docs/examples/user_spend.toml`).
+//! Stage 2 (features in SQL, on the dataflow runtime): the feature views of
+//! `topologies/features/` — spend per user over the last hour every five
+//! minutes, and card sessions per user — are applied (versioned in
+//! `weir.meta`), run as streaming jobs over `transactions` with their state
+//! in RocksDB and exactly-once checkpoints, and the stream's results are
+//! compared with the same SQL run by DataFusion as a batch over the topic's
+//! history: identical.
 //!
 //! Each later component adds its stage here. Safe to run twice: the topic
 //! and schema are reused, the consumer group resumes at its committed
-//! offsets, so each run reads (and dead-letters) only its own records, and
-//! the job recomputes its windows over the whole topic.
+//! offsets, so each run reads (and dead-letters) only its own records, an
+//! unchanged view keeps its version, and the views recompute their windows
+//! over the whole topic.
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
@@ -50,7 +54,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     println!("Kafka: {}\n", connection.description);
     let result = async {
         bus_stage(&connection.bus, &args, config).await?;
-        dataflow_stage(&connection.bus, config).await
+        features_stage(&connection.bus, config).await
     }
     .await;
     connection.close().await;
@@ -181,42 +185,86 @@ async fn bus_stage(bus: &Bus, args: &Args, config: &Config) -> anyhow::Result<()
     show_dead_letters(bus, dead.total() as i64).await
 }
 
-/// The demo's windowed job.
-const USER_SPEND_JOB: &str = include_str!("../../../docs/examples/user_spend.toml");
+/// The demo's feature views (also in `topologies/features/`).
+const VIEWS: [(&str, &str); 2] = [
+    (
+        "topologies/features/user_spend.sql",
+        include_str!("../../../topologies/features/user_spend.sql"),
+    ),
+    (
+        "topologies/features/user_sessions.sql",
+        include_str!("../../../topologies/features/user_sessions.sql"),
+    ),
+];
 
-async fn dataflow_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
+async fn features_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
     println!(
-        "\n[2] dataflow: spend per user over the last hour, every 5 minutes (exactly-once, RocksDB state)"
+        "\n[2] features in SQL: views applied, run as streams (RocksDB state, exactly-once), checked against a batch"
     );
-    let state = config.state_dir.join("demo-jobs");
-    // Each run recomputes every window over the whole topic: a bounded
-    // run closes all its windows, so it starts from fresh state.
-    let _ = std::fs::remove_dir_all(&state);
-    let mut spec = weir_dataflow::spec::parse(USER_SPEND_JOB, &state)
-        .map_err(|e| anyhow::anyhow!("docs/examples/user_spend.toml:{e}"))?;
-    if let weir_dataflow::job::Source::Kafka(source) = &mut spec.source {
-        source.bounded = true;
-    }
-    let sink = match &spec.sink {
-        weir_dataflow::job::Sink::Kafka { topic, .. } => topic.clone(),
-        _ => anyhow::bail!("the demo job writes to a topic"),
-    };
+    let views = VIEWS
+        .iter()
+        .map(|(path, text)| weir_sql::ViewFile::parse(path, text))
+        .collect::<Result<Vec<_>, _>>()?;
+    let known = weir_sql::registry::Registry::load(bus).await?;
+    let state = config.state_dir.join("jobs");
+    let applied = weir_sql::registry::apply(bus, &known, &views, &state).await?;
     let started = Instant::now();
-    let handle = weir_dataflow::job::start(spec, bus, weir_dataflow::job::Cluster::local(2))
-        .await
-        .context("starting the demo job")?;
-    let status = tokio::task::spawn_blocking(move || handle.join()).await??;
+    let mut jobs = Vec::new();
+    for a in &applied {
+        println!(
+            "    {} v{} {} → `{}` ({})",
+            a.version.name,
+            a.version.version,
+            if a.recorded { "recorded" } else { "unchanged" },
+            a.version.topic,
+            a.version.header.description
+        );
+        // The demo recomputes its features over the whole topic each run,
+        // so that the stream can be compared with the batch.
+        let _ = std::fs::remove_dir_all(state.join(&a.version.job));
+        let mut pipeline = a.plan.pipeline.clone();
+        if let weir_dataflow::job::Source::Kafka(source) = &mut pipeline.source {
+            source.bounded = true;
+        }
+        jobs.push(
+            weir_dataflow::job::run(pipeline, bus, weir_dataflow::job::Cluster::local(2)).await?,
+        );
+    }
+    let mut records = 0;
+    for (a, job) in applied.iter().zip(jobs) {
+        let status = tokio::task::spawn_blocking(move || job.join()).await??;
+        records = records.max(status.records_in);
+        println!(
+            "    {}: {} rows to `{}`, {} late",
+            a.version.name, status.records_out, a.version.topic, status.late
+        );
+    }
     let seconds = started.elapsed().as_secs_f64();
     println!(
-        "    read {} records in {seconds:.2} s with 2 workers ({:.0} records/s); {} windows to `{sink}`; {} late",
-        status.records_in,
-        status.records_in as f64 / seconds,
-        status.records_out,
-        status.late
+        "    {} views over {records} records in {seconds:.2} s (2 workers each)",
+        applied.len()
     );
+    let spend = applied
+        .iter()
+        .find(|a| a.version.name == "user_spend")
+        .context("the user_spend view")?;
+    let comparison = crate::features::check(bus, &spend.plan, &spend.version.header.entity).await?;
+    println!(
+        "    stream = batch for user_spend: {} ({} rows from the stream, {} from DataFusion over the topic's history)",
+        if comparison.identical() {
+            "identical"
+        } else {
+            "DIFFERENT"
+        },
+        comparison.stream_rows,
+        comparison.batch_rows
+    );
+    if !comparison.identical() {
+        anyhow::bail!("the stream and the batch differ: {comparison:?}");
+    }
     // The busiest hour: the largest count among the results.
     let mut reader = bus.consumer(
-        &[&sink],
+        &[&spend.version.topic],
         ConsumerOptions {
             start: StartFrom::Beginning,
             until_end: true,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use weir_core::Config;
-use weir_dataflow::job::{Cluster, start};
+use weir_dataflow::job::{Cluster, JobHandle, Status, start};
 
 use crate::connect::connect;
 
@@ -60,18 +60,30 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("starting job `{name}`"))?;
     eprintln!("job `{name}` running on {}", connection.description);
-    let mut ticker = tokio::time::interval(status_every);
-    ticker.tick().await;
-    let handle = std::sync::Arc::new(std::sync::Mutex::new(Some(handle)));
+    let statuses = supervise(vec![(name, handle)], status_every).await?;
+    for (_, status) in statuses {
+        println!("{}", serde_json::to_string(&status)?);
+    }
+    connection.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs jobs until they end or Ctrl-C (which checkpoints and stops them),
+/// printing their status every `status_every`; returns their last status.
+pub async fn supervise(
+    jobs: Vec<(String, JobHandle)>,
+    status_every: Duration,
+) -> anyhow::Result<Vec<(String, Status)>> {
+    let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs));
     let finished = {
-        let handle = handle.clone();
+        let jobs = jobs.clone();
         tokio::task::spawn_blocking(move || {
             loop {
-                let done = handle
+                let done = jobs
                     .lock()
-                    .expect("handle")
-                    .as_ref()
-                    .is_none_or(|h| h.is_finished());
+                    .expect("jobs")
+                    .iter()
+                    .all(|(_, h)| h.is_finished());
                 if done {
                     return;
                 }
@@ -80,25 +92,31 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         })
     };
     tokio::pin!(finished);
+    let mut ticker = tokio::time::interval(status_every);
+    ticker.tick().await;
     loop {
         tokio::select! {
             _ = &mut finished => break,
             _ = ticker.tick() => {
-                if let Some(h) = handle.lock().expect("handle").as_ref() {
-                    eprintln!("{}", serde_json::to_string(&h.status())?);
+                for (name, handle) in jobs.lock().expect("jobs").iter() {
+                    eprintln!("{name}: {}", serde_json::to_string(&handle.status())?);
                 }
             }
             _ = tokio::signal::ctrl_c() => {
-                eprintln!("stopping `{name}`: checkpointing");
-                if let Some(h) = handle.lock().expect("handle").as_ref() {
-                    h.stop();
+                eprintln!("stopping: checkpointing");
+                for (_, handle) in jobs.lock().expect("jobs").iter() {
+                    handle.stop();
                 }
             }
         }
     }
-    let handle = handle.lock().expect("handle").take().expect("handle");
-    let status = tokio::task::spawn_blocking(move || handle.join()).await??;
-    println!("{}", serde_json::to_string(&status)?);
-    connection.close().await;
-    Ok(ExitCode::SUCCESS)
+    let jobs = std::mem::take(&mut *jobs.lock().expect("jobs"));
+    let mut statuses = Vec::new();
+    for (name, handle) in jobs {
+        let status = tokio::task::spawn_blocking(move || handle.join())
+            .await?
+            .with_context(|| format!("job `{name}`"))?;
+        statuses.push((name, status));
+    }
+    Ok(statuses)
 }

@@ -9,10 +9,12 @@ mod bench;
 mod broker;
 mod connect;
 mod demo;
+mod features;
 mod input;
 mod job;
 mod publish;
 mod schemas;
+mod sql;
 mod tail;
 mod topics;
 
@@ -47,6 +49,11 @@ enum Command {
     /// Streaming jobs: windowed aggregations over topics, with state and
     /// exactly-once checkpoints.
     Job(job::Args),
+    /// Feature views in SQL: apply (version and run), list, describe,
+    /// backfill.
+    Features(features::Args),
+    /// An ad-hoc SQL query over topics, feature views and Parquet files.
+    Sql(sql::Args),
     /// Run the embedded Kafka-API broker and the schema registry API for
     /// other clients.
     Broker(broker::Args),
@@ -88,6 +95,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Topics(args) => topics::run(&config, args).await,
         Command::Schemas(args) => schemas::run(&config, args).await,
         Command::Job(args) => job::run(&config, args).await,
+        Command::Features(args) => features::run(&config, args).await,
+        Command::Sql(args) => sql::run(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Demo(args) => demo::run(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,
@@ -98,7 +107,9 @@ fn init_tracing(verbose: u8) {
     // The embedded broker (tansu) logs expected conditions, such as creating
     // a topic that exists, as errors: they show with -v.
     let default = match verbose {
-        0 => "warn,tansu_broker=off,tansu_storage=off,tansu_sans_io=off",
+        0 => {
+            "warn,tansu_broker=off,tansu_storage=off,tansu_sans_io=off,tansu_service=off,tansu_model=off,tansu_auth=off,tansu_schema=off"
+        }
         1 => "info,weir=debug",
         _ => "debug,weir=trace",
     };

@@ -8,7 +8,7 @@
 //! | `weir.schemas` | schema registry log (compacted) |
 //! | `weir.meta` | metadata events: experiments, runs, models, lineage |
 //! | `weir.dlq.<source>` | records of `<source>` that failed to decode or validate |
-//! | `weir.features.<view>` | output of a feature view |
+//! | `weir.features.<view>.v<N>` | output of version N of a feature view |
 //! | `weir.requests.<deployment>` | inference requests for stream serving |
 //! | `weir.predictions.<deployment>` | predictions, keyed by request id |
 //! | `weir.log.<deployment>` | every request and response with model version and route |

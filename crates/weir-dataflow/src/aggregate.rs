@@ -586,18 +586,26 @@ impl WindowAggregator {
 
         let mut results = Vec::new();
         if self.emit == Emit::OnClose {
-            for start in starts {
+            for &start in &starts {
                 self.evaluate_window(start, &mut results)?;
             }
         }
-        self.closed_through = Some(limit);
+        // The end of input (an infinite limit) emits every window there
+        // is: windows after the last of them are still to come, if the
+        // input goes on in a later run.
+        let mark = if limit == i64::MAX {
+            starts.last().map_or(after, |s| (s + size).max(after))
+        } else {
+            limit
+        };
+        self.closed_through = Some(mark);
         let expired: Vec<i64> = panes
             .into_iter()
             .filter(|p| self.window.pane_expired(*p, limit))
             .collect();
         let layer = self.layer(epoch)?;
         layer.deletions.panes.extend(expired);
-        layer.closed_through = Some(limit);
+        layer.closed_through = Some(mark);
         Ok(results)
     }
 
@@ -709,6 +717,7 @@ impl WindowAggregator {
         let mut contributions = Contributions::default();
         let mut deleted: Vec<(i64, Vec<u8>)> = Vec::new();
         let mut results = Vec::new();
+        let mut results_end: Option<i64> = None;
         let mut chain: Vec<(i64, Part)> = Vec::new();
         let mut chain_key: Option<Vec<u8>> = None;
         let mut chain_bounds: Bounds = (0, 0);
@@ -758,6 +767,7 @@ impl WindowAggregator {
                 );
             }
             if groups.len() >= CHUNK {
+                results_end = results_end.max(groups.iter().map(|(_, end, _)| *end).max());
                 results.push(self.evaluate(&groups, std::mem::take(&mut contributions))?);
                 groups.clear();
             }
@@ -775,13 +785,20 @@ impl WindowAggregator {
                 &mut deleted,
             );
         }
+        let last_end = groups.iter().map(|(_, end, _)| *end).max();
         if !groups.is_empty() {
             results.push(self.evaluate(&groups, contributions)?);
         }
-        self.closed_through = Some(limit);
+        let last_end = results_end.into_iter().chain(last_end).max();
+        let mark = if limit == i64::MAX {
+            last_end.map_or(after, |end| end.max(after))
+        } else {
+            limit
+        };
+        self.closed_through = Some(mark);
         let layer = self.layer(epoch)?;
         layer.deletions.groups.extend(deleted);
-        layer.closed_through = Some(limit);
+        layer.closed_through = Some(mark);
         Ok(results)
     }
 
