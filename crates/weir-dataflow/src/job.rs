@@ -45,7 +45,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -398,6 +398,7 @@ pub struct PartitionStatus {
 /// A running job.
 pub struct JobHandle {
     stop: Arc<AtomicBool>,
+    checkpoints: Arc<AtomicU64>,
     status: Arc<Mutex<Status>>,
     thread: Option<std::thread::JoinHandle<Result<(), DataflowError>>>,
     output: SchemaRef,
@@ -412,6 +413,12 @@ impl JobHandle {
     /// Schema of the result rows.
     pub fn output_schema(&self) -> SchemaRef {
         self.output.clone()
+    }
+
+    /// Asks the job to checkpoint now rather than at its next interval
+    /// (`Status::committed_epoch` says when it has).
+    pub fn checkpoint(&self) {
+        self.checkpoints.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Asks the job to checkpoint and stop (windows stay open for the next
@@ -586,6 +593,7 @@ struct Prepared {
     sink_key: Vec<usize>,
     output: SchemaRef,
     stop: Arc<AtomicBool>,
+    checkpoints: Arc<AtomicU64>,
     status: Arc<Mutex<Status>>,
 }
 
@@ -631,6 +639,7 @@ pub async fn run(
         ));
     }
     let stop = Arc::new(AtomicBool::new(false));
+    let checkpoints = Arc::new(AtomicU64::new(0));
     let status = Arc::new(Mutex::new(Status::default()));
     let name = pipeline.name.clone();
     let prepared = Arc::new(Prepared {
@@ -642,6 +651,7 @@ pub async fn run(
         sink_key,
         output: output.clone(),
         stop: stop.clone(),
+        checkpoints: checkpoints.clone(),
         status: status.clone(),
     });
     let config = timely_config(&cluster);
@@ -665,6 +675,7 @@ pub async fn run(
         .map_err(|e| DataflowError::Execution(e.to_string()))?;
     Ok(JobHandle {
         stop,
+        checkpoints,
         status,
         thread: Some(thread),
         output,
@@ -870,7 +881,7 @@ fn run_worker(
         (index, peers),
         &resume,
         first_epoch,
-        prepared.stop.clone(),
+        (prepared.stop.clone(), prepared.checkpoints.clone()),
         prepared.status.clone(),
     )?;
     source_state.catch_up_table()?;

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -102,6 +102,10 @@ pub(crate) struct SourceState {
     /// Event time below which records are late (-inf until known).
     watermark: i64,
     stop: Arc<AtomicBool>,
+    /// Checkpoints asked for (`JobHandle::checkpoint`), and how many this
+    /// source has taken.
+    checkpoints: Arc<AtomicU64>,
+    checkpoints_taken: u64,
     status: Arc<Mutex<Status>>,
 }
 
@@ -123,7 +127,7 @@ impl SourceState {
         (index, peers): (usize, usize),
         resume: &Checkpoint,
         first_epoch: u64,
-        stop: Arc<AtomicBool>,
+        (stop, checkpoints): (Arc<AtomicBool>, Arc<AtomicU64>),
         status: Arc<Mutex<Status>>,
     ) -> Result<Self, DataflowError> {
         let mut partitions = BTreeMap::new();
@@ -248,6 +252,8 @@ impl SourceState {
             next_checkpoint: Instant::now() + pipeline.checkpoint_interval,
             watermark: i64::MIN,
             stop,
+            checkpoints_taken: checkpoints.load(Ordering::SeqCst),
+            checkpoints,
             status,
         };
         if let Some(watermark) = state.candidate_watermark(now) {
@@ -311,7 +317,9 @@ impl SourceState {
             Reader::Parquet { .. } => self.read_parquet(cap, output)?,
         };
         self.advance_watermark(cap);
-        if Instant::now() >= self.next_checkpoint {
+        let asked = self.checkpoints.load(Ordering::SeqCst);
+        if Instant::now() >= self.next_checkpoint || asked > self.checkpoints_taken {
+            self.checkpoints_taken = asked;
             self.seal()?;
             self.epoch += 1;
             self.next_checkpoint = Instant::now() + self.interval;

@@ -44,7 +44,21 @@ pub struct Args {
     /// Skip Quix Streams.
     #[arg(long)]
     no_quix: bool,
+    /// Also run the query as a SQL feature view (stream), and as a batch
+    /// over the same events in Parquet (DataFusion, and DuckDB when the
+    /// Python environment has it).
+    #[arg(long)]
+    sql: bool,
 }
+
+/// The benchmark's query as a feature view.
+fn sql_view(topic: &str) -> String {
+    format!(
+        "---\nname: bench_hop\nentity: [user_id]\ncheckpoint_interval: 1s\nsources:\n  events: {{ topic: \"{topic}\", event_time: ts, schema: {{ user_id: string, merchant_id: string, amount: double, ts: long }} }}\n---\n{SQL_QUERY}"
+    )
+}
+
+const SQL_QUERY: &str = "SELECT user_id, count(*) AS count, avg(amount) AS avg_amount, max(amount) AS max_amount\nFROM events\nGROUP BY user_id, hop(ts, INTERVAL '5 minutes', INTERVAL '1 hour')\n";
 
 const HOUR: i64 = 3_600_000;
 const SLIDE: i64 = 300_000;
@@ -78,6 +92,11 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     );
 
     let weir = run_weir(config, &bootstrap, &topic).await?;
+    let sql = if args.sql {
+        Some(run_sql(config, &bootstrap, &topic).await?)
+    } else {
+        None
+    };
     let hand = {
         let (bootstrap, topic, events) = (bootstrap.clone(), topic.clone(), args.events);
         tokio::task::spawn_blocking(move || hand_loop(&bootstrap, &topic, events)).await??
@@ -103,6 +122,9 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         );
     };
     row("weir job (1 worker, child process)", &weir);
+    if let Some(sql) = &sql {
+        row("weir SQL view (1 worker, child)", sql);
+    }
     row("hand loop (1 thread, HashMap)", &hand);
     if let Some(quix) = &quix {
         row("quix streams (.final(), 1 process)", quix);
@@ -116,6 +138,19 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
          The machine has 2 cores shared by the broker, the job and librdkafka's threads.",
         weir.events_per_second() / hand.events_per_second()
     );
+    if let Some(sql) = &sql {
+        println!(
+            "weir SQL view / weir job: {:.2}  (target >= 0.9)",
+            sql.events_per_second() / weir.events_per_second()
+        );
+        if let Some(quix) = &quix {
+            println!(
+                "weir SQL view / quix streams: {:.1}x  (target >= 20x per core)",
+                sql.events_per_second() / quix.events_per_second()
+            );
+        }
+        batch(&bus, &topic).await?;
+    }
     drop(bus);
     if let Some(broker) = broker {
         broker.stop().await;
@@ -237,6 +272,114 @@ topic = "{topic}-weir"
         seconds,
         rss_mib: rss,
     })
+}
+
+/// The same query as a SQL feature view, applied and run to the end in a
+/// child process (`weir features apply --until-end`).
+async fn run_sql(config: &Config, bootstrap: &str, topic: &str) -> anyhow::Result<Figure> {
+    let dir = tempdir()?.join("sql");
+    std::fs::create_dir_all(&dir)?;
+    let view = dir.join("bench_hop.sql");
+    std::fs::write(&view, sql_view(topic))?;
+    let exe = std::env::current_exe()?;
+    let started = Instant::now();
+    let child = tokio::process::Command::new(exe)
+        .args(["features", "apply"])
+        .arg(&view)
+        .args(["--until-end", "--status-every", "1h"])
+        .env("WEIR_BROKERS", bootstrap)
+        .env("WEIR_STATE_DIR", &dir)
+        .env("WEIR_MAX_RECORD_BYTES", config.max_record_bytes.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let (status, rss) = wait_sampling(child).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("the SQL view failed ({status})");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(Figure {
+        events: count_records(bootstrap, topic)?,
+        seconds,
+        rss_mib: rss,
+    })
+}
+
+/// The query as a batch over the events in Parquet: DataFusion (Weir's
+/// batch path) and, when the Python environment has it, DuckDB.
+async fn batch(bus: &Bus, topic: &str) -> anyhow::Result<()> {
+    let view = weir_sql::ViewFile::parse("bench_hop.sql", &sql_view(topic))?;
+    let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+        arrow::datatypes::Field::new("user_id", arrow::datatypes::DataType::Utf8, true),
+        arrow::datatypes::Field::new("merchant_id", arrow::datatypes::DataType::Utf8, true),
+        arrow::datatypes::Field::new("amount", arrow::datatypes::DataType::Float64, true),
+        arrow::datatypes::Field::new("ts", arrow::datatypes::DataType::Int64, true),
+    ]));
+    let rows = weir_sql::batch::read_topic(bus, topic, schema.clone()).await?;
+    let dir = tempdir()?;
+    let parquet = dir.join("events.parquet");
+    let events = crate::sql::write_parquet(&parquet, &schema, &rows.batches)?;
+    drop(rows);
+    let registry = weir_sql::registry::Registry::default();
+    let catalog = weir_sql::registry::BusCatalog::new(bus, &registry).await?;
+    let plan = weir_sql::plan_view(
+        &view,
+        &catalog,
+        &weir_sql::plan::PlanOptions {
+            topic: format!("{topic}-batch"),
+            job: "bench-hop-batch".into(),
+            state_dir: dir.clone(),
+        },
+    )?;
+    let started = Instant::now();
+    let file = std::fs::File::open(&parquet)?;
+    let input: Vec<arrow::array::RecordBatch> =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
+            .build()?
+            .collect::<Result<_, _>>()?;
+    let results = weir_sql::batch::run(&plan, input, Vec::new()).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let windows: usize = results.iter().map(|b| b.num_rows()).sum();
+    println!(
+        "\nbatch, the same query over {events} events in Parquet:\n{:<34} {:>8.2} s {:>12.0} events/s  ({windows} windows)",
+        "weir batch (DataFusion, 2 cores)",
+        seconds,
+        events as f64 / seconds
+    );
+    if let Some(python) = std::env::var_os("WEIR_PYTHON") {
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../python/bench/duckdb_hop.py");
+        let output = tokio::process::Command::new(python)
+            .arg(&script)
+            .arg(&parquet)
+            .output()
+            .await?;
+        match String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        {
+            Some(report) => {
+                let seconds = report["seconds"].as_f64().unwrap_or(f64::NAN);
+                println!(
+                    "{:<34} {:>8.2} s {:>12.0} events/s  ({} windows)",
+                    "duckdb (python, 2 threads)",
+                    seconds,
+                    events as f64 / seconds,
+                    report["windows"]
+                );
+            }
+            None => println!(
+                "duckdb: not run ({})",
+                String::from_utf8_lossy(&output.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("no output")
+            ),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 fn tempdir() -> anyhow::Result<PathBuf> {

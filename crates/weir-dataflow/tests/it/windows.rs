@@ -205,3 +205,42 @@ async fn updates_end_with_the_values_of_closed_windows() {
         reference.0.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_can_be_asked_for() {
+    let h = Harness::start().await;
+    let data = events(2_000, 10, 50, 500, 13);
+    publish(&h.bus, "asked-in", 2, &data).await;
+    let window = Window::tumbling(Duration::from_secs(10)).unwrap();
+    let (sink, _) = memory();
+    let mut job = spec("asked", "asked-in", h.state.path(), window, sink);
+    job.checkpoint_interval = Duration::from_secs(3600);
+    if let weir_dataflow::job::Source::Kafka(source) = &mut job.source {
+        source.bounded = false;
+    }
+    let handle = start(job, &h.bus, Cluster::local(2)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while handle.status().records_in < data.len() as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            handle.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(handle.status().committed_epoch, None, "no checkpoint yet");
+    handle.checkpoint();
+    while handle.status().committed_epoch.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            handle.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.stop();
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .unwrap()
+        .unwrap();
+}
