@@ -94,6 +94,17 @@ pub enum EventTime {
 /// Column added for [`EventTime::Kafka`].
 pub const KAFKA_TIMESTAMP: &str = "_timestamp";
 
+/// `schema` with the [`KAFKA_TIMESTAMP`] column added at the end.
+pub(crate) fn with_kafka_timestamp(schema: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(
+        KAFKA_TIMESTAMP,
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+        false,
+    ));
+    Arc::new(Schema::new(fields))
+}
+
 /// Where a source starts when the job has no checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Start {
@@ -484,17 +495,7 @@ pub fn source_schema(bus: &Bus, source: &Source) -> Result<SchemaRef, DataflowEr
             if kafka.event_time != EventTime::Kafka {
                 return Ok(payload);
             }
-            let mut fields: Vec<Field> = payload
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            fields.push(Field::new(
-                KAFKA_TIMESTAMP,
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ));
-            Arc::new(Schema::new(fields))
+            with_kafka_timestamp(&payload)
         }
         Source::Parquet(parquet) => {
             let files = parquet.files()?;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use arrow::array::{RecordBatch, TimestampMillisecondArray, UInt32Array};
 use arrow::compute::take_record_batch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::parquet::arrow::arrow_reader::{
     ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
 };
@@ -30,7 +30,7 @@ use weir_bus::{DeadLetterReason, DecodeError};
 use crate::DataflowError;
 use crate::aggregate::event_times;
 use crate::decode::RecordDecoder;
-use crate::job::{KAFKA_TIMESTAMP, Pipeline, Source, Start, Status};
+use crate::job::{KAFKA_TIMESTAMP, Pipeline, Source, Start, Status, with_kafka_timestamp};
 use crate::kafka::{Producer, dead_letter, flush, producer};
 use crate::lookup::LookupTable;
 use crate::store::{OperatorId, Store};
@@ -390,18 +390,7 @@ impl SourceState {
             );
             let mut columns = batch.columns().to_vec();
             columns.push(Arc::new(times));
-            let mut fields: Vec<Field> = batch
-                .schema()
-                .fields()
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            fields.push(Field::new(
-                KAFKA_TIMESTAMP,
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ));
-            batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            batch = RecordBatch::try_new(with_kafka_timestamp(&batch.schema()), columns)
                 .map_err(|e| DataflowError::Execution(e.to_string()))?;
         }
         let row_partitions: Vec<i32> = decoded

@@ -496,47 +496,30 @@ pub(crate) fn shape<'a>(
                     scan,
                 });
             }
-            LogicalPlan::Sort(_) => {
-                return Err(error_at(
-                    view,
-                    "ORDER BY",
-                    "ORDER BY is not supported in a stream (results come in window order)",
-                ));
-            }
-            LogicalPlan::Limit(_) => {
-                return Err(error_at(
-                    view,
-                    "LIMIT",
-                    "LIMIT is not supported in a stream",
-                ));
-            }
-            LogicalPlan::Distinct(_) => {
-                return Err(error_at(
-                    view,
-                    "DISTINCT",
-                    "SELECT DISTINCT is not supported in a stream: GROUP BY the columns with a window",
-                ));
-            }
-            LogicalPlan::Window(_) => {
-                return Err(error_at(
-                    view,
-                    "OVER",
-                    "window functions over rows (OVER) are not supported in a stream: use tumble(), hop() or session() in GROUP BY",
-                ));
-            }
-            LogicalPlan::Union(_) => {
-                return Err(error_at(
-                    view,
-                    "UNION",
-                    "UNION is not supported in a stream",
-                ));
-            }
-            LogicalPlan::Unnest(_) => {
-                return Err(error_at(
-                    view,
-                    "unnest",
-                    "unnest is not supported in a stream",
-                ));
+            LogicalPlan::Sort(_)
+            | LogicalPlan::Limit(_)
+            | LogicalPlan::Distinct(_)
+            | LogicalPlan::Window(_)
+            | LogicalPlan::Union(_)
+            | LogicalPlan::Unnest(_) => {
+                let (construct, message) = match node {
+                    LogicalPlan::Sort(_) => (
+                        "ORDER BY",
+                        "ORDER BY is not supported in a stream (results come in window order)",
+                    ),
+                    LogicalPlan::Limit(_) => ("LIMIT", "LIMIT is not supported in a stream"),
+                    LogicalPlan::Distinct(_) => (
+                        "DISTINCT",
+                        "SELECT DISTINCT is not supported in a stream: GROUP BY the columns with a window",
+                    ),
+                    LogicalPlan::Window(_) => (
+                        "OVER",
+                        "window functions over rows (OVER) are not supported in a stream: use tumble(), hop() or session() in GROUP BY",
+                    ),
+                    LogicalPlan::Union(_) => ("UNION", "UNION is not supported in a stream"),
+                    _ => ("unnest", "unnest is not supported in a stream"),
+                };
+                return Err(error_at(view, construct, message));
             }
             LogicalPlan::EmptyRelation(_) | LogicalPlan::Values(_) => {
                 return Err(error_at(

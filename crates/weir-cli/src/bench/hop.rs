@@ -248,14 +248,31 @@ topic = "{topic}-weir"
 "#
         ),
     )?;
+    let args = [
+        "job".into(),
+        "run".into(),
+        job.into_os_string(),
+        "--status-every".into(),
+        "1h".into(),
+    ];
+    run_child(config, bootstrap, topic, &args, &dir).await
+}
+
+/// Runs `weir ARGS` in a child process on the benchmark's broker, with its
+/// state in `dir`; the figure is the topic's records over the child's time.
+async fn run_child(
+    config: &Config,
+    bootstrap: &str,
+    topic: &str,
+    args: &[std::ffi::OsString],
+    dir: &std::path::Path,
+) -> anyhow::Result<Figure> {
     let exe = std::env::current_exe()?;
     let started = Instant::now();
     let child = tokio::process::Command::new(exe)
-        .args(["job", "run"])
-        .arg(&job)
-        .args(["--status-every", "1h"])
+        .args(args)
         .env("WEIR_BROKERS", bootstrap)
-        .env("WEIR_STATE_DIR", &dir)
+        .env("WEIR_STATE_DIR", dir)
         .env("WEIR_MAX_RECORD_BYTES", config.max_record_bytes.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -263,12 +280,15 @@ topic = "{topic}-weir"
     let (status, rss) = wait_sampling(child).await?;
     let seconds = started.elapsed().as_secs_f64();
     if !status.success() {
-        bail!("the weir job failed ({status})");
+        bail!(
+            "`weir {}` failed ({status})",
+            args.first()
+                .map_or(String::new(), |a| a.to_string_lossy().into_owned())
+        );
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    let events = count_records(bootstrap, topic)?;
+    let _ = std::fs::remove_dir_all(dir);
     Ok(Figure {
-        events,
+        events: count_records(bootstrap, topic)?,
         seconds,
         rss_mib: rss,
     })
@@ -281,29 +301,15 @@ async fn run_sql(config: &Config, bootstrap: &str, topic: &str) -> anyhow::Resul
     std::fs::create_dir_all(&dir)?;
     let view = dir.join("bench_hop.sql");
     std::fs::write(&view, sql_view(topic))?;
-    let exe = std::env::current_exe()?;
-    let started = Instant::now();
-    let child = tokio::process::Command::new(exe)
-        .args(["features", "apply"])
-        .arg(&view)
-        .args(["--until-end", "--status-every", "1h"])
-        .env("WEIR_BROKERS", bootstrap)
-        .env("WEIR_STATE_DIR", &dir)
-        .env("WEIR_MAX_RECORD_BYTES", config.max_record_bytes.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let (status, rss) = wait_sampling(child).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    if !status.success() {
-        bail!("the SQL view failed ({status})");
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(Figure {
-        events: count_records(bootstrap, topic)?,
-        seconds,
-        rss_mib: rss,
-    })
+    let args = [
+        "features".into(),
+        "apply".into(),
+        view.into_os_string(),
+        "--until-end".into(),
+        "--status-every".into(),
+        "1h".into(),
+    ];
+    run_child(config, bootstrap, topic, &args, &dir).await
 }
 
 /// The query as a batch over the events in Parquet: DataFusion (Weir's
