@@ -957,6 +957,7 @@ fn run_worker(
                         },
                     );
                     let window_shared = shared.clone();
+                    let stopping = prepared.stop.clone();
                     let post = pipeline.post.clone();
                     split.unary_frontier::<CapacityContainerBuilder<Vec<Batch>>, _, _, _>(
                         Exchange::new(|x: &(u64, Batch)| x.0),
@@ -967,6 +968,7 @@ fn run_worker(
                                 sealed_through: first_epoch - 1,
                                 max_epoch_seen: first_epoch,
                                 close_epoch: first_epoch,
+                                stopping,
                             };
                             let mut cap = Some(cap);
                             move |(input, frontier), output| {
@@ -1205,6 +1207,9 @@ struct WindowOp {
     max_epoch_seen: u64,
     /// The epoch closes belong to: the latest in the frontier so far.
     close_epoch: u64,
+    /// Set when the job stops: sources then let go of their capabilities
+    /// one by one, and the frontier moves on without their watermarks.
+    stopping: Arc<AtomicBool>,
 }
 
 impl WindowOp {
@@ -1250,6 +1255,15 @@ impl WindowOp {
         // a close belongs to the latest epoch in the frontier, so that a
         // restart before that epoch commits closes the windows again.
         self.close_epoch = self.close_epoch.max(max_epoch);
+        // A stopping job leaves its windows open: the flag is set before
+        // any source lets go, so no close sees a frontier without them.
+        if self.stopping.load(Ordering::SeqCst) {
+            return Ok((
+                results,
+                Vec::new(),
+                Some(Product::new(min_epoch, min_watermark)),
+            ));
+        }
         let limit = aggregator.closable(i64::try_from(min_watermark).unwrap_or(i64::MAX));
         let closed = aggregator.close(self.close_epoch, limit)?;
         Ok((
