@@ -777,6 +777,8 @@ fn run_worker(
 ) -> Result<(), DataflowError> {
     let (index, peers) = (worker.index(), worker.peers());
     let pipeline = &prepared.pipeline;
+    // Every event of this worker carries the job and the worker.
+    let _span = tracing::info_span!("job", name = %pipeline.name, worker = index).entered();
     let dir = pipeline
         .state_dir
         .join(&pipeline.name)
@@ -1194,7 +1196,17 @@ fn commit_through(
     }
     *shared.committed.borrow_mut() = Some(target);
     status.lock().expect("status").committed_epoch = Some(target);
-    tracing::debug!(epoch = target, "committed");
+    {
+        let status = status.lock().expect("status");
+        tracing::debug!(
+            epoch = target,
+            records_in = status.records_in,
+            records_out = status.records_out,
+            dead_letters = status.dead_letters,
+            watermark = status.watermark,
+            "committed"
+        );
+    }
     Ok(())
 }
 
