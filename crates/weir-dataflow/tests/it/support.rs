@@ -77,6 +77,11 @@ pub async fn publish(bus: &Bus, topic: &str, partitions: i32, events: &[Event]) 
         .create_topic(&TopicSpec::new(topic, partitions))
         .await
         .unwrap();
+    append(bus, topic, events).await;
+}
+
+/// Publishes `events` to an existing topic.
+pub async fn append(bus: &Bus, topic: &str, events: &[Event]) {
     let producer = bus.producer().unwrap();
     let mut pending = Vec::new();
     for event in events {

@@ -7,7 +7,7 @@ use weir_dataflow::job::{Cluster, start};
 use weir_dataflow::window::Window;
 
 use crate::support::{
-    Harness, Results, events, memory, publish, reference_groups, run_to_end, spec,
+    Harness, Results, append, events, memory, publish, reference_groups, run_to_end, spec,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,13 +177,52 @@ async fn every_aggregate_equals_the_reference() {
 async fn updates_end_with_the_values_of_closed_windows() {
     let h = Harness::start().await;
     let data = events(8_000, 30, 50, 1_000, 6);
-    publish(&h.bus, "update-in", 2, &data).await;
+    let (first, second) = data.split_at(data.len() / 2);
+    publish(&h.bus, "update-in", 2, first).await;
     let window = Window::hopping(Duration::from_secs(40), Duration::from_secs(20)).unwrap();
     let (sink, results) = memory();
     let mut job = spec("updates", "update-in", h.state.path(), window, sink);
     job.aggregation.as_mut().unwrap().emit = Emit::OnUpdate;
-    job.checkpoint_interval = Duration::from_millis(50);
+    job.checkpoint_interval = Duration::from_secs(3600);
+    if let weir_dataflow::job::Source::Kafka(source) = &mut job.source {
+        source.bounded = false;
+    }
     let handle = start(job, &h.bus, Cluster::local(2)).await.unwrap();
+    // Two checkpoints, one after each half: the windows that straddle the
+    // halves are updated at both, whatever the timing of the reads.
+    let checkpoint_after = |records: usize| {
+        let handle = &handle;
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            while handle.status().records_in < records as u64 {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{:?}",
+                    handle.status()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let before = handle.status().committed_epoch;
+            handle.checkpoint();
+            while handle.status().committed_epoch == before {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{:?}",
+                    handle.status()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    checkpoint_after(first.len()).await;
+    let updates_of_first_half: usize = results.batches().iter().map(|b| b.num_rows()).sum();
+    assert!(
+        updates_of_first_half > 0,
+        "the first checkpoint emits updates"
+    );
+    append(&h.bus, "update-in", second).await;
+    checkpoint_after(data.len()).await;
+    handle.stop();
     tokio::task::spawn_blocking(move || handle.join())
         .await
         .unwrap()
@@ -201,7 +240,7 @@ async fn updates_end_with_the_values_of_closed_windows() {
     Results(last).assert_matches(&reference);
     assert!(
         rows > reference.0.len(),
-        "{rows} updates for {} windows: some windows should have been updated more than once",
+        "{rows} updates for {} windows: the windows across the halves are updated twice",
         reference.0.len()
     );
 }
