@@ -212,13 +212,36 @@ pub async fn read_table(
     Ok(out)
 }
 
+/// The rows as a table with `schema`: columns taken by name, so rows read
+/// back from a file (whose schema may differ in nullability or metadata)
+/// fit.
 fn table(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<Arc<MemTable>, SqlError> {
     let batches = if batches.is_empty() {
         vec![RecordBatch::new_empty(schema.clone())]
     } else {
         batches
+            .into_iter()
+            .map(|batch| conform_to(&schema, &batch))
+            .collect::<Result<_, _>>()?
     };
     Ok(Arc::new(MemTable::try_new(schema, vec![batches])?))
+}
+
+fn conform_to(schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch, SqlError> {
+    if batch.schema() == *schema {
+        return Ok(batch.clone());
+    }
+    let columns = schema
+        .fields()
+        .iter()
+        .map(|field| {
+            batch.column_by_name(field.name()).cloned().ok_or_else(|| {
+                SqlError::Execution(format!("the input rows have no column `{}`", field.name()))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    RecordBatch::try_new(schema.clone(), columns)
+        .map_err(|e| SqlError::Execution(format!("the input rows do not fit the source: {e}")))
 }
 
 /// Runs `plan`'s view over `source` rows (and, if it joins a table, the

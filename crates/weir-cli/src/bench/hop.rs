@@ -97,6 +97,10 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
+    // The hand loop's producer does not create its topic.
+    bus.admin()
+        .create_topic(&TopicSpec::new(format!("{topic}-hand"), 1))
+        .await?;
     let hand = {
         let (bootstrap, topic, events) = (bootstrap.clone(), topic.clone(), args.events);
         tokio::task::spawn_blocking(move || hand_loop(&bootstrap, &topic, events)).await??
