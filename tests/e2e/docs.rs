@@ -125,3 +125,45 @@ fn sql_page() {
         "{categories}"
     );
 }
+
+#[test]
+fn features_page() {
+    let outputs = run_page("features.md");
+    let out = |prefix: &str| {
+        outputs
+            .iter()
+            .find(|(line, _)| line.starts_with(prefix))
+            .map(|(_, output)| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap()
+    };
+    // The page's outputs, as it shows them.
+    assert_eq!(
+        out("features get spend_per_minute u1").trim(),
+        r#"{"event_time":"2023-11-14T22:14:00Z","status":"PRESENT","values":{"largest":12.5,"n":3,"total":22.7}}"#
+    );
+    assert_eq!(
+        out("features get spend_per_minute u9").trim(),
+        r#"{"event_time":null,"status":"NOT_FOUND","values":{"largest":null,"n":null,"total":null}}"#
+    );
+    let snapshot = out("snapshot");
+    let rows: Vec<Vec<&str>> = snapshot
+        .lines()
+        .filter(|l| l.starts_with("| u") && !l.contains("user_id"))
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["u1", "2023-11-14T22:13:30", "0"],
+            vec!["u1", "2023-11-14T22:14:00", "1", "3", "22.7", "12.5"],
+            vec!["u2", "2023-11-14T22:20:00", "0", "2", "99.9", "80.0"],
+            vec!["u9", "2023-11-14T22:20:00", "1"],
+        ],
+        "{snapshot}"
+    );
+}

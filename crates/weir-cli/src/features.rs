@@ -1,13 +1,17 @@
 //! `weir features`: feature views in SQL — apply (plan, version, run),
-//! list, describe, backfill.
+//! list, describe, backfill, check — and their latest values, online
+//! (serve, get).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, bail};
 use weir_core::Config;
 use weir_dataflow::job::{Cluster, Source};
+use weir_features::materialize::Materializer;
+use weir_features::online::{OnlineStore, OnlineView, rfc3339};
 use weir_sql::registry::{self, Registry};
 
 use crate::connect::connect;
@@ -50,6 +54,23 @@ enum Command {
         /// A version other than the latest.
         #[arg(value_name = "VERSION")]
         number: Option<u32>,
+    },
+    /// Serve the views' latest values over HTTP (`POST /v1/features/online`
+    /// and Feast's `POST /get-online-features`), kept up to date from their
+    /// topics in the online store, until Ctrl-C.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:6566")]
+        listen: std::net::SocketAddr,
+    },
+    /// The latest values of a view for one entity (its key values in the
+    /// view's entity order), from the online store brought up to date.
+    Get {
+        /// The view's name.
+        view: String,
+        /// The entity's key values.
+        #[arg(required = true)]
+        entity: Vec<String>,
     },
     /// Compare a view's stream results (its topic) with the same SQL run as
     /// a batch over its source's history: training/serving skew, checked.
@@ -244,6 +265,73 @@ async fn command(
                 println!("sql\n{}", v.sql.trim_end());
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Serve { listen } => {
+                let registry = Registry::load(bus).await?;
+                let (store, views, mut materializer) = online(bus, &registry, config).await?;
+                // Follow the views' topics while serving.
+                std::thread::spawn(move || {
+                    loop {
+                        if let Err(error) = materializer.poll(10_000, Duration::from_millis(500)) {
+                            tracing::error!(%error, "online store");
+                            std::thread::sleep(Duration::from_secs(1));
+                        }
+                    }
+                });
+                let served = weir_features::http::Served {
+                    store,
+                    views: Arc::new(
+                        views
+                            .into_iter()
+                            .map(|(v, _)| (v.name.clone(), v))
+                            .collect(),
+                    ),
+                };
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("listening on {listen}"))?;
+                eprintln!(
+                    "serving {} view(s) on http://{listen} (POST /v1/features/online, POST /get-online-features); Ctrl-C stops",
+                    served.views.len()
+                );
+                axum::serve(listener, weir_features::http::router(served))
+                    .with_graceful_shutdown(async {
+                        let _ = tokio::signal::ctrl_c().await;
+                    })
+                    .await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Get { view, entity } => {
+                let registry = Registry::load(bus).await?;
+                let (store, views, _) = online(bus, &registry, config).await?;
+                let Some((served, _)) = views.into_iter().find(|(v, _)| v.name == view) else {
+                    bail!("no feature view `{view}` (weir features list)");
+                };
+                if entity.len() != served.entity.len() {
+                    bail!(
+                        "`{view}` is keyed by {} value(s): {}",
+                        served.entity.len(),
+                        served.entity.join(", ")
+                    );
+                }
+                let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
+                let found = store.get(&served, &[entity], &served.features, now)?;
+                let found = &found[0];
+                let values: serde_json::Map<String, serde_json::Value> = served
+                    .features
+                    .iter()
+                    .cloned()
+                    .zip(found.values.iter().cloned())
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "status": found.status,
+                        "event_time": found.event_time.map(|t| rfc3339(Some(t))),
+                        "values": values,
+                    })
+                );
+                Ok(ExitCode::SUCCESS)
+            }
             Command::Check { view } => {
                 let registry = Registry::load(bus).await?;
                 let Some(version) = registry.latest(&view) else {
@@ -319,6 +407,60 @@ async fn command(
             }
         }
     }
+}
+
+/// The online store (`<state>/online`) brought up to date with the latest
+/// version of every view, those views, and the materializer that keeps
+/// reading their topics.
+pub async fn online(
+    bus: &weir_bus::Bus,
+    registry: &Registry,
+    config: &Config,
+) -> anyhow::Result<(Arc<OnlineStore>, Vec<(OnlineView, i32)>, Materializer)> {
+    let mut views = Vec::new();
+    for name in registry.names() {
+        let version = registry.latest(name).expect("a version");
+        views.push((
+            online_view(version)?,
+            bus.admin().partitions(&version.topic).await?,
+        ));
+    }
+    let path = config.state_dir.join("online");
+    let store = Arc::new(OnlineStore::open(&path)?);
+    let mut materializer = Materializer::new(bus.config(), store.clone(), views.clone())?;
+    let (read, materializer) = tokio::task::spawn_blocking(move || {
+        materializer.catch_up().map(|read| (read, materializer))
+    })
+    .await??;
+    tracing::info!(read, path = %path.display(), "online store up to date");
+    Ok((store, views, materializer))
+}
+
+/// A recorded view as the online store serves it: its entity, its features
+/// (the other columns but the window's), its TTL.
+pub fn online_view(version: &registry::ViewVersion) -> anyhow::Result<OnlineView> {
+    let window = [
+        weir_dataflow::aggregate::WINDOW_START,
+        weir_dataflow::aggregate::WINDOW_END,
+    ];
+    Ok(OnlineView {
+        name: version.name.clone(),
+        topic: version.topic.clone(),
+        entity: version.header.entity.clone(),
+        features: version
+            .output
+            .iter()
+            .map(|c| c.name.clone())
+            .filter(|n| !version.header.entity.contains(n) && !window.contains(&n.as_str()))
+            .collect(),
+        ttl: version
+            .header
+            .ttl
+            .as_deref()
+            .map(weir_dataflow::spec::parse_duration)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("view `{}`: ttl: {e}", version.name))?,
+    })
 }
 
 /// Plans a recorded version of a view.

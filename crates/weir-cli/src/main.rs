@@ -14,6 +14,7 @@ mod input;
 mod job;
 mod publish;
 mod schemas;
+mod snapshot;
 mod sql;
 mod tail;
 mod topics;
@@ -54,6 +55,9 @@ enum Command {
     Features(features::Args),
     /// An ad-hoc SQL query over topics, feature views and Parquet files.
     Sql(sql::Args),
+    /// A point-in-time-correct training set: a label table joined with
+    /// feature views as each row's time saw them.
+    Snapshot(snapshot::Args),
     /// Run the embedded Kafka-API broker and the schema registry API for
     /// other clients.
     Broker(broker::Args),
@@ -97,6 +101,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Job(args) => job::run(&config, args).await,
         Command::Features(args) => features::run(&config, args).await,
         Command::Sql(args) => sql::run(&config, args).await,
+        Command::Snapshot(args) => snapshot::run(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Demo(args) => demo::run(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,

@@ -1,0 +1,190 @@
+//! `weir snapshot`: a point-in-time-correct training set — a label table
+//! joined with feature views as each row's time saw them.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use arrow::array::{Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use weir_core::Config;
+use weir_features::snapshot::{SnapshotOptions, SnapshotStats, ViewRows, snapshot};
+use weir_sql::registry::Registry;
+
+use crate::connect::connect;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The label table (Parquet or CSV): entity key columns,
+    /// `event_timestamp`, and any label columns.
+    labels: PathBuf,
+    /// A feature view (`name`, or `name@version`); repeat for several.
+    #[arg(long = "view", required = true)]
+    views: Vec<String>,
+    /// The snapshot (Parquet); default `<state>/snapshots/<labels' name>.parquet`.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Name feature columns `view__feature`.
+    #[arg(long)]
+    full_feature_names: bool,
+    /// Memory the join may use before it spills to disk.
+    #[arg(long, default_value_t = 1 << 30)]
+    memory: usize,
+    /// Rows of the snapshot to print.
+    #[arg(long, default_value_t = 10)]
+    show: usize,
+}
+
+pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
+    let connection = connect(config).await?;
+    let result = take(config, &connection.bus, args).await;
+    connection.close().await;
+    result
+}
+
+async fn take(config: &Config, bus: &weir_bus::Bus, args: Args) -> anyhow::Result<ExitCode> {
+    let out = match &args.out {
+        Some(out) => out.clone(),
+        None => {
+            let stem = args
+                .labels
+                .file_stem()
+                .context("the label table's file name")?;
+            let dir = config.state_dir.join("snapshots");
+            std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
+            dir.join(stem).with_extension("parquet")
+        }
+    };
+    let stats = take_snapshot(
+        config,
+        bus,
+        &args.labels,
+        &args.views,
+        &out,
+        args.full_feature_names,
+        args.memory,
+    )
+    .await?;
+    eprintln!(
+        "{} rows, {} columns → {}",
+        stats.rows,
+        stats.columns.len(),
+        out.display()
+    );
+    if args.show > 0 {
+        let preview = first_rows(&out, args.show)?;
+        println!("{}", arrow::util::pretty::pretty_format_batches(&preview)?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The first `n` rows of a Parquet file.
+pub fn first_rows(path: &Path, n: usize) -> anyhow::Result<Vec<RecordBatch>> {
+    let file = std::fs::File::open(path).with_context(|| path.display().to_string())?;
+    let reader =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
+            .with_limit(n)
+            .with_batch_size(n.max(1))
+            .build()?;
+    Ok(reader.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// Takes a snapshot of `labels` with the views named (`name` or
+/// `name@version`), reading each view's rows from its topic.
+pub async fn take_snapshot(
+    config: &Config,
+    bus: &weir_bus::Bus,
+    labels: &Path,
+    references: &[String],
+    out: &Path,
+    full_feature_names: bool,
+    memory: usize,
+) -> anyhow::Result<SnapshotStats> {
+    let registry = Registry::load(bus).await?;
+    let scratch = config
+        .state_dir
+        .join("snapshots")
+        .join(format!("scratch-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch).with_context(|| scratch.display().to_string())?;
+    let result = async {
+        let mut views = Vec::new();
+        for reference in references {
+            views.push(view_rows(bus, &registry, reference, &scratch).await?);
+        }
+        let options = SnapshotOptions {
+            full_feature_names,
+            memory_limit: memory,
+            scratch: scratch.join("join"),
+        };
+        Ok(snapshot(labels, &views, out, &options).await?)
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    result
+}
+
+/// A view version's rows, from its topic, in a Parquet file under
+/// `scratch`, with the order they were written in (for ties).
+async fn view_rows(
+    bus: &weir_bus::Bus,
+    registry: &Registry,
+    reference: &str,
+    scratch: &Path,
+) -> anyhow::Result<ViewRows> {
+    let (name, number) = match reference.split_once('@') {
+        Some((name, n)) => {
+            let n = n
+                .trim_start_matches('v')
+                .parse::<u32>()
+                .with_context(|| format!("`{reference}`: the version is a number"))?;
+            (name, Some(n))
+        }
+        None => (reference, None),
+    };
+    let versions = registry.versions(name);
+    let version = match number {
+        Some(n) => versions.iter().find(|v| v.version == n),
+        None => versions.last(),
+    };
+    let Some(version) = version else {
+        bail!("no feature view `{reference}` (weir features list)");
+    };
+    let served = crate::features::online_view(version)?;
+    let rows = weir_sql::batch::read_topic(bus, &version.topic, version.schema()?).await?;
+    let mut written = Vec::new();
+    for (batch, origins) in rows.batches.iter().zip(&rows.origins) {
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new("__created", DataType::Int64, false));
+        let mut columns = batch.columns().to_vec();
+        // Offsets order the rows of a partition, and an entity's rows are
+        // in one partition (the topic is keyed by entity).
+        columns.push(Arc::new(Int64Array::from_iter_values(
+            origins.iter().map(|(_, offset)| *offset),
+        )));
+        written.push(RecordBatch::try_new(
+            Arc::new(Schema::new(fields)),
+            columns,
+        )?);
+    }
+    if written.is_empty() {
+        bail!(
+            "`{name}` v{} has no rows yet (is it running? weir features apply)",
+            version.version
+        );
+    }
+    let path = scratch.join(format!("{name}-v{}.parquet", version.version));
+    crate::sql::write_parquet(&path, &written[0].schema(), &written)?;
+    Ok(ViewRows {
+        name: name.to_string(),
+        entity: served.entity,
+        features: served.features,
+        ttl: served.ttl,
+        files: vec![path],
+    })
+}

@@ -1,0 +1,47 @@
+//! Weir's feature repository: what feature views produce, served online
+//! and taken offline.
+//!
+//! - [`online`]: the online store — the latest value per entity of every
+//!   view, in RocksDB, idempotent under replay, with TTL — and
+//!   [`materialize`], which keeps it up to date from the views' topics;
+//! - [`http`]: look-ups over HTTP, Weir's own route and Feast's
+//!   `/get-online-features`;
+//! - [`snapshot`]: point-in-time-correct training snapshots: a label table
+//!   joined with each feature as it was known at each row's time.
+
+pub mod http;
+pub mod materialize;
+pub mod online;
+pub mod snapshot;
+
+/// What can go wrong in the feature repository.
+#[derive(Debug, thiserror::Error)]
+pub enum FeaturesError {
+    /// The online store failed.
+    #[error("online store: {0}")]
+    Online(String),
+    /// No such view is served.
+    #[error("no feature view `{0}` is served")]
+    UnknownView(String),
+    /// The view has no such feature.
+    #[error("`{view}` has no feature `{feature}` (it has {known})")]
+    UnknownFeature {
+        /// The view.
+        view: String,
+        /// The feature asked for.
+        feature: String,
+        /// The features it has.
+        known: String,
+    },
+    /// A label table is unusable.
+    #[error("{path}: {message}")]
+    Labels {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// Taking a snapshot failed.
+    #[error("snapshot: {0}")]
+    Snapshot(String),
+}

@@ -1,0 +1,285 @@
+//! The online store: the latest value of every feature view per entity, in
+//! RocksDB, for low-latency look-ups by serving.
+//!
+//! It consumes the views' topics (`weir.features.<view>.v<N>`): each
+//! record is a window's result, and the store keeps, per entity, the row
+//! with the latest `window_end`; between records of the same window (a
+//! view writes a window again after a restart, or on every update), the
+//! one at the later offset. A window's records share a key, so they are
+//! in one partition and their offsets compare. The rows and the offsets
+//! they were read up to are written in one RocksDB write batch, so a
+//! restart goes on exactly where it was, and reading any part of the
+//! topic again changes nothing.
+//!
+//! | key | value |
+//! |---|---|
+//! | `r` view `\0` entity | event time, offset (8 bytes each), then the row as JSON |
+//! | `o` topic `\0` partition | the next offset to read |
+//!
+//! A look-up of an entity with no row gives `null` and `NOT_FOUND`; one
+//! whose row is older than the view's TTL gives `null` and
+//! `OUTSIDE_MAX_AGE` — never an error.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use rocksdb::{DB, Options, WriteBatch};
+use serde::Serialize;
+use serde_json::Value as Json;
+
+use crate::FeaturesError;
+
+/// What a look-up found for one entity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Status {
+    /// A row, within the TTL.
+    Present,
+    /// No row for the entity.
+    NotFound,
+    /// The row is older than the view's TTL.
+    OutsideMaxAge,
+}
+
+/// A view as the online store serves it.
+#[derive(Debug, Clone)]
+pub struct OnlineView {
+    /// The view's name (what look-ups ask for).
+    pub name: String,
+    /// The topic its rows come from.
+    pub topic: String,
+    /// Its entity key columns, in order.
+    pub entity: Vec<String>,
+    /// Its feature columns.
+    pub features: Vec<String>,
+    /// How long a value stays fresh (`None`: forever).
+    pub ttl: Option<Duration>,
+}
+
+/// One entity's values of the features asked for.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Found {
+    /// The values, in the order asked (`null` unless present).
+    pub values: Vec<Json>,
+    /// The row's event time (its window's end, ms), if present.
+    pub event_time: Option<i64>,
+    /// Whether it was found and fresh.
+    pub status: Status,
+}
+
+/// The online store.
+pub struct OnlineStore {
+    db: DB,
+}
+
+impl std::fmt::Debug for OnlineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnlineStore")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+fn state(error: impl std::fmt::Display) -> FeaturesError {
+    FeaturesError::Online(error.to_string())
+}
+
+/// The text of an entity key value: strings as they are, numbers and
+/// booleans as JSON writes them.
+pub fn key_text(value: &Json) -> String {
+    match value {
+        Json::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn row_key(view: &str, entity: &[String]) -> Vec<u8> {
+    let mut key =
+        Vec::with_capacity(2 + view.len() + entity.iter().map(|e| e.len() + 1).sum::<usize>());
+    key.push(b'r');
+    key.extend_from_slice(view.as_bytes());
+    key.push(0);
+    for (i, part) in entity.iter().enumerate() {
+        if i > 0 {
+            key.push(0x1f);
+        }
+        key.extend_from_slice(part.as_bytes());
+    }
+    key
+}
+
+fn offset_key(topic: &str, partition: i32) -> Vec<u8> {
+    let mut key = vec![b'o'];
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(&partition.to_be_bytes());
+    key
+}
+
+/// Milliseconds of a window bound as the views write it: an RFC 3339 time
+/// (`2023-11-14T22:13:20`, UTC when it has no zone) or milliseconds.
+pub fn event_millis(value: &Json) -> Option<i64> {
+    match value {
+        Json::Number(n) => n.as_i64(),
+        Json::String(text) => arrow::compute::kernels::cast_utils::string_to_timestamp_nanos(text)
+            .ok()
+            .map(|ns| ns / 1_000_000),
+        _ => None,
+    }
+}
+
+/// A time (ms) in RFC 3339, UTC, as Feast writes timestamps (the epoch
+/// when there is none).
+pub fn rfc3339(ms: Option<i64>) -> String {
+    chrono::DateTime::from_timestamp_millis(ms.unwrap_or(0))
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+}
+
+/// The (event time, offset) a stored row starts with.
+fn stored_version(bytes: &[u8]) -> Result<(i64, i64), FeaturesError> {
+    let number = |range: std::ops::Range<usize>| {
+        bytes
+            .get(range)
+            .and_then(|b| b.try_into().ok())
+            .map(i64::from_be_bytes)
+            .ok_or_else(|| state("a corrupt row"))
+    };
+    Ok((number(0..8)?, number(8..16)?))
+}
+
+impl OnlineStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self, FeaturesError> {
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        let db = DB::open(&options, path).map_err(|e| state(format!("{}: {e}", path.display())))?;
+        Ok(Self { db })
+    }
+
+    /// The next offset to read of a topic's partition.
+    pub fn offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, FeaturesError> {
+        Ok(self
+            .db
+            .get(offset_key(topic, partition))
+            .map_err(state)?
+            .map(|v| i64::from_be_bytes(v.as_slice().try_into().unwrap_or([0; 8]))))
+    }
+
+    /// Applies records of `view`'s topic (`(partition, offset, row)`):
+    /// each row replaces its entity's unless that one is later; the
+    /// offsets go with them. Returns the rows kept.
+    pub fn ingest(
+        &self,
+        view: &OnlineView,
+        records: &[(i32, i64, Json)],
+    ) -> Result<usize, FeaturesError> {
+        // Per entity, the latest (window end, offset) of these records.
+        let mut latest: HashMap<Vec<u8>, ((i64, i64), &Json)> = HashMap::new();
+        let mut next: HashMap<i32, i64> = HashMap::new();
+        for (partition, offset, row) in records {
+            let next = next.entry(*partition).or_default();
+            *next = (*next).max(offset + 1);
+            let entity: Option<Vec<String>> = view
+                .entity
+                .iter()
+                .map(|k| row.get(k).filter(|v| !v.is_null()).map(key_text))
+                .collect();
+            let (Some(entity), Some(time)) = (entity, row.get("window_end").and_then(event_millis))
+            else {
+                continue; // not a row of this view
+            };
+            let version = (time, *offset);
+            let entry = latest
+                .entry(row_key(&view.name, &entity))
+                .or_insert((version, row));
+            if version > entry.0 {
+                *entry = (version, row);
+            }
+        }
+        let keys: Vec<&Vec<u8>> = latest.keys().collect();
+        let stored = self.db.multi_get(&keys);
+        let mut batch = WriteBatch::default();
+        let mut kept = 0;
+        for (key, stored) in keys.iter().zip(stored) {
+            let (version, row) = latest[*key];
+            let newer = match stored.map_err(state)? {
+                Some(bytes) => stored_version(&bytes)? < version,
+                None => true,
+            };
+            if newer {
+                let mut value = Vec::with_capacity(64);
+                value.extend(version.0.to_be_bytes());
+                value.extend(version.1.to_be_bytes());
+                value.extend(serde_json::to_vec(row).expect("JSON serializes"));
+                batch.put(key, value);
+                kept += 1;
+            }
+        }
+        for (partition, offset) in next {
+            // Offsets only move forward (a replay of old records leaves them).
+            if self
+                .offset(&view.topic, partition)?
+                .is_none_or(|stored| stored < offset)
+            {
+                batch.put(offset_key(&view.topic, partition), offset.to_be_bytes());
+            }
+        }
+        self.db.write(batch).map_err(state)?;
+        Ok(kept)
+    }
+
+    /// The `features` of `view` for each entity (its key values in the
+    /// view's entity order), as of `now` (ms) for the TTL.
+    pub fn get(
+        &self,
+        view: &OnlineView,
+        entities: &[Vec<String>],
+        features: &[String],
+        now: i64,
+    ) -> Result<Vec<Found>, FeaturesError> {
+        for feature in features {
+            if !view.features.contains(feature) {
+                return Err(FeaturesError::UnknownFeature {
+                    view: view.name.clone(),
+                    feature: feature.clone(),
+                    known: view.features.join(", "),
+                });
+            }
+        }
+        let keys: Vec<Vec<u8>> = entities.iter().map(|e| row_key(&view.name, e)).collect();
+        let mut out = Vec::with_capacity(entities.len());
+        for stored in self.db.multi_get(&keys) {
+            let missing = |status| Found {
+                values: vec![Json::Null; features.len()],
+                event_time: None,
+                status,
+            };
+            let Some(bytes) = stored.map_err(state)? else {
+                out.push(missing(Status::NotFound));
+                continue;
+            };
+            let (time, _) = stored_version(&bytes)?;
+            if view
+                .ttl
+                .is_some_and(|ttl| now - time > ttl.as_millis() as i64)
+            {
+                let mut found = missing(Status::OutsideMaxAge);
+                found.event_time = Some(time);
+                out.push(found);
+                continue;
+            }
+            let row: Json = serde_json::from_slice(&bytes[16..]).map_err(state)?;
+            out.push(Found {
+                values: features
+                    .iter()
+                    .map(|f| row.get(f).cloned().unwrap_or(Json::Null))
+                    .collect(),
+                event_time: Some(time),
+                status: Status::Present,
+            });
+        }
+        Ok(out)
+    }
+}
