@@ -295,8 +295,31 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
+/// A cargo command with the environment of a shell, not of `cargo run`:
+/// cargo gives the xtask binary `CARGO_PKG_*`, `CARGO_MANIFEST_DIR` and the
+/// like, and `ring`'s build script reruns when those change, so builds from
+/// `cargo xtask` and from a plain `cargo` would rebuild everything that
+/// depends on it, back and forth.
 fn cargo() -> Command {
-    Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut command = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with("CARGO_PKG_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_MANIFEST_LINKS",
+                "CARGO_CRATE_NAME",
+                "CARGO_BIN_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "OUT_DIR",
+            ]
+            .contains(&name.as_ref())
+        {
+            command.env_remove(name.as_ref());
+        }
+    }
+    command
 }
 
 fn test() -> Result<()> {
