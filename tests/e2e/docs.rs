@@ -166,4 +166,24 @@ fn features_page() {
         ],
         "{snapshot}"
     );
+    let registered = out("datasets register clicks");
+    assert_eq!(registered.trim(), "clicks v1 (recorded): 1 file(s), csv");
+    let list = out("datasets list");
+    assert!(
+        list.contains("clicks-training  1") && list.contains("parquet"),
+        "{list}"
+    );
+    let found = out("datasets search --entity user_id");
+    for kind_and_name in ["feature view  spend_per_minute", "dataset       clicks "] {
+        assert!(found.contains(kind_and_name), "{kind_and_name}: {found}");
+    }
+    let described: serde_json::Value =
+        serde_json::from_str(&out("datasets describe clicks-training")).unwrap();
+    assert_eq!(described["rows"], 4);
+    assert_eq!(described["lineage"]["views"][0]["name"], "spend_per_minute");
+    assert_eq!(described["lineage"]["views"][0]["version"], 1);
+    assert_eq!(
+        described["lineage"]["files"][0]["uri"],
+        "docs/examples/labels.csv"
+    );
 }

@@ -390,16 +390,15 @@ async fn repository_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
         .join("demo-training.parquet");
     std::fs::create_dir_all(out.parent().expect("a directory"))?;
     let started = Instant::now();
-    let stats = crate::snapshot::take_snapshot(
-        config,
-        bus,
-        &labels,
-        &["user_spend".to_string(), "user_sessions".to_string()],
-        &out,
-        true,
-        256 << 20,
-    )
-    .await?;
+    let request = crate::snapshot::Request {
+        labels: &labels,
+        views: &["user_spend".to_string(), "user_sessions".to_string()],
+        out: &out,
+        full_feature_names: true,
+        memory: 256 << 20,
+        name: "demo-training",
+    };
+    let (stats, dataset) = crate::snapshot::take_snapshot(config, bus, request).await?;
     let seconds = started.elapsed().as_secs_f64();
     let mut with_spend = 0;
     let file = std::fs::File::open(&out)?;
@@ -418,6 +417,18 @@ async fn repository_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
         stats.rows,
         stats.columns.len() - 3,
         out.display()
+    );
+    println!(
+        "    registered as dataset {} v{}, with its lineage: {}",
+        dataset.name,
+        dataset.version,
+        dataset
+            .lineage
+            .views
+            .iter()
+            .map(|v| format!("{} v{} up to offsets {:?}", v.name, v.version, v.offsets))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     println!(
         "    {with_spend} rows have a user_spend value (a window that ended by their time); the rest came before any did: nulls, nothing from the future"

@@ -8,6 +8,7 @@
 mod bench;
 mod broker;
 mod connect;
+mod datasets;
 mod demo;
 mod features;
 mod input;
@@ -55,6 +56,9 @@ enum Command {
     Features(features::Args),
     /// An ad-hoc SQL query over topics, feature views and Parquet files.
     Sql(sql::Args),
+    /// Versioned datasets (tables, files, snapshots): register, list,
+    /// search (with the feature views), describe.
+    Datasets(datasets::Args),
     /// A point-in-time-correct training set: a label table joined with
     /// feature views as each row's time saw them.
     Snapshot(snapshot::Args),
@@ -101,6 +105,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Job(args) => job::run(&config, args).await,
         Command::Features(args) => features::run(&config, args).await,
         Command::Sql(args) => sql::run(&config, args).await,
+        Command::Datasets(args) => datasets::run(&config, args).await,
         Command::Snapshot(args) => snapshot::run(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Demo(args) => demo::run(&config, args).await,

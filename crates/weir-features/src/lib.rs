@@ -7,8 +7,11 @@
 //! - [`http`]: look-ups over HTTP, Weir's own route and Feast's
 //!   `/get-online-features`;
 //! - [`snapshot`]: point-in-time-correct training snapshots: a label table
-//!   joined with each feature as it was known at each row's time.
+//!   joined with each feature as it was known at each row's time;
+//! - [`datasets`]: named, versioned datasets — tables, unstructured files,
+//!   snapshots — with their lineage, as events on `weir.meta`.
 
+pub mod datasets;
 pub mod http;
 pub mod materialize;
 pub mod online;
@@ -41,6 +44,9 @@ pub enum FeaturesError {
         /// What is wrong.
         message: String,
     },
+    /// Registering or reading datasets failed.
+    #[error("datasets: {0}")]
+    Datasets(String),
     /// Taking a snapshot failed.
     #[error("snapshot: {0}")]
     Snapshot(String),

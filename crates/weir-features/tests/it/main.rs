@@ -2,5 +2,6 @@
 //! broker and real HTTP: point-in-time snapshots (Feast's own cases and a
 //! brute-force reference), the online store and its routes.
 
+mod datasets;
 mod online;
 mod snapshot;
