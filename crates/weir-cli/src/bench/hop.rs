@@ -203,7 +203,7 @@ async fn load(bus: &Bus, topic: &str, events: usize, users: usize) -> anyhow::Re
 }
 
 /// Peak RSS of a running process so far, from `/proc`.
-fn peak_rss_mib(pid: u32) -> Option<f64> {
+pub(super) fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -20,6 +20,7 @@ use weir_core::Config;
 use crate::connect::bus_config;
 
 mod hop;
+mod snapshot;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,6 +37,10 @@ enum What {
     /// user) over a pre-loaded topic: a Weir job, a hand-written Rust loop
     /// (the limit) and Quix Streams (the anchor), on the same data.
     Hop(hop::Args),
+    /// A point-in-time training snapshot (label rows × 10 features from 3
+    /// views) by Weir and by Feast's `get_historical_features`, on the same
+    /// files, with the outputs compared.
+    Snapshot(snapshot::Args),
 }
 
 #[derive(clap::Args)]
@@ -55,6 +60,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     match args.what {
         What::Bus(args) => bench_bus(config, args).await,
         What::Hop(args) => hop::run(config, args).await,
+        What::Snapshot(args) => snapshot::run(args).await,
     }
 }
 
