@@ -35,6 +35,9 @@ pub struct Args {
     /// Skip Feast.
     #[arg(long)]
     no_feast: bool,
+    /// Memory Weir's join may use before its sorts spill to disk.
+    #[arg(long, default_value_t = 1 << 30)]
+    memory: usize,
     /// Write the data and both outputs here, and keep them (default: a
     /// temporary directory, removed).
     #[arg(long)]
@@ -53,7 +56,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &args.child {
-        return child(dir).await;
+        return child(dir, args.memory).await;
     }
     let dir = args.dir.clone().unwrap_or_else(|| {
         std::env::temp_dir().join(format!("weir-bench-snapshot-{}", std::process::id()))
@@ -66,7 +69,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     write_data(&dir, args.labels, args.rows)?;
 
     let child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["bench", "snapshot", "--child"])
+        .args([
+            "bench",
+            "snapshot",
+            "--memory",
+            &args.memory.to_string(),
+            "--child",
+        ])
         .arg(&dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -84,7 +93,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     );
     println!(
         "{:<40} {:>9.2} {:>12.0} {:>11}",
-        "weir snapshot (DataFusion, child process)",
+        "weir snapshot (DataFusion, child)",
         weir_seconds,
         args.labels as f64 / weir_seconds,
         rss.map_or("-".into(), |m| format!("{m:.0} MiB"))
@@ -130,7 +139,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// The child: Weir's snapshot of the data in `dir`, timed.
-async fn child(dir: &Path) -> anyhow::Result<ExitCode> {
+async fn child(dir: &Path, memory: usize) -> anyhow::Result<ExitCode> {
     let views: Vec<ViewRows> = VIEWS
         .iter()
         .map(|(name, features)| ViewRows {
@@ -143,7 +152,7 @@ async fn child(dir: &Path) -> anyhow::Result<ExitCode> {
         .collect();
     let options = SnapshotOptions {
         full_feature_names: false,
-        memory_limit: 1 << 30,
+        memory_limit: memory,
         scratch: dir.join("scratch"),
     };
     let started = Instant::now();
