@@ -157,4 +157,26 @@ impl Bus {
     ) -> Result<Consumer, BusError> {
         Consumer::new(self, topics, options)
     }
+
+    /// The values of every record of a single-partition log topic such as
+    /// `weir.meta`, from its beginning to its end now, in order (creating
+    /// the topic if it does not exist). Registries rebuild themselves from
+    /// it.
+    pub async fn read_log(&self, topic: &str) -> Result<Vec<Vec<u8>>, BusError> {
+        self.admin().ensure_topic(&TopicSpec::new(topic, 1)).await?;
+        let mut consumer = self.consumer(
+            &[topic],
+            ConsumerOptions {
+                start: StartFrom::Beginning,
+                until_end: true,
+                read_only: true,
+                ..Default::default()
+            },
+        )?;
+        let mut values = Vec::new();
+        while let Some(record) = consumer.next_raw().await? {
+            values.extend(record.payload);
+        }
+        Ok(values)
+    }
 }

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sha2::{Digest as _, Sha256};
-use weir_bus::{Bus, ConsumerOptions, OutRecord, StartFrom, TopicSpec};
+use weir_bus::{Bus, OutRecord};
 
 use crate::FeaturesError;
 
@@ -183,28 +183,11 @@ fn fail(error: impl std::fmt::Display) -> FeaturesError {
 impl Datasets {
     /// Reads `weir.meta` to its end.
     pub async fn load(bus: &Bus) -> Result<Self, FeaturesError> {
-        bus.admin()
-            .ensure_topic(&TopicSpec::new(weir_core::topics::META, 1))
-            .await
-            .map_err(fail)?;
-        let mut consumer = bus
-            .consumer(
-                &[weir_core::topics::META],
-                ConsumerOptions {
-                    start: StartFrom::Beginning,
-                    until_end: true,
-                    read_only: true,
-                    ..Default::default()
-                },
-            )
-            .map_err(fail)?;
         let mut datasets = Self::default();
-        while let Some(record) = consumer.next_raw().await.map_err(fail)? {
+        for payload in bus.read_log(weir_core::topics::META).await.map_err(fail)? {
             // Other kinds of metadata share the topic.
-            let Some(version) = record
-                .payload
-                .as_deref()
-                .and_then(|p| serde_json::from_slice::<DatasetVersion>(p).ok())
+            let Some(version) = serde_json::from_slice::<DatasetVersion>(&payload)
+                .ok()
                 .filter(|v| v.kind == KIND)
             else {
                 continue;

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use serde::{Deserialize, Serialize};
-use weir_bus::{Bus, ConsumerOptions, OutRecord, StartFrom, TopicSpec};
+use weir_bus::{Bus, OutRecord, TopicSpec};
 
 use crate::SqlError;
 use crate::plan::{Catalog, Plan, PlanOptions, plan_view};
@@ -98,25 +98,10 @@ pub struct Registry {
 impl Registry {
     /// Reads `weir.meta` to its end.
     pub async fn load(bus: &Bus) -> Result<Self, SqlError> {
-        bus.admin()
-            .ensure_topic(&TopicSpec::new(weir_core::topics::META, 1))
-            .await?;
-        let mut consumer = bus.consumer(
-            &[weir_core::topics::META],
-            ConsumerOptions {
-                start: StartFrom::Beginning,
-                until_end: true,
-                read_only: true,
-                ..Default::default()
-            },
-        )?;
         let mut registry = Self::default();
-        while let Some(record) = consumer.next_raw().await? {
-            let Some(payload) = record.payload.as_deref() else {
-                continue;
-            };
+        for payload in bus.read_log(weir_core::topics::META).await? {
             // Other kinds of metadata share the topic.
-            let Ok(version) = serde_json::from_slice::<ViewVersion>(payload) else {
+            let Ok(version) = serde_json::from_slice::<ViewVersion>(&payload) else {
                 continue;
             };
             if version.kind == KIND {
