@@ -590,23 +590,39 @@ impl WindowAggregator {
                 self.evaluate_window(start, &mut results)?;
             }
         }
-        // The end of input (an infinite limit) emits every window there
-        // is: windows after the last of them are still to come, if the
-        // input goes on in a later run.
-        let mark = if limit == i64::MAX {
-            starts.last().map_or(after, |s| (s + size).max(after))
-        } else {
-            limit
-        };
-        self.closed_through = Some(mark);
         let expired: Vec<i64> = panes
             .into_iter()
             .filter(|p| self.window.pane_expired(*p, limit))
             .collect();
-        let layer = self.layer(epoch)?;
-        layer.deletions.panes.extend(expired);
-        layer.closed_through = Some(mark);
+        let last_end = starts.last().map(|s| s + size);
+        self.mark_closed(epoch, after, limit, last_end)?
+            .deletions
+            .panes
+            .extend(expired);
         Ok(results)
+    }
+
+    /// Records how far windows are closed, now and in `epoch`'s layer
+    /// (which the caller adds its deletions to): through `limit`, or, at
+    /// the end of input (an infinite limit), through the end of the last
+    /// window closed — windows after it are still to come if the input
+    /// goes on in a later run.
+    fn mark_closed(
+        &mut self,
+        epoch: u64,
+        after: i64,
+        limit: i64,
+        last_end: Option<i64>,
+    ) -> Result<&mut Layer, DataflowError> {
+        let mark = if limit == i64::MAX {
+            last_end.map_or(after, |end| end.max(after))
+        } else {
+            limit
+        };
+        self.closed_through = Some(mark);
+        let layer = self.layer(epoch)?;
+        layer.closed_through = Some(mark);
+        Ok(layer)
     }
 
     /// Evaluates the window starting at `start`, key chunk by key chunk:
@@ -790,15 +806,10 @@ impl WindowAggregator {
             results.push(self.evaluate(&groups, contributions)?);
         }
         let last_end = results_end.into_iter().chain(last_end).max();
-        let mark = if limit == i64::MAX {
-            last_end.map_or(after, |end| end.max(after))
-        } else {
-            limit
-        };
-        self.closed_through = Some(mark);
-        let layer = self.layer(epoch)?;
-        layer.deletions.groups.extend(deleted);
-        layer.closed_through = Some(mark);
+        self.mark_closed(epoch, after, limit, last_end)?
+            .deletions
+            .groups
+            .extend(deleted);
         Ok(results)
     }
 

@@ -176,7 +176,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(number * ms))
 }
 
-fn data_type(name: &str) -> Option<DataType> {
+/// The Arrow type of a column type named in a declared schema (job files,
+/// view headers): `string`, `long`, `int`, `double`, `float`, `boolean`,
+/// `timestamp`.
+pub fn data_type(name: &str) -> Option<DataType> {
     Some(match name {
         "string" => DataType::Utf8,
         "long" | "bigint" => DataType::Int64,

@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
 use datafusion::common::{DFSchema, TableReference};
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::error::DataFusionError;
@@ -195,21 +195,6 @@ fn datafusion_error(view: &ViewFile, error: DataFusionError) -> SqlError {
     error_at(view, &quoted, message)
 }
 
-fn data_type(name: &str) -> Option<DataType> {
-    Some(match name {
-        "string" => DataType::Utf8,
-        "long" | "bigint" => DataType::Int64,
-        "int" => DataType::Int32,
-        "double" => DataType::Float64,
-        "float" => DataType::Float32,
-        "boolean" => DataType::Boolean,
-        "timestamp" | "timestamp-millis" => {
-            DataType::Timestamp(arrow::datatypes::TimeUnit::Millisecond, None)
-        }
-        _ => return None,
-    })
-}
-
 fn inline_schema(
     view: &ViewFile,
     what: &str,
@@ -218,7 +203,7 @@ fn inline_schema(
     let fields = schema
         .iter()
         .map(|(name, kind)| {
-            data_type(kind).map(|t| Field::new(name, t, true)).ok_or_else(|| {
+            weir_dataflow::spec::data_type(kind).map(|t| Field::new(name, t, true)).ok_or_else(|| {
                 header_error(
                     view,
                     format!(
@@ -389,21 +374,13 @@ pub(crate) fn shape<'a>(
     let mut node = plan;
     loop {
         match node {
-            LogicalPlan::Projection(p) => {
+            LogicalPlan::Projection(_) | LogicalPlan::Filter(_) => {
                 if aggregate.is_some() {
                     pre.push(node)
                 } else {
                     post.push(node)
                 }
-                node = &p.input;
-            }
-            LogicalPlan::Filter(f) => {
-                if aggregate.is_some() {
-                    pre.push(node)
-                } else {
-                    post.push(node)
-                }
-                node = &f.input;
+                node = node.inputs()[0];
             }
             LogicalPlan::SubqueryAlias(a) => node = &a.input,
             LogicalPlan::Aggregate(a) => {

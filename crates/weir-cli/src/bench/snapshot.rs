@@ -13,9 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use arrow::array::{Array, ArrayRef, Float32Array, Float64Array, Int64Array, RecordBatch};
+use arrow::array::{
+    Array, ArrayRef, AsArray as _, Float32Array, Int64Array, PrimitiveArray, RecordBatch,
+};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::datatypes::{
+    ArrowPrimitiveType, DataType, Field, Float64Type, Int64Type, Schema, TimeUnit,
+};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::rngs::StdRng;
@@ -253,6 +257,21 @@ type Values = Vec<Option<f64>>;
 /// (user, time in ms) → something.
 type ByKey<T> = HashMap<(i64, i64), T>;
 
+/// A column of `batch` cast to `T`; times as milliseconds.
+fn column<T: ArrowPrimitiveType>(
+    batch: &RecordBatch,
+    name: &str,
+) -> anyhow::Result<PrimitiveArray<T>> {
+    let mut column = batch
+        .column_by_name(name)
+        .with_context(|| format!("no column `{name}`"))?
+        .clone();
+    if matches!(column.data_type(), DataType::Timestamp(..)) {
+        column = cast(&column, &DataType::Timestamp(TimeUnit::Millisecond, None))?;
+    }
+    Ok(cast(&column, &T::DATA_TYPE)?.as_primitive::<T>().clone())
+}
+
 /// (user, time in ms) → the 10 features (NaN as missing), from a snapshot.
 fn read_output(path: &Path) -> anyhow::Result<(usize, ByKey<Values>)> {
     let names: Vec<String> = VIEWS
@@ -265,29 +284,12 @@ fn read_output(path: &Path) -> anyhow::Result<(usize, ByKey<Values>)> {
     for batch in reader {
         let batch = batch?;
         rows += batch.num_rows();
-        let column = |name: &str| {
-            batch
-                .column_by_name(name)
-                .with_context(|| format!("{}: no column `{name}`", path.display()))
-        };
-        let users = cast(column("user_id")?, &DataType::Int64)?;
-        let users = users.as_any().downcast_ref::<Int64Array>().expect("Int64");
-        let times = cast(
-            &cast(
-                column("event_timestamp")?,
-                &DataType::Timestamp(TimeUnit::Millisecond, None),
-            )?,
-            &DataType::Int64,
-        )?;
-        let times = times.as_any().downcast_ref::<Int64Array>().expect("Int64");
+        let users = column::<Int64Type>(&batch, "user_id")?;
+        let times = column::<Int64Type>(&batch, "event_timestamp")?;
         let features = names
             .iter()
-            .map(|n| Ok(cast(column(n)?, &DataType::Float64)?))
+            .map(|n| column::<Float64Type>(&batch, n))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let features: Vec<&Float64Array> = features
-            .iter()
-            .map(|f| f.as_any().downcast_ref::<Float64Array>().expect("Float64"))
-            .collect();
         for row in 0..batch.num_rows() {
             let values = features
                 .iter()
@@ -392,33 +394,11 @@ fn view_rows_by_time(dir: &Path) -> anyhow::Result<Vec<ByKey<Vec<Values>>>> {
         let mut rows: ByKey<Vec<Values>> = HashMap::new();
         for batch in reader {
             let batch = batch?;
-            let users = batch.column_by_name("user_id").context("user_id")?;
-            let users = users
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .context("Int64")?;
-            let times = cast(
-                batch.column_by_name("window_end").context("window_end")?,
-                &DataType::Int64,
-            )?;
-            let times = times
-                .as_any()
-                .downcast_ref::<Int64Array>()
-                .context("Int64")?;
+            let users = column::<Int64Type>(&batch, "user_id")?;
+            let times = column::<Int64Type>(&batch, "window_end")?;
             let features = (0..k)
-                .map(|i| {
-                    Ok(cast(
-                        batch
-                            .column_by_name(&format!("{name}{i}"))
-                            .context("a feature")?,
-                        &DataType::Float64,
-                    )?)
-                })
+                .map(|i| column::<Float64Type>(&batch, &format!("{name}{i}")))
                 .collect::<anyhow::Result<Vec<_>>>()?;
-            let features: Vec<&Float64Array> = features
-                .iter()
-                .map(|f| f.as_any().downcast_ref::<Float64Array>().expect("Float64"))
-                .collect();
             for row in 0..batch.num_rows() {
                 rows.entry((users.value(row), times.value(row)))
                     .or_default()
