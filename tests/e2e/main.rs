@@ -5,3 +5,4 @@ mod dataflow;
 mod docs;
 mod interop;
 mod support;
+mod tracking;

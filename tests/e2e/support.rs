@@ -16,7 +16,7 @@ pub struct Platform {
     broker: Child,
 }
 
-fn free_port() -> SocketAddr {
+pub fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -95,6 +95,40 @@ impl Platform {
             .unwrap();
         child.stdin.take().unwrap().write_all(stdin).unwrap();
         child.wait_with_output().unwrap()
+    }
+}
+
+/// A long-running `weir` command (a server), killed when dropped.
+pub struct Served {
+    pub address: SocketAddr,
+    child: Child,
+}
+
+impl Served {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Platform {
+    /// Starts `weir ARGS --listen <free port>` and waits until it listens.
+    pub fn serve(&self, args: &[&str]) -> Served {
+        let address = free_port();
+        let mut child = self
+            .weir(args)
+            .args(["--listen", &address.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(address, &mut child);
+        Served { address, child }
     }
 }
 

@@ -15,6 +15,7 @@ mod input;
 mod job;
 mod publish;
 mod schemas;
+mod server;
 mod snapshot;
 mod sql;
 mod tail;
@@ -62,6 +63,9 @@ enum Command {
     /// A point-in-time-correct training set: a label table joined with
     /// feature views as each row's time saw them.
     Snapshot(snapshot::Args),
+    /// The metadata server: experiments, runs, models and artifacts over
+    /// MLflow's REST API, every change an event on `weir.meta`.
+    Server(server::Args),
     /// Run the embedded Kafka-API broker and the schema registry API for
     /// other clients.
     Broker(broker::Args),
@@ -107,6 +111,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Sql(args) => sql::run(&config, args).await,
         Command::Datasets(args) => datasets::run(&config, args).await,
         Command::Snapshot(args) => snapshot::run(&config, args).await,
+        Command::Server(args) => server::run(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Demo(args) => demo::run(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,

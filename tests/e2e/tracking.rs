@@ -1,0 +1,56 @@
+//! `weir server` against the official `mlflow` client (pinned in the test
+//! Python environment): everything it writes reads back equal, bad
+//! requests get MLflow's error codes, and a second server that rebuilds
+//! its state from `weir.meta` answers the same.
+
+use std::process::{Command, Output};
+
+use crate::support::{Platform, python, repo, stderr};
+
+/// The state the script printed: its last line (the client prints "View
+/// run at …" lines of its own before it).
+fn printed_state(output: &Output) -> String {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout.lines().last().unwrap_or_default().to_string()
+}
+
+fn mlflow(mode: &str, url: &str) -> Output {
+    let output = Command::new(python())
+        .arg(repo().join("tests/python/mlflow_client.py"))
+        .args([mode, url])
+        // A failed call fails now rather than after minutes of retries.
+        .env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        .env("MLFLOW_DISABLE_TELEMETRY", "true")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "mlflow_client.py {mode} failed\nstdout:\n{}\nstderr:\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr(&output)
+    );
+    output
+}
+
+#[test]
+fn the_mlflow_client_works_unchanged_and_a_replayed_server_answers_the_same() {
+    let platform = Platform::start();
+    let artifacts = tempfile::tempdir().unwrap();
+    let store = artifacts.path().to_str().unwrap();
+    let first = platform.serve(&["server", "--artifacts", store]);
+    let written = mlflow("write", &first.url());
+    mlflow("errors", &first.url());
+    let before = mlflow("read", &first.url());
+    assert_eq!(
+        printed_state(&written),
+        printed_state(&before),
+        "the bad requests changed nothing"
+    );
+    drop(first);
+
+    // A new node: its state comes from replaying weir.meta alone.
+    let second = platform.serve(&["server", "--artifacts", store]);
+    let after = mlflow("read", &second.url());
+    assert!(printed_state(&after).contains("\"churn-model\""));
+    assert_eq!(printed_state(&before), printed_state(&after));
+}
