@@ -1,7 +1,7 @@
 //! The examples in `docs/` run: every `$ weir ...` line of a page, in order,
 //! against a fresh broker, from the repository root.
 
-use crate::support::{Platform, repo, stderr};
+use crate::support::{Platform, python, repo, stderr};
 
 /// A command line's words, as a shell splits them (double quotes group).
 fn words(line: &str) -> Vec<String> {
@@ -26,8 +26,12 @@ fn words(line: &str) -> Vec<String> {
 }
 
 fn run_page(page: &str) -> Vec<(String, std::process::Output)> {
+    run_page_on(&Platform::start(), page)
+}
+
+/// Runs a page's `$ weir` lines on `platform`.
+fn run_page_on(platform: &Platform, page: &str) -> Vec<(String, std::process::Output)> {
     let text = std::fs::read_to_string(repo().join("docs").join(page)).unwrap();
-    let platform = Platform::start();
     let mut outputs = Vec::new();
     for line in text.lines().filter_map(|l| l.strip_prefix("$ weir ")) {
         let args = words(line);
@@ -186,4 +190,46 @@ fn features_page() {
         described["lineage"]["files"][0]["uri"],
         "docs/examples/labels.csv"
     );
+}
+
+/// The page's notebook session: its `$ weir` lines take a snapshot, then
+/// its Python block runs against `weir server` with the official mlflow
+/// client and prints what the page says it prints.
+#[test]
+fn tracking_page() {
+    let platform = Platform::start();
+    run_page_on(&platform, "tracking.md");
+    let text = std::fs::read_to_string(repo().join("docs/tracking.md")).unwrap();
+    let block = |fence: &str| {
+        let start = text.find(fence).unwrap() + fence.len();
+        text[start..start + text[start..].find("```").unwrap()].to_string()
+    };
+    let script = tempfile::NamedTempFile::with_suffix(".py").unwrap();
+    std::fs::write(script.path(), block("```python\n")).unwrap();
+    let artifacts = tempfile::tempdir().unwrap();
+    let server = platform.serve(&["server", "--artifacts", artifacts.path().to_str().unwrap()]);
+    let output = std::process::Command::new(python())
+        .arg(script.path())
+        .current_dir(repo())
+        .env("MLFLOW_TRACKING_URI", server.url())
+        .env("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        .env("MLFLOW_DISABLE_TELEMETRY", "true")
+        .env("WEIR_STATE_DIR", platform.state.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "the notebook failed:\n{}",
+        stderr(&output)
+    );
+    let printed: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('\u{1f3c3}') && !l.starts_with('\u{1f9ea}'))
+        .map(str::to_string)
+        .collect();
+    let expected: Vec<String> = block("It prints:\n\n```text\n")
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(printed, expected);
 }

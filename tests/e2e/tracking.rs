@@ -53,4 +53,38 @@ fn the_mlflow_client_works_unchanged_and_a_replayed_server_answers_the_same() {
     let after = mlflow("read", &second.url());
     assert!(printed_state(&after).contains("\"churn-model\""));
     assert_eq!(printed_state(&before), printed_state(&after));
+
+    // The same metadata from the command line, without a server.
+    let stdout =
+        |args: &[&str]| String::from_utf8_lossy(&platform.run(args, b"").stdout).into_owned();
+    let runs = stdout(&["runs", "list", "churn"]);
+    assert!(
+        ["trial-0", "trial-1", "trial-2", "auc=0.9000"]
+            .iter()
+            .all(|s| runs.contains(s)),
+        "{runs}"
+    );
+    let experiments = stdout(&["experiments", "list"]);
+    assert!(
+        experiments.contains("churn") && experiments.contains("Default"),
+        "{experiments}"
+    );
+    let model = stdout(&["models", "show", "churn-model"]);
+    assert!(
+        model.contains("Production") && model.contains("Archived") && model.contains("champion"),
+        "{model}"
+    );
+    platform.run(&["models", "alias", "churn-model", "challenger", "2"], b"");
+    let models = stdout(&["models", "list"]);
+    assert!(
+        models.contains("challenger=v2") && models.contains("champion=v1"),
+        "{models}"
+    );
+    let refused = platform.run_unchecked(&["models", "alias", "churn-model", "v9", "1"], b"");
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("reserved"),
+        "{}",
+        stderr(&refused)
+    );
 }

@@ -20,6 +20,7 @@ mod snapshot;
 mod sql;
 mod tail;
 mod topics;
+mod tracking;
 
 use std::process::ExitCode;
 
@@ -66,6 +67,12 @@ enum Command {
     /// The metadata server: experiments, runs, models and artifacts over
     /// MLflow's REST API, every change an event on `weir.meta`.
     Server(server::Args),
+    /// Experiments on `weir.meta`: list.
+    Experiments(tracking::ExperimentsArgs),
+    /// Runs on `weir.meta`: list, show, compare.
+    Runs(tracking::RunsArgs),
+    /// Registered models on `weir.meta`: list, show, alias.
+    Models(tracking::ModelsArgs),
     /// Run the embedded Kafka-API broker and the schema registry API for
     /// other clients.
     Broker(broker::Args),
@@ -112,6 +119,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Datasets(args) => datasets::run(&config, args).await,
         Command::Snapshot(args) => snapshot::run(&config, args).await,
         Command::Server(args) => server::run(&config, args).await,
+        Command::Experiments(args) => tracking::experiments(&config, args).await,
+        Command::Runs(args) => tracking::runs(&config, args).await,
+        Command::Models(args) => tracking::models(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Demo(args) => demo::run(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,
@@ -134,4 +144,16 @@ fn init_tracing(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    /// clap's own checks of the whole command tree (unique argument
+    /// names, valid defaults), which it otherwise makes only when a
+    /// subcommand is first parsed.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -25,7 +25,8 @@ pub struct Args {
     /// A feature view (`name`, or `name@version`); repeat for several.
     #[arg(long = "view", required = true)]
     views: Vec<String>,
-    /// The snapshot (Parquet); default `<state>/snapshots/<labels' name>.parquet`.
+    /// The snapshot (Parquet); default `<state>/snapshots/<name>.parquet`
+    /// (`--name`, or else the label table's file name).
     #[arg(long)]
     out: Option<PathBuf>,
     /// Name feature columns `view__feature`.
@@ -53,10 +54,15 @@ async fn take(config: &Config, bus: &weir_bus::Bus, args: Args) -> anyhow::Resul
     let out = match &args.out {
         Some(out) => out.clone(),
         None => {
-            let stem = args
-                .labels
-                .file_stem()
-                .context("the label table's file name")?;
+            // Named after the snapshot, or else its label table.
+            let stem = match &args.name {
+                Some(name) => std::ffi::OsString::from(name),
+                None => args
+                    .labels
+                    .file_stem()
+                    .context("the label table's file name")?
+                    .to_owned(),
+            };
             let dir = config.state_dir.join("snapshots");
             std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
             dir.join(stem).with_extension("parquet")

@@ -72,8 +72,11 @@ impl Tracker {
             events = state.applied(),
             "metadata state rebuilt from the log"
         );
-        let producer = bus
-            .producer()
+        // Each write waits for its event: send it now rather than linger
+        // for a batch (the bus's default is tuned for throughput).
+        let mut config = bus.config().clone();
+        config.overrides.push(("linger.ms".into(), "0".into()));
+        let producer = Producer::new(&config)
             .map_err(|e| MetaError::internal(format!("creating a producer: {e}")))?;
         Ok(Self {
             inner: Arc::new(Inner {

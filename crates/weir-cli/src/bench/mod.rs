@@ -21,6 +21,7 @@ use crate::connect::bus_config;
 
 mod hop;
 mod snapshot;
+mod tracking;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -41,6 +42,10 @@ enum What {
     /// views) by Weir and by Feast's `get_historical_features`, on the same
     /// files, with the outputs compared.
     Snapshot(snapshot::Args),
+    /// MLflow's tracking workload (runs with params and metrics by
+    /// `log_batch`, then filtered, ordered searches) through the official
+    /// client, against `weir server` and `mlflow server` (SQLite).
+    Tracking(tracking::Args),
 }
 
 #[derive(clap::Args)]
@@ -61,6 +66,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         What::Bus(args) => bench_bus(config, args).await,
         What::Hop(args) => hop::run(config, args).await,
         What::Snapshot(args) => snapshot::run(args).await,
+        What::Tracking(args) => tracking::run(args).await,
     }
 }
 

@@ -1,0 +1,241 @@
+//! `weir bench tracking`: the same MLflow client workload
+//! (`python/bench/mlflow_tracking.py`: runs × 10 params × 20 metrics × 10
+//! steps by `log_batch`, then `search_runs` with a filter and an order_by)
+//! against `weir server` and against `mlflow server` with its SQLite
+//! backend, one after the other on this machine; both servers durable on
+//! local disk, each in its own processes, whose peak RSS is sampled. The
+//! two servers' search results must be the same.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+
+use super::hop::peak_rss_mib;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Runs to log.
+    #[arg(long, default_value_t = 1000)]
+    runs: usize,
+    /// Searches to time after logging.
+    #[arg(long, default_value_t = 100)]
+    searches: usize,
+    /// Skip MLflow.
+    #[arg(long)]
+    no_mlflow: bool,
+}
+
+fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// What one server did.
+struct Figures {
+    log_seconds: f64,
+    search_seconds: f64,
+    peak_rss_mib: f64,
+    digest: String,
+    matched: u64,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let python = PathBuf::from(std::env::var_os("WEIR_PYTHON").context(
+        "WEIR_PYTHON is not set: run `cargo xtask bench tracking` (its Python environment has mlflow)",
+    )?);
+    println!(
+        "weir bench tracking: {} runs × 10 params × 20 metrics × 10 steps by log_batch, then {} filtered, ordered search_runs; the official mlflow client (one process) against each server",
+        args.runs, args.searches
+    );
+    // The embedded broker's SQLite file must sit under the working
+    // directory (libsql's URL rules): a state directory named here.
+    let state = PathBuf::from(format!(".weir-bench-tracking-{}", std::process::id()));
+    let weir = {
+        let address = free_port()?;
+        let server = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["server", "--listen", &address.to_string()])
+            .env("WEIR_STATE_DIR", &state)
+            .env("WEIR_EMBEDDED_BROKER", free_port()?.to_string())
+            .env_remove("WEIR_BROKERS")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let figures = drive(&python, server, address, &args).await;
+        let _ = std::fs::remove_dir_all(&state);
+        figures.context("weir server")?
+    };
+    report_header();
+    report(
+        "weir server (embedded broker, SQLite)",
+        &weir,
+        args.runs,
+        args.searches,
+    );
+    if args.no_mlflow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let dir = std::env::temp_dir().join(format!("weir-bench-mlflow-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mlflow = {
+        let address = free_port()?;
+        let executable = python.with_file_name("mlflow");
+        let database = format!("sqlite:///{}", dir.join("mlflow.db").display());
+        let server = tokio::process::Command::new(&executable)
+            .args([
+                "server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                &address.port().to_string(),
+            ])
+            .args(["--backend-store-uri", &database, "--workers", "1"])
+            .arg("--artifacts-destination")
+            .arg(dir.join("artifacts"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", executable.display()))?;
+        let figures = drive(&python, server, address, &args).await;
+        let _ = std::fs::remove_dir_all(&dir);
+        figures.context("mlflow server")?
+    };
+    report("mlflow server (SQLite)", &mlflow, args.runs, args.searches);
+    println!(
+        "\nweir / mlflow: logging {:.1}x, search {:.1}x faster (target >= 10x); peak RSS {:.0} MiB vs {:.0} MiB; search results {}",
+        mlflow.log_seconds / weir.log_seconds,
+        mlflow.search_seconds / weir.search_seconds,
+        weir.peak_rss_mib,
+        mlflow.peak_rss_mib,
+        if weir.digest == mlflow.digest && weir.matched == mlflow.matched {
+            format!("identical ({} runs matched)", weir.matched)
+        } else {
+            format!(
+                "DIFFER (weir {} runs, mlflow {})",
+                weir.matched, mlflow.matched
+            )
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_header() {
+    println!(
+        "\n{:<40} {:>9} {:>8} {:>11} {:>10} {:>10}",
+        "", "log (s)", "runs/s", "search (s)", "ms/search", "peak RSS"
+    );
+}
+
+fn report(name: &str, figures: &Figures, runs: usize, searches: usize) {
+    println!(
+        "{name:<40} {:>9.2} {:>8.1} {:>11.2} {:>10.1} {:>6.0} MiB",
+        figures.log_seconds,
+        runs as f64 / figures.log_seconds,
+        figures.search_seconds,
+        figures.search_seconds * 1000.0 / searches as f64,
+        figures.peak_rss_mib
+    );
+}
+
+/// Waits for `server` to listen, runs the workload against it while
+/// sampling the peak RSS of its process tree, then stops it.
+async fn drive(
+    python: &Path,
+    mut server: tokio::process::Child,
+    address: SocketAddr,
+    args: &Args,
+) -> anyhow::Result<Figures> {
+    let pid = server.id().context("the server has no pid")?;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        if let Some(status) = server.try_wait()? {
+            bail!("exited with {status} before listening on {address}");
+        }
+        if Instant::now() > deadline {
+            bail!("nothing listens on {address} after 180 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut client = tokio::process::Command::new(python)
+        .arg(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../python/bench/mlflow_tracking.py"),
+        )
+        .arg(format!("http://{address}"))
+        .args([args.runs.to_string(), args.searches.to_string()])
+        .env("MLFLOW_DISABLE_TELEMETRY", "true")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let mut stdout = client.stdout.take().context("the client's stdout")?;
+    let reading = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt as _;
+        let mut bytes = Vec::new();
+        stdout.read_to_end(&mut bytes).await.map(|_| bytes)
+    });
+    let mut peak: f64 = 0.0;
+    let status = loop {
+        peak = peak.max(tree_peak_rss_mib(pid));
+        tokio::select! {
+            status = client.wait() => break status?,
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    };
+    let _ = server.kill().await;
+    if !status.success() {
+        bail!("the mlflow client failed ({status})");
+    }
+    let output = reading.await??;
+    let report: serde_json::Value = String::from_utf8_lossy(&output)
+        .lines()
+        .find_map(|line| serde_json::from_str(line).ok())
+        .context("the client printed no report")?;
+    Ok(Figures {
+        log_seconds: report["log_seconds"].as_f64().unwrap_or(f64::NAN),
+        search_seconds: report["search_seconds"].as_f64().unwrap_or(f64::NAN),
+        peak_rss_mib: peak,
+        digest: report["digest"].as_str().unwrap_or_default().to_string(),
+        matched: report["matched"].as_u64().unwrap_or(0),
+    })
+}
+
+/// The peak RSS of a process and its descendants, summed (MLflow's server
+/// is a launcher with a worker process under it). A sum of peaks can only
+/// overstate the peak of the sum, for both servers alike.
+fn tree_peak_rss_mib(root: u32) -> f64 {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            // `pid (name) state ppid …`: the name may hold spaces.
+            let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            if let Some(ppid) = after_name
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse().ok())
+            {
+                parents.push((pid, ppid));
+            }
+        }
+    }
+    let mut tree = vec![root];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    tree.iter().filter_map(|pid| peak_rss_mib(*pid)).sum()
+}

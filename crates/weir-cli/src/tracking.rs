@@ -1,0 +1,253 @@
+//! `weir experiments`, `weir runs` and `weir models`: the metadata on
+//! `weir.meta` from the command line, without a server — the state is
+//! rebuilt by reading the topic, and changes (an alias) are events on it.
+
+use std::collections::BTreeSet;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use weir_core::Config;
+use weir_meta::event::Event;
+use weir_meta::state::{Run, State};
+
+use crate::connect::connect;
+
+#[derive(Parser)]
+pub struct ExperimentsArgs {
+    #[command(subcommand)]
+    command: ExperimentsCommand,
+}
+
+#[derive(Subcommand)]
+enum ExperimentsCommand {
+    /// Every active experiment, with its number of runs.
+    List,
+}
+
+#[derive(Parser)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    command: RunsCommand,
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// The runs of an experiment (by name), newest first.
+    List {
+        /// The experiment.
+        experiment: String,
+    },
+    /// One run: info, params, latest metrics, tags, inputs.
+    Show {
+        /// The run id.
+        run: String,
+    },
+    /// Runs side by side: each param and latest metric in a row.
+    Compare {
+        /// Run ids.
+        #[arg(required = true, num_args = 2..)]
+        runs: Vec<String>,
+    },
+}
+
+#[derive(Parser)]
+pub struct ModelsArgs {
+    #[command(subcommand)]
+    command: ModelsCommand,
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Registered models, with their versions and aliases.
+    List,
+    /// One model's versions: stage, source run, aliases.
+    Show {
+        /// The model.
+        name: String,
+    },
+    /// Point an alias (`champion`) at a version.
+    Alias {
+        /// The model.
+        name: String,
+        /// The alias.
+        alias: String,
+        /// The version.
+        #[arg(value_name = "VERSION")]
+        number: u64,
+    },
+}
+
+async fn state(config: &Config) -> anyhow::Result<State> {
+    let connection = connect(config).await?;
+    let state = weir_meta::tracker::replay(&connection.bus).await?;
+    connection.close().await;
+    Ok(state)
+}
+
+pub async fn experiments(config: &Config, args: ExperimentsArgs) -> anyhow::Result<ExitCode> {
+    let ExperimentsCommand::List = args.command;
+    let state = state(config).await?;
+    println!("{:<6} {:<30} {:>6}  artifacts", "id", "name", "runs");
+    for experiment in state.experiments().filter(|e| !e.deleted) {
+        let runs = state
+            .runs_of(&experiment.experiment_id)
+            .filter(|r| !r.deleted)
+            .count();
+        println!(
+            "{:<6} {:<30} {runs:>6}  {}",
+            experiment.experiment_id, experiment.name, experiment.artifact_location
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn metric_text(run: &Run, key: &str) -> String {
+    run.latest
+        .get(key)
+        .map_or("-".into(), |m| format!("{:.6}", m.value))
+}
+
+pub async fn runs(config: &Config, args: RunsArgs) -> anyhow::Result<ExitCode> {
+    let state = state(config).await?;
+    match args.command {
+        RunsCommand::List { experiment } => {
+            let experiment = state.experiment_by_name(&experiment)?;
+            let mut runs: Vec<&Run> = state
+                .runs_of(&experiment.experiment_id)
+                .filter(|r| !r.deleted)
+                .collect();
+            runs.sort_by_key(|r| std::cmp::Reverse(r.start_time));
+            println!("{:<32}  {:<24} {:<9} metrics", "run", "name", "status");
+            for run in runs {
+                let metrics: Vec<String> = run
+                    .latest
+                    .values()
+                    .map(|m| format!("{}={:.4}", m.key, m.value))
+                    .collect();
+                println!(
+                    "{:<32}  {:<24} {:<9} {}",
+                    run.run_id,
+                    run.run_name,
+                    run.status,
+                    metrics.join(" ")
+                );
+            }
+        }
+        RunsCommand::Show { run } => {
+            let run = state.run(&run)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&weir_meta::state::run_json(run))?
+            );
+        }
+        RunsCommand::Compare { runs } => {
+            let runs: Vec<&Run> = runs
+                .iter()
+                .map(|id| state.run(id))
+                .collect::<Result<_, _>>()?;
+            let params: BTreeSet<&String> = runs.iter().flat_map(|r| r.params.keys()).collect();
+            let metrics: BTreeSet<&String> = runs.iter().flat_map(|r| r.latest.keys()).collect();
+            print!("{:<24}", "");
+            for run in &runs {
+                print!(" {:>24}", run.run_name);
+            }
+            println!();
+            for key in params {
+                print!("{:<24}", format!("params.{key}"));
+                for run in &runs {
+                    print!(" {:>24}", run.params.get(key).map_or("-", String::as_str));
+                }
+                println!();
+            }
+            for key in metrics {
+                print!("{:<24}", format!("metrics.{key}"));
+                for run in &runs {
+                    print!(" {:>24}", metric_text(run, key));
+                }
+                println!();
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn models(config: &Config, args: ModelsArgs) -> anyhow::Result<ExitCode> {
+    match args.command {
+        ModelsCommand::List => {
+            let state = state(config).await?;
+            println!("{:<30} {:>8}  aliases", "model", "versions");
+            for model in state.models() {
+                let aliases: Vec<String> = model
+                    .aliases
+                    .iter()
+                    .map(|(alias, version)| format!("{alias}=v{version}"))
+                    .collect();
+                println!(
+                    "{:<30} {:>8}  {}",
+                    model.name,
+                    model.versions.len(),
+                    aliases.join(" ")
+                );
+            }
+        }
+        ModelsCommand::Show { name } => {
+            let state = state(config).await?;
+            let model = state.model(&name)?;
+            println!("{}: {}", model.name, model.description);
+            println!(
+                "{:>7}  {:<11} {:<32}  {:<12} source",
+                "version", "stage", "run", "aliases"
+            );
+            for version in model.versions.values() {
+                let aliases: Vec<&str> = model
+                    .aliases
+                    .iter()
+                    .filter(|(_, v)| **v == version.version)
+                    .map(|(a, _)| a.as_str())
+                    .collect();
+                println!(
+                    "{:>7}  {:<11} {:<32}  {:<12} {}",
+                    version.version,
+                    version.stage,
+                    version.run_id,
+                    aliases.join(","),
+                    version.source
+                );
+            }
+        }
+        ModelsCommand::Alias {
+            name,
+            alias,
+            number: version,
+        } => {
+            let connection = connect(config).await?;
+            let store_dir = config.state_dir.join("artifacts");
+            let store = weir_meta::artifacts::ArtifactStore::open(
+                store_dir
+                    .to_str()
+                    .context("the state directory is not UTF-8")?,
+            )?;
+            let tracker = weir_meta::Tracker::open(&connection.bus, store).await?;
+            let result = tracker
+                .write(|_| {
+                    Ok((
+                        Event::AliasSet {
+                            at: weir_meta::now_ms(),
+                            name: name.clone(),
+                            alias: alias.clone(),
+                            version: Some(version),
+                        },
+                        (),
+                    ))
+                })
+                .await;
+            connection.close().await;
+            if let Err(error) = result {
+                bail!("{name}@{alias}: {error}");
+            }
+            println!("{name}@{alias} -> version {version}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
