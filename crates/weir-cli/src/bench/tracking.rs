@@ -5,6 +5,11 @@
 //! backend, one after the other on this machine; both servers durable on
 //! local disk, each in its own processes, whose peak RSS is sampled. The
 //! two servers' search results must be the same.
+//!
+//! Each server gets the workload twice: through the official client, and
+//! as the same requests over plain HTTP — the client's own cost per call
+//! (protobuf messages, entity objects) is a floor under both servers'
+//! figures, and the plain-HTTP pass shows what is left without it.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -54,26 +59,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let state = PathBuf::from(format!(".weir-bench-tracking-{}", std::process::id()));
     let weir = {
         let address = free_port()?;
-        let server = tokio::process::Command::new(std::env::current_exe()?)
+        let mut command = tokio::process::Command::new(std::env::current_exe()?);
+        command
             .args(["server", "--listen", &address.to_string()])
             .env("WEIR_STATE_DIR", &state)
             .env("WEIR_EMBEDDED_BROKER", free_port()?.to_string())
-            .env_remove("WEIR_BROKERS")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        let figures = drive(&python, server, address, &args).await;
+            .env_remove("WEIR_BROKERS");
+        let figures = both_ways(&python, command, address, &args).await;
         let _ = std::fs::remove_dir_all(&state);
         figures.context("weir server")?
     };
     report_header();
-    report(
-        "weir server (embedded broker, SQLite)",
-        &weir,
-        args.runs,
-        args.searches,
-    );
+    report("weir server, mlflow client", &weir.0, &args);
+    report("weir server, plain HTTP", &weir.1, &args);
     if args.no_mlflow {
         return Ok(ExitCode::SUCCESS);
     }
@@ -81,9 +79,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&dir)?;
     let mlflow = {
         let address = free_port()?;
-        let executable = python.with_file_name("mlflow");
-        let database = format!("sqlite:///{}", dir.join("mlflow.db").display());
-        let server = tokio::process::Command::new(&executable)
+        let mut command = tokio::process::Command::new(python.with_file_name("mlflow"));
+        command
             .args([
                 "server",
                 "--host",
@@ -91,64 +88,56 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 "--port",
                 &address.port().to_string(),
             ])
-            .args(["--backend-store-uri", &database, "--workers", "1"])
-            .arg("--artifacts-destination")
-            .arg(dir.join("artifacts"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", executable.display()))?;
-        let figures = drive(&python, server, address, &args).await;
+            .arg("--backend-store-uri")
+            .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
+            .args(["--workers", "1", "--artifacts-destination"])
+            .arg(dir.join("artifacts"));
+        let figures = both_ways(&python, command, address, &args).await;
         let _ = std::fs::remove_dir_all(&dir);
         figures.context("mlflow server")?
     };
-    report("mlflow server (SQLite)", &mlflow, args.runs, args.searches);
+    report("mlflow server (SQLite), mlflow client", &mlflow.0, &args);
+    report("mlflow server (SQLite), plain HTTP", &mlflow.1, &args);
+    for (how, weir, mlflow) in [
+        ("mlflow client", &weir.0, &mlflow.0),
+        ("plain HTTP", &weir.1, &mlflow.1),
+    ] {
+        println!(
+            "weir / mlflow, {how}: logging {:.1}x, search {:.1}x faster (target >= 10x); search results {}",
+            mlflow.log_seconds / weir.log_seconds,
+            mlflow.search_seconds / weir.search_seconds,
+            if weir.digest == mlflow.digest && weir.matched == mlflow.matched {
+                format!("identical ({} runs matched)", weir.matched)
+            } else {
+                format!(
+                    "DIFFER (weir {} runs, mlflow {})",
+                    weir.matched, mlflow.matched
+                )
+            }
+        );
+    }
     println!(
-        "\nweir / mlflow: logging {:.1}x, search {:.1}x faster (target >= 10x); peak RSS {:.0} MiB vs {:.0} MiB; search results {}",
-        mlflow.log_seconds / weir.log_seconds,
-        mlflow.search_seconds / weir.search_seconds,
-        weir.peak_rss_mib,
-        mlflow.peak_rss_mib,
-        if weir.digest == mlflow.digest && weir.matched == mlflow.matched {
-            format!("identical ({} runs matched)", weir.matched)
-        } else {
-            format!(
-                "DIFFER (weir {} runs, mlflow {})",
-                weir.matched, mlflow.matched
-            )
-        }
+        "peak RSS of the server's processes: weir {:.0} MiB (broker included), mlflow {:.0} MiB",
+        weir.0.peak_rss_mib.max(weir.1.peak_rss_mib),
+        mlflow.0.peak_rss_mib.max(mlflow.1.peak_rss_mib)
     );
     Ok(ExitCode::SUCCESS)
 }
 
-fn report_header() {
-    println!(
-        "\n{:<40} {:>9} {:>8} {:>11} {:>10} {:>10}",
-        "", "log (s)", "runs/s", "search (s)", "ms/search", "peak RSS"
-    );
-}
-
-fn report(name: &str, figures: &Figures, runs: usize, searches: usize) {
-    println!(
-        "{name:<40} {:>9.2} {:>8.1} {:>11.2} {:>10.1} {:>6.0} MiB",
-        figures.log_seconds,
-        runs as f64 / figures.log_seconds,
-        figures.search_seconds,
-        figures.search_seconds * 1000.0 / searches as f64,
-        figures.peak_rss_mib
-    );
-}
-
-/// Waits for `server` to listen, runs the workload against it while
-/// sampling the peak RSS of its process tree, then stops it.
-async fn drive(
+/// Starts a server, runs the workload through the client, then over plain
+/// HTTP, and stops it.
+async fn both_ways(
     python: &Path,
-    mut server: tokio::process::Child,
+    mut command: tokio::process::Command,
     address: SocketAddr,
     args: &Args,
-) -> anyhow::Result<Figures> {
-    let pid = server.id().context("the server has no pid")?;
+) -> anyhow::Result<(Figures, Figures)> {
+    let mut server = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the server")?;
     let deadline = Instant::now() + Duration::from_secs(180);
     while tokio::net::TcpStream::connect(address).await.is_err() {
         if let Some(status) = server.try_wait()? {
@@ -159,12 +148,51 @@ async fn drive(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let pid = server.id().context("the server has no pid")?;
+    let client = workload(python, pid, address, args, "client").await;
+    let http = workload(python, pid, address, args, "http").await;
+    let _ = server.kill().await;
+    Ok((client?, http?))
+}
+
+fn report_header() {
+    println!(
+        "\n{:<40} {:>9} {:>8} {:>11} {:>10} {:>10}",
+        "", "log (s)", "runs/s", "search (s)", "ms/search", "peak RSS"
+    );
+}
+
+fn report(name: &str, figures: &Figures, args: &Args) {
+    let (runs, searches) = (args.runs, args.searches);
+    println!(
+        "{name:<40} {:>9.2} {:>8.1} {:>11.2} {:>10.1} {:>6.0} MiB",
+        figures.log_seconds,
+        runs as f64 / figures.log_seconds,
+        figures.search_seconds,
+        figures.search_seconds * 1000.0 / searches as f64,
+        figures.peak_rss_mib
+    );
+}
+
+/// Runs the workload against the server at `address` (`mode`: `client` or
+/// `http`) while sampling the peak RSS of its process tree.
+async fn workload(
+    python: &Path,
+    pid: u32,
+    address: SocketAddr,
+    args: &Args,
+    mode: &str,
+) -> anyhow::Result<Figures> {
     let mut client = tokio::process::Command::new(python)
         .arg(
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../python/bench/mlflow_tracking.py"),
         )
         .arg(format!("http://{address}"))
-        .args([args.runs.to_string(), args.searches.to_string()])
+        .args([
+            args.runs.to_string(),
+            args.searches.to_string(),
+            mode.to_string(),
+        ])
         .env("MLFLOW_DISABLE_TELEMETRY", "true")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -183,15 +211,14 @@ async fn drive(
             _ = tokio::time::sleep(Duration::from_millis(100)) => {}
         }
     };
-    let _ = server.kill().await;
     if !status.success() {
-        bail!("the mlflow client failed ({status})");
+        bail!("the {mode} workload failed ({status})");
     }
     let output = reading.await??;
     let report: serde_json::Value = String::from_utf8_lossy(&output)
         .lines()
         .find_map(|line| serde_json::from_str(line).ok())
-        .context("the client printed no report")?;
+        .context("the workload printed no report")?;
     Ok(Figures {
         log_seconds: report["log_seconds"].as_f64().unwrap_or(f64::NAN),
         search_seconds: report["search_seconds"].as_f64().unwrap_or(f64::NAN),
