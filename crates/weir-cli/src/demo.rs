@@ -18,6 +18,11 @@
 //! transaction in ten becomes a labelled row, and a point-in-time-correct
 //! training snapshot joins each with the features known at its time.
 //!
+//! Stage 4 (metadata): the snapshot job is recorded as a run on
+//! `weir.meta` — the dataset it made, its params and metrics — and the
+//! lineage from the `transactions` topic through the feature views and the
+//! dataset to the run is printed.
+//!
 //! Each later component adds its stage here. Safe to run twice: the topic
 //! and schema are reused, the consumer group resumes at its committed
 //! offsets, so each run reads (and dead-letters) only its own records, an
@@ -60,13 +65,14 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let result = async {
         bus_stage(&connection.bus, &args, config).await?;
         features_stage(&connection.bus, config).await?;
-        repository_stage(&connection.bus, config).await
+        let snapshot = repository_stage(&connection.bus, config).await?;
+        metadata_stage(&connection.bus, config, snapshot).await
     }
     .await;
     connection.close().await;
     result?;
     println!(
-        "\nNext: `weir tail {TOPIC} -n 3`, `weir tail {} --from-beginning`, `weir features get user_spend u0000`,\n      `weir features serve` (HTTP look-ups), `weir sql \"SELECT * FROM user_spend LIMIT 5\"`",
+        "\nNext: `weir tail {TOPIC} -n 3`, `weir tail {} --from-beginning`, `weir features get user_spend u0000`,\n      `weir features serve` (HTTP look-ups), `weir sql \"SELECT * FROM user_spend LIMIT 5\"`,\n      `weir runs list demo`, `weir lineage dataset:demo-training@1`, `weir server` (for the mlflow client)",
         topics::dlq(TOPIC)
     );
     Ok(ExitCode::SUCCESS)
@@ -301,7 +307,15 @@ async fn features_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn repository_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
+/// What stage 3 made: the snapshot dataset, its rows, how long it took.
+struct Snapshot {
+    dataset: weir_features::datasets::DatasetVersion,
+    rows: u64,
+    started_ms: i64,
+    seconds: f64,
+}
+
+async fn repository_stage(bus: &Bus, config: &Config) -> anyhow::Result<Snapshot> {
     println!(
         "\n[3] feature repository: online look-ups from RocksDB, a point-in-time training snapshot"
     );
@@ -390,6 +404,7 @@ async fn repository_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
         .join("demo-training.parquet");
     std::fs::create_dir_all(out.parent().expect("a directory"))?;
     let started = Instant::now();
+    let started_ms = weir_meta::now_ms();
     let request = crate::snapshot::Request {
         labels: &labels,
         views: &["user_spend".to_string(), "user_sessions".to_string()],
@@ -432,6 +447,73 @@ async fn repository_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
     );
     println!(
         "    {with_spend} rows have a user_spend value (a window that ended by their time); the rest came before any did: nulls, nothing from the future"
+    );
+    Ok(Snapshot {
+        rows: stats.rows as u64,
+        dataset,
+        started_ms,
+        seconds,
+    })
+}
+
+/// Stage 4: the snapshot job recorded as a run on `weir.meta` (what it
+/// read, its params and metrics), and the lineage from topic to run.
+async fn metadata_stage(bus: &Bus, config: &Config, snapshot: Snapshot) -> anyhow::Result<()> {
+    use weir_meta::event::{KeyValue, Metric};
+    println!("\n[4] metadata: the snapshot recorded as a run (experiment `demo`), and its lineage");
+    let store = weir_meta::artifacts::ArtifactStore::open(
+        config
+            .state_dir
+            .join("artifacts")
+            .to_str()
+            .context("the state directory is not UTF-8")?,
+    )?;
+    let tracker = weir_meta::Tracker::open(bus, store).await?;
+    let dataset = format!("{}@{}", snapshot.dataset.name, snapshot.dataset.version);
+    let ended = snapshot.started_ms + (snapshot.seconds * 1000.0) as i64;
+    let param = |key: &str, value: String| KeyValue {
+        key: key.into(),
+        value,
+    };
+    let metric = |key: &str, value: f64| Metric {
+        key: key.into(),
+        value,
+        timestamp: ended,
+        step: 0,
+    };
+    let run_id = tracker
+        .record_run(weir_meta::tracker::RunReport {
+            experiment: "demo".into(),
+            run_name: "demo-snapshot".into(),
+            start_time: snapshot.started_ms,
+            end_time: ended,
+            params: vec![
+                param("views", "user_spend,user_sessions".into()),
+                param("dataset", dataset.clone()),
+            ],
+            metrics: vec![
+                metric("rows", snapshot.rows as f64),
+                metric("seconds", snapshot.seconds),
+                metric("rows_per_second", snapshot.rows as f64 / snapshot.seconds),
+            ],
+            tags: vec![],
+            datasets: vec![(dataset, snapshot.dataset.hash.clone(), "training".into())],
+        })
+        .await?;
+    println!("    run {run_id}: params views, dataset; metrics rows, seconds, rows_per_second");
+    let lineage = tracker.read(|state| {
+        weir_meta::lineage::render(
+            state,
+            &weir_meta::lineage::Node::Run(run_id.clone()),
+            "text",
+        )
+    })?;
+    tracker.close().await;
+    for line in lineage.lines() {
+        println!("    {line}");
+    }
+    println!(
+        "    (`weir server` serves the same to the mlflow client: `mlflow.search_runs(experiment_names=[\"demo\"])`)"
     );
     Ok(())
 }

@@ -73,6 +73,9 @@ enum Command {
     Runs(tracking::RunsArgs),
     /// Registered models on `weir.meta`: list, show, alias.
     Models(tracking::ModelsArgs),
+    /// What a dataset, run or model version was made from, and what was
+    /// made from it: topics, feature views, datasets, runs, models.
+    Lineage(tracking::LineageArgs),
     /// Run the embedded Kafka-API broker and the schema registry API for
     /// other clients.
     Broker(broker::Args),
@@ -122,6 +125,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Experiments(args) => tracking::experiments(&config, args).await,
         Command::Runs(args) => tracking::runs(&config, args).await,
         Command::Models(args) => tracking::models(&config, args).await,
+        Command::Lineage(args) => tracking::lineage(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Demo(args) => demo::run(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,

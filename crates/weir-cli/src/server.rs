@@ -47,11 +47,12 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         weir_core::topics::META,
         connection.description
     );
-    axum::serve(listener, weir_meta::server::router(tracker))
+    axum::serve(listener, weir_meta::server::router(tracker.clone()))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
+    tracker.close().await;
     connection.close().await;
     Ok(ExitCode::SUCCESS)
 }

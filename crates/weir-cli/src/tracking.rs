@@ -85,6 +85,31 @@ async fn state(config: &Config) -> anyhow::Result<State> {
     Ok(state)
 }
 
+#[derive(Parser)]
+pub struct LineageArgs {
+    /// A run id, `model@version`, `model@alias`, `dataset@version` or
+    /// `view@version` (or prefixed: `topic:`, `view:`, `dataset:`, `run:`,
+    /// `model:`).
+    node: String,
+    /// `text`, `json`, `mermaid` or `dot` (Graphviz).
+    #[arg(long, default_value = "text")]
+    format: String,
+}
+
+/// `weir lineage`: up and down the graph from one node.
+pub async fn lineage(config: &Config, args: LineageArgs) -> anyhow::Result<ExitCode> {
+    let state = state(config).await?;
+    let node = weir_meta::lineage::find(&state, &args.node)?;
+    print!(
+        "{}",
+        weir_meta::lineage::render(&state, &node, &args.format)?
+    );
+    if args.format == "json" {
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub async fn experiments(config: &Config, args: ExperimentsArgs) -> anyhow::Result<ExitCode> {
     let ExperimentsCommand::List = args.command;
     let state = state(config).await?;
@@ -242,6 +267,7 @@ pub async fn models(config: &Config, args: ModelsArgs) -> anyhow::Result<ExitCod
                     ))
                 })
                 .await;
+            tracker.close().await;
             connection.close().await;
             if let Err(error) = result {
                 bail!("{name}@{alias}: {error}");

@@ -14,6 +14,8 @@
 //! - [`state`]: the materialised query store, which applies events in log
 //!   order; replaying the topic on another node gives the same state;
 //! - [`search`]: MLflow's filter strings, `order_by` and page tokens;
+//! - [`lineage`]: topics → feature view versions → datasets → runs →
+//!   model versions, from the same log;
 //! - [`artifacts`]: a content-addressed artifact store on any
 //!   `object_store` URL (a local directory by default), whose paths cannot
 //!   escape it;
@@ -24,6 +26,7 @@
 
 pub mod artifacts;
 pub mod event;
+pub mod lineage;
 pub mod search;
 pub mod server;
 pub mod state;

@@ -23,8 +23,8 @@ use crate::search::{
     AttributeType, Field, FieldKind, FieldValue, Filter, OrderBy, Searchable, page,
 };
 use crate::state::{
-    self, DEFAULT_EXPERIMENT, Experiment, Model, RUN_NAME_TAG, Run, State, Version,
-    experiment_json, model_json, run_info_json, run_json, version_json,
+    self, DEFAULT_EXPERIMENT, Experiment, Model, Run, State, Version, experiment_json, model_json,
+    run_info_json, run_json, version_json,
 };
 use crate::{ErrorCode, MetaError, Tracker, now_ms};
 
@@ -261,6 +261,7 @@ pub fn router(tracker: Tracker) -> axum::Router {
                 }))
             }),
         )
+        .route("/api/2.0/weir/lineage", get(lineage))
         .nest("/api/2.0", api.clone())
         .nest("/ajax-api/2.0", api)
         .fallback(|method: Method, uri: axum::http::Uri| async move {
@@ -346,21 +347,7 @@ async fn create_experiment(AxumState(tracker): AxumState<Tracker>, fields: Field
     let name = fields.required("name")?;
     let tags = key_values(&fields.list("tags"), "tags")?;
     let location = fields.text("artifact_location").filter(|s| !s.is_empty());
-    let id = tracker
-        .write(|state| {
-            let experiment_id = state.next_experiment_id();
-            let artifact_location =
-                location.unwrap_or_else(|| format!("mlflow-artifacts:/{experiment_id}"));
-            let event = Event::ExperimentCreated {
-                at: now_ms(),
-                experiment_id: experiment_id.clone(),
-                name,
-                artifact_location,
-                tags,
-            };
-            Ok((event, experiment_id))
-        })
-        .await?;
+    let id = tracker.create_experiment(name, location, tags).await?;
     ok(json!({"experiment_id": id}))
 }
 
@@ -518,75 +505,21 @@ async fn tag_experiment(AxumState(tracker): AxumState<Tracker>, fields: Fields) 
 
 // ----------------------------------------------------------------------- runs
 
-/// A name for a run that was given none, as MLflow makes them
-/// (`adjective-animal-number`), from the run id.
-fn run_name_for(run_id: &uuid::Uuid) -> String {
-    const ADJECTIVES: [&str; 16] = [
-        "bright", "calm", "clever", "bold", "gentle", "quick", "rare", "silent", "sunny", "swift",
-        "wise", "brave", "crisp", "eager", "keen", "merry",
-    ];
-    const ANIMALS: [&str; 16] = [
-        "owl", "fox", "otter", "heron", "lynx", "whale", "finch", "hare", "moth", "seal", "wren",
-        "crane", "bison", "gecko", "koi", "yak",
-    ];
-    let bytes = run_id.as_bytes();
-    format!(
-        "{}-{}-{}",
-        ADJECTIVES[bytes[0] as usize % 16],
-        ANIMALS[bytes[1] as usize % 16],
-        bytes[2] as u32 * 4 % 1000
-    )
-}
-
 async fn create_run(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
     let experiment_id = fields
         .text("experiment_id")
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| DEFAULT_EXPERIMENT.into());
-    let mut tags = key_values(&fields.list("tags"), "tags")?;
-    let uuid = uuid::Uuid::new_v4();
-    let run_id = uuid.simple().to_string();
-    let run_name = fields
-        .text("run_name")
-        .filter(|s| !s.is_empty())
-        .or_else(|| {
-            tags.iter()
-                .find(|t| t.key == RUN_NAME_TAG)
-                .map(|t| t.value.clone())
-        })
-        .unwrap_or_else(|| run_name_for(&uuid));
-    tags.retain(|t| t.key != RUN_NAME_TAG);
-    tags.push(KeyValue {
-        key: RUN_NAME_TAG.into(),
-        value: run_name.clone(),
-    });
-    let user_id = fields
-        .text("user_id")
-        .or_else(|| {
-            tags.iter()
-                .find(|t| t.key == "mlflow.user")
-                .map(|t| t.value.clone())
-        })
-        .unwrap_or_default();
-    let start_time = fields.int("start_time")?.unwrap_or_else(now_ms);
-    let run = tracker
-        .write(|state| {
-            let experiment = state.experiment(&experiment_id)?;
-            let artifact_uri = format!("{}/{run_id}/artifacts", experiment.artifact_location);
-            let event = Event::RunCreated {
-                at: now_ms(),
-                run_id: run_id.clone(),
-                experiment_id,
-                run_name,
-                user_id,
-                start_time,
-                artifact_uri,
-                tags,
-            };
-            Ok((event, ()))
-        })
-        .await
-        .and_then(|()| tracker.read(|state| state.run(&run_id).map(run_json)))?;
+    let tags = key_values(&fields.list("tags"), "tags")?;
+    let start = crate::tracker::RunStart {
+        experiment_id,
+        run_name: fields.text("run_name").filter(|s| !s.is_empty()),
+        user_id: fields.text("user_id"),
+        start_time: fields.int("start_time")?.unwrap_or_else(now_ms),
+        tags,
+    };
+    let run_id = tracker.start_run(start).await?;
+    let run = tracker.read(|state| state.run(&run_id).map(run_json))?;
     ok(json!({"run": run}))
 }
 
@@ -1350,4 +1283,24 @@ async fn list_artifacts(AxumState(tracker): AxumState<Tracker>, fields: Fields) 
         return ok(json!({}));
     }
     ok(json!({"files": files}))
+}
+
+/// `GET /api/2.0/weir/lineage?node=…&format=json|text|mermaid|dot`: what a
+/// dataset, run or model version was made from and what was made from it.
+async fn lineage(
+    AxumState(tracker): AxumState<Tracker>,
+    fields: Fields,
+) -> Result<Response, ApiError> {
+    let format = fields.text("format").unwrap_or_else(|| "json".into());
+    let node = fields.required("node")?;
+    let body = tracker.read(|state| {
+        let node = crate::lineage::find(state, &node)?;
+        crate::lineage::render(state, &node, &format)
+    })?;
+    let content_type = if format == "json" {
+        "application/json"
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }

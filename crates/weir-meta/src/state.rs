@@ -144,6 +144,8 @@ pub struct State {
     experiment_runs: HashMap<String, Vec<String>>,
     models: BTreeMap<String, Model>,
     artifacts: BTreeMap<String, Artifact>,
+    /// Other components' versions (feature views, datasets), for lineage.
+    records: crate::lineage::Records,
     /// Events applied.
     applied: u64,
 }
@@ -157,6 +159,7 @@ impl Default for State {
             experiment_runs: HashMap::new(),
             models: BTreeMap::new(),
             artifacts: BTreeMap::new(),
+            records: crate::lineage::Records::default(),
             applied: 0,
         };
         // MLflow's `Default` experiment exists before anything is logged.
@@ -309,6 +312,17 @@ impl State {
                     "Model Version (name={name}, version={version}) not found"
                 ))
             })
+    }
+
+    /// What other components recorded on the log, for lineage.
+    pub fn records(&self) -> &crate::lineage::Records {
+        &self.records
+    }
+
+    /// Records another component's event (a feature view or dataset
+    /// version); kinds lineage does not use are ignored.
+    pub fn record_foreign(&mut self, payload: &[u8]) {
+        self.records.record(payload);
     }
 
     /// The stored file at `path`.

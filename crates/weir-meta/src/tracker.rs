@@ -16,8 +16,9 @@ use weir_bus::{Bus, OutRecord, Producer};
 
 use crate::MetaError;
 use crate::artifacts::ArtifactStore;
-use crate::event::Event;
-use crate::state::State;
+use crate::event::{Event, KeyValue, Metric};
+use crate::now_ms;
+use crate::state::{RUN_NAME_TAG, State};
 
 /// Experiments, runs, models and artifacts: the state, the log and the
 /// artifact store.
@@ -33,6 +34,17 @@ struct Inner {
     producer: Producer,
     artifacts: ArtifactStore,
     broken: AtomicBool,
+    /// The task following other components' events; stopped with the
+    /// tracker.
+    follower: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(follower) = self.follower.lock().expect("follower lock").take() {
+            follower.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for Tracker {
@@ -57,7 +69,7 @@ pub async fn replay(bus: &Bus) -> Result<State, MetaError> {
                     tracing::warn!(index, %error, "skipping a metadata event that does not apply");
                 }
             }
-            Ok(None) => {}
+            Ok(None) => state.record_foreign(payload),
             Err(error) => tracing::warn!(index, %error, "skipping an unreadable metadata event"),
         }
     }
@@ -66,7 +78,18 @@ pub async fn replay(bus: &Bus) -> Result<State, MetaError> {
 
 impl Tracker {
     /// Rebuilds the state from `weir.meta` and opens the artifact store.
+    /// Feature view and dataset versions that other components record
+    /// later are followed, for lineage.
     pub async fn open(bus: &Bus, artifacts: ArtifactStore) -> Result<Self, MetaError> {
+        let meta = weir_core::topics::META;
+        let failed = |e: weir_bus::BusError| MetaError::internal(format!("reading {meta}: {e}"));
+        bus.admin()
+            .ensure_topic(&weir_bus::TopicSpec::new(meta, 1))
+            .await
+            .map_err(failed)?;
+        // Where the follower starts: no later than where the replay ends
+        // (recording an event twice changes nothing).
+        let (_, end) = bus.admin().watermarks(meta, 0).await.map_err(failed)?;
         let state = replay(bus).await?;
         tracing::info!(
             events = state.applied(),
@@ -78,15 +101,53 @@ impl Tracker {
         config.overrides.push(("linger.ms".into(), "0".into()));
         let producer = Producer::new(&config)
             .map_err(|e| MetaError::internal(format!("creating a producer: {e}")))?;
-        Ok(Self {
+        let tracker = Self {
             inner: Arc::new(Inner {
                 state: RwLock::new(state),
                 turn: tokio::sync::Mutex::new(()),
                 producer,
                 artifacts,
                 broken: AtomicBool::new(false),
+                follower: std::sync::Mutex::new(None),
             }),
-        })
+        };
+        let mut follower = bus
+            .consumer(
+                &[meta],
+                weir_bus::ConsumerOptions {
+                    start: weir_bus::StartFrom::Offsets(vec![(meta.to_string(), 0, end)]),
+                    read_only: true,
+                    ..Default::default()
+                },
+            )
+            .map_err(failed)?;
+        let weak = Arc::downgrade(&tracker.inner);
+        let task = tokio::spawn(async move {
+            while let Ok(Some(record)) = follower.next_raw().await {
+                let Some(inner) = weak.upgrade() else { break };
+                if let Some(payload) = record.payload
+                    && let Ok(None) = Event::decode(&payload)
+                {
+                    inner
+                        .state
+                        .write()
+                        .expect("state lock")
+                        .record_foreign(&payload);
+                }
+            }
+        });
+        *tracker.inner.follower.lock().expect("follower lock") = Some(task);
+        Ok(tracker)
+    }
+
+    /// Stops following the log and waits until the follower's consumer is
+    /// closed: call it before stopping a broker this process runs.
+    pub async fn close(self) {
+        let follower = self.inner.follower.lock().expect("follower lock").take();
+        if let Some(follower) = follower {
+            follower.abort();
+            let _ = follower.await;
+        }
     }
 
     /// Reads the state.
@@ -144,5 +205,199 @@ impl Tracker {
         self.inner.broken.store(true, Ordering::SeqCst);
         tracing::error!(%error, "the metadata log refused a change; no more writes");
         MetaError::internal(format!("appending to {}: {error}", weir_core::topics::META))
+    }
+}
+
+/// A run to start.
+#[derive(Debug, Clone, Default)]
+pub struct RunStart {
+    /// Its experiment's id.
+    pub experiment_id: String,
+    /// Its name; a generated one (`adjective-animal-number`) if none, or
+    /// the `mlflow.runName` tag's.
+    pub run_name: Option<String>,
+    /// Who started it; the `mlflow.user` tag's if none.
+    pub user_id: Option<String>,
+    /// When, ms since the epoch.
+    pub start_time: i64,
+    /// Tags.
+    pub tags: Vec<KeyValue>,
+}
+
+/// A finished job reported as one run: what it read, its params and
+/// metrics (`weir demo`'s snapshot; training jobs).
+#[derive(Debug, Clone, Default)]
+pub struct RunReport {
+    /// The experiment, by name (created if missing).
+    pub experiment: String,
+    /// The run's name.
+    pub run_name: String,
+    /// When it started and ended, ms since the epoch.
+    pub start_time: i64,
+    /// When it ended.
+    pub end_time: i64,
+    /// Params.
+    pub params: Vec<KeyValue>,
+    /// Metrics.
+    pub metrics: Vec<Metric>,
+    /// Tags.
+    pub tags: Vec<KeyValue>,
+    /// The Weir datasets it read, `name@version`, with their content hash
+    /// and what they were read for (`training`, …).
+    pub datasets: Vec<(String, String, String)>,
+}
+
+/// A name for a run that was given none, as MLflow makes them
+/// (`adjective-animal-number`), from the run id.
+fn run_name_for(run_id: &uuid::Uuid) -> String {
+    const ADJECTIVES: [&str; 16] = [
+        "bright", "calm", "clever", "bold", "gentle", "quick", "rare", "silent", "sunny", "swift",
+        "wise", "brave", "crisp", "eager", "keen", "merry",
+    ];
+    const ANIMALS: [&str; 16] = [
+        "owl", "fox", "otter", "heron", "lynx", "whale", "finch", "hare", "moth", "seal", "wren",
+        "crane", "bison", "gecko", "koi", "yak",
+    ];
+    let bytes = run_id.as_bytes();
+    format!(
+        "{}-{}-{}",
+        ADJECTIVES[bytes[0] as usize % 16],
+        ANIMALS[bytes[1] as usize % 16],
+        bytes[2] as u32 * 4 % 1000
+    )
+}
+
+impl Tracker {
+    /// Creates an experiment; its artifacts go under `location` (default
+    /// `mlflow-artifacts:/<id>`). Returns its id.
+    pub async fn create_experiment(
+        &self,
+        name: String,
+        location: Option<String>,
+        tags: Vec<KeyValue>,
+    ) -> Result<String, MetaError> {
+        self.write(|state| {
+            let experiment_id = state.next_experiment_id();
+            let artifact_location =
+                location.unwrap_or_else(|| format!("mlflow-artifacts:/{experiment_id}"));
+            let event = Event::ExperimentCreated {
+                at: now_ms(),
+                experiment_id: experiment_id.clone(),
+                name,
+                artifact_location,
+                tags,
+            };
+            Ok((event, experiment_id))
+        })
+        .await
+    }
+
+    /// Starts a run, as MLflow does (the `mlflow.runName` tag holds its
+    /// name; its artifacts go under its experiment's). Returns its id.
+    pub async fn start_run(&self, start: RunStart) -> Result<String, MetaError> {
+        let RunStart {
+            experiment_id,
+            run_name,
+            user_id,
+            start_time,
+            mut tags,
+        } = start;
+        let uuid = uuid::Uuid::new_v4();
+        let run_id = uuid.simple().to_string();
+        let tag = |tags: &[KeyValue], key: &str| {
+            tags.iter().find(|t| t.key == key).map(|t| t.value.clone())
+        };
+        let run_name = run_name
+            .or_else(|| tag(&tags, RUN_NAME_TAG))
+            .unwrap_or_else(|| run_name_for(&uuid));
+        tags.retain(|t| t.key != RUN_NAME_TAG);
+        tags.push(KeyValue {
+            key: RUN_NAME_TAG.into(),
+            value: run_name.clone(),
+        });
+        let user_id = user_id
+            .or_else(|| tag(&tags, "mlflow.user"))
+            .unwrap_or_default();
+        self.write(|state| {
+            let experiment = state.experiment(&experiment_id)?;
+            let artifact_uri = format!("{}/{run_id}/artifacts", experiment.artifact_location);
+            let event = Event::RunCreated {
+                at: now_ms(),
+                run_id: run_id.clone(),
+                experiment_id,
+                run_name,
+                user_id,
+                start_time,
+                artifact_uri,
+                tags,
+            };
+            Ok((event, ()))
+        })
+        .await?;
+        Ok(run_id)
+    }
+
+    /// Records a finished job as one run: experiment (created if
+    /// missing), run, its inputs, params, metrics and tags, `FINISHED`.
+    /// Returns the run's id.
+    pub async fn record_run(&self, report: RunReport) -> Result<String, MetaError> {
+        let existing = self.read(|state| {
+            state
+                .experiment_by_name(&report.experiment)
+                .map(|e| e.experiment_id.clone())
+                .ok()
+        });
+        let experiment_id = match existing {
+            Some(id) => id,
+            None => {
+                self.create_experiment(report.experiment.clone(), None, vec![])
+                    .await?
+            }
+        };
+        let run_id = self
+            .start_run(RunStart {
+                experiment_id,
+                run_name: Some(report.run_name),
+                user_id: None,
+                start_time: report.start_time,
+                tags: vec![],
+            })
+            .await?;
+        // MLflow's `DatasetInput` shape, so its clients read them too.
+        let datasets: Vec<serde_json::Value> = report
+            .datasets
+            .iter()
+            .map(|(name, digest, context)| {
+                serde_json::json!({
+                    "dataset": {"name": name, "digest": digest, "source_type": "weir", "source": name},
+                    "tags": [{"key": "mlflow.data.context", "value": context}],
+                })
+            })
+            .collect();
+        let events = [
+            Event::RunInputs {
+                at: now_ms(),
+                run_id: run_id.clone(),
+                datasets,
+            },
+            Event::RunLogged {
+                at: now_ms(),
+                run_id: run_id.clone(),
+                metrics: report.metrics,
+                params: report.params,
+                tags: report.tags,
+            },
+            Event::RunUpdated {
+                at: now_ms(),
+                run_id: run_id.clone(),
+                status: Some("FINISHED".into()),
+                end_time: Some(report.end_time),
+                run_name: None,
+            },
+        ];
+        for event in events {
+            self.write(|_| Ok((event, ()))).await?;
+        }
+        Ok(run_id)
     }
 }
