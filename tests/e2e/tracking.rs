@@ -64,6 +64,26 @@ fn the_mlflow_client_works_unchanged_and_a_replayed_server_answers_the_same() {
             .all(|s| runs.contains(s)),
         "{runs}"
     );
+    let ids: Vec<&str> = runs
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(ids.len(), 3, "{runs}");
+    let page = tempfile::NamedTempFile::with_suffix(".html").unwrap();
+    let mut compare = vec!["runs", "compare"];
+    compare.extend(&ids);
+    compare.extend(["--plot", page.path().to_str().unwrap()]);
+    let table = stdout(&compare);
+    assert!(
+        table.contains("params.lr") && table.contains("metrics.auc"),
+        "{table}"
+    );
+    let html = std::fs::read_to_string(page.path()).unwrap();
+    // A chart per metric (acc, auc, loss), a line per run in each.
+    assert_eq!(html.matches("<svg").count(), 3, "{html}");
+    assert_eq!(html.matches("<polyline").count(), 9, "{html}");
+    assert!(html.contains("trial-2"));
     let experiments = stdout(&["experiments", "list"]);
     assert!(
         experiments.contains("churn") && experiments.contains("Default"),

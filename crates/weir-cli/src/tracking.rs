@@ -48,6 +48,10 @@ enum RunsCommand {
         /// Run ids.
         #[arg(required = true, num_args = 2..)]
         runs: Vec<String>,
+        /// Also write an HTML page here: the table, and each metric's
+        /// history as a chart, one line per run.
+        #[arg(long, value_name = "FILE.html")]
+        plot: Option<std::path::PathBuf>,
     },
 }
 
@@ -166,7 +170,7 @@ pub async fn runs(config: &Config, args: RunsArgs) -> anyhow::Result<ExitCode> {
                 serde_json::to_string_pretty(&weir_meta::state::run_json(run))?
             );
         }
-        RunsCommand::Compare { runs } => {
+        RunsCommand::Compare { runs, plot } => {
             let runs: Vec<&Run> = runs
                 .iter()
                 .map(|id| state.run(id))
@@ -192,9 +196,137 @@ pub async fn runs(config: &Config, args: RunsArgs) -> anyhow::Result<ExitCode> {
                 }
                 println!();
             }
+            if let Some(path) = plot {
+                std::fs::write(&path, plot_html(&runs))
+                    .with_context(|| path.display().to_string())?;
+                eprintln!("wrote {}", path.display());
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A self-contained page (no scripts): params and latest metrics side by
+/// side, then one SVG chart per metric — its values by step, a line per run.
+fn plot_html(runs: &[&Run]) -> String {
+    const COLORS: [&str; 8] = [
+        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+    ];
+    let escape = |text: &str| {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let mut html = String::from(
+        "<!doctype html><meta charset=\"utf-8\"><title>weir runs compare</title>\n<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:right}</style>\n<table><tr><th></th>",
+    );
+    for run in runs {
+        html.push_str(&format!("<th>{}</th>", escape(&run.run_name)));
+    }
+    html.push_str("</tr>\n");
+    let params: BTreeSet<&String> = runs.iter().flat_map(|r| r.params.keys()).collect();
+    let metrics: BTreeSet<&String> = runs.iter().flat_map(|r| r.history.keys()).collect();
+    for key in &params {
+        html.push_str(&format!("<tr><th>params.{}</th>", escape(key)));
+        for run in runs {
+            html.push_str(&format!(
+                "<td>{}</td>",
+                escape(run.params.get(*key).map_or("-", String::as_str))
+            ));
+        }
+        html.push_str("</tr>\n");
+    }
+    for key in &metrics {
+        html.push_str(&format!("<tr><th>metrics.{}</th>", escape(key)));
+        for run in runs {
+            html.push_str(&format!("<td>{}</td>", metric_text(run, key)));
+        }
+        html.push_str("</tr>\n");
+    }
+    html.push_str("</table>\n");
+    let (width, height, margin) = (640.0, 260.0, 50.0);
+    for key in metrics {
+        let series: Vec<Vec<(f64, f64)>> = runs
+            .iter()
+            .map(|run| {
+                run.history
+                    .get(key)
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| m.value.is_finite())
+                    .map(|m| (m.step as f64, m.value))
+                    .collect()
+            })
+            .collect();
+        let points = series.iter().flatten();
+        let bounds = |pick: fn(&(f64, f64)) -> f64| {
+            points
+                .clone()
+                .map(pick)
+                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
+                    (lo.min(v), hi.max(v))
+                })
+        };
+        let ((x0, x1), (y0, y1)) = (bounds(|p| p.0), bounds(|p| p.1));
+        if !x0.is_finite() {
+            continue;
+        }
+        let scale = |v: f64, lo: f64, hi: f64, size: f64| {
+            if hi > lo {
+                (v - lo) / (hi - lo) * size
+            } else {
+                size / 2.0
+            }
+        };
+        html.push_str(&format!(
+            "<h3>{}</h3>\n<svg width=\"{width}\" height=\"{height}\" xmlns=\"http://www.w3.org/2000/svg\">\n",
+            escape(key)
+        ));
+        html.push_str(&format!(
+            "<rect x=\"{margin}\" y=\"10\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\n",
+            width - margin - 10.0,
+            height - margin - 10.0
+        ));
+        html.push_str(&format!(
+            "<text x=\"{margin}\" y=\"{}\" font-size=\"11\">step {x0}</text><text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">step {x1}</text>\n",
+            height - margin + 15.0,
+            width - 10.0,
+            height - margin + 15.0
+        ));
+        html.push_str(&format!(
+            "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{y0:.4}</text><text x=\"{}\" y=\"20\" font-size=\"11\" text-anchor=\"end\">{y1:.4}</text>\n",
+            margin - 4.0,
+            height - margin,
+            margin - 4.0
+        ));
+        for (i, (run, line)) in runs.iter().zip(&series).enumerate() {
+            let color = COLORS[i % COLORS.len()];
+            let coordinates: Vec<String> = line
+                .iter()
+                .map(|(x, y)| {
+                    format!(
+                        "{:.1},{:.1}",
+                        margin + scale(*x, x0, x1, width - margin - 10.0),
+                        height - margin - scale(*y, y0, y1, height - margin - 10.0)
+                    )
+                })
+                .collect();
+            html.push_str(&format!(
+                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"><title>{}</title></polyline>\n",
+                coordinates.join(" "),
+                escape(&run.run_name)
+            ));
+            html.push_str(&format!(
+                "<text x=\"{}\" y=\"{}\" font-size=\"12\" fill=\"{color}\">{}</text>\n",
+                margin + 10.0 + 140.0 * i as f64,
+                height - 12.0,
+                escape(&run.run_name)
+            ));
+        }
+        html.push_str("</svg>\n");
+    }
+    html
 }
 
 pub async fn models(config: &Config, args: ModelsArgs) -> anyhow::Result<ExitCode> {
