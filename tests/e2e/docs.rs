@@ -149,6 +149,11 @@ fn features_page() {
         out("features get spend_per_minute u9").trim(),
         r#"{"event_time":null,"status":"NOT_FOUND","values":{"largest":null,"n":null,"total":null}}"#
     );
+    let archived = out("archive transactions");
+    assert!(
+        archived.starts_with("transactions: ") && archived.contains(" files"),
+        "{archived}"
+    );
     let snapshot = out("snapshot");
     let rows: Vec<Vec<&str>> = snapshot
         .lines()

@@ -1,5 +1,6 @@
 //! End-to-end: the `weir` binary and official clients against a real broker.
 
+mod archive;
 mod cli;
 mod dataflow;
 mod docs;

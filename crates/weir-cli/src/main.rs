@@ -5,6 +5,7 @@
 //! broker: the one `weir broker` is running, or one it starts in-process
 //! with its data under the state directory (`.weir/`).
 
+mod archive;
 mod bench;
 mod broker;
 mod connect;
@@ -61,6 +62,8 @@ enum Command {
     /// Versioned datasets (tables, files, snapshots): register, list,
     /// search (with the feature views), describe.
     Datasets(datasets::Args),
+    /// Archive a topic to Parquet, by date and hour, exactly once.
+    Archive(archive::Args),
     /// A point-in-time-correct training set: a label table joined with
     /// feature views as each row's time saw them.
     Snapshot(snapshot::Args),
@@ -120,6 +123,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Features(args) => features::run(&config, args).await,
         Command::Sql(args) => sql::run(&config, args).await,
         Command::Datasets(args) => datasets::run(&config, args).await,
+        Command::Archive(args) => archive::run(&config, args).await,
         Command::Snapshot(args) => snapshot::run(&config, args).await,
         Command::Server(args) => server::run(&config, args).await,
         Command::Experiments(args) => tracking::experiments(&config, args).await,

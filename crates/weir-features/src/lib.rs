@@ -8,9 +8,12 @@
 //!   `/get-online-features`;
 //! - [`snapshot`]: point-in-time-correct training snapshots: a label table
 //!   joined with each feature as it was known at each row's time;
+//! - [`archive`]: topics archived to Parquet by date and hour, exactly
+//!   once (files named by offset range);
 //! - [`datasets`]: named, versioned datasets — tables, unstructured files,
 //!   snapshots — with their lineage, as events on `weir.meta`.
 
+pub mod archive;
 pub mod datasets;
 pub mod http;
 pub mod materialize;
@@ -50,4 +53,7 @@ pub enum FeaturesError {
     /// Taking a snapshot failed.
     #[error("snapshot: {0}")]
     Snapshot(String),
+    /// Archiving a topic failed.
+    #[error("archive: {0}")]
+    Archive(String),
 }
