@@ -20,6 +20,7 @@ use weir_core::Config;
 use crate::connect::bus_config;
 
 mod hop;
+mod online;
 mod snapshot;
 mod tracking;
 
@@ -46,6 +47,9 @@ enum What {
     /// `log_batch`, then filtered, ordered searches) through the official
     /// client, against `weir server` and `mlflow server` (SQLite).
     Tracking(tracking::Args),
+    /// Online feature look-ups over HTTP (1 and 50 entities a request,
+    /// under concurrency): Weir's online store vs `feast serve`.
+    Online(online::Args),
 }
 
 #[derive(clap::Args)]
@@ -67,6 +71,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         What::Hop(args) => hop::run(config, args).await,
         What::Snapshot(args) => snapshot::run(args).await,
         What::Tracking(args) => tracking::run(args).await,
+        What::Online(args) => online::run(args).await,
     }
 }
 
