@@ -2,23 +2,31 @@
 //! RocksDB, for low-latency look-ups by serving.
 //!
 //! It consumes the views' topics (`weir.features.<view>.v<N>`): each
-//! record is a window's result, and the store keeps, per entity, the row
-//! with the latest `window_end`; between records of the same window (a
-//! view writes a window again after a restart, or on every update), the
-//! one at the later offset. A window's records share a key, so they are
-//! in one partition and their offsets compare. The rows and the offsets
-//! they were read up to are written in one RocksDB write batch, so a
-//! restart goes on exactly where it was, and reading any part of the
-//! topic again changes nothing.
+//! record is a window's result. The store keeps an entity's windows by
+//! their `window_end`; between records of the same window (a view writes a
+//! window again after a restart, or on every update), the one at the later
+//! offset. A window's records share a key, so they are in one partition
+//! and their offsets compare. The rows and the offsets they were read up
+//! to are written in one RocksDB write batch, so a restart goes on exactly
+//! where it was, and reading any part of the topic again changes nothing.
+//!
+//! A look-up as of `now` answers with the entity's latest window that has
+//! **ended** by `now` — what a training snapshot takes for a row at `now`
+//! (the latest feature row with event time ≤ its time), so serving and
+//! training see the same values. A view that emits updates writes windows
+//! that end in the future (a 1 h window every 5 min has 12 open at once,
+//! the furthest holding only the last 5 minutes): they wait in the store
+//! until they end. Windows more than a day older than an entity's newest
+//! one are dropped.
 //!
 //! | key | value |
 //! |---|---|
-//! | `r` view `\0` entity | event time, offset (8 bytes each), then the row as JSON |
+//! | `r` view `\0` entity `\0` window end (8 bytes, ordered) | offset (8 bytes), then the row as JSON |
 //! | `o` topic `\0` partition | the next offset to read |
 //!
-//! A look-up of an entity with no row gives `null` and `NOT_FOUND`; one
-//! whose row is older than the view's TTL gives `null` and
-//! `OUTSIDE_MAX_AGE` — never an error.
+//! A look-up of an entity with no window ended by `now` gives `null` and
+//! `NOT_FOUND`; one whose window is older than the view's TTL gives `null`
+//! and `OUTSIDE_MAX_AGE` — never an error.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -137,16 +145,32 @@ pub fn rfc3339(ms: Option<i64>) -> String {
         .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
-/// The (event time, offset) a stored row starts with.
-fn stored_version(bytes: &[u8]) -> Result<(i64, i64), FeaturesError> {
-    let number = |range: std::ops::Range<usize>| {
-        bytes
-            .get(range)
-            .and_then(|b| b.try_into().ok())
-            .map(i64::from_be_bytes)
-            .ok_or_else(|| state("a corrupt row"))
-    };
-    Ok((number(0..8)?, number(8..16)?))
+/// How long an entity's windows are kept behind its newest one.
+const KEEP_BEHIND_MS: i64 = 86_400_000;
+
+/// The key of an entity's window ending at `end`: the entity's row key,
+/// `\0`, and `end` with its sign bit flipped, so keys sort by time.
+fn window_key(prefix: &[u8], end: i64) -> Vec<u8> {
+    let mut key = Vec::with_capacity(prefix.len() + 9);
+    key.extend_from_slice(prefix);
+    key.push(0);
+    key.extend_from_slice(&((end as u64) ^ (1 << 63)).to_be_bytes());
+    key
+}
+
+/// The window end a window key ends with.
+fn window_end(key: &[u8]) -> Option<i64> {
+    let tail: [u8; 8] = key.get(key.len().checked_sub(8)?..)?.try_into().ok()?;
+    Some((u64::from_be_bytes(tail) ^ (1 << 63)) as i64)
+}
+
+/// The offset a stored window starts with.
+fn stored_offset(bytes: &[u8]) -> Result<i64, FeaturesError> {
+    bytes
+        .get(0..8)
+        .and_then(|b| b.try_into().ok())
+        .map(i64::from_be_bytes)
+        .ok_or_else(|| state("a corrupt row"))
 }
 
 impl OnlineStore {
@@ -175,8 +199,10 @@ impl OnlineStore {
         view: &OnlineView,
         records: &[(i32, i64, Json)],
     ) -> Result<usize, FeaturesError> {
-        // Per entity, the latest (window end, offset) of these records.
-        let mut latest: HashMap<Vec<u8>, ((i64, i64), &Json)> = HashMap::new();
+        // Per (entity, window), the record at the latest offset; per
+        // entity, its newest window end.
+        let mut latest: HashMap<Vec<u8>, (i64, &Json)> = HashMap::new();
+        let mut newest: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut next: HashMap<i32, i64> = HashMap::new();
         for (partition, offset, row) in records {
             let next = next.entry(*partition).or_default();
@@ -186,16 +212,18 @@ impl OnlineStore {
                 .iter()
                 .map(|k| row.get(k).filter(|v| !v.is_null()).map(key_text))
                 .collect();
-            let (Some(entity), Some(time)) = (entity, row.get("window_end").and_then(event_millis))
+            let (Some(entity), Some(end)) = (entity, row.get("window_end").and_then(event_millis))
             else {
                 continue; // not a row of this view
             };
-            let version = (time, *offset);
+            let prefix = row_key(&view.name, &entity);
+            let newest = newest.entry(prefix.clone()).or_insert(end);
+            *newest = (*newest).max(end);
             let entry = latest
-                .entry(row_key(&view.name, &entity))
-                .or_insert((version, row));
-            if version > entry.0 {
-                *entry = (version, row);
+                .entry(window_key(&prefix, end))
+                .or_insert((*offset, row));
+            if *offset > entry.0 {
+                *entry = (*offset, row);
             }
         }
         let keys: Vec<&Vec<u8>> = latest.keys().collect();
@@ -203,19 +231,25 @@ impl OnlineStore {
         let mut batch = WriteBatch::default();
         let mut kept = 0;
         for (key, stored) in keys.iter().zip(stored) {
-            let (version, row) = latest[*key];
+            let (offset, row) = latest[*key];
             let newer = match stored.map_err(state)? {
-                Some(bytes) => stored_version(&bytes)? < version,
+                Some(bytes) => stored_offset(&bytes)? < offset,
                 None => true,
             };
             if newer {
                 let mut value = Vec::with_capacity(64);
-                value.extend(version.0.to_be_bytes());
-                value.extend(version.1.to_be_bytes());
+                value.extend(offset.to_be_bytes());
                 value.extend(serde_json::to_vec(row).expect("JSON serializes"));
                 batch.put(key, value);
                 kept += 1;
             }
+        }
+        for (prefix, end) in newest {
+            // No look-up can want these: a newer window ended before them.
+            batch.delete_range(
+                window_key(&prefix, i64::MIN),
+                window_key(&prefix, end - KEEP_BEHIND_MS),
+            );
         }
         for (partition, offset) in next {
             // Offsets only move forward (a replay of old records leaves them).
@@ -248,19 +282,33 @@ impl OnlineStore {
                 });
             }
         }
-        let keys: Vec<Vec<u8>> = entities.iter().map(|e| row_key(&view.name, e)).collect();
         let mut out = Vec::with_capacity(entities.len());
-        for stored in self.db.multi_get(&keys) {
+        // One iterator for every entity: the latest window ending by `now`
+        // is the last key at or before (entity, now).
+        let mut windows = self.db.raw_iterator();
+        for entity in entities {
             let missing = |status| Found {
                 values: vec![Json::Null; features.len()],
                 event_time: None,
                 status,
             };
-            let Some(bytes) = stored.map_err(state)? else {
+            let prefix = row_key(&view.name, entity);
+            windows.seek_for_prev(window_key(&prefix, now));
+            let found = match (windows.key(), windows.value()) {
+                (Some(key), Some(value))
+                    if key.len() == prefix.len() + 9
+                        && key.starts_with(&prefix)
+                        && key[prefix.len()] == 0 =>
+                {
+                    window_end(key).map(|end| (end, value))
+                }
+                _ => None,
+            };
+            windows.status().map_err(state)?;
+            let Some((time, value)) = found else {
                 out.push(missing(Status::NotFound));
                 continue;
             };
-            let (time, _) = stored_version(&bytes)?;
             if view
                 .ttl
                 .is_some_and(|ttl| now - time > ttl.as_millis() as i64)
@@ -270,7 +318,7 @@ impl OnlineStore {
                 out.push(found);
                 continue;
             }
-            let row: Json = serde_json::from_slice(&bytes[16..]).map_err(state)?;
+            let row: Json = serde_json::from_slice(&value[8..]).map_err(state)?;
             out.push(Found {
                 values: features
                     .iter()

@@ -83,7 +83,7 @@ async fn the_store_keeps_the_latest_window_and_a_replay_changes_nothing() {
         assert_eq!(materializer.catch_up().unwrap(), rows.len());
         // Read again from the stored offsets: nothing new.
         assert_eq!(materializer.catch_up().unwrap(), 0);
-        let found = store.get(&v, &entities, &features, 0).unwrap();
+        let found = store.get(&v, &entities, &features, AFTER).unwrap();
         assert_eq!(found[0].values, vec![json!(0.5), json!(10)]);
         assert_eq!(found[0].status, Status::Present);
         assert_eq!(found[0].event_time, Some(1_704_189_600_000));
@@ -96,7 +96,7 @@ async fn the_store_keeps_the_latest_window_and_a_replay_changes_nothing() {
         for part in [&records[..], &records[..2], &records[3..4]] {
             store.ingest(&v, part).unwrap();
             assert_eq!(
-                store.get(&v, &entities, &features, 0).unwrap(),
+                store.get(&v, &entities, &features, AFTER).unwrap(),
                 seen[seen.len() - 1]
             );
         }
@@ -106,6 +106,72 @@ async fn the_store_keeps_the_latest_window_and_a_replay_changes_nothing() {
     // the result may not).
     assert_eq!(seen[0], seen[1]);
     broker.stop().await;
+}
+
+/// 2024-01-03T00:00:00Z: after every window of these tests has ended.
+const AFTER: i64 = 1_704_240_000_000;
+
+/// A view that emits updates writes windows that end later than now (a
+/// 1 h window every 5 min: twelve open at once). A look-up as of a time
+/// answers with the latest window ended by then — what a training snapshot
+/// takes for that time — never one still open.
+#[test]
+fn windows_that_have_not_ended_wait_until_they_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = OnlineStore::open(dir.path()).unwrap();
+    let v = view(None);
+    let at = |text: &str| weir_features::online::event_millis(&json!(text)).unwrap();
+    // Windows ending 10:00, 10:05 (updated later at a higher offset), 10:10.
+    store
+        .ingest(
+            &v,
+            &[
+                (0, 0, row(1001, "2024-01-02T10:00:00", 0.1, 10)),
+                (0, 1, row(1001, "2024-01-02T10:05:00", 0.2, 20)),
+                (0, 2, row(1001, "2024-01-02T10:10:00", 0.3, 30)),
+                (0, 3, row(1001, "2024-01-02T10:05:00", 0.25, 25)),
+            ],
+        )
+        .unwrap();
+    let features = vec!["avg_daily_trips".to_string()];
+    let entity = vec![vec!["1001".to_string()]];
+    let look = |now: &str| {
+        let found = store
+            .get(&v, &entity, &features, at(now))
+            .unwrap()
+            .remove(0);
+        (found.status, found.values[0].clone(), found.event_time)
+    };
+    assert_eq!(
+        look("2024-01-02T09:59:59").0,
+        Status::NotFound,
+        "nothing has ended yet"
+    );
+    assert_eq!(
+        look("2024-01-02T10:00:00"),
+        (Status::Present, json!(10), Some(at("2024-01-02T10:00:00")))
+    );
+    assert_eq!(
+        look("2024-01-02T10:07:00").1,
+        json!(25),
+        "the ended 10:05 window, its latest update"
+    );
+    assert_eq!(look("2024-01-02T11:00:00").1, json!(30));
+    // A replay of old records changes nothing; windows a day behind the
+    // newest are dropped.
+    store
+        .ingest(&v, &[(0, 1, row(1001, "2024-01-02T10:05:00", 0.2, 20))])
+        .unwrap();
+    assert_eq!(look("2024-01-02T10:07:00").1, json!(25));
+    store
+        .ingest(&v, &[(0, 4, row(1001, "2024-01-03T12:00:00", 0.9, 90))])
+        .unwrap();
+    assert_eq!(
+        look("2024-01-02T10:07:00").0,
+        Status::NotFound,
+        "dropped: a day behind"
+    );
+    assert_eq!(look("2024-01-03T12:00:00").1, json!(90));
 }
 
 #[test]
