@@ -234,6 +234,12 @@ fn ok(body: Json) -> Answer {
     Ok(axum::Json(body))
 }
 
+/// Makes the change `event` describes and answers MLflow's empty success.
+async fn done(tracker: &Tracker, event: Event) -> Answer {
+    tracker.append(event).await?;
+    ok(json!({}))
+}
+
 /// Every route; `tracker` behind them.
 pub fn router(tracker: Tracker) -> axum::Router {
     let mut api = axum::Router::new();
@@ -441,19 +447,15 @@ fn search_experiments(state: &State, fields: Fields) -> Answer {
 
 async fn experiment_lifecycle(tracker: Tracker, fields: Fields, deleted: bool) -> Answer {
     let experiment_id = fields.required("experiment_id")?;
-    tracker
-        .write(|_| {
-            Ok((
-                Event::ExperimentLifecycle {
-                    at: now_ms(),
-                    experiment_id,
-                    deleted,
-                },
-                (),
-            ))
-        })
-        .await?;
-    ok(json!({}))
+    done(
+        &tracker,
+        Event::ExperimentLifecycle {
+            at: now_ms(),
+            experiment_id,
+            deleted,
+        },
+    )
+    .await
 }
 
 async fn delete_experiment(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
@@ -467,19 +469,15 @@ async fn restore_experiment(AxumState(tracker): AxumState<Tracker>, fields: Fiel
 async fn rename_experiment(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
     let experiment_id = fields.required("experiment_id")?;
     let name = fields.required("new_name")?;
-    tracker
-        .write(|_| {
-            Ok((
-                Event::ExperimentRenamed {
-                    at: now_ms(),
-                    experiment_id,
-                    name,
-                },
-                (),
-            ))
-        })
-        .await?;
-    ok(json!({}))
+    done(
+        &tracker,
+        Event::ExperimentRenamed {
+            at: now_ms(),
+            experiment_id,
+            name,
+        },
+    )
+    .await
 }
 
 async fn tag_experiment(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
@@ -488,19 +486,15 @@ async fn tag_experiment(AxumState(tracker): AxumState<Tracker>, fields: Fields) 
         key: fields.required("key")?,
         value: fields.text("value").unwrap_or_default(),
     };
-    tracker
-        .write(|_| {
-            Ok((
-                Event::ExperimentTagged {
-                    at: now_ms(),
-                    experiment_id,
-                    tag,
-                },
-                (),
-            ))
-        })
-        .await?;
-    ok(json!({}))
+    done(
+        &tracker,
+        Event::ExperimentTagged {
+            at: now_ms(),
+            experiment_id,
+            tag,
+        },
+    )
+    .await
 }
 
 // ----------------------------------------------------------------------- runs
@@ -537,15 +531,12 @@ async fn update_run(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> A
     let end_time = fields.int("end_time")?;
     let run_name = fields.text("run_name").filter(|s| !s.is_empty());
     let info = tracker
-        .write(|_| {
-            let event = Event::RunUpdated {
-                at: now_ms(),
-                run_id: run_id.clone(),
-                status,
-                end_time,
-                run_name,
-            };
-            Ok((event, ()))
+        .append(Event::RunUpdated {
+            at: now_ms(),
+            run_id: run_id.clone(),
+            status,
+            end_time,
+            run_name,
         })
         .await
         .and_then(|()| tracker.read(|state| state.run(&run_id).map(run_info_json)))?;
@@ -558,19 +549,15 @@ fn get_run(state: &State, fields: Fields) -> Answer {
 
 async fn run_lifecycle(tracker: Tracker, fields: Fields, deleted: bool) -> Answer {
     let run_id = run_id_of(&fields)?;
-    tracker
-        .write(|_| {
-            Ok((
-                Event::RunLifecycle {
-                    at: now_ms(),
-                    run_id,
-                    deleted,
-                },
-                (),
-            ))
-        })
-        .await?;
-    ok(json!({}))
+    done(
+        &tracker,
+        Event::RunLifecycle {
+            at: now_ms(),
+            run_id,
+            deleted,
+        },
+    )
+    .await
 }
 
 async fn delete_run(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
@@ -588,19 +575,17 @@ async fn log(
     params: Vec<KeyValue>,
     tags: Vec<KeyValue>,
 ) -> Answer {
-    tracker
-        .write(|_| {
-            let event = Event::RunLogged {
-                at: now_ms(),
-                run_id,
-                metrics,
-                params,
-                tags,
-            };
-            Ok((event, ()))
-        })
-        .await?;
-    ok(json!({}))
+    done(
+        tracker,
+        Event::RunLogged {
+            at: now_ms(),
+            run_id,
+            metrics,
+            params,
+            tags,
+        },
+    )
+    .await
 }
 
 async fn log_metric(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
@@ -629,19 +614,15 @@ async fn set_tag(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answ
 async fn delete_tag(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
     let run_id = run_id_of(&fields)?;
     let key = fields.required("key")?;
-    tracker
-        .write(|_| {
-            Ok((
-                Event::RunTagDeleted {
-                    at: now_ms(),
-                    run_id,
-                    key,
-                },
-                (),
-            ))
-        })
-        .await?;
-    ok(json!({}))
+    done(
+        &tracker,
+        Event::RunTagDeleted {
+            at: now_ms(),
+            run_id,
+            key,
+        },
+    )
+    .await
 }
 
 async fn log_batch(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
@@ -682,19 +663,15 @@ async fn log_batch(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> An
 async fn log_inputs(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
     let run_id = run_id_of(&fields)?;
     let datasets = fields.list("datasets");
-    tracker
-        .write(|_| {
-            Ok((
-                Event::RunInputs {
-                    at: now_ms(),
-                    run_id,
-                    datasets,
-                },
-                (),
-            ))
-        })
-        .await?;
-    ok(json!({}))
+    done(
+        &tracker,
+        Event::RunInputs {
+            at: now_ms(),
+            run_id,
+            datasets,
+        },
+    )
+    .await
 }
 
 impl Searchable for Run {
@@ -798,14 +775,11 @@ async fn create_model(AxumState(tracker): AxumState<Tracker>, fields: Fields) ->
     let tags = key_values(&fields.list("tags"), "tags")?;
     let description = fields.text("description").unwrap_or_default();
     let model = tracker
-        .write(|_| {
-            let event = Event::ModelCreated {
-                at: now_ms(),
-                name: name.clone(),
-                description,
-                tags,
-            };
-            Ok((event, ()))
+        .append(Event::ModelCreated {
+            at: now_ms(),
+            name: name.clone(),
+            description,
+            tags,
         })
         .await
         .and_then(|()| tracker.read(|state| state.model(&name).map(model_json)))?;
@@ -867,13 +841,10 @@ async fn rename_model(AxumState(tracker): AxumState<Tracker>, fields: Fields) ->
     let name = fields.required("name")?;
     let new_name = fields.required("new_name")?;
     let model = tracker
-        .write(|_| {
-            let event = Event::ModelRenamed {
-                at: now_ms(),
-                name,
-                new_name: new_name.clone(),
-            };
-            Ok((event, ()))
+        .append(Event::ModelRenamed {
+            at: now_ms(),
+            name,
+            new_name: new_name.clone(),
         })
         .await
         .and_then(|()| tracker.read(|state| state.model(&new_name).map(model_json)))?;
@@ -884,13 +855,10 @@ async fn update_model(AxumState(tracker): AxumState<Tracker>, fields: Fields) ->
     let name = fields.required("name")?;
     let description = fields.text("description").unwrap_or_default();
     let model = tracker
-        .write(|_| {
-            let event = Event::ModelDescribed {
-                at: now_ms(),
-                name: name.clone(),
-                description,
-            };
-            Ok((event, ()))
+        .append(Event::ModelDescribed {
+            at: now_ms(),
+            name: name.clone(),
+            description,
         })
         .await
         .and_then(|()| tracker.read(|state| state.model(&name).map(model_json)))?;
@@ -899,10 +867,7 @@ async fn update_model(AxumState(tracker): AxumState<Tracker>, fields: Fields) ->
 
 async fn delete_model(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
     let name = fields.required("name")?;
-    tracker
-        .write(|_| Ok((Event::ModelDeleted { at: now_ms(), name }, ())))
-        .await?;
-    ok(json!({}))
+    done(&tracker, Event::ModelDeleted { at: now_ms(), name }).await
 }
 
 fn latest_versions(state: &State, fields: Fields) -> Answer {
@@ -930,19 +895,17 @@ async fn model_tag(tracker: Tracker, fields: Fields, version: bool, set: bool) -
     };
     let key = fields.required("key")?;
     let value = set.then(|| fields.text("value").unwrap_or_default());
-    tracker
-        .write(|_| {
-            let event = Event::ModelTagged {
-                at: now_ms(),
-                name,
-                version,
-                key,
-                value,
-            };
-            Ok((event, ()))
-        })
-        .await?;
-    ok(json!({}))
+    done(
+        &tracker,
+        Event::ModelTagged {
+            at: now_ms(),
+            name,
+            version,
+            key,
+            value,
+        },
+    )
+    .await
 }
 
 async fn set_model_tag(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
@@ -971,35 +934,31 @@ async fn set_alias(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> An
     let name = fields.required("name")?;
     let alias = fields.required("alias")?;
     let version = version_number(&fields)?;
-    tracker
-        .write(|_| {
-            let event = Event::AliasSet {
-                at: now_ms(),
-                name,
-                alias,
-                version: Some(version),
-            };
-            Ok((event, ()))
-        })
-        .await?;
-    ok(json!({}))
+    done(
+        &tracker,
+        Event::AliasSet {
+            at: now_ms(),
+            name,
+            alias,
+            version: Some(version),
+        },
+    )
+    .await
 }
 
 async fn delete_alias(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
     let name = fields.required("name")?;
     let alias = fields.required("alias")?;
-    tracker
-        .write(|_| {
-            let event = Event::AliasSet {
-                at: now_ms(),
-                name,
-                alias,
-                version: None,
-            };
-            Ok((event, ()))
-        })
-        .await?;
-    ok(json!({}))
+    done(
+        &tracker,
+        Event::AliasSet {
+            at: now_ms(),
+            name,
+            alias,
+            version: None,
+        },
+    )
+    .await
 }
 
 async fn get_by_alias(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
@@ -1136,7 +1095,7 @@ fn search_versions(state: &State, fields: Fields) -> Answer {
 }
 
 async fn answer_version(tracker: &Tracker, name: &str, version: u64, event: Event) -> Answer {
-    let version = tracker.write(|_| Ok((event, ()))).await.and_then(|()| {
+    let version = tracker.append(event).await.and_then(|()| {
         tracker.read(|state| {
             state
                 .version(name, &version.to_string())
@@ -1174,19 +1133,15 @@ async fn transition_stage(AxumState(tracker): AxumState<Tracker>, fields: Fields
 async fn delete_version(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
     let name = fields.required("name")?;
     let version = version_number(&fields)?;
-    tracker
-        .write(|_| {
-            Ok((
-                Event::VersionDeleted {
-                    at: now_ms(),
-                    name,
-                    version,
-                },
-                (),
-            ))
-        })
-        .await?;
-    ok(json!({}))
+    done(
+        &tracker,
+        Event::VersionDeleted {
+            at: now_ms(),
+            name,
+            version,
+        },
+    )
+    .await
 }
 
 /// Where a version's files are: a `runs:/<run>/<path>` source resolves to
@@ -1217,20 +1172,16 @@ async fn upload_artifact(
 ) -> Answer {
     crate::artifacts::check_path(&path)?;
     let (sha256, size) = tracker.artifacts().put(body.into_data_stream()).await?;
-    tracker
-        .write(|_| {
-            Ok((
-                Event::ArtifactStored {
-                    at: now_ms(),
-                    path,
-                    sha256,
-                    size,
-                },
-                (),
-            ))
-        })
-        .await?;
-    ok(json!({}))
+    done(
+        &tracker,
+        Event::ArtifactStored {
+            at: now_ms(),
+            path,
+            sha256,
+            size,
+        },
+    )
+    .await
 }
 
 async fn download_artifact(

@@ -201,6 +201,11 @@ impl Tracker {
         Ok(answer)
     }
 
+    /// Makes the change `event` describes (checked against the state).
+    pub async fn append(&self, event: Event) -> Result<(), MetaError> {
+        self.write(|_| Ok((event, ()))).await
+    }
+
     fn break_with(&self, error: impl std::fmt::Display) -> MetaError {
         self.inner.broken.store(true, Ordering::SeqCst);
         tracing::error!(%error, "the metadata log refused a change; no more writes");
@@ -396,7 +401,7 @@ impl Tracker {
             },
         ];
         for event in events {
-            self.write(|_| Ok((event, ()))).await?;
+            self.append(event).await?;
         }
         Ok(run_id)
     }
