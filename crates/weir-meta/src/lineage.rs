@@ -321,15 +321,14 @@ pub fn find(state: &State, text: &str) -> Result<Node, MetaError> {
         };
         Some(Node::Model(name.to_string(), version))
     };
-    let numbered = |text: &str| -> Option<(String, u32)> { name_at(text) };
     let found = match text.split_once(':') {
         Some(("topic", name)) => Some(Node::Topic(name.to_string())),
         Some(("run", id)) => state.run(id).ok().map(|r| Node::Run(r.run_id.clone())),
         Some(("model", rest)) => rest.rsplit_once('@').and_then(|(n, w)| model(n, w)),
-        Some(("view", rest)) => numbered(rest)
+        Some(("view", rest)) => name_at(rest)
             .filter(|k| records.views.contains_key(k))
             .map(|(n, v)| Node::View(n, v)),
-        Some(("dataset", rest)) => numbered(rest)
+        Some(("dataset", rest)) => name_at(rest)
             .filter(|k| records.datasets.contains_key(k))
             .map(|(n, v)| Node::Dataset(n, v)),
         _ => state
@@ -338,12 +337,12 @@ pub fn find(state: &State, text: &str) -> Result<Node, MetaError> {
             .map(|r| Node::Run(r.run_id.clone()))
             .or_else(|| text.rsplit_once('@').and_then(|(n, w)| model(n, w)))
             .or_else(|| {
-                numbered(text)
+                name_at(text)
                     .filter(|k| records.datasets.contains_key(k))
                     .map(|(n, v)| Node::Dataset(n, v))
             })
             .or_else(|| {
-                numbered(text)
+                name_at(text)
                     .filter(|k| records.views.contains_key(k))
                     .map(|(n, v)| Node::View(n, v))
             }),

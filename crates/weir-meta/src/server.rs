@@ -234,6 +234,16 @@ fn ok(body: Json) -> Answer {
     Ok(axum::Json(body))
 }
 
+/// A page of search results under `key`, with the next page's token if
+/// there is one.
+fn listed(key: &str, items: Vec<Json>, next: Option<String>) -> Answer {
+    let mut body = json!({ key: items });
+    if let Some(next) = next {
+        body["next_page_token"] = json!(next);
+    }
+    ok(body)
+}
+
 /// Makes the change `event` describes and answers MLflow's empty success.
 async fn done(tracker: &Tracker, event: Event) -> Answer {
     tracker.append(event).await?;
@@ -437,12 +447,11 @@ fn search_experiments(state: &State, fields: Fields) -> Answer {
         fields.max_results(DEFAULT_MAX_RESULTS)?,
         fields.text("page_token").as_deref(),
     )?;
-    let mut body =
-        json!({"experiments": page.into_iter().map(experiment_json).collect::<Vec<_>>()});
-    if let Some(next) = next {
-        body["next_page_token"] = json!(next);
-    }
-    ok(body)
+    listed(
+        "experiments",
+        page.into_iter().map(experiment_json).collect(),
+        next,
+    )
 }
 
 async fn experiment_lifecycle(tracker: Tracker, fields: Fields, deleted: bool) -> Answer {
@@ -736,11 +745,7 @@ fn search_runs(state: &State, fields: Fields) -> Answer {
         fields.max_results(DEFAULT_MAX_RESULTS)?,
         fields.text("page_token").as_deref(),
     )?;
-    let mut body = json!({"runs": page.into_iter().map(run_json).collect::<Vec<_>>()});
-    if let Some(next) = next {
-        body["next_page_token"] = json!(next);
-    }
-    ok(body)
+    listed("runs", page.into_iter().map(run_json).collect(), next)
 }
 
 /// A metric's values in the order they were logged; an unknown run or key
@@ -761,11 +766,12 @@ fn metric_history(state: &State, fields: Fields) -> Answer {
         _ => 0,
     };
     let end = offset.saturating_add(max).min(history.len());
-    let mut body = json!({"metrics": history.get(offset.min(end)..end).unwrap_or_default()});
-    if end < history.len() {
-        body["next_page_token"] = json!(crate::search::encode_token(end));
-    }
-    ok(body)
+    let metrics = history[offset.min(end)..end]
+        .iter()
+        .map(|m| json!(m))
+        .collect();
+    let next = (end < history.len()).then(|| crate::search::encode_token(end));
+    listed("metrics", metrics, next)
 }
 
 // -------------------------------------------------------------------- models
@@ -829,12 +835,11 @@ fn search_models(state: &State, fields: Fields) -> Answer {
         fields.max_results(100)?,
         fields.text("page_token").as_deref(),
     )?;
-    let mut body =
-        json!({"registered_models": page.into_iter().map(model_json).collect::<Vec<_>>()});
-    if let Some(next) = next {
-        body["next_page_token"] = json!(next);
-    }
-    ok(body)
+    listed(
+        "registered_models",
+        page.into_iter().map(model_json).collect(),
+        next,
+    )
 }
 
 async fn rename_model(AxumState(tracker): AxumState<Tracker>, fields: Fields) -> Answer {
@@ -1083,15 +1088,11 @@ fn search_versions(state: &State, fields: Fields) -> Answer {
         fields.max_results(DEFAULT_MAX_RESULTS)?,
         fields.text("page_token").as_deref(),
     )?;
-    let versions: Vec<Json> = page
+    let versions = page
         .into_iter()
         .map(|r| version_json(r.model, r.version))
         .collect();
-    let mut body = json!({"model_versions": versions});
-    if let Some(next) = next {
-        body["next_page_token"] = json!(next);
-    }
-    ok(body)
+    listed("model_versions", versions, next)
 }
 
 async fn answer_version(tracker: &Tracker, name: &str, version: u64, event: Event) -> Answer {

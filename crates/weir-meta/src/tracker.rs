@@ -354,10 +354,21 @@ impl Tracker {
         });
         let experiment_id = match existing {
             Some(id) => id,
-            None => {
-                self.create_experiment(report.experiment.clone(), None, vec![])
-                    .await?
-            }
+            None => match self
+                .create_experiment(report.experiment.clone(), None, vec![])
+                .await
+            {
+                Ok(id) => id,
+                // Another writer created it since we looked.
+                Err(error) if error.code == crate::ErrorCode::ResourceAlreadyExists => {
+                    self.read(|state| {
+                        state
+                            .experiment_by_name(&report.experiment)
+                            .map(|e| e.experiment_id.clone())
+                    })?
+                }
+                Err(error) => return Err(error),
+            },
         };
         let run_id = self
             .start_run(RunStart {
