@@ -238,3 +238,35 @@ fn tracking_page() {
         .collect();
     assert_eq!(printed, expected);
 }
+
+/// The training page: a dataset, two training jobs (a job file and flags),
+/// an evaluation that promotes the better model.
+#[test]
+fn training_page() {
+    let outputs = run_page("training.md");
+    let out = |prefix: &str| {
+        outputs
+            .iter()
+            .find(|(line, _)| line.starts_with(prefix))
+            .map(|(_, output)| String::from_utf8_lossy(&output.stdout).into_owned())
+            .unwrap()
+    };
+    let first = out("train docs/examples/churn-gbdt.yaml");
+    assert!(
+        first.contains("240 rows train / 80 validation / 80 test"),
+        "{first}"
+    );
+    assert!(first.ends_with("registered churn-model@1\n"), "{first}");
+    let evaluation = out("evaluate churn-model@2");
+    assert!(evaluation.contains("(300 labelled rows)"), "{evaluation}");
+    assert!(evaluation.contains("gate: passed"), "{evaluation}");
+    assert!(evaluation.contains("slice basic:"), "{evaluation}");
+    let models = out("models show churn-model");
+    let version_2 = models
+        .lines()
+        .find(|l| l.trim_start().starts_with("2 "))
+        .unwrap();
+    assert!(version_2.contains("champion"), "{models}");
+    assert!(models.contains("producer skl2onnx"), "{models}");
+    assert!(models.contains("needs lightgbm==4.7.0"), "{models}");
+}

@@ -28,7 +28,7 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [args]
 
 tasks:
-  setup [--python test|bench]   install what the build and tests need (idempotent)
+  setup [--python test|train|bench]   install what the build and tests need (idempotent)
   test                          set-up, then fmt, clippy, all tests and doctests (what CI runs)
   demo [weir demo args]         set-up, then `weir demo`: the end-to-end loop on the embedded broker
   bench <name> [args]           set-up, then `weir bench <name>` built in release mode
@@ -247,8 +247,15 @@ fn python_venv(name: &str) -> Result<PathBuf> {
     let requirements = workspace_root()
         .join("python")
         .join(format!("requirements-{name}.txt"));
-    let content =
-        fs::read(&requirements).map_err(|e| format!("{}: {e}", requirements.display()))?;
+    let read = |path: &Path| fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
+    // The environment is keyed by its requirements and the files they
+    // include (`-r other.txt`).
+    let mut content = read(&requirements)?;
+    for line in String::from_utf8_lossy(&content.clone()).lines() {
+        if let Some(included) = line.trim().strip_prefix("-r ") {
+            content.extend(read(&requirements.with_file_name(included.trim()))?);
+        }
+    }
     let venv = cache_dir()
         .join("venv")
         .join(format!("{name}-{:016x}", fnv1a(&content)));
@@ -344,7 +351,8 @@ fn test() -> Result<()> {
 }
 
 fn demo(args: &[String]) -> Result<()> {
-    let setup = setup(None)?;
+    // The demo trains a model with the built-in LightGBM runtime.
+    let setup = setup(Some("train"))?;
     let mut command = cargo();
     command
         .args(["run", "--quiet", "--package", "weir-cli", "--", "demo"])

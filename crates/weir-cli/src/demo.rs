@@ -23,6 +23,11 @@
 //! lineage from the `transactions` topic through the feature views and the
 //! dataset to the run is printed.
 //!
+//! Stage 5 (training and evaluation): a LightGBM model trained on the
+//! snapshot (split by time), its ONNX export checked through ONNX Runtime
+//! and registered as a version of `demo-large`; evaluated against the
+//! current champion, and promoted if the gate passes.
+//!
 //! Each later component adds its stage here. Safe to run twice: the topic
 //! and schema are reused, the consumer group resumes at its committed
 //! offsets, so each run reads (and dead-letters) only its own records, an
@@ -66,13 +71,15 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         bus_stage(&connection.bus, &args, config).await?;
         features_stage(&connection.bus, config).await?;
         let snapshot = repository_stage(&connection.bus, config).await?;
-        metadata_stage(&connection.bus, config, snapshot).await
+        let dataset = format!("{}@{}", snapshot.dataset.name, snapshot.dataset.version);
+        metadata_stage(&connection.bus, config, snapshot).await?;
+        training_stage(&connection.bus, config, &dataset).await
     }
     .await;
     connection.close().await;
     result?;
     println!(
-        "\nNext: `weir tail {TOPIC} -n 3`, `weir tail {} --from-beginning`, `weir features get user_spend u0000`,\n      `weir features serve` (HTTP look-ups), `weir sql \"SELECT * FROM user_spend LIMIT 5\"`,\n      `weir runs list demo`, `weir lineage dataset:demo-training@1`, `weir server` (for the mlflow client)",
+        "\nNext: `weir tail {TOPIC} -n 3`, `weir tail {} --from-beginning`, `weir features get user_spend u0000`,\n      `weir features serve` (HTTP look-ups), `weir sql \"SELECT * FROM user_spend LIMIT 5\"`,\n      `weir runs list demo`, `weir lineage dataset:demo-training@1`, `weir server` (for the mlflow client),\n      `weir models show demo-large`, `weir evaluate demo-large@champion demo-training`",
         topics::dlq(TOPIC)
     );
     Ok(ExitCode::SUCCESS)
@@ -461,14 +468,7 @@ async fn repository_stage(bus: &Bus, config: &Config) -> anyhow::Result<Snapshot
 async fn metadata_stage(bus: &Bus, config: &Config, snapshot: Snapshot) -> anyhow::Result<()> {
     use weir_meta::event::{KeyValue, Metric};
     println!("\n[4] metadata: the snapshot recorded as a run (experiment `demo`), and its lineage");
-    let store = weir_meta::artifacts::ArtifactStore::open(
-        config
-            .state_dir
-            .join("artifacts")
-            .to_str()
-            .context("the state directory is not UTF-8")?,
-    )?;
-    let tracker = weir_meta::Tracker::open(bus, store).await?;
+    let tracker = crate::tracking::open_tracker(config, bus).await?;
     let dataset = format!("{}@{}", snapshot.dataset.name, snapshot.dataset.version);
     let ended = snapshot.started_ms + (snapshot.seconds * 1000.0) as i64;
     let param = |key: &str, value: String| KeyValue {
@@ -481,7 +481,7 @@ async fn metadata_stage(bus: &Bus, config: &Config, snapshot: Snapshot) -> anyho
         timestamp: ended,
         step: 0,
     };
-    let run_id = tracker
+    let (run_id, _) = tracker
         .record_run(weir_meta::tracker::RunReport {
             experiment: "demo".into(),
             run_name: "demo-snapshot".into(),
@@ -498,6 +498,7 @@ async fn metadata_stage(bus: &Bus, config: &Config, snapshot: Snapshot) -> anyho
             ],
             tags: vec![],
             datasets: vec![(dataset, snapshot.dataset.hash.clone(), "training".into())],
+            ..Default::default()
         })
         .await?;
     println!("    run {run_id}: params views, dataset; metrics rows, seconds, rows_per_second");
@@ -558,12 +559,15 @@ async fn show_dead_letters(bus: &Bus, count: i64) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One synthetic card transaction: a few heavy users, skewed amounts, event
-/// times slightly out of order (as they arrive from many terminals).
+/// One synthetic card transaction: a few heavy users, skewed amounts (each
+/// user spends on a scale of their own, so their history says something
+/// about their next purchase), event times slightly out of order (as they
+/// arrive from many terminals).
 pub fn transaction(rng: &mut StdRng, index: usize, start_time: i64) -> Json {
     let user = (rng.random::<f64>().powi(2) * 1000.0) as u32;
     let merchant = rng.random_range(0..200);
-    let amount = (rng.random::<f64>().powi(3) * 500.0 + 1.0) * 100.0;
+    let scale = 0.2 + 1.6 * f64::from(user.wrapping_mul(7919) % 100) / 100.0;
+    let amount = (rng.random::<f64>().powi(3) * 500.0 * scale + 1.0) * 100.0;
     let jitter = rng.random_range(0..2_000);
     json!({
         "transaction_id": format!("t{index:08}"),
@@ -602,4 +606,98 @@ fn malformed_records(schema_id: u32) -> Vec<(&'static str, Vec<u8>)> {
         records.push(("bad-avro", truncated.clone()));
     }
     records
+}
+
+/// Stage 5: a model trained on the snapshot, registered, evaluated against
+/// the champion and promoted if it passes the gate.
+async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Result<()> {
+    use weir_train::spec::{Runtime, Split};
+    println!(
+        "\n[5] training: LightGBM on {dataset} through ONNX, registered, evaluated against the champion"
+    );
+    let tracker = crate::tracking::open_tracker(config, bus).await?;
+    let datasets = weir_features::datasets::Datasets::load(bus).await?;
+    let scratch = config.state_dir.join("train");
+    let workspace = weir_train::Workspace {
+        tracker: &tracker,
+        datasets: &datasets,
+        scratch: &scratch,
+    };
+    let spec = weir_train::TrainSpec {
+        experiment: "demo".into(),
+        name: Some("demo-lightgbm".into()),
+        dataset: dataset.into(),
+        label: "large".into(),
+        features: vec![],
+        exclude: vec![],
+        task: None,
+        split: Split::Time {
+            column: weir_features::snapshot::EVENT_TIMESTAMP.into(),
+            validation: 0.2,
+            test: 0.2,
+        },
+        runtime: Runtime::Lightgbm,
+        params: [("n_estimators".to_string(), json!(100))].into(),
+        register: Some("demo-large".into()),
+        tolerance: 1e-4,
+    };
+    let outcome = weir_train::train(&spec, workspace).await?;
+    if let Some(reason) = outcome.failure {
+        tracker.close().await;
+        anyhow::bail!("training failed (run {}): {reason}", outcome.run_id);
+    }
+    let metric = |key: &str| outcome.metrics.get(key).copied().unwrap_or(f64::NAN);
+    let (name, version) = outcome.version.clone().context("registered")?;
+    println!(
+        "    run {}: {} training rows, test ROC AUC {:.3}, log loss {:.3}; ONNX matches LightGBM to {:.1e}",
+        outcome.run_id,
+        metric("train_rows"),
+        metric("test_roc_auc"),
+        metric("test_log_loss"),
+        metric("onnx_max_abs_diff"),
+    );
+    if let Some(model) = &outcome.model {
+        println!(
+            "    registered {name}@{version}: {} features → {} ({} bytes, opset {})",
+            model.features.len(),
+            model
+                .signature
+                .outputs
+                .iter()
+                .map(|o| o.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+            model.size,
+            model.signature.opset().unwrap_or_default()
+        );
+    }
+    let request = weir_train::EvaluationRequest {
+        model: format!("{name}@{version}"),
+        dataset: dataset.into(),
+        slice: None,
+        champion: "champion".into(),
+        gate: vec![],
+        experiment: "demo-evaluations".into(),
+    };
+    let evaluation = weir_train::evaluate(&request, workspace).await?;
+    println!(
+        "    evaluated on all {} snapshot rows against {}: gate {} ({})",
+        evaluation.rows,
+        evaluation
+            .champion
+            .as_ref()
+            .map_or("no champion yet", |c| c.model.as_str()),
+        if evaluation.gate.passed {
+            "passed"
+        } else {
+            "refused"
+        },
+        evaluation.gate.reasons.join("; ")
+    );
+    if evaluation.gate.passed {
+        tracker.set_alias(&name, "champion", version).await?;
+        println!("    {name}@champion → version {version}");
+    }
+    tracker.close().await;
+    Ok(())
 }

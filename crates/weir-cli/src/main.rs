@@ -22,6 +22,7 @@ mod sql;
 mod tail;
 mod topics;
 mod tracking;
+mod train;
 
 use std::process::ExitCode;
 
@@ -79,6 +80,13 @@ enum Command {
     /// What a dataset, run or model version was made from, and what was
     /// made from it: topics, feature views, datasets, runs, models.
     Lineage(tracking::LineageArgs),
+    /// Train a model on a dataset version through a runtime (scikit-learn,
+    /// LightGBM, any command), check its ONNX export, record the run and
+    /// register the model.
+    Train(Box<train::TrainArgs>),
+    /// Score a registered model on a dataset next to the champion, by
+    /// slice, with a promotion gate and an HTML report.
+    Evaluate(train::EvaluateArgs),
     /// Run the embedded Kafka-API broker and the schema registry API for
     /// other clients.
     Broker(broker::Args),
@@ -130,6 +138,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Runs(args) => tracking::runs(&config, args).await,
         Command::Models(args) => tracking::models(&config, args).await,
         Command::Lineage(args) => tracking::lineage(&config, args).await,
+        Command::Train(args) => train::train(&config, *args).await,
+        Command::Evaluate(args) => train::evaluate(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Demo(args) => demo::run(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,

@@ -82,6 +82,21 @@ enum ModelsCommand {
     },
 }
 
+/// The tracker on `bus`, its artifacts in the state directory's store
+/// (where `weir server` keeps them by default).
+pub async fn open_tracker(
+    config: &Config,
+    bus: &weir_bus::Bus,
+) -> anyhow::Result<weir_meta::Tracker> {
+    let store_dir = config.state_dir.join("artifacts");
+    let store = weir_meta::artifacts::ArtifactStore::open(
+        store_dir
+            .to_str()
+            .context("the state directory is not UTF-8")?,
+    )?;
+    Ok(weir_meta::Tracker::open(bus, store).await?)
+}
+
 async fn state(config: &Config) -> anyhow::Result<State> {
     let connection = connect(config).await?;
     let state = weir_meta::tracker::replay(&connection.bus).await?;
@@ -209,15 +224,7 @@ pub async fn runs(config: &Config, args: RunsArgs) -> anyhow::Result<ExitCode> {
 /// A self-contained page (no scripts): params and latest metrics side by
 /// side, then one SVG chart per metric — its values by step, a line per run.
 fn plot_html(runs: &[&Run]) -> String {
-    const COLORS: [&str; 8] = [
-        "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
-    ];
-    let escape = |text: &str| {
-        text.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
+    use weir_meta::chart::{Series, escape, line_chart};
     let mut html = String::from(
         "<!doctype html><meta charset=\"utf-8\"><title>weir runs compare</title>\n<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:right}</style>\n<table><tr><th></th>",
     );
@@ -245,88 +252,61 @@ fn plot_html(runs: &[&Run]) -> String {
         html.push_str("</tr>\n");
     }
     html.push_str("</table>\n");
-    let (width, height, margin) = (640.0, 260.0, 50.0);
     for key in metrics {
-        let series: Vec<Vec<(f64, f64)>> = runs
+        let series: Vec<Series> = runs
             .iter()
-            .map(|run| {
-                run.history
+            .map(|run| Series {
+                name: run.run_name.clone(),
+                points: run
+                    .history
                     .get(key)
                     .into_iter()
                     .flatten()
-                    .filter(|m| m.value.is_finite())
                     .map(|m| (m.step as f64, m.value))
-                    .collect()
+                    .collect(),
             })
             .collect();
-        let points = series.iter().flatten();
-        let bounds = |pick: fn(&(f64, f64)) -> f64| {
-            points
-                .clone()
-                .map(pick)
-                .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), v| {
-                    (lo.min(v), hi.max(v))
-                })
-        };
-        let ((x0, x1), (y0, y1)) = (bounds(|p| p.0), bounds(|p| p.1));
-        if !x0.is_finite() {
-            continue;
-        }
-        let scale = |v: f64, lo: f64, hi: f64, size: f64| {
-            if hi > lo {
-                (v - lo) / (hi - lo) * size
-            } else {
-                size / 2.0
-            }
-        };
-        html.push_str(&format!(
-            "<h3>{}</h3>\n<svg width=\"{width}\" height=\"{height}\" xmlns=\"http://www.w3.org/2000/svg\">\n",
-            escape(key)
-        ));
-        html.push_str(&format!(
-            "<rect x=\"{margin}\" y=\"10\" width=\"{}\" height=\"{}\" fill=\"none\" stroke=\"#999\"/>\n",
-            width - margin - 10.0,
-            height - margin - 10.0
-        ));
-        html.push_str(&format!(
-            "<text x=\"{margin}\" y=\"{}\" font-size=\"11\">step {x0}</text><text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">step {x1}</text>\n",
-            height - margin + 15.0,
-            width - 10.0,
-            height - margin + 15.0
-        ));
-        html.push_str(&format!(
-            "<text x=\"{}\" y=\"{}\" font-size=\"11\" text-anchor=\"end\">{y0:.4}</text><text x=\"{}\" y=\"20\" font-size=\"11\" text-anchor=\"end\">{y1:.4}</text>\n",
-            margin - 4.0,
-            height - margin,
-            margin - 4.0
-        ));
-        for (i, (run, line)) in runs.iter().zip(&series).enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            let coordinates: Vec<String> = line
-                .iter()
-                .map(|(x, y)| {
-                    format!(
-                        "{:.1},{:.1}",
-                        margin + scale(*x, x0, x1, width - margin - 10.0),
-                        height - margin - scale(*y, y0, y1, height - margin - 10.0)
-                    )
-                })
-                .collect();
-            html.push_str(&format!(
-                "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{}\"><title>{}</title></polyline>\n",
-                coordinates.join(" "),
-                escape(&run.run_name)
-            ));
-            html.push_str(&format!(
-                "<text x=\"{}\" y=\"{}\" font-size=\"12\" fill=\"{color}\">{}</text>\n",
-                margin + 10.0 + 140.0 * i as f64,
-                height - 12.0,
-                escape(&run.run_name)
-            ));
-        }
-        html.push_str("</svg>\n");
+        html.push_str(&line_chart(key, "step", &series, None));
     }
     html
+}
+
+/// A version's model file: what it takes and gives and needs.
+fn print_model_info(info: &weir_meta::event::ModelInfo) {
+    let tensors = |specs: &[weir_onnx::TensorSpec]| {
+        specs
+            .iter()
+            .map(|t| format!("{} {}{:?}", t.name, t.dtype, t.shape))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let signature = &info.signature;
+    println!(
+        "           {} model {} ({} bytes, sha256 {}), {} of `{}` from {} features, classes {:?}",
+        info.format,
+        info.path,
+        info.size,
+        &info.sha256[..12.min(info.sha256.len())],
+        info.task,
+        info.label,
+        info.features.len(),
+        info.classes
+    );
+    println!(
+        "           inputs {}; outputs {}; opset {}; producer {}",
+        tensors(&signature.inputs),
+        tensors(&signature.outputs),
+        signature.opset().map_or("-".into(), |o| o.to_string()),
+        signature.producer
+    );
+    if !info.dependencies.is_empty() {
+        let dependencies: Vec<String> = info
+            .dependencies
+            .iter()
+            .map(|(k, v)| format!("{k}=={v}"))
+            .collect();
+        println!("           needs {}", dependencies.join(", "));
+    }
 }
 
 pub async fn models(config: &Config, args: ModelsArgs) -> anyhow::Result<ExitCode> {
@@ -371,6 +351,9 @@ pub async fn models(config: &Config, args: ModelsArgs) -> anyhow::Result<ExitCod
                     aliases.join(","),
                     version.source
                 );
+                if let Some(info) = &version.model {
+                    print_model_info(info);
+                }
             }
         }
         ModelsCommand::Alias {
@@ -379,13 +362,7 @@ pub async fn models(config: &Config, args: ModelsArgs) -> anyhow::Result<ExitCod
             number: version,
         } => {
             let connection = connect(config).await?;
-            let store_dir = config.state_dir.join("artifacts");
-            let store = weir_meta::artifacts::ArtifactStore::open(
-                store_dir
-                    .to_str()
-                    .context("the state directory is not UTF-8")?,
-            )?;
-            let tracker = weir_meta::Tracker::open(&connection.bus, store).await?;
+            let tracker = open_tracker(config, &connection.bus).await?;
             let result = tracker
                 .write(|_| {
                     Ok((

@@ -102,6 +102,40 @@ fn context(options: &SnapshotOptions) -> Result<SessionContext, FeaturesError> {
     Ok(SessionContext::new_with_config_rt(config, runtime))
 }
 
+/// The record batches of a table file, `.parquet` or `.csv` (with a
+/// header; types inferred from the first 10,000 rows).
+pub fn read_table_file(
+    path: &Path,
+) -> Result<Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>>, String> {
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    Ok(match path.extension().and_then(|e| e.to_str()) {
+        Some("parquet") => Box::new(
+            datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                file,
+            )
+            .and_then(|b| b.with_batch_size(65_536).build())
+            .map_err(|e| e.to_string())?,
+        ),
+        Some("csv") => {
+            let (schema, _) = arrow_csv::reader::Format::default()
+                .with_header(true)
+                .infer_schema(
+                    std::fs::File::open(path).map_err(|e| e.to_string())?,
+                    Some(10_000),
+                )
+                .map_err(|e| e.to_string())?;
+            Box::new(
+                arrow_csv::ReaderBuilder::new(Arc::new(schema))
+                    .with_header(true)
+                    .with_batch_size(65_536)
+                    .build(file)
+                    .map_err(|e| e.to_string())?,
+            )
+        }
+        _ => return Err("a table is a .parquet or .csv file".into()),
+    })
+}
+
 /// Reads a label table (Parquet or CSV), checks it, numbers its rows and
 /// writes it as Parquet with `event_timestamp` in milliseconds (UTC).
 fn prepare_labels(path: &Path, out: &Path) -> Result<SchemaRef, FeaturesError> {
@@ -109,34 +143,7 @@ fn prepare_labels(path: &Path, out: &Path) -> Result<SchemaRef, FeaturesError> {
         path: path.display().to_string(),
         message,
     };
-    let file = std::fs::File::open(path).map_err(|e| fail(e.to_string()))?;
-    let batches: Box<dyn Iterator<Item = Result<RecordBatch, arrow::error::ArrowError>>> =
-        match path.extension().and_then(|e| e.to_str()) {
-            Some("parquet") => Box::new(
-                datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
-                    file,
-                )
-                .and_then(|b| b.with_batch_size(65_536).build())
-                .map_err(|e| fail(e.to_string()))?,
-            ),
-            Some("csv") => {
-                let (schema, _) = arrow_csv::reader::Format::default()
-                    .with_header(true)
-                    .infer_schema(
-                        std::fs::File::open(path).map_err(|e| fail(e.to_string()))?,
-                        Some(10_000),
-                    )
-                    .map_err(|e| fail(e.to_string()))?;
-                Box::new(
-                    arrow_csv::ReaderBuilder::new(Arc::new(schema))
-                        .with_header(true)
-                        .with_batch_size(65_536)
-                        .build(file)
-                        .map_err(|e| fail(e.to_string()))?,
-                )
-            }
-            _ => return Err(fail("a label table is a .parquet or .csv file".into())),
-        };
+    let batches = read_table_file(path).map_err(fail)?;
     let mut writer: Option<ArrowWriter<std::fs::File>> = None;
     let mut schema: Option<SchemaRef> = None;
     let mut row = 0_i64;

@@ -29,6 +29,34 @@ pub struct Metric {
     pub step: i64,
 }
 
+/// A model file as a registered version holds it: where it is, what it
+/// takes and gives, and what it needs to run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// `onnx`.
+    pub format: String,
+    /// Its path in the artifact store (`<experiment>/<run>/artifacts/model/model.onnx`).
+    pub path: String,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Inputs, outputs, opsets and producer, read from the file.
+    pub signature: weir_onnx::Signature,
+    /// The columns its input takes, in order.
+    pub features: Vec<String>,
+    /// The column it predicts.
+    pub label: String,
+    /// `classification` or `regression`.
+    pub task: String,
+    /// A classifier's classes, in the order of its scores.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<String>,
+    /// What it needs to run: package → version (`scikit-learn` → `1.9.1`).
+    #[serde(default)]
+    pub dependencies: BTreeMap<String, String>,
+}
+
 /// A key and a value (params, tags).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyValue {
@@ -250,6 +278,9 @@ pub enum Event {
         /// Tags.
         #[serde(default)]
         tags: Vec<KeyValue>,
+        /// What the model file is, for versions Weir made (training jobs).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        model: Option<Box<ModelInfo>>,
     },
     /// A model version's description changed.
     VersionDescribed {

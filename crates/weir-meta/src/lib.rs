@@ -25,6 +25,7 @@
 //!   proxy) over axum, so the official `mlflow` client works unchanged.
 
 pub mod artifacts;
+pub mod chart;
 pub mod event;
 pub mod lineage;
 pub mod search;

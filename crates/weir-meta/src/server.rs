@@ -1004,6 +1004,7 @@ async fn create_version(AxumState(tracker): AxumState<Tracker>, fields: Fields) 
                 run_id,
                 description,
                 tags,
+                model: None,
             };
             Ok((event, version))
         })

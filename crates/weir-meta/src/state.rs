@@ -123,6 +123,8 @@ pub struct Version {
     pub last_updated_timestamp: i64,
     /// Tags.
     pub tags: BTreeMap<String, String>,
+    /// The model file, for versions Weir made.
+    pub model: Option<crate::event::ModelInfo>,
 }
 
 /// A stored artifact file.
@@ -310,6 +312,31 @@ impl State {
             .ok_or_else(|| {
                 MetaError::missing(format!(
                     "Model Version (name={name}, version={version}) not found"
+                ))
+            })
+    }
+
+    /// A version by reference: `name@3`, `name@champion` (an alias), or
+    /// `name` (its latest version).
+    pub fn version_by_reference(&self, reference: &str) -> Result<(&Model, &Version), MetaError> {
+        let (name, which) = reference.split_once('@').unwrap_or((reference, ""));
+        let model = self.model(name)?;
+        let number = if which.is_empty() {
+            model.versions.keys().next_back().copied()
+        } else {
+            which
+                .parse::<u64>()
+                .ok()
+                .or_else(|| model.aliases.get(which).copied())
+        };
+        number
+            .and_then(|v| model.versions.get(&v))
+            .map(|v| (model, v))
+            .ok_or_else(|| {
+                MetaError::missing(format!(
+                    "{reference}: no such version or alias of {name} (versions: {:?}, aliases: {:?})",
+                    model.versions.keys().collect::<Vec<_>>(),
+                    model.aliases.keys().collect::<Vec<_>>()
                 ))
             })
     }
@@ -729,6 +756,7 @@ impl State {
                 user_id,
                 description,
                 tags,
+                model: info,
             } => {
                 let model = self.model(name)?;
                 if *version != model.next_version {
@@ -752,6 +780,7 @@ impl State {
                         creation_timestamp: *at,
                         last_updated_timestamp: *at,
                         tags: tag_map(tags),
+                        model: info.as_deref().cloned(),
                     },
                 );
             }

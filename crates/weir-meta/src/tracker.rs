@@ -250,6 +250,22 @@ pub struct RunReport {
     /// The Weir datasets it read, `name@version`, with their content hash
     /// and what they were read for (`training`, …).
     pub datasets: Vec<(String, String, String)>,
+    /// `FINISHED` (when empty) or `FAILED`.
+    pub status: String,
+    /// Files stored under the run's artifacts before it ends: path
+    /// relative to them, bytes.
+    pub artifacts: Vec<(String, Vec<u8>)>,
+}
+
+/// A stored artifact of a run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredArtifact {
+    /// Its path in the store.
+    pub path: String,
+    /// SHA-256 of its bytes, hex.
+    pub sha256: String,
+    /// Its size.
+    pub size: u64,
 }
 
 /// A name for a run that was given none, as MLflow makes them
@@ -343,9 +359,13 @@ impl Tracker {
     }
 
     /// Records a finished job as one run: experiment (created if
-    /// missing), run, its inputs, params, metrics and tags, `FINISHED`.
-    /// Returns the run's id.
-    pub async fn record_run(&self, report: RunReport) -> Result<String, MetaError> {
+    /// missing), run, its inputs, params, metrics, tags and artifacts, and
+    /// its end (`FINISHED` or `FAILED`). Returns the run's id and the
+    /// stored artifacts.
+    pub async fn record_run(
+        &self,
+        report: RunReport,
+    ) -> Result<(String, Vec<StoredArtifact>), MetaError> {
         let existing = self.read(|state| {
             state
                 .experiment_by_name(&report.experiment)
@@ -373,7 +393,8 @@ impl Tracker {
         let run_id = self
             .start_run(RunStart {
                 experiment_id,
-                run_name: Some(report.run_name),
+                // An empty name gets a generated one.
+                run_name: Some(report.run_name).filter(|n| !n.is_empty()),
                 user_id: None,
                 start_time: report.start_time,
                 tags: vec![],
@@ -403,17 +424,122 @@ impl Tracker {
                 params: report.params,
                 tags: report.tags,
             },
-            Event::RunUpdated {
-                at: now_ms(),
-                run_id: run_id.clone(),
-                status: Some("FINISHED".into()),
-                end_time: Some(report.end_time),
-                run_name: None,
-            },
         ];
+        let mut stored = Vec::new();
+        for (path, bytes) in report.artifacts {
+            stored.push(self.store_artifact(&run_id, &path, bytes).await?);
+        }
+        let status = if report.status.is_empty() {
+            "FINISHED".to_string()
+        } else {
+            report.status
+        };
         for event in events {
             self.append(event).await?;
         }
-        Ok(run_id)
+        self.append(Event::RunUpdated {
+            at: now_ms(),
+            run_id: run_id.clone(),
+            status: Some(status),
+            end_time: Some(report.end_time),
+            run_name: None,
+        })
+        .await?;
+        Ok((run_id, stored))
+    }
+
+    /// Stores `bytes` as the artifact `path` (relative to the run's
+    /// artifacts) of a run whose artifacts go through the proxy
+    /// (`mlflow-artifacts:/…`).
+    pub async fn store_artifact(
+        &self,
+        run_id: &str,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<StoredArtifact, MetaError> {
+        crate::artifacts::check_path(path)?;
+        let root = self.read(|state| state.run(run_id).map(|r| r.artifact_uri.clone()))?;
+        let root = root.strip_prefix("mlflow-artifacts:/").ok_or_else(|| {
+            MetaError::invalid(format!(
+                "run {run_id} keeps its artifacts at {root}, outside Weir's store"
+            ))
+        })?;
+        let path = format!("{}/{path}", root.trim_start_matches('/'));
+        let body =
+            futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from(bytes))]);
+        let (sha256, size) = self.artifacts().put(body).await?;
+        self.append(Event::ArtifactStored {
+            at: now_ms(),
+            path: path.clone(),
+            sha256: sha256.clone(),
+            size,
+        })
+        .await?;
+        Ok(StoredArtifact { path, sha256, size })
+    }
+
+    /// The bytes of the artifact at `path` in the store.
+    pub async fn artifact_bytes(&self, path: &str) -> Result<Vec<u8>, MetaError> {
+        use futures::TryStreamExt as _;
+        let sha256 = self.read(|state| {
+            state
+                .artifact(path)
+                .map(|a| a.sha256.clone())
+                .ok_or_else(|| MetaError::missing(format!("no artifact at {path}")))
+        })?;
+        let chunks: Vec<bytes::Bytes> = self.artifacts().get(&sha256).await?.try_collect().await?;
+        Ok(chunks.concat())
+    }
+
+    /// Registers a version of model `name` (created if missing) made by
+    /// run `run_id` from the files at `source`. Returns its number.
+    pub async fn register_version(
+        &self,
+        name: &str,
+        source: String,
+        run_id: String,
+        description: String,
+        model: Option<crate::event::ModelInfo>,
+    ) -> Result<u64, MetaError> {
+        let created = self
+            .append(Event::ModelCreated {
+                at: now_ms(),
+                name: name.to_string(),
+                description: String::new(),
+                tags: vec![],
+            })
+            .await;
+        match created {
+            Ok(()) => {}
+            Err(error) if error.code == crate::ErrorCode::ResourceAlreadyExists => {}
+            Err(error) => return Err(error),
+        }
+        self.write(|state| {
+            let version = state.model(name)?.next_version;
+            let event = Event::VersionCreated {
+                at: now_ms(),
+                name: name.to_string(),
+                version,
+                source,
+                run_id,
+                user_id: String::new(),
+                description,
+                tags: vec![],
+                model: model.map(Box::new),
+            };
+            Ok((event, version))
+        })
+        .await
+    }
+
+    /// Points `alias` of model `name` at `version`.
+    pub async fn set_alias(&self, name: &str, alias: &str, version: u64) -> Result<(), MetaError> {
+        self.append(Event::AliasSet {
+            at: now_ms(),
+            name: name.to_string(),
+            alias: alias.to_string(),
+            version: Some(version),
+        })
+        .await
     }
 }

@@ -1,0 +1,357 @@
+//! `weir train` and `weir evaluate`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use weir_core::Config;
+use weir_features::datasets::Datasets;
+use weir_train::spec::{Runtime, Split, Task, TrainSpec};
+use weir_train::{EvaluationRequest, GateRule, Workspace};
+
+use crate::connect::connect;
+
+#[derive(Parser)]
+pub struct TrainArgs {
+    /// A job file (YAML, see docs/training.md); the options below override
+    /// its fields, or describe the whole job without one.
+    spec: Option<PathBuf>,
+    /// A dataset version (`name@version`, `name` for its latest) or a
+    /// Parquet file.
+    #[arg(long)]
+    dataset: Option<String>,
+    /// The column to predict.
+    #[arg(long)]
+    label: Option<String>,
+    /// `sklearn`, `lightgbm`, or `command` (with `--command`).
+    #[arg(long)]
+    runtime: Option<String>,
+    /// The scikit-learn estimator (`sklearn` runtime).
+    #[arg(long, default_value = "HistGradientBoostingClassifier")]
+    estimator: String,
+    /// The command of a custom runtime, as one string split on spaces.
+    #[arg(long)]
+    command: Option<String>,
+    /// A param, `key=value` (value read as JSON: `100`, `0.1`, `true`; else text).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    params: Vec<String>,
+    /// Feature columns, in order (default: the numeric columns but the
+    /// label, keys and times).
+    #[arg(long, value_delimiter = ',')]
+    features: Vec<String>,
+    /// Columns that are not features.
+    #[arg(long, value_delimiter = ',')]
+    exclude: Vec<String>,
+    /// `classification` or `regression` (default: from the label's type).
+    #[arg(long)]
+    task: Option<String>,
+    /// Split by time on this column instead of at random.
+    #[arg(long)]
+    split_by: Option<String>,
+    /// Share of rows for validation.
+    #[arg(long)]
+    validation: Option<f64>,
+    /// Share of rows for test.
+    #[arg(long)]
+    test: Option<f64>,
+    /// Seed of the random split.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The experiment.
+    #[arg(long)]
+    experiment: Option<String>,
+    /// The run's name.
+    #[arg(long)]
+    name: Option<String>,
+    /// Register the model as a new version of this model.
+    #[arg(long)]
+    register: Option<String>,
+}
+
+impl TrainArgs {
+    fn spec(self) -> anyhow::Result<TrainSpec> {
+        let mut spec = match &self.spec {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                TrainSpec::from_yaml(&text, &path.display().to_string())?
+            }
+            None => {
+                let (Some(dataset), Some(label)) = (self.dataset.clone(), self.label.clone())
+                else {
+                    bail!("give a job file, or at least --dataset and --label");
+                };
+                TrainSpec {
+                    experiment: "Default".into(),
+                    name: None,
+                    dataset,
+                    label,
+                    features: vec![],
+                    exclude: vec![],
+                    task: None,
+                    split: Split::default(),
+                    runtime: Runtime::Lightgbm,
+                    params: Default::default(),
+                    register: None,
+                    tolerance: 1e-4,
+                }
+            }
+        };
+        if let Some(dataset) = self.dataset {
+            spec.dataset = dataset;
+        }
+        if let Some(label) = self.label {
+            spec.label = label;
+        }
+        match self.runtime.as_deref() {
+            None => {}
+            Some("sklearn") => {
+                spec.runtime = Runtime::Sklearn {
+                    estimator: self.estimator,
+                }
+            }
+            Some("lightgbm") => spec.runtime = Runtime::Lightgbm,
+            Some("command") => {
+                let command = self.command.context("--runtime command needs --command")?;
+                spec.runtime = Runtime::Command {
+                    command: command.split_whitespace().map(String::from).collect(),
+                }
+            }
+            Some(other) => bail!("--runtime {other}: not sklearn, lightgbm or command"),
+        }
+        for param in self.params {
+            let (key, value) = param
+                .split_once('=')
+                .with_context(|| format!("--param {param}: not key=value"))?;
+            let value: serde_json::Value = serde_json::from_str(value)
+                .unwrap_or_else(|_| serde_json::Value::String(value.into()));
+            spec.params.insert(key.into(), value);
+        }
+        if !self.features.is_empty() {
+            spec.features = self.features;
+        }
+        spec.exclude.extend(self.exclude);
+        if let Some(task) = self.task {
+            spec.task = Some(match task.as_str() {
+                "classification" => Task::Classification,
+                "regression" => Task::Regression,
+                other => bail!("--task {other}: not classification or regression"),
+            });
+        }
+        let (mut validation, mut test) = spec.split.shares();
+        validation = self.validation.unwrap_or(validation);
+        test = self.test.unwrap_or(test);
+        spec.split = match (self.split_by, spec.split) {
+            (Some(column), _) | (None, Split::Time { column, .. }) => Split::Time {
+                column,
+                validation,
+                test,
+            },
+            (None, Split::Random { seed, .. }) => Split::Random {
+                validation,
+                test,
+                seed: self.seed.unwrap_or(seed),
+            },
+        };
+        if let Some(experiment) = self.experiment {
+            spec.experiment = experiment;
+        }
+        if self.name.is_some() {
+            spec.name = self.name;
+        }
+        if self.register.is_some() {
+            spec.register = self.register;
+        }
+        Ok(spec)
+    }
+}
+
+pub async fn train(config: &Config, args: TrainArgs) -> anyhow::Result<ExitCode> {
+    let spec = args.spec()?;
+    let connection = connect(config).await?;
+    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
+    let datasets = Datasets::load(&connection.bus).await?;
+    let scratch = config.state_dir.join("train");
+    let workspace = Workspace {
+        tracker: &tracker,
+        datasets: &datasets,
+        scratch: &scratch,
+    };
+    let outcome = weir_train::train(&spec, workspace).await?;
+    tracker.close().await;
+    connection.close().await;
+    print_outcome(&spec, &outcome);
+    if let Some(reason) = &outcome.failure {
+        eprintln!("failed: {reason}");
+        return Ok(ExitCode::FAILURE);
+    }
+    if let Some((name, version)) = &outcome.version {
+        println!("registered {name}@{version}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The run, then its validation and test metrics side by side.
+fn print_outcome(spec: &TrainSpec, outcome: &weir_train::Outcome) {
+    let metric = |key: &str| outcome.metrics.get(key).copied().unwrap_or(f64::NAN);
+    println!(
+        "run {} (experiment {}): {} rows train / {} validation / {} test, trained in {:.2} s",
+        outcome.run_id,
+        spec.experiment,
+        metric("train_rows"),
+        metric("validation_rows"),
+        metric("test_rows"),
+        metric("train_seconds"),
+    );
+    let scored: Vec<&str> = outcome
+        .metrics
+        .keys()
+        .filter_map(|k| k.strip_prefix("validation_"))
+        .filter(|k| *k != "rows")
+        .collect();
+    if !scored.is_empty() {
+        println!("  {:<10} {:>10} {:>10}", "metric", "validation", "test");
+        for key in scored {
+            println!(
+                "  {key:<10} {:>10.4} {:>10.4}",
+                metric(&format!("validation_{key}")),
+                metric(&format!("test_{key}"))
+            );
+        }
+    }
+    let others: Vec<String> = outcome
+        .metrics
+        .iter()
+        .filter(|(k, _)| {
+            !k.starts_with("validation_")
+                && !k.starts_with("test_")
+                && !k.ends_with("_rows")
+                && k.as_str() != "train_seconds"
+        })
+        .map(|(k, v)| format!("{k} {v:.4}"))
+        .collect();
+    if !others.is_empty() {
+        println!("  also: {}", others.join(", "));
+    }
+}
+
+#[derive(Parser)]
+pub struct EvaluateArgs {
+    /// The candidate: `name@version`, `name@alias` or `name` (latest).
+    model: String,
+    /// A dataset version or a Parquet file holding the model's label.
+    dataset: String,
+    /// Break the metrics down by this column.
+    #[arg(long)]
+    slice: Option<String>,
+    /// The alias of the model to beat.
+    #[arg(long, default_value = "champion")]
+    champion: String,
+    /// A gate rule, `metric` or `metric:margin`: the candidate must beat
+    /// the champion on it by the margin (default: `roc_auc`, or `rmse`,
+    /// not worse).
+    #[arg(long = "gate")]
+    gate: Vec<String>,
+    /// Move the champion alias to the candidate if it passes the gate.
+    #[arg(long)]
+    promote: bool,
+    /// Write the HTML report here too (it is always kept with the run).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// The experiment of the evaluation's run.
+    #[arg(long, default_value = "evaluations")]
+    experiment: String,
+}
+
+/// Exit status 0 when the gate passes, 2 when it refuses.
+pub async fn evaluate(config: &Config, args: EvaluateArgs) -> anyhow::Result<ExitCode> {
+    let gate = args
+        .gate
+        .iter()
+        .map(|rule| rule.parse::<GateRule>())
+        .collect::<Result<Vec<_>, _>>()?;
+    let request = EvaluationRequest {
+        model: args.model,
+        dataset: args.dataset,
+        slice: args.slice,
+        champion: args.champion.clone(),
+        gate,
+        experiment: args.experiment,
+    };
+    let connection = connect(config).await?;
+    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
+    let datasets = Datasets::load(&connection.bus).await?;
+    let scratch = config.state_dir.join("train");
+    let workspace = Workspace {
+        tracker: &tracker,
+        datasets: &datasets,
+        scratch: &scratch,
+    };
+    let evaluation = weir_train::evaluate(&request, workspace).await?;
+    print_evaluation(&evaluation);
+    if let Some(path) = &args.report {
+        std::fs::write(path, &evaluation.report)
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("report: {}", path.display());
+    }
+    if args.promote && evaluation.gate.passed {
+        let (name, version) = evaluation
+            .candidate
+            .model
+            .rsplit_once('@')
+            .expect("name@version");
+        tracker
+            .set_alias(name, &args.champion, version.parse()?)
+            .await?;
+        println!(
+            "{} is now {name}@{}",
+            evaluation.candidate.model, args.champion
+        );
+    }
+    tracker.close().await;
+    connection.close().await;
+    Ok(if evaluation.gate.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    })
+}
+
+pub fn print_evaluation(evaluation: &weir_train::Evaluation) {
+    let candidate = &evaluation.candidate;
+    let champion = evaluation.champion.as_ref();
+    println!(
+        "{} on {} ({} labelled rows), run {}",
+        candidate.model, evaluation.dataset, evaluation.rows, evaluation.run_id
+    );
+    match champion {
+        Some(c) => println!(
+            "  {:<12} {:>10} {:>10} {:>10}",
+            "metric", "candidate", c.model, "Δ"
+        ),
+        None => println!("  {:<12} {:>10}", "metric", "candidate"),
+    }
+    for (metric, value) in &candidate.overall {
+        match champion.and_then(|c| c.overall.get(metric)) {
+            Some(theirs) => println!(
+                "  {metric:<12} {value:>10.4} {theirs:>10.4} {:>+10.4}",
+                value - theirs
+            ),
+            None => println!("  {metric:<12} {value:>10.4}"),
+        }
+    }
+    for (slice, metrics) in &candidate.slices {
+        let text: Vec<String> = metrics.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+        println!("  slice {slice}: {}", text.join(", "));
+    }
+    println!(
+        "  gate: {} — {}",
+        if evaluation.gate.passed {
+            "passed"
+        } else {
+            "refused"
+        },
+        evaluation.gate.reasons.join("; ")
+    );
+}

@@ -1,0 +1,341 @@
+//! ONNX models, the one inference path Weir has: what a model file
+//! declares (its signature, opsets, producer — read from the file itself),
+//! and running it with ONNX Runtime on a matrix of features.
+//!
+//! Training checks its exported models with it, evaluation scores with it
+//! and serving answers with it, so a model is judged by the same code that
+//! will run it.
+//!
+//! ONNX Runtime is a shared library loaded at run time, from the path in
+//! `WEIR_ORT_LIB` (`cargo xtask setup` unpacks it) or one given to
+//! [`init`].
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+use ort::session::Session;
+use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
+use serde::{Deserialize, Serialize};
+
+mod proto;
+
+/// What can go wrong with a model.
+#[derive(Debug, thiserror::Error)]
+pub enum OnnxError {
+    /// ONNX Runtime could not be loaded.
+    #[error("ONNX Runtime: {0}")]
+    Runtime(String),
+    /// The file is not an ONNX model.
+    #[error("not an ONNX model: {0}")]
+    Format(String),
+    /// The model refused the input, or failed running.
+    #[error("inference: {0}")]
+    Inference(String),
+}
+
+/// An ONNX opset a model imports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Opset {
+    /// Its domain (`""` is the default, `ai.onnx.ml` the classical ML
+    /// operators).
+    pub domain: String,
+    /// Its version.
+    pub version: i64,
+}
+
+/// A model's input or output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TensorSpec {
+    /// Its name.
+    pub name: String,
+    /// Its element type (`float32`, `int64`, `string`, …), or the kind of
+    /// value (`sequence`, `map`) for what is not a tensor.
+    pub dtype: String,
+    /// Its shape; `-1` where a dimension is not fixed (the batch).
+    pub shape: Vec<i64>,
+}
+
+/// What a model file declares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Signature {
+    /// Its inputs.
+    pub inputs: Vec<TensorSpec>,
+    /// Its outputs.
+    pub outputs: Vec<TensorSpec>,
+    /// The opsets it imports.
+    pub opsets: Vec<Opset>,
+    /// The ONNX IR version.
+    pub ir_version: i64,
+    /// What wrote it (`skl2onnx 1.20.0`).
+    pub producer: String,
+}
+
+impl Signature {
+    /// Reads the signature of the model in `bytes`.
+    pub fn read(bytes: &[u8]) -> Result<Self, OnnxError> {
+        proto::signature(bytes)
+    }
+
+    /// The default-domain opset (`ai.onnx`), the one people call "the
+    /// opset".
+    pub fn opset(&self) -> Option<i64> {
+        self.opsets
+            .iter()
+            .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
+            .map(|o| o.version)
+            .max()
+    }
+}
+
+static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+/// Loads ONNX Runtime from `library`, or from `WEIR_ORT_LIB` when `None`.
+/// Only the first call loads; later ones return its outcome.
+pub fn init(library: Option<&Path>) -> Result<(), OnnxError> {
+    let outcome = ENVIRONMENT.get_or_init(|| {
+        let path: PathBuf = match library {
+            Some(path) => path.to_path_buf(),
+            None => std::env::var_os("WEIR_ORT_LIB")
+                .map(PathBuf::from)
+                .ok_or_else(|| {
+                    "WEIR_ORT_LIB is not set: it names libonnxruntime.so \
+                     (`cargo xtask setup` unpacks it; `cargo xtask env` prints the path)"
+                        .to_string()
+                })?,
+        };
+        if !path.is_file() {
+            return Err(format!("{}: no such library", path.display()));
+        }
+        ort::init_from(&path)
+            .map_err(|e| format!("loading {}: {e}", path.display()))?
+            .with_name("weir")
+            .build()
+            .map_err(|e| format!("starting {}: {e}", path.display()))
+    });
+    outcome
+        .as_ref()
+        .map(|_| ())
+        .map_err(|e| OnnxError::Runtime(e.clone()))
+}
+
+/// How a model's session runs.
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// Threads for one operator; ONNX Runtime's default (one per core)
+    /// when `None`.
+    pub intra_threads: Option<usize>,
+}
+
+/// The values of one output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Values {
+    /// `float32`.
+    F32(Vec<f32>),
+    /// `float64`.
+    F64(Vec<f64>),
+    /// `int64`.
+    I64(Vec<i64>),
+    /// `string`.
+    Str(Vec<String>),
+}
+
+/// One output of a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Output {
+    /// Its name.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its values, row-major.
+    pub values: Values,
+}
+
+impl Output {
+    /// The values as `f64`, if they are numbers.
+    pub fn as_f64(&self) -> Option<Vec<f64>> {
+        match &self.values {
+            Values::F32(v) => Some(v.iter().map(|&x| x as f64).collect()),
+            Values::F64(v) => Some(v.clone()),
+            Values::I64(v) => Some(v.iter().map(|&x| x as f64).collect()),
+            Values::Str(_) => None,
+        }
+    }
+
+    /// Values per row (the product of the dimensions after the first).
+    pub fn width(&self) -> usize {
+        self.shape.iter().skip(1).product::<usize>().max(1)
+    }
+}
+
+/// The outputs of a run, in the model's order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prediction {
+    /// The outputs.
+    pub outputs: Vec<Output>,
+}
+
+impl Prediction {
+    /// The model's scores: `rows × width` numbers — a classifier's class
+    /// probabilities (the `probabilities` output of skl2onnx and
+    /// onnxmltools), or a regressor's value. That is the first
+    /// floating-point output, preferring one named `probabilities`.
+    pub fn scores(&self) -> Option<(Vec<f64>, usize)> {
+        let float = |o: &&Output| matches!(o.values, Values::F32(_) | Values::F64(_));
+        let output = self
+            .outputs
+            .iter()
+            .filter(float)
+            .find(|o| o.name == "probabilities")
+            .or_else(|| self.outputs.iter().find(float))?;
+        Some((output.as_f64()?, output.width()))
+    }
+}
+
+/// A loaded model.
+pub struct Model {
+    /// `Session::run` takes `&mut self`.
+    session: Mutex<Session>,
+    signature: Signature,
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("signature", &self.signature)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Model {
+    /// Loads the model in `bytes` (ONNX Runtime from `WEIR_ORT_LIB` if it
+    /// is not loaded yet).
+    pub fn load(bytes: &[u8], options: &SessionOptions) -> Result<Self, OnnxError> {
+        init(None)?;
+        let signature = Signature::read(bytes)?;
+        let environment = match ENVIRONMENT.get() {
+            Some(Ok(environment)) => environment,
+            _ => return Err(OnnxError::Runtime("not loaded".into())),
+        };
+        let runtime = |e: ort::Error| OnnxError::Runtime(e.to_string());
+        let mut builder = Session::builder(environment).map_err(runtime)?;
+        if let Some(threads) = options.intra_threads {
+            builder = builder
+                .with_intra_threads(threads)
+                .map_err(|e| OnnxError::Runtime(e.to_string()))?;
+        }
+        let session = builder
+            .commit_from_memory(bytes)
+            .map_err(|e| OnnxError::Format(e.to_string()))?;
+        Ok(Self {
+            session: Mutex::new(session),
+            signature,
+        })
+    }
+
+    /// Loads the model file at `path`.
+    pub fn open(path: &Path, options: &SessionOptions) -> Result<Self, OnnxError> {
+        let bytes = std::fs::read(path)
+            .map_err(|e| OnnxError::Format(format!("{}: {e}", path.display())))?;
+        Self::load(&bytes, options)
+    }
+
+    /// What the file declares.
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    /// How many features a row has: the last dimension of the first input,
+    /// if it is fixed.
+    pub fn width(&self) -> Option<usize> {
+        let input = self.signature.inputs.first()?;
+        match input.shape.as_slice() {
+            [_, width] if *width > 0 => Some(*width as usize),
+            _ => None,
+        }
+    }
+
+    /// Runs the model on `rows` rows of `features` (row-major, `rows ×
+    /// width` values) given to its first input, a `float32` matrix.
+    pub fn predict(&self, features: &[f32], rows: usize) -> Result<Prediction, OnnxError> {
+        let input = self
+            .signature
+            .inputs
+            .first()
+            .ok_or_else(|| OnnxError::Inference("the model has no input".into()))?;
+        if input.dtype != "float32" {
+            return Err(OnnxError::Inference(format!(
+                "input `{}` is {}; Weir feeds float32 feature matrices",
+                input.name, input.dtype
+            )));
+        }
+        let width = features.len().checked_div(rows).unwrap_or(0);
+        if rows * width != features.len() {
+            return Err(OnnxError::Inference(format!(
+                "{} values do not make {rows} rows",
+                features.len()
+            )));
+        }
+        if let Some(expected) = self.width()
+            && expected != width
+        {
+            return Err(OnnxError::Inference(format!(
+                "input `{}` takes {expected} features a row, got {width}",
+                input.name
+            )));
+        }
+        let inference = |e: ort::Error| OnnxError::Inference(e.to_string());
+        let tensor = TensorRef::from_array_view(([rows, width], features)).map_err(inference)?;
+        let mut session = self.session.lock().expect("session lock");
+        let outputs = session
+            .run(ort::inputs![input.name.as_str() => tensor])
+            .map_err(inference)?;
+        let outputs = outputs
+            .iter()
+            .map(|(name, value)| output(name, &value))
+            .collect::<Result<_, _>>()?;
+        Ok(Prediction { outputs })
+    }
+}
+
+fn output(name: &str, value: &DynValue) -> Result<Output, OnnxError> {
+    let inference = |e: ort::Error| OnnxError::Inference(format!("output `{name}`: {e}"));
+    let ValueType::Tensor { ty, .. } = value.dtype() else {
+        return Err(OnnxError::Inference(format!(
+            "output `{name}` is not a tensor (a classifier exported with a ZipMap? \
+             export with `zipmap=False`)"
+        )));
+    };
+    let (shape, values) = match ty {
+        TensorElementType::Float32 => {
+            let (shape, data) = value.try_extract_tensor::<f32>().map_err(inference)?;
+            (shape.to_vec(), Values::F32(data.to_vec()))
+        }
+        TensorElementType::Float64 => {
+            let (shape, data) = value.try_extract_tensor::<f64>().map_err(inference)?;
+            (shape.to_vec(), Values::F64(data.to_vec()))
+        }
+        TensorElementType::Int64 => {
+            let (shape, data) = value.try_extract_tensor::<i64>().map_err(inference)?;
+            (shape.to_vec(), Values::I64(data.to_vec()))
+        }
+        TensorElementType::Int32 => {
+            let (shape, data) = value.try_extract_tensor::<i32>().map_err(inference)?;
+            let data = data.iter().map(|&x| x as i64).collect();
+            (shape.to_vec(), Values::I64(data))
+        }
+        TensorElementType::String => {
+            let (shape, data) = value.try_extract_strings().map_err(inference)?;
+            (shape.to_vec(), Values::Str(data))
+        }
+        other => {
+            return Err(OnnxError::Inference(format!(
+                "output `{name}` has element type {other:?}, which Weir does not read"
+            )));
+        }
+    };
+    Ok(Output {
+        name: name.to_string(),
+        shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+        values,
+    })
+}

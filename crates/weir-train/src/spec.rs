@@ -1,0 +1,215 @@
+//! What a training job is: a YAML file (`weir train job.yaml`), or the same
+//! fields from the command line.
+//!
+//! ```yaml
+//! experiment: fraud
+//! name: gbdt-baseline          # the run's name (optional)
+//! dataset: demo-training@1     # a dataset version, or a Parquet or CSV file
+//! label: large
+//! exclude: [user_id]           # columns that are not features
+//! split: {by: random, validation: 0.2, test: 0.2, seed: 7}
+//! runtime: {kind: sklearn, estimator: HistGradientBoostingClassifier}
+//! params: {max_iter: 200, learning_rate: 0.05}
+//! register: fraud-model        # register the model as a version of it
+//! ```
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::TrainError;
+
+/// A training job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSpec {
+    /// The experiment its run goes to (created if missing).
+    #[serde(default = "default_experiment")]
+    pub experiment: String,
+    /// The run's name; generated if none.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// A dataset version (`name@version`, `name` for its latest) or a
+    /// Parquet or CSV file.
+    pub dataset: String,
+    /// The column to predict.
+    pub label: String,
+    /// The feature columns, in the model's input order. When empty: every
+    /// numeric or boolean column but the label, the dataset's entity keys,
+    /// its time columns and `exclude`.
+    #[serde(default)]
+    pub features: Vec<String>,
+    /// Columns that are not features.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// `classification` or `regression`; when absent, a text, boolean or
+    /// integer label is classification and a floating-point one regression.
+    #[serde(default)]
+    pub task: Option<Task>,
+    /// How the rows are split.
+    #[serde(default)]
+    pub split: Split,
+    /// What trains the model.
+    pub runtime: Runtime,
+    /// The runtime's params (the estimator's, for the built-in ones).
+    #[serde(default)]
+    pub params: BTreeMap<String, serde_json::Value>,
+    /// Registers the model as a new version of this registered model.
+    #[serde(default)]
+    pub register: Option<String>,
+    /// Largest difference allowed between the ONNX model's scores and the
+    /// framework's on the validation rows.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+}
+
+fn default_experiment() -> String {
+    "Default".into()
+}
+
+fn default_tolerance() -> f64 {
+    1e-4
+}
+
+/// What the model predicts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// A class, with a score per class.
+    Classification,
+    /// A number.
+    Regression,
+}
+
+impl Task {
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Task::Classification => "classification",
+            Task::Regression => "regression",
+        }
+    }
+}
+
+/// How rows are split into training, validation and test parts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "by", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Split {
+    /// Shuffled with a seed.
+    Random {
+        /// Share of the rows for validation.
+        validation: f64,
+        /// Share for test.
+        test: f64,
+        /// The shuffle's seed.
+        seed: u64,
+    },
+    /// Ordered by a time column: the latest rows are the test part, the
+    /// ones before them validation — no training row is later than a test
+    /// row, as in production.
+    Time {
+        /// The column to order by.
+        column: String,
+        /// Share of the rows for validation.
+        validation: f64,
+        /// Share for test.
+        test: f64,
+    },
+}
+
+impl Default for Split {
+    fn default() -> Self {
+        Split::Random {
+            validation: 0.2,
+            test: 0.2,
+            seed: 7,
+        }
+    }
+}
+
+impl Split {
+    /// The validation and test shares.
+    pub fn shares(&self) -> (f64, f64) {
+        match self {
+            Split::Random {
+                validation, test, ..
+            }
+            | Split::Time {
+                validation, test, ..
+            } => (*validation, *test),
+        }
+    }
+
+    /// Checks the shares leave rows to train on.
+    pub fn check(&self) -> Result<(), TrainError> {
+        let (validation, test) = self.shares();
+        let share = |s: f64| (0.0..1.0).contains(&s);
+        if !share(validation) || !share(test) || validation + test >= 1.0 {
+            return Err(TrainError::Invalid(format!(
+                "split: validation ({validation}) and test ({test}) must be shares in [0, 1) that leave rows to train on"
+            )));
+        }
+        Ok(())
+    }
+
+    /// A one-line description (`random 0.2/0.2 seed 7`).
+    pub fn describe(&self) -> String {
+        match self {
+            Split::Random {
+                validation,
+                test,
+                seed,
+            } => format!("random validation {validation} test {test} seed {seed}"),
+            Split::Time {
+                column,
+                validation,
+                test,
+            } => format!("time by {column} validation {validation} test {test}"),
+        }
+    }
+}
+
+/// What trains the model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Runtime {
+    /// A scikit-learn estimator, by class name, exported with skl2onnx.
+    Sklearn {
+        /// `HistGradientBoostingClassifier`, `LogisticRegression`,
+        /// `RandomForestRegressor`, … (any estimator scikit-learn lists).
+        estimator: String,
+    },
+    /// LightGBM (`LGBMClassifier` or `LGBMRegressor` by task), exported
+    /// with onnxmltools.
+    Lightgbm,
+    /// Any command that follows the runtime contract ([`crate::runtime`]).
+    Command {
+        /// The program and its arguments.
+        command: Vec<String>,
+    },
+}
+
+impl Runtime {
+    /// Its name, as recorded (`sklearn:LogisticRegression`, `lightgbm`,
+    /// `command:python train.py`).
+    pub fn describe(&self) -> String {
+        match self {
+            Runtime::Sklearn { estimator } => format!("sklearn:{estimator}"),
+            Runtime::Lightgbm => "lightgbm".into(),
+            Runtime::Command { command } => format!("command:{}", command.join(" ")),
+        }
+    }
+}
+
+impl TrainSpec {
+    /// Reads a job from YAML; errors name the field and its line.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, TrainError> {
+        serde_yaml::from_str(text).map_err(|e| {
+            let at = e
+                .location()
+                .map(|l| format!(":{}:{}", l.line(), l.column()))
+                .unwrap_or_default();
+            TrainError::Invalid(format!("{origin}{at}: {e}"))
+        })
+    }
+}

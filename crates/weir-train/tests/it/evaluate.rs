@@ -1,0 +1,126 @@
+//! Evaluation against the champion, by slice, with the gate.
+
+use std::collections::BTreeMap;
+
+use weir_train::spec::{Runtime, Split};
+use weir_train::{EvaluationRequest, GateRule, TrainSpec};
+
+use crate::{Platform, generate};
+
+fn job(dataset: &str, features: &[&str]) -> TrainSpec {
+    TrainSpec {
+        experiment: "ct".into(),
+        name: None,
+        dataset: dataset.into(),
+        label: "clicked".into(),
+        features: features.iter().map(|f| f.to_string()).collect(),
+        exclude: vec![],
+        task: None,
+        split: Split::default(),
+        runtime: Runtime::Sklearn {
+            estimator: "LogisticRegression".into(),
+        },
+        params: BTreeMap::new(),
+        register: Some("clicks".into()),
+        tolerance: 1e-4,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gate_accepts_a_better_model_and_refuses_a_worse_one() {
+    let mut platform = Platform::start().await;
+    let train = platform.dir.path().join("train.parquet");
+    generate(&train, 2000, 11);
+    let dataset = platform.register("clicks", &train).await;
+    let holdout = platform.dir.path().join("holdout.parquet");
+    generate(&holdout, 1000, 12);
+
+    // v1 sees only noise; it becomes the champion. v2 sees the signal.
+    let weak = weir_train::train(&job(&dataset, &["x2", "x4"]), platform.workspace())
+        .await
+        .unwrap();
+    assert_eq!(weak.failure, None);
+    platform
+        .tracker
+        .set_alias("clicks", "champion", 1)
+        .await
+        .unwrap();
+    let strong = weir_train::train(&job(&dataset, &["x0", "x1", "x2"]), platform.workspace())
+        .await
+        .unwrap();
+    assert_eq!(strong.version, Some(("clicks".into(), 2)));
+
+    let request = |model: &str, gate: Vec<GateRule>| EvaluationRequest {
+        model: model.into(),
+        dataset: holdout.to_str().unwrap().into(),
+        slice: Some("segment".into()),
+        champion: "champion".into(),
+        gate,
+        experiment: "evaluations".into(),
+    };
+    let better = weir_train::evaluate(
+        &request(
+            "clicks@2",
+            vec!["roc_auc:0.1".parse().unwrap(), "log_loss".parse().unwrap()],
+        ),
+        platform.workspace(),
+    )
+    .await
+    .unwrap();
+    assert!(better.gate.passed, "{:?}", better.gate);
+    assert_eq!(better.rows, 1000);
+    let champion = better.champion.as_ref().unwrap();
+    assert_eq!(champion.model, "clicks@1");
+    assert!(better.candidate.overall["roc_auc"] > 0.9);
+    assert!(champion.overall["roc_auc"] < 0.6);
+    assert_eq!(
+        better.candidate.slices.keys().collect::<Vec<_>>(),
+        ["app", "web"]
+    );
+    assert!(better.report.contains("<svg") && better.report.contains("calibration"));
+    // Each version's test metrics from its training run, for the history chart.
+    assert_eq!(
+        better.history.iter().map(|(v, _)| *v).collect::<Vec<_>>(),
+        [1, 2]
+    );
+
+    // Promote v2; then v1 against it is refused.
+    platform
+        .tracker
+        .set_alias("clicks", "champion", 2)
+        .await
+        .unwrap();
+    let worse = weir_train::evaluate(&request("clicks@1", vec![]), platform.workspace())
+        .await
+        .unwrap();
+    assert!(!worse.gate.passed, "{:?}", worse.gate);
+    assert!(
+        worse.gate.reasons[0].starts_with("roc_auc:"),
+        "{:?}",
+        worse.gate
+    );
+
+    // The evaluations are runs, with the report.
+    let runs = platform.tracker.read(|state| {
+        let experiment = state
+            .experiment_by_name("evaluations")
+            .unwrap()
+            .experiment_id
+            .clone();
+        state
+            .runs_of(&experiment)
+            .map(|r| (r.tags["weir.gate"].clone(), r.params["model"].clone()))
+            .collect::<Vec<_>>()
+    });
+    assert_eq!(runs.len(), 2);
+    assert!(runs.contains(&("passed".into(), "clicks@2".into())));
+    assert!(runs.contains(&("refused".into(), "clicks@1".into())));
+
+    // Bad requests name the problem.
+    let error = weir_train::evaluate(&request("clicks@9", vec![]), platform.workspace())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("clicks@9"), "{error}");
+    assert!("auc:1".parse::<GateRule>().is_err());
+}

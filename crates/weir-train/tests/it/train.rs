@@ -1,0 +1,310 @@
+//! Training jobs: the built-in runtimes, a custom one, and the ways a job
+//! fails.
+
+use std::collections::BTreeMap;
+
+use weir_meta::lineage::{Node, render};
+use weir_train::TrainSpec;
+use weir_train::spec::{Runtime, Split, Task};
+
+use crate::{Platform, generate};
+
+fn spec(dataset: &str, label: &str, runtime: Runtime) -> TrainSpec {
+    TrainSpec {
+        experiment: "train-tests".into(),
+        name: None,
+        dataset: dataset.into(),
+        label: label.into(),
+        features: vec![],
+        exclude: vec!["spend".into(), "clicked".into()],
+        task: None,
+        split: Split::Random {
+            validation: 0.2,
+            test: 0.2,
+            seed: 3,
+        },
+        runtime,
+        params: BTreeMap::new(),
+        register: None,
+        tolerance: 1e-4,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sklearn_model_is_checked_against_onnx_runtime_and_registered_with_lineage() {
+    let mut platform = Platform::start().await;
+    let path = platform.dir.path().join("clicks.parquet");
+    generate(&path, 3000, 1);
+    let dataset = platform.register("clicks", &path).await;
+    let mut job = spec(
+        &dataset,
+        "clicked",
+        Runtime::Sklearn {
+            estimator: "HistGradientBoostingClassifier".into(),
+        },
+    );
+    job.params.insert("max_iter".into(), 50.into());
+    job.register = Some("clicks-model".into());
+    let outcome = weir_train::train(&job, platform.workspace()).await.unwrap();
+    assert_eq!(outcome.failure, None);
+    let m = &outcome.metrics;
+    assert_eq!(
+        (m["train_rows"], m["validation_rows"], m["test_rows"]),
+        (1800.0, 600.0, 600.0)
+    );
+    assert!(m["onnx_max_abs_diff"] <= 1e-4, "{m:?}");
+    assert!(m["validation_roc_auc"] > 0.85, "{m:?}");
+    assert!(m["test_accuracy"] > 0.75, "{m:?}");
+
+    let (name, version) = outcome.version.clone().unwrap();
+    assert_eq!((name.as_str(), version), ("clicks-model", 1));
+    let (run, info) = platform.tracker.read(|state| {
+        let (_, v) = state.version("clicks-model", "1").unwrap();
+        (
+            state.run(&v.run_id).unwrap().clone(),
+            v.model.clone().unwrap(),
+        )
+    });
+    assert_eq!(run.status, "FINISHED");
+    assert_eq!(run.params["max_iter"], "50");
+    assert_eq!(run.params["weir.features"], "x0,x1,x2,x3,x4");
+    assert_eq!(
+        run.tags["weir.runtime"],
+        "sklearn:HistGradientBoostingClassifier"
+    );
+    // The entity key, the time, the excluded columns and the text column
+    // are not features.
+    assert_eq!(info.features, ["x0", "x1", "x2", "x3", "x4"]);
+    assert_eq!(info.task, "classification");
+    assert_eq!(info.classes, ["0", "1"]);
+    assert_eq!(info.signature.inputs[0].dtype, "float32");
+    assert_eq!(info.signature.inputs[0].shape, [-1, 5]);
+    assert!(
+        info.signature.opset().unwrap() >= 15,
+        "{:?}",
+        info.signature
+    );
+    assert!(info.signature.producer.starts_with("skl2onnx"));
+    assert_eq!(info.dependencies["scikit-learn"], "1.9.1");
+    // The registered file is the one stored with the run.
+    let bytes = platform.tracker.artifact_bytes(&info.path).await.unwrap();
+    assert_eq!(bytes.len() as u64, info.size);
+    assert!(
+        info.path
+            .ends_with(&format!("{}/artifacts/model/model.onnx", run.run_id))
+    );
+
+    // Lineage: the dataset → the run → the model version.
+    let lineage = platform
+        .tracker
+        .read(|state| render(state, &Node::Model("clicks-model".into(), 1), "text").unwrap());
+    assert!(lineage.contains("dataset clicks@1"), "{lineage}");
+    assert!(lineage.contains(&run.run_id), "{lineage}");
+
+    // The same job again: the same split, so the same metrics.
+    job.register = None;
+    let again = weir_train::train(&job, platform.workspace()).await.unwrap();
+    assert_eq!(
+        again.metrics["test_roc_auc"],
+        outcome.metrics["test_roc_auc"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lightgbm_regressor_with_a_time_split() {
+    let platform = Platform::start().await;
+    let path = platform.dir.path().join("spend.parquet");
+    generate(&path, 2000, 2);
+    let mut job = spec(path.to_str().unwrap(), "spend", Runtime::Lightgbm);
+    job.exclude = vec!["clicked".into()];
+    job.split = Split::Time {
+        column: "event_timestamp".into(),
+        validation: 0.25,
+        test: 0.25,
+    };
+    job.params.insert("n_estimators".into(), 60.into());
+    job.register = Some("spend-model".into());
+    let outcome = weir_train::train(&job, platform.workspace()).await.unwrap();
+    assert_eq!(outcome.failure, None);
+    let m = &outcome.metrics;
+    assert!(m["onnx_max_abs_diff"] <= 1e-4, "{m:?}");
+    assert!(m["test_r2"] > 0.9, "{m:?}");
+    let info = outcome.model.unwrap();
+    assert_eq!(info.task, "regression");
+    assert_eq!(info.dependencies["lightgbm"], "4.7.0");
+    // A file, not a registered dataset: recorded by path and content hash.
+    let inputs = platform
+        .tracker
+        .read(|state| state.run(&outcome.run_id).unwrap().inputs.clone());
+    assert_eq!(inputs[0]["dataset"]["name"], path.to_str().unwrap());
+}
+
+/// A user's own script, with no framework but numpy and onnx: fits a
+/// logistic regression by gradient descent and writes it as ONNX by hand.
+const CUSTOM_RUNTIME: &str = r#"
+import json, os
+import numpy as np, pyarrow.parquet as pq, onnx
+from onnx import helper, TensorProto, numpy_helper
+features = json.loads(os.environ["WEIR_FEATURES"]); label = os.environ["WEIR_LABEL"]
+params = json.loads(os.environ["WEIR_PARAMS"]); out = os.environ["WEIR_OUTPUT_DIR"]
+t = pq.read_table(os.environ["WEIR_TRAIN_PATH"]).to_pandas()
+x = t[features].fillna(0).to_numpy(np.float64); y = t[label].astype(float).to_numpy()
+w = np.zeros(x.shape[1]); b = 0.0
+for _ in range(int(params.get("steps", 300))):
+    p = 1 / (1 + np.exp(-(x @ w + b)))
+    w -= 0.5 * x.T @ (p - y) / len(y); b -= 0.5 * float(np.mean(p - y))
+W = numpy_helper.from_array(np.stack([-w, w], 1).astype(np.float32), "W")
+B = numpy_helper.from_array(np.array([-b, b], np.float32), "B")
+graph = helper.make_graph(
+    [helper.make_node("MatMul", ["input", "W"], ["z"]), helper.make_node("Add", ["z", "B"], ["logits"]),
+     helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)],
+    "custom", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, len(features)])],
+    [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, [None, 2])], [W, B])
+model = helper.make_model(graph, producer_name="my-script", opset_imports=[helper.make_opsetid("", 17)])
+model.ir_version = 8
+open(os.path.join(out, "model.onnx"), "wb").write(model.SerializeToString())
+json.dump({"steps": int(params.get("steps", 300))}, open(os.path.join(out, "metrics.json"), "w"))
+json.dump({"numpy": np.__version__}, open(os.path.join(out, "dependencies.json"), "w"))
+open(os.path.join(out, "notes.txt"), "w").write("trained by hand")
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_custom_runtime_trains_through_the_contract() {
+    let platform = Platform::start().await;
+    let path = platform.dir.path().join("clicks.parquet");
+    generate(&path, 1500, 4);
+    let script = platform.dir.path().join("train.py");
+    std::fs::write(&script, CUSTOM_RUNTIME).unwrap();
+    let python = crate::python();
+    let mut job = spec(
+        path.to_str().unwrap(),
+        "clicked",
+        Runtime::Command {
+            command: vec![python.display().to_string(), script.display().to_string()],
+        },
+    );
+    job.features = vec!["x0".into(), "x1".into(), "x2".into()];
+    job.params.insert("steps".into(), 400.into());
+    job.register = Some("handmade".into());
+    let outcome = weir_train::train(&job, platform.workspace()).await.unwrap();
+    assert_eq!(outcome.failure, None);
+    assert!(
+        outcome.metrics["test_roc_auc"] > 0.85,
+        "{:?}",
+        outcome.metrics
+    );
+    assert_eq!(outcome.metrics["steps"], 400.0);
+    let info = outcome.model.unwrap();
+    assert_eq!(info.signature.producer, "my-script");
+    assert_eq!(info.signature.opset(), Some(17));
+    assert!(info.dependencies.contains_key("numpy"));
+    let artifacts: Vec<String> = platform.tracker.read(|state| {
+        let run = state.run(&outcome.run_id).unwrap();
+        let root = run
+            .artifact_uri
+            .trim_start_matches("mlflow-artifacts:/")
+            .to_string();
+        state
+            .artifacts_under(&root)
+            .map(|(path, _)| path.trim_start_matches(&root).to_string())
+            .collect()
+    });
+    for expected in [
+        "/model/model.onnx",
+        "/output/notes.txt",
+        "/split.json",
+        "/job.yaml",
+    ] {
+        assert!(
+            artifacts.iter().any(|a| a == expected),
+            "{expected} in {artifacts:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_are_recorded_with_their_reason_and_nothing_is_registered() {
+    let platform = Platform::start().await;
+    let path = platform.dir.path().join("clicks.parquet");
+    generate(&path, 600, 5);
+    let python = crate::python().display().to_string();
+    let file = path.to_str().unwrap();
+    let command = |code: &str| Runtime::Command {
+        command: vec![python.clone(), "-c".into(), code.into()],
+    };
+    let lightgbm = Runtime::Lightgbm;
+    let mut unknown_param = spec(file, "clicked", lightgbm.clone());
+    unknown_param
+        .params
+        .insert("learning_rat".into(), 0.1.into());
+    let mut wrong_task = spec(file, "segment", lightgbm.clone());
+    wrong_task.task = Some(Task::Regression);
+    let cases = [
+        (
+            spec(file, "churned", lightgbm.clone()),
+            "no column `churned`",
+        ),
+        (
+            unknown_param,
+            "unknown param `learning_rat` for LGBMClassifier",
+        ),
+        (
+            spec(
+                file,
+                "clicked",
+                command("import sys; print('out of memory', file=sys.stderr); sys.exit(3)"),
+            ),
+            "out of memory",
+        ),
+        (
+            spec(file, "clicked", command("pass")),
+            "wrote no model.onnx",
+        ),
+        (
+            spec(
+                file,
+                "clicked",
+                command(
+                    "import os; open(os.environ['WEIR_OUTPUT_DIR'] + '/model.onnx', 'w').write('junk')",
+                ),
+            ),
+            "not an ONNX model",
+        ),
+        (wrong_task, "label `segment` is Utf8, not a number"),
+        (spec("nope@1", "clicked", lightgbm), "dataset `nope@1`"),
+    ];
+    for (mut job, reason) in cases {
+        job.register = Some("never".into());
+        let outcome = weir_train::train(&job, platform.workspace()).await.unwrap();
+        let failure = outcome.failure.clone().unwrap_or_default();
+        assert!(
+            failure.contains(reason),
+            "`{failure}` should say `{reason}`"
+        );
+        let run = platform
+            .tracker
+            .read(|state| state.run(&outcome.run_id).unwrap().clone());
+        assert_eq!(run.status, "FAILED");
+        assert!(run.tags["weir.failure"].contains(reason));
+        assert!(outcome.version.is_none());
+    }
+    platform
+        .tracker
+        .read(|state| assert!(state.model("never").is_err()));
+}
+
+#[test]
+fn job_files_name_the_bad_field_and_its_line() {
+    let error = TrainSpec::from_yaml(
+        "dataset: d@1\nlabel: y\nruntime: {kind: sklearn, estimator: X}\nsplitt: {by: random}\n",
+        "job.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(error.starts_with("job.yaml:4:"), "{error}");
+    assert!(error.contains("splitt"), "{error}");
+    let error = TrainSpec::from_yaml("dataset: d@1\nlabel: y\nruntime: {kind: torch}\n", "j.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("torch"), "{error}");
+}
