@@ -269,4 +269,13 @@ fn training_page() {
     assert!(version_2.contains("champion"), "{models}");
     assert!(models.contains("producer skl2onnx"), "{models}");
     assert!(models.contains("needs lightgbm==4.7.0"), "{models}");
+    let tuned = out("tune docs/examples/churn-tune.yaml");
+    assert!(
+        tuned.contains("(experiment churn-tuning): 8 trials"),
+        "{tuned}"
+    );
+    assert!(
+        tuned.ends_with("registered the best trial's model as churn-model@3\n"),
+        "{tuned}"
+    );
 }

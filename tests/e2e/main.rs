@@ -7,3 +7,4 @@ mod docs;
 mod interop;
 mod support;
 mod tracking;
+mod tuning;

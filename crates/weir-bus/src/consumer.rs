@@ -44,6 +44,8 @@ pub struct ConsumerOptions {
     /// count) instead of writing them to the dead-letter topic. For tools
     /// such as `weir tail` that must not change anything.
     pub read_only: bool,
+    /// librdkafka settings for this consumer only (`session.timeout.ms`…).
+    pub settings: Vec<(String, String)>,
 }
 
 /// A decoded record.
@@ -132,12 +134,15 @@ impl Consumer {
             StartFrom::End => "latest",
             _ => "earliest",
         };
-        let inner: StreamConsumer<QuietEof> = consumer_config(bus.config(), &group)
-            .set("auto.offset.reset", reset)
-            .set(
-                "enable.partition.eof",
-                if options.until_end { "true" } else { "false" },
-            )
+        let mut client = consumer_config(bus.config(), &group);
+        client.set("auto.offset.reset", reset).set(
+            "enable.partition.eof",
+            if options.until_end { "true" } else { "false" },
+        );
+        for (key, value) in &options.settings {
+            client.set(key, value);
+        }
+        let inner: StreamConsumer<QuietEof> = client
             .create_with_context(QuietEof)
             .map_err(|e| BusError::kafka("creating a consumer", e))?;
         if options.group.is_some() && matches!(options.start, StartFrom::Committed | StartFrom::End)

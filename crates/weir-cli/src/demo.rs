@@ -161,6 +161,7 @@ async fn bus_stage(bus: &Bus, args: &Args, config: &Config) -> anyhow::Result<()
             start: StartFrom::Committed,
             until_end: true,
             read_only: false,
+            ..Default::default()
         },
     )?;
     let mut per_partition: BTreeMap<i32, u64> = BTreeMap::new();
@@ -640,6 +641,7 @@ async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Re
         params: [("n_estimators".to_string(), json!(100))].into(),
         register: Some("demo-large".into()),
         tolerance: 1e-4,
+        tags: Default::default(),
     };
     let outcome = weir_train::train(&spec, workspace).await?;
     if let Some(reason) = outcome.failure {

@@ -87,6 +87,12 @@ enum Command {
     /// Score a registered model on a dataset next to the champion, by
     /// slice, with a promotion gate and an HTML report.
     Evaluate(train::EvaluateArgs),
+    /// Tune a training job's params: trials on `weir.jobs.<experiment>`
+    /// for `weir worker`s, random, grid or TPE search, the best registered.
+    Tune(train::TuneArgs),
+    /// Run tuning trials from `weir.jobs.<experiment>`, one of any number
+    /// of workers in a consumer group.
+    Worker(train::WorkerArgs),
     /// Run the embedded Kafka-API broker and the schema registry API for
     /// other clients.
     Broker(broker::Args),
@@ -140,6 +146,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Lineage(args) => tracking::lineage(&config, args).await,
         Command::Train(args) => train::train(&config, *args).await,
         Command::Evaluate(args) => train::evaluate(&config, args).await,
+        Command::Tune(args) => train::tune(&config, args).await,
+        Command::Worker(args) => train::worker(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Demo(args) => demo::run(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,

@@ -69,6 +69,7 @@ async fn tail(bus: &Bus, args: &Args) -> anyhow::Result<()> {
             start,
             until_end: !args.follow,
             read_only: true,
+            ..Default::default()
         },
     )?;
     let dead_letter_topic = topics::dlq_source(&args.topic).is_some();

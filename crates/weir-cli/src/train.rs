@@ -8,6 +8,7 @@ use clap::Parser;
 use weir_core::Config;
 use weir_features::datasets::Datasets;
 use weir_train::spec::{Runtime, Split, Task, TrainSpec};
+use weir_train::tune::TuneSpec;
 use weir_train::{EvaluationRequest, GateRule, Workspace};
 
 use crate::connect::connect;
@@ -95,6 +96,7 @@ impl TrainArgs {
                     params: Default::default(),
                     register: None,
                     tolerance: 1e-4,
+                    tags: Default::default(),
                 }
             }
         };
@@ -354,4 +356,162 @@ pub fn print_evaluation(evaluation: &weir_train::Evaluation) {
         },
         evaluation.gate.reasons.join("; ")
     );
+}
+
+#[derive(Parser)]
+pub struct TuneArgs {
+    /// The tuning job (YAML, see docs/training.md).
+    spec: PathBuf,
+    /// Also start this many `weir worker` processes here, stopped at the
+    /// end (0: the trials wait for workers started elsewhere).
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+}
+
+/// `weir tune`: publishes the trials, waits for the workers to record
+/// them, reports the best.
+pub async fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<ExitCode> {
+    let text = std::fs::read_to_string(&args.spec)
+        .with_context(|| format!("reading {}", args.spec.display()))?;
+    let spec = TuneSpec::from_yaml(&text, &args.spec.display().to_string())?;
+    let connection = connect(config).await?;
+    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
+    let datasets = Datasets::load(&connection.bus).await?;
+    let scratch = config.state_dir.join("train");
+    let workspace = Workspace {
+        tracker: &tracker,
+        datasets: &datasets,
+        scratch: &scratch,
+    };
+    let mut local = Vec::new();
+    for _ in 0..args.workers {
+        let worker = tokio::process::Command::new(std::env::current_exe()?)
+            .args(["worker", "--experiment", &spec.experiment])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a local worker")?;
+        local.push(worker);
+    }
+    let outcome = weir_train::tune::tune(&spec, workspace, &connection.bus).await;
+    drop(local);
+    tracker.close().await;
+    connection.close().await;
+    let outcome = outcome?;
+    println!(
+        "parent run {} (experiment {}): {} trials",
+        outcome.run_id,
+        spec.experiment,
+        outcome.trials.len()
+    );
+    for trial in &outcome.trials {
+        let params: Vec<String> = trial
+            .params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        println!(
+            "  {}{:>3}  {:>10}  {}  run {}",
+            if outcome.best == Some(trial.number) {
+                "*"
+            } else {
+                " "
+            },
+            trial.number,
+            trial
+                .value
+                .map_or("failed".to_string(), |v| format!("{v:.4}")),
+            params.join(" "),
+            trial.run_id
+        );
+    }
+    if let Some((name, version)) = &outcome.version {
+        println!("registered the best trial's model as {name}@{version}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Parser)]
+pub struct WorkerArgs {
+    /// Run the trials of this experiment's tuning jobs
+    /// (`weir.jobs.<experiment>`).
+    #[arg(long)]
+    experiment: String,
+    /// Stop after this many trials (default: until stopped).
+    #[arg(long)]
+    max_trials: Option<usize>,
+}
+
+/// `weir worker`: one member of the experiment's worker group. Trials are
+/// taken off the topic one at a time; the message is committed after the
+/// trial's run is recorded, so a worker that dies mid-trial hands it to
+/// another once the group notices (6 s).
+pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCode> {
+    use weir_bus::{ConsumerOptions, StartFrom, TopicSpec};
+    let connection = connect(config).await?;
+    let bus = &connection.bus;
+    let topic = weir_train::tune::jobs_topic(&args.experiment);
+    bus.admin()
+        .ensure_topic(&TopicSpec::new(&topic, weir_train::tune::JOB_PARTITIONS))
+        .await?;
+    let setting = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let mut consumer = bus.consumer(
+        &[&topic],
+        ConsumerOptions {
+            group: Some(format!("weir-workers.{}", args.experiment)),
+            start: StartFrom::Committed,
+            settings: vec![
+                // Notice a dead worker quickly; never drop a live one for
+                // taking long over a trial.
+                setting("session.timeout.ms", "6000"),
+                setting("heartbeat.interval.ms", "1000"),
+                setting("max.poll.interval.ms", "86400000"),
+            ],
+            ..Default::default()
+        },
+    )?;
+    println!("worker: waiting for trials on {topic}");
+    let scratch = config.state_dir.join("train");
+    let mut ran = 0;
+    while args.max_trials.is_none_or(|max| ran < max) {
+        let record = tokio::select! {
+            record = consumer.next_raw() => record?,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let Some(record) = record else { break };
+        let where_ = format!("{}/{}@{}", record.topic, record.partition, record.offset);
+        match serde_json::from_slice::<weir_train::tune::Trial>(
+            record.payload.as_deref().unwrap_or(b""),
+        ) {
+            Err(error) => eprintln!("worker: {where_}: not a trial, skipped: {error}"),
+            Ok(trial) => {
+                println!("worker: trial {} ({where_}): running", trial.id());
+                // The trials are recorded by many processes: read the log
+                // again before each.
+                let tracker = crate::tracking::open_tracker(config, bus).await?;
+                let datasets = Datasets::load(bus).await?;
+                let workspace = Workspace {
+                    tracker: &tracker,
+                    datasets: &datasets,
+                    scratch: &scratch,
+                };
+                let outcome = weir_train::tune::run_trial(&trial, workspace).await;
+                tracker.close().await;
+                match outcome? {
+                    None => println!("worker: trial {}: already recorded", trial.id()),
+                    Some(outcome) => println!(
+                        "worker: trial {}: run {} {}",
+                        trial.id(),
+                        outcome.run_id,
+                        outcome.failure.as_deref().unwrap_or("finished")
+                    ),
+                }
+                ran += 1;
+            }
+        }
+        consumer.commit().await?;
+    }
+    connection.close().await;
+    Ok(ExitCode::SUCCESS)
 }

@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use sha2::Digest as _;
 use weir_features::datasets::Datasets;
 use weir_meta::Tracker;
 use weir_meta::event::{KeyValue, Metric, ModelInfo};
@@ -95,6 +96,7 @@ pub async fn train(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Outcome
         tag("mlflow.source.type", "JOB"),
     ];
     tags.extend(git_tags());
+    tags.extend(spec.tags.iter().map(|(k, v)| tag(k, v.clone())));
     if let Some(reason) = &failure {
         tags.push(tag("weir.failure", reason.clone()));
         tracing::warn!(%reason, "training job failed");
@@ -110,7 +112,7 @@ pub async fn train(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Outcome
             step: 0,
         })
         .collect();
-    let (run_id, stored) = workspace
+    let (run_id, _) = workspace
         .tracker
         .record_run(RunReport {
             experiment: spec.experiment.clone(),
@@ -137,29 +139,74 @@ pub async fn train(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Outcome
         version: None,
         model: None,
     };
-    let Ok(trained) = result else {
+    if result.is_err() {
         return Ok(outcome);
-    };
-    let mut model = trained;
-    let stored_model = stored
-        .iter()
-        .find(|a| a.path.ends_with("/artifacts/model/model.onnx"))
-        .expect("the model was stored with the run");
-    model.path = stored_model.path.clone();
-    model.sha256 = stored_model.sha256.clone();
-    if let Some(name) = &spec.register {
-        let source = format!(
-            "mlflow-artifacts:/{}",
-            model.path.trim_end_matches("/model.onnx")
-        );
-        let version = workspace
-            .tracker
-            .register_version(name, source, run_id, String::new(), Some(model.clone()))
-            .await?;
-        outcome.version = Some((name.clone(), version));
     }
+    let model = match &spec.register {
+        Some(name) => {
+            let (version, model) =
+                register_run_model(workspace.tracker, &run_id, name, String::new()).await?;
+            outcome.version = Some((name.clone(), version));
+            model
+        }
+        None => run_model(workspace.tracker, &run_id).await?,
+    };
     outcome.model = Some(model);
     Ok(outcome)
+}
+
+/// Where a run keeps the description of its model (a [`ModelInfo`] whose
+/// path is relative to the run's artifacts).
+const MODEL_INFO: &str = "model/model.json";
+
+/// The model a finished training run made, its path in the store.
+pub async fn run_model(tracker: &Tracker, run_id: &str) -> Result<ModelInfo, TrainError> {
+    let root = tracker.read(|state| {
+        let run = state.run(run_id)?;
+        run.artifact_uri
+            .strip_prefix("mlflow-artifacts:/")
+            .map(|r| r.trim_start_matches('/').to_string())
+            .ok_or_else(|| {
+                weir_meta::MetaError::invalid(format!(
+                    "run {run_id} keeps its artifacts outside Weir's store"
+                ))
+            })
+    })?;
+    let bytes = tracker
+        .artifact_bytes(&format!("{root}/{MODEL_INFO}"))
+        .await
+        .map_err(|_| {
+            TrainError::Invalid(format!("run {run_id} made no model (no {MODEL_INFO})"))
+        })?;
+    let mut model: ModelInfo = serde_json::from_slice(&bytes)
+        .map_err(|e| TrainError::Invalid(format!("run {run_id}: {MODEL_INFO}: {e}")))?;
+    model.path = format!("{root}/{}", model.path);
+    Ok(model)
+}
+
+/// Registers the model a finished training run made as a new version of
+/// `name` (created if missing). Returns the version and the model.
+pub async fn register_run_model(
+    tracker: &Tracker,
+    run_id: &str,
+    name: &str,
+    description: String,
+) -> Result<(u64, ModelInfo), TrainError> {
+    let model = run_model(tracker, run_id).await?;
+    let source = format!(
+        "mlflow-artifacts:/{}",
+        model.path.trim_end_matches("/model.onnx")
+    );
+    let version = tracker
+        .register_version(
+            name,
+            source,
+            run_id.to_string(),
+            description,
+            Some(model.clone()),
+        )
+        .await?;
+    Ok((version, model))
 }
 
 fn tag(key: &str, value: impl Into<String>) -> KeyValue {
@@ -421,22 +468,30 @@ async fn run(
         let bytes = std::fs::read(&file).map_err(|e| TrainError::io(file.display(), e))?;
         record.artifacts.push((format!("output/{name}"), bytes));
     }
-    let size = model_bytes.len() as u64;
-    record
-        .artifacts
-        .push(("model/model.onnx".into(), model_bytes));
-    Ok(ModelInfo {
+    let model = ModelInfo {
         format: "onnx".into(),
-        path: String::new(),
-        sha256: String::new(),
-        size,
+        path: "model/model.onnx".into(),
+        sha256: hex(&sha2::Sha256::digest(&model_bytes)),
+        size: model_bytes.len() as u64,
         signature: model.signature().clone(),
         features,
         label: spec.label.clone(),
         task: task.as_str().into(),
         classes,
         dependencies,
-    })
+    };
+    record
+        .artifacts
+        .push(("model/model.onnx".into(), model_bytes));
+    record.artifacts.push((
+        MODEL_INFO.into(),
+        serde_json::to_vec_pretty(&model).expect("JSON"),
+    ));
+    Ok(model)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The model's scores of `rows`: `(rows × width values, width)`.

@@ -24,9 +24,10 @@ pub mod report;
 pub mod runtime;
 pub mod spec;
 pub mod table;
+pub mod tune;
 
 pub use evaluate::{Evaluation, EvaluationRequest, GateRule, evaluate};
-pub use job::{Outcome, Workspace, train};
+pub use job::{Outcome, Workspace, register_run_model, run_model, train};
 pub use spec::{Split, TrainSpec};
 
 /// What went wrong in a training or evaluation job.

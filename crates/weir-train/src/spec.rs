@@ -61,6 +61,9 @@ pub struct TrainSpec {
     /// framework's on the validation rows.
     #[serde(default = "default_tolerance")]
     pub tolerance: f64,
+    /// Tags of the run (a tuning trial's parent run and number…).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
 }
 
 fn default_experiment() -> String {

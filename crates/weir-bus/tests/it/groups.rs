@@ -25,6 +25,7 @@ async fn a_restarted_group_member_resumes_at_the_committed_offset() {
         start: StartFrom::Committed,
         until_end: true,
         read_only: false,
+        ..Default::default()
     };
     let mut first = h.bus.consumer(&["orders"], options.clone()).unwrap();
     let mut seen = Vec::new();

@@ -23,6 +23,7 @@ fn job(dataset: &str, features: &[&str]) -> TrainSpec {
         params: BTreeMap::new(),
         register: Some("clicks".into()),
         tolerance: 1e-4,
+        tags: Default::default(),
     }
 }
 

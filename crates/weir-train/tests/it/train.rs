@@ -27,6 +27,7 @@ fn spec(dataset: &str, label: &str, runtime: Runtime) -> TrainSpec {
         params: BTreeMap::new(),
         register: None,
         tolerance: 1e-4,
+        tags: Default::default(),
     }
 }
 
@@ -307,4 +308,57 @@ fn job_files_name_the_bad_field_and_its_line() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("torch"), "{error}");
+}
+
+/// A trial message delivered again (its worker died after recording it,
+/// before committing) is not run again; a run a dead worker left `RUNNING`
+/// is marked `KILLED` and the trial runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trial_delivered_twice_is_recorded_once() {
+    use weir_train::tune::{PARENT_TAG, TRIAL_TAG, Trial, run_trial};
+    let platform = Platform::start().await;
+    let path = platform.dir.path().join("clicks.parquet");
+    generate(&path, 600, 6);
+    let trial = |number| Trial {
+        parent_run_id: "parent".into(),
+        number,
+        job: spec(path.to_str().unwrap(), "clicked", Runtime::Lightgbm),
+    };
+    let first = run_trial(&trial(0), platform.workspace()).await.unwrap();
+    assert_eq!(first.unwrap().failure, None);
+    assert!(
+        run_trial(&trial(0), platform.workspace())
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let experiment = platform.tracker.read(|state| {
+        state
+            .experiment_by_name("train-tests")
+            .unwrap()
+            .experiment_id
+            .clone()
+    });
+    let tag = |key: &str, value: &str| weir_meta::event::KeyValue {
+        key: key.into(),
+        value: value.into(),
+    };
+    let orphan = platform
+        .tracker
+        .start_run(weir_meta::tracker::RunStart {
+            experiment_id: experiment,
+            tags: vec![tag(PARENT_TAG, "parent"), tag(TRIAL_TAG, "parent/1")],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let second = run_trial(&trial(1), platform.workspace())
+        .await
+        .unwrap()
+        .unwrap();
+    let statuses = platform
+        .tracker
+        .read(|state| [&orphan, &second.run_id].map(|id| state.run(id).unwrap().status.clone()));
+    assert_eq!(statuses, ["KILLED", "FINISHED"]);
 }

@@ -1,0 +1,122 @@
+//! Tuning: trials shared by `weir worker` processes through a topic, each
+//! recorded once.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::mpsc;
+
+use crate::support::{Platform, repo, stderr};
+
+/// A worker process whose stdout lines arrive on a channel.
+struct Worker {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Worker {
+    fn start(platform: &Platform, experiment: &str) -> Self {
+        let mut child = platform
+            .weir(&["worker", "--experiment", experiment])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (send, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { child, lines }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const SPEC: &str = "
+experiment: tuning
+job:
+  dataset: churn@1
+  label: churned
+  exclude: [signup_ts]
+  runtime: {kind: lightgbm}
+space:
+  n_estimators: {int: [10, 60]}
+  num_leaves: {choice: [4, 8, 16]}
+search: {method: random, trials: 8, parallel: 8, seed: 3, timeout_s: 240}
+";
+
+#[test]
+fn two_workers_share_eight_trials_each_recorded_once() {
+    let platform = Platform::start();
+    let data = repo().join("docs/examples/churn.csv");
+    platform.run(
+        &[
+            "datasets",
+            "register",
+            "churn",
+            data.to_str().unwrap(),
+            "--entity",
+            "customer_id",
+        ],
+        b"",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("tune.yaml");
+    std::fs::write(&spec, SPEC).unwrap();
+
+    let workers = [
+        Worker::start(&platform, "tuning"),
+        Worker::start(&platform, "tuning"),
+    ];
+    let tune = platform
+        .weir(&["tune", spec.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+
+    let output = tune.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "weir tune failed: {}",
+        stderr(&output)
+    );
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(report.contains(": 8 trials"), "{report}");
+    for worker in &workers {
+        let lines: Vec<String> = worker.lines.try_iter().collect();
+        assert!(
+            lines.iter().any(|l| l.contains(": running")),
+            "each worker ran trials: {lines:?}"
+        );
+    }
+
+    // Every trial is recorded exactly once as a finished run.
+    let runs = platform.run(&["runs", "list", "tuning"], b"");
+    let runs = String::from_utf8_lossy(&runs.stdout);
+    let mut finished: BTreeMap<String, usize> = BTreeMap::new();
+    for line in runs.lines().skip(1) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            [_, name, "FINISHED", ..] if name.starts_with("trial-") => {
+                *finished.entry(name.to_string()).or_default() += 1
+            }
+            [_, name, status, ..] if name.starts_with("trial-") => {
+                panic!("{name} is {status}: {runs}")
+            }
+            _ => {}
+        }
+    }
+    let expected: BTreeMap<String, usize> = (0..8).map(|n| (format!("trial-{n}"), 1)).collect();
+    assert_eq!(finished, expected, "{runs}");
+}
