@@ -278,4 +278,9 @@ fn training_page() {
         tuned.ends_with("registered the best trial's model as churn-model@3\n"),
         "{tuned}"
     );
+    let automl = out("automl --dataset churn@1");
+    for family in ["linear ", "gbdt ", "forest ", "mlp "] {
+        assert!(automl.contains(&format!("\n{family}")), "{automl}");
+    }
+    assert!(automl.ends_with("registered churn-automl@1\n"), "{automl}");
 }

@@ -90,6 +90,9 @@ enum Command {
     /// Tune a training job's params: trials on `weir.jobs.<experiment>`
     /// for `weir worker`s, random, grid or TPE search, the best registered.
     Tune(train::TuneArgs),
+    /// Search model families (linear, boosted trees, random forest, a
+    /// small neural network) and their params; register the best.
+    Automl(Box<train::AutomlArgs>),
     /// Run tuning trials from `weir.jobs.<experiment>`, one of any number
     /// of workers in a consumer group.
     Worker(train::WorkerArgs),
@@ -147,6 +150,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Train(args) => train::train(&config, *args).await,
         Command::Evaluate(args) => train::evaluate(&config, args).await,
         Command::Tune(args) => train::tune(&config, args).await,
+        Command::Automl(args) => train::automl(&config, *args).await,
         Command::Worker(args) => train::worker(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Demo(args) => demo::run(&config, args).await,

@@ -53,6 +53,12 @@ enum RunsCommand {
         #[arg(long, value_name = "FILE.html")]
         plot: Option<std::path::PathBuf>,
     },
+    /// Run a training run's job again (its job file: same data version,
+    /// split and params) as a new run, and compare the metrics.
+    Reproduce {
+        /// The run id.
+        run: String,
+    },
 }
 
 #[derive(Parser)]
@@ -79,6 +85,13 @@ enum ModelsCommand {
         /// The version.
         #[arg(value_name = "VERSION")]
         number: u64,
+    },
+    /// Register the model a training run made as a new version.
+    Register {
+        /// The run id.
+        run: String,
+        /// The registered model (created if missing).
+        name: String,
     },
 }
 
@@ -153,6 +166,9 @@ fn metric_text(run: &Run, key: &str) -> String {
 }
 
 pub async fn runs(config: &Config, args: RunsArgs) -> anyhow::Result<ExitCode> {
+    if let RunsCommand::Reproduce { run } = &args.command {
+        return crate::train::reproduce(config, run).await;
+    }
     let state = state(config).await?;
     match args.command {
         RunsCommand::List { experiment } => {
@@ -185,6 +201,7 @@ pub async fn runs(config: &Config, args: RunsArgs) -> anyhow::Result<ExitCode> {
                 serde_json::to_string_pretty(&weir_meta::state::run_json(run))?
             );
         }
+        RunsCommand::Reproduce { .. } => unreachable!("handled above"),
         RunsCommand::Compare { runs, plot } => {
             let runs: Vec<&Run> = runs
                 .iter()
@@ -355,6 +372,17 @@ pub async fn models(config: &Config, args: ModelsArgs) -> anyhow::Result<ExitCod
                     print_model_info(info);
                 }
             }
+        }
+        ModelsCommand::Register { run, name } => {
+            let connection = connect(config).await?;
+            let tracker = open_tracker(config, &connection.bus).await?;
+            let registered =
+                weir_train::register_run_model(&tracker, &run, &name, String::new()).await;
+            tracker.close().await;
+            connection.close().await;
+            let (version, model) = registered?;
+            println!("registered {name}@{version} from run {run}");
+            print_model_info(&model);
         }
         ModelsCommand::Alias {
             name,

@@ -383,17 +383,7 @@ pub async fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<ExitCode> {
         datasets: &datasets,
         scratch: &scratch,
     };
-    let mut local = Vec::new();
-    for _ in 0..args.workers {
-        let worker = tokio::process::Command::new(std::env::current_exe()?)
-            .args(["worker", "--experiment", &spec.experiment])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a local worker")?;
-        local.push(worker);
-    }
+    let local = start_workers(args.workers, &spec.experiment)?;
     let outcome = weir_train::tune::tune(&spec, workspace, &connection.bus).await;
     drop(local);
     tracker.close().await;
@@ -513,5 +503,149 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
         consumer.commit().await?;
     }
     connection.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Parser)]
+pub struct AutomlArgs {
+    /// The data, label, features and split, as for `weir train` (a job
+    /// file or the options); the runtime and its params are chosen here.
+    #[command(flatten)]
+    job: TrainArgs,
+    /// Trials in all, shared by the families.
+    #[arg(long, default_value_t = 16)]
+    trials: usize,
+    /// Trials out at once.
+    #[arg(long, default_value_t = 2)]
+    parallel: usize,
+    /// Time budget for the whole search, in seconds.
+    #[arg(long, default_value_t = 1800)]
+    budget_s: u64,
+    /// Families to try: linear, gbdt, forest, mlp (default: all).
+    #[arg(long, value_delimiter = ',')]
+    families: Vec<String>,
+    /// Also start this many `weir worker` processes here.
+    #[arg(long, default_value_t = 0)]
+    workers: usize,
+}
+
+/// Local workers for a search, stopped (killed) when dropped.
+fn start_workers(count: usize, experiment: &str) -> anyhow::Result<Vec<tokio::process::Child>> {
+    (0..count)
+        .map(|_| {
+            tokio::process::Command::new(std::env::current_exe()?)
+                .args(["worker", "--experiment", experiment])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting a local worker")
+        })
+        .collect()
+}
+
+/// `weir automl`: each family tuned in turn, the best registered.
+pub async fn automl(config: &Config, args: AutomlArgs) -> anyhow::Result<ExitCode> {
+    let seed = args.job.seed.unwrap_or(0);
+    let job = args.job.spec()?;
+    let spec = weir_train::automl::AutomlSpec {
+        experiment: job.experiment.clone(),
+        register: job.register.clone(),
+        job,
+        families: args.families,
+        trials: args.trials,
+        parallel: args.parallel,
+        budget: std::time::Duration::from_secs(args.budget_s),
+        seed,
+    };
+    let connection = connect(config).await?;
+    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
+    let datasets = Datasets::load(&connection.bus).await?;
+    let scratch = config.state_dir.join("train");
+    let workspace = Workspace {
+        tracker: &tracker,
+        datasets: &datasets,
+        scratch: &scratch,
+    };
+    let workers = start_workers(args.workers, &spec.experiment)?;
+    let outcome = weir_train::automl::automl(&spec, workspace, &connection.bus).await;
+    drop(workers);
+    tracker.close().await;
+    connection.close().await;
+    let outcome = outcome?;
+    println!(
+        "{:<8} {:>7} {:>12}  best params",
+        "family", "trials", outcome.objective
+    );
+    for (family, tuning) in &outcome.families {
+        let best = tuning
+            .best
+            .and_then(|n| tuning.trials.iter().find(|t| t.number == n));
+        println!(
+            "{family:<8} {:>7} {:>12}  {}",
+            tuning.trials.len(),
+            best.and_then(|t| t.value)
+                .map_or("-".into(), |v| format!("{v:.4}")),
+            best.map_or(String::new(), |t| serde_json::to_string(&t.params)
+                .unwrap_or_default())
+        );
+    }
+    match &outcome.best {
+        Some((family, trial)) => println!(
+            "best: {family}, {} {:.4}, run {}",
+            outcome.objective,
+            trial.value.unwrap_or(f64::NAN),
+            trial.run_id
+        ),
+        None => println!("no trial finished"),
+    }
+    if let Some((name, version)) = &outcome.version {
+        println!("registered {name}@{version}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weir runs reproduce RUN`: the run's job again, the metrics side by side.
+pub async fn reproduce(config: &Config, run: &str) -> anyhow::Result<ExitCode> {
+    let connection = connect(config).await?;
+    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
+    let datasets = Datasets::load(&connection.bus).await?;
+    let scratch = config.state_dir.join("train");
+    let workspace = Workspace {
+        tracker: &tracker,
+        datasets: &datasets,
+        scratch: &scratch,
+    };
+    let outcome = weir_train::reproduce(run, workspace).await;
+    let original = tracker.read(|state| state.run(run).map(|r| r.latest.clone()))?;
+    tracker.close().await;
+    connection.close().await;
+    let outcome = outcome?;
+    if let Some(reason) = &outcome.failure {
+        eprintln!("run {} failed: {reason}", outcome.run_id);
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("run {} reproduces {run}", outcome.run_id);
+    println!("  {:<24} {:>12} {:>12}", "metric", "original", "again");
+    let mut same = true;
+    for (key, value) in &outcome.metrics {
+        if key.ends_with("seconds") {
+            continue;
+        }
+        let before = original.get(key).map(|m| m.value);
+        same &= before == Some(*value);
+        println!(
+            "  {key:<24} {:>12} {value:>12.6}",
+            before.map_or("-".into(), |v| format!("{v:.6}"))
+        );
+    }
+    println!(
+        "{}",
+        if same {
+            "identical metrics"
+        } else {
+            "metrics differ"
+        }
+    );
     Ok(ExitCode::SUCCESS)
 }

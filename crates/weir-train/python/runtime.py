@@ -73,6 +73,17 @@ def main():
     if "random_state" in known and "random_state" not in params:
         params["random_state"] = int(env.get("WEIR_SEED", "0"))
     model.set_params(**params)
+    estimator = model
+    if kind == "sklearn" and not cls.__name__.startswith("HistGradientBoosting"):
+        # Linear models and neural networks take no missing values, and
+        # skl2onnx routes them wrongly through other trees: fill them with
+        # the median and scale, in the exported graph too. (Histogram
+        # boosting handles them natively, in ONNX as well.)
+        from sklearn.impute import SimpleImputer
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), estimator)
 
     started = time.perf_counter()
     model.fit(x_train, y_train)
@@ -97,7 +108,7 @@ def main():
     else:
         from skl2onnx import to_onnx
 
-        options = {id(model): {"zipmap": False}} if task == "classification" else None
+        options = {id(estimator): {"zipmap": False}} if task == "classification" else None
         onnx_model = to_onnx(model, x_train[:1], options=options)
     with open(os.path.join(out, "model.onnx"), "wb") as f:
         f.write(onnx_model.SerializeToString())

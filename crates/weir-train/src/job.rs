@@ -155,13 +155,29 @@ pub async fn train(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Outcome
     Ok(outcome)
 }
 
-/// Where a run keeps the description of its model (a [`ModelInfo`] whose
-/// path is relative to the run's artifacts).
-const MODEL_INFO: &str = "model/model.json";
+/// Runs a recorded training job again — the same job file, so the same
+/// data version, split and params — as a new run tagged
+/// `weir.reproduces`. Nothing is registered.
+pub async fn reproduce(run_id: &str, workspace: Workspace<'_>) -> Result<Outcome, TrainError> {
+    let root = artifact_root(workspace.tracker, run_id)?;
+    let text = workspace
+        .tracker
+        .artifact_bytes(&format!("{root}/job.yaml"))
+        .await
+        .map_err(|_| {
+            TrainError::Invalid(format!("run {run_id} is not a training job (no job.yaml)"))
+        })?;
+    let text = String::from_utf8_lossy(&text);
+    let mut spec = TrainSpec::from_yaml(&text, &format!("run {run_id}: job.yaml"))?;
+    spec.register = None;
+    spec.tags
+        .insert("weir.reproduces".into(), run_id.to_string());
+    train(&spec, workspace).await
+}
 
-/// The model a finished training run made, its path in the store.
-pub async fn run_model(tracker: &Tracker, run_id: &str) -> Result<ModelInfo, TrainError> {
-    let root = tracker.read(|state| {
+/// Where a run's artifacts are in the store.
+fn artifact_root(tracker: &Tracker, run_id: &str) -> Result<String, TrainError> {
+    Ok(tracker.read(|state| {
         let run = state.run(run_id)?;
         run.artifact_uri
             .strip_prefix("mlflow-artifacts:/")
@@ -171,7 +187,16 @@ pub async fn run_model(tracker: &Tracker, run_id: &str) -> Result<ModelInfo, Tra
                     "run {run_id} keeps its artifacts outside Weir's store"
                 ))
             })
-    })?;
+    })?)
+}
+
+/// Where a run keeps the description of its model (a [`ModelInfo`] whose
+/// path is relative to the run's artifacts).
+const MODEL_INFO: &str = "model/model.json";
+
+/// The model a finished training run made, its path in the store.
+pub async fn run_model(tracker: &Tracker, run_id: &str) -> Result<ModelInfo, TrainError> {
+    let root = artifact_root(tracker, run_id)?;
     let bytes = tracker
         .artifact_bytes(&format!("{root}/{MODEL_INFO}"))
         .await

@@ -17,6 +17,7 @@
 //! overall and by slice, next to the current champion (a registry alias),
 //! applies a promotion gate, and writes an HTML report.
 
+pub mod automl;
 pub mod evaluate;
 mod job;
 pub mod metrics;
@@ -27,7 +28,7 @@ pub mod table;
 pub mod tune;
 
 pub use evaluate::{Evaluation, EvaluationRequest, GateRule, evaluate};
-pub use job::{Outcome, Workspace, register_run_model, run_model, train};
+pub use job::{Outcome, Workspace, register_run_model, reproduce, run_model, train};
 pub use spec::{Split, TrainSpec};
 
 /// What went wrong in a training or evaluation job.

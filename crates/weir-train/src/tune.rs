@@ -474,12 +474,8 @@ pub async fn tune(
         .await?;
     let mut version = None;
     if let (Some(name), Some(best)) = (&spec.register, best) {
-        // The trials were recorded by the workers: a tracker that has read
-        // them registers the best one's model.
-        let current = weir_meta::Tracker::open(bus, tracker.artifacts().clone()).await?;
-        let registered = register_run_model(&current, &best.run_id, name, String::new()).await;
-        current.close().await;
-        version = Some((name.clone(), registered?.0));
+        let number = register_trial(bus, tracker, &best.run_id, name).await?;
+        version = Some((name.clone(), number));
     }
     if !complete {
         return Err(TrainError::Runtime(format!(
@@ -496,6 +492,20 @@ pub async fn tune(
         trials,
         version,
     })
+}
+
+/// Registers a trial's model. The trials were recorded by the workers: a
+/// tracker that has read them (opened for this) registers it.
+pub(crate) async fn register_trial(
+    bus: &weir_bus::Bus,
+    tracker: &weir_meta::Tracker,
+    run_id: &str,
+    name: &str,
+) -> Result<u64, TrainError> {
+    let current = weir_meta::Tracker::open(bus, tracker.artifacts().clone()).await?;
+    let registered = register_run_model(&current, run_id, name, String::new()).await;
+    current.close().await;
+    Ok(registered?.0)
 }
 
 async fn ensure_experiment(tracker: &weir_meta::Tracker, name: &str) -> Result<String, TrainError> {

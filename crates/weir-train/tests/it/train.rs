@@ -102,13 +102,19 @@ async fn sklearn_model_is_checked_against_onnx_runtime_and_registered_with_linea
     assert!(lineage.contains("dataset clicks@1"), "{lineage}");
     assert!(lineage.contains(&run.run_id), "{lineage}");
 
-    // The same job again: the same split, so the same metrics.
-    job.register = None;
-    let again = weir_train::train(&job, platform.workspace()).await.unwrap();
+    // Reproduced from its job file: the same split, so the same metrics.
+    let again = weir_train::reproduce(&outcome.run_id, platform.workspace())
+        .await
+        .unwrap();
     assert_eq!(
         again.metrics["test_roc_auc"],
         outcome.metrics["test_roc_auc"]
     );
+    assert_eq!(again.version, None);
+    let tags = platform
+        .tracker
+        .read(|state| state.run(&again.run_id).unwrap().tags.clone());
+    assert_eq!(tags["weir.reproduces"], outcome.run_id);
 }
 
 #[tokio::test(flavor = "multi_thread")]
