@@ -13,6 +13,42 @@ use weir_train::{EvaluationRequest, GateRule, Workspace};
 
 use crate::connect::connect;
 
+/// What the training verbs work with: the bus, the tracker, the datasets
+/// and a scratch directory.
+struct Session {
+    connection: crate::connect::Connection,
+    tracker: weir_meta::Tracker,
+    datasets: Datasets,
+    scratch: PathBuf,
+}
+
+impl Session {
+    async fn open(config: &Config) -> anyhow::Result<Self> {
+        let connection = connect(config).await?;
+        let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
+        let datasets = Datasets::load(&connection.bus).await?;
+        Ok(Self {
+            connection,
+            tracker,
+            datasets,
+            scratch: config.state_dir.join("train"),
+        })
+    }
+
+    fn workspace(&self) -> Workspace<'_> {
+        Workspace {
+            tracker: &self.tracker,
+            datasets: &self.datasets,
+            scratch: &self.scratch,
+        }
+    }
+
+    async fn close(self) {
+        self.tracker.close().await;
+        self.connection.close().await;
+    }
+}
+
 #[derive(Parser)]
 pub struct TrainArgs {
     /// A job file (YAML, see docs/training.md); the options below override
@@ -171,18 +207,10 @@ impl TrainArgs {
 
 pub async fn train(config: &Config, args: TrainArgs) -> anyhow::Result<ExitCode> {
     let spec = args.spec()?;
-    let connection = connect(config).await?;
-    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
-    let datasets = Datasets::load(&connection.bus).await?;
-    let scratch = config.state_dir.join("train");
-    let workspace = Workspace {
-        tracker: &tracker,
-        datasets: &datasets,
-        scratch: &scratch,
-    };
+    let session = Session::open(config).await?;
+    let workspace = session.workspace();
     let outcome = weir_train::train(&spec, workspace).await?;
-    tracker.close().await;
-    connection.close().await;
+    session.close().await;
     print_outcome(&spec, &outcome);
     if let Some(reason) = &outcome.failure {
         eprintln!("failed: {reason}");
@@ -281,15 +309,8 @@ pub async fn evaluate(config: &Config, args: EvaluateArgs) -> anyhow::Result<Exi
         gate,
         experiment: args.experiment,
     };
-    let connection = connect(config).await?;
-    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
-    let datasets = Datasets::load(&connection.bus).await?;
-    let scratch = config.state_dir.join("train");
-    let workspace = Workspace {
-        tracker: &tracker,
-        datasets: &datasets,
-        scratch: &scratch,
-    };
+    let session = Session::open(config).await?;
+    let workspace = session.workspace();
     let evaluation = weir_train::evaluate(&request, workspace).await?;
     print_evaluation(&evaluation);
     if let Some(path) = &args.report {
@@ -303,7 +324,8 @@ pub async fn evaluate(config: &Config, args: EvaluateArgs) -> anyhow::Result<Exi
             .model
             .rsplit_once('@')
             .expect("name@version");
-        tracker
+        session
+            .tracker
             .set_alias(name, &args.champion, version.parse()?)
             .await?;
         println!(
@@ -311,8 +333,7 @@ pub async fn evaluate(config: &Config, args: EvaluateArgs) -> anyhow::Result<Exi
             evaluation.candidate.model, args.champion
         );
     }
-    tracker.close().await;
-    connection.close().await;
+    session.close().await;
     Ok(if evaluation.gate.passed {
         ExitCode::SUCCESS
     } else {
@@ -374,20 +395,12 @@ pub async fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.spec)
         .with_context(|| format!("reading {}", args.spec.display()))?;
     let spec = TuneSpec::from_yaml(&text, &args.spec.display().to_string())?;
-    let connection = connect(config).await?;
-    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
-    let datasets = Datasets::load(&connection.bus).await?;
-    let scratch = config.state_dir.join("train");
-    let workspace = Workspace {
-        tracker: &tracker,
-        datasets: &datasets,
-        scratch: &scratch,
-    };
+    let session = Session::open(config).await?;
+    let workspace = session.workspace();
     let local = start_workers(args.workers, &spec.experiment)?;
-    let outcome = weir_train::tune::tune(&spec, workspace, &connection.bus).await;
+    let outcome = weir_train::tune::tune(&spec, workspace, &session.connection.bus).await;
     drop(local);
-    tracker.close().await;
-    connection.close().await;
+    session.close().await;
     let outcome = outcome?;
     println!(
         "parent run {} (experiment {}): {} trials",
@@ -558,20 +571,12 @@ pub async fn automl(config: &Config, args: AutomlArgs) -> anyhow::Result<ExitCod
         budget: std::time::Duration::from_secs(args.budget_s),
         seed,
     };
-    let connection = connect(config).await?;
-    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
-    let datasets = Datasets::load(&connection.bus).await?;
-    let scratch = config.state_dir.join("train");
-    let workspace = Workspace {
-        tracker: &tracker,
-        datasets: &datasets,
-        scratch: &scratch,
-    };
+    let session = Session::open(config).await?;
+    let workspace = session.workspace();
     let workers = start_workers(args.workers, &spec.experiment)?;
-    let outcome = weir_train::automl::automl(&spec, workspace, &connection.bus).await;
+    let outcome = weir_train::automl::automl(&spec, workspace, &session.connection.bus).await;
     drop(workers);
-    tracker.close().await;
-    connection.close().await;
+    session.close().await;
     let outcome = outcome?;
     println!(
         "{:<8} {:>7} {:>12}  best params",
@@ -607,19 +612,13 @@ pub async fn automl(config: &Config, args: AutomlArgs) -> anyhow::Result<ExitCod
 
 /// `weir runs reproduce RUN`: the run's job again, the metrics side by side.
 pub async fn reproduce(config: &Config, run: &str) -> anyhow::Result<ExitCode> {
-    let connection = connect(config).await?;
-    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
-    let datasets = Datasets::load(&connection.bus).await?;
-    let scratch = config.state_dir.join("train");
-    let workspace = Workspace {
-        tracker: &tracker,
-        datasets: &datasets,
-        scratch: &scratch,
-    };
+    let session = Session::open(config).await?;
+    let workspace = session.workspace();
     let outcome = weir_train::reproduce(run, workspace).await;
-    let original = tracker.read(|state| state.run(run).map(|r| r.latest.clone()))?;
-    tracker.close().await;
-    connection.close().await;
+    let original = session
+        .tracker
+        .read(|state| state.run(run).map(|r| r.latest.clone()))?;
+    session.close().await;
     let outcome = outcome?;
     if let Some(reason) = &outcome.failure {
         eprintln!("run {} failed: {reason}", outcome.run_id);

@@ -207,12 +207,20 @@ impl Runtime {
 impl TrainSpec {
     /// Reads a job from YAML; errors name the field and its line.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, TrainError> {
-        serde_yaml::from_str(text).map_err(|e| {
-            let at = e
-                .location()
-                .map(|l| format!(":{}:{}", l.line(), l.column()))
-                .unwrap_or_default();
-            TrainError::Invalid(format!("{origin}{at}: {e}"))
-        })
+        from_yaml(text, origin)
     }
+}
+
+/// Reads a job file; errors say `origin:line:col: what`.
+pub(crate) fn from_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &str,
+) -> Result<T, TrainError> {
+    serde_yaml::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!(":{}:{}", l.line(), l.column()))
+            .unwrap_or_default();
+        TrainError::Invalid(format!("{origin}{at}: {e}"))
+    })
 }

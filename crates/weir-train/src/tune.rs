@@ -166,13 +166,7 @@ impl Objective {
 impl TuneSpec {
     /// Reads a tuning job from YAML; errors name the field and its line.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, TrainError> {
-        serde_yaml::from_str(text).map_err(|e| {
-            let at = e
-                .location()
-                .map(|l| format!(":{}:{}", l.line(), l.column()))
-                .unwrap_or_default();
-            TrainError::Invalid(format!("{origin}{at}: {e}"))
-        })
+        crate::spec::from_yaml(text, origin)
     }
 }
 
