@@ -28,12 +28,12 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [args]
 
 tasks:
-  setup [--python test|train|bench]   install what the build and tests need (idempotent)
-  test                          set-up, then fmt, clippy, all tests and doctests (what CI runs)
-  demo [weir demo args]         set-up, then `weir demo`: the end-to-end loop on the embedded broker
-  bench <name> [args]           set-up, then `weir bench <name>` built in release mode
-  weir [args]                   run the `weir` binary (debug build) with the set-up's environment
-  env                           print the environment the tasks pass to cargo and weir
+  setup [--python ENV]   install what the build and tests need (idempotent); ENV: test, train, bench, automl
+  test                   set-up, then fmt, clippy, all tests and doctests (what CI runs)
+  demo [weir demo args]  set-up, then `weir demo`: the end-to-end loop on the embedded broker
+  bench <name> [args]    set-up, then `weir bench <name>` built in release mode
+  weir [args]            run the `weir` binary (debug build) with the set-up's environment
+  env                    print the environment the tasks pass to cargo and weir
 ";
 
 fn main() -> ExitCode {
@@ -362,7 +362,13 @@ fn demo(args: &[String]) -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
-    let setup = setup(Some("bench"))?;
+    // `bench automl` runs the training runtimes and Optuna; the others
+    // share the anchors' environment.
+    let python = match args.first().map(String::as_str) {
+        Some("automl") => "automl",
+        _ => "bench",
+    };
+    let setup = setup(Some(python))?;
     let mut command = cargo();
     command
         .args([

@@ -19,6 +19,7 @@ use weir_core::Config;
 
 use crate::connect::bus_config;
 
+mod automl;
 mod hop;
 mod online;
 mod snapshot;
@@ -50,6 +51,9 @@ enum What {
     /// Online feature look-ups over HTTP (1 and 50 entities a request,
     /// under concurrency): Weir's online store vs `feast serve`.
     Online(online::Args),
+    /// Hyper-parameter tuning of LightGBM (TPE, same space, data, split
+    /// and trial budget): `weir tune` with worker processes vs Optuna.
+    Automl(automl::Args),
 }
 
 #[derive(clap::Args)]
@@ -72,6 +76,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         What::Snapshot(args) => snapshot::run(args).await,
         What::Tracking(args) => tracking::run(args).await,
         What::Online(args) => online::run(args).await,
+        What::Automl(args) => automl::run(args).await,
     }
 }
 

@@ -1,0 +1,221 @@
+//! `weir bench automl`: Weir's tuning (`weir tune`, TPE, trials on a topic
+//! run by `weir worker` processes) against Optuna's TPE
+//! (`python/bench/optuna_tune.py`, `n_jobs` threads) on the same generated
+//! data, the same LightGBM objective (validation ROC AUC), the same split
+//! (by time: 60% train, 20% validation), the same space and trial budget.
+//!
+//! Reported: wall time, best validation ROC AUC, and the per-trial overhead
+//! outside the fit itself — `(wall × workers − Σ fit) / trials`. A Weir
+//! trial also exports the model to ONNX, checks it with ONNX Runtime,
+//! scores validation and test and records a run with its artifacts;
+//! Optuna's trial only fits and scores.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use arrow::array::{ArrayRef, BooleanArray, Float32Array, Int64Array, RecordBatch};
+use arrow::datatypes::{DataType, Field, Schema};
+use datafusion::parquet::arrow::ArrowWriter;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Rows of the generated dataset.
+    #[arg(long, default_value_t = 100_000)]
+    rows: usize,
+    /// Trials, for each tool.
+    #[arg(long, default_value_t = 20)]
+    trials: usize,
+    /// Weir's worker processes; Optuna's `n_jobs`.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Seed of the data and the samplers.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+const FEATURES: usize = 30;
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let python = PathBuf::from(std::env::var_os("WEIR_PYTHON").context(
+        "WEIR_PYTHON is not set: run `cargo xtask bench automl` (its Python environment has the runtimes and Optuna)",
+    )?);
+    // The embedded broker's SQLite file must sit under the working
+    // directory (libsql's URL rules).
+    let dir = std::env::current_dir()?.join(format!(".weir-bench-automl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let result = compare(&args, &python, &dir).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn compare(args: &Args, python: &Path, dir: &Path) -> anyhow::Result<ExitCode> {
+    println!(
+        "weir bench automl: {} rows × {FEATURES} features, LightGBM, TPE, {} trials, {} workers; objective validation ROC AUC (time split 60/20/20)",
+        args.rows, args.trials, args.workers
+    );
+    let data = dir.join("data.parquet");
+    generate(&data, args.rows, args.seed)?;
+    let spec = dir.join("tune.yaml");
+    std::fs::write(
+        &spec,
+        format!(
+            "experiment: bench-automl
+job:
+  dataset: {data}
+  label: label
+  exclude: [t]
+  split: {{by: time, column: t, validation: 0.2, test: 0.2}}
+  runtime: {{kind: lightgbm}}
+  params: {{random_state: 0}}
+space:
+  n_estimators: {{int: [20, 200]}}
+  learning_rate: {{loguniform: [0.02, 0.3]}}
+  num_leaves: {{choice: [8, 16, 32, 64]}}
+search: {{method: tpe, trials: {trials}, parallel: {workers}, seed: {seed}, timeout_s: 7200}}
+",
+            data = data.display(),
+            trials = args.trials,
+            workers = args.workers,
+            seed = args.seed,
+        ),
+    )?;
+    // Every command on one embedded broker: the first starts it, the
+    // workers `weir tune` starts join it.
+    let port = free_port().to_string();
+    let weir = |words: &[&str]| {
+        let mut command = std::process::Command::new(std::env::current_exe().expect("weir"));
+        command
+            .args(words)
+            .env("WEIR_STATE_DIR", dir.join("state"))
+            .env("WEIR_EMBEDDED_BROKER", &port)
+            .env("WEIR_PYTHON", python)
+            .env_remove("WEIR_BROKERS");
+        command
+    };
+    let started = Instant::now();
+    let tuned = weir(&[
+        "tune",
+        spec.to_str().context("a UTF-8 path")?,
+        "--workers",
+        &args.workers.to_string(),
+    ])
+    .output()?;
+    let weir_wall = started.elapsed().as_secs_f64();
+    if !tuned.status.success() {
+        bail!("weir tune: {}", String::from_utf8_lossy(&tuned.stderr));
+    }
+    let report = String::from_utf8_lossy(&tuned.stdout);
+    let weir_best = report
+        .lines()
+        .find(|l| l.trim_start().starts_with('*'))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse::<f64>().ok())
+        .context("the best trial in weir tune's report")?;
+    let runs = weir(&["runs", "list", "bench-automl"]).output()?;
+    let runs = String::from_utf8_lossy(&runs.stdout);
+    let metric = |name: &str| -> f64 {
+        runs.lines()
+            .filter(|l| l.contains(" trial-"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+            .sum()
+    };
+    let (weir_fit, weir_runtime) = (metric("fit_seconds"), metric("train_seconds"));
+
+    let output = tokio::process::Command::new(python)
+        .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../python/bench/optuna_tune.py"))
+        .arg(&data)
+        .args([
+            args.trials.to_string(),
+            args.workers.to_string(),
+            args.seed.to_string(),
+        ])
+        .output()
+        .await?;
+    if !output.status.success() {
+        bail!("optuna: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    let optuna: serde_json::Value = serde_json::from_slice(
+        output
+            .stdout
+            .rsplit(|b| *b == b'\n')
+            .find(|l| !l.is_empty())
+            .unwrap_or_default(),
+    )?;
+    let number = |key: &str| optuna[key].as_f64().unwrap_or(f64::NAN);
+    let (optuna_wall, optuna_fit, optuna_best) = (number("wall"), number("fit"), number("best"));
+
+    let trials = args.trials as f64;
+    let workers = args.workers as f64;
+    let overhead = |wall: f64, fit: f64| (wall * workers - fit) / trials * 1000.0;
+    println!(
+        "{:<8} {:>9} {:>11} {:>10} {:>20}",
+        "", "wall s", "best AUC", "Σ fit s", "overhead ms/trial"
+    );
+    for (name, wall, best, fit) in [
+        ("weir", weir_wall, weir_best, weir_fit),
+        ("optuna", optuna_wall, optuna_best, optuna_fit),
+    ] {
+        println!(
+            "{name:<8} {wall:>9.1} {best:>11.4} {fit:>10.1} {:>20.0}",
+            overhead(wall, fit)
+        );
+    }
+    println!(
+        "weir: each trial's runtime process took {:.0} ms on average beyond its fit (Python start-up, imports, ONNX export); the rest of the overhead is reading the data, the split, the ONNX check, scoring and recording",
+        (weir_runtime - weir_fit) / trials * 1000.0
+    );
+    println!(
+        "best AUC weir − optuna: {:+.4} (target: not worse); wall weir / optuna: {:.2}",
+        weir_best - optuna_best,
+        weir_wall / optuna_wall
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn free_port() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
+
+/// Rows with 30 features (10 informative, with interactions), a time `t`
+/// and a boolean label.
+fn generate(path: &Path, rows: usize, seed: u64) -> anyhow::Result<()> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut columns: Vec<Vec<f32>> = (0..FEATURES).map(|_| Vec::with_capacity(rows)).collect();
+    let mut labels = Vec::with_capacity(rows);
+    for _ in 0..rows {
+        let x: Vec<f32> = (0..FEATURES)
+            .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+            .collect();
+        let signal = x[..10].iter().sum::<f32>() + 2.0 * x[0] * x[1] - 1.5 * x[2].abs()
+            + rng.random::<f32>() * 2.0
+            - 1.0;
+        labels.push(signal > 0.0);
+        for (column, value) in columns.iter_mut().zip(x) {
+            column.push(value);
+        }
+    }
+    let mut fields = vec![Field::new("t", DataType::Int64, false)];
+    let mut arrays: Vec<ArrayRef> = vec![Arc::new(Int64Array::from_iter_values(0..rows as i64))];
+    for (j, column) in columns.into_iter().enumerate() {
+        fields.push(Field::new(format!("f{j:02}"), DataType::Float32, false));
+        arrays.push(Arc::new(Float32Array::from(column)));
+    }
+    fields.push(Field::new("label", DataType::Boolean, false));
+    arrays.push(Arc::new(BooleanArray::from(labels)));
+    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)?;
+    let mut writer = ArrowWriter::try_new(std::fs::File::create(path)?, batch.schema(), None)?;
+    writer.write(&batch)?;
+    writer.close()?;
+    Ok(())
+}
