@@ -315,14 +315,20 @@ async fn run(
         };
         record.param(key, text);
     }
+    let source = resolve(&spec.dataset, workspace.datasets);
+    // The job as it ran: `name` (the latest version) pinned to the version
+    // read, so that `weir runs reproduce` reads the same data.
+    let mut pinned = spec.clone();
+    if let Ok(source) = &source {
+        pinned.dataset = source.reference.clone();
+    }
     record.artifacts.push((
         "job.yaml".into(),
-        serde_yaml::to_string(spec)
+        serde_yaml::to_string(&pinned)
             .expect("a job is plain data")
             .into_bytes(),
     ));
-
-    let source = resolve(&spec.dataset, workspace.datasets)?;
+    let source = source?;
     record.datasets.push((
         source.reference.clone(),
         source.digest.clone(),

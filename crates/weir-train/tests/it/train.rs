@@ -37,8 +37,10 @@ async fn sklearn_model_is_checked_against_onnx_runtime_and_registered_with_linea
     let path = platform.dir.path().join("clicks.parquet");
     generate(&path, 3000, 1);
     let dataset = platform.register("clicks", &path).await;
+    assert_eq!(dataset, "clicks@1");
+    // By name: the latest version, pinned in the run's job file.
     let mut job = spec(
-        &dataset,
+        "clicks",
         "clicked",
         Runtime::Sklearn {
             estimator: "HistGradientBoostingClassifier".into(),
@@ -111,10 +113,11 @@ async fn sklearn_model_is_checked_against_onnx_runtime_and_registered_with_linea
         outcome.metrics["test_roc_auc"]
     );
     assert_eq!(again.version, None);
-    let tags = platform
+    let again_run = platform
         .tracker
-        .read(|state| state.run(&again.run_id).unwrap().tags.clone());
-    assert_eq!(tags["weir.reproduces"], outcome.run_id);
+        .read(|state| state.run(&again.run_id).unwrap().clone());
+    assert_eq!(again_run.tags["weir.reproduces"], outcome.run_id);
+    assert_eq!(again_run.params["weir.dataset"], "clicks@1");
 }
 
 #[tokio::test(flavor = "multi_thread")]
