@@ -48,16 +48,27 @@ fn run_page_on(platform: &Platform, page: &str) -> Vec<(String, std::process::Ou
     outputs
 }
 
+/// The output of the page's first line that starts with `prefix`.
+fn output_of<'a>(
+    outputs: &'a [(String, std::process::Output)],
+    prefix: &str,
+) -> &'a std::process::Output {
+    outputs
+        .iter()
+        .find(|(line, _)| line.starts_with(prefix))
+        .map(|(_, output)| output)
+        .unwrap_or_else(|| panic!("no `weir {prefix}…` line on the page"))
+}
+
+/// Its standard output, as text.
+fn stdout_of(outputs: &[(String, std::process::Output)], prefix: &str) -> String {
+    String::from_utf8_lossy(&output_of(outputs, prefix).stdout).into_owned()
+}
+
 #[test]
 fn bus_page() {
     let outputs = run_page("bus.md");
-    let find = |prefix: &str| {
-        outputs
-            .iter()
-            .find(|(line, _)| line.starts_with(prefix))
-            .map(|(_, output)| output)
-            .unwrap()
-    };
+    let find = |prefix: &str| output_of(&outputs, prefix);
     let published = stderr(find("publish"));
     assert!(published.contains("published 5 records"), "{published}");
     assert!(
@@ -76,13 +87,7 @@ fn bus_page() {
 #[test]
 fn sql_page() {
     let outputs = run_page("sql.md");
-    let find = |prefix: &str| {
-        outputs
-            .iter()
-            .find(|(line, _)| line.starts_with(prefix))
-            .map(|(_, output)| String::from_utf8_lossy(&output.stdout).into_owned())
-            .unwrap()
-    };
+    let find = |prefix: &str| stdout_of(&outputs, prefix);
     let applied = find("features apply");
     assert!(
         applied.contains("spend_per_minute v1 (recorded) → weir.features.spend_per_minute.v1"),
@@ -133,13 +138,7 @@ fn sql_page() {
 #[test]
 fn features_page() {
     let outputs = run_page("features.md");
-    let out = |prefix: &str| {
-        outputs
-            .iter()
-            .find(|(line, _)| line.starts_with(prefix))
-            .map(|(_, output)| String::from_utf8_lossy(&output.stdout).into_owned())
-            .unwrap()
-    };
+    let out = |prefix: &str| stdout_of(&outputs, prefix);
     // The page's outputs, as it shows them.
     assert_eq!(
         out("features get spend_per_minute u1").trim(),
@@ -244,13 +243,7 @@ fn tracking_page() {
 #[test]
 fn training_page() {
     let outputs = run_page("training.md");
-    let out = |prefix: &str| {
-        outputs
-            .iter()
-            .find(|(line, _)| line.starts_with(prefix))
-            .map(|(_, output)| String::from_utf8_lossy(&output.stdout).into_owned())
-            .unwrap()
-    };
+    let out = |prefix: &str| stdout_of(&outputs, prefix);
     let first = out("train docs/examples/churn-gbdt.yaml");
     assert!(
         first.contains("240 rows train / 80 validation / 80 test"),

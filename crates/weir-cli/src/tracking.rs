@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
 use weir_core::Config;
-use weir_meta::event::Event;
 use weir_meta::state::{Run, State};
 
 use crate::connect::connect;
@@ -391,19 +390,7 @@ pub async fn models(config: &Config, args: ModelsArgs) -> anyhow::Result<ExitCod
         } => {
             let connection = connect(config).await?;
             let tracker = open_tracker(config, &connection.bus).await?;
-            let result = tracker
-                .write(|_| {
-                    Ok((
-                        Event::AliasSet {
-                            at: weir_meta::now_ms(),
-                            name: name.clone(),
-                            alias: alias.clone(),
-                            version: Some(version),
-                        },
-                        (),
-                    ))
-                })
-                .await;
+            let result = tracker.set_alias(&name, &alias, version).await;
             tracker.close().await;
             connection.close().await;
             if let Err(error) = result {

@@ -171,11 +171,7 @@ impl TrainArgs {
         }
         spec.exclude.extend(self.exclude);
         if let Some(task) = self.task {
-            spec.task = Some(match task.as_str() {
-                "classification" => Task::Classification,
-                "regression" => Task::Regression,
-                other => bail!("--task {other}: not classification or regression"),
-            });
+            spec.task = Some(task.parse::<Task>()?);
         }
         let (mut validation, mut test) = spec.split.shares();
         validation = self.validation.unwrap_or(validation);

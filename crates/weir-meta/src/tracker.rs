@@ -366,30 +366,7 @@ impl Tracker {
         &self,
         report: RunReport,
     ) -> Result<(String, Vec<StoredArtifact>), MetaError> {
-        let existing = self.read(|state| {
-            state
-                .experiment_by_name(&report.experiment)
-                .map(|e| e.experiment_id.clone())
-                .ok()
-        });
-        let experiment_id = match existing {
-            Some(id) => id,
-            None => match self
-                .create_experiment(report.experiment.clone(), None, vec![])
-                .await
-            {
-                Ok(id) => id,
-                // Another writer created it since we looked.
-                Err(error) if error.code == crate::ErrorCode::ResourceAlreadyExists => {
-                    self.read(|state| {
-                        state
-                            .experiment_by_name(&report.experiment)
-                            .map(|e| e.experiment_id.clone())
-                    })?
-                }
-                Err(error) => return Err(error),
-            },
-        };
+        let experiment_id = self.experiment_named(&report.experiment).await?;
         let run_id = self
             .start_run(RunStart {
                 experiment_id,
@@ -448,6 +425,36 @@ impl Tracker {
         Ok((run_id, stored))
     }
 
+    /// The id of the experiment `name`, created if missing.
+    pub async fn experiment_named(&self, name: &str) -> Result<String, MetaError> {
+        let id = |state: &State| {
+            state
+                .experiment_by_name(name)
+                .map(|e| e.experiment_id.clone())
+        };
+        if let Ok(existing) = self.read(id) {
+            return Ok(existing);
+        }
+        match self.create_experiment(name.to_string(), None, vec![]).await {
+            // Another writer created it since we looked.
+            Err(error) if error.code == crate::ErrorCode::ResourceAlreadyExists => self.read(id),
+            created => created,
+        }
+    }
+
+    /// Where a run's artifacts are in Weir's store (`<experiment>/<run>/artifacts`);
+    /// an error for a run that keeps them elsewhere.
+    pub fn artifact_root(&self, run_id: &str) -> Result<String, MetaError> {
+        let uri = self.read(|state| state.run(run_id).map(|r| r.artifact_uri.clone()))?;
+        uri.strip_prefix("mlflow-artifacts:/")
+            .map(|root| root.trim_start_matches('/').to_string())
+            .ok_or_else(|| {
+                MetaError::invalid(format!(
+                    "run {run_id} keeps its artifacts at {uri}, outside Weir's store"
+                ))
+            })
+    }
+
     /// Stores `bytes` as the artifact `path` (relative to the run's
     /// artifacts) of a run whose artifacts go through the proxy
     /// (`mlflow-artifacts:/…`).
@@ -458,13 +465,7 @@ impl Tracker {
         bytes: Vec<u8>,
     ) -> Result<StoredArtifact, MetaError> {
         crate::artifacts::check_path(path)?;
-        let root = self.read(|state| state.run(run_id).map(|r| r.artifact_uri.clone()))?;
-        let root = root.strip_prefix("mlflow-artifacts:/").ok_or_else(|| {
-            MetaError::invalid(format!(
-                "run {run_id} keeps its artifacts at {root}, outside Weir's store"
-            ))
-        })?;
-        let path = format!("{}/{path}", root.trim_start_matches('/'));
+        let path = format!("{}/{path}", self.artifact_root(run_id)?);
         let body =
             futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from(bytes))]);
         let (sha256, size) = self.artifacts().put(body).await?;

@@ -184,11 +184,7 @@ pub async fn evaluate(
         ),
         None => None,
     };
-    let task = if info.task == "regression" {
-        Task::Regression
-    } else {
-        Task::Classification
-    };
+    let task: Task = info.task.parse()?;
     let gate = judge(&request.gate, task, &candidate, champion.as_ref());
     let history = history(tracker, &request.model);
 
@@ -287,11 +283,7 @@ async fn score_model(
 ) -> Result<Scored, TrainError> {
     let bytes = tracker.artifact_bytes(&info.path).await?;
     let model = Model::load(&bytes, &SessionOptions::default())?;
-    let task = if info.task == "regression" {
-        Task::Regression
-    } else {
-        Task::Classification
-    };
+    let task: Task = info.task.parse()?;
     let classes = (task == Task::Classification).then_some(info.classes.as_slice());
     let target = table.target(&info.label, task, classes, rows)?;
     let all = scores(&model, table, &info.features, rows)?;

@@ -139,18 +139,18 @@ pub async fn train(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Outcome
         version: None,
         model: None,
     };
-    if result.is_err() {
+    let Ok(mut model) = result else {
         return Ok(outcome);
-    }
-    let model = match &spec.register {
-        Some(name) => {
-            let (version, model) =
-                register_run_model(workspace.tracker, &run_id, name, String::new()).await?;
-            outcome.version = Some((name.clone(), version));
-            model
-        }
-        None => run_model(workspace.tracker, &run_id).await?,
     };
+    model.path = format!(
+        "{}/{}",
+        workspace.tracker.artifact_root(&run_id)?,
+        model.path
+    );
+    if let Some(name) = &spec.register {
+        let version = register(workspace.tracker, &run_id, name, String::new(), &model).await?;
+        outcome.version = Some((name.clone(), version));
+    }
     outcome.model = Some(model);
     Ok(outcome)
 }
@@ -159,7 +159,7 @@ pub async fn train(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Outcome
 /// data version, split and params — as a new run tagged
 /// `weir.reproduces`. Nothing is registered.
 pub async fn reproduce(run_id: &str, workspace: Workspace<'_>) -> Result<Outcome, TrainError> {
-    let root = artifact_root(workspace.tracker, run_id)?;
+    let root = workspace.tracker.artifact_root(run_id)?;
     let text = workspace
         .tracker
         .artifact_bytes(&format!("{root}/job.yaml"))
@@ -175,28 +175,13 @@ pub async fn reproduce(run_id: &str, workspace: Workspace<'_>) -> Result<Outcome
     train(&spec, workspace).await
 }
 
-/// Where a run's artifacts are in the store.
-fn artifact_root(tracker: &Tracker, run_id: &str) -> Result<String, TrainError> {
-    Ok(tracker.read(|state| {
-        let run = state.run(run_id)?;
-        run.artifact_uri
-            .strip_prefix("mlflow-artifacts:/")
-            .map(|r| r.trim_start_matches('/').to_string())
-            .ok_or_else(|| {
-                weir_meta::MetaError::invalid(format!(
-                    "run {run_id} keeps its artifacts outside Weir's store"
-                ))
-            })
-    })?)
-}
-
 /// Where a run keeps the description of its model (a [`ModelInfo`] whose
 /// path is relative to the run's artifacts).
 const MODEL_INFO: &str = "model/model.json";
 
 /// The model a finished training run made, its path in the store.
 pub async fn run_model(tracker: &Tracker, run_id: &str) -> Result<ModelInfo, TrainError> {
-    let root = artifact_root(tracker, run_id)?;
+    let root = tracker.artifact_root(run_id)?;
     let bytes = tracker
         .artifact_bytes(&format!("{root}/{MODEL_INFO}"))
         .await
@@ -218,11 +203,23 @@ pub async fn register_run_model(
     description: String,
 ) -> Result<(u64, ModelInfo), TrainError> {
     let model = run_model(tracker, run_id).await?;
+    let version = register(tracker, run_id, name, description, &model).await?;
+    Ok((version, model))
+}
+
+/// Registers `model` (its path in the store) made by `run_id`.
+async fn register(
+    tracker: &Tracker,
+    run_id: &str,
+    name: &str,
+    description: String,
+    model: &ModelInfo,
+) -> Result<u64, TrainError> {
     let source = format!(
         "mlflow-artifacts:/{}",
         model.path.trim_end_matches("/model.onnx")
     );
-    let version = tracker
+    Ok(tracker
         .register_version(
             name,
             source,
@@ -230,8 +227,7 @@ pub async fn register_run_model(
             description,
             Some(model.clone()),
         )
-        .await?;
-    Ok((version, model))
+        .await?)
 }
 
 fn tag(key: &str, value: impl Into<String>) -> KeyValue {
@@ -502,7 +498,7 @@ async fn run(
     let model = ModelInfo {
         format: "onnx".into(),
         path: "model/model.onnx".into(),
-        sha256: hex(&sha2::Sha256::digest(&model_bytes)),
+        sha256: format!("{:x}", sha2::Sha256::digest(&model_bytes)),
         size: model_bytes.len() as u64,
         signature: model.signature().clone(),
         features,
@@ -519,10 +515,6 @@ async fn run(
         serde_json::to_vec_pretty(&model).expect("JSON"),
     ));
     Ok(model)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The model's scores of `rows`: `(rows × width values, width)`.

@@ -94,6 +94,20 @@ impl Task {
     }
 }
 
+impl std::str::FromStr for Task {
+    type Err = TrainError;
+
+    fn from_str(text: &str) -> Result<Self, TrainError> {
+        match text {
+            "classification" => Ok(Task::Classification),
+            "regression" => Ok(Task::Regression),
+            other => Err(TrainError::Invalid(format!(
+                "task `{other}`: classification or regression"
+            ))),
+        }
+    }
+}
+
 /// How rows are split into training, validation and test parts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "by", rename_all = "lowercase", deny_unknown_fields)]

@@ -312,9 +312,9 @@ pub async fn tune(
         }
     }
     let mut sampler = Sampler::new(&spec.space, &spec.search)?;
-    let trials = sampler.trials(spec.search.trials);
+    let wanted = sampler.trials(spec.search.trials);
     let tracker = workspace.tracker;
-    let experiment_id = ensure_experiment(tracker, &spec.experiment).await?;
+    let experiment_id = tracker.experiment_named(&spec.experiment).await?;
     let parent = tracker
         .start_run(RunStart {
             experiment_id,
@@ -334,7 +334,7 @@ pub async fn tune(
             metrics: vec![],
             params: vec![
                 text("weir.search", spec.search.method.clone()),
-                text("weir.trials", trials.to_string()),
+                text("weir.trials", wanted.to_string()),
                 text("weir.objective", spec.objective.metric.clone()),
                 text(
                     "weir.space",
@@ -357,10 +357,10 @@ pub async fn tune(
     let mut issued: BTreeMap<usize, BTreeMap<String, Json>> = BTreeMap::new();
     let mut done: BTreeMap<usize, TrialResult> = BTreeMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(spec.search.timeout_s);
-    while done.len() < trials {
+    while done.len() < wanted {
         // Keep `parallel` trials out; the adaptive sampler sees every
         // result so far.
-        while issued.len() < trials && issued.len() - done.len() < spec.search.parallel.max(1) {
+        while issued.len() < wanted && issued.len() - done.len() < spec.search.parallel.max(1) {
             let number = issued.len();
             let history: Vec<&TrialResult> = done.values().collect();
             let params = sampler.next(number, &history, maximize);
@@ -455,8 +455,7 @@ pub async fn tune(
             tags,
         })
         .await?;
-    let complete =
-        trials.len() == issued.len() && issued.len() == sampler.trials(spec.search.trials);
+    let complete = trials.len() == wanted;
     tracker
         .append(Event::RunUpdated {
             at: now,
@@ -475,7 +474,7 @@ pub async fn tune(
         return Err(TrainError::Runtime(format!(
             "tune: {} of {} trials recorded within {} s (are workers running? `weir worker --experiment {}`)",
             trials.len(),
-            issued.len(),
+            wanted,
             spec.search.timeout_s,
             spec.experiment
         )));
@@ -500,19 +499,6 @@ pub(crate) async fn register_trial(
     let registered = register_run_model(&current, run_id, name, String::new()).await;
     current.close().await;
     Ok(registered?.0)
-}
-
-async fn ensure_experiment(tracker: &weir_meta::Tracker, name: &str) -> Result<String, TrainError> {
-    if let Ok(experiment) = tracker.read(|state| {
-        state
-            .experiment_by_name(name)
-            .map(|e| e.experiment_id.clone())
-    }) {
-        return Ok(experiment);
-    }
-    Ok(tracker
-        .create_experiment(name.to_string(), None, vec![])
-        .await?)
 }
 
 /// Chooses trial params.
