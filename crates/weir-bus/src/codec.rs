@@ -49,6 +49,9 @@ pub enum DeadLetterReason {
     Oversized,
     /// The record arrived later than a stream's allowed lateness.
     Late,
+    /// The record decodes, but its consumer cannot act on it (a request a
+    /// model cannot answer); the message says why.
+    Rejected,
 }
 
 impl DeadLetterReason {
@@ -64,6 +67,7 @@ impl DeadLetterReason {
             Self::SchemaViolation => "schema-violation",
             Self::Oversized => "oversized",
             Self::Late => "late",
+            Self::Rejected => "rejected",
         }
     }
 }

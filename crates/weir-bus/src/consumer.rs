@@ -332,6 +332,25 @@ impl Consumer {
             .map_err(|e| BusError::kafka("committing offsets", e))
     }
 
+    /// Sends a record this consumer handed out to its dead-letter topic,
+    /// with `error` as the reason: for a record that decodes but cannot be
+    /// acted on. [`Consumer::commit`] waits for it to be stored.
+    pub async fn dead_letter(
+        &mut self,
+        record: &RawRecord,
+        error: &DecodeError,
+    ) -> Result<(), BusError> {
+        let source = Source {
+            topic: &record.topic,
+            partition: record.partition,
+            offset: record.offset,
+            key: record.key.as_deref(),
+            payload: record.payload.as_deref(),
+            headers: &record.headers,
+        };
+        self.dead_letters.send(source, error).await
+    }
+
     /// Waits until every dead letter sent so far is stored.
     pub async fn settle_dead_letters(&mut self) -> Result<(), BusError> {
         self.dead_letters.settle().await

@@ -179,4 +179,50 @@ impl Bus {
         }
         Ok(values)
     }
+
+    /// How many records of `topic` consumer group `group` has yet to
+    /// commit: the sum over partitions of the end offset minus the
+    /// group's committed offset (the low watermark where it has none).
+    /// What an autoscaler (or KEDA's Kafka scaler) scales on.
+    pub async fn lag(&self, group: &str, topic: &str) -> Result<i64, BusError> {
+        use rdkafka::consumer::{BaseConsumer, Consumer as _};
+        let partitions = self.admin().partitions(topic).await?;
+        let config = self.config.clone();
+        let (group, topic) = (group.to_string(), topic.to_string());
+        tokio::task::spawn_blocking(move || {
+            let timeout = std::time::Duration::from_secs(10);
+            // A consumer that never subscribes: it reads the group's
+            // offsets without joining it.
+            let consumer: BaseConsumer = config
+                .client_config()
+                .set("group.id", &group)
+                .set("enable.auto.commit", "false")
+                .create()
+                .map_err(|e| BusError::kafka("creating a lag reader", e))?;
+            let mut wanted = rdkafka::TopicPartitionList::new();
+            for partition in 0..partitions {
+                wanted.add_partition(&topic, partition);
+            }
+            let committed = consumer
+                .committed_offsets(wanted, timeout)
+                .map_err(|e| BusError::kafka(format!("reading {group}'s offsets"), e))?;
+            let mut lag = 0;
+            for partition in 0..partitions {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, partition, timeout)
+                    .map_err(|e| BusError::kafka(format!("reading offsets of {topic}"), e))?;
+                let at = match committed
+                    .find_partition(&topic, partition)
+                    .map(|e| e.offset())
+                {
+                    Some(rdkafka::Offset::Offset(at)) => at,
+                    _ => low,
+                };
+                lag += (high - at).max(0);
+            }
+            Ok(lag)
+        })
+        .await
+        .expect("lag task panicked")
+    }
 }

@@ -329,7 +329,8 @@ async fn repository_stage(bus: &Bus, config: &Config) -> anyhow::Result<Snapshot
     );
     let registry = weir_sql::registry::Registry::load(bus).await?;
     let started = Instant::now();
-    let (store, views, materializer) = crate::features::online(bus, &registry, config).await?;
+    let (store, views, materializer) =
+        crate::features::online(bus, &registry, &config.state_dir.join("online")).await?;
     drop(materializer);
     println!(
         "    online store: {} views read from their topics into {} in {:.2} s",

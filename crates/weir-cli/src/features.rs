@@ -267,7 +267,8 @@ async fn command(
             }
             Command::Serve { listen } => {
                 let registry = Registry::load(bus).await?;
-                let (store, views, mut materializer) = online(bus, &registry, config).await?;
+                let (store, views, mut materializer) =
+                    online(bus, &registry, &config.state_dir.join("online")).await?;
                 // Follow the views' topics while serving.
                 std::thread::spawn(move || {
                     loop {
@@ -302,7 +303,8 @@ async fn command(
             }
             Command::Get { view, entity } => {
                 let registry = Registry::load(bus).await?;
-                let (store, views, _) = online(bus, &registry, config).await?;
+                let (store, views, _) =
+                    online(bus, &registry, &config.state_dir.join("online")).await?;
                 let Some((served, _)) = views.into_iter().find(|(v, _)| v.name == view) else {
                     bail!("no feature view `{view}` (weir features list)");
                 };
@@ -409,13 +411,13 @@ async fn command(
     }
 }
 
-/// The online store (`<state>/online`) brought up to date with the latest
-/// version of every view, those views, and the materializer that keeps
-/// reading their topics.
+/// The online store at `path` brought up to date with the latest version
+/// of every view, those views, and the materializer that keeps reading
+/// their topics.
 pub async fn online(
     bus: &weir_bus::Bus,
     registry: &Registry,
-    config: &Config,
+    path: &std::path::Path,
 ) -> anyhow::Result<(Arc<OnlineStore>, Vec<(OnlineView, i32)>, Materializer)> {
     let mut views = Vec::new();
     for name in registry.names() {
@@ -425,8 +427,7 @@ pub async fn online(
             bus.admin().partitions(&version.topic).await?,
         ));
     }
-    let path = config.state_dir.join("online");
-    let store = Arc::new(OnlineStore::open(&path)?);
+    let store = Arc::new(OnlineStore::open(path)?);
     let mut materializer = Materializer::new(bus.config(), store.clone(), views.clone())?;
     let (read, materializer) = tokio::task::spawn_blocking(move || {
         materializer.catch_up().map(|read| (read, materializer))

@@ -16,6 +16,7 @@ mod input;
 mod job;
 mod publish;
 mod schemas;
+mod serve;
 mod server;
 mod snapshot;
 mod sql;
@@ -96,6 +97,11 @@ enum Command {
     /// Run tuning trials from `weir.jobs.<experiment>`, one of any number
     /// of workers in a consumer group.
     Worker(train::WorkerArgs),
+    /// Serve a deployment: registered models over the Open Inference
+    /// Protocol (HTTP) and Kafka streams, every request logged.
+    Serve(serve::ServeArgs),
+    /// Score a Parquet file with a registered model (or an ONNX file).
+    Score(serve::ScoreArgs),
     /// Run the embedded Kafka-API broker and the schema registry API for
     /// other clients.
     Broker(broker::Args),
@@ -152,6 +158,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Tune(args) => train::tune(&config, args).await,
         Command::Automl(args) => train::automl(&config, *args).await,
         Command::Worker(args) => train::worker(&config, args).await,
+        Command::Serve(args) => serve::serve(&config, args).await,
+        Command::Score(args) => serve::score(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Demo(args) => demo::run(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,

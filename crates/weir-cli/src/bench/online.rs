@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use hdrhistogram::Histogram;
 use serde_json::{Value as Json, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use weir_features::online::{OnlineStore, OnlineView};
 
 use super::hop::peak_rss_mib;
@@ -175,7 +174,8 @@ async fn compare(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
     let probe = body(3, 50, args.entities);
     let mut answers = Vec::new();
     for (name, _, address) in &servers {
-        let mut connection = Connection::open(*address).await?;
+        let mut connection =
+            weir_serve::client::Connection::open(*address, "/get-online-features").await?;
         let (status, response) = connection.post(&probe).await?;
         if status != 200 {
             bail!(
@@ -267,93 +267,15 @@ fn values_by_feature(response: &Json) -> Vec<(String, Vec<Json>)> {
     out
 }
 
-/// A keep-alive HTTP/1.1 connection that posts JSON to the Feast route.
-struct Connection {
-    stream: tokio::net::TcpStream,
-    head: Vec<u8>,
-    buffer: Vec<u8>,
-}
-
-impl Connection {
-    async fn open(address: SocketAddr) -> anyhow::Result<Self> {
-        let stream = tokio::net::TcpStream::connect(address).await?;
-        stream.set_nodelay(true)?;
-        Ok(Self {
-            stream,
-            head: format!(
-                "POST /get-online-features HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n"
-            )
-            .into_bytes(),
-            buffer: Vec::with_capacity(16 << 10),
-        })
-    }
-
-    /// Posts `body`; the status and the response body.
-    async fn post(&mut self, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
-        let mut request = self.head.clone();
-        request.extend(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
-        request.extend(body);
-        self.stream.write_all(&request).await?;
-        self.buffer.clear();
-        let mut chunk = [0u8; 16 << 10];
-        let end = loop {
-            if let Some(end) = self.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end + 4;
-            }
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("the server closed the connection");
-            }
-            self.buffer.extend(&chunk[..n]);
-        };
-        let head = String::from_utf8_lossy(&self.buffer[..end]).to_ascii_lowercase();
-        let status: u16 = head.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let length: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .context("a response without Content-Length")?;
-        while self.buffer.len() < end + length {
-            let n = self.stream.read(&mut chunk).await?;
-            if n == 0 {
-                bail!("the server closed the connection mid-response");
-            }
-            self.buffer.extend(&chunk[..n]);
-        }
-        Ok((status, self.buffer[end..end + length].to_vec()))
-    }
-}
-
-/// Closed-loop load: one connection per body, each posting it again as
-/// soon as the answer arrives, for `duration`. Requests a second and the
-/// latencies (µs).
+/// Closed-loop load on the Feast route (see [`weir_serve::client::load`]).
 async fn load(
     address: SocketAddr,
     bodies: Vec<Vec<u8>>,
     duration: Duration,
 ) -> anyhow::Result<(f64, Histogram<u64>)> {
-    let started = Instant::now();
-    let deadline = started + duration;
-    let mut tasks = Vec::new();
-    for body in bodies {
-        tasks.push(tokio::spawn(async move {
-            let mut connection = Connection::open(address).await?;
-            let mut latency = Histogram::<u64>::new(3)?;
-            while Instant::now() < deadline {
-                let sent = Instant::now();
-                let (status, _) = connection.post(&body).await?;
-                if status != 200 {
-                    bail!("HTTP {status}");
-                }
-                latency.record(sent.elapsed().as_micros() as u64)?;
-            }
-            anyhow::Ok(latency)
-        }));
+    let load = weir_serve::client::load(address, "/get-online-features", bodies, duration).await?;
+    if load.failed > 0 {
+        bail!("{} requests failed", load.failed);
     }
-    let mut all = Histogram::<u64>::new(3)?;
-    for task in tasks {
-        all.add(task.await??)?;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    Ok((all.len() as f64 / seconds, all))
+    Ok((load.rate, load.latency))
 }

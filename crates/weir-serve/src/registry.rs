@@ -1,0 +1,176 @@
+//! The model registry as serving sees it: the metadata state, kept up to
+//! date by following `weir.meta`, and the model files from the artifact
+//! store. A deployment resolves its references (`name@alias`) here, and
+//! hears when one of them moves.
+
+use std::sync::{Arc, RwLock};
+
+use futures::TryStreamExt as _;
+use tokio::sync::watch;
+use weir_bus::Bus;
+use weir_meta::artifacts::ArtifactStore;
+use weir_meta::event::{Event, ModelInfo};
+use weir_meta::state::State;
+
+use crate::ServeError;
+use crate::runner::{LoadedModel, ModelSet};
+use crate::spec::{Batching, DeploymentSpec};
+
+/// A resolved reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// The model's name.
+    pub name: String,
+    /// The version the reference points at now.
+    pub version: u64,
+    /// Its model file.
+    pub info: ModelInfo,
+}
+
+/// The followed registry.
+pub struct Registry {
+    state: Arc<RwLock<State>>,
+    artifacts: ArtifactStore,
+    changes: watch::Receiver<u64>,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry").finish_non_exhaustive()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
+
+fn meta_error(e: impl std::fmt::Display) -> ServeError {
+    ServeError::Internal(format!("reading {}: {e}", weir_core::topics::META))
+}
+
+impl Registry {
+    /// Replays `weir.meta`, then follows it.
+    pub async fn follow(bus: &Bus, artifacts: ArtifactStore) -> Result<Self, ServeError> {
+        let meta = weir_core::topics::META;
+        bus.admin()
+            .ensure_topic(&weir_bus::TopicSpec::new(meta, 1))
+            .await
+            .map_err(meta_error)?;
+        let (_, end) = bus.admin().watermarks(meta, 0).await.map_err(meta_error)?;
+        let state = weir_meta::tracker::replay(bus).await.map_err(meta_error)?;
+        let applied = state.applied();
+        let state = Arc::new(RwLock::new(state));
+        let (notify, changes) = watch::channel(applied);
+        // The follower starts no later than where the replay ended: an
+        // event applied twice changes nothing.
+        let mut consumer = bus
+            .consumer(
+                &[meta],
+                weir_bus::ConsumerOptions {
+                    start: weir_bus::StartFrom::Offsets(vec![(meta.to_string(), 0, end)]),
+                    read_only: true,
+                    ..Default::default()
+                },
+            )
+            .map_err(meta_error)?;
+        let following = state.clone();
+        let follower = tokio::spawn(async move {
+            while let Ok(Some(record)) = consumer.next_raw().await {
+                let Some(payload) = record.payload else {
+                    continue;
+                };
+                let mut state = following.write().expect("state lock");
+                match Event::decode(&payload) {
+                    Ok(Some(event)) => {
+                        if let Err(error) = state.apply(&event) {
+                            tracing::debug!(%error, "a metadata event that does not apply");
+                        }
+                    }
+                    Ok(None) => state.record_foreign(&payload),
+                    Err(error) => tracing::warn!(%error, "an unreadable metadata event"),
+                }
+                let _ = notify.send(state.applied());
+            }
+        });
+        Ok(Self {
+            state,
+            artifacts,
+            changes,
+            follower,
+        })
+    }
+
+    /// Changes to watch: the count of events applied.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
+    /// Reads the state.
+    pub fn read<T>(&self, read: impl FnOnce(&State) -> T) -> T {
+        read(&self.state.read().expect("state lock"))
+    }
+
+    /// What `reference` points at now.
+    pub fn resolve(&self, reference: &str) -> Result<Resolved, ServeError> {
+        self.read(|state| {
+            let (model, version) = state
+                .version_by_reference(reference)
+                .map_err(|e| ServeError::NotFound(e.to_string()))?;
+            let info = version.model.clone().ok_or_else(|| {
+                ServeError::Model(format!(
+                    "{}@{} has no ONNX model Weir made (register one with `weir train --register` or `weir models register`)",
+                    model.name, version.version
+                ))
+            })?;
+            Ok(Resolved {
+                name: model.name.clone(),
+                version: version.version,
+                info,
+            })
+        })
+    }
+
+    /// What each of the spec's members points at now.
+    pub fn resolve_all(&self, spec: &DeploymentSpec) -> Result<Vec<Resolved>, ServeError> {
+        spec.members()
+            .iter()
+            .map(|m| self.resolve(&m.model))
+            .collect()
+    }
+
+    /// Loads the models `resolved` (the spec's members, in order).
+    pub async fn load(
+        &self,
+        spec: &DeploymentSpec,
+        resolved: &[Resolved],
+    ) -> Result<ModelSet, ServeError> {
+        let mut members = Vec::new();
+        for (member, resolved) in spec.members().iter().zip(resolved) {
+            let reference = format!("{}@{}", resolved.name, resolved.version);
+            let chunks: Vec<bytes::Bytes> = self
+                .artifacts
+                .get(&resolved.info.sha256)
+                .await
+                .map_err(|e| ServeError::Model(format!("{reference}: {e}")))?
+                .try_collect()
+                .await
+                .map_err(|e| ServeError::Model(format!("{reference}: {e}")))?;
+            let bytes = chunks.concat();
+            let batching: Batching = spec.batching.clone();
+            let (version, weight) = (resolved.version, member.weight);
+            let loaded = tokio::task::spawn_blocking(move || {
+                LoadedModel::load(reference, version, weight, &bytes, &batching)
+            })
+            .await
+            .map_err(|e| ServeError::Internal(e.to_string()))??;
+            members.push(loaded);
+        }
+        Ok(ModelSet {
+            members,
+            combine: spec.combine,
+        })
+    }
+}

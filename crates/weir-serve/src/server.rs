@@ -1,0 +1,321 @@
+//! A deployment, served: HTTP and stream workers started, the registry
+//! watched for moved aliases, the stream workers scaled, and everything
+//! stopped cleanly (requests answered, the log written out).
+//!
+//! The scaling policy, checked every `interval_ms`:
+//! - **up**: the workers wanted are `ceil(lag / target_lag)` — the
+//!   requests the group has yet to commit, per worker — plus one while
+//!   the stream's p99 latency over the interval is above `target_p99_ms`,
+//!   within `min..=max`; more wanted than running starts them at once;
+//! - **down**: one worker stops when fewer were wanted for `cooldown_s`
+//!   in a row, so a burst's tail does not flap the group.
+//!
+//! Lag is what KEDA's Kafka scaler reads too (`lagThreshold` per replica):
+//! the same signal scales replicas across machines (see
+//! `docs/serving.md`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use weir_bus::Bus;
+use weir_features::online::{OnlineStore, OnlineView};
+
+use crate::ServeError;
+use crate::deployment::Deployment;
+use crate::log::Channel;
+use crate::registry::Registry;
+use crate::spec::{DeploymentSpec, Protocol, Scaling};
+use crate::stream::{self, StreamCounts};
+
+/// What is up once serving starts.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// Where HTTP listens.
+    pub http: Option<SocketAddr>,
+    /// The versions serving.
+    pub versions: String,
+}
+
+/// What serving did.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Requests answered and failed, every protocol.
+    pub requests: (u64, u64),
+    /// Stream requests answered and rejected.
+    pub stream: (u64, u64),
+    /// Log records written.
+    pub logged: u64,
+    /// The versions swapped in, in order.
+    pub swaps: Vec<String>,
+    /// The stream workers' count after each change.
+    pub scaling: Vec<usize>,
+}
+
+/// The feature views a deployment may look up.
+#[derive(Default)]
+pub struct Features {
+    /// The views.
+    pub views: Vec<OnlineView>,
+    /// The store holding them (kept up to date by the caller).
+    pub store: Option<Arc<OnlineStore>>,
+}
+
+/// Serves `spec` until `shutdown` resolves.
+pub async fn serve(
+    bus: &Bus,
+    registry: Registry,
+    spec: DeploymentSpec,
+    features: Features,
+    on_ready: impl FnOnce(&Ready),
+    shutdown: impl Future<Output = ()>,
+) -> Result<Summary, ServeError> {
+    let deployment = Arc::new(
+        Deployment::start(
+            spec.clone(),
+            &registry,
+            &features.views,
+            features.store,
+            Some(bus),
+        )
+        .await?,
+    );
+    let (stop, stopped) = watch::channel(false);
+
+    // HTTP.
+    let mut http = None;
+    let mut address = None;
+    if spec.protocols.contains(&Protocol::Http) {
+        let listener = tokio::net::TcpListener::bind(&spec.http.listen)
+            .await
+            .map_err(|e| ServeError::Spec(format!("http.listen {}: {e}", spec.http.listen)))?;
+        address = Some(
+            listener
+                .local_addr()
+                .map_err(|e| ServeError::Internal(e.to_string()))?,
+        );
+        let router = crate::oip::router(deployment.clone());
+        let mut stopped = stopped.clone();
+        http = Some(tokio::spawn(async move {
+            axum::serve(listener, router)
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+    }
+
+    // Stream workers and their scaler.
+    let counts = Arc::new(StreamCounts::default());
+    let workers = Arc::new(AtomicUsize::new(0));
+    let mut scaler = None;
+    if spec.protocols.contains(&Protocol::Stream) {
+        stream::ensure_topics(bus, &spec.name).await?;
+        scaler = Some(tokio::spawn(scale(
+            bus.clone(),
+            deployment.clone(),
+            counts.clone(),
+            spec.scaling.clone(),
+            workers.clone(),
+            stopped.clone(),
+        )));
+    }
+
+    // Hot swap: when the registry changes, see whether a reference moved.
+    let registry = Arc::new(registry);
+    let swapper = {
+        let deployment = deployment.clone();
+        let registry = registry.clone();
+        let mut changes = registry.changes();
+        let mut stopped = stopped.clone();
+        tokio::spawn(async move {
+            let mut swaps = Vec::new();
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { break },
+                    _ = stopped.wait_for(|s| *s) => break,
+                }
+                match deployment.refresh(&registry).await {
+                    Ok(Some(versions)) => {
+                        tracing::info!(deployment = deployment.name(), %versions, "swapped in");
+                        swaps.push(versions);
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        tracing::error!(%error, "the new version cannot serve; the old one goes on")
+                    }
+                }
+            }
+            swaps
+        })
+    };
+
+    on_ready(&Ready {
+        http: address,
+        versions: deployment.versions(),
+    });
+    shutdown.await;
+    let _ = stop.send(true);
+    let mut summary = Summary::default();
+    if let Some(http) = http {
+        http.await
+            .map_err(|e| ServeError::Internal(e.to_string()))?
+            .map_err(|e| ServeError::Internal(format!("HTTP: {e}")))?;
+    }
+    if let Some(scaler) = scaler {
+        summary.scaling = scaler
+            .await
+            .map_err(|e| ServeError::Internal(e.to_string()))??;
+    }
+    summary.swaps = swapper.await.unwrap_or_default();
+    summary.stream = counts.get();
+    summary.requests = deployment.metrics().totals();
+    let deployment = Arc::try_unwrap(deployment)
+        .map_err(|_| ServeError::Internal("the deployment is still in use".into()))?;
+    summary.logged = deployment.close().await?;
+    Ok(summary)
+}
+
+/// A stream worker: its stop signal and its task.
+type Worker = (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<(), ServeError>>,
+);
+
+/// Runs the stream workers, between `scaling.min` and `scaling.max`, until
+/// `stopped`; returns the worker count after each change.
+async fn scale(
+    bus: Bus,
+    deployment: Arc<Deployment>,
+    counts: Arc<StreamCounts>,
+    scaling: Scaling,
+    running: Arc<AtomicUsize>,
+    mut stopped: watch::Receiver<bool>,
+) -> Result<Vec<usize>, ServeError> {
+    let requests = weir_core::topics::requests(deployment.name());
+    let group = stream::group(deployment.name());
+    let mut workers: Vec<Worker> = Vec::new();
+    let start = |workers: &mut Vec<_>| {
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(stream::worker(
+            bus.clone(),
+            deployment.clone(),
+            counts.clone(),
+            stopped,
+        ));
+        workers.push((stop, task));
+    };
+    let mut history = Vec::new();
+    for _ in 0..scaling.min {
+        start(&mut workers);
+    }
+    running.store(workers.len(), Ordering::Relaxed);
+    history.push(workers.len());
+    let mut last_needed = Instant::now();
+    let interval = Duration::from_millis(scaling.interval_ms.max(10));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = stopped.wait_for(|s| *s) => break,
+        }
+        // A worker that failed is reported; the policy below starts
+        // another if fewer than `min` are left.
+        let mut alive = Vec::with_capacity(workers.len());
+        for (stop, task) in workers.drain(..) {
+            if !task.is_finished() {
+                alive.push((stop, task));
+                continue;
+            }
+            match task.await {
+                Ok(Err(error)) => tracing::error!(%error, "a stream worker failed"),
+                Err(error) => tracing::error!(%error, "a stream worker panicked"),
+                Ok(Ok(())) => {}
+            }
+        }
+        workers = alive;
+        let lag = match bus.lag(&group, &requests).await {
+            Ok(lag) => lag,
+            Err(error) => {
+                tracing::warn!(%error, "reading the consumer lag");
+                continue;
+            }
+        };
+        let p99 = deployment.metrics().latency_ms(Channel::Stream, 0.99);
+        deployment.metrics().reset_latency(Channel::Stream);
+        let wanted = desired(&scaling, lag, p99, workers.len());
+        let before = workers.len();
+        if wanted >= workers.len() {
+            last_needed = Instant::now();
+        }
+        if wanted > workers.len() {
+            while workers.len() < wanted {
+                start(&mut workers);
+            }
+        } else if wanted < workers.len()
+            && last_needed.elapsed() >= Duration::from_secs_f64(scaling.cooldown_s)
+        {
+            let (stop, task) = workers.pop().expect("a worker");
+            let _ = stop.send(true);
+            if let Ok(Err(error)) = task.await {
+                tracing::error!(%error, "a stream worker failed");
+            }
+            last_needed = Instant::now();
+        }
+        if workers.len() != before {
+            tracing::info!(
+                lag,
+                p99_ms = p99,
+                workers = workers.len(),
+                "scaled the stream workers"
+            );
+            history.push(workers.len());
+            running.store(workers.len(), Ordering::Relaxed);
+        }
+    }
+    for (stop, _) in &workers {
+        let _ = stop.send(true);
+    }
+    for (_, task) in workers {
+        match task.await {
+            Ok(Err(error)) => tracing::error!(%error, "a stream worker failed"),
+            Err(error) => tracing::error!(%error, "a stream worker panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
+    Ok(history)
+}
+
+/// The workers the policy wants.
+pub fn desired(scaling: &Scaling, lag: i64, p99_ms: f64, running: usize) -> usize {
+    let by_lag = (lag.max(0) as f64 / scaling.target_lag.max(1) as f64).ceil() as usize;
+    let by_latency = if p99_ms > scaling.target_p99_ms {
+        running + 1
+    } else {
+        0
+    };
+    by_lag.max(by_latency).clamp(scaling.min, scaling.max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_follows_lag_and_latency_within_bounds() {
+        let scaling = Scaling {
+            min: 1,
+            max: 4,
+            target_lag: 100,
+            target_p99_ms: 50.0,
+            interval_ms: 1000,
+            cooldown_s: 5.0,
+        };
+        assert_eq!(desired(&scaling, 0, 1.0, 1), 1);
+        assert_eq!(desired(&scaling, 250, 1.0, 1), 3);
+        assert_eq!(desired(&scaling, 10_000, 1.0, 1), 4);
+        assert_eq!(desired(&scaling, 0, 80.0, 2), 3);
+    }
+}

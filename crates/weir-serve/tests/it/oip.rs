@@ -1,0 +1,196 @@
+//! Open Inference Protocol v2 conformance, through Triton's official HTTP
+//! client: health, server and model metadata, readiness, inference at
+//! batch sizes 1 to 64 in JSON and binary tensors — each answer equal to
+//! ONNX Runtime's own output for the same rows.
+
+use std::time::Duration;
+
+use serde_json::Value as Json;
+use weir_onnx::{Model, SessionOptions};
+
+use crate::{Platform, generate, python, serve, spec};
+
+const CLIENT: &str = r#"
+import json, sys
+import numpy as np
+import tritonclient.http as http
+from tritonclient.utils import InferenceServerException
+
+url, model, out = sys.argv[1], sys.argv[2], sys.argv[3]
+client = http.InferenceServerClient(url=url)
+assert client.is_server_live() and client.is_server_ready()
+results = {"server": client.get_server_metadata(), "ready": client.is_model_ready(model)}
+metadata = client.get_model_metadata(model)
+results["model"] = metadata
+tensor = metadata["inputs"][0]
+width = tensor["shape"][1]
+rng = np.random.default_rng(3)
+results["batches"] = []
+for n in range(1, 65):
+    x = rng.normal(size=(n, width)).astype(np.float32)
+    binary = n % 2 == 0
+    given = http.InferInput(tensor["name"], [n, width], "FP32")
+    given.set_data_from_numpy(x, binary_data=binary)
+    wanted = [http.InferRequestedOutput(o["name"], binary_data=binary) for o in metadata["outputs"]]
+    answer = client.infer(model, [given], outputs=wanted, request_id=f"r{n}")
+    batch = {"x": x.tolist(), "id": answer.get_response()["id"]}
+    for o in metadata["outputs"]:
+        batch[o["name"]] = answer.as_numpy(o["name"]).tolist()
+    results["batches"].append(batch)
+# No outputs named: the client asks for every output, in binary.
+answer = client.infer(model, [given])
+results["all_outputs"] = sorted(o["name"] for o in answer.get_response()["outputs"])
+try:
+    bad = http.InferInput(tensor["name"], [1, width + 1], "FP32")
+    bad.set_data_from_numpy(np.zeros((1, width + 1), np.float32))
+    client.infer(model, [bad])
+    results["error"] = None
+except InferenceServerException as e:
+    results["error"] = str(e)
+try:
+    client.get_model_metadata("nope")
+    results["missing"] = None
+except InferenceServerException as e:
+    results["missing"] = str(e)
+json.dump(results, open(out, "w"))
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn triton_client_conformance_and_outputs_equal_onnx_runtime() {
+    let platform = Platform::start().await;
+    let data = platform.dir.path().join("clicks.parquet");
+    generate(&data, 2000, 1, "");
+    let version = platform
+        .train("clicks", &data, "HistGradientBoostingClassifier")
+        .await;
+    let (address, stop, task) = serve(
+        &platform,
+        spec("name: clicks\nmodel: clicks@1\nhttp: {listen: 127.0.0.1:0}\n"),
+        Default::default(),
+    )
+    .await;
+    let address = address.unwrap();
+
+    let script = platform.dir.path().join("client.py");
+    std::fs::write(&script, CLIENT).unwrap();
+    let out = platform.dir.path().join("results.json");
+    let status = tokio::process::Command::new(python())
+        .arg(&script)
+        .arg(address.to_string())
+        .arg("clicks")
+        .arg(&out)
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "the Triton client script failed");
+    let results: Json = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+
+    assert_eq!(results["server"]["name"], "weir");
+    assert!(
+        results["server"]["extensions"]
+            .to_string()
+            .contains("binary_tensor_data")
+    );
+    assert_eq!(results["ready"], true);
+    let metadata = &results["model"];
+    assert_eq!(metadata["name"], "clicks");
+    assert_eq!(metadata["versions"][0], version.to_string());
+    assert_eq!(metadata["platform"], "onnxruntime_onnx");
+    assert_eq!(metadata["inputs"][0]["datatype"], "FP32");
+    assert_eq!(metadata["inputs"][0]["shape"][1], crate::FEATURES);
+    let outputs: Vec<&str> = metadata["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        outputs.contains(&"probabilities") && outputs.contains(&"label"),
+        "{outputs:?}"
+    );
+    let mut all = outputs.clone();
+    all.sort();
+    assert_eq!(results["all_outputs"], serde_json::json!(all));
+
+    // Every answer equals ONNX Runtime's own, run here on the same rows.
+    let model = Model::load(
+        &platform.model_bytes("clicks", version).await,
+        &SessionOptions::default(),
+    )
+    .unwrap();
+    let batches = results["batches"].as_array().unwrap();
+    assert_eq!(batches.len(), 64);
+    for (n, batch) in batches.iter().enumerate() {
+        let rows: Vec<Vec<f64>> = serde_json::from_value(batch["x"].clone()).unwrap();
+        assert_eq!(rows.len(), n + 1);
+        assert_eq!(batch["id"], format!("r{}", n + 1));
+        let matrix: Vec<f32> = rows.iter().flatten().map(|&x| x as f32).collect();
+        let direct = model.predict(&matrix, rows.len()).unwrap();
+        let (scores, width) = direct.scores().unwrap();
+        let served: Vec<Vec<f64>> = serde_json::from_value(batch["probabilities"].clone()).unwrap();
+        assert_eq!(served.len() * width, scores.len());
+        // Equal up to float32 rounding (a batch's sums run in another order).
+        for (a, b) in served.iter().flatten().zip(&scores) {
+            assert!((a - b).abs() <= 1e-6, "batch {}: {a} vs {b}", n + 1);
+        }
+        let labels: Vec<i64> = serde_json::from_value(batch["label"].clone()).unwrap();
+        let direct_labels = direct
+            .outputs
+            .iter()
+            .find(|o| o.name == "label")
+            .unwrap()
+            .as_f64()
+            .unwrap();
+        assert_eq!(
+            labels.iter().map(|&l| l as f64).collect::<Vec<_>>(),
+            direct_labels
+        );
+    }
+    let error = results["error"].as_str().unwrap();
+    assert!(
+        error.contains("input") && error.contains(&crate::FEATURES.to_string()),
+        "{error}"
+    );
+    assert!(
+        results["missing"]
+            .as_str()
+            .unwrap()
+            .contains("no model `nope`")
+    );
+
+    // Errors over plain HTTP: a 400 naming the problem's place, a 404.
+    let mut connection = weir_serve::client::Connection::open(address, "/v2/models/clicks/infer")
+        .await
+        .unwrap();
+    let (status, body) = connection.post(b"{\"inputs\": [").await.unwrap();
+    assert_eq!(status, 400);
+    assert!(
+        String::from_utf8_lossy(&body).contains("line 1"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let (status, body) = connection
+        .post(br#"{"inputs":[{"name":"x9","shape":[1],"datatype":"FP32","data":[1]}]}"#)
+        .await
+        .unwrap();
+    assert_eq!(status, 400);
+    assert!(
+        String::from_utf8_lossy(&body).contains("is missing"),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    let mut other = weir_serve::client::Connection::open(address, "/v2/models/other/infer")
+        .await
+        .unwrap();
+    assert_eq!(other.post(b"{}").await.unwrap().0, 404);
+
+    stop.send(()).unwrap();
+    let summary = tokio::time::timeout(Duration::from_secs(30), task)
+        .await
+        .unwrap()
+        .unwrap();
+    // 64 batches and the all-outputs request; the wrong shape and the
+    // missing input (a body that is not a request never reaches the model).
+    assert_eq!(summary.requests, (65, 2));
+    assert_eq!(summary.logged, 67);
+}
