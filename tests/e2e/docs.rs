@@ -277,3 +277,33 @@ fn training_page() {
     }
     assert!(automl.ends_with("registered churn-automl@1\n"), "{automl}");
 }
+
+#[test]
+fn serving_page() {
+    let outputs = run_page("serving.md");
+    let out = |prefix: &str| stdout_of(&outputs, prefix);
+    let served = out("serve docs/examples/churn-deployment.yaml");
+    assert!(
+        served.contains("serving `churn` (churn-model@1)"),
+        "{served}"
+    );
+    assert!(
+        served.contains("2 requests answered, 1 failed; 3 log records written"),
+        "{served}"
+    );
+    let predictions = out("tail weir.predictions.churn");
+    assert!(predictions.contains(r#""id":"q1""#), "{predictions}");
+    assert!(
+        predictions.contains(r#""data":["churns","stays"]"#),
+        "{predictions}"
+    );
+    assert!(
+        predictions.contains("input `monthly_charges` is missing"),
+        "{predictions}"
+    );
+    let scored = out("score churn-model@champion");
+    assert!(
+        scored.starts_with("scored 300 rows with churn-model@1"),
+        "{scored}"
+    );
+}

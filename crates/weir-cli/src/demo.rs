@@ -28,6 +28,12 @@
 //! and registered as a version of `demo-large`; evaluated against the
 //! current champion, and promoted if the gate passes.
 //!
+//! Stage 6 (serving): `topologies/deployments/demo-large.yaml` serves the
+//! champion over the Open Inference Protocol (HTTP) and a Kafka stream; a
+//! request carries only a user id, the features are looked up in the
+//! online store; every request and response is logged to
+//! `weir.log.demo-large` in Avro.
+//!
 //! Each later component adds its stage here. Safe to run twice: the topic
 //! and schema are reused, the consumer group resumes at its committed
 //! offsets, so each run reads (and dead-letters) only its own records, an
@@ -73,14 +79,16 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         let snapshot = repository_stage(&connection.bus, config).await?;
         let dataset = format!("{}@{}", snapshot.dataset.name, snapshot.dataset.version);
         metadata_stage(&connection.bus, config, snapshot).await?;
-        training_stage(&connection.bus, config, &dataset).await
+        training_stage(&connection.bus, config, &dataset).await?;
+        serving_stage(&connection.bus, config).await
     }
     .await;
     connection.close().await;
     result?;
     println!(
-        "\nNext: `weir tail {TOPIC} -n 3`, `weir tail {} --from-beginning`, `weir features get user_spend u0000`,\n      `weir features serve` (HTTP look-ups), `weir sql \"SELECT * FROM user_spend LIMIT 5\"`,\n      `weir runs list demo`, `weir lineage dataset:demo-training@1`, `weir server` (for the mlflow client),\n      `weir models show demo-large`, `weir evaluate demo-large@champion demo-training`",
-        topics::dlq(TOPIC)
+        "\nNext: `weir tail {TOPIC} -n 3`, `weir tail {} --from-beginning`, `weir features get user_spend u0000`,\n      `weir features serve` (HTTP look-ups), `weir sql \"SELECT * FROM user_spend LIMIT 5\"`,\n      `weir runs list demo`, `weir lineage dataset:demo-training@1`, `weir server` (for the mlflow client),\n      `weir models show demo-large`, `weir evaluate demo-large@champion demo-training`,\n      `weir serve topologies/deployments/demo-large.yaml`, `weir tail {} -n 1`",
+        topics::dlq(TOPIC),
+        topics::log("demo-large")
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -702,5 +710,112 @@ async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Re
         println!("    {name}@champion → version {version}");
     }
     tracker.close().await;
+    Ok(())
+}
+
+/// The demo's deployment (also in `topologies/deployments/`).
+const DEPLOYMENT: &str = include_str!("../../../topologies/deployments/demo-large.yaml");
+
+/// Stage 6: the champion served over HTTP and the stream, its features
+/// looked up by user, every request logged.
+async fn serving_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
+    println!(
+        "\n[6] serving: demo-large@champion over HTTP (OIP v2) and a stream, features looked up by user"
+    );
+    let mut spec =
+        weir_serve::DeploymentSpec::parse(DEPLOYMENT, "topologies/deployments/demo-large.yaml")?;
+    // A free port: the demo must not collide with a `weir serve` running.
+    spec.http.listen = "127.0.0.1:0".into();
+    let registry = weir_serve::Registry::follow(bus, crate::serve::artifacts(config)?).await?;
+    let (features, following) = crate::serve::features(bus, config, &spec).await?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let bus = bus.clone();
+        let spec = spec.clone();
+        tokio::spawn(async move {
+            weir_serve::server::serve(
+                &bus,
+                registry,
+                spec,
+                features,
+                move |ready| {
+                    let _ = ready_tx.send((ready.http, ready.versions.clone()));
+                },
+                async {
+                    let _ = stopped.await;
+                },
+            )
+            .await
+        })
+    };
+    let (address, versions) = ready_rx.await.context("the deployment did not start")?;
+    let address = address.context("no HTTP address")?;
+    println!("    serving {versions} on http://{address}/v2/models/demo-large");
+
+    // HTTP: one request per user, all features looked up.
+    let users: Vec<String> = (0..20).map(|u| format!("u{:04}", u * 7)).collect();
+    let body = |user: &str| {
+        json!({"inputs": [{"name": "user_id", "shape": [1], "datatype": "BYTES", "data": [user]}]})
+            .to_string()
+    };
+    let mut connection =
+        weir_serve::client::Connection::open(address, "/v2/models/demo-large/infer").await?;
+    let started = Instant::now();
+    let mut shown = 0;
+    for user in &users {
+        let (status, answer) = connection.post(body(user).as_bytes()).await?;
+        let answer: Json = serde_json::from_slice(&answer)?;
+        anyhow::ensure!(status == 200, "HTTP {status}: {answer}");
+        if shown < 3 {
+            let output = |name: &str| {
+                answer["outputs"]
+                    .as_array()
+                    .and_then(|o| o.iter().find(|o| o["name"] == name))
+                    .map(|o| o["data"].clone())
+                    .unwrap_or(Json::Null)
+            };
+            println!(
+                "    {user}: P(large) {:.3} → {}",
+                output("probabilities")[1].as_f64().unwrap_or(f64::NAN),
+                output("prediction")[0]
+            );
+            shown += 1;
+        }
+    }
+    println!(
+        "    {} HTTP requests in {} ms",
+        users.len(),
+        started.elapsed().as_millis()
+    );
+
+    // The stream: the same requests through weir.requests.demo-large.
+    let requests = topics::requests(&spec.name);
+    let producer = bus.producer()?;
+    for (i, user) in users.iter().enumerate() {
+        let id = format!("demo-{}-{i}", weir_meta::now_ms());
+        producer
+            .send_and_wait(OutRecord::new(&requests, body(user).as_bytes()).key(id.as_bytes()))
+            .await?;
+    }
+    let group = weir_serve::stream::group(&spec.name);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bus.lag(&group, &requests).await? > 0 {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the stream requests were not answered in time"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    let summary = server.await??;
+    drop(following);
+    println!(
+        "    {} stream requests answered on {}; {} requests logged to {} (Avro)",
+        summary.stream.0,
+        topics::predictions(&spec.name),
+        summary.logged,
+        topics::log(&spec.name)
+    );
     Ok(())
 }

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -42,7 +44,7 @@ pub struct ScoreArgs {
     /// A registered model (`name@alias`, `name@3`, `name`) or an ONNX
     /// file (with `--features`).
     model: String,
-    /// The Parquet file to score.
+    /// The Parquet (or CSV) file to score.
     input: PathBuf,
     /// Where to write it with the model's outputs added.
     output: PathBuf,
@@ -57,7 +59,7 @@ pub struct ScoreArgs {
     chunk_rows: usize,
 }
 
-fn artifacts(config: &Config) -> anyhow::Result<ArtifactStore> {
+pub fn artifacts(config: &Config) -> anyhow::Result<ArtifactStore> {
     let dir = config.state_dir.join("artifacts");
     Ok(ArtifactStore::open(
         dir.to_str().context("the state directory is not UTF-8")?,
@@ -115,15 +117,26 @@ async fn shutdown(limit: Option<Duration>) {
     }
 }
 
-/// The views a spec looks up, in a store of the deployment's own, kept up
-/// to date from their topics while it serves.
-async fn features(
+/// Stops the online store's follower when dropped.
+pub struct Following(Arc<AtomicBool>);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The views a spec looks up, in a store of the deployment's own
+/// (`<state>/serve/<name>/online`), kept up to date from their topics
+/// until the returned guard is dropped.
+pub async fn features(
     bus: &weir_bus::Bus,
     config: &Config,
     spec: &DeploymentSpec,
-) -> anyhow::Result<Features> {
+) -> anyhow::Result<(Features, Following)> {
+    let stop = Arc::new(AtomicBool::new(false));
     if spec.features.is_empty() {
-        return Ok(Features::default());
+        return Ok((Features::default(), Following(stop)));
     }
     let registry = weir_sql::registry::Registry::load(bus).await?;
     let path = config
@@ -133,18 +146,22 @@ async fn features(
         .join("online");
     std::fs::create_dir_all(&path)?;
     let (store, views, mut materializer) = crate::features::online(bus, &registry, &path).await?;
+    let stopped = stop.clone();
     std::thread::spawn(move || {
-        loop {
+        while !stopped.load(Ordering::Relaxed) {
             if let Err(error) = materializer.poll(10_000, Duration::from_millis(200)) {
                 tracing::error!(%error, "online store");
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
     });
-    Ok(Features {
-        views: views.into_iter().map(|(v, _)| v).collect(),
-        store: Some(store),
-    })
+    Ok((
+        Features {
+            views: views.into_iter().map(|(v, _)| v).collect(),
+            store: Some(store),
+        },
+        Following(stop),
+    ))
 }
 
 pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
@@ -153,7 +170,7 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
     let result = async {
         let bus = &connection.bus;
         let registry = Registry::follow(bus, artifacts(config)?).await?;
-        let features = features(bus, config, &spec).await?;
+        let (features, _following) = features(bus, config, &spec).await?;
         let name = spec.name.clone();
         let announce = |ready: &Ready| {
             let mut ways = Vec::new();
@@ -256,6 +273,7 @@ pub async fn score(config: &Config, args: ScoreArgs) -> anyhow::Result<ExitCode>
             let resolved = registry.resolve_all(&spec)?;
             let models = registry.load(&spec, &resolved).await?;
             let info = resolved[0].info.clone();
+            registry.close().await;
             anyhow::Ok((models, info.features, info.classes))
         }
         .await;

@@ -32,7 +32,7 @@ pub struct Registry {
     state: Arc<RwLock<State>>,
     artifacts: ArtifactStore,
     changes: watch::Receiver<u64>,
-    follower: tokio::task::JoinHandle<()>,
+    follower: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -43,7 +43,9 @@ impl std::fmt::Debug for Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        self.follower.abort();
+        if let Some(follower) = &self.follower {
+            follower.abort();
+        }
     }
 }
 
@@ -99,8 +101,17 @@ impl Registry {
             state,
             artifacts,
             changes,
-            follower,
+            follower: Some(follower),
         })
+    }
+
+    /// Stops following and waits until the follower's consumer is closed:
+    /// call it before stopping a broker this process runs.
+    pub async fn close(mut self) {
+        if let Some(follower) = self.follower.take() {
+            follower.abort();
+            let _ = follower.await;
+        }
     }
 
     /// Changes to watch: the count of events applied.

@@ -1,5 +1,6 @@
-//! Batch scoring: a Parquet file in, the same rows with the model's
-//! outputs added out, streaming through the file in chunks.
+//! Batch scoring: a Parquet (or CSV) file in, the same rows with the
+//! model's outputs added out (Parquet), streaming through the file in
+//! chunks.
 //!
 //! The reader hands chunks of `chunk_rows` rows to the runner pool (one
 //! ONNX Runtime session per thread), keeping a few chunks per thread in
@@ -22,7 +23,6 @@ use arrow::array::{
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use weir_onnx::{Output, Values};
 
 use crate::ServeError;
@@ -140,11 +140,7 @@ pub async fn score(
     options: &ScoreOptions,
 ) -> Result<ScoreReport, ServeError> {
     let started = Instant::now();
-    let file = File::open(input).map_err(|e| failed(&input.display().to_string(), e))?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| failed(&input.display().to_string(), e))?
-        .with_batch_size(options.chunk_rows)
-        .build()
+    let reader = weir_features::snapshot::read_table_file(input)
         .map_err(|e| failed(&input.display().to_string(), e))?;
     let batching = Batching {
         max_batch: options.chunk_rows,
@@ -201,7 +197,17 @@ pub async fn score(
         Ok(())
     };
     let depth = options.threads * 2;
-    for batch in reader {
+    let chunks = reader.flat_map(|batch| match batch {
+        Ok(batch) => (0..batch.num_rows())
+            .step_by(options.chunk_rows.max(1))
+            .map(|start| {
+                let n = options.chunk_rows.min(batch.num_rows() - start);
+                Ok(batch.slice(start, n))
+            })
+            .collect::<Vec<_>>(),
+        Err(error) => vec![Err(error)],
+    });
+    for batch in chunks {
         let batch = batch.map_err(|e| failed(&input.display().to_string(), e))?;
         let matrix = matrix(&batch, features)?;
         let rows = batch.num_rows();

@@ -171,6 +171,9 @@ pub async fn serve(
             .map_err(|e| ServeError::Internal(e.to_string()))??;
     }
     summary.swaps = swapper.await.unwrap_or_default();
+    if let Ok(registry) = Arc::try_unwrap(registry) {
+        registry.close().await;
+    }
     summary.stream = counts.get();
     summary.requests = deployment.metrics().totals();
     let deployment = Arc::try_unwrap(deployment)

@@ -32,7 +32,7 @@ async fn batch_scoring_equals_per_row_inference() {
         .await
         .unwrap();
     assert_eq!(report.rows, 3000);
-    assert_eq!(report.chunks, 4);
+    assert!(report.chunks >= 4, "{report:?}");
 
     let model = Model::load(
         &platform.model_bytes("clicks", version).await,
