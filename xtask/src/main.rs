@@ -28,7 +28,7 @@ const USAGE: &str = "\
 usage: cargo xtask <task> [args]
 
 tasks:
-  setup [--python ENV]   install what the build and tests need (idempotent); ENV: test, train, bench, automl
+  setup [--python ENV]   install what the build and tests need (idempotent); ENV: test, train, bench, automl, serve
   test                   set-up, then fmt, clippy, all tests and doctests (what CI runs)
   demo [weir demo args]  set-up, then `weir demo`: the end-to-end loop on the embedded broker
   bench <name> [args]    set-up, then `weir bench <name>` built in release mode
@@ -362,10 +362,11 @@ fn demo(args: &[String]) -> Result<()> {
 }
 
 fn bench(args: &[String]) -> Result<()> {
-    // `bench automl` runs the training runtimes and Optuna; the others
-    // share the anchors' environment.
+    // `bench automl` runs the training runtimes and Optuna, `bench serve`
+    // MLServer; the others share the anchors' environment.
     let python = match args.first().map(String::as_str) {
         Some("automl") => "automl",
+        Some("serve") => "serve",
         _ => "bench",
     };
     let setup = setup(Some(python))?;

@@ -257,6 +257,27 @@ impl Model {
     /// Runs the model on `rows` rows of `features` (row-major, `rows ×
     /// width` values) given to its first input, a `float32` matrix.
     pub fn predict(&self, features: &[f32], rows: usize) -> Result<Prediction, OnnxError> {
+        let mut session = self.session.lock().expect("session lock");
+        self.run(&mut session, features, rows)
+    }
+
+    /// [`Model::predict`], unless another thread is running the session
+    /// now: then `None`, at once.
+    pub fn try_predict(
+        &self,
+        features: &[f32],
+        rows: usize,
+    ) -> Option<Result<Prediction, OnnxError>> {
+        let mut session = self.session.try_lock().ok()?;
+        Some(self.run(&mut session, features, rows))
+    }
+
+    fn run(
+        &self,
+        session: &mut Session,
+        features: &[f32],
+        rows: usize,
+    ) -> Result<Prediction, OnnxError> {
         let input = self
             .signature
             .inputs
@@ -285,7 +306,6 @@ impl Model {
         }
         let inference = |e: ort::Error| OnnxError::Inference(e.to_string());
         let tensor = TensorRef::from_array_view(([rows, width], features)).map_err(inference)?;
-        let mut session = self.session.lock().expect("session lock");
         let outputs = session
             .run(ort::inputs![input.name.as_str() => tensor])
             .map_err(inference)?;

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 pub struct Connection {
     stream: tokio::net::TcpStream,
     head: Vec<u8>,
+    get: Vec<u8>,
     buffer: Vec<u8>,
 }
 
@@ -31,6 +32,7 @@ impl Connection {
                 "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n"
             )
             .into_bytes(),
+            get: format!("GET {path} HTTP/1.1\r\nHost: {address}\r\n\r\n").into_bytes(),
             buffer: Vec::with_capacity(16 << 10),
         })
     }
@@ -40,7 +42,17 @@ impl Connection {
         let mut request = self.head.clone();
         request.extend(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
         request.extend(body);
-        self.stream.write_all(&request).await?;
+        self.exchange(&request).await
+    }
+
+    /// GETs the path; the status and the response body.
+    pub async fn get(&mut self) -> std::io::Result<(u16, Vec<u8>)> {
+        let request = self.get.clone();
+        self.exchange(&request).await
+    }
+
+    async fn exchange(&mut self, request: &[u8]) -> std::io::Result<(u16, Vec<u8>)> {
+        self.stream.write_all(request).await?;
         self.buffer.clear();
         let mut chunk = [0u8; 16 << 10];
         let end = loop {
@@ -102,7 +114,9 @@ pub async fn load(
                 let sent = Instant::now();
                 let (status, _) = connection.post(&body).await?;
                 if status == 200 {
-                    latency.saturating_record(sent.elapsed().as_micros() as u64);
+                    latency
+                        .record(sent.elapsed().as_micros() as u64)
+                        .map_err(|e| io(e.to_string()))?;
                 } else {
                     failed += 1;
                 }

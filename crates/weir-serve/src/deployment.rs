@@ -13,7 +13,7 @@ use crate::graph::{Column, Frame, Graph};
 use crate::log::{Channel, LogEntry, Logger, Tensor};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Resolved};
-use crate::runner::Runner;
+use crate::runner::{ModelSet, Runner};
 use crate::spec::DeploymentSpec;
 
 /// The values of one request input.
@@ -93,6 +93,17 @@ pub struct Metadata {
     pub outputs: Vec<TensorMeta>,
 }
 
+/// What the models' input columns and classes are.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelColumns {
+    /// The input's columns, in order.
+    pub features: Vec<String>,
+    /// A classifier's classes, in the order of its scores.
+    pub classes: Vec<String>,
+    /// `classification` or `regression`.
+    pub task: String,
+}
+
 /// The output the post-processing adds.
 pub const PREDICTION: &str = "prediction";
 
@@ -152,8 +163,40 @@ impl Deployment {
                 )));
             }
         }
-        let graph = Graph::new(&spec, &first.features, &first.classes, views, store)?;
         let models = registry.load(&spec, &resolved).await?;
+        let (features, classes, task) = (
+            first.features.clone(),
+            first.classes.clone(),
+            first.task.clone(),
+        );
+        let mut deployment = Self::from_models(
+            spec,
+            models,
+            ModelColumns {
+                features,
+                classes,
+                task,
+            },
+            views,
+            store,
+            bus,
+        )
+        .await?;
+        deployment.resolved = std::sync::Mutex::new(resolved);
+        Ok(deployment)
+    }
+
+    /// A deployment of models already loaded (an ONNX file, a benchmark):
+    /// it follows no registry reference.
+    pub async fn from_models(
+        spec: DeploymentSpec,
+        models: ModelSet,
+        columns: ModelColumns,
+        views: &[OnlineView],
+        store: Option<Arc<OnlineStore>>,
+        bus: Option<&Bus>,
+    ) -> Result<Self, ServeError> {
+        let graph = Graph::new(&spec, &columns.features, &columns.classes, views, store)?;
         let signature = models.members[0].signature().clone();
         let input = signature
             .inputs
@@ -163,7 +206,7 @@ impl Deployment {
         let outputs = if models.members.len() == 1 {
             signature.outputs.clone()
         } else {
-            let scores = if first.task == "regression" {
+            let scores = if columns.task == "regression" {
                 "variable"
             } else {
                 "probabilities"
@@ -187,7 +230,7 @@ impl Deployment {
             logger,
             input,
             outputs,
-            resolved: std::sync::Mutex::new(resolved),
+            resolved: std::sync::Mutex::new(Vec::new()),
         })
     }
 
@@ -263,6 +306,9 @@ impl Deployment {
     /// moved: the new models load while the old ones serve. Returns the
     /// new versions.
     pub async fn refresh(&self, registry: &Registry) -> Result<Option<String>, ServeError> {
+        if self.resolved.lock().expect("resolved lock").is_empty() {
+            return Ok(None); // models given, not references
+        }
         let now = registry.resolve_all(&self.spec)?;
         let moved = {
             let resolved = self.resolved.lock().expect("resolved lock");

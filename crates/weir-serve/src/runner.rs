@@ -8,10 +8,16 @@
 //! Sessions are not shared between threads (a run holds its session), so
 //! the runners never wait on each other.
 //!
+//! A request that finds the runners idle and the queue empty runs at once
+//! on its own thread, on a session kept for that (if no other request
+//! holds it): a lone request does not pay the two thread hand-offs of the
+//! queue. Under load the runners are busy, so requests queue and batch.
+//!
 //! A swap loads the new models' sessions first, then replaces the set the
 //! runners read before each batch: batches already running finish on the
 //! old set, the next ones take the new, and no request fails.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -30,7 +36,8 @@ pub struct LoadedModel {
     pub version: u64,
     /// Its ensemble weight.
     pub weight: f64,
-    /// One session per runner thread.
+    /// One session per runner thread, and the last for requests that run
+    /// on their own thread.
     sessions: Vec<Model>,
 }
 
@@ -46,7 +53,7 @@ impl LoadedModel {
         let options = SessionOptions {
             intra_threads: Some(batching.intra_threads),
         };
-        let sessions = (0..batching.runners)
+        let sessions = (0..=batching.runners)
             .map(|_| Model::load(bytes, &options))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| ServeError::Model(format!("{reference}: {e}")))?;
@@ -85,6 +92,25 @@ impl ModelSet {
     /// The version number the OIP model reports: the first member's.
     pub fn version(&self) -> u64 {
         self.members.first().map_or(0, |m| m.version)
+    }
+
+    /// The outputs of one batch on the session kept for requests running
+    /// on their own thread; `None` if it is busy (a single model only).
+    fn try_run_inline(
+        &self,
+        matrix: &[f32],
+        rows: usize,
+    ) -> Option<Result<Vec<Output>, ServeError>> {
+        let [only] = self.members.as_slice() else {
+            return None;
+        };
+        let session = only.sessions.last()?;
+        let outcome = session.try_predict(matrix, rows)?;
+        Some(
+            outcome
+                .map(|p| p.outputs)
+                .map_err(|e| ServeError::Request(format!("{}: {e}", only.reference))),
+        )
     }
 
     /// The outputs of one batch, through runner `runner`'s sessions.
@@ -192,6 +218,8 @@ struct Job {
 /// The batcher and its runner threads.
 pub struct Runner {
     queue: Sender<Job>,
+    /// Runner threads running a batch now.
+    active: Arc<AtomicUsize>,
     current: Arc<RwLock<Arc<ModelSet>>>,
     width: usize,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -211,20 +239,25 @@ impl Runner {
     pub fn start(models: ModelSet, width: usize, batching: &Batching) -> Self {
         let (queue, jobs) = crossbeam_channel::bounded::<Job>(4096);
         let current = Arc::new(RwLock::new(Arc::new(models)));
+        let active = Arc::new(AtomicUsize::new(0));
         let threads = (0..batching.runners)
             .map(|index| {
                 let jobs = jobs.clone();
                 let current = current.clone();
+                let active = active.clone();
                 let max_batch = batching.max_batch;
                 let max_wait = Duration::from_micros(batching.max_wait_us);
                 std::thread::Builder::new()
                     .name(format!("weir-runner-{index}"))
-                    .spawn(move || serve(index, &jobs, &current, width, max_batch, max_wait))
+                    .spawn(move || {
+                        serve(index, &jobs, &current, &active, width, max_batch, max_wait)
+                    })
                     .expect("a runner thread")
             })
             .collect();
         Self {
             queue,
+            active,
             current,
             width,
             threads,
@@ -249,6 +282,16 @@ impl Runner {
                 matrix.len(),
                 self.width
             )));
+        }
+        if self.queue.is_empty() && self.active.load(Ordering::Relaxed) == 0 {
+            let models = self.models();
+            if let Some(outcome) = models.try_run_inline(&matrix, rows) {
+                return outcome.map(|outputs| Scored {
+                    outputs,
+                    versions: models.versions(),
+                    version: models.version(),
+                });
+            }
         }
         let (reply, answer) = oneshot::channel();
         let job = Job {
@@ -304,15 +347,18 @@ impl Drop for Runner {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn serve(
     index: usize,
     jobs: &Receiver<Job>,
     current: &RwLock<Arc<ModelSet>>,
+    active: &AtomicUsize,
     width: usize,
     max_batch: usize,
     max_wait: Duration,
 ) {
     while let Ok(first) = jobs.recv() {
+        active.fetch_add(1, Ordering::Relaxed);
         let mut rows = first.rows;
         let mut batch = vec![first];
         let deadline = Instant::now() + max_wait;
@@ -374,6 +420,7 @@ fn serve(
                 }
             }
         }
+        active.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

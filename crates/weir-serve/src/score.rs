@@ -23,6 +23,7 @@ use arrow::array::{
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::file::properties::WriterProperties;
 use weir_onnx::{Output, Values};
 
 use crate::ServeError;
@@ -75,18 +76,29 @@ pub fn matrix(batch: &RecordBatch, features: &[String]) -> Result<Vec<f32>, Serv
                 features.join(", ")
             ))
         })?;
+        // Float columns are read as they are; others are cast first.
+        let mut put = |i: usize, value: f32| matrix[i * width + j] = value;
+        if let Some(values) = column.as_any().downcast_ref::<Float32Array>() {
+            for (i, &v) in values.values().iter().enumerate() {
+                put(i, if values.is_null(i) { f32::NAN } else { v });
+            }
+            continue;
+        }
         let values = cast(column, &DataType::Float64)
             .map_err(|e| failed(&format!("column `{name}` is not numeric"), e))?;
         let values = values
             .as_any()
             .downcast_ref::<Float64Array>()
             .expect("cast to Float64");
-        for i in 0..rows {
-            matrix[i * width + j] = if values.is_null(i) {
-                f32::NAN
-            } else {
-                values.value(i) as f32
-            };
+        for (i, &v) in values.values().iter().enumerate() {
+            put(
+                i,
+                if values.is_null(i) {
+                    f32::NAN
+                } else {
+                    v as f32
+                },
+            );
         }
     }
     Ok(matrix)
@@ -183,8 +195,18 @@ pub async fn score(
             let file =
                 File::create(output).map_err(|e| failed(&output.display().to_string(), e))?;
             *writer = Some(
-                ArrowWriter::try_new(file, scored.schema(), None)
-                    .map_err(|e| failed(&output.display().to_string(), e))?,
+                // Scores and features are rarely repeated values:
+                // dictionary encoding would be tried and dropped per page.
+                ArrowWriter::try_new(
+                    file,
+                    scored.schema(),
+                    Some(
+                        WriterProperties::builder()
+                            .set_dictionary_enabled(false)
+                            .build(),
+                    ),
+                )
+                .map_err(|e| failed(&output.display().to_string(), e))?,
             );
         }
         writer

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::serve::ListenerExt as _;
 use tokio::sync::watch;
 use weir_bus::Bus;
 use weir_features::online::{OnlineStore, OnlineView};
@@ -64,6 +65,13 @@ pub struct Features {
     pub store: Option<Arc<OnlineStore>>,
 }
 
+/// Answers go out as soon as they are written (no Nagle delay).
+pub fn nodelay(stream: &mut tokio::net::TcpStream) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "TCP_NODELAY");
+    }
+}
+
 /// Serves `spec` until `shutdown` resolves.
 pub async fn serve(
     bus: &Bus,
@@ -100,7 +108,7 @@ pub async fn serve(
         let router = crate::oip::router(deployment.clone());
         let mut stopped = stopped.clone();
         http = Some(tokio::spawn(async move {
-            axum::serve(listener, router)
+            axum::serve(listener.tap_io(nodelay), router)
                 .with_graceful_shutdown(async move {
                     let _ = stopped.wait_for(|s| *s).await;
                 })

@@ -22,6 +22,7 @@ use crate::connect::bus_config;
 mod automl;
 mod hop;
 mod online;
+mod serve;
 mod snapshot;
 mod tracking;
 
@@ -51,6 +52,9 @@ enum What {
     /// Online feature look-ups over HTTP (1 and 50 entities a request,
     /// under concurrency): Weir's online store vs `feast serve`.
     Online(online::Args),
+    /// Model serving over OIP v2 HTTP at several concurrencies (Weir vs
+    /// MLServer vs a raw ONNX Runtime loop), and batch scoring of 1M rows.
+    Serve(serve::Args),
     /// Hyper-parameter tuning of LightGBM (TPE, same space, data, split
     /// and trial budget): `weir tune` with worker processes vs Optuna.
     Automl(automl::Args),
@@ -77,6 +81,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         What::Tracking(args) => tracking::run(args).await,
         What::Online(args) => online::run(args).await,
         What::Automl(args) => automl::run(args).await,
+        What::Serve(args) => serve::run(args).await,
     }
 }
 
