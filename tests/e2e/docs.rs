@@ -282,7 +282,16 @@ fn training_page() {
 fn serving_page() {
     let outputs = run_page("serving.md");
     let out = |prefix: &str| stdout_of(&outputs, prefix);
-    let served = out("serve docs/examples/churn-deployment.yaml");
+    let deployed = out("deploy docs/examples/churn-deployment.yaml");
+    assert!(
+        deployed.starts_with("deployment `churn` v1 (churn-model@champion → churn-model@1)"),
+        "{deployed}"
+    );
+    let served = out("serve churn");
+    assert!(
+        served.contains("deployment `churn` v1 (unchanged)"),
+        "{served}"
+    );
     assert!(
         served.contains("serving `churn` (churn-model@1)"),
         "{served}"
@@ -301,6 +310,13 @@ fn serving_page() {
         predictions.contains("input `monthly_charges` is missing"),
         "{predictions}"
     );
+    let listed = out("deployments list");
+    assert!(
+        listed.contains("churn-model@champion  churn-model@1"),
+        "{listed}"
+    );
+    let lineage = out("lineage deployment:churn");
+    assert!(lineage.contains("model churn-model@1"), "{lineage}");
     let scored = out("score churn-model@champion");
     assert!(
         scored.starts_with("scored 300 rows with churn-model@1"),

@@ -86,7 +86,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     connection.close().await;
     result?;
     println!(
-        "\nNext: `weir tail {TOPIC} -n 3`, `weir tail {} --from-beginning`, `weir features get user_spend u0000`,\n      `weir features serve` (HTTP look-ups), `weir sql \"SELECT * FROM user_spend LIMIT 5\"`,\n      `weir runs list demo`, `weir lineage dataset:demo-training@1`, `weir server` (for the mlflow client),\n      `weir models show demo-large`, `weir evaluate demo-large@champion demo-training`,\n      `weir serve topologies/deployments/demo-large.yaml`, `weir tail {} -n 1`",
+        "\nNext: `weir tail {TOPIC} -n 3`, `weir tail {} --from-beginning`, `weir features get user_spend u0000`,\n      `weir features serve` (HTTP look-ups), `weir sql \"SELECT * FROM user_spend LIMIT 5\"`,\n      `weir runs list demo`, `weir lineage dataset:demo-training@1`, `weir server` (for the mlflow client),\n      `weir models show demo-large`, `weir evaluate demo-large@champion demo-training`,\n      `weir serve demo-large`, `weir tail {} -n 1`, `weir lineage deployment:demo-large`",
         topics::dlq(TOPIC),
         topics::log("demo-large")
     );
@@ -726,6 +726,9 @@ async fn serving_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
         weir_serve::DeploymentSpec::parse(DEPLOYMENT, "topologies/deployments/demo-large.yaml")?;
     // A free port: the demo must not collide with a `weir serve` running.
     spec.http.listen = "127.0.0.1:0".into();
+    let tracker = crate::tracking::open_tracker(config, bus).await?;
+    print!("    ");
+    crate::serve::apply(&tracker, &spec, DEPLOYMENT).await?;
     let registry = weir_serve::Registry::follow(bus, crate::serve::artifacts(config)?).await?;
     let (features, following) = crate::serve::features(bus, config, &spec).await?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -733,12 +736,14 @@ async fn serving_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
     let server = {
         let bus = bus.clone();
         let spec = spec.clone();
+        let tracker = tracker.clone();
         tokio::spawn(async move {
             weir_serve::server::serve(
                 &bus,
                 registry,
                 spec,
                 features,
+                Some(tracker),
                 move |ready| {
                     let _ = ready_tx.send((ready.http, ready.versions.clone()));
                 },
@@ -810,6 +815,7 @@ async fn serving_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
     let _ = stop.send(());
     let summary = server.await??;
     drop(following);
+    tracker.close().await;
     println!(
         "    {} stream requests answered on {}; {} requests logged to {} (Avro)",
         summary.stream.0,

@@ -100,6 +100,11 @@ enum Command {
     /// Serve a deployment: registered models over the Open Inference
     /// Protocol (HTTP) and Kafka streams, every request logged.
     Serve(serve::ServeArgs),
+    /// Record a deployment spec as its deployment's next version (on
+    /// `weir.meta`); `weir serve NAME` serves it.
+    Deploy(serve::DeployArgs),
+    /// Deployments on `weir.meta`: list, describe, delete.
+    Deployments(serve::DeploymentsArgs),
     /// Score a Parquet file with a registered model (or an ONNX file).
     Score(serve::ScoreArgs),
     /// Run the embedded Kafka-API broker and the schema registry API for
@@ -160,6 +165,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Worker(args) => train::worker(&config, args).await,
         Command::Serve(args) => serve::serve(&config, args).await,
         Command::Score(args) => serve::score(&config, args).await,
+        Command::Deploy(args) => serve::deploy(&config, args).await,
+        Command::Deployments(args) => serve::deployments(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Demo(args) => demo::run(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,

@@ -19,7 +19,8 @@ use crate::connect::connect;
 
 #[derive(Parser)]
 pub struct ServeArgs {
-    /// A deployment spec (YAML, see docs/serving.md).
+    /// A deployment spec (YAML, see docs/serving.md; applied first, as
+    /// `weir deploy` does), or the name of a deployment applied before.
     spec: Option<PathBuf>,
     /// Serve this registered model (`name@alias`, `name@3`, `name`)
     /// without a spec, or instead of the spec's.
@@ -66,22 +67,52 @@ pub fn artifacts(config: &Config) -> anyhow::Result<ArtifactStore> {
     )?)
 }
 
-/// Reads the spec, with the flags' overrides.
-fn spec(args: &ServeArgs) -> anyhow::Result<DeploymentSpec> {
-    let mut spec = match (&args.spec, &args.model) {
-        (Some(path), _) => DeploymentSpec::read(path)?,
+/// The spec to serve and the text to record for it: a spec file, a
+/// deployment applied before (by name), or `--model`; with the flags'
+/// overrides (`--listen` and `--protocol` are not recorded).
+fn spec(
+    args: &ServeArgs,
+    state: &weir_meta::state::State,
+) -> anyhow::Result<(DeploymentSpec, String)> {
+    let (mut spec, mut text) = match (&args.spec, &args.model) {
+        (Some(path), _) if path.exists() => {
+            let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+            (
+                DeploymentSpec::parse(&text, &path.display().to_string())?,
+                text,
+            )
+        }
+        (Some(name), _) => {
+            let name = name.display().to_string();
+            let deployment = state.deployment(&name).map_err(|_| {
+                anyhow::anyhow!(
+                    "`{name}` is neither a spec file nor a deployment (weir deployments list)"
+                )
+            })?;
+            if deployment.deleted {
+                bail!("deployment `{name}` was deleted: apply its spec again (weir deploy FILE)");
+            }
+            let text = deployment.latest().spec.clone();
+            (
+                DeploymentSpec::parse(&text, &format!("deployment {name}"))?,
+                text,
+            )
+        }
         (None, Some(model)) => {
             let name = args
                 .name
                 .clone()
                 .unwrap_or_else(|| model.split('@').next().unwrap_or(model).to_string());
-            DeploymentSpec::single(&name, model)
+            let spec = DeploymentSpec::single(&name, model);
+            let text = serde_yaml::to_string(&spec)?;
+            (spec, text)
         }
-        (None, None) => bail!("give a deployment spec, or --model name@alias"),
+        (None, None) => bail!("give a deployment spec, a deployment's name, or --model name@alias"),
     };
     if let (Some(_), Some(model)) = (&args.spec, &args.model) {
         spec.model = Some(model.clone());
         spec.models.clear();
+        text = serde_yaml::to_string(&spec)?;
     }
     if let Some(listen) = &args.listen {
         spec.http.listen = listen.clone();
@@ -97,7 +128,43 @@ fn spec(args: &ServeArgs) -> anyhow::Result<DeploymentSpec> {
             })
             .collect::<anyhow::Result<_>>()?;
     }
-    Ok(spec)
+    Ok((spec, text))
+}
+
+/// Records `spec` as the next version of its deployment unless it is the
+/// latest; its references must name registered ONNX models. Prints what
+/// happened.
+pub async fn apply(
+    tracker: &weir_meta::Tracker,
+    spec: &DeploymentSpec,
+    text: &str,
+) -> anyhow::Result<u64> {
+    let references: Vec<String> = spec.members().into_iter().map(|m| m.model).collect();
+    let resolved = tracker.read(|state| {
+        references
+            .iter()
+            .map(|r| {
+                let (model, version) = state.version_by_reference(r)?;
+                if version.model.is_none() {
+                    return Err(weir_meta::MetaError::invalid(format!(
+                        "{}@{} has no ONNX model Weir made",
+                        model.name, version.version
+                    )));
+                }
+                Ok(format!("{r} → {}@{}", model.name, version.version))
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
+    let (version, new) = tracker
+        .apply_deployment(&spec.name, text, references)
+        .await?;
+    println!(
+        "deployment `{}` v{version}{} ({})",
+        spec.name,
+        if new { "" } else { " (unchanged)" },
+        resolved.join(", ")
+    );
+    Ok(version)
 }
 
 /// Ctrl-C or SIGTERM, or the time limit.
@@ -165,10 +232,12 @@ pub async fn features(
 }
 
 pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
-    let spec = spec(&args)?;
     let connection = connect(config).await?;
+    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
     let result = async {
         let bus = &connection.bus;
+        let (spec, text) = tracker.read(|state| spec(&args, state))?;
+        apply(&tracker, &spec, &text).await?;
         let registry = Registry::follow(bus, artifacts(config)?).await?;
         let (features, _following) = features(bus, config, &spec).await?;
         let name = spec.name.clone();
@@ -196,6 +265,7 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
             registry,
             spec.clone(),
             features,
+            Some(tracker.clone()),
             announce,
             shutdown(args.stop_after),
         )
@@ -227,6 +297,7 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
         anyhow::Ok(())
     }
     .await;
+    tracker.close().await;
     connection.close().await;
     result?;
     Ok(ExitCode::SUCCESS)
@@ -299,5 +370,124 @@ pub async fn score(config: &Config, args: ScoreArgs) -> anyhow::Result<ExitCode>
         report.chunks,
         args.output.display()
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Parser)]
+pub struct DeployArgs {
+    /// A deployment spec (YAML, see docs/serving.md).
+    spec: PathBuf,
+}
+
+/// Records a spec as its deployment's next version: `weir serve NAME`
+/// (on any machine) then serves it.
+pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let text =
+        std::fs::read_to_string(&args.spec).with_context(|| args.spec.display().to_string())?;
+    let spec = DeploymentSpec::parse(&text, &args.spec.display().to_string())?;
+    let connection = connect(config).await?;
+    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
+    let result = apply(&tracker, &spec, &text).await;
+    tracker.close().await;
+    connection.close().await;
+    result?;
+    println!("serve it with `weir serve {}`", spec.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Parser)]
+pub struct DeploymentsArgs {
+    #[command(subcommand)]
+    command: DeploymentsCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum DeploymentsCommand {
+    /// Every deployment: its version, what it serves now.
+    List,
+    /// A deployment's spec, versions and the model versions it has served.
+    Describe {
+        /// The deployment.
+        name: String,
+    },
+    /// Delete a deployment: its `weir serve` processes stop.
+    Delete {
+        /// The deployment.
+        name: String,
+    },
+}
+
+pub async fn deployments(config: &Config, args: DeploymentsArgs) -> anyhow::Result<ExitCode> {
+    let connection = connect(config).await?;
+    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
+    let result = async {
+        match args.command {
+            DeploymentsCommand::List => {
+                let mut rows = vec![[
+                    "deployment".to_string(),
+                    "version".into(),
+                    "models".into(),
+                    "serving".into(),
+                ]];
+                tracker.read(|state| {
+                    for d in state.deployments().filter(|d| !d.deleted) {
+                        rows.push([
+                            d.name.clone(),
+                            d.latest().version.to_string(),
+                            d.latest().models.join(", "),
+                            if d.serving.is_empty() {
+                                "-".into()
+                            } else {
+                                d.serving.join(", ")
+                            },
+                        ]);
+                    }
+                });
+                crate::features::print_rows(&rows);
+            }
+            DeploymentsCommand::Describe { name } => {
+                let text = tracker.read(|state| -> anyhow::Result<String> {
+                    let d = state.deployment(&name)?;
+                    let mut out = format!(
+                        "deployment {}{}\nversions\n",
+                        d.name,
+                        if d.deleted { " (deleted)" } else { "" }
+                    );
+                    for v in d.versions.values() {
+                        out.push_str(&format!(
+                            "  v{} {} {}\n",
+                            v.version,
+                            weir_features::online::rfc3339(Some(v.created)),
+                            v.models.join(", ")
+                        ));
+                    }
+                    out.push_str("served\n");
+                    for (model, since) in &d.served {
+                        out.push_str(&format!(
+                            "  {model} since {}{}\n",
+                            weir_features::online::rfc3339(Some(*since)),
+                            if d.serving.contains(model) {
+                                " (now)"
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
+                    out.push_str(&format!("spec\n{}", d.latest().spec.trim_end()));
+                    Ok(out)
+                })?;
+                println!("{text}");
+            }
+            DeploymentsCommand::Delete { name } => {
+                tracker.delete_deployment(&name).await?;
+                println!("deleted deployment `{name}`");
+            }
+        }
+        anyhow::Ok(())
+    }
+    .await;
+    tracker.close().await;
+    connection.close().await;
+    result?;
     Ok(ExitCode::SUCCESS)
 }

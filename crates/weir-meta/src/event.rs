@@ -328,6 +328,36 @@ pub enum Event {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<u64>,
     },
+    /// A deployment spec was applied: the deployment's next version.
+    DeploymentApplied {
+        /// When.
+        at: i64,
+        /// The deployment.
+        name: String,
+        /// Its version (1, 2, … by spec change).
+        version: u64,
+        /// The spec, as written (YAML).
+        spec: String,
+        /// The registry references it serves (`name@alias`).
+        models: Vec<String>,
+    },
+    /// A deployment started serving these model versions: when it starts,
+    /// and after each swap.
+    DeploymentServing {
+        /// When.
+        at: i64,
+        /// The deployment.
+        name: String,
+        /// `name@version` of each model.
+        models: Vec<String>,
+    },
+    /// A deployment was deleted: its servers stop.
+    DeploymentDeleted {
+        /// When.
+        at: i64,
+        /// The deployment.
+        name: String,
+    },
 }
 
 impl Event {
@@ -355,6 +385,9 @@ impl Event {
             | Self::VersionStaged { name, .. }
             | Self::VersionDeleted { name, .. }
             | Self::AliasSet { name, .. } => format!("model/{name}"),
+            Self::DeploymentApplied { name, .. }
+            | Self::DeploymentServing { name, .. }
+            | Self::DeploymentDeleted { name, .. } => format!("deployment/{name}"),
         }
     }
 
@@ -381,6 +414,9 @@ impl Event {
         "version_staged",
         "version_deleted",
         "alias_set",
+        "deployment_applied",
+        "deployment_serving",
+        "deployment_deleted",
     ];
 
     /// Reads an event from a `weir.meta` record: `Ok(None)` for the kinds

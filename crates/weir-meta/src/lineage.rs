@@ -33,6 +33,8 @@ pub enum Node {
     Run(String),
     /// A registered model version.
     Model(String, u64),
+    /// A deployment.
+    Deployment(String),
 }
 
 impl std::fmt::Display for Node {
@@ -43,6 +45,7 @@ impl std::fmt::Display for Node {
             Node::Dataset(name, v) => write!(f, "dataset {name}@{v}"),
             Node::Run(id) => write!(f, "run {id}"),
             Node::Model(name, v) => write!(f, "model {name}@{v}"),
+            Node::Deployment(name) => write!(f, "deployment {name}"),
         }
     }
 }
@@ -280,6 +283,18 @@ impl Graph {
                 }
             }
         }
+        for deployment in state.deployments() {
+            for served in deployment.served.keys() {
+                if let Some((name, Ok(version))) =
+                    served.rsplit_once('@').map(|(n, v)| (n, v.parse::<u64>()))
+                {
+                    edges.insert((
+                        Node::Model(name.to_string(), version),
+                        Node::Deployment(deployment.name.clone()),
+                    ));
+                }
+            }
+        }
         Self { edges }
     }
 
@@ -308,7 +323,8 @@ impl Graph {
 }
 
 /// Finds the node a user names: `topic:NAME`, `view:NAME@V`,
-/// `dataset:NAME@V`, `run:ID`, `model:NAME@V` or `model:NAME@ALIAS`; or,
+/// `dataset:NAME@V`, `run:ID`, `model:NAME@V`, `model:NAME@ALIAS` or
+/// `deployment:NAME`; or,
 /// without a prefix, a run id, `model@version`, `model@alias`,
 /// `dataset@version` or `view@version`, tried in that order.
 pub fn find(state: &State, text: &str) -> Result<Node, MetaError> {
@@ -323,6 +339,10 @@ pub fn find(state: &State, text: &str) -> Result<Node, MetaError> {
     };
     let found = match text.split_once(':') {
         Some(("topic", name)) => Some(Node::Topic(name.to_string())),
+        Some(("deployment", name)) => state
+            .deployment(name)
+            .ok()
+            .map(|d| Node::Deployment(d.name.clone())),
         Some(("run", id)) => state.run(id).ok().map(|r| Node::Run(r.run_id.clone())),
         Some(("model", rest)) => rest.rsplit_once('@').and_then(|(n, w)| model(n, w)),
         Some(("view", rest)) => name_at(rest)
@@ -349,7 +369,7 @@ pub fn find(state: &State, text: &str) -> Result<Node, MetaError> {
     };
     found.ok_or_else(|| {
         MetaError::missing(format!(
-            "nothing named `{text}` in the metadata: name a run id, model@version, model@alias, dataset@version or view@version (or prefix it: topic:, view:, dataset:, run:, model:)"
+            "nothing named `{text}` in the metadata: name a run id, model@version, model@alias, dataset@version or view@version (or prefix it: topic:, view:, dataset:, run:, model:, deployment:)"
         ))
     })
 }

@@ -127,6 +127,46 @@ pub struct Version {
     pub model: Option<crate::event::ModelInfo>,
 }
 
+/// A deployment: its spec versions and what it has served.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deployment {
+    /// Its name.
+    pub name: String,
+    /// Its spec versions.
+    pub versions: BTreeMap<u64, DeploymentVersion>,
+    /// The model versions (`name@version`) it serves now.
+    pub serving: Vec<String>,
+    /// Every model version it has served, with when it started to.
+    pub served: BTreeMap<String, i64>,
+    /// Deleted.
+    pub deleted: bool,
+    /// Last changed.
+    pub updated: i64,
+}
+
+impl Deployment {
+    /// Its latest spec version.
+    pub fn latest(&self) -> &DeploymentVersion {
+        self.versions
+            .values()
+            .next_back()
+            .expect("a deployment has a version")
+    }
+}
+
+/// A version of a deployment's spec.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentVersion {
+    /// Its number.
+    pub version: u64,
+    /// The spec (YAML).
+    pub spec: String,
+    /// The registry references it serves.
+    pub models: Vec<String>,
+    /// Applied.
+    pub created: i64,
+}
+
 /// A stored artifact file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Artifact {
@@ -146,6 +186,7 @@ pub struct State {
     experiment_runs: HashMap<String, Vec<String>>,
     models: BTreeMap<String, Model>,
     artifacts: BTreeMap<String, Artifact>,
+    deployments: BTreeMap<String, Deployment>,
     /// Other components' versions (feature views, datasets), for lineage.
     records: crate::lineage::Records,
     /// Events applied.
@@ -161,6 +202,7 @@ impl Default for State {
             experiment_runs: HashMap::new(),
             models: BTreeMap::new(),
             artifacts: BTreeMap::new(),
+            deployments: BTreeMap::new(),
             records: crate::lineage::Records::default(),
             applied: 0,
         };
@@ -339,6 +381,18 @@ impl State {
                     model.aliases.keys().collect::<Vec<_>>()
                 ))
             })
+    }
+
+    /// A deployment by name (deleted ones too).
+    pub fn deployment(&self, name: &str) -> Result<&Deployment, MetaError> {
+        self.deployments
+            .get(name)
+            .ok_or_else(|| MetaError::missing(format!("no deployment `{name}`")))
+    }
+
+    /// Every deployment (deleted ones too).
+    pub fn deployments(&self) -> impl Iterator<Item = &Deployment> {
+        self.deployments.values()
     }
 
     /// What other components recorded on the log, for lineage.
@@ -844,6 +898,73 @@ impl State {
                     Some(v) => model.aliases.insert(alias.clone(), *v),
                     None => model.aliases.remove(alias),
                 };
+            }
+            Event::DeploymentApplied {
+                at,
+                name,
+                version,
+                spec,
+                models,
+            } => {
+                let next = self
+                    .deployments
+                    .get(name)
+                    .map_or(1, |d| d.latest().version + 1);
+                if *version != next {
+                    return Err(MetaError::invalid(format!(
+                        "deployment `{name}`: version {version} applied, {next} expected"
+                    )));
+                }
+                let deployment =
+                    self.deployments
+                        .entry(name.clone())
+                        .or_insert_with(|| Deployment {
+                            name: name.clone(),
+                            versions: BTreeMap::new(),
+                            serving: Vec::new(),
+                            served: BTreeMap::new(),
+                            deleted: false,
+                            updated: *at,
+                        });
+                deployment.versions.insert(
+                    *version,
+                    DeploymentVersion {
+                        version: *version,
+                        spec: spec.clone(),
+                        models: models.clone(),
+                        created: *at,
+                    },
+                );
+                deployment.deleted = false;
+                deployment.updated = *at;
+            }
+            Event::DeploymentServing { at, name, models } => {
+                for model in models {
+                    let (model_name, version) = model.rsplit_once('@').ok_or_else(|| {
+                        MetaError::invalid(format!("`{model}` is not name@version"))
+                    })?;
+                    self.version(model_name, version)?;
+                }
+                let deployment = self
+                    .deployments
+                    .get_mut(name)
+                    .filter(|d| !d.deleted)
+                    .ok_or_else(|| MetaError::missing(format!("no deployment `{name}`")))?;
+                for model in models {
+                    deployment.served.entry(model.clone()).or_insert(*at);
+                }
+                deployment.serving = models.clone();
+                deployment.updated = *at;
+            }
+            Event::DeploymentDeleted { at, name } => {
+                let deployment = self
+                    .deployments
+                    .get_mut(name)
+                    .filter(|d| !d.deleted)
+                    .ok_or_else(|| MetaError::missing(format!("no deployment `{name}`")))?;
+                deployment.deleted = true;
+                deployment.serving.clear();
+                deployment.updated = *at;
             }
         }
         self.applied += 1;

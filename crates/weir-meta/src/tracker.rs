@@ -543,4 +543,60 @@ impl Tracker {
         })
         .await
     }
+
+    /// Records `spec` (YAML, serving `models`) as the next version of
+    /// deployment `name`, unless it is the latest already. Returns the
+    /// version and whether it is new.
+    pub async fn apply_deployment(
+        &self,
+        name: &str,
+        spec: &str,
+        models: Vec<String>,
+    ) -> Result<(u64, bool), MetaError> {
+        let unchanged = self.read(|state| {
+            state
+                .deployment(name)
+                .ok()
+                .filter(|d| !d.deleted && d.latest().spec == spec)
+                .map(|d| d.latest().version)
+        });
+        if let Some(version) = unchanged {
+            return Ok((version, false));
+        }
+        self.write(|state| {
+            let version = state.deployment(name).map_or(1, |d| d.latest().version + 1);
+            let event = Event::DeploymentApplied {
+                at: now_ms(),
+                name: name.to_string(),
+                version,
+                spec: spec.to_string(),
+                models,
+            };
+            Ok((event, (version, true)))
+        })
+        .await
+    }
+
+    /// Records that deployment `name` serves `models` (`name@version`).
+    pub async fn deployment_serving(
+        &self,
+        name: &str,
+        models: Vec<String>,
+    ) -> Result<(), MetaError> {
+        self.append(Event::DeploymentServing {
+            at: now_ms(),
+            name: name.to_string(),
+            models,
+        })
+        .await
+    }
+
+    /// Deletes deployment `name`: its servers stop.
+    pub async fn delete_deployment(&self, name: &str) -> Result<(), MetaError> {
+        self.append(Event::DeploymentDeleted {
+            at: now_ms(),
+            name: name.to_string(),
+        })
+        .await
+    }
 }

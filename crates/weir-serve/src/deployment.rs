@@ -259,6 +259,11 @@ impl Deployment {
         self.runner.models().versions()
     }
 
+    /// Each model's `name@version` serving now.
+    pub fn references(&self) -> Vec<String> {
+        self.runner.models().references()
+    }
+
     /// Where each model feature comes from.
     pub fn plan(&self) -> std::collections::BTreeMap<String, String> {
         crate::graph::describe(&self.graph)

@@ -89,6 +89,11 @@ impl ModelSet {
             .join("+")
     }
 
+    /// Each member's `name@version`.
+    pub fn references(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.reference.clone()).collect()
+    }
+
     /// The version number the OIP model reports: the first member's.
     pub fn version(&self) -> u64 {
         self.members.first().map_or(0, |m| m.version)

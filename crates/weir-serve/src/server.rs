@@ -72,12 +72,16 @@ pub fn nodelay(stream: &mut tokio::net::TcpStream) {
     }
 }
 
-/// Serves `spec` until `shutdown` resolves.
+/// Serves `spec` until `shutdown` resolves, or until the deployment is
+/// deleted on `weir.meta`. With a `recorder`, the model versions it
+/// serves (at the start and after each swap) are recorded there, for
+/// lineage; the deployment must have been applied.
 pub async fn serve(
     bus: &Bus,
     registry: Registry,
     spec: DeploymentSpec,
     features: Features,
+    recorder: Option<weir_meta::Tracker>,
     on_ready: impl FnOnce(&Ready),
     shutdown: impl Future<Output = ()>,
 ) -> Result<Summary, ServeError> {
@@ -132,23 +136,50 @@ pub async fn serve(
         )));
     }
 
-    // Hot swap: when the registry changes, see whether a reference moved.
+    let record = {
+        let name = spec.name.clone();
+        move |references: Vec<String>| {
+            let recorder = recorder.clone();
+            let name = name.clone();
+            async move {
+                if let Some(recorder) = recorder
+                    && let Err(error) = recorder.deployment_serving(&name, references).await
+                {
+                    tracing::warn!(%error, "recording what the deployment serves");
+                }
+            }
+        }
+    };
+    record(deployment.references()).await;
+
+    // Hot swap: when the registry changes, see whether a reference moved;
+    // and whether the deployment was deleted.
     let registry = Arc::new(registry);
+    let (deleted_tx, deleted) = tokio::sync::oneshot::channel::<()>();
     let swapper = {
         let deployment = deployment.clone();
         let registry = registry.clone();
         let mut changes = registry.changes();
         let mut stopped = stopped.clone();
+        let record = record.clone();
         tokio::spawn(async move {
             let mut swaps = Vec::new();
+            let mut deleted_tx = Some(deleted_tx);
             loop {
                 tokio::select! {
                     changed = changes.changed() => if changed.is_err() { break },
                     _ = stopped.wait_for(|s| *s) => break,
                 }
+                let gone = registry
+                    .read(|state| state.deployment(deployment.name()).is_ok_and(|d| d.deleted));
+                if gone && let Some(tx) = deleted_tx.take() {
+                    tracing::info!(deployment = deployment.name(), "deleted: stopping");
+                    let _ = tx.send(());
+                }
                 match deployment.refresh(&registry).await {
                     Ok(Some(versions)) => {
                         tracing::info!(deployment = deployment.name(), %versions, "swapped in");
+                        record(deployment.references()).await;
                         swaps.push(versions);
                     }
                     Ok(None) => {}
@@ -165,7 +196,10 @@ pub async fn serve(
         http: address,
         versions: deployment.versions(),
     });
-    shutdown.await;
+    tokio::select! {
+        _ = shutdown => {}
+        _ = deleted => {}
+    }
     let _ = stop.send(true);
     let mut summary = Summary::default();
     if let Some(http) = http {

@@ -235,6 +235,7 @@ pub async fn serve(
     platform: &Platform,
     spec: weir_serve::DeploymentSpec,
     features: weir_serve::server::Features,
+    recorder: Option<Tracker>,
 ) -> (
     Option<std::net::SocketAddr>,
     tokio::sync::oneshot::Sender<()>,
@@ -250,6 +251,7 @@ pub async fn serve(
             registry,
             spec,
             features,
+            recorder,
             move |ready| {
                 let _ = ready_tx.send(ready.http);
             },

@@ -67,6 +67,7 @@ async fn triton_client_conformance_and_outputs_equal_onnx_runtime() {
         &platform,
         spec("name: clicks\nmodel: clicks@1\nhttp: {listen: 127.0.0.1:0}\n"),
         Default::default(),
+        None,
     )
     .await;
     let address = address.unwrap();

@@ -44,7 +44,7 @@ async fn a_burst_scales_the_stream_workers_up_then_down() {
         "name: {name}\nmodel: clicks\nprotocols: [stream]\n\
          scaling: {{min: 1, max: 3, target_lag: 200, interval_ms: 200, cooldown_s: 1}}\n"
     ));
-    let (_, stop, task) = serve(&platform, spec, Default::default()).await;
+    let (_, stop, task) = serve(&platform, spec, Default::default(), None).await;
     let predictions = weir_core::topics::predictions(name);
     let mut answered = HashSet::new();
     for _ in 0..240 {

@@ -26,7 +26,7 @@ async fn every_request_gets_one_prediction_and_one_log_record() {
     let spec = spec(&format!(
         "name: {name}\nmodel: clicks\nprotocols: [stream]\npostprocess: {{threshold: 0.5, labels: [no, yes]}}\n"
     ));
-    let (_, stop, task) = serve(&platform, spec, Default::default()).await;
+    let (_, stop, task) = serve(&platform, spec, Default::default(), None).await;
 
     // 300 requests of 1 to 3 rows, and three bad ones among them.
     let producer = platform.bus.producer().unwrap();

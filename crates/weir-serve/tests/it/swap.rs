@@ -1,6 +1,8 @@
 //! Hot swap under load: while clients keep posting, a new version is
 //! trained and the alias the deployment follows moves to it; the
-//! deployment switches without a failed request.
+//! deployment switches without a failed request. The versions it served
+//! are recorded on `weir.meta` (lineage), and deleting the deployment
+//! stops it.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -22,10 +24,19 @@ async fn moving_the_alias_swaps_the_model_without_failing_a_request() {
         .set_alias("clicks", "champion", first)
         .await
         .unwrap();
-    let (address, stop, task) = serve(
+    // Applied on weir.meta, so what it serves is recorded for lineage.
+    let text = "name: clicks\nmodel: clicks@champion\nhttp: {listen: 127.0.0.1:0}\nbatching: {max_wait_us: 200}\n";
+    let (version, new) = platform
+        .tracker
+        .apply_deployment("clicks", text, vec!["clicks@champion".into()])
+        .await
+        .unwrap();
+    assert_eq!((version, new), (1, true));
+    let (address, _stop, task) = serve(
         &platform,
-        spec("name: clicks\nmodel: clicks@champion\nhttp: {listen: 127.0.0.1:0}\nbatching: {max_wait_us: 200}\n"),
+        spec(text),
         Default::default(),
+        Some(platform.tracker.clone()),
     )
     .await;
     let address = address.unwrap();
@@ -87,10 +98,11 @@ async fn moving_the_alias_swaps_the_model_without_failing_a_request() {
         failed += f;
         versions.extend(v);
     }
-    stop.send(()).unwrap();
+    // Deleting the deployment stops its server.
+    platform.tracker.delete_deployment("clicks").await.unwrap();
     let summary = tokio::time::timeout(Duration::from_secs(30), task)
         .await
-        .unwrap()
+        .expect("a deleted deployment stops")
         .unwrap();
     assert_eq!(failed, 0, "no request failed during the swap");
     assert!(ok > 100, "the load ran ({ok} requests)");
@@ -101,6 +113,32 @@ async fn moving_the_alias_swaps_the_model_without_failing_a_request() {
     );
     assert_eq!(summary.swaps, [format!("clicks@{second}")]);
     assert_eq!(summary.requests, (ok, 0));
+
+    // Both versions served, recorded: lineage runs from the runs through
+    // the model versions to the deployment.
+    platform.tracker.read(|state| {
+        let deployment = state.deployment("clicks").unwrap();
+        assert!(deployment.deleted);
+        let served: Vec<&String> = deployment.served.keys().collect();
+        assert_eq!(
+            served,
+            [&format!("clicks@{first}"), &format!("clicks@{second}")]
+        );
+        let graph = weir_meta::lineage::Graph::of(state);
+        let node = weir_meta::lineage::find(state, "deployment:clicks").unwrap();
+        let (upstream, _) = graph.around(&node);
+        assert!(
+            upstream
+                .iter()
+                .any(|(from, _)| *from == weir_meta::lineage::Node::Model("clicks".into(), second)),
+            "{upstream:?}"
+        );
+        assert!(
+            upstream
+                .iter()
+                .any(|(from, _)| matches!(from, weir_meta::lineage::Node::Run(_)))
+        );
+    });
 }
 
 /// A GET over a fresh connection; the JSON body.
