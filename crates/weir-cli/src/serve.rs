@@ -329,6 +329,7 @@ pub async fn score(config: &Config, args: ScoreArgs) -> anyhow::Result<ExitCode>
             weir_serve::runner::ModelSet {
                 members: vec![model],
                 combine: Default::default(),
+                stacker: None,
             },
             args.features.clone(),
             Vec::new(),

@@ -155,7 +155,8 @@ impl Deployment {
     ) -> Result<Self, ServeError> {
         let resolved = registry.resolve_all(&spec)?;
         let first = &resolved[0].info;
-        for other in &resolved[1..] {
+        let members = spec.members().len();
+        for other in &resolved[1..members] {
             if other.info.features != first.features {
                 return Err(ServeError::Spec(format!(
                     "models: {}@{} takes other features than {}@{}: an ensemble's members share their input",
@@ -203,7 +204,9 @@ impl Deployment {
             .first()
             .cloned()
             .ok_or_else(|| ServeError::Model("the model has no input".into()))?;
-        let outputs = if models.members.len() == 1 {
+        let outputs = if let Some(stacker) = &models.stacker {
+            stacker.signature().outputs.clone()
+        } else if models.members.len() == 1 {
             signature.outputs.clone()
         } else {
             let scores = if columns.task == "regression" {

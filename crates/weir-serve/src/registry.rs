@@ -144,22 +144,21 @@ impl Registry {
         })
     }
 
-    /// What each of the spec's members points at now.
+    /// What each of the spec's references (members, then the stacker)
+    /// points at now.
     pub fn resolve_all(&self, spec: &DeploymentSpec) -> Result<Vec<Resolved>, ServeError> {
-        spec.members()
-            .iter()
-            .map(|m| self.resolve(&m.model))
-            .collect()
+        spec.references().iter().map(|r| self.resolve(r)).collect()
     }
 
-    /// Loads the models `resolved` (the spec's members, in order).
+    /// Loads the models `resolved` (the spec's references, in order).
     pub async fn load(
         &self,
         spec: &DeploymentSpec,
         resolved: &[Resolved],
     ) -> Result<ModelSet, ServeError> {
         let mut members = Vec::new();
-        for (member, resolved) in spec.members().iter().zip(resolved) {
+        let weights = spec.members().into_iter().map(|m| m.weight).chain([1.0]);
+        for (weight, resolved) in weights.zip(resolved) {
             let reference = format!("{}@{}", resolved.name, resolved.version);
             let chunks: Vec<bytes::Bytes> = self
                 .artifacts
@@ -171,7 +170,7 @@ impl Registry {
                 .map_err(|e| ServeError::Model(format!("{reference}: {e}")))?;
             let bytes = chunks.concat();
             let batching: Batching = spec.batching.clone();
-            let (version, weight) = (resolved.version, member.weight);
+            let version = resolved.version;
             let loaded = tokio::task::spawn_blocking(move || {
                 LoadedModel::load(reference, version, weight, &bytes, &batching)
             })
@@ -179,9 +178,15 @@ impl Registry {
             .map_err(|e| ServeError::Internal(e.to_string()))??;
             members.push(loaded);
         }
+        let stacker = if spec.stacker.is_some() {
+            members.pop()
+        } else {
+            None
+        };
         Ok(ModelSet {
             members,
             combine: spec.combine,
+            stacker,
         })
     }
 }

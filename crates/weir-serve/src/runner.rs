@@ -77,21 +77,33 @@ pub struct ModelSet {
     pub members: Vec<LoadedModel>,
     /// How their scores combine.
     pub combine: Combine,
+    /// The model combining them (`Combine::Stacking`).
+    pub stacker: Option<LoadedModel>,
 }
 
 impl ModelSet {
-    /// The versions, as logged: `name@3`, or `a@1+b@2` for an ensemble.
+    /// The versions, as logged: `name@3`, `a@1+b@2` for an ensemble,
+    /// `a@1+b@2>s@1` when `s` stacks them.
     pub fn versions(&self) -> String {
-        self.members
+        let members = self
+            .members
             .iter()
             .map(|m| m.reference.as_str())
             .collect::<Vec<_>>()
-            .join("+")
+            .join("+");
+        match &self.stacker {
+            Some(stacker) => format!("{members}>{}", stacker.reference),
+            None => members,
+        }
     }
 
-    /// Each member's `name@version`.
+    /// Each model's `name@version`: the members, then the stacker.
     pub fn references(&self) -> Vec<String> {
-        self.members.iter().map(|m| m.reference.clone()).collect()
+        self.members
+            .iter()
+            .chain(&self.stacker)
+            .map(|m| m.reference.clone())
+            .collect()
     }
 
     /// The version number the OIP model reports: the first member's.
@@ -123,6 +135,9 @@ impl ModelSet {
         let inference = |m: &LoadedModel, e: weir_onnx::OnnxError| {
             ServeError::Request(format!("{}: {e}", m.reference))
         };
+        if let Some(stacker) = &self.stacker {
+            return self.stack(stacker, runner, matrix, rows);
+        }
         if let [only] = self.members.as_slice() {
             let prediction = only.sessions[runner]
                 .predict(matrix, rows)
@@ -150,7 +165,7 @@ impl ModelSet {
                 )));
             }
             let weight = match self.combine {
-                Combine::Mean => 1.0,
+                Combine::Mean | Combine::Stacking => 1.0,
                 Combine::Weighted | Combine::Vote => member.weight,
             };
             weights += weight;
@@ -190,6 +205,38 @@ impl ModelSet {
             shape: vec![rows, width],
             values: Values::F64(total),
         }])
+    }
+}
+
+impl ModelSet {
+    /// The stacker's outputs on the members' scores, side by side.
+    fn stack(
+        &self,
+        stacker: &LoadedModel,
+        runner: usize,
+        matrix: &[f32],
+        rows: usize,
+    ) -> Result<Vec<Output>, ServeError> {
+        let mut scores = Vec::with_capacity(self.members.len());
+        for member in &self.members {
+            let prediction = member.sessions[runner]
+                .predict(matrix, rows)
+                .map_err(|e| ServeError::Request(format!("{}: {e}", member.reference)))?;
+            scores.push(prediction.scores().ok_or_else(|| {
+                ServeError::Model(format!("{}: no numeric output", member.reference))
+            })?);
+        }
+        let width: usize = scores.iter().map(|(_, w)| w).sum();
+        let mut stacked = Vec::with_capacity(rows * width);
+        for row in 0..rows {
+            for (values, w) in &scores {
+                stacked.extend(values[row * w..(row + 1) * w].iter().map(|&x| x as f32));
+            }
+        }
+        stacker.sessions[runner]
+            .predict(&stacked, rows)
+            .map(|p| p.outputs)
+            .map_err(|e| ServeError::Model(format!("stacker {}: {e}", stacker.reference)))
     }
 }
 

@@ -16,7 +16,8 @@
 //! protocols: [http, stream]
 //! ```
 //!
-//! Several `models` with a `combine` rule make an ensemble; the fields not
+//! Several `models` with a `combine` rule (`mean`, `weighted`, `vote`, or
+//! `stacking` with a `stacker` model) make an ensemble; the fields not
 //! given take the defaults below.
 
 use std::collections::BTreeMap;
@@ -41,6 +42,11 @@ pub struct DeploymentSpec {
     /// How an ensemble's scores become one.
     #[serde(default)]
     pub combine: Combine,
+    /// The model that combines the members' scores (`combine: stacking`):
+    /// a registry reference; its input is every member's scores, side by
+    /// side in the members' order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stacker: Option<String>,
     /// Feature look-ups from the online store.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<LookupSpec>,
@@ -94,6 +100,8 @@ pub enum Combine {
     /// Each votes for its top class (weighted); the scores are the votes'
     /// shares.
     Vote,
+    /// A `stacker` model takes the members' scores as its features.
+    Stacking,
 }
 
 /// A look-up of a feature view's latest values by entity key.
@@ -328,6 +336,14 @@ impl DeploymentSpec {
     pub fn single(name: &str, model: &str) -> Self {
         Self::parse(&format!("name: {name}\nmodel: {model}\n"), "<flags>")
             .expect("a well-formed spec")
+    }
+
+    /// Every registry reference the deployment serves: the members, then
+    /// the stacker.
+    pub fn references(&self) -> Vec<String> {
+        let mut references: Vec<String> = self.members().into_iter().map(|m| m.model).collect();
+        references.extend(self.stacker.clone());
+        references
     }
 
     /// The members, weights included (a single `model` is one member).

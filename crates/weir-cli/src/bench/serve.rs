@@ -93,6 +93,7 @@ fn models(dir: &Path, runners: usize) -> anyhow::Result<ModelSet> {
             &batching,
         )?],
         combine: Default::default(),
+        stacker: None,
     })
 }
 

@@ -4,6 +4,7 @@
 //! (`WEIR_PYTHON`, `WEIR_ORT_LIB`: `cargo xtask test` sets both; a test
 //! fails, never skips, without them).
 
+mod ensemble;
 mod oip;
 mod scale;
 mod score;
