@@ -214,6 +214,17 @@ impl Logger {
             let mut pending = Vec::new();
             let mut batch = Vec::with_capacity(1024);
             while entries.recv_many(&mut batch, 1024).await > 0 {
+                // A trickle of requests would wake this task once each,
+                // taking a core from the requests: gather for a moment.
+                if batch.len() < 64 {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    while batch.len() < 1024 {
+                        match entries.try_recv() {
+                            Ok(entry) => batch.push(entry),
+                            Err(_) => break,
+                        }
+                    }
+                }
                 for entry in batch.drain(..) {
                     let bytes = publisher
                         .codec()
