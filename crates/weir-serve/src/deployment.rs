@@ -107,6 +107,18 @@ pub struct ModelColumns {
 /// The output the post-processing adds.
 pub const PREDICTION: &str = "prediction";
 
+/// What answered a request, and with what.
+struct Answered {
+    outputs: Vec<Output>,
+    rows: usize,
+    /// Values looked up, by `view__feature`.
+    looked_up: Vec<(String, Vec<f64>)>,
+    /// `name@3`, `a@1+b@2`, …
+    versions: String,
+    /// The version number the OIP model reports.
+    version: u64,
+}
+
 /// A deployment, started.
 pub struct Deployment {
     spec: DeploymentSpec,
@@ -354,21 +366,23 @@ impl Deployment {
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
         let outcome = self.answer(&request, timestamp).await;
         let latency_us = arrived.elapsed().as_micros() as u64;
-        let rows = outcome.as_ref().map_or(0, |(_, rows, _, _)| *rows);
+        let rows = outcome.as_ref().map_or(0, |a| a.rows);
         self.metrics
             .record(channel, outcome.is_ok(), rows, latency_us);
         if let Some(logger) = &self.logger {
             let (outputs, features, versions, error) = match &outcome {
-                Ok((response, _, looked_up, versions)) => (
-                    response
+                Ok(answered) => (
+                    answered
+                        .outputs
                         .iter()
                         .map(|o| (o.name.clone(), Tensor::of(o)))
                         .collect(),
-                    looked_up
+                    answered
+                        .looked_up
                         .iter()
                         .map(|(n, v)| (n.clone(), Tensor::numbers(v.clone())))
                         .collect(),
-                    versions.clone(),
+                    answered.versions.clone(),
                     None,
                 ),
                 Err(error) => (
@@ -398,20 +412,15 @@ impl Deployment {
                 })
                 .await;
         }
-        let (outputs, _, _, _) = outcome?;
+        let answered = outcome?;
         Ok(Response {
             id,
-            version: self.version(),
-            outputs,
+            version: answered.version,
+            outputs: answered.outputs,
         })
     }
 
-    #[allow(clippy::type_complexity)]
-    async fn answer(
-        &self,
-        request: &Request,
-        now: i64,
-    ) -> Result<(Vec<Output>, usize, Vec<(String, Vec<f64>)>, String), ServeError> {
+    async fn answer(&self, request: &Request, now: i64) -> Result<Answered, ServeError> {
         let (matrix, rows, looked_up) = match request.inputs.as_slice() {
             // The feature matrix: under the model's input name, or as the
             // one 2-D input (clients name it `input-0` and the like).
@@ -491,7 +500,13 @@ impl Deployment {
             }
             outputs = wanted;
         }
-        Ok((outputs, rows, looked_up, scored.versions))
+        Ok(Answered {
+            outputs,
+            rows,
+            looked_up,
+            versions: scored.versions,
+            version: scored.version,
+        })
     }
 
     /// Stops: the runners finish, the log is written out. Returns how many

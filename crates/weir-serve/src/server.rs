@@ -17,7 +17,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::serve::ListenerExt as _;
@@ -122,7 +121,6 @@ pub async fn serve(
 
     // Stream workers and their scaler.
     let counts = Arc::new(StreamCounts::default());
-    let workers = Arc::new(AtomicUsize::new(0));
     let mut scaler = None;
     if spec.protocols.contains(&Protocol::Stream) {
         stream::ensure_topics(bus, &spec.name).await?;
@@ -131,7 +129,6 @@ pub async fn serve(
             deployment.clone(),
             counts.clone(),
             spec.scaling.clone(),
-            workers.clone(),
             stopped.clone(),
         )));
     }
@@ -196,6 +193,13 @@ pub async fn serve(
         http: address,
         versions: deployment.versions(),
     });
+    // The swapper dropping its sender (it stopped following the log) is
+    // no deletion: serving goes on.
+    let deleted = async {
+        if deleted.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     tokio::select! {
         _ = shutdown => {}
         _ = deleted => {}
@@ -237,7 +241,6 @@ async fn scale(
     deployment: Arc<Deployment>,
     counts: Arc<StreamCounts>,
     scaling: Scaling,
-    running: Arc<AtomicUsize>,
     mut stopped: watch::Receiver<bool>,
 ) -> Result<Vec<usize>, ServeError> {
     let requests = weir_core::topics::requests(deployment.name());
@@ -257,7 +260,6 @@ async fn scale(
     for _ in 0..scaling.min {
         start(&mut workers);
     }
-    running.store(workers.len(), Ordering::Relaxed);
     history.push(workers.len());
     let mut last_needed = Instant::now();
     let interval = Duration::from_millis(scaling.interval_ms.max(10));
@@ -317,7 +319,6 @@ async fn scale(
                 "scaled the stream workers"
             );
             history.push(workers.len());
-            running.store(workers.len(), Ordering::Relaxed);
         }
     }
     for (stop, _) in &workers {
