@@ -110,10 +110,9 @@ impl Platform {
         self.tracker.artifact_bytes(&path).await.unwrap()
     }
 
-    /// Every record of `topic`, as stored.
-    pub async fn read_raw(&self, topic: &str) -> Vec<weir_bus::RawRecord> {
-        let mut consumer = self
-            .bus
+    /// A read-only consumer of `topic` from its beginning to its end.
+    fn reader(&self, topic: &str) -> weir_bus::Consumer {
+        self.bus
             .consumer(
                 &[topic],
                 ConsumerOptions {
@@ -123,7 +122,12 @@ impl Platform {
                     ..Default::default()
                 },
             )
-            .unwrap();
+            .unwrap()
+    }
+
+    /// Every record of `topic`, as stored.
+    pub async fn read_raw(&self, topic: &str) -> Vec<weir_bus::RawRecord> {
+        let mut consumer = self.reader(topic);
         let mut out = Vec::new();
         while let Some(record) = tokio::time::timeout(Duration::from_secs(30), consumer.next_raw())
             .await
@@ -137,18 +141,7 @@ impl Platform {
 
     /// Every record of `topic` (JSON for JSON, Avro as JSON), with keys.
     pub async fn read_all(&self, topic: &str) -> Vec<(String, serde_json::Value)> {
-        let mut consumer = self
-            .bus
-            .consumer(
-                &[topic],
-                ConsumerOptions {
-                    start: StartFrom::Beginning,
-                    until_end: true,
-                    read_only: true,
-                    ..Default::default()
-                },
-            )
-            .unwrap();
+        let mut consumer = self.reader(topic);
         let mut out = Vec::new();
         while let Some(record) = tokio::time::timeout(Duration::from_secs(30), consumer.next())
             .await
