@@ -53,6 +53,31 @@ impl std::fmt::Debug for Tracker {
     }
 }
 
+/// Replays `weir.meta` (creating it if needed) into a state, and a
+/// consumer of what is written after: it starts no later than where the
+/// replay ended (an event applied twice changes nothing).
+pub async fn follow(bus: &Bus) -> Result<(State, weir_bus::Consumer), MetaError> {
+    let meta = weir_core::topics::META;
+    let failed = |e: weir_bus::BusError| MetaError::internal(format!("reading {meta}: {e}"));
+    bus.admin()
+        .ensure_topic(&weir_bus::TopicSpec::new(meta, 1))
+        .await
+        .map_err(failed)?;
+    let (_, end) = bus.admin().watermarks(meta, 0).await.map_err(failed)?;
+    let state = replay(bus).await?;
+    let follower = bus
+        .consumer(
+            &[meta],
+            weir_bus::ConsumerOptions {
+                start: weir_bus::StartFrom::Offsets(vec![(meta.to_string(), 0, end)]),
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .map_err(failed)?;
+    Ok((state, follower))
+}
+
 /// Reads `weir.meta` to its end into a state.
 pub async fn replay(bus: &Bus) -> Result<State, MetaError> {
     let mut state = State::default();
@@ -81,16 +106,7 @@ impl Tracker {
     /// Feature view and dataset versions that other components record
     /// later are followed, for lineage.
     pub async fn open(bus: &Bus, artifacts: ArtifactStore) -> Result<Self, MetaError> {
-        let meta = weir_core::topics::META;
-        let failed = |e: weir_bus::BusError| MetaError::internal(format!("reading {meta}: {e}"));
-        bus.admin()
-            .ensure_topic(&weir_bus::TopicSpec::new(meta, 1))
-            .await
-            .map_err(failed)?;
-        // Where the follower starts: no later than where the replay ends
-        // (recording an event twice changes nothing).
-        let (_, end) = bus.admin().watermarks(meta, 0).await.map_err(failed)?;
-        let state = replay(bus).await?;
+        let (state, mut follower) = follow(bus).await?;
         tracing::info!(
             events = state.applied(),
             "metadata state rebuilt from the log"
@@ -111,16 +127,6 @@ impl Tracker {
                 follower: std::sync::Mutex::new(None),
             }),
         };
-        let mut follower = bus
-            .consumer(
-                &[meta],
-                weir_bus::ConsumerOptions {
-                    start: weir_bus::StartFrom::Offsets(vec![(meta.to_string(), 0, end)]),
-                    read_only: true,
-                    ..Default::default()
-                },
-            )
-            .map_err(failed)?;
         let weak = Arc::downgrade(&tracker.inner);
         let task = tokio::spawn(async move {
             while let Ok(Some(record)) = follower.next_raw().await {

@@ -180,15 +180,19 @@ impl Prediction {
     /// onnxmltools), or a regressor's value. That is the first
     /// floating-point output, preferring one named `probabilities`.
     pub fn scores(&self) -> Option<(Vec<f64>, usize)> {
-        let float = |o: &&Output| matches!(o.values, Values::F32(_) | Values::F64(_));
-        let output = self
-            .outputs
-            .iter()
-            .filter(float)
-            .find(|o| o.name == "probabilities")
-            .or_else(|| self.outputs.iter().find(float))?;
-        Some((output.as_f64()?, output.width()))
+        scores(&self.outputs)
     }
+}
+
+/// The scores among `outputs`: see [`Prediction::scores`].
+pub fn scores(outputs: &[Output]) -> Option<(Vec<f64>, usize)> {
+    let float = |o: &&Output| matches!(o.values, Values::F32(_) | Values::F64(_));
+    let output = outputs
+        .iter()
+        .filter(float)
+        .find(|o| o.name == "probabilities")
+        .or_else(|| outputs.iter().find(float))?;
+    Some((output.as_f64()?, output.width()))
 }
 
 /// A loaded model.

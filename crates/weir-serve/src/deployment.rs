@@ -312,7 +312,7 @@ impl Deployment {
                 shape: o.shape.clone(),
             })
             .collect();
-        if self.graph.labels(&[0.0], 1).is_some() {
+        if self.graph.post_processes() {
             outputs.push(TensorMeta {
                 name: PREDICTION.into(),
                 datatype: "BYTES".into(),
@@ -401,11 +401,7 @@ impl Deployment {
                     timestamp,
                     latency_us: latency_us as i64,
                     rows,
-                    inputs: request
-                        .inputs
-                        .iter()
-                        .map(|i| (i.name.clone(), input_tensor(i)))
-                        .collect(),
+                    inputs: request.inputs.into_iter().map(input_tensor).collect(),
                     features,
                     outputs,
                     error,
@@ -473,10 +469,15 @@ impl Deployment {
             }
         };
         let scored = self.runner.predict(matrix, rows).await?;
-        let mut outputs = scored.outputs.clone();
-        if let Some((scores, width)) = scored.scores()
-            && let Some(labels) = self.graph.labels(&scores, width)
-        {
+        let labels = if self.graph.post_processes() {
+            scored
+                .scores()
+                .and_then(|(scores, width)| self.graph.labels(&scores, width))
+        } else {
+            None
+        };
+        let mut outputs = scored.outputs;
+        if let Some(labels) = labels {
             outputs.push(Output {
                 name: PREDICTION.into(),
                 shape: vec![rows],
@@ -520,18 +521,20 @@ impl Deployment {
     }
 }
 
-fn input_tensor(input: &Input) -> Tensor {
+/// An input as logged (the request is answered: its data moves).
+fn input_tensor(input: Input) -> (String, Tensor) {
     let shape = input.shape.iter().map(|&d| d as i64).collect();
-    match &input.data {
-        Data::Num(v) => Tensor {
+    let tensor = match input.data {
+        Data::Num(numbers) => Tensor {
             shape,
-            numbers: v.clone(),
+            numbers,
             strings: Vec::new(),
         },
-        Data::Text(v) => Tensor {
+        Data::Text(strings) => Tensor {
             shape,
             numbers: Vec::new(),
-            strings: v.clone(),
+            strings,
         },
-    }
+    };
+    (input.name, tensor)
 }

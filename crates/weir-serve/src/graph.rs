@@ -338,12 +338,17 @@ impl Graph {
         Ok(out)
     }
 
+    /// Whether scores become labels (a `threshold` or `labels` given).
+    pub fn post_processes(&self) -> bool {
+        self.post.threshold.is_some() || !self.post.labels.is_empty()
+    }
+
     /// The label of each row of `scores` (`rows × width`), when the
     /// deployment post-processes: a threshold on the last class of a
     /// binary classifier, else the top class; named by `labels`, else by
     /// the model's classes.
     pub fn labels(&self, scores: &[f64], width: usize) -> Option<Vec<String>> {
-        if self.post.threshold.is_none() && self.post.labels.is_empty() {
+        if !self.post_processes() {
             return None;
         }
         let name = |class: usize| {

@@ -93,7 +93,8 @@ pub enum Channel {
 }
 
 impl Channel {
-    fn index(self) -> u32 {
+    /// Its place in the `Protocol` enum of the schema.
+    pub(crate) fn index(self) -> usize {
         match self {
             Self::Http => 0,
             Self::Stream => 1,
@@ -155,7 +156,7 @@ impl LogEntry {
             ("variant".into(), Avro::String(self.variant.clone())),
             (
                 "protocol".into(),
-                Avro::Enum(self.channel.index(), self.channel.symbol().into()),
+                Avro::Enum(self.channel.index() as u32, self.channel.symbol().into()),
             ),
             ("timestamp".into(), Avro::TimestampMillis(self.timestamp)),
             ("latency_us".into(), Avro::Long(self.latency_us)),

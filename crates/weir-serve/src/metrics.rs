@@ -31,14 +31,6 @@ const CHANNELS: [(Channel, &str); 3] = [
     (Channel::Batch, "batch"),
 ];
 
-fn slot(channel: Channel) -> usize {
-    match channel {
-        Channel::Http => 0,
-        Channel::Stream => 1,
-        Channel::Batch => 2,
-    }
-}
-
 impl Metrics {
     /// Empty metrics for `deployment`.
     pub fn new(deployment: &str) -> Self {
@@ -52,7 +44,7 @@ impl Metrics {
 
     /// Counts a request.
     pub fn record(&self, channel: Channel, ok: bool, rows: usize, latency_us: u64) {
-        let i = slot(channel);
+        let i = channel.index();
         self.requests[i][usize::from(!ok)].fetch_add(1, Ordering::Relaxed);
         self.rows.fetch_add(rows as u64, Ordering::Relaxed);
         let _ = self.latency[i]
@@ -73,13 +65,15 @@ impl Metrics {
 
     /// A latency quantile (ms) of a channel.
     pub fn latency_ms(&self, channel: Channel, quantile: f64) -> f64 {
-        let histogram = self.latency[slot(channel)].lock().expect("histogram lock");
+        let histogram = self.latency[channel.index()]
+            .lock()
+            .expect("histogram lock");
         histogram.value_at_quantile(quantile) as f64 / 1000.0
     }
 
     /// Clears the latency histograms (the autoscaler reads recent ones).
     pub fn reset_latency(&self, channel: Channel) {
-        self.latency[slot(channel)]
+        self.latency[channel.index()]
             .lock()
             .expect("histogram lock")
             .reset();
@@ -96,7 +90,7 @@ impl Metrics {
                 let _ = writeln!(
                     out,
                     "weir_requests_total{{deployment=\"{d}\",protocol=\"{name}\",outcome=\"{outcome}\"}} {}",
-                    self.requests[slot(channel)][k].load(Ordering::Relaxed)
+                    self.requests[channel.index()][k].load(Ordering::Relaxed)
                 );
             }
         }
@@ -110,7 +104,9 @@ impl Metrics {
             "# HELP weir_request_latency_seconds Arrival to response.\n# TYPE weir_request_latency_seconds summary\n",
         );
         for (channel, name) in CHANNELS {
-            let histogram = self.latency[slot(channel)].lock().expect("histogram lock");
+            let histogram = self.latency[channel.index()]
+                .lock()
+                .expect("histogram lock");
             let labels = format!("deployment=\"{d}\",protocol=\"{name}\"");
             for q in [0.5, 0.9, 0.99, 0.999] {
                 let _ = writeln!(

@@ -56,28 +56,10 @@ fn meta_error(e: impl std::fmt::Display) -> ServeError {
 impl Registry {
     /// Replays `weir.meta`, then follows it.
     pub async fn follow(bus: &Bus, artifacts: ArtifactStore) -> Result<Self, ServeError> {
-        let meta = weir_core::topics::META;
-        bus.admin()
-            .ensure_topic(&weir_bus::TopicSpec::new(meta, 1))
-            .await
-            .map_err(meta_error)?;
-        let (_, end) = bus.admin().watermarks(meta, 0).await.map_err(meta_error)?;
-        let state = weir_meta::tracker::replay(bus).await.map_err(meta_error)?;
+        let (state, mut consumer) = weir_meta::tracker::follow(bus).await.map_err(meta_error)?;
         let applied = state.applied();
         let state = Arc::new(RwLock::new(state));
         let (notify, changes) = watch::channel(applied);
-        // The follower starts no later than where the replay ended: an
-        // event applied twice changes nothing.
-        let mut consumer = bus
-            .consumer(
-                &[meta],
-                weir_bus::ConsumerOptions {
-                    start: weir_bus::StartFrom::Offsets(vec![(meta.to_string(), 0, end)]),
-                    read_only: true,
-                    ..Default::default()
-                },
-            )
-            .map_err(meta_error)?;
         let following = state.clone();
         let follower = tokio::spawn(async move {
             while let Ok(Some(record)) = consumer.next_raw().await {

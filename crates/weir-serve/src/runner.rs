@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use tokio::sync::oneshot;
-use weir_onnx::{Model, Output, Prediction, SessionOptions, Values};
+use weir_onnx::{Model, Output, SessionOptions, Values};
 
 use crate::ServeError;
 use crate::spec::{Batching, Combine};
@@ -252,12 +252,9 @@ pub struct Scored {
 }
 
 impl Scored {
-    /// The scores (`rows × width`): see [`Prediction::scores`].
+    /// The scores (`rows × width`): see [`weir_onnx::Prediction::scores`].
     pub fn scores(&self) -> Option<(Vec<f64>, usize)> {
-        Prediction {
-            outputs: self.outputs.clone(),
-        }
-        .scores()
+        weir_onnx::scores(&self.outputs)
     }
 }
 
@@ -369,21 +366,6 @@ impl Runner {
         }
         answer
             .await
-            .map_err(|_| ServeError::Internal("a runner stopped".into()))?
-    }
-
-    /// The same, on the calling thread's blocking wait (batch scoring).
-    pub fn predict_blocking(&self, matrix: Vec<f32>, rows: usize) -> Result<Scored, ServeError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue
-            .send(Job {
-                matrix,
-                rows,
-                reply,
-            })
-            .map_err(|_| ServeError::Internal("the runners have stopped".into()))?;
-        answer
-            .blocking_recv()
             .map_err(|_| ServeError::Internal("a runner stopped".into()))?
     }
 }
