@@ -1,5 +1,5 @@
 //! Tuning: trials shared by `weir worker` processes through a topic, each
-//! recorded once.
+//! recorded once, even when a worker is killed mid-trial.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
@@ -56,7 +56,7 @@ search: {method: random, trials: 8, parallel: 8, seed: 3, timeout_s: 240}
 ";
 
 #[test]
-fn two_workers_share_eight_trials_each_recorded_once() {
+fn a_worker_killed_mid_trial_has_its_trials_run_by_the_other_each_recorded_once() {
     let platform = Platform::start();
     let data = repo().join("docs/examples/churn.csv");
     platform.run(
@@ -74,16 +74,29 @@ fn two_workers_share_eight_trials_each_recorded_once() {
     let spec = dir.path().join("tune.yaml");
     std::fs::write(&spec, SPEC).unwrap();
 
-    let workers = [
-        Worker::start(&platform, "tuning"),
-        Worker::start(&platform, "tuning"),
-    ];
+    let mut doomed = Worker::start(&platform, "tuning");
+    let survivor = Worker::start(&platform, "tuning");
     let tune = platform
         .weir(&["tune", spec.to_str().unwrap()])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+
+    // Kill a worker as soon as it starts a trial (SIGKILL: no clean-up).
+    let started = loop {
+        let line = doomed
+            .lines
+            .recv_timeout(std::time::Duration::from_secs(180))
+            .expect("the worker started a trial");
+        if let Some(rest) = line.strip_prefix("worker: trial ")
+            && line.ends_with(": running")
+        {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    doomed.child.kill().unwrap();
+    doomed.child.wait().unwrap();
 
     let output = tune.wait_with_output().unwrap();
     assert!(
@@ -93,13 +106,15 @@ fn two_workers_share_eight_trials_each_recorded_once() {
     );
     let report = String::from_utf8_lossy(&output.stdout);
     assert!(report.contains(": 8 trials"), "{report}");
-    for worker in &workers {
-        let lines: Vec<String> = worker.lines.try_iter().collect();
-        assert!(
-            lines.iter().any(|l| l.contains(": running")),
-            "each worker ran trials: {lines:?}"
-        );
-    }
+    // The survivor took over the trial the dead worker was running.
+    let lines: Vec<String> = survivor.lines.try_iter().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with(&format!("worker: trial {started} ("))
+                && l.ends_with(": running")),
+        "trial {started} was taken over: {lines:?}"
+    );
 
     // Every trial is recorded exactly once as a finished run.
     let runs = platform.run(&["runs", "list", "tuning"], b"");

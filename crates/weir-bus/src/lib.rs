@@ -170,6 +170,10 @@ impl Bus {
                 start: StartFrom::Beginning,
                 until_end: true,
                 read_only: true,
+                // The end is known from a fetch that comes back empty; the
+                // broker holds one for up to this long (librdkafka's 500 ms
+                // default made every replay of a small log take ~0.8 s).
+                settings: vec![("fetch.wait.max.ms".into(), "5".into())],
                 ..Default::default()
             },
         )?;

@@ -1,7 +1,9 @@
 //! `weir train` and `weir evaluate`.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
@@ -442,12 +444,17 @@ pub struct WorkerArgs {
     max_trials: Option<usize>,
 }
 
-/// `weir worker`: one member of the experiment's worker group. Trials are
-/// taken off the topic one at a time; the message is committed after the
-/// trial's run is recorded, so a worker that dies mid-trial hands it to
-/// another once the group notices (6 s).
+/// `weir worker`: one member of the experiment's worker group. Trials come
+/// from the group's partitions; each is run under a lease on `weir.meta`,
+/// so a trial is run once whoever delivers it. Every 2 s without work the
+/// worker looks through every trial on the topic (read without the group)
+/// and takes over one that is free and not recorded: its worker died (the
+/// lease lapsed), or it has waited [`TRIAL_LEASE`] behind another worker's
+/// queue. That is how a dead worker's trials get run even where the broker
+/// never moves its partitions to the others.
 pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     use weir_bus::{ConsumerOptions, StartFrom, TopicSpec};
+    use weir_train::tune::{TRIAL_LEASE, Trial, TrialState};
     let connection = connect(config).await?;
     let bus = &connection.bus;
     let topic = weir_train::tune::jobs_topic(&args.experiment);
@@ -455,7 +462,7 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
         .ensure_topic(&TopicSpec::new(&topic, weir_train::tune::JOB_PARTITIONS))
         .await?;
     let setting = |k: &str, v: &str| (k.to_string(), v.to_string());
-    let mut consumer = bus.consumer(
+    let mut group = bus.consumer(
         &[&topic],
         ConsumerOptions {
             group: Some(format!("weir-workers.{}", args.experiment)),
@@ -470,49 +477,121 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
             ..Default::default()
         },
     )?;
-    println!("worker: waiting for trials on {topic}");
+    let mut everything = bus.consumer(
+        &[&topic],
+        ConsumerOptions {
+            start: StartFrom::Beginning,
+            read_only: true,
+            ..Default::default()
+        },
+    )?;
+    let holder = format!(
+        "{}/{}/{}",
+        hostname(),
+        std::process::id(),
+        weir_meta::now_ms()
+    );
+    println!("worker {holder}: waiting for trials on {topic}");
     let scratch = config.state_dir.join("train");
+    // Trials seen on any partition and not yet known to be done, with when
+    // they were published.
+    let mut seen: BTreeMap<String, (Trial, i64)> = BTreeMap::new();
+    let mut idle = tokio::time::interval(Duration::from_secs(2));
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let parse = |record: &weir_bus::RawRecord| {
+        let where_ = format!("{}/{}@{}", record.topic, record.partition, record.offset);
+        serde_json::from_slice::<Trial>(record.payload.as_deref().unwrap_or(b""))
+            .map(|trial| (trial, where_.clone()))
+            .map_err(|error| eprintln!("worker: {where_}: not a trial, skipped: {error}"))
+            .ok()
+    };
     let mut ran = 0;
     while args.max_trials.is_none_or(|max| ran < max) {
-        let record = tokio::select! {
-            record = consumer.next_raw() => record?,
+        let (trial, where_) = tokio::select! {
+            record = group.next_raw() => {
+                let Some(record) = record? else { break };
+                let trial = parse(&record);
+                group.commit().await?;
+                match trial {
+                    Some(trial) => trial,
+                    None => continue,
+                }
+            }
+            record = everything.next_raw() => {
+                let record = record?.context("the jobs topic ended")?;
+                if let Some((trial, _)) = parse(&record) {
+                    let published = record.timestamp.unwrap_or_else(weir_meta::now_ms);
+                    seen.insert(trial.id(), (trial, published));
+                }
+                continue;
+            }
+            _ = idle.tick() => {
+                let state = weir_meta::tracker::replay(bus).await?;
+                let now = weir_meta::now_ms();
+                seen.retain(|_, (trial, _)| {
+                    !matches!(trial.state(&state, now), TrialState::Recorded | TrialState::Closed)
+                });
+                let waited = now - i64::try_from(TRIAL_LEASE.as_millis()).expect("small");
+                let free = seen.values().find(|(trial, published)| {
+                    match trial.state(&state, now) {
+                        TrialState::Open { lapsed } => lapsed || *published < waited,
+                        _ => false,
+                    }
+                });
+                match free {
+                    Some((trial, _)) => (trial.clone(), "taken over".to_string()),
+                    None => continue,
+                }
+            }
             _ = tokio::signal::ctrl_c() => break,
         };
-        let Some(record) = record else { break };
-        let where_ = format!("{}/{}@{}", record.topic, record.partition, record.offset);
-        match serde_json::from_slice::<weir_train::tune::Trial>(
-            record.payload.as_deref().unwrap_or(b""),
-        ) {
-            Err(error) => eprintln!("worker: {where_}: not a trial, skipped: {error}"),
-            Ok(trial) => {
-                println!("worker: trial {} ({where_}): running", trial.id());
-                // The trials are recorded by many processes: read the log
-                // again before each.
-                let tracker = crate::tracking::open_tracker(config, bus).await?;
-                let datasets = Datasets::load(bus).await?;
-                let workspace = Workspace {
-                    tracker: &tracker,
-                    datasets: &datasets,
-                    scratch: &scratch,
-                };
-                let outcome = weir_train::tune::run_trial(&trial, workspace).await;
-                tracker.close().await;
-                match outcome? {
-                    None => println!("worker: trial {}: already recorded", trial.id()),
-                    Some(outcome) => println!(
-                        "worker: trial {}: run {} {}",
-                        trial.id(),
-                        outcome.run_id,
-                        outcome.failure.as_deref().unwrap_or("finished")
-                    ),
-                }
-                ran += 1;
+        // The trials are recorded by many processes: read the log again
+        // before each.
+        let tracker = crate::tracking::open_tracker(config, bus).await?;
+        let outcome = async {
+            if let Some(state) =
+                weir_train::tune::claim_trial(&trial, &tracker, bus, &holder).await?
+            {
+                println!(
+                    "worker: trial {} ({where_}): {state:?}; not run here",
+                    trial.id()
+                );
+                return anyhow::Ok(false);
             }
+            println!("worker: trial {} ({where_}): running", trial.id());
+            let datasets = Datasets::load(bus).await?;
+            let workspace = Workspace {
+                tracker: &tracker,
+                datasets: &datasets,
+                scratch: &scratch,
+            };
+            let outcome = weir_train::tune::run_claimed(&trial, workspace, bus, &holder).await?;
+            println!(
+                "worker: trial {}: run {} {}",
+                trial.id(),
+                outcome.run_id,
+                outcome.failure.as_deref().unwrap_or("finished")
+            );
+            Ok(true)
         }
-        consumer.commit().await?;
+        .await;
+        tracker.close().await;
+        if outcome? {
+            ran += 1;
+        }
     }
     connection.close().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// This machine's name, for naming a worker.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 #[derive(Parser)]

@@ -358,6 +358,21 @@ pub enum Event {
         /// The deployment.
         name: String,
     },
+    /// `holder` takes, renews or (with `until <= at`) gives up a lease on
+    /// `key`: a claim on shared work, such as a tuning trial, that lapses
+    /// unless renewed. Applied in log order, the first claim on a free key
+    /// wins; a claim on a key another holder's lease still covers (by the
+    /// claim's own time) changes nothing.
+    Lease {
+        /// When, ms since the epoch.
+        at: i64,
+        /// What is claimed (`trial/<parent run>/<n>`).
+        key: String,
+        /// Who claims it (`host/pid/start time`).
+        holder: String,
+        /// Until when, ms since the epoch.
+        until: i64,
+    },
 }
 
 impl Event {
@@ -388,6 +403,7 @@ impl Event {
             Self::DeploymentApplied { name, .. }
             | Self::DeploymentServing { name, .. }
             | Self::DeploymentDeleted { name, .. } => format!("deployment/{name}"),
+            Self::Lease { key, .. } => format!("lease/{key}"),
         }
     }
 
@@ -417,6 +433,7 @@ impl Event {
         "deployment_applied",
         "deployment_serving",
         "deployment_deleted",
+        "lease",
     ];
 
     /// Reads an event from a `weir.meta` record: `Ok(None)` for the kinds

@@ -167,6 +167,22 @@ pub struct DeploymentVersion {
     pub created: i64,
 }
 
+/// Who holds a lease, and until when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The holder.
+    pub holder: String,
+    /// Until when, ms since the epoch; it lapses then unless renewed.
+    pub until: i64,
+}
+
+impl Lease {
+    /// Whether it still holds at `now` (ms since the epoch).
+    pub fn live(&self, now: i64) -> bool {
+        self.until > now
+    }
+}
+
 /// A stored artifact file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Artifact {
@@ -187,6 +203,7 @@ pub struct State {
     models: BTreeMap<String, Model>,
     artifacts: BTreeMap<String, Artifact>,
     deployments: BTreeMap<String, Deployment>,
+    leases: HashMap<String, Lease>,
     /// Other components' versions (feature views, datasets), for lineage.
     records: crate::lineage::Records,
     /// Events applied.
@@ -203,6 +220,7 @@ impl Default for State {
             models: BTreeMap::new(),
             artifacts: BTreeMap::new(),
             deployments: BTreeMap::new(),
+            leases: HashMap::new(),
             records: crate::lineage::Records::default(),
             applied: 0,
         };
@@ -393,6 +411,11 @@ impl State {
     /// Every deployment (deleted ones too).
     pub fn deployments(&self) -> impl Iterator<Item = &Deployment> {
         self.deployments.values()
+    }
+
+    /// The last lease taken on `key`, live or lapsed.
+    pub fn lease(&self, key: &str) -> Option<&Lease> {
+        self.leases.get(key)
     }
 
     /// What other components recorded on the log, for lineage.
@@ -965,6 +988,28 @@ impl State {
                 deployment.deleted = true;
                 deployment.serving.clear();
                 deployment.updated = *at;
+            }
+            Event::Lease {
+                at,
+                key,
+                holder,
+                until,
+            } => {
+                // A lost race is not an error: every node applying the log
+                // sees the same winner.
+                let taken = self
+                    .leases
+                    .get(key)
+                    .is_some_and(|lease| lease.holder != *holder && lease.live(*at));
+                if !taken {
+                    self.leases.insert(
+                        key.clone(),
+                        Lease {
+                            holder: holder.clone(),
+                            until: *until,
+                        },
+                    );
+                }
             }
         }
         self.applied += 1;

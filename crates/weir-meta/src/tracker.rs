@@ -212,6 +212,55 @@ impl Tracker {
         self.write(|_| Ok((event, ()))).await
     }
 
+    /// Takes or renews a lease on `key` for `holder`, for `ttl`: `true`
+    /// when `weir.meta`, read after the write, names `holder` as the
+    /// lease's holder. Other processes write to the log too, so this
+    /// tracker's own state cannot tell who won a race; the log's order
+    /// does (a lost claim in the log changes nothing). Nothing is written
+    /// while this tracker already sees another holder's live lease.
+    pub async fn take_lease(
+        &self,
+        bus: &Bus,
+        key: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, MetaError> {
+        let at = now_ms();
+        let held = |state: &State| {
+            state
+                .lease(key)
+                .is_some_and(|lease| lease.holder != holder && lease.live(at))
+        };
+        if self.read(held) {
+            return Ok(false);
+        }
+        let until = at + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        self.append(Event::Lease {
+            at,
+            key: key.into(),
+            holder: holder.into(),
+            until,
+        })
+        .await?;
+        let log = replay(bus).await?;
+        Ok(log
+            .lease(key)
+            .is_some_and(|lease| lease.holder == holder && lease.until == until))
+    }
+
+    /// Gives up `holder`'s lease on `key` (nothing happens if another
+    /// holder has it).
+    pub async fn release_lease(&self, key: &str, holder: &str) -> Result<(), MetaError> {
+        let at = now_ms();
+        self.append(Event::Lease {
+            at,
+            key: key.into(),
+            holder: holder.into(),
+            until: at,
+        })
+        .await
+    }
+
     fn break_with(&self, error: impl std::fmt::Display) -> MetaError {
         self.inner.broken.store(true, Ordering::SeqCst);
         tracing::error!(%error, "the metadata log refused a change; no more writes");

@@ -6,10 +6,16 @@
 //! estimator Optuna uses by default), publishes each trial as a message and
 //! follows `weir.meta` for the trials' runs. Workers ([`run_trial`]) take
 //! trials from the topic; each trial is a training job recorded as a child
-//! run (tags `mlflow.parentRunId`, `weir.trial`). A worker that dies
-//! mid-trial leaves its message uncommitted, so the group hands it to
-//! another worker; a trial whose run is already recorded is not run again,
-//! so every trial is recorded once.
+//! run (tags `mlflow.parentRunId`, `weir.trial`).
+//!
+//! A worker runs a trial only under a lease on `weir.meta`
+//! ([`claim_trial`]): the log's order decides between workers that claim
+//! the same trial, and the winner renews the lease while the trial runs.
+//! So a trial is run and recorded once whoever delivers it, and one whose
+//! worker died is free again when the lease lapses ([`TRIAL_LEASE`]): idle
+//! workers also read the whole topic and take over trials that are free
+//! and not recorded — lapsed, or queued behind a busy or dead worker's
+//! partitions — without waiting for the broker to move partitions.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -206,45 +212,131 @@ pub fn jobs_topic(experiment: &str) -> String {
     format!("weir.jobs.{safe}")
 }
 
-/// Runs a trial unless its run is already recorded (a worker died after
-/// recording it, before taking the message off the topic). A run left
-/// `RUNNING` by a dead worker is marked `KILLED` and the trial runs again.
-/// Returns `None` when the trial was already done.
-pub async fn run_trial(
-    trial: &Trial,
-    workspace: Workspace<'_>,
-) -> Result<Option<Outcome>, TrainError> {
-    let id = trial.id();
-    let earlier: Vec<(String, String)> = workspace.tracker.read(|state| {
-        trial_runs(state, &trial.job.experiment, &trial.parent_run_id)
+/// How long a worker's claim on a trial lasts unless renewed (every third
+/// of it while the trial runs): a worker that dies gives its trial up this
+/// long after its last renewal.
+pub const TRIAL_LEASE: Duration = Duration::from_secs(10);
+
+/// Where a trial stands, as `weir.meta` says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrialState {
+    /// Its run is recorded (finished or failed): nothing to do.
+    Recorded,
+    /// Its tuning job has ended (the parent run is no longer running).
+    Closed,
+    /// A worker holds it, until then (ms since the epoch).
+    Held {
+        /// The worker.
+        holder: String,
+        /// Until when.
+        until: i64,
+    },
+    /// Nobody holds it; `lapsed` when a worker did and gave it up or died.
+    Open {
+        /// A lease on it has lapsed.
+        lapsed: bool,
+    },
+}
+
+impl Trial {
+    /// The key of a worker's lease on the trial.
+    pub fn lease_key(&self) -> String {
+        format!("trial/{}", self.id())
+    }
+
+    /// Where the trial stands in `state` at `now`.
+    pub fn state(&self, state: &State, now: i64) -> TrialState {
+        let id = self.id();
+        let recorded = trial_runs(state, &self.job.experiment, &self.parent_run_id)
             .into_iter()
-            .filter(|(_, run)| run.tags.get(TRIAL_TAG) == Some(&id))
-            .map(|(run_id, run)| (run_id.to_string(), run.status.clone()))
-            .collect()
-    });
-    if earlier.iter().any(|(_, status)| status != "RUNNING") {
-        tracing::info!(trial = %id, "already recorded; not run again");
+            .any(|(_, run)| {
+                run.tags.get(TRIAL_TAG) == Some(&id)
+                    && matches!(run.status.as_str(), "FINISHED" | "FAILED")
+            });
+        if recorded {
+            return TrialState::Recorded;
+        }
+        if state
+            .run(&self.parent_run_id)
+            .is_ok_and(|parent| parent.status != "RUNNING")
+        {
+            return TrialState::Closed;
+        }
+        match state.lease(&self.lease_key()) {
+            Some(lease) if lease.live(now) => TrialState::Held {
+                holder: lease.holder.clone(),
+                until: lease.until,
+            },
+            lease => TrialState::Open {
+                lapsed: lease.is_some(),
+            },
+        }
+    }
+}
+
+/// Claims a trial for `holder` (a lease on `weir.meta`): the state the
+/// trial was in when the claim failed, or `None` when `holder` has it and
+/// must now [`run_claimed`] it.
+pub async fn claim_trial(
+    trial: &Trial,
+    tracker: &weir_meta::Tracker,
+    bus: &weir_bus::Bus,
+    holder: &str,
+) -> Result<Option<TrialState>, TrainError> {
+    let state = weir_meta::tracker::replay(bus).await?;
+    match trial.state(&state, weir_meta::now_ms()) {
+        TrialState::Open { .. } => {}
+        TrialState::Held { holder: h, .. } if h == holder => {}
+        other => return Ok(Some(other)),
+    }
+    if tracker
+        .take_lease(bus, &trial.lease_key(), holder, TRIAL_LEASE)
+        .await?
+    {
         return Ok(None);
     }
-    for (run_id, _) in earlier {
-        workspace
-            .tracker
-            .append(Event::RunUpdated {
-                at: weir_meta::now_ms(),
-                run_id,
-                status: Some("KILLED".into()),
-                end_time: Some(weir_meta::now_ms()),
-                run_name: None,
-            })
-            .await?;
-    }
+    let state = weir_meta::tracker::replay(bus).await?;
+    Ok(Some(trial.state(&state, weir_meta::now_ms())))
+}
+
+/// Runs a trial `holder` has claimed as a training job recorded as a child
+/// run, renewing the claim while it runs and giving it up at the end.
+///
+/// A worker that cannot renew (cut off from the brokers for longer than
+/// [`TRIAL_LEASE`]) carries on, warning: the trial may then be run twice
+/// and recorded twice, and the coordinator counts its first run.
+pub async fn run_claimed(
+    trial: &Trial,
+    workspace: Workspace<'_>,
+    bus: &weir_bus::Bus,
+    holder: &str,
+) -> Result<Outcome, TrainError> {
     let mut job = trial.job.clone();
     job.tags
         .insert(PARENT_TAG.into(), trial.parent_run_id.clone());
-    job.tags.insert(TRIAL_TAG.into(), id);
+    job.tags.insert(TRIAL_TAG.into(), trial.id());
     job.name = Some(format!("trial-{}", trial.number));
     job.register = None;
-    Ok(Some(train(&job, workspace).await?))
+    let key = trial.lease_key();
+    let tracker = workspace.tracker;
+    let training = train(&job, workspace);
+    tokio::pin!(training);
+    let mut renew = tokio::time::interval(TRIAL_LEASE / 3);
+    renew.tick().await;
+    let outcome = loop {
+        tokio::select! {
+            outcome = &mut training => break outcome,
+            _ = renew.tick() => match tracker.take_lease(bus, &key, holder, TRIAL_LEASE).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(trial = %trial.id(), "another worker took the trial over"),
+                Err(error) => tracing::warn!(trial = %trial.id(), %error, "renewing the claim failed"),
+            },
+        }
+    };
+    if let Err(error) = tracker.release_lease(&key, holder).await {
+        tracing::warn!(trial = %trial.id(), %error, "giving up the claim failed; it lapses");
+    }
+    outcome
 }
 
 /// The runs of `experiment` under the parent run.

@@ -3,6 +3,7 @@
 //! leave the store.
 
 mod artifacts;
+mod lease;
 mod replay;
 
 use weir_broker::{EmbeddedBroker, Storage};

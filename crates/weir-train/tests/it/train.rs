@@ -319,55 +319,111 @@ fn job_files_name_the_bad_field_and_its_line() {
     assert!(error.contains("torch"), "{error}");
 }
 
-/// A trial message delivered again (its worker died after recording it,
-/// before committing) is not run again; a run a dead worker left `RUNNING`
-/// is marked `KILLED` and the trial runs.
+/// A trial is run only by the worker whose claim the log holds first; it is
+/// recorded once, however often it is delivered; a lapsed claim frees it;
+/// once its tuning job ends nobody takes it.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_trial_delivered_twice_is_recorded_once() {
-    use weir_train::tune::{PARENT_TAG, TRIAL_TAG, Trial, run_trial};
+async fn a_trial_is_claimed_by_one_worker_and_recorded_once() {
+    use std::time::Duration;
+    use weir_train::tune::{Trial, TrialState, claim_trial, run_claimed};
     let platform = Platform::start().await;
     let path = platform.dir.path().join("clicks.parquet");
     generate(&path, 600, 6);
-    let trial = |number| Trial {
-        parent_run_id: "parent".into(),
-        number,
-        job: spec(path.to_str().unwrap(), "clicked", Runtime::Lightgbm),
-    };
-    let first = run_trial(&trial(0), platform.workspace()).await.unwrap();
-    assert_eq!(first.unwrap().failure, None);
-    assert!(
-        run_trial(&trial(0), platform.workspace())
-            .await
-            .unwrap()
-            .is_none()
-    );
-
-    let experiment = platform.tracker.read(|state| {
-        state
-            .experiment_by_name("train-tests")
-            .unwrap()
-            .experiment_id
-            .clone()
-    });
-    let tag = |key: &str, value: &str| weir_meta::event::KeyValue {
-        key: key.into(),
-        value: value.into(),
-    };
-    let orphan = platform
+    let experiment = platform
+        .tracker
+        .experiment_named("train-tests")
+        .await
+        .unwrap();
+    let parent = platform
         .tracker
         .start_run(weir_meta::tracker::RunStart {
             experiment_id: experiment,
-            tags: vec![tag(PARENT_TAG, "parent"), tag(TRIAL_TAG, "parent/1")],
             ..Default::default()
         })
         .await
         .unwrap();
-    let second = run_trial(&trial(1), platform.workspace())
+    let trial = |number| Trial {
+        parent_run_id: parent.clone(),
+        number,
+        job: spec(path.to_str().unwrap(), "clicked", Runtime::Lightgbm),
+    };
+    // A second worker process: its own tracker, which does not see the
+    // first one's writes.
+    let other = weir_meta::Tracker::open(&platform.bus, platform.tracker.artifacts().clone())
         .await
-        .unwrap()
         .unwrap();
-    let statuses = platform
+    let bus = &platform.bus;
+
+    // Claimed by both at once: one wins, the other is told who holds it.
+    let first = trial(0);
+    let (a, b) = tokio::join!(
+        claim_trial(&first, &platform.tracker, bus, "a"),
+        claim_trial(&first, &other, bus, "b")
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    let (winner, tracker, loser) = match (&a, &b) {
+        (None, Some(TrialState::Held { holder, .. })) if holder == "a" => {
+            ("a", &platform.tracker, "b")
+        }
+        (Some(TrialState::Held { holder, .. }), None) if holder == "b" => ("b", &other, "a"),
+        _ => panic!("a: {a:?}, b: {b:?}"),
+    };
+    let workspace = weir_train::Workspace {
+        tracker,
+        ..platform.workspace()
+    };
+    let outcome = run_claimed(&trial(0), workspace, bus, winner)
+        .await
+        .unwrap();
+    assert_eq!(outcome.failure, None);
+    // Delivered again, to either: recorded, not run.
+    for (tracker, holder) in [(&platform.tracker, loser), (&other, winner)] {
+        assert_eq!(
+            claim_trial(&trial(0), tracker, bus, holder).await.unwrap(),
+            Some(TrialState::Recorded)
+        );
+    }
+
+    // A worker that died holding trial 1: nobody takes it until the claim
+    // lapses.
+    assert!(
+        other
+            .take_lease(bus, &trial(1).lease_key(), "dead", Duration::from_secs(3))
+            .await
+            .unwrap()
+    );
+    assert!(matches!(
+        claim_trial(&trial(1), &platform.tracker, bus, "a").await.unwrap(),
+        Some(TrialState::Held { holder, .. }) if holder == "dead"
+    ));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let state = weir_meta::tracker::replay(bus).await.unwrap();
+    assert_eq!(
+        trial(1).state(&state, weir_meta::now_ms()),
+        TrialState::Open { lapsed: true }
+    );
+    assert_eq!(
+        claim_trial(&trial(1), &platform.tracker, bus, "a")
+            .await
+            .unwrap(),
+        None
+    );
+
+    // The tuning job ended: its open trials are closed.
+    platform
         .tracker
-        .read(|state| [&orphan, &second.run_id].map(|id| state.run(id).unwrap().status.clone()));
-    assert_eq!(statuses, ["KILLED", "FINISHED"]);
+        .append(weir_meta::event::Event::RunUpdated {
+            at: weir_meta::now_ms(),
+            run_id: parent.clone(),
+            status: Some("FAILED".into()),
+            end_time: Some(weir_meta::now_ms()),
+            run_name: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        claim_trial(&trial(2), &other, bus, "b").await.unwrap(),
+        Some(TrialState::Closed)
+    );
+    other.close().await;
 }
