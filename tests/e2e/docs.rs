@@ -239,7 +239,8 @@ fn tracking_page() {
 }
 
 /// The training page: a dataset, two training jobs (a job file and flags),
-/// an evaluation that promotes the better model.
+/// an evaluation that promotes the better model, a data-parallel job,
+/// tuning and AutoML.
 #[test]
 fn training_page() {
     let outputs = run_page("training.md");
@@ -262,6 +263,13 @@ fn training_page() {
     assert!(version_2.contains("champion"), "{models}");
     assert!(models.contains("producer skl2onnx"), "{models}");
     assert!(models.contains("needs lightgbm==4.7.0"), "{models}");
+    let parallel = out(
+        "train --dataset churn@1 --label churned --runtime lightgbm --exclude signup_ts --param n_estimators=40",
+    );
+    assert!(
+        parallel.contains("\n  data-parallel: 2 processes, 1 attempt(s)\n"),
+        "{parallel}"
+    );
     let tuned = out("tune docs/examples/churn-tune.yaml");
     assert!(
         tuned.contains("(experiment churn-tuning): 8 trials"),

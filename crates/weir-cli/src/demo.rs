@@ -651,6 +651,7 @@ async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Re
         register: Some("demo-large".into()),
         tolerance: 1e-4,
         tags: Default::default(),
+        distributed: None,
     };
     let outcome = weir_train::train(&spec, workspace).await?;
     if let Some(reason) = outcome.failure {

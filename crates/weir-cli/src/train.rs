@@ -106,6 +106,13 @@ pub struct TrainArgs {
     /// Register the model as a new version of this model.
     #[arg(long)]
     register: Option<String>,
+    /// Data-parallel: run the runtime as this many processes, each on its
+    /// share of the training rows (lightgbm, or a command runtime).
+    #[arg(long)]
+    processes: Option<usize>,
+    /// Start all processes again this many times after one fails.
+    #[arg(long, default_value_t = 0, requires = "processes")]
+    restarts: u32,
 }
 
 impl TrainArgs {
@@ -135,6 +142,7 @@ impl TrainArgs {
                     register: None,
                     tolerance: 1e-4,
                     tags: Default::default(),
+                    distributed: None,
                 }
             }
         };
@@ -199,6 +207,12 @@ impl TrainArgs {
         if self.register.is_some() {
             spec.register = self.register;
         }
+        if let Some(processes) = self.processes {
+            spec.distributed = Some(weir_train::spec::Distributed {
+                processes,
+                restarts: self.restarts,
+            });
+        }
         Ok(spec)
     }
 }
@@ -232,6 +246,13 @@ fn print_outcome(spec: &TrainSpec, outcome: &weir_train::Outcome) {
         metric("test_rows"),
         metric("train_seconds"),
     );
+    if let Some(distributed) = &spec.distributed {
+        println!(
+            "  data-parallel: {} processes, {} attempt(s)",
+            distributed.processes,
+            metric("attempts")
+        );
+    }
     let scored: Vec<&str> = outcome
         .metrics
         .keys()
@@ -255,7 +276,7 @@ fn print_outcome(spec: &TrainSpec, outcome: &weir_train::Outcome) {
             !k.starts_with("validation_")
                 && !k.starts_with("test_")
                 && !k.ends_with("_rows")
-                && k.as_str() != "train_seconds"
+                && !["train_seconds", "attempts"].contains(&k.as_str())
         })
         .map(|(k, v)| format!("{k} {v:.4}"))
         .collect();
@@ -636,6 +657,9 @@ fn start_workers(count: usize, experiment: &str) -> anyhow::Result<Vec<tokio::pr
 pub async fn automl(config: &Config, args: AutomlArgs) -> anyhow::Result<ExitCode> {
     let seed = args.job.seed.unwrap_or(0);
     let job = args.job.spec()?;
+    if job.distributed.is_some() {
+        bail!("automl trains each candidate in one process; leave out --processes");
+    }
     let spec = weir_train::automl::AutomlSpec {
         experiment: job.experiment.clone(),
         register: job.register.clone(),

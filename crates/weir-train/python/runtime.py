@@ -68,6 +68,23 @@ def main():
             f"unknown param{'s' if len(unknown) > 1 else ''} {', '.join(f'`{p}`' for p in unknown)} "
             f"for {cls.__name__}; it takes: {', '.join(sorted(known))}"
         )
+    world = int(env.get("WEIR_WORLD_SIZE", "1"))
+    rank = int(env.get("WEIR_RANK", "0"))
+    if kind == "lightgbm" and world > 1:
+        # Data-parallel: each rank holds its share of the rows and the ranks
+        # build every tree together over LightGBM's sockets.
+        params.update(
+            tree_learner="data",
+            num_machines=world,
+            machines=env["WEIR_PEERS"],
+            local_listen_port=int(env["WEIR_LISTEN_PORT"]),
+            pre_partition=True,
+            time_out=2,
+        )
+        # Its network messages (ranks connected) go to the log.
+        params.setdefault("verbose", 0)
+        # The ranks share this machine's cores.
+        params.setdefault("n_jobs", max(1, (os.cpu_count() or 1) // world))
     if kind == "lightgbm":
         params.setdefault("verbose", -1)
     if "random_state" in known and "random_state" not in params:
@@ -88,6 +105,10 @@ def main():
     started = time.perf_counter()
     model.fit(x_train, y_train)
     fit_seconds = time.perf_counter() - started
+    if rank > 0:
+        # Every rank ends with the same model; rank 0 writes it.
+        print(f"weir runtime: rank {rank} of {world} fitted on {len(y_train)} rows in {fit_seconds:.2f} s")
+        return
 
     if task == "classification":
         if not hasattr(model, "predict_proba"):
@@ -126,7 +147,8 @@ def main():
         json.dump(dependencies, f, indent=1)
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump({"fit_seconds": fit_seconds}, f)
-    print(f"weir runtime: {cls.__name__} fitted on {len(y_train)} rows in {fit_seconds:.2f} s")
+    print(f"weir runtime: {cls.__name__} fitted on {len(y_train)} rows in {fit_seconds:.2f} s"
+          + (f" (rank 0 of {world})" if world > 1 else ""))
 
 
 if __name__ == "__main__":

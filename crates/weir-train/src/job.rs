@@ -84,9 +84,11 @@ pub async fn train(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Outcome
     std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(dir.display(), e))?;
     let mut record = Record::default();
     let result = run(spec, workspace, &dir, &mut record).await;
-    let log = dir.join("runtime.log");
-    if let Ok(bytes) = std::fs::read(&log) {
-        record.artifacts.push(("runtime.log".into(), bytes));
+    let processes = spec.distributed.as_ref().map_or(1, |d| d.processes);
+    for name in (0..processes).map(rank_log) {
+        if let Ok(bytes) = std::fs::read(dir.join(&name)) {
+            record.artifacts.push((name, bytes));
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -230,6 +232,15 @@ async fn register(
         .await?)
 }
 
+/// The log of a runtime process: `runtime.log` for a job's only process or
+/// rank 0, `runtime-rank<r>.log` for the others.
+fn rank_log(rank: usize) -> String {
+    match rank {
+        0 => "runtime.log".into(),
+        rank => format!("runtime-rank{rank}.log"),
+    }
+}
+
 fn tag(key: &str, value: impl Into<String>) -> KeyValue {
     KeyValue {
         key: key.into(),
@@ -304,6 +315,9 @@ async fn run(
     record.param("weir.label", &spec.label);
     record.param("weir.runtime", spec.runtime.describe());
     record.param("weir.split", spec.split.describe());
+    if let Some(distributed) = &spec.distributed {
+        distributed.check(&spec.runtime)?;
+    }
     for (key, value) in &spec.params {
         let text = match value {
             serde_json::Value::String(s) => s.clone(),
@@ -414,7 +428,37 @@ async fn run(
         output: output.clone(),
     };
     let clock = std::time::Instant::now();
-    runtime::run(&spec.runtime, &contract, &dir.join("runtime.log")).await?;
+    match &spec.distributed {
+        None => runtime::run(&spec.runtime, &contract, &dir.join("runtime.log")).await?,
+        Some(distributed) => {
+            let processes = distributed.processes;
+            record.param("weir.processes", processes.to_string());
+            let mut shards = Vec::with_capacity(processes);
+            for rank in 0..processes {
+                let rows: Vec<usize> = parts[0]
+                    .iter()
+                    .copied()
+                    .skip(rank)
+                    .step_by(processes)
+                    .collect();
+                let path = data.join(format!("train-rank{rank}.parquet"));
+                table.write_parquet(&path, &columns, &rows)?;
+                shards.push(path);
+            }
+            let ranks = runtime::Ranks {
+                shards,
+                logs: (0..processes)
+                    .map(|rank| dir.join(rank_log(rank)))
+                    .collect(),
+                scratch: dir.to_path_buf(),
+                restarts: distributed.restarts,
+            };
+            let attempts = runtime::run_distributed(&spec.runtime, &contract, &ranks).await?;
+            record
+                .metrics
+                .insert("attempts".into(), f64::from(attempts));
+        }
+    }
     record
         .metrics
         .insert("train_seconds".into(), clock.elapsed().as_secs_f64());

@@ -29,10 +29,36 @@
 //!
 //! The built-in runtimes (`sklearn`, `lightgbm`) are `python/runtime.py`
 //! run by the managed Python environment (`WEIR_PYTHON`).
+//!
+//! ## Data-parallel jobs
+//!
+//! With `distributed: {processes: N}`, Weir starts the runtime N times at
+//! once, as Kubeflow's training operators start a job's replicas, and
+//! supervises them ([`run_distributed`]). Rank *r*'s `WEIR_TRAIN_PATH` holds
+//! its share of the training rows (row *i* goes to rank *i* mod N); the
+//! validation and test rows are whole. Rank 0 writes to the job's
+//! `WEIR_OUTPUT_DIR` (its model is the job's model); the others write to
+//! their own directory, and only their logs are kept. Besides the contract's
+//! variables each process gets:
+//!
+//! | variable | what it holds |
+//! |---|---|
+//! | `WEIR_RANK`, `RANK`, `LOCAL_RANK` | its rank, 0…N-1 |
+//! | `WEIR_WORLD_SIZE`, `WORLD_SIZE`, `LOCAL_WORLD_SIZE` | N |
+//! | `WEIR_MASTER_ADDR`, `MASTER_ADDR`, `WEIR_MASTER_PORT`, `MASTER_PORT` | where rank 0 listens (PyTorch's `init_process_group` reads these) |
+//! | `WEIR_PEERS` | every rank's `host:port`, by rank, comma-separated (LightGBM's `machines`) |
+//! | `WEIR_LISTEN_PORT` | this rank's port in `WEIR_PEERS` |
+//! | `WEIR_ATTEMPT` | 0, then 1, 2… after restarts |
+//!
+//! When one process fails, the others are killed (a collective would wait
+//! for it forever); the job is started again, on fresh ports, while
+//! `restarts` allow, and fails otherwise with the failed rank's last lines.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+
+use tokio::process::Command;
 
 use crate::TrainError;
 use crate::spec::Runtime;
@@ -71,6 +97,130 @@ pub fn python() -> PathBuf {
 /// Runs `runtime` under the contract; its output (stdout and stderr) goes
 /// to `log`. Errors carry the last lines it printed.
 pub async fn run(runtime: &Runtime, contract: &Contract, log: &Path) -> Result<(), TrainError> {
+    let mut command = command(runtime, contract, log)?;
+    let status = command
+        .status()
+        .await
+        .map_err(|e| cannot_start(runtime, e))?;
+    if !status.success() {
+        return Err(TrainError::Runtime(format!(
+            "runtime {} exited with {status}: {}",
+            runtime.describe(),
+            tail(log, 5)
+        )));
+    }
+    Ok(())
+}
+
+/// A data-parallel job's processes.
+#[derive(Debug, Clone)]
+pub struct Ranks {
+    /// Each rank's training rows, by rank.
+    pub shards: Vec<PathBuf>,
+    /// Each rank's log, by rank.
+    pub logs: Vec<PathBuf>,
+    /// Where ranks other than 0 write (a directory each is made under it).
+    pub scratch: PathBuf,
+    /// Restarts allowed.
+    pub restarts: u32,
+}
+
+/// Runs `runtime` as one process per rank (see the module's doc) until all
+/// succeed; returns how many attempts it took.
+pub async fn run_distributed(
+    runtime: &Runtime,
+    contract: &Contract,
+    ranks: &Ranks,
+) -> Result<u32, TrainError> {
+    let world = ranks.shards.len();
+    let mut attempt = 0;
+    loop {
+        let ports = free_ports(world)?;
+        let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut running = tokio::task::JoinSet::new();
+        for (rank, (shard, log)) in ranks.shards.iter().zip(&ranks.logs).enumerate() {
+            let mut contract = contract.clone();
+            contract.parts[0] = shard.clone();
+            if rank > 0 {
+                contract.output = ranks.scratch.join(format!("output-rank{rank}-{attempt}"));
+                std::fs::create_dir_all(&contract.output)
+                    .map_err(|e| TrainError::io(contract.output.display(), e))?;
+            }
+            let mut command = command(runtime, &contract, log)?;
+            for (names, value) in [
+                (&["WEIR_RANK", "RANK", "LOCAL_RANK"][..], rank.to_string()),
+                (
+                    &["WEIR_WORLD_SIZE", "WORLD_SIZE", "LOCAL_WORLD_SIZE"],
+                    world.to_string(),
+                ),
+                (&["WEIR_MASTER_ADDR", "MASTER_ADDR"], "127.0.0.1".into()),
+                (&["WEIR_MASTER_PORT", "MASTER_PORT"], ports[0].to_string()),
+                (&["WEIR_PEERS"], peers.join(",")),
+                (&["WEIR_LISTEN_PORT"], ports[rank].to_string()),
+                (&["WEIR_ATTEMPT"], attempt.to_string()),
+            ] {
+                for name in names {
+                    command.env(name, &value);
+                }
+            }
+            // Dropped (when another rank fails), the child is killed.
+            let mut child = command.spawn().map_err(|e| cannot_start(runtime, e))?;
+            running.spawn(async move { (rank, child.wait().await) });
+        }
+        let mut failure = None;
+        while let Some(joined) = running.join_next().await {
+            let (rank, status) = joined.expect("a rank's task is never cancelled here");
+            let failed = match status {
+                Ok(status) if status.success() => continue,
+                Ok(status) => format!("exited with {status}"),
+                Err(error) => format!("could not be waited for: {error}"),
+            };
+            failure = Some(format!(
+                "rank {rank} of {world} {failed}: {}",
+                tail(&ranks.logs[rank], 5)
+            ));
+            running.shutdown().await;
+            break;
+        }
+        let Some(failure) = failure else {
+            return Ok(attempt + 1);
+        };
+        if attempt >= ranks.restarts {
+            return Err(TrainError::Runtime(format!(
+                "runtime {} (attempt {} of {}): {failure}",
+                runtime.describe(),
+                attempt + 1,
+                ranks.restarts + 1
+            )));
+        }
+        tracing::warn!(%failure, attempt, "a rank failed; starting every rank again");
+        attempt += 1;
+    }
+}
+
+/// `count` ports free now on the loopback interface.
+fn free_ports(count: usize) -> Result<Vec<u16>, TrainError> {
+    // Held together so that they differ; released for the ranks to bind.
+    let listeners = (0..count)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TrainError::Runtime(format!("finding free ports: {e}")))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| TrainError::Runtime(format!("finding free ports: {e}")))
+}
+
+fn cannot_start(runtime: &Runtime, error: std::io::Error) -> TrainError {
+    TrainError::Runtime(format!(
+        "runtime {}: cannot start: {error}",
+        runtime.describe()
+    ))
+}
+
+/// The runtime's process under the contract, its output going to `log`.
+fn command(runtime: &Runtime, contract: &Contract, log: &Path) -> Result<Command, TrainError> {
     let (program, args): (PathBuf, Vec<String>) = match runtime {
         Runtime::Sklearn { estimator } => (
             python(),
@@ -97,7 +247,8 @@ pub async fn run(runtime: &Runtime, contract: &Contract, log: &Path) -> Result<(
         .try_clone()
         .map_err(|e| TrainError::io(log.display(), e))?;
     let [train, validation, test] = &contract.parts;
-    let status = tokio::process::Command::new(&program)
+    let mut command = Command::new(&program);
+    command
         .args(&args)
         .env("WEIR_TRAIN_PATH", train)
         .env("WEIR_VALIDATION_PATH", validation)
@@ -112,20 +263,8 @@ pub async fn run(runtime: &Runtime, contract: &Contract, log: &Path) -> Result<(
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(err_file)
-        .kill_on_drop(true)
-        .status()
-        .await
-        .map_err(|e| {
-            TrainError::Runtime(format!("runtime {}: cannot start: {e}", program.display()))
-        })?;
-    if !status.success() {
-        return Err(TrainError::Runtime(format!(
-            "runtime {} exited with {status}: {}",
-            runtime.describe(),
-            tail(log, 5)
-        )));
-    }
-    Ok(())
+        .kill_on_drop(true);
+    Ok(command)
 }
 
 /// The last `lines` non-empty lines of a file, joined with ` | `.

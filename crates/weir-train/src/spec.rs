@@ -11,6 +11,7 @@
 //! runtime: {kind: sklearn, estimator: HistGradientBoostingClassifier}
 //! params: {max_iter: 200, learning_rate: 0.05}
 //! register: fraud-model        # register the model as a version of it
+//! distributed: {processes: 2}  # data-parallel (lightgbm or a command)
 //! ```
 
 use std::collections::BTreeMap;
@@ -64,6 +65,41 @@ pub struct TrainSpec {
     /// Tags of the run (a tuning trial's parent run and number…).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub tags: BTreeMap<String, String>,
+    /// Data-parallel training: the runtime runs as several processes,
+    /// each on its share of the training rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<Distributed>,
+}
+
+/// A data-parallel job's processes (see [`crate::runtime`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Distributed {
+    /// How many processes (ranks); at least 2.
+    pub processes: usize,
+    /// How many times all of them are started again after one fails (0:
+    /// one failure fails the job).
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+impl Distributed {
+    /// Checks it can run `runtime`.
+    pub fn check(&self, runtime: &Runtime) -> Result<(), TrainError> {
+        if !(2..=64).contains(&self.processes) {
+            return Err(TrainError::Invalid(format!(
+                "distributed: processes is {}; between 2 and 64",
+                self.processes
+            )));
+        }
+        if let Runtime::Sklearn { .. } = runtime {
+            return Err(TrainError::Invalid(
+                "distributed: scikit-learn estimators train in one process; use the lightgbm runtime or a command"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn default_experiment() -> String {

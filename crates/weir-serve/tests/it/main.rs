@@ -90,6 +90,7 @@ impl Platform {
             register: Some(name.into()),
             tolerance: 1e-4,
             tags: Default::default(),
+            distributed: None,
         };
         let workspace = weir_train::Workspace {
             tracker: &self.tracker,

@@ -24,6 +24,7 @@ fn job(dataset: &str, features: &[&str]) -> TrainSpec {
         register: Some("clicks".into()),
         tolerance: 1e-4,
         tags: Default::default(),
+        distributed: None,
     }
 }
 

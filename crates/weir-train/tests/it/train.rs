@@ -28,6 +28,7 @@ fn spec(dataset: &str, label: &str, runtime: Runtime) -> TrainSpec {
         register: None,
         tolerance: 1e-4,
         tags: Default::default(),
+        distributed: None,
     }
 }
 
@@ -426,4 +427,146 @@ async fn a_trial_is_claimed_by_one_worker_and_recorded_once() {
         Some(TrialState::Closed)
     );
     other.close().await;
+}
+
+/// An artifact of a run, as text.
+async fn run_artifact(platform: &Platform, run_id: &str, name: &str) -> String {
+    let root = platform.tracker.read(|state| {
+        state
+            .run(run_id)
+            .unwrap()
+            .artifact_uri
+            .trim_start_matches("mlflow-artifacts:/")
+            .to_string()
+    });
+    let bytes = platform
+        .tracker
+        .artifact_bytes(&format!("{root}/{name}"))
+        .await
+        .unwrap();
+    String::from_utf8(bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_parallel_lightgbm_job_trains_as_two_processes_and_is_registered() {
+    let platform = Platform::start().await;
+    let path = platform.dir.path().join("clicks.parquet");
+    generate(&path, 3000, 8);
+    let mut job = spec(path.to_str().unwrap(), "clicked", Runtime::Lightgbm);
+    job.params.insert("n_estimators".into(), 40.into());
+    job.distributed = Some(weir_train::spec::Distributed {
+        processes: 2,
+        restarts: 0,
+    });
+    job.register = Some("data-parallel".into());
+    let outcome = weir_train::train(&job, platform.workspace()).await.unwrap();
+    assert_eq!(outcome.failure, None);
+    assert!(
+        outcome.metrics["test_roc_auc"] > 0.85,
+        "{:?}",
+        outcome.metrics
+    );
+    assert_eq!(outcome.metrics["attempts"], 1.0);
+    assert_eq!(outcome.version.as_ref().unwrap().0, "data-parallel");
+    platform.tracker.read(|state| {
+        let run = state.run(&outcome.run_id).unwrap();
+        assert_eq!(run.params["weir.processes"], "2");
+        assert!(state.version("data-parallel", "1").is_ok());
+    });
+    // Both processes trained, connected to each other, on their halves.
+    let rank0 = run_artifact(&platform, &outcome.run_id, "runtime.log").await;
+    let rank1 = run_artifact(&platform, &outcome.run_id, "runtime-rank1.log").await;
+    assert!(
+        rank0.contains("Local rank: 0, total number of machines: 2"),
+        "{rank0}"
+    );
+    assert!(
+        rank1.contains("Local rank: 1, total number of machines: 2"),
+        "{rank1}"
+    );
+    assert!(rank1.contains("rank 1 of 2 fitted on 900 rows"), "{rank1}");
+}
+
+/// A rank that fails stops the others (a collective would wait for it
+/// forever); with restarts allowed, every rank starts again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_rank_stops_the_others_and_restarts_the_job() {
+    let platform = Platform::start().await;
+    let path = platform.dir.path().join("clicks.parquet");
+    generate(&path, 1000, 9);
+    let script = platform.dir.path().join("ranks.py");
+    std::fs::write(
+        &script,
+        format!(
+            r#"
+import json, os, sys, time
+rank = int(os.environ["WEIR_RANK"]); attempt = int(os.environ["WEIR_ATTEMPT"])
+marks = json.loads(os.environ["WEIR_PARAMS"])["marks"]
+open(os.path.join(marks, f"rank{{rank}}-attempt{{attempt}}.pid"), "w").write(str(os.getpid()))
+peers = os.environ["WEIR_PEERS"].split(",")
+assert os.environ["WORLD_SIZE"] == "2" and len(peers) == 2, os.environ
+assert peers[0] == os.environ["MASTER_ADDR"] + ":" + os.environ["MASTER_PORT"]
+if attempt == 0 and rank == 1:
+    time.sleep(1)
+    sys.exit("rank 1 gives up")
+if attempt == 0:
+    time.sleep(600)
+if rank > 0:
+    sys.exit(0)
+{CUSTOM_RUNTIME}"#
+        ),
+    )
+    .unwrap();
+    let python = crate::python();
+    for restarts in [0, 1] {
+        let marks = platform.dir.path().join(format!("marks-{restarts}"));
+        std::fs::create_dir_all(&marks).unwrap();
+        let mut job = spec(
+            path.to_str().unwrap(),
+            "clicked",
+            Runtime::Command {
+                command: vec![python.display().to_string(), script.display().to_string()],
+            },
+        );
+        job.features = vec!["x0".into(), "x1".into()];
+        job.params
+            .insert("marks".into(), marks.to_str().unwrap().into());
+        job.distributed = Some(weir_train::spec::Distributed {
+            processes: 2,
+            restarts,
+        });
+        job.register = Some(format!("restarts-{restarts}"));
+        let outcome = weir_train::train(&job, platform.workspace()).await.unwrap();
+
+        // Rank 0 of the first attempt was killed, not left sleeping.
+        let pid = std::fs::read_to_string(marks.join("rank0-attempt0.pid")).unwrap();
+        let stat = format!("/proc/{pid}/stat");
+        let gone = (0..50).any(|_| {
+            let state = std::fs::read_to_string(&stat)
+                .map(|s| s.rsplit(')').next().unwrap().trim_start().chars().next())
+                .unwrap_or(None);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            matches!(state, None | Some('Z' | 'X'))
+        });
+        assert!(gone, "rank 0 of attempt 0 still runs");
+
+        let registered = platform
+            .tracker
+            .read(|state| state.model(&format!("restarts-{restarts}")).is_ok());
+        if restarts == 0 {
+            let reason = outcome.failure.unwrap();
+            assert!(
+                reason.contains("rank 1 of 2 exited with exit status: 1")
+                    && reason.contains("rank 1 gives up")
+                    && reason.contains("attempt 1 of 1"),
+                "{reason}"
+            );
+            assert!(!registered);
+        } else {
+            assert_eq!(outcome.failure, None);
+            assert_eq!(outcome.metrics["attempts"], 2.0);
+            assert!(marks.join("rank1-attempt1.pid").exists());
+            assert!(registered);
+        }
+    }
 }
