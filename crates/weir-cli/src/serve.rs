@@ -32,7 +32,11 @@ pub struct ServeArgs {
     /// Where HTTP listens (overrides the spec's `http.listen`).
     #[arg(long)]
     listen: Option<String>,
-    /// How requests arrive (overrides the spec's `protocols`): http, stream.
+    /// Where gRPC listens (overrides the spec's `grpc.listen`).
+    #[arg(long)]
+    grpc_listen: Option<String>,
+    /// How requests arrive (overrides the spec's `protocols`): http, grpc,
+    /// stream.
     #[arg(long, value_delimiter = ',')]
     protocol: Vec<String>,
     /// Stop after this long (`30s`); default: until Ctrl-C or SIGTERM.
@@ -117,14 +121,18 @@ fn spec(
     if let Some(listen) = &args.listen {
         spec.http.listen = listen.clone();
     }
+    if let Some(listen) = &args.grpc_listen {
+        spec.grpc.listen = listen.clone();
+    }
     if !args.protocol.is_empty() {
         spec.protocols = args
             .protocol
             .iter()
             .map(|p| match p.as_str() {
                 "http" => Ok(Protocol::Http),
+                "grpc" => Ok(Protocol::Grpc),
                 "stream" => Ok(Protocol::Stream),
-                other => bail!("--protocol: `{other}` is not http or stream"),
+                other => bail!("--protocol: `{other}` is not http, grpc or stream"),
             })
             .collect::<anyhow::Result<_>>()?;
     }
@@ -245,6 +253,11 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
             let mut ways = Vec::new();
             if let Some(http) = ready.http {
                 ways.push(format!("http://{http}/v2/models/{name} (OIP v2)"));
+            }
+            if let Some(grpc) = ready.grpc {
+                ways.push(format!(
+                    "grpc://{grpc} (OIP v2, inference.GRPCInferenceService)"
+                ));
             }
             if spec.protocols.contains(&Protocol::Stream) {
                 ways.push(format!(

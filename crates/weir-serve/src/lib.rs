@@ -3,7 +3,8 @@
 //! and Kafka streams, logging every request and response to a topic.
 //!
 //! ```text
-//!  HTTP (OIP v2) ─┐                      ┌─▶ weir.predictions.<d>
+//!  HTTP, gRPC ───┐
+//!  (OIP v2)       │                      ┌─▶ weir.predictions.<d>
 //!                 ├─▶ graph ─▶ batcher ─▶┤
 //!  weir.requests ─┘  look-ups  sessions  └─▶ weir.log.<d> (Avro) ─▶ monitoring
 //!                    ▲ online store      ▲ registry alias moves: hot swap (weir.meta)
@@ -20,6 +21,8 @@
 //! - [`deployment`]: one running deployment, what every protocol calls;
 //! - [`oip`]: the Open Inference Protocol v2 REST API (axum), with the
 //!   binary tensor extension;
+//! - [`grpc`]: the same protocol over gRPC (tonic), as KServe and Triton
+//!   define it;
 //! - [`stream`]: stream serving through a consumer group;
 //! - [`log`]: the request log (`schemas/inference_log.avsc`);
 //! - [`metrics`]: Prometheus text, latencies in HDR histograms;
@@ -30,6 +33,7 @@
 pub mod client;
 pub mod deployment;
 pub mod graph;
+pub mod grpc;
 pub mod log;
 pub mod metrics;
 pub mod oip;

@@ -90,6 +90,8 @@ pub enum Channel {
     Stream,
     /// `weir score`.
     Batch,
+    /// OIP v2 over gRPC.
+    Grpc,
 }
 
 impl Channel {
@@ -99,6 +101,7 @@ impl Channel {
             Self::Http => 0,
             Self::Stream => 1,
             Self::Batch => 2,
+            Self::Grpc => 3,
         }
     }
 
@@ -107,6 +110,7 @@ impl Channel {
             Self::Http => "HTTP",
             Self::Stream => "STREAM",
             Self::Batch => "BATCH",
+            Self::Grpc => "GRPC",
         }
     }
 }

@@ -16,19 +16,20 @@ use crate::log::Channel;
 pub struct Metrics {
     deployment: String,
     /// `[channel][ok, failed]`.
-    requests: [[AtomicU64; 2]; 3],
+    requests: [[AtomicU64; 2]; 4],
     rows: AtomicU64,
-    latency: [Mutex<Histogram<u64>>; 3],
+    latency: [Mutex<Histogram<u64>>; 4],
 }
 
 fn histogram() -> Mutex<Histogram<u64>> {
     Mutex::new(Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"))
 }
 
-const CHANNELS: [(Channel, &str); 3] = [
+const CHANNELS: [(Channel, &str); 4] = [
     (Channel::Http, "http"),
     (Channel::Stream, "stream"),
     (Channel::Batch, "batch"),
+    (Channel::Grpc, "grpc"),
 ];
 
 impl Metrics {
@@ -38,7 +39,7 @@ impl Metrics {
             deployment: deployment.to_string(),
             requests: Default::default(),
             rows: AtomicU64::new(0),
-            latency: [histogram(), histogram(), histogram()],
+            latency: [histogram(), histogram(), histogram(), histogram()],
         }
     }
 

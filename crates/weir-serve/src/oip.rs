@@ -73,7 +73,7 @@ fn flag(parameters: &Option<Map<String, Json>>, name: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn bad(message: impl Into<String>) -> ServeError {
+pub(crate) fn bad(message: impl Into<String>) -> ServeError {
     ServeError::Request(message.into())
 }
 
@@ -228,7 +228,7 @@ fn from_json(name: &str, datatype: &str, data: &Json) -> Result<Data, ServeError
         .map(Data::Num)
 }
 
-fn from_binary(name: &str, datatype: &str, bytes: &[u8]) -> Result<Data, ServeError> {
+pub(crate) fn from_binary(name: &str, datatype: &str, bytes: &[u8]) -> Result<Data, ServeError> {
     fn fixed<const N: usize>(
         name: &str,
         bytes: &[u8],
@@ -322,7 +322,7 @@ struct OutResponse<'a> {
     outputs: Vec<OutTensor<'a>>,
 }
 
-fn binary_bytes(values: &Values) -> Vec<u8> {
+pub(crate) fn binary_bytes(values: &Values) -> Vec<u8> {
     match values {
         Values::F32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
         Values::F64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
@@ -445,7 +445,11 @@ async fn server_metadata() -> axum::Json<Json> {
     }))
 }
 
-fn check(deployment: &Deployment, name: &str, version: Option<&str>) -> Result<(), ServeError> {
+pub(crate) fn check(
+    deployment: &Deployment,
+    name: &str,
+    version: Option<&str>,
+) -> Result<(), ServeError> {
     if name != deployment.name() {
         return Err(ServeError::NotFound(format!(
             "no model `{name}`; this server serves `{}`",

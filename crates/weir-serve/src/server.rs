@@ -1,4 +1,4 @@
-//! A deployment, served: HTTP and stream workers started, the registry
+//! A deployment, served: HTTP, gRPC and stream workers started, the registry
 //! watched for moved aliases, the stream workers scaled, and everything
 //! stopped cleanly (requests answered, the log written out).
 //!
@@ -36,6 +36,8 @@ use crate::stream::{self, StreamCounts};
 pub struct Ready {
     /// Where HTTP listens.
     pub http: Option<SocketAddr>,
+    /// Where gRPC listens.
+    pub grpc: Option<SocketAddr>,
     /// The versions serving.
     pub versions: String,
 }
@@ -119,6 +121,32 @@ pub async fn serve(
         }));
     }
 
+    // gRPC.
+    let mut grpc = None;
+    let mut grpc_address = None;
+    if spec.protocols.contains(&Protocol::Grpc) {
+        let listener = tokio::net::TcpListener::bind(&spec.grpc.listen)
+            .await
+            .map_err(|e| ServeError::Spec(format!("grpc.listen {}: {e}", spec.grpc.listen)))?;
+        grpc_address = Some(
+            listener
+                .local_addr()
+                .map_err(|e| ServeError::Internal(e.to_string()))?,
+        );
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let service = crate::grpc::service(deployment.clone());
+        let mut stopped = stopped.clone();
+        grpc = Some(tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                })
+                .await
+        }));
+    }
+
     // Stream workers and their scaler.
     let counts = Arc::new(StreamCounts::default());
     let mut scaler = None;
@@ -191,6 +219,7 @@ pub async fn serve(
 
     on_ready(&Ready {
         http: address,
+        grpc: grpc_address,
         versions: deployment.versions(),
     });
     // The swapper dropping its sender (it stopped following the log) is
@@ -210,6 +239,11 @@ pub async fn serve(
         http.await
             .map_err(|e| ServeError::Internal(e.to_string()))?
             .map_err(|e| ServeError::Internal(format!("HTTP: {e}")))?;
+    }
+    if let Some(grpc) = grpc {
+        grpc.await
+            .map_err(|e| ServeError::Internal(e.to_string()))?
+            .map_err(|e| ServeError::Internal(format!("gRPC: {e}")))?;
     }
     if let Some(scaler) = scaler {
         summary.scaling = scaler

@@ -13,7 +13,8 @@
 //! postprocess:
 //!   threshold: 0.5                 # on the last class's probability
 //!   labels: [stay, churn]
-//! protocols: [http, stream]
+//! protocols: [http, grpc, stream]
+//! grpc: {listen: "127.0.0.1:8601"}
 //! ```
 //!
 //! Several `models` with a `combine` rule (`mean`, `weighted`, `vote`, or
@@ -62,6 +63,9 @@ pub struct DeploymentSpec {
     /// Where HTTP listens.
     #[serde(default)]
     pub http: HttpSpec,
+    /// Where gRPC listens.
+    #[serde(default)]
+    pub grpc: GrpcSpec,
     /// Dynamic batching of concurrent requests.
     #[serde(default)]
     pub batching: Batching,
@@ -159,6 +163,8 @@ pub struct Postprocess {
 pub enum Protocol {
     /// Open Inference Protocol v2 over HTTP.
     Http,
+    /// Open Inference Protocol v2 over gRPC.
+    Grpc,
     /// `weir.requests.<name>` → `weir.predictions.<name>`.
     Stream,
 }
@@ -184,6 +190,27 @@ impl Default for HttpSpec {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+        }
+    }
+}
+
+/// gRPC.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrpcSpec {
+    /// `host:port`.
+    #[serde(default = "default_grpc_listen")]
+    pub listen: String,
+}
+
+fn default_grpc_listen() -> String {
+    "127.0.0.1:8601".into()
+}
+
+impl Default for GrpcSpec {
+    fn default() -> Self {
+        Self {
+            listen: default_grpc_listen(),
         }
     }
 }
@@ -388,7 +415,7 @@ impl DeploymentSpec {
             return Err(format!("postprocess.threshold: {t} is not in [0, 1]"));
         }
         if self.protocols.is_empty() {
-            return Err("protocols: name at least one of http, stream".into());
+            return Err("protocols: name at least one of http, grpc, stream".into());
         }
         let b = &self.batching;
         if b.max_batch == 0 || b.runners == 0 || b.intra_threads == 0 {

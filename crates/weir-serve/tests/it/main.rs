@@ -236,6 +236,21 @@ pub async fn serve(
     tokio::sync::oneshot::Sender<()>,
     tokio::task::JoinHandle<weir_serve::server::Summary>,
 ) {
+    let (ready, stop, task) = serve_ready(platform, spec, features, recorder).await;
+    (ready.http, stop, task)
+}
+
+/// As [`serve`], with every address serving listens on.
+pub async fn serve_ready(
+    platform: &Platform,
+    spec: weir_serve::DeploymentSpec,
+    features: weir_serve::server::Features,
+    recorder: Option<Tracker>,
+) -> (
+    weir_serve::server::Ready,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<weir_serve::server::Summary>,
+) {
     let registry = platform.registry().await;
     let bus = platform.bus.clone();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -248,7 +263,7 @@ pub async fn serve(
             features,
             recorder,
             move |ready| {
-                let _ = ready_tx.send(ready.http);
+                let _ = ready_tx.send(ready.clone());
             },
             async {
                 let _ = stopped.await;
@@ -257,9 +272,9 @@ pub async fn serve(
         .await
         .unwrap()
     });
-    let address = tokio::time::timeout(Duration::from_secs(60), ready_rx)
+    let ready = tokio::time::timeout(Duration::from_secs(60), ready_rx)
         .await
         .expect("ready in time")
         .expect("serving started");
-    (address, stop, task)
+    (ready, stop, task)
 }
