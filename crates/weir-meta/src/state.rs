@@ -413,6 +413,22 @@ impl State {
         self.deployments.values()
     }
 
+    /// Applies one `weir.meta` record as read: one of this crate's events,
+    /// or another component's record (kept for lineage). An event that
+    /// does not apply (it was refused when written too, so one here means
+    /// a second writer) or cannot be read is skipped with a warning.
+    pub fn apply_record(&mut self, payload: &[u8]) {
+        match crate::event::Event::decode(payload) {
+            Ok(Some(event)) => {
+                if let Err(error) = self.apply(&event) {
+                    tracing::warn!(%error, "skipping a metadata event that does not apply");
+                }
+            }
+            Ok(None) => self.record_foreign(payload),
+            Err(error) => tracing::warn!(%error, "skipping an unreadable metadata event"),
+        }
+    }
+
     /// The last lease taken on `key`, live or lapsed.
     pub fn lease(&self, key: &str) -> Option<&Lease> {
         self.leases.get(key)

@@ -85,18 +85,8 @@ pub async fn replay(bus: &Bus) -> Result<State, MetaError> {
         .read_log(weir_core::topics::META)
         .await
         .map_err(|e| MetaError::internal(format!("reading {}: {e}", weir_core::topics::META)))?;
-    for (index, payload) in log.iter().enumerate() {
-        match Event::decode(payload) {
-            Ok(Some(event)) => {
-                // A refused event was refused when it was written too, and
-                // never reached the log; one here means a second writer.
-                if let Err(error) = state.apply(&event) {
-                    tracing::warn!(index, %error, "skipping a metadata event that does not apply");
-                }
-            }
-            Ok(None) => state.record_foreign(payload),
-            Err(error) => tracing::warn!(index, %error, "skipping an unreadable metadata event"),
-        }
+    for payload in &log {
+        state.apply_record(payload);
     }
     Ok(state)
 }

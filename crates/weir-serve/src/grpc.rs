@@ -54,9 +54,10 @@ fn status(error: &ServeError) -> Status {
     }
 }
 
-/// An empty version means the one serving now.
-fn version(version: &str) -> Option<&str> {
-    (!version.is_empty()).then_some(version)
+/// Protobuf has no absent string: an empty one was not given (an empty
+/// version means the one serving now).
+fn given(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
 }
 
 fn tensors(metas: Vec<TensorMeta>) -> Vec<TensorMetadata> {
@@ -175,7 +176,7 @@ pub fn decode(request: ModelInferRequest) -> Result<Request, ServeError> {
         });
     }
     Ok(Request {
-        id: version(&request.id).map(str::to_string),
+        id: given(&request.id).map(str::to_string),
         inputs,
         outputs: request.outputs.into_iter().map(|o| o.name).collect(),
     })
@@ -202,8 +203,7 @@ impl GrpcInferenceService for Oip {
         request: GrpcRequest<ModelReadyRequest>,
     ) -> Result<GrpcResponse<ModelReadyResponse>, Status> {
         let request = request.into_inner();
-        check(&self.deployment, &request.name, version(&request.version))
-            .map_err(|e| status(&e))?;
+        check(&self.deployment, &request.name, given(&request.version)).map_err(|e| status(&e))?;
         Ok(GrpcResponse::new(ModelReadyResponse { ready: true }))
     }
 
@@ -224,7 +224,7 @@ impl GrpcInferenceService for Oip {
     ) -> Result<GrpcResponse<ModelMetadataResponse>, Status> {
         let request = request.into_inner();
         let deployment = &self.deployment;
-        check(deployment, &request.name, version(&request.version)).map_err(|e| status(&e))?;
+        check(deployment, &request.name, given(&request.version)).map_err(|e| status(&e))?;
         let metadata = deployment.metadata();
         Ok(GrpcResponse::new(ModelMetadataResponse {
             name: deployment.name().into(),
@@ -244,7 +244,7 @@ impl GrpcInferenceService for Oip {
         check(
             deployment,
             &request.model_name,
-            version(&request.model_version),
+            given(&request.model_version),
         )
         .map_err(|e| status(&e))?;
         let request = decode(request).map_err(|e| status(&e))?;

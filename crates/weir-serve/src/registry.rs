@@ -9,7 +9,7 @@ use futures::TryStreamExt as _;
 use tokio::sync::watch;
 use weir_bus::Bus;
 use weir_meta::artifacts::ArtifactStore;
-use weir_meta::event::{Event, ModelInfo};
+use weir_meta::event::ModelInfo;
 use weir_meta::state::State;
 
 use crate::ServeError;
@@ -67,15 +67,7 @@ impl Registry {
                     continue;
                 };
                 let mut state = following.write().expect("state lock");
-                match Event::decode(&payload) {
-                    Ok(Some(event)) => {
-                        if let Err(error) = state.apply(&event) {
-                            tracing::debug!(%error, "a metadata event that does not apply");
-                        }
-                    }
-                    Ok(None) => state.record_foreign(&payload),
-                    Err(error) => tracing::warn!(%error, "an unreadable metadata event"),
-                }
+                state.apply_record(&payload);
                 let _ = notify.send(state.applied());
             }
         });

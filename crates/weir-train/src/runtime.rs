@@ -135,6 +135,13 @@ pub async fn run_distributed(
     let world = ranks.shards.len();
     let mut attempt = 0;
     loop {
+        if attempt > 0 {
+            // Nothing a failed attempt wrote is kept.
+            let output = &contract.output;
+            std::fs::remove_dir_all(output)
+                .and_then(|()| std::fs::create_dir_all(output))
+                .map_err(|e| TrainError::io(output.display(), e))?;
+        }
         let ports = free_ports(world)?;
         let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let mut running = tokio::task::JoinSet::new();

@@ -4,9 +4,9 @@
 //! The coordinator ([`tune`]) opens a parent run, samples params from the
 //! search space (grid, random, or TPE — the tree-structured Parzen
 //! estimator Optuna uses by default), publishes each trial as a message and
-//! follows `weir.meta` for the trials' runs. Workers ([`run_trial`]) take
-//! trials from the topic; each trial is a training job recorded as a child
-//! run (tags `mlflow.parentRunId`, `weir.trial`).
+//! follows `weir.meta` for the trials' runs. Workers take trials from the
+//! topic ([`claim_trial`], [`run_claimed`]); each trial is a training job
+//! recorded as a child run (tags `mlflow.parentRunId`, `weir.trial`).
 //!
 //! A worker runs a trial only under a lease on `weir.meta`
 //! ([`claim_trial`]): the log's order decides between workers that claim
@@ -383,8 +383,8 @@ pub struct TuneOutcome {
 
 /// Runs a tuning job: publishes its trials and follows their runs until all
 /// are recorded. Trials are run by workers (`weir worker`) reading
-/// [`jobs_topic`], which record them on `weir.meta`; the coordinator reads
-/// it again every 300 ms.
+/// [`jobs_topic`], which record them on `weir.meta`; the coordinator
+/// follows it, looking at the trials every 300 ms.
 pub async fn tune(
     spec: &TuneSpec,
     workspace: Workspace<'_>,
@@ -446,6 +446,9 @@ pub async fn tune(
         .producer()
         .map_err(|e| TrainError::Runtime(e.to_string()))?;
 
+    // The trials' runs, as the workers record them: the log read once,
+    // then followed.
+    let (mut state, mut log) = weir_meta::tracker::follow(bus).await?;
     let mut issued: BTreeMap<usize, BTreeMap<String, Json>> = BTreeMap::new();
     let mut done: BTreeMap<usize, TrialResult> = BTreeMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(spec.search.timeout_s);
@@ -481,8 +484,14 @@ pub async fn tune(
         if std::time::Instant::now() > deadline {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let state = weir_meta::tracker::replay(bus).await?;
+        let until = tokio::time::Instant::now() + Duration::from_millis(300);
+        while let Ok(record) = tokio::time::timeout_at(until, log.next_raw()).await {
+            let record =
+                record.map_err(|e| TrainError::Runtime(format!("following weir.meta: {e}")))?;
+            if let Some(payload) = record.and_then(|r| r.payload) {
+                state.apply_record(&payload);
+            }
+        }
         for (run_id, run) in trial_runs(&state, &spec.experiment, &parent) {
             let finished = matches!(run.status.as_str(), "FINISHED" | "FAILED");
             let number = run

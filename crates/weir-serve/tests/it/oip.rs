@@ -73,19 +73,7 @@ async fn triton_client_conformance_and_outputs_equal_onnx_runtime() {
     .await;
     let address = address.unwrap();
 
-    let script = platform.dir.path().join("client.py");
-    std::fs::write(&script, CLIENT).unwrap();
-    let out = platform.dir.path().join("results.json");
-    let status = tokio::process::Command::new(python())
-        .arg(&script)
-        .arg(address.to_string())
-        .arg("clicks")
-        .arg(&out)
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success(), "the Triton client script failed");
-    let results: Json = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let results = run_client(&platform, CLIENT, address).await;
 
     assert_eq!(results["server"]["name"], "weir");
     assert!(
@@ -168,6 +156,24 @@ async fn triton_client_conformance_and_outputs_equal_onnx_runtime() {
     // missing input (a body that is not a request never reaches the model).
     assert_eq!(summary.requests, (65, 2));
     assert_eq!(summary.logged, 67);
+}
+
+/// Runs a client script against the deployment `clicks` at `address`;
+/// what it wrote.
+async fn run_client(platform: &Platform, script: &str, address: std::net::SocketAddr) -> Json {
+    let path = platform.dir.path().join("client.py");
+    std::fs::write(&path, script).unwrap();
+    let out = platform.dir.path().join("results.json");
+    let status = tokio::process::Command::new(python())
+        .arg(&path)
+        .arg(address.to_string())
+        .arg("clicks")
+        .arg(&out)
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success(), "the client script failed");
+    serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap()
 }
 
 /// Each batch's answer (`x`, `probabilities`, `label`, `id`) equals ONNX
@@ -276,19 +282,7 @@ async fn triton_grpc_client_conformance_and_outputs_equal_onnx_runtime() {
     assert_eq!(ready.http, None);
     let address = ready.grpc.unwrap();
 
-    let script = platform.dir.path().join("grpc_client.py");
-    std::fs::write(&script, GRPC_CLIENT).unwrap();
-    let out = platform.dir.path().join("grpc_results.json");
-    let status = tokio::process::Command::new(python())
-        .arg(&script)
-        .arg(address.to_string())
-        .arg("clicks")
-        .arg(&out)
-        .status()
-        .await
-        .unwrap();
-    assert!(status.success(), "the Triton gRPC client script failed");
-    let results: Json = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    let results = run_client(&platform, GRPC_CLIENT, address).await;
 
     assert_eq!(results["server"]["name"], "weir");
     assert_eq!(results["ready"], true);
