@@ -638,17 +638,26 @@ pub struct AutomlArgs {
     workers: usize,
 }
 
-/// Local workers for a search, stopped (killed) when dropped.
+/// Local workers for a search, stopped (killed) when dropped. They share
+/// this machine's cores: unless `OMP_NUM_THREADS` is set, each worker's
+/// runtimes get an OpenMP pool (LightGBM's, scikit-learn's boosting) of
+/// its share, since N processes each spinning a pool over every core slow
+/// one another down.
 fn start_workers(count: usize, experiment: &str) -> anyhow::Result<Vec<tokio::process::Child>> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let share = (cores / count.max(1)).max(1).to_string();
     (0..count)
         .map(|_| {
-            tokio::process::Command::new(std::env::current_exe()?)
+            let mut command = tokio::process::Command::new(std::env::current_exe()?);
+            command
                 .args(["worker", "--experiment", experiment])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .context("starting a local worker")
+                .kill_on_drop(true);
+            if std::env::var_os("OMP_NUM_THREADS").is_none() {
+                command.env("OMP_NUM_THREADS", &share);
+            }
+            command.spawn().context("starting a local worker")
         })
         .collect()
 }
