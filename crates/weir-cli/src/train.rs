@@ -526,9 +526,18 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
             .map_err(|error| eprintln!("worker: {where_}: not a trial, skipped: {error}"))
             .ok()
     };
+    // What the trials' runs and leases are, as the log says: read once,
+    // then followed.
+    let (mut state, mut log) = weir_meta::tracker::follow(bus).await?;
     let mut ran = 0;
     while args.max_trials.is_none_or(|max| ran < max) {
         let (trial, where_) = tokio::select! {
+            record = log.next_raw() => {
+                if let Some(payload) = record?.and_then(|r| r.payload) {
+                    state.apply_record(&payload);
+                }
+                continue;
+            }
             record = group.next_raw() => {
                 let Some(record) = record? else { break };
                 let trial = parse(&record);
@@ -546,8 +555,7 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
                 }
                 continue;
             }
-            _ = idle.tick() => {
-                let state = weir_meta::tracker::replay(bus).await?;
+            _ = idle.tick(), if !seen.is_empty() => {
                 let now = weir_meta::now_ms();
                 seen.retain(|_, (trial, _)| {
                     !matches!(trial.state(&state, now), TrialState::Recorded | TrialState::Closed)
