@@ -540,13 +540,26 @@ if rank > 0:
 
         // Rank 0 of the first attempt was killed, not left sleeping.
         let pid = std::fs::read_to_string(marks.join("rank0-attempt0.pid")).unwrap();
-        let stat = format!("/proc/{pid}/stat");
+        // A process is gone when /proc no longer lists it or it is a zombie
+        // waiting to be reaped; /proc itself must be readable.
+        let running = |pid: &str| match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(stat) => !matches!(
+                stat.rsplit(')').next().unwrap().trim_start().chars().next(),
+                Some('Z' | 'X')
+            ),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
+            Err(error) => panic!("reading /proc/{pid}/stat: {error}"),
+        };
+        assert!(
+            running(&std::process::id().to_string()),
+            "/proc lists this test"
+        );
         let gone = (0..50).any(|_| {
-            let state = std::fs::read_to_string(&stat)
-                .map(|s| s.rsplit(')').next().unwrap().trim_start().chars().next())
-                .unwrap_or(None);
-            std::thread::sleep(std::time::Duration::from_millis(100));
-            matches!(state, None | Some('Z' | 'X'))
+            let gone = !running(pid.trim());
+            if !gone {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            gone
         });
         assert!(gone, "rank 0 of attempt 0 still runs");
 
