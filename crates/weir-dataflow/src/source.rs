@@ -22,6 +22,7 @@ use datafusion::parquet::arrow::arrow_reader::{
     ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{Message as _, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,9 @@ use crate::transform::Transform;
 
 /// Most records read per activation.
 const POLL_BATCH: usize = 4096;
+
+/// How often an unbounded source asks the broker how far behind it is.
+const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a source checkpoints with each epoch: where to resume.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -62,6 +66,11 @@ struct PartitionProgress {
     /// Largest event time read.
     max_event: Option<i64>,
     last_activity: Instant,
+    /// Read up to what the broker had at the last fetch (librdkafka's
+    /// partition EOF). Only such a partition can be idle: one with records
+    /// left to read is behind, however long it has been since its last
+    /// record, and must keep holding the watermark back.
+    caught_up: bool,
 }
 
 pub(crate) enum SourceStep {
@@ -99,6 +108,8 @@ pub(crate) struct SourceState {
     epoch: u64,
     interval: Duration,
     next_checkpoint: Instant,
+    /// When an unbounded source next asks the broker for its lag.
+    next_lag_check: Instant,
     /// Event time below which records are late (-inf until known).
     watermark: i64,
     stop: Arc<AtomicBool>,
@@ -136,7 +147,7 @@ impl SourceState {
             Source::Kafka(source) => {
                 let consumer: BaseConsumer =
                     weir_bus::consumer_config(bus, &format!("weir-job-{}", pipeline.name))
-                        .set("enable.partition.eof", "false")
+                        .set("enable.partition.eof", "true")
                         .create()
                         .map_err(|e| {
                             DataflowError::Execution(format!("creating a consumer: {e}"))
@@ -173,6 +184,7 @@ impl SourceState {
                             end: source.bounded.then_some(high),
                             max_event: resume.max_event.get(&partition).copied(),
                             last_activity: now,
+                            caught_up: false,
                         },
                     );
                 }
@@ -218,6 +230,7 @@ impl SourceState {
                             end: Some(rows),
                             max_event: resume.max_event.get(&partition).copied(),
                             last_activity: now,
+                            caught_up: false,
                         },
                     );
                     files.insert(partition, path);
@@ -250,6 +263,7 @@ impl SourceState {
             epoch: first_epoch,
             interval: pipeline.checkpoint_interval,
             next_checkpoint: Instant::now() + pipeline.checkpoint_interval,
+            next_lag_check: Instant::now(),
             watermark: i64::MIN,
             stop,
             checkpoints_taken: checkpoints.load(Ordering::SeqCst),
@@ -301,6 +315,11 @@ impl SourceState {
                     match consumer.poll(Duration::ZERO) {
                         None => break,
                         Some(Ok(message)) => messages.push(message.detach()),
+                        Some(Err(KafkaError::PartitionEOF(partition))) => {
+                            if let Some(progress) = self.partitions.get_mut(&partition) {
+                                progress.caught_up = true;
+                            }
+                        }
                         Some(Err(error)) => {
                             return Err(DataflowError::Execution(format!(
                                 "reading the source: {error}"
@@ -415,6 +434,7 @@ impl SourceState {
             if let Some(partition) = self.partitions.get_mut(&message.partition()) {
                 partition.next_offset = partition.next_offset.max(message.offset() + 1);
                 partition.last_activity = now;
+                partition.caught_up = false;
             }
         }
         self.emit(batch, keep, cap, output)?;
@@ -426,11 +446,25 @@ impl SourceState {
             consumer, topic, ..
         } = &self.reader
         {
+            // Asking the broker for a partition's end is a round trip, so
+            // an unbounded source does it at most once a second.
+            let ask = now >= self.next_lag_check;
+            if ask {
+                self.next_lag_check = now + LAG_CHECK_INTERVAL;
+            }
             for (partition, progress) in &self.partitions {
                 let entry = status.partitions.entry(*partition).or_default();
                 entry.offset = progress.next_offset;
-                if let Ok((_, high)) = consumer.fetch_watermarks(topic, *partition, Duration::ZERO)
-                {
+                let high = match progress.end {
+                    Some(end) => Some(end),
+                    None if progress.caught_up => Some(progress.next_offset),
+                    None if ask => consumer
+                        .fetch_watermarks(topic, *partition, Duration::from_millis(200))
+                        .ok()
+                        .map(|(_, high)| high),
+                    None => None,
+                };
+                if let Some(high) = high {
                     entry.lag = (high - progress.next_offset).max(0);
                 }
             }
@@ -563,7 +597,8 @@ impl SourceState {
     }
 
     /// The watermark the partitions allow now: the smallest over partitions
-    /// that are neither finished nor idle. When every partition is idle,
+    /// that are neither finished nor idle (caught up, and without a record
+    /// for the idle timeout). When every partition is idle,
     /// event time is taken to advance with the clock since each one's last
     /// record, so that a quiet worker does not hold the whole job back.
     fn candidate_watermark(&self, now: Instant) -> Option<i64> {
@@ -576,7 +611,7 @@ impl SourceState {
             .partitions
             .values()
             .filter(|p| p.end.is_none_or(|end| p.next_offset < end))
-            .filter(|p| now.duration_since(p.last_activity) < self.idle_timeout)
+            .filter(|p| !p.caught_up || now.duration_since(p.last_activity) < self.idle_timeout)
             .peekable();
         if self.partitions.is_empty() {
             Some(i64::MAX)

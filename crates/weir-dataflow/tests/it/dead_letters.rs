@@ -106,3 +106,87 @@ async fn late_and_malformed_records_go_to_the_dead_letter_topic() {
         ]
     );
 }
+
+/// A partition whose records have not been read yet is behind, not idle:
+/// even with an idle timeout far shorter than the time it takes to read
+/// the topic, no record of a slower-read partition counts as late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_with_records_left_to_read_is_never_idle() {
+    let h = Harness::start().await;
+    // Keyed by user, so each partition's records are in event-time order.
+    let events = crate::support::events(30_000, 200, 10, 0, 11);
+    crate::support::publish(&h.bus, "backlog", 4, &events).await;
+    let window = Window::tumbling(Duration::from_secs(10)).unwrap();
+    let (sink, results) = memory();
+    let mut spec = spec("backlog", "backlog", h.state.path(), window, sink);
+    let weir_dataflow::job::Source::Kafka(source) = &mut spec.source else {
+        unreachable!("a Kafka source");
+    };
+    source.lateness = Duration::ZERO;
+    source.idle_timeout = Duration::from_millis(1);
+    let handle = start(spec, &h.bus, Cluster::local(1)).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.late, 0,
+        "records of a partition read later were late"
+    );
+    Results::from_batches(&results.batches()).assert_matches(&Results::reference(&events, window));
+}
+
+/// The other side of the rule above: a partition that has nothing to read
+/// becomes idle after the timeout, so an empty partition does not hold an
+/// unbounded job's windows open forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_partition_goes_idle_and_windows_close() {
+    let h = Harness::start().await;
+    h.bus
+        .admin()
+        .create_topic(&TopicSpec::new("one-sided", 2))
+        .await
+        .unwrap();
+    let producer = h.bus.producer().unwrap();
+    let base = 1_700_000_000_000_i64;
+    // 30 s of events, all in partition 0; partition 1 stays empty.
+    for i in 0..300_i64 {
+        let payload = serde_json::to_vec(&json!({"user_id": "u1", "merchant_id": "m1",
+            "amount": 1.0, "event_time": base + i * 100}))
+        .unwrap();
+        producer
+            .send_and_wait(OutRecord::new("one-sided", &payload).partition(0))
+            .await
+            .unwrap();
+    }
+    let window = Window::tumbling(Duration::from_secs(10)).unwrap();
+    let (sink, results) = memory();
+    let mut spec = spec("one-sided", "one-sided", h.state.path(), window, sink);
+    let weir_dataflow::job::Source::Kafka(source) = &mut spec.source else {
+        unreachable!("a Kafka source");
+    };
+    source.bounded = false;
+    source.lateness = Duration::ZERO;
+    source.idle_timeout = Duration::from_millis(500);
+    let handle = start(spec, &h.bus, Cluster::local(1)).await.unwrap();
+    // Windows [0, 10 s) and [10 s, 20 s) close once partition 1 is idle.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while results
+        .batches()
+        .iter()
+        .map(|b| b.num_rows())
+        .sum::<usize>()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the empty partition held the windows open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.stop();
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .unwrap()
+        .unwrap();
+}
