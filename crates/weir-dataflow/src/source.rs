@@ -311,14 +311,16 @@ impl SourceState {
         let read = match &mut self.reader {
             Reader::Kafka { consumer, .. } => {
                 let mut messages = Vec::new();
+                // Partitions read to their end (and how many records came
+                // before): caught up once those records are admitted, unless
+                // more came after.
+                let mut ended = Vec::new();
                 while messages.len() < POLL_BATCH {
                     match consumer.poll(Duration::ZERO) {
                         None => break,
                         Some(Ok(message)) => messages.push(message.detach()),
                         Some(Err(KafkaError::PartitionEOF(partition))) => {
-                            if let Some(progress) = self.partitions.get_mut(&partition) {
-                                progress.caught_up = true;
-                            }
+                            ended.push((partition, messages.len()));
                         }
                         Some(Err(error)) => {
                             return Err(DataflowError::Execution(format!(
@@ -330,6 +332,14 @@ impl SourceState {
                 let read = !messages.is_empty();
                 if read {
                     self.process_kafka(&messages, cap, output)?;
+                }
+                for (partition, at) in ended {
+                    let more = messages[at..].iter().any(|m| m.partition() == partition);
+                    if let Some(progress) = self.partitions.get_mut(&partition)
+                        && !more
+                    {
+                        progress.caught_up = true;
+                    }
                 }
                 read
             }
@@ -611,7 +621,13 @@ impl SourceState {
             .partitions
             .values()
             .filter(|p| p.end.is_none_or(|end| p.next_offset < end))
-            .filter(|p| !p.caught_up || now.duration_since(p.last_activity) < self.idle_timeout)
+            // A bounded source knows where each partition ends, so one that
+            // has not got there is never idle.
+            .filter(|p| {
+                p.end.is_some()
+                    || !p.caught_up
+                    || now.duration_since(p.last_activity) < self.idle_timeout
+            })
             .peekable();
         if self.partitions.is_empty() {
             Some(i64::MAX)

@@ -134,6 +134,38 @@ async fn a_partition_with_records_left_to_read_is_never_idle() {
         "records of a partition read later were late"
     );
     Results::from_batches(&results.batches()).assert_matches(&Results::reference(&events, window));
+
+    // Unbounded, the source does not know where partitions end: the
+    // broker's end-of-partition decides, not the time since a record.
+    let (sink, _) = memory();
+    let state = tempfile::tempdir().unwrap();
+    let mut unbounded =
+        crate::support::spec("backlog-unbounded", "backlog", state.path(), window, sink);
+    let weir_dataflow::job::Source::Kafka(source) = &mut unbounded.source else {
+        unreachable!("a Kafka source");
+    };
+    source.bounded = false;
+    source.lateness = Duration::ZERO;
+    source.idle_timeout = Duration::from_millis(1);
+    let handle = start(unbounded, &h.bus, Cluster::local(1)).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while handle.status().records_in < events.len() as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            handle.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handle.stop();
+    let status = tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        status.late, 0,
+        "unbounded: records of a partition read later were late"
+    );
 }
 
 /// The other side of the rule above: a partition that has nothing to read
