@@ -100,13 +100,17 @@ pub async fn open_tracker(
     config: &Config,
     bus: &weir_bus::Bus,
 ) -> anyhow::Result<weir_meta::Tracker> {
+    Ok(weir_meta::Tracker::open(bus, artifact_store(config)?).await?)
+}
+
+/// The artifact store under the state directory.
+pub fn artifact_store(config: &Config) -> anyhow::Result<weir_meta::artifacts::ArtifactStore> {
     let store_dir = config.state_dir.join("artifacts");
-    let store = weir_meta::artifacts::ArtifactStore::open(
+    Ok(weir_meta::artifacts::ArtifactStore::open(
         store_dir
             .to_str()
             .context("the state directory is not UTF-8")?,
-    )?;
-    Ok(weir_meta::Tracker::open(bus, store).await?)
+    )?)
 }
 
 async fn state(config: &Config) -> anyhow::Result<State> {

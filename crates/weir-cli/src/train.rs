@@ -467,15 +467,16 @@ pub struct WorkerArgs {
 
 /// `weir worker`: one member of the experiment's worker group. Trials come
 /// from the group's partitions; each is run under a lease on `weir.meta`,
-/// so a trial is run once whoever delivers it. Every 2 s without work the
-/// worker looks through every trial on the topic (read without the group)
-/// and takes over one that is free and not recorded: its worker died (the
-/// lease lapsed), or it has waited [`TRIAL_LEASE`] behind another worker's
-/// queue. That is how a dead worker's trials get run even where the broker
-/// never moves its partitions to the others.
+/// so a trial is run once whoever delivers it. A worker without work also
+/// reads every trial on the topic (without the group) and takes any that
+/// is free: new and not yet claimed — the group hands out partitions, not
+/// work, so a trial may wait behind another worker's — or given up by a
+/// worker that died (its lease lapsed). That is also how a dead worker's
+/// trials get run where the broker never moves its partitions to the
+/// others.
 pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCode> {
     use weir_bus::{ConsumerOptions, StartFrom, TopicSpec};
-    use weir_train::tune::{TRIAL_LEASE, Trial, TrialState};
+    use weir_train::tune::{Trial, TrialState};
     let connection = connect(config).await?;
     let bus = &connection.bus;
     let topic = weir_train::tune::jobs_topic(&args.experiment);
@@ -503,6 +504,11 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
         ConsumerOptions {
             start: StartFrom::Beginning,
             read_only: true,
+            // A new trial reaches an idle worker within this.
+            settings: vec![setting(
+                "fetch.wait.max.ms",
+                weir_meta::tracker::FOLLOW_WAIT_MS,
+            )],
             ..Default::default()
         },
     )?;
@@ -514,10 +520,10 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
     );
     println!("worker {holder}: waiting for trials on {topic}");
     let scratch = config.state_dir.join("train");
-    // Trials seen on any partition and not yet known to be done, with when
-    // they were published.
-    let mut seen: BTreeMap<String, (Trial, i64)> = BTreeMap::new();
-    let mut idle = tokio::time::interval(Duration::from_secs(2));
+    let artifacts = crate::tracking::artifact_store(config)?;
+    // Trials seen on any partition and not yet known to be done.
+    let mut seen: BTreeMap<String, Trial> = BTreeMap::new();
+    let mut idle = tokio::time::interval(Duration::from_millis(250));
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let parse = |record: &weir_bus::RawRecord| {
         let where_ = format!("{}/{}@{}", record.topic, record.partition, record.offset);
@@ -526,16 +532,18 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
             .map_err(|error| eprintln!("worker: {where_}: not a trial, skipped: {error}"))
             .ok()
     };
-    // What the trials' runs and leases are, as the log says: read once,
-    // then followed.
-    let (mut state, mut log) = weir_meta::tracker::follow(bus).await?;
+    // The log, read once and then followed: the trials' runs and leases,
+    // and the state each trial's tracker starts from.
+    let mut follower = weir_meta::tracker::Follower::start(bus).await?;
+    let mut datasets = Datasets::load(bus).await?;
+    let tracker = weir_meta::Tracker::open_following(bus, artifacts, &follower)?;
     let mut ran = 0;
     while args.max_trials.is_none_or(|max| ran < max) {
         let (trial, where_) = tokio::select! {
-            record = log.next_raw() => {
-                if let Some(payload) = record?.and_then(|r| r.payload) {
-                    state.apply_record(&payload);
-                }
+            // The log first: what is decided below reads its state.
+            biased;
+            event = follower.next() => {
+                event?.context("weir.meta closed")?;
                 continue;
             }
             record = group.next_raw() => {
@@ -549,52 +557,62 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
             }
             record = everything.next_raw() => {
                 let record = record?.context("the jobs topic ended")?;
-                if let Some((trial, _)) = parse(&record) {
-                    let published = record.timestamp.unwrap_or_else(weir_meta::now_ms);
-                    seen.insert(trial.id(), (trial, published));
+                let Some((trial, where_)) = parse(&record) else { continue };
+                seen.insert(trial.id(), trial.clone());
+                // An idle worker takes a new trial at once, whichever
+                // worker's partition it came on: the claim decides.
+                match trial.state(follower.state(), weir_meta::now_ms()) {
+                    TrialState::Open { .. } => (trial, where_),
+                    _ => continue,
                 }
-                continue;
             }
             _ = idle.tick(), if !seen.is_empty() => {
                 let now = weir_meta::now_ms();
-                seen.retain(|_, (trial, _)| {
-                    !matches!(trial.state(&state, now), TrialState::Recorded | TrialState::Closed)
+                let state = follower.state();
+                seen.retain(|_, trial| {
+                    !matches!(trial.state(state, now), TrialState::Recorded | TrialState::Closed)
                 });
-                let waited = now - i64::try_from(TRIAL_LEASE.as_millis()).expect("small");
-                let free = seen.values().find(|(trial, published)| {
-                    match trial.state(&state, now) {
-                        TrialState::Open { lapsed } => lapsed || *published < waited,
-                        _ => false,
-                    }
-                });
+                let free = seen
+                    .values()
+                    .find(|trial| matches!(trial.state(state, now), TrialState::Open { .. }));
                 match free {
-                    Some((trial, _)) => (trial.clone(), "taken over".to_string()),
+                    Some(trial) => (trial.clone(), "taken over".to_string()),
                     None => continue,
                 }
             }
             _ = tokio::signal::ctrl_c() => break,
         };
-        // The trials are recorded by many processes: read the log again
-        // before each.
-        let tracker = crate::tracking::open_tracker(config, bus).await?;
+        // A tracker on the followed state: no replay of the log per trial.
+        // The worker's tracker takes the followed state: no replay of the
+        // log per trial.
+        tracker.resync(bus, &follower)?;
         let outcome = async {
             if let Some(state) =
-                weir_train::tune::claim_trial(&trial, &tracker, bus, &holder).await?
+                weir_train::tune::claim_trial(&trial, &tracker, &mut follower, &holder).await?
             {
-                println!(
-                    "worker: trial {} ({where_}): {state:?}; not run here",
-                    trial.id()
-                );
+                if !matches!(state, TrialState::Recorded | TrialState::Closed) {
+                    println!(
+                        "worker: trial {} ({where_}): {state:?}; not run here",
+                        trial.id()
+                    );
+                }
                 return anyhow::Ok(false);
             }
             println!("worker: trial {} ({where_}): running", trial.id());
-            let datasets = Datasets::load(bus).await?;
+            // Dataset versions do not change; a name without a version
+            // means the latest, which may be new.
+            let dataset = &trial.job.dataset;
+            if !std::path::Path::new(dataset).is_file()
+                && (!dataset.contains('@') || datasets.find(dataset).is_none())
+            {
+                datasets = Datasets::load(bus).await?;
+            }
             let workspace = Workspace {
                 tracker: &tracker,
                 datasets: &datasets,
                 scratch: &scratch,
             };
-            let outcome = weir_train::tune::run_claimed(&trial, workspace, bus, &holder).await?;
+            let outcome = weir_train::tune::run_claimed(&trial, workspace, &holder).await?;
             println!(
                 "worker: trial {}: run {} {}",
                 trial.id(),
@@ -604,11 +622,11 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
             Ok(true)
         }
         .await;
-        tracker.close().await;
         if outcome? {
             ran += 1;
         }
     }
+    tracker.close().await;
     connection.close().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -53,29 +53,32 @@ impl std::fmt::Debug for Tracker {
     }
 }
 
-/// Replays `weir.meta` (creating it if needed) into a state, and a
-/// consumer of what is written after: it starts no later than where the
-/// replay ended (an event applied twice changes nothing).
+/// Replays `weir.meta` (creating it if needed) into a state, and the
+/// consumer that read it, positioned on what is written after.
 pub async fn follow(bus: &Bus) -> Result<(State, weir_bus::Consumer), MetaError> {
+    let follower = Follower::start(bus).await?;
+    Ok((follower.state, follower.log))
+}
+
+/// How long the broker holds a follower's fetch when there is nothing new:
+/// the embedded broker answers when the wait ends, not when an event
+/// arrives, so this is how late a follower may see an event (a claim
+/// waits for its own). Shorter costs the broker a fetch per follower that
+/// often (at 20 ms, a third of a core here).
+pub const FOLLOW_WAIT_MS: &str = "100";
+
+/// A consumer of `weir.meta` from `offset` on.
+fn consumer_at(bus: &Bus, offset: i64) -> Result<weir_bus::Consumer, MetaError> {
     let meta = weir_core::topics::META;
-    let failed = |e: weir_bus::BusError| MetaError::internal(format!("reading {meta}: {e}"));
-    bus.admin()
-        .ensure_topic(&weir_bus::TopicSpec::new(meta, 1))
-        .await
-        .map_err(failed)?;
-    let (_, end) = bus.admin().watermarks(meta, 0).await.map_err(failed)?;
-    let state = replay(bus).await?;
-    let follower = bus
-        .consumer(
-            &[meta],
-            weir_bus::ConsumerOptions {
-                start: weir_bus::StartFrom::Offsets(vec![(meta.to_string(), 0, end)]),
-                read_only: true,
-                ..Default::default()
-            },
-        )
-        .map_err(failed)?;
-    Ok((state, follower))
+    bus.consumer(
+        &[meta],
+        weir_bus::ConsumerOptions {
+            start: weir_bus::StartFrom::Offsets(vec![(meta.to_string(), 0, offset)]),
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .map_err(|e| MetaError::internal(format!("reading {meta}: {e}")))
 }
 
 /// Reads `weir.meta` to its end into a state.
@@ -91,16 +94,148 @@ pub async fn replay(bus: &Bus) -> Result<State, MetaError> {
     Ok(state)
 }
 
+/// A state kept current with `weir.meta`: replayed once, then every event
+/// applied as it arrives, whoever wrote it. [`Tracker::open_following`]
+/// opens a tracker on it without another replay, and
+/// [`Tracker::claim_lease`] uses it to learn who won a claim by reading
+/// only the events since.
+pub struct Follower {
+    bus: Bus,
+    state: State,
+    log: weir_bus::Consumer,
+    /// The offset of the next event to apply.
+    next: i64,
+}
+
+impl Follower {
+    /// Replays the log and follows it from its end.
+    pub async fn start(bus: &Bus) -> Result<Self, MetaError> {
+        let meta = weir_core::topics::META;
+        let failed = |e: weir_bus::BusError| MetaError::internal(format!("reading {meta}: {e}"));
+        bus.admin()
+            .ensure_topic(&weir_bus::TopicSpec::new(meta, 1))
+            .await
+            .map_err(failed)?;
+        // One consumer replays the log up to where it ended and then
+        // follows it, so that no event is applied twice or missed.
+        let log = bus
+            .consumer(
+                &[meta],
+                weir_bus::ConsumerOptions {
+                    start: weir_bus::StartFrom::Beginning,
+                    read_only: true,
+                    settings: vec![("fetch.wait.max.ms".into(), FOLLOW_WAIT_MS.into())],
+                    ..Default::default()
+                },
+            )
+            .map_err(failed)?;
+        let mut follower = Self {
+            bus: bus.clone(),
+            state: State::default(),
+            log,
+            next: 0,
+        };
+        follower.catch_up().await?;
+        Ok(follower)
+    }
+
+    /// Applies every event the log has now (one request to the broker for
+    /// where it ends).
+    pub async fn catch_up(&mut self) -> Result<(), MetaError> {
+        let meta = weir_core::topics::META;
+        let (_, end) = self
+            .bus
+            .admin()
+            .watermarks(meta, 0)
+            .await
+            .map_err(|e| MetaError::internal(format!("reading {meta}: {e}")))?;
+        self.until(end - 1).await
+    }
+
+    /// The state, as of the events applied so far.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// The offset of the next event to apply.
+    pub fn position(&self) -> i64 {
+        self.next
+    }
+
+    /// Waits for the next event and applies it; returns it (the raw
+    /// payload, for readers of other kinds of events on the log), or
+    /// `None` when the log is closed.
+    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, MetaError> {
+        let record = self.log.next_raw().await.map_err(|e| {
+            MetaError::internal(format!("following {}: {e}", weir_core::topics::META))
+        })?;
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        self.next = record.offset + 1;
+        let payload = record.payload.unwrap_or_default();
+        self.state.apply_record(&payload);
+        Ok(Some(payload))
+    }
+
+    /// Applies events until the one at `offset` is applied.
+    pub async fn until(&mut self, offset: i64) -> Result<(), MetaError> {
+        while self.next <= offset {
+            if self.next().await?.is_none() {
+                return Err(MetaError::internal(format!(
+                    "{} closed before offset {offset}",
+                    weir_core::topics::META
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Tracker {
     /// Rebuilds the state from `weir.meta` and opens the artifact store.
     /// Feature view and dataset versions that other components record
     /// later are followed, for lineage.
     pub async fn open(bus: &Bus, artifacts: ArtifactStore) -> Result<Self, MetaError> {
-        let (state, mut follower) = follow(bus).await?;
+        let (state, follower) = follow(bus).await?;
         tracing::info!(
             events = state.applied(),
             "metadata state rebuilt from the log"
         );
+        Self::with_state(bus, artifacts, state, follower)
+    }
+
+    /// Opens a tracker on the state `follower` has reached, without
+    /// replaying the log again.
+    pub fn open_following(
+        bus: &Bus,
+        artifacts: ArtifactStore,
+        follower: &Follower,
+    ) -> Result<Self, MetaError> {
+        Self::with_state(
+            bus,
+            artifacts,
+            follower.state().clone(),
+            consumer_at(bus, follower.position())?,
+        )
+    }
+
+    /// Takes the state `follower` has reached as this tracker's, for a
+    /// process that follows the log and writes now and then (a worker):
+    /// cheaper than opening a tracker, and its producer, each time.
+    pub fn resync(&self, bus: &Bus, follower: &Follower) -> Result<(), MetaError> {
+        let log = consumer_at(bus, follower.position())?;
+        *self.inner.state.write().expect("state lock") = follower.state().clone();
+        self.follow_foreign(log);
+        Ok(())
+    }
+
+    fn with_state(
+        bus: &Bus,
+        artifacts: ArtifactStore,
+        state: State,
+        follower: weir_bus::Consumer,
+    ) -> Result<Self, MetaError> {
         // Each write waits for its event: send it now rather than linger
         // for a batch (the bus's default is tuned for throughput).
         let mut config = bus.config().clone();
@@ -117,9 +252,16 @@ impl Tracker {
                 follower: std::sync::Mutex::new(None),
             }),
         };
-        let weak = Arc::downgrade(&tracker.inner);
+        tracker.follow_foreign(follower);
+        Ok(tracker)
+    }
+
+    /// Applies other components' events read by `log` (replacing the
+    /// consumer followed so far).
+    fn follow_foreign(&self, mut log: weir_bus::Consumer) {
+        let weak = Arc::downgrade(&self.inner);
         let task = tokio::spawn(async move {
-            while let Ok(Some(record)) = follower.next_raw().await {
+            while let Ok(Some(record)) = log.next_raw().await {
                 let Some(inner) = weak.upgrade() else { break };
                 if let Some(payload) = record.payload
                     && let Ok(None) = Event::decode(&payload)
@@ -132,8 +274,15 @@ impl Tracker {
                 }
             }
         });
-        *tracker.inner.follower.lock().expect("follower lock") = Some(task);
-        Ok(tracker)
+        if let Some(old) = self
+            .inner
+            .follower
+            .lock()
+            .expect("follower lock")
+            .replace(task)
+        {
+            old.abort();
+        }
     }
 
     /// Stops following the log and waits until the follower's consumer is
@@ -167,6 +316,14 @@ impl Tracker {
         &self,
         decide: impl FnOnce(&State) -> Result<(Event, T), MetaError>,
     ) -> Result<T, MetaError> {
+        Ok(self.write_at(decide).await?.0)
+    }
+
+    /// [`Tracker::write`], also returning the event's offset in the log.
+    async fn write_at<T>(
+        &self,
+        decide: impl FnOnce(&State) -> Result<(Event, T), MetaError>,
+    ) -> Result<(T, i64), MetaError> {
         let pending = {
             let _turn = self.inner.turn.lock().await;
             if self.inner.broken.load(Ordering::SeqCst) {
@@ -193,8 +350,8 @@ impl Tracker {
             }
         };
         let (pending, answer) = pending;
-        pending.await.map_err(|e| self.break_with(e))?;
-        Ok(answer)
+        let delivery = pending.await.map_err(|e| self.break_with(e))?;
+        Ok((answer, delivery.offset))
     }
 
     /// Makes the change `event` describes (checked against the state).
@@ -236,6 +393,65 @@ impl Tracker {
         Ok(log
             .lease(key)
             .is_some_and(|lease| lease.holder == holder && lease.until == until))
+    }
+
+    /// [`Tracker::take_lease`] for a process that follows the log: the
+    /// claim is written, then `follower` reads on to it, and the log's
+    /// order up to the claim decides — no replay.
+    pub async fn claim_lease(
+        &self,
+        follower: &mut Follower,
+        key: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<bool, MetaError> {
+        let at = now_ms();
+        let held = |state: &State| {
+            state
+                .lease(key)
+                .is_some_and(|lease| lease.holder != holder && lease.live(at))
+        };
+        if held(follower.state()) || self.read(held) {
+            return Ok(false);
+        }
+        let until = at + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let ((), offset) = self
+            .write_at(|_| {
+                Ok((
+                    Event::Lease {
+                        at,
+                        key: key.into(),
+                        holder: holder.into(),
+                        until,
+                    },
+                    (),
+                ))
+            })
+            .await?;
+        follower.until(offset).await?;
+        Ok(follower
+            .state()
+            .lease(key)
+            .is_some_and(|lease| lease.holder == holder && lease.until == until))
+    }
+
+    /// Extends `holder`'s lease on `key` by `ttl` from now, without asking
+    /// who holds it (a renewal of a lease another holder has taken over
+    /// changes nothing in the log).
+    pub async fn renew_lease(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<(), MetaError> {
+        let at = now_ms();
+        self.append(Event::Lease {
+            at,
+            key: key.into(),
+            holder: holder.into(),
+            until: at + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2),
+        })
+        .await
     }
 
     /// Gives up `holder`'s lease on `key` (nothing happens if another

@@ -277,26 +277,36 @@ impl Trial {
 /// Claims a trial for `holder` (a lease on `weir.meta`): the state the
 /// trial was in when the claim failed, or `None` when `holder` has it and
 /// must now [`run_claimed`] it.
+///
+/// `follower` is how this process reads the log: it catches up first, then
+/// the claim is written and `follower` reads on to it, so the log's order
+/// up to the claim decides, and a trial recorded meanwhile is seen as
+/// recorded.
 pub async fn claim_trial(
     trial: &Trial,
     tracker: &weir_meta::Tracker,
-    bus: &weir_bus::Bus,
+    follower: &mut weir_meta::tracker::Follower,
     holder: &str,
 ) -> Result<Option<TrialState>, TrainError> {
-    let state = weir_meta::tracker::replay(bus).await?;
-    match trial.state(&state, weir_meta::now_ms()) {
+    follower.catch_up().await?;
+    match trial.state(follower.state(), weir_meta::now_ms()) {
         TrialState::Open { .. } => {}
         TrialState::Held { holder: h, .. } if h == holder => {}
         other => return Ok(Some(other)),
     }
-    if tracker
-        .take_lease(bus, &trial.lease_key(), holder, TRIAL_LEASE)
-        .await?
-    {
-        return Ok(None);
+    let key = trial.lease_key();
+    let won = tracker
+        .claim_lease(follower, &key, holder, TRIAL_LEASE)
+        .await?;
+    match trial.state(follower.state(), weir_meta::now_ms()) {
+        TrialState::Held { holder: h, .. } if won && h == holder => Ok(None),
+        state => {
+            if won {
+                tracker.release_lease(&key, holder).await?;
+            }
+            Ok(Some(state))
+        }
     }
-    let state = weir_meta::tracker::replay(bus).await?;
-    Ok(Some(trial.state(&state, weir_meta::now_ms())))
 }
 
 /// Runs a trial `holder` has claimed as a training job recorded as a child
@@ -308,7 +318,6 @@ pub async fn claim_trial(
 pub async fn run_claimed(
     trial: &Trial,
     workspace: Workspace<'_>,
-    bus: &weir_bus::Bus,
     holder: &str,
 ) -> Result<Outcome, TrainError> {
     let mut job = trial.job.clone();
@@ -326,10 +335,8 @@ pub async fn run_claimed(
     let outcome = loop {
         tokio::select! {
             outcome = &mut training => break outcome,
-            _ = renew.tick() => match tracker.take_lease(bus, &key, holder, TRIAL_LEASE).await {
-                Ok(true) => {}
-                Ok(false) => tracing::warn!(trial = %trial.id(), "another worker took the trial over"),
-                Err(error) => tracing::warn!(trial = %trial.id(), %error, "renewing the claim failed"),
+            _ = renew.tick() => if let Err(error) = tracker.renew_lease(&key, holder, TRIAL_LEASE).await {
+                tracing::warn!(trial = %trial.id(), %error, "renewing the claim failed");
             },
         }
     };
@@ -337,6 +344,42 @@ pub async fn run_claimed(
         tracing::warn!(trial = %trial.id(), %error, "giving up the claim failed; it lapses");
     }
     outcome
+}
+
+/// Adds the trials whose runs have ended in `state` to `done`: whether
+/// any was new.
+fn collect_results(
+    state: &State,
+    spec: &TuneSpec,
+    parent: &str,
+    issued: &BTreeMap<usize, BTreeMap<String, Json>>,
+    done: &mut BTreeMap<usize, TrialResult>,
+) -> bool {
+    let before = done.len();
+    for (run_id, run) in trial_runs(state, &spec.experiment, parent) {
+        let finished = matches!(run.status.as_str(), "FINISHED" | "FAILED");
+        let number = run
+            .tags
+            .get(TRIAL_TAG)
+            .and_then(|t| t.rsplit('/').next())
+            .and_then(|n| n.parse::<usize>().ok());
+        let (Some(number), true) = (number, finished) else {
+            continue;
+        };
+        let Some(params) = issued.get(&number) else {
+            continue;
+        };
+        let value = (run.status == "FINISHED")
+            .then(|| run.latest.get(&spec.objective.metric).map(|m| m.value))
+            .flatten();
+        done.entry(number).or_insert_with(|| TrialResult {
+            number,
+            run_id: run_id.to_string(),
+            params: params.clone(),
+            value,
+        });
+    }
+    done.len() > before
 }
 
 /// The runs of `experiment` under the parent run.
@@ -448,7 +491,7 @@ pub async fn tune(
 
     // The trials' runs, as the workers record them: the log read once,
     // then followed.
-    let (mut state, mut log) = weir_meta::tracker::follow(bus).await?;
+    let mut follower = weir_meta::tracker::Follower::start(bus).await?;
     let mut issued: BTreeMap<usize, BTreeMap<String, Json>> = BTreeMap::new();
     let mut done: BTreeMap<usize, TrialResult> = BTreeMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(spec.search.timeout_s);
@@ -484,36 +527,17 @@ pub async fn tune(
         if std::time::Instant::now() > deadline {
             break;
         }
-        let until = tokio::time::Instant::now() + Duration::from_millis(300);
-        while let Ok(record) = tokio::time::timeout_at(until, log.next_raw()).await {
-            let record =
-                record.map_err(|e| TrainError::Runtime(format!("following weir.meta: {e}")))?;
-            if let Some(payload) = record.and_then(|r| r.payload) {
-                state.apply_record(&payload);
-            }
+        if collect_results(follower.state(), spec, &parent, &issued, &mut done) {
+            continue;
         }
-        for (run_id, run) in trial_runs(&state, &spec.experiment, &parent) {
-            let finished = matches!(run.status.as_str(), "FINISHED" | "FAILED");
-            let number = run
-                .tags
-                .get(TRIAL_TAG)
-                .and_then(|t| t.rsplit('/').next())
-                .and_then(|n| n.parse::<usize>().ok());
-            let (Some(number), true) = (number, finished) else {
-                continue;
-            };
-            let Some(params) = issued.get(&number) else {
-                continue;
-            };
-            let value = (run.status == "FINISHED")
-                .then(|| run.latest.get(&spec.objective.metric).map(|m| m.value))
-                .flatten();
-            done.entry(number).or_insert_with(|| TrialResult {
-                number,
-                run_id: run_id.to_string(),
-                params: params.clone(),
-                value,
-            });
+        // Events until one ends a trial (or a while passes, to check the
+        // deadline).
+        let until = tokio::time::Instant::now() + Duration::from_millis(300);
+        while let Ok(event) = tokio::time::timeout_at(until, follower.next()).await {
+            event?;
+            if collect_results(follower.state(), spec, &parent, &issued, &mut done) {
+                break;
+            }
         }
     }
 

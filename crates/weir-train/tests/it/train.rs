@@ -354,12 +354,15 @@ async fn a_trial_is_claimed_by_one_worker_and_recorded_once() {
         .await
         .unwrap();
     let bus = &platform.bus;
+    // How each process reads the log.
+    let follower = || weir_meta::tracker::Follower::start(bus);
+    let (mut follows_a, mut follows_b) = (follower().await.unwrap(), follower().await.unwrap());
 
     // Claimed by both at once: one wins, the other is told who holds it.
     let first = trial(0);
     let (a, b) = tokio::join!(
-        claim_trial(&first, &platform.tracker, bus, "a"),
-        claim_trial(&first, &other, bus, "b")
+        claim_trial(&first, &platform.tracker, &mut follows_a, "a"),
+        claim_trial(&first, &other, &mut follows_b, "b")
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     let (winner, tracker, loser) = match (&a, &b) {
@@ -373,14 +376,17 @@ async fn a_trial_is_claimed_by_one_worker_and_recorded_once() {
         tracker,
         ..platform.workspace()
     };
-    let outcome = run_claimed(&trial(0), workspace, bus, winner)
-        .await
-        .unwrap();
+    let outcome = run_claimed(&trial(0), workspace, winner).await.unwrap();
     assert_eq!(outcome.failure, None);
     // Delivered again, to either: recorded, not run.
-    for (tracker, holder) in [(&platform.tracker, loser), (&other, winner)] {
+    for (tracker, follows, holder) in [
+        (&platform.tracker, &mut follows_a, loser),
+        (&other, &mut follows_b, winner),
+    ] {
         assert_eq!(
-            claim_trial(&trial(0), tracker, bus, holder).await.unwrap(),
+            claim_trial(&trial(0), tracker, follows, holder)
+                .await
+                .unwrap(),
             Some(TrialState::Recorded)
         );
     }
@@ -394,7 +400,9 @@ async fn a_trial_is_claimed_by_one_worker_and_recorded_once() {
             .unwrap()
     );
     assert!(matches!(
-        claim_trial(&trial(1), &platform.tracker, bus, "a").await.unwrap(),
+        claim_trial(&trial(1), &platform.tracker, &mut follows_a, "a")
+            .await
+            .unwrap(),
         Some(TrialState::Held { holder, .. }) if holder == "dead"
     ));
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -404,7 +412,7 @@ async fn a_trial_is_claimed_by_one_worker_and_recorded_once() {
         TrialState::Open { lapsed: true }
     );
     assert_eq!(
-        claim_trial(&trial(1), &platform.tracker, bus, "a")
+        claim_trial(&trial(1), &platform.tracker, &mut follows_a, "a")
             .await
             .unwrap(),
         None
@@ -423,7 +431,9 @@ async fn a_trial_is_claimed_by_one_worker_and_recorded_once() {
         .await
         .unwrap();
     assert_eq!(
-        claim_trial(&trial(2), &other, bus, "b").await.unwrap(),
+        claim_trial(&trial(2), &other, &mut follows_b, "b")
+            .await
+            .unwrap(),
         Some(TrialState::Closed)
     );
     other.close().await;
