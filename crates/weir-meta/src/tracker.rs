@@ -67,6 +67,11 @@ pub async fn follow(bus: &Bus) -> Result<(State, weir_bus::Consumer), MetaError>
 /// often (at 20 ms, a third of a core here).
 pub const FOLLOW_WAIT_MS: &str = "100";
 
+/// When a lease taken at `at` for `ttl` ends.
+fn lease_end(at: i64, ttl: std::time::Duration) -> i64 {
+    at.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2))
+}
+
 /// A consumer of `weir.meta` from `offset` on.
 fn consumer_at(bus: &Bus, offset: i64) -> Result<weir_bus::Consumer, MetaError> {
     let meta = weir_core::topics::META;
@@ -360,11 +365,13 @@ impl Tracker {
     }
 
     /// Takes or renews a lease on `key` for `holder`, for `ttl`: `true`
-    /// when `weir.meta`, read after the write, names `holder` as the
+    /// when `weir.meta`, read up to the claim, names `holder` as the
     /// lease's holder. Other processes write to the log too, so this
     /// tracker's own state cannot tell who won a race; the log's order
     /// does (a lost claim in the log changes nothing). Nothing is written
-    /// while this tracker already sees another holder's live lease.
+    /// while the log already names another holder with a live lease. It
+    /// replays the log; a process that follows it uses
+    /// [`Tracker::claim_lease`].
     pub async fn take_lease(
         &self,
         bus: &Bus,
@@ -372,32 +379,14 @@ impl Tracker {
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<bool, MetaError> {
-        let at = now_ms();
-        let held = |state: &State| {
-            state
-                .lease(key)
-                .is_some_and(|lease| lease.holder != holder && lease.live(at))
-        };
-        if self.read(held) {
-            return Ok(false);
-        }
-        let until = at + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
-        self.append(Event::Lease {
-            at,
-            key: key.into(),
-            holder: holder.into(),
-            until,
-        })
-        .await?;
-        let log = replay(bus).await?;
-        Ok(log
-            .lease(key)
-            .is_some_and(|lease| lease.holder == holder && lease.until == until))
+        let mut follower = Follower::start(bus).await?;
+        self.claim_lease(&mut follower, key, holder, ttl).await
     }
 
     /// [`Tracker::take_lease`] for a process that follows the log: the
     /// claim is written, then `follower` reads on to it, and the log's
-    /// order up to the claim decides — no replay.
+    /// order up to the claim decides — no replay. Also nothing is written
+    /// while `follower` or this tracker sees another holder's live lease.
     pub async fn claim_lease(
         &self,
         follower: &mut Follower,
@@ -414,7 +403,7 @@ impl Tracker {
         if held(follower.state()) || self.read(held) {
             return Ok(false);
         }
-        let until = at + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
+        let until = lease_end(at, ttl);
         let ((), offset) = self
             .write_at(|_| {
                 Ok((
@@ -449,7 +438,7 @@ impl Tracker {
             at,
             key: key.into(),
             holder: holder.into(),
-            until: at + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2),
+            until: lease_end(at, ttl),
         })
         .await
     }

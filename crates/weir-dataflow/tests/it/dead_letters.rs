@@ -148,15 +148,7 @@ async fn a_partition_with_records_left_to_read_is_never_idle() {
     source.lateness = Duration::ZERO;
     source.idle_timeout = Duration::from_millis(1);
     let handle = start(unbounded, &h.bus, Cluster::local(1)).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while handle.status().records_in < events.len() as u64 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            handle.status()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::support::wait_until_read(&handle, events.len()).await;
     handle.stop();
     let status = tokio::task::spawn_blocking(move || handle.join())
         .await

@@ -13,7 +13,7 @@ use weir_broker::{EmbeddedBroker, Storage};
 use weir_bus::{Bus, BusConfig, OutRecord, TopicSpec};
 use weir_dataflow::aggregate::Emit;
 use weir_dataflow::job::{
-    Aggregation, Cluster, JobSpec, KafkaSource, MemorySink, Sink, Source, start,
+    Aggregation, Cluster, JobHandle, JobSpec, KafkaSource, MemorySink, Sink, Source, start,
 };
 use weir_dataflow::window::Window;
 
@@ -327,4 +327,17 @@ pub fn reference_groups(events: &[Event], window: Window) -> BTreeMap<(String, i
         }
     }
     groups
+}
+
+/// Waits (up to a minute) until a running job has read `records` records.
+pub async fn wait_until_read(handle: &JobHandle, records: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while handle.status().records_in < records as u64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            handle.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

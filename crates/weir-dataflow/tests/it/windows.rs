@@ -193,15 +193,8 @@ async fn updates_end_with_the_values_of_closed_windows() {
     let checkpoint_after = |records: usize| {
         let handle = &handle;
         async move {
+            crate::support::wait_until_read(handle, records).await;
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
-            while handle.status().records_in < records as u64 {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "{:?}",
-                    handle.status()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
             let before = handle.status().committed_epoch;
             handle.checkpoint();
             while handle.status().committed_epoch == before {
@@ -258,15 +251,8 @@ async fn a_checkpoint_can_be_asked_for() {
         source.bounded = false;
     }
     let handle = start(job, &h.bus, Cluster::local(2)).await.unwrap();
+    crate::support::wait_until_read(&handle, data.len()).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while handle.status().records_in < data.len() as u64 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{:?}",
-            handle.status()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     assert_eq!(handle.status().committed_epoch, None, "no checkpoint yet");
     handle.checkpoint();
     while handle.status().committed_epoch.is_none() {
