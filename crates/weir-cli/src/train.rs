@@ -582,10 +582,6 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
             }
             _ = tokio::signal::ctrl_c() => break,
         };
-        // A tracker on the followed state: no replay of the log per trial.
-        // The worker's tracker takes the followed state: no replay of the
-        // log per trial.
-        tracker.resync(bus, &follower)?;
         let outcome = async {
             if let Some(state) =
                 weir_train::tune::claim_trial(&trial, &tracker, &mut follower, &holder).await?
@@ -599,6 +595,9 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
                 return anyhow::Ok(false);
             }
             println!("worker: trial {} ({where_}): running", trial.id());
+            // The tracker takes the state the follower has reached (up to
+            // the claim): no replay of the log per trial.
+            tracker.resync(bus, &follower)?;
             // Dataset versions do not change; a name without a version
             // means the latest, which may be new.
             let dataset = &trial.job.dataset;
