@@ -367,9 +367,10 @@ impl Consumer {
     }
 }
 
-/// librdkafka reports reaching the end of a partition as an error; for a
-/// consumer that asked to know (`until_end`) it is the expected way to stop.
-struct QuietEof;
+/// A client context for consumers that ask to be told when they reach the
+/// end of a partition (`enable.partition.eof`): librdkafka reports it as an
+/// error, which for them is news, not a fault, so it is not logged as one.
+pub struct QuietEof;
 
 impl ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {

@@ -38,7 +38,9 @@ use rdkafka::ClientConfig;
 
 pub use admin::{Admin, PartitionInfo, TopicInfo, TopicSpec};
 pub use codec::{DeadLetterReason, DecodeError, TopicCodec, Value, WireFormat};
-pub use consumer::{Consumer, ConsumerOptions, RawRecord, Record, StartFrom, consumer_config};
+pub use consumer::{
+    Consumer, ConsumerOptions, QuietEof, RawRecord, Record, StartFrom, consumer_config,
+};
 pub use dead_letter::DeadLetterCounts;
 pub use error::BusError;
 pub use producer::{Delivery, OutRecord, PendingDelivery, Producer, Publisher, producer_config};

@@ -80,7 +80,7 @@ pub(crate) enum SourceStep {
 
 enum Reader {
     Kafka {
-        consumer: BaseConsumer,
+        consumer: BaseConsumer<weir_bus::QuietEof>,
         decoder: RecordDecoder,
         topic: String,
         kafka_time: bool,
@@ -145,10 +145,10 @@ impl SourceState {
         let now = Instant::now();
         let (reader, lateness, idle_timeout, hold_watermark) = match &pipeline.source {
             Source::Kafka(source) => {
-                let consumer: BaseConsumer =
+                let consumer: BaseConsumer<weir_bus::QuietEof> =
                     weir_bus::consumer_config(bus, &format!("weir-job-{}", pipeline.name))
                         .set("enable.partition.eof", "true")
-                        .create()
+                        .create_with_context(weir_bus::QuietEof)
                         .map_err(|e| {
                             DataflowError::Execution(format!("creating a consumer: {e}"))
                         })?;
