@@ -347,16 +347,35 @@ fn test() -> Result<()> {
         "warnings",
     ])?;
     step(&["nextest", "run", "--workspace", "--no-fail-fast"])?;
-    step(&["test", "--workspace", "--doc"])
+    step(&["test", "--workspace", "--doc"])?;
+    // The README's other command, in its own environment (the test one has
+    // more packages, which once hid one the demo lacked), in a state
+    // directory of its own: no test runs the whole loop.
+    let state = workspace_root().join(".weir-test-demo");
+    let _ = std::fs::remove_dir_all(&state);
+    let result = demo_with(&[], Some(&state));
+    let _ = std::fs::remove_dir_all(&state);
+    result
 }
 
 fn demo(args: &[String]) -> Result<()> {
+    demo_with(args, None)
+}
+
+/// `weir demo ARGS`, its state in `state` (the default `.weir` if `None`).
+fn demo_with(args: &[String], state: Option<&Path>) -> Result<()> {
     // The demo trains a model with the built-in LightGBM runtime.
     let setup = setup(Some("train"))?;
     let mut command = cargo();
     command
         .args(["run", "--quiet", "--package", "weir-cli", "--", "demo"])
         .args(args);
+    if let Some(state) = state {
+        // The embedded broker's file must sit under the working directory.
+        command
+            .env("WEIR_STATE_DIR", state)
+            .current_dir(workspace_root());
+    }
     setup.apply(&mut command);
     run(&mut command)
 }
