@@ -43,8 +43,9 @@ async fn racing_nodes_agree_on_one_holder_and_a_lapsed_lease_is_free() {
     // A holder that stops renewing loses the lease when it lapses.
     let key = "trial/lapse/0";
     let short = Duration::from_secs(4);
-    let started = std::time::Instant::now();
     assert!(a.take_lease(&bus, key, "a", short).await.unwrap());
+    // The lease runs from when it was written, before the call returned.
+    let started = std::time::Instant::now();
     assert!(!b.take_lease(&bus, key, "b", ttl).await.unwrap());
     tokio::time::sleep(short.saturating_sub(started.elapsed())).await;
     assert!(b.take_lease(&bus, key, "b", ttl).await.unwrap());
