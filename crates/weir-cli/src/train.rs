@@ -543,7 +543,9 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
             // The log first: what is decided below reads its state.
             biased;
             event = follower.next() => {
-                event?.context("weir.meta closed")?;
+                if !event? {
+                    bail!("weir.meta closed");
+                }
                 continue;
             }
             record = group.next_raw() => {

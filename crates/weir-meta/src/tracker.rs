@@ -167,26 +167,26 @@ impl Follower {
         self.next
     }
 
-    /// Waits for the next event and applies it; returns it (the raw
-    /// payload, for readers of other kinds of events on the log), or
-    /// `None` when the log is closed.
-    pub async fn next(&mut self) -> Result<Option<Vec<u8>>, MetaError> {
+    /// Waits for the next record of the log and applies it (a record
+    /// without a value is no event); `false` when the log is closed.
+    pub async fn next(&mut self) -> Result<bool, MetaError> {
         let record = self.log.next_raw().await.map_err(|e| {
             MetaError::internal(format!("following {}: {e}", weir_core::topics::META))
         })?;
         let Some(record) = record else {
-            return Ok(None);
+            return Ok(false);
         };
         self.next = record.offset + 1;
-        let payload = record.payload.unwrap_or_default();
-        self.state.apply_record(&payload);
-        Ok(Some(payload))
+        if let Some(payload) = &record.payload {
+            self.state.apply_record(payload);
+        }
+        Ok(true)
     }
 
     /// Applies events until the one at `offset` is applied.
     pub async fn until(&mut self, offset: i64) -> Result<(), MetaError> {
         while self.next <= offset {
-            if self.next().await?.is_none() {
+            if !self.next().await? {
                 return Err(MetaError::internal(format!(
                     "{} closed before offset {offset}",
                     weir_core::topics::META

@@ -534,7 +534,9 @@ pub async fn tune(
         // deadline).
         let until = tokio::time::Instant::now() + Duration::from_millis(300);
         while let Ok(event) = tokio::time::timeout_at(until, follower.next()).await {
-            event?;
+            if !event? {
+                return Err(TrainError::Runtime("weir.meta closed".into()));
+            }
             if collect_results(follower.state(), spec, &parent, &issued, &mut done) {
                 break;
             }
