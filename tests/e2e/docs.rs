@@ -283,6 +283,10 @@ fn training_page() {
     for family in ["linear ", "gbdt ", "forest ", "mlp "] {
         assert!(automl.contains(&format!("\n{family}")), "{automl}");
     }
+    assert!(
+        automl.contains("\ntest (the winner only): roc_auc "),
+        "{automl}"
+    );
     assert!(automl.ends_with("registered churn-automl@1\n"), "{automl}");
 }
 

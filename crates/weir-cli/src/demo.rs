@@ -632,6 +632,7 @@ async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Re
         tracker: &tracker,
         datasets: &datasets,
         scratch: &scratch,
+        cache: None,
     };
     let spec = weir_train::TrainSpec {
         experiment: "demo".into(),
@@ -652,6 +653,7 @@ async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Re
         tolerance: 1e-4,
         tags: Default::default(),
         distributed: None,
+        export: Default::default(),
     };
     let outcome = weir_train::train(&spec, workspace).await?;
     if let Some(reason) = outcome.failure {

@@ -377,12 +377,13 @@ pub async fn models(config: &Config, args: ModelsArgs) -> anyhow::Result<ExitCod
             }
         }
         ModelsCommand::Register { run, name } => {
-            let connection = connect(config).await?;
-            let tracker = open_tracker(config, &connection.bus).await?;
+            // A run that kept its model to export later is exported now:
+            // that reads its dataset again.
+            let session = crate::train::Session::open(config).await?;
             let registered =
-                weir_train::register_run_model(&tracker, &run, &name, String::new()).await;
-            tracker.close().await;
-            connection.close().await;
+                weir_train::register_run_model(session.workspace(), &run, &name, String::new())
+                    .await;
+            session.close().await;
             let (version, model) = registered?;
             println!("registered {name}@{version} from run {run}");
             print_model_info(&model);

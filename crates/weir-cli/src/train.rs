@@ -17,7 +17,7 @@ use crate::connect::connect;
 
 /// What the training verbs work with: the bus, the tracker, the datasets
 /// and a scratch directory.
-struct Session {
+pub(crate) struct Session {
     connection: crate::connect::Connection,
     tracker: weir_meta::Tracker,
     datasets: Datasets,
@@ -25,7 +25,7 @@ struct Session {
 }
 
 impl Session {
-    async fn open(config: &Config) -> anyhow::Result<Self> {
+    pub(crate) async fn open(config: &Config) -> anyhow::Result<Self> {
         let connection = connect(config).await?;
         let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
         let datasets = Datasets::load(&connection.bus).await?;
@@ -37,15 +37,16 @@ impl Session {
         })
     }
 
-    fn workspace(&self) -> Workspace<'_> {
+    pub(crate) fn workspace(&self) -> Workspace<'_> {
         Workspace {
             tracker: &self.tracker,
             datasets: &self.datasets,
             scratch: &self.scratch,
+            cache: None,
         }
     }
 
-    async fn close(self) {
+    pub(crate) async fn close(self) {
         self.tracker.close().await;
         self.connection.close().await;
     }
@@ -143,6 +144,7 @@ impl TrainArgs {
                     tolerance: 1e-4,
                     tags: Default::default(),
                     distributed: None,
+                    export: Default::default(),
                 }
             }
         };
@@ -520,6 +522,9 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
     );
     println!("worker {holder}: waiting for trials on {topic}");
     let scratch = config.state_dir.join("train");
+    // One warm runtime process and the datasets' split parts, kept from
+    // trial to trial.
+    let cache = weir_train::JobCache::new(scratch.join(format!("worker-{}", std::process::id())));
     let artifacts = crate::tracking::artifact_store(config)?;
     // Trials seen on any partition and not yet known to be done.
     let mut seen: BTreeMap<String, Trial> = BTreeMap::new();
@@ -612,6 +617,7 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
                 tracker: &tracker,
                 datasets: &datasets,
                 scratch: &scratch,
+                cache: Some(&cache),
             };
             let outcome = weir_train::tune::run_claimed(&trial, workspace, &holder).await?;
             println!(
@@ -738,6 +744,13 @@ pub async fn automl(config: &Config, args: AutomlArgs) -> anyhow::Result<ExitCod
             trial.run_id
         ),
         None => println!("no trial finished"),
+    }
+    if !outcome.test.is_empty() {
+        let shown: Vec<String> = ["roc_auc", "accuracy", "f1", "log_loss", "rmse", "mae", "r2"]
+            .iter()
+            .filter_map(|key| Some(format!("{key} {:.4}", outcome.test.get(*key)?)))
+            .collect();
+        println!("test (the winner only): {}", shown.join(", "));
     }
     if let Some((name, version)) = &outcome.version {
         println!("registered {name}@{version}");

@@ -652,18 +652,22 @@ impl Tracker {
                 tags: report.tags,
             },
         ];
+        let mut events = Vec::from(events);
         let mut stored = Vec::new();
         for (path, bytes) in report.artifacts {
-            stored.push(self.store_artifact(&run_id, &path, bytes).await?);
+            let (event, artifact) = self.put_artifact(&run_id, &path, bytes).await?;
+            events.push(event);
+            stored.push(artifact);
         }
         let status = if report.status.is_empty() {
             "FINISHED".to_string()
         } else {
             report.status
         };
-        for event in events {
-            self.append(event).await?;
-        }
+        // Queued in this order (the turn lock is fair) and acknowledged
+        // together: one round trip to the brokers, not one per event. The
+        // run ends after all of them.
+        futures::future::try_join_all(events.into_iter().map(|event| self.append(event))).await?;
         self.append(Event::RunUpdated {
             at: now_ms(),
             run_id: run_id.clone(),
@@ -714,19 +718,31 @@ impl Tracker {
         path: &str,
         bytes: Vec<u8>,
     ) -> Result<StoredArtifact, MetaError> {
+        let (event, artifact) = self.put_artifact(run_id, path, bytes).await?;
+        self.append(event).await?;
+        Ok(artifact)
+    }
+
+    /// Puts `bytes` in the store as the artifact `path` of a run: the event
+    /// that records it, still to append.
+    async fn put_artifact(
+        &self,
+        run_id: &str,
+        path: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(Event, StoredArtifact), MetaError> {
         crate::artifacts::check_path(path)?;
         let path = format!("{}/{path}", self.artifact_root(run_id)?);
         let body =
             futures::stream::iter([Ok::<_, std::convert::Infallible>(bytes::Bytes::from(bytes))]);
         let (sha256, size) = self.artifacts().put(body).await?;
-        self.append(Event::ArtifactStored {
+        let event = Event::ArtifactStored {
             at: now_ms(),
             path: path.clone(),
             sha256: sha256.clone(),
             size,
-        })
-        .await?;
-        Ok(StoredArtifact { path, sha256, size })
+        };
+        Ok((event, StoredArtifact { path, sha256, size }))
     }
 
     /// The bytes of the artifact at `path` in the store.

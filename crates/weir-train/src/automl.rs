@@ -12,11 +12,10 @@ use serde_json::json;
 
 use crate::TrainError;
 use crate::job::{Workspace, resolve};
+use crate::metrics::Metrics;
 use crate::spec::{Runtime, Task, TrainSpec};
 use crate::table::Table;
-use crate::tune::{
-    Objective, Param, Search, TrialResult, TuneOutcome, TuneSpec, register_trial, tune,
-};
+use crate::tune::{Objective, Param, Search, TrialResult, TuneOutcome, TuneSpec, keep_trial, tune};
 
 /// The families searched, in order.
 pub const FAMILIES: [&str; 4] = ["linear", "gbdt", "forest", "mlp"];
@@ -52,6 +51,8 @@ pub struct AutomlOutcome {
     pub families: Vec<(String, TuneOutcome)>,
     /// The winner: its family and trial.
     pub best: Option<(String, TrialResult)>,
+    /// The winner's metrics on the test rows (`roc_auc`, `rmse`…).
+    pub test: Metrics,
     /// The version registered from it.
     pub version: Option<(String, u64)>,
 }
@@ -176,6 +177,7 @@ pub async fn automl(
             },
             objective: objective.clone(),
             register: None,
+            export: Default::default(),
         };
         outcomes.push((name.clone(), tune(&tuning, workspace, bus).await?));
     }
@@ -194,15 +196,20 @@ pub async fn automl(
             }
         }
     }
-    let mut version = None;
-    if let (Some(model), Some((_, trial))) = (&spec.register, &best) {
-        let number = register_trial(bus, workspace.tracker, &trial.run_id, model).await?;
-        version = Some((model.clone(), number));
+    let (mut version, mut test) = (None, Metrics::new());
+    if let Some((_, trial)) = &best {
+        // The winner is exported and meets the test rows, on which no
+        // choice was made.
+        let (number, metrics) =
+            keep_trial(bus, workspace, &trial.run_id, spec.register.as_deref()).await?;
+        version = spec.register.clone().zip(number);
+        test = metrics;
     }
     Ok(AutomlOutcome {
         objective: objective.metric,
         families: outcomes,
         best,
+        test,
         version,
     })
 }

@@ -13,7 +13,7 @@ use weir_onnx::{Model, SessionOptions};
 use crate::TrainError;
 use crate::metrics::{self, Metrics};
 use crate::runtime::{self, Contract};
-use crate::spec::{Split, TrainSpec};
+use crate::spec::{Export, Split, Task, TrainSpec};
 use crate::table::{Table, Target};
 
 /// What a job talks to and where it works.
@@ -26,6 +26,9 @@ pub struct Workspace<'a> {
     /// A scratch directory; each job works in a fresh directory under it,
     /// removed when it ends.
     pub scratch: &'a Path,
+    /// What a process running many jobs keeps between them; `None`: each
+    /// job starts from nothing.
+    pub cache: Option<&'a JobCache>,
 }
 
 /// How a job ended.
@@ -39,7 +42,8 @@ pub struct Outcome {
     pub metrics: Metrics,
     /// The version it registered.
     pub version: Option<(String, u64)>,
-    /// The model it made.
+    /// The model it made (`None` when it failed, or kept the model to
+    /// export later).
     pub model: Option<ModelInfo>,
 }
 
@@ -141,19 +145,25 @@ pub async fn train(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Outcome
         version: None,
         model: None,
     };
-    let Ok(mut model) = result else {
+    let Ok(model) = result else {
         return Ok(outcome);
     };
-    model.path = format!(
-        "{}/{}",
-        workspace.tracker.artifact_root(&run_id)?,
-        model.path
-    );
+    let root = workspace.tracker.artifact_root(&run_id)?;
+    outcome.model = model.map(|mut model| {
+        model.path = format!("{root}/{}", model.path);
+        model
+    });
     if let Some(name) = &spec.register {
-        let version = register(workspace.tracker, &run_id, name, String::new(), &model).await?;
+        let (version, model) = match &outcome.model {
+            Some(model) => (
+                register(workspace.tracker, &run_id, name, String::new(), model).await?,
+                model.clone(),
+            ),
+            None => register_run_model(workspace, &run_id, name, String::new()).await?,
+        };
         outcome.version = Some((name.clone(), version));
+        outcome.model = Some(model);
     }
-    outcome.model = Some(model);
     Ok(outcome)
 }
 
@@ -181,9 +191,15 @@ pub async fn reproduce(run_id: &str, workspace: Workspace<'_>) -> Result<Outcome
 /// path is relative to the run's artifacts).
 const MODEL_INFO: &str = "model/model.json";
 
-/// The model a finished training run made, its path in the store.
-pub async fn run_model(tracker: &Tracker, run_id: &str) -> Result<ModelInfo, TrainError> {
+/// The model a finished training run made, its path in the store. A model
+/// whose export was deferred is exported now (and kept with the run).
+pub async fn run_model(workspace: Workspace<'_>, run_id: &str) -> Result<ModelInfo, TrainError> {
+    let tracker = workspace.tracker;
     let root = tracker.artifact_root(run_id)?;
+    let stored = |path: &str| tracker.read(|state| state.artifact(path).is_some());
+    if !stored(&format!("{root}/{MODEL_INFO}")) && stored(&format!("{root}/{KEPT_MODEL}")) {
+        export_kept(workspace, run_id, &root).await?;
+    }
     let bytes = tracker
         .artifact_bytes(&format!("{root}/{MODEL_INFO}"))
         .await
@@ -199,14 +215,95 @@ pub async fn run_model(tracker: &Tracker, run_id: &str) -> Result<ModelInfo, Tra
 /// Registers the model a finished training run made as a new version of
 /// `name` (created if missing). Returns the version and the model.
 pub async fn register_run_model(
-    tracker: &Tracker,
+    workspace: Workspace<'_>,
     run_id: &str,
     name: &str,
     description: String,
 ) -> Result<(u64, ModelInfo), TrainError> {
-    let model = run_model(tracker, run_id).await?;
-    let version = register(tracker, run_id, name, description, &model).await?;
+    let model = run_model(workspace, run_id).await?;
+    let version = register(workspace.tracker, run_id, name, description, &model).await?;
     Ok((version, model))
+}
+
+/// Exports the model a run kept (deferred export) to ONNX, checks it
+/// against the framework's scores of the validation rows, and stores it
+/// with the run as a job that exported would have, with its test metrics.
+async fn export_kept(workspace: Workspace<'_>, run_id: &str, root: &str) -> Result<(), TrainError> {
+    let tracker = workspace.tracker;
+    let job = tracker.artifact_bytes(&format!("{root}/job.yaml")).await?;
+    let spec = TrainSpec::from_yaml(
+        &String::from_utf8_lossy(&job),
+        &format!("run {run_id}: job.yaml"),
+    )?;
+    let dir = workspace
+        .scratch
+        .join(format!("export-{}", uuid::Uuid::new_v4().simple()));
+    let output = dir.join("output");
+    std::fs::create_dir_all(&output).map_err(|e| TrainError::io(output.display(), e))?;
+    let exported = async {
+        let source = resolve(&spec.dataset, workspace.datasets)?;
+        let data = workspace.prepare(&spec, &source, &dir.join("data"))?;
+        let pickle = dir.join("model.pkl");
+        let bytes = tracker
+            .artifact_bytes(&format!("{root}/{KEPT_MODEL}"))
+            .await?;
+        std::fs::write(&pickle, bytes).map_err(|e| TrainError::io(pickle.display(), e))?;
+        let log = dir.join("export.log");
+        runtime::export(
+            &pickle,
+            &data.contract(&spec, output.clone()),
+            &log,
+            workspace.warm(),
+        )
+        .await?;
+        let checked = check_onnx(&output, &spec.runtime, &data, spec.tolerance)?;
+        let dependencies = tracker
+            .artifact_bytes(&format!("{root}/output/dependencies.json"))
+            .await
+            .ok();
+        let model = checked.info(&data, &spec.label, read_dependencies(&dependencies)?);
+        tracker
+            .store_artifact(run_id, "model/model.onnx", checked.bytes)
+            .await?;
+        tracker
+            .store_artifact(
+                run_id,
+                MODEL_INFO,
+                serde_json::to_vec_pretty(&model).expect("JSON"),
+            )
+            .await?;
+        // The model kept meets the test rows now, through ONNX Runtime as
+        // an exporting job's does.
+        let test = scores(&checked.model, &data.table, &data.features, &data.parts[2])?;
+        let mut metrics = data.metrics(&spec, 2, &test)?;
+        if let Some(diff) = checked.max_diff {
+            metrics.insert("onnx_max_abs_diff".into(), diff);
+        }
+        let now = weir_meta::now_ms();
+        tracker
+            .append(weir_meta::event::Event::RunLogged {
+                at: now,
+                run_id: run_id.into(),
+                metrics: metrics
+                    .into_iter()
+                    .map(|(key, value)| Metric {
+                        key,
+                        value,
+                        timestamp: now,
+                        step: 0,
+                    })
+                    .collect(),
+                params: vec![],
+                tags: vec![],
+            })
+            .await?;
+        Ok(())
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    exported.map_err(|e: TrainError| {
+        TrainError::Runtime(format!("exporting run {run_id}'s model to ONNX: {e}"))
+    })
 }
 
 /// Registers `model` (its path in the store) made by `run_id`.
@@ -305,18 +402,225 @@ pub(crate) fn resolve(reference: &str, datasets: &Datasets) -> Result<Source, Tr
     })
 }
 
+/// A job's data, read and split: the table, its features and target, the
+/// parts' rows and the parts written as Parquet for the runtime.
+pub(crate) struct Prepared {
+    table: Table,
+    task: Task,
+    features: Vec<String>,
+    classes: Vec<String>,
+    parts: [Vec<usize>; 3],
+    /// `train.parquet`, `validation.parquet`, `test.parquet`.
+    paths: [PathBuf; 3],
+    /// The split as recorded (`split.json`): how, and each part's rows and hash.
+    split_record: serde_json::Value,
+}
+
+impl Prepared {
+    /// Reads `source` and splits it as `spec` says, writing the parts
+    /// under `dir`.
+    fn new(spec: &TrainSpec, source: &Source, dir: &Path) -> Result<Self, TrainError> {
+        let table = Table::read_files(&source.files, &source.reference)?;
+        let task = match spec.task {
+            Some(task) => task,
+            None => table.infer_task(&spec.label)?,
+        };
+        let features = if spec.features.is_empty() {
+            let mut skip = spec.exclude.clone();
+            skip.extend(source.entity.iter().cloned());
+            skip.push(weir_features::snapshot::EVENT_TIMESTAMP.into());
+            if let Split::Time { column, .. } = &spec.split {
+                skip.push(column.clone());
+            }
+            table.default_features(&spec.label, &skip)
+        } else {
+            spec.features.clone()
+        };
+        if features.is_empty() {
+            return Err(TrainError::Invalid(format!(
+                "{}: no feature columns (numbers or booleans besides the label, keys and times)",
+                source.reference
+            )));
+        }
+        let labelled = table.valid_rows(&spec.label)?;
+        let parts = table.split(&spec.split, &labelled)?;
+        let classes = match table.target(&spec.label, task, None, &parts[0])? {
+            Target::Classes { classes, .. } if classes.len() < 2 => {
+                return Err(TrainError::Invalid(format!(
+                    "{}: label `{}` has {} class in the training rows; a classifier needs two",
+                    source.reference,
+                    spec.label,
+                    classes.len()
+                )));
+            }
+            Target::Classes { classes, .. } => classes,
+            Target::Values(_) => vec![],
+        };
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir.display(), e))?;
+        let mut columns = features.clone();
+        columns.push(spec.label.clone());
+        let paths = PART_NAMES.map(|n| dir.join(format!("{n}.parquet")));
+        let mut split_record = serde_json::json!({"split": spec.split, "parts": {}});
+        for ((path, rows), name) in paths.iter().zip(&parts).zip(PART_NAMES) {
+            table.write_parquet(path, &columns, rows)?;
+            let (sha256, _) =
+                weir_features::datasets::hash_file(path).map_err(|e| TrainError::io(name, e))?;
+            split_record["parts"][name] = serde_json::json!({"rows": rows.len(), "sha256": sha256});
+        }
+        Ok(Self {
+            table,
+            task,
+            features,
+            classes,
+            parts,
+            paths,
+            split_record,
+        })
+    }
+
+    /// The contract for a job on these parts, writing to `output`.
+    fn contract(&self, spec: &TrainSpec, output: PathBuf) -> Contract {
+        Contract {
+            parts: self.paths.clone(),
+            features: self.features.clone(),
+            label: spec.label.clone(),
+            task: self.task.as_str().into(),
+            classes: self.classes.clone(),
+            params: spec.params.clone(),
+            seed: match &spec.split {
+                Split::Random { seed, .. } => *seed,
+                Split::Time { .. } => 0,
+            },
+            output,
+            deferred: spec.export == Export::Deferred,
+        }
+    }
+
+    /// The metrics of `scores` of part `part` (1: validation, 2: test),
+    /// named `<part>_<metric>`.
+    fn metrics(
+        &self,
+        spec: &TrainSpec,
+        part: usize,
+        scores: &(Vec<f64>, usize),
+    ) -> Result<Metrics, TrainError> {
+        let rows = &self.parts[part];
+        let target = self
+            .table
+            .target(&spec.label, self.task, Some(&self.classes), rows)?;
+        Ok(score(&target, rows, scores)?
+            .into_iter()
+            .map(|(key, value)| (format!("{}_{key}", PART_NAMES[part]), value))
+            .collect())
+    }
+}
+
+const PART_NAMES: [&str; 3] = ["train", "validation", "test"];
+
+/// What a process running job after job keeps between them (a tuning
+/// worker): one warm runtime process for the built-in runtimes, and the
+/// last few datasets read and split, so each trial reads and splits its
+/// data once. Its parts live under its directory.
+pub struct JobCache {
+    dir: PathBuf,
+    warm: runtime::Warm,
+    prepared: std::sync::Mutex<Vec<(String, std::sync::Arc<Prepared>)>>,
+}
+
+impl std::fmt::Debug for JobCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobCache").field("dir", &self.dir).finish()
+    }
+}
+
+/// Datasets a [`JobCache`] keeps split.
+const CACHED_DATASETS: usize = 4;
+
+impl JobCache {
+    /// An empty cache keeping its files under `dir` (emptied now).
+    pub fn new(dir: PathBuf) -> Self {
+        let _ = std::fs::remove_dir_all(&dir);
+        Self {
+            dir,
+            warm: runtime::Warm::new(),
+            prepared: Default::default(),
+        }
+    }
+
+    fn prepared(
+        &self,
+        spec: &TrainSpec,
+        source: &Source,
+    ) -> Result<std::sync::Arc<Prepared>, TrainError> {
+        // Everything the data, split and features depend on.
+        let key = serde_json::json!([
+            source.digest,
+            source.files,
+            spec.label,
+            spec.features,
+            spec.exclude,
+            spec.task,
+            spec.split
+        ]);
+        let key = format!("{:x}", sha2::Sha256::digest(key.to_string()));
+        let key = &key[..16];
+        let mut kept = self.prepared.lock().expect("cache lock");
+        if let Some((_, prepared)) = kept.iter().find(|(k, _)| k == key) {
+            return Ok(prepared.clone());
+        }
+        let prepared = std::sync::Arc::new(Prepared::new(spec, source, &self.dir.join(key))?);
+        if kept.len() >= CACHED_DATASETS {
+            let (old, _) = kept.remove(0);
+            let _ = std::fs::remove_dir_all(self.dir.join(old));
+        }
+        kept.push((key.to_string(), prepared.clone()));
+        Ok(prepared)
+    }
+}
+
+impl Workspace<'_> {
+    /// `source` read and split for `spec`: from the cache, or written under
+    /// `dir`.
+    fn prepare(
+        &self,
+        spec: &TrainSpec,
+        source: &Source,
+        dir: &Path,
+    ) -> Result<std::sync::Arc<Prepared>, TrainError> {
+        match self.cache {
+            Some(cache) => cache.prepared(spec, source),
+            None => Ok(std::sync::Arc::new(Prepared::new(spec, source, dir)?)),
+        }
+    }
+
+    fn warm(&self) -> Option<&runtime::Warm> {
+        self.cache.map(|c| &c.warm)
+    }
+}
+
+/// Where a run keeps a model whose export was deferred.
+const KEPT_MODEL: &str = "model/model.pkl";
+
+/// The framework's scores of the validation rows, as the runtime wrote them.
+const VALIDATION_SCORES: &str = "validation_scores.parquet";
+
 async fn run(
     spec: &TrainSpec,
     workspace: Workspace<'_>,
     dir: &Path,
     record: &mut Record,
-) -> Result<ModelInfo, TrainError> {
+) -> Result<Option<ModelInfo>, TrainError> {
     record.param("weir.dataset", &spec.dataset);
     record.param("weir.label", &spec.label);
     record.param("weir.runtime", spec.runtime.describe());
     record.param("weir.split", spec.split.describe());
     if let Some(distributed) = &spec.distributed {
         distributed.check(&spec.runtime)?;
+    }
+    spec.export
+        .check(&spec.runtime, spec.distributed.is_some())?;
+    if spec.export == Export::Deferred {
+        record.param("weir.export", "deferred");
     }
     for (key, value) in &spec.params {
         let text = match value {
@@ -344,105 +648,48 @@ async fn run(
         source.digest.clone(),
         "training".into(),
     ));
-    let table = Table::read_files(&source.files, &source.reference)?;
-    let task = match spec.task {
-        Some(task) => task,
-        None => table.infer_task(&spec.label)?,
-    };
-    record.param("weir.task", task.as_str());
-    let features = if spec.features.is_empty() {
-        let mut skip = spec.exclude.clone();
-        skip.extend(source.entity.iter().cloned());
-        skip.push(weir_features::snapshot::EVENT_TIMESTAMP.into());
-        if let Split::Time { column, .. } = &spec.split {
-            skip.push(column.clone());
-        }
-        table.default_features(&spec.label, &skip)
-    } else {
-        spec.features.clone()
-    };
-    if features.is_empty() {
-        return Err(TrainError::Invalid(format!(
-            "{}: no feature columns (numbers or booleans besides the label, keys and times)",
-            source.reference
-        )));
-    }
-    record.param("weir.features", features.join(","));
-    let labelled = table.valid_rows(&spec.label)?;
-    let parts = table.split(&spec.split, &labelled)?;
-    for (name, rows) in ["train", "validation", "test"].iter().zip(&parts) {
+    let data = workspace.prepare(spec, &source, &dir.join("data"))?;
+    record.param("weir.task", data.task.as_str());
+    record.param("weir.features", data.features.join(","));
+    for (name, rows) in PART_NAMES.iter().zip(&data.parts) {
         record
             .metrics
             .insert(format!("{name}_rows"), rows.len() as f64);
     }
-    let target = table.target(&spec.label, task, None, &parts[0])?;
-    let classes = match &target {
-        Target::Classes { classes, .. } if classes.len() < 2 => {
-            return Err(TrainError::Invalid(format!(
-                "{}: label `{}` has {} class in the training rows; a classifier needs two",
-                source.reference,
-                spec.label,
-                classes.len()
-            )));
-        }
-        Target::Classes { classes, .. } => classes.clone(),
-        Target::Values(_) => vec![],
-    };
-
-    let data = dir.join("data");
-    let output = dir.join("output");
-    for d in [&data, &output] {
-        std::fs::create_dir_all(d).map_err(|e| TrainError::io(d.display(), e))?;
-    }
-    let mut columns = features.clone();
-    columns.push(spec.label.clone());
-    let paths = ["train", "validation", "test"].map(|n| data.join(format!("{n}.parquet")));
-    let mut split_record = serde_json::json!({"split": spec.split, "parts": {}});
-    for ((path, rows), name) in paths
-        .iter()
-        .zip(&parts)
-        .zip(["train", "validation", "test"])
-    {
-        table.write_parquet(path, &columns, rows)?;
-        let (sha256, _) =
-            weir_features::datasets::hash_file(path).map_err(|e| TrainError::io(name, e))?;
-        split_record["parts"][name] = serde_json::json!({"rows": rows.len(), "sha256": sha256});
-    }
     record.artifacts.push((
         "split.json".into(),
-        serde_json::to_vec_pretty(&split_record).expect("JSON"),
+        serde_json::to_vec_pretty(&data.split_record).expect("JSON"),
     ));
 
-    let seed = match &spec.split {
-        Split::Random { seed, .. } => *seed,
-        Split::Time { .. } => 0,
-    };
-    let contract = Contract {
-        parts: paths.clone(),
-        features: features.clone(),
-        label: spec.label.clone(),
-        task: task.as_str().into(),
-        classes: classes.clone(),
-        params: spec.params.clone(),
-        seed,
-        output: output.clone(),
-    };
+    let output = dir.join("output");
+    std::fs::create_dir_all(&output).map_err(|e| TrainError::io(output.display(), e))?;
+    let contract = data.contract(spec, output.clone());
     let clock = std::time::Instant::now();
     match &spec.distributed {
-        None => runtime::run(&spec.runtime, &contract, &dir.join("runtime.log")).await?,
+        None => {
+            runtime::run(
+                &spec.runtime,
+                &contract,
+                &dir.join("runtime.log"),
+                workspace.warm(),
+            )
+            .await?
+        }
         Some(distributed) => {
             let processes = distributed.processes;
             record.param("weir.processes", processes.to_string());
+            let mut columns = data.features.clone();
+            columns.push(spec.label.clone());
             let mut shards = Vec::with_capacity(processes);
             for rank in 0..processes {
-                let rows: Vec<usize> = parts[0]
+                let rows: Vec<usize> = data.parts[0]
                     .iter()
                     .copied()
                     .skip(rank)
                     .step_by(processes)
                     .collect();
-                let path = data.join(format!("train-rank{rank}.parquet"));
-                table.write_parquet(&path, &columns, &rows)?;
+                let path = dir.join(format!("train-rank{rank}.parquet"));
+                data.table.write_parquet(&path, &columns, &rows)?;
                 shards.push(path);
             }
             let ranks = runtime::Ranks {
@@ -463,51 +710,35 @@ async fn run(
         .metrics
         .insert("train_seconds".into(), clock.elapsed().as_secs_f64());
 
-    let model_path = output.join("model.onnx");
-    let model_bytes = std::fs::read(&model_path).map_err(|_| {
-        TrainError::Runtime(format!(
-            "runtime {} wrote no model.onnx to WEIR_OUTPUT_DIR",
-            spec.runtime.describe()
-        ))
-    })?;
-    let model = Model::load(&model_bytes, &SessionOptions::default())
-        .map_err(|e| TrainError::Runtime(format!("the runtime's model.onnx: {e}")))?;
-    if let Some(width) = model.width()
-        && width != features.len()
-    {
-        return Err(TrainError::Runtime(format!(
-            "the runtime's model.onnx takes {width} features; the job has {}",
-            features.len()
-        )));
-    }
-
-    // Validation: ONNX Runtime's scores against the framework's.
-    let validation_scores = scores(&model, &table, &features, &parts[1])?;
-    let reference = output.join("validation_scores.parquet");
-    if reference.exists() {
-        let diff = max_difference(&reference, &validation_scores)?;
-        record.metrics.insert("onnx_max_abs_diff".into(), diff);
-        if diff > spec.tolerance {
-            return Err(TrainError::Runtime(format!(
-                "the exported ONNX model disagrees with the framework on the validation rows: \
-                 max |Δ| {diff:.3e} > tolerance {:.0e}",
-                spec.tolerance
-            )));
+    let mut kept = [VALIDATION_SCORES, "model.onnx", "model.pkl"]
+        .map(|name| output.join(name))
+        .to_vec();
+    let model = if spec.export == Export::Deferred {
+        // The framework's own scores make the validation metrics; the
+        // model is kept as fitted. The test rows are scored when it is
+        // exported: only the model a search keeps meets them.
+        let scores = read_scores(&output.join(VALIDATION_SCORES), data.parts[1].len())?;
+        record.metrics.extend(data.metrics(spec, 1, &scores)?);
+        let pickled = std::fs::read(output.join("model.pkl")).map_err(|_| {
+            TrainError::Runtime(format!(
+                "runtime {} kept no model.pkl",
+                spec.runtime.describe()
+            ))
+        })?;
+        record.artifacts.push((KEPT_MODEL.into(), pickled));
+        None
+    } else {
+        let checked = check_onnx(&output, &spec.runtime, &data, spec.tolerance)?;
+        if let Some(diff) = checked.max_diff {
+            record.metrics.insert("onnx_max_abs_diff".into(), diff);
         }
-    }
-    for (name, rows, scored) in [
-        ("validation", &parts[1], Some(validation_scores)),
-        ("test", &parts[2], None),
-    ] {
-        let scored = match scored {
-            Some(s) => s,
-            None => scores(&model, &table, &features, rows)?,
-        };
-        let target = table.target(&spec.label, task, Some(&classes), rows)?;
-        for (key, value) in score(&target, rows, &scored)? {
-            record.metrics.insert(format!("{name}_{key}"), value);
-        }
-    }
+        let test_scores = scores(&checked.model, &data.table, &data.features, &data.parts[2])?;
+        record
+            .metrics
+            .extend(data.metrics(spec, 1, &checked.validation)?);
+        record.metrics.extend(data.metrics(spec, 2, &test_scores)?);
+        Some(checked)
+    };
 
     if let Ok(text) = std::fs::read_to_string(output.join("metrics.json")) {
         let reported: BTreeMap<String, serde_json::Value> = serde_json::from_str(&text)
@@ -521,17 +752,12 @@ async fn run(
             record.metrics.insert(key, value);
         }
     }
-    let dependencies: BTreeMap<String, String> =
-        match std::fs::read_to_string(output.join("dependencies.json")) {
-            Ok(text) => serde_json::from_str(&text).map_err(|e| {
-                TrainError::Runtime(format!("the runtime's dependencies.json: {e}"))
-            })?,
-            Err(_) => BTreeMap::new(),
-        };
+    let dependencies = read_dependencies(&std::fs::read(output.join("dependencies.json")).ok())?;
+    kept.sort();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&output)
         .map_err(|e| TrainError::io(output.display(), e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p != &model_path && p != &reference)
+        .filter(|p| p.is_file() && kept.binary_search(p).is_err())
         .collect();
     files.sort();
     for file in files {
@@ -539,26 +765,119 @@ async fn run(
         let bytes = std::fs::read(&file).map_err(|e| TrainError::io(file.display(), e))?;
         record.artifacts.push((format!("output/{name}"), bytes));
     }
-    let model = ModelInfo {
-        format: "onnx".into(),
-        path: "model/model.onnx".into(),
-        sha256: format!("{:x}", sha2::Sha256::digest(&model_bytes)),
-        size: model_bytes.len() as u64,
-        signature: model.signature().clone(),
-        features,
-        label: spec.label.clone(),
-        task: task.as_str().into(),
-        classes,
-        dependencies,
+    let Some(checked) = model else {
+        return Ok(None);
     };
+    let model = checked.info(&data, &spec.label, dependencies);
     record
         .artifacts
-        .push(("model/model.onnx".into(), model_bytes));
+        .push(("model/model.onnx".into(), checked.bytes));
     record.artifacts.push((
         MODEL_INFO.into(),
         serde_json::to_vec_pretty(&model).expect("JSON"),
     ));
-    Ok(model)
+    Ok(Some(model))
+}
+
+/// A runtime's `dependencies.json`: `{"package": "version"}`.
+fn read_dependencies(bytes: &Option<Vec<u8>>) -> Result<BTreeMap<String, String>, TrainError> {
+    match bytes {
+        Some(bytes) => serde_json::from_slice(bytes)
+            .map_err(|e| TrainError::Runtime(format!("the runtime's dependencies.json: {e}"))),
+        None => Ok(BTreeMap::new()),
+    }
+}
+
+/// A runtime's `model.onnx`, loaded and checked.
+struct Checked {
+    bytes: Vec<u8>,
+    model: Model,
+    /// ONNX Runtime's scores of the validation rows.
+    validation: (Vec<f64>, usize),
+    /// The largest difference from the framework's scores, when the
+    /// runtime wrote them.
+    max_diff: Option<f64>,
+}
+
+impl Checked {
+    /// The registry's description of the model (its path relative to the
+    /// run's artifacts).
+    fn info(
+        &self,
+        data: &Prepared,
+        label: &str,
+        dependencies: BTreeMap<String, String>,
+    ) -> ModelInfo {
+        ModelInfo {
+            format: "onnx".into(),
+            path: "model/model.onnx".into(),
+            sha256: format!("{:x}", sha2::Sha256::digest(&self.bytes)),
+            size: self.bytes.len() as u64,
+            signature: self.model.signature().clone(),
+            features: data.features.clone(),
+            label: label.into(),
+            task: data.task.as_str().into(),
+            classes: data.classes.clone(),
+            dependencies,
+        }
+    }
+}
+
+/// Loads `output/model.onnx` with ONNX Runtime and checks it takes the
+/// job's features and, when the runtime wrote its own scores of the
+/// validation rows, gives the same within `tolerance`.
+fn check_onnx(
+    output: &Path,
+    runtime: &crate::spec::Runtime,
+    data: &Prepared,
+    tolerance: f64,
+) -> Result<Checked, TrainError> {
+    let bytes = std::fs::read(output.join("model.onnx")).map_err(|_| {
+        TrainError::Runtime(format!(
+            "runtime {} wrote no model.onnx to WEIR_OUTPUT_DIR",
+            runtime.describe()
+        ))
+    })?;
+    let model = Model::load(&bytes, &SessionOptions::default())
+        .map_err(|e| TrainError::Runtime(format!("the runtime's model.onnx: {e}")))?;
+    if let Some(width) = model.width()
+        && width != data.features.len()
+    {
+        return Err(TrainError::Runtime(format!(
+            "the runtime's model.onnx takes {width} features; the job has {}",
+            data.features.len()
+        )));
+    }
+    let validation = scores(&model, &data.table, &data.features, &data.parts[1])?;
+    let reference = output.join(VALIDATION_SCORES);
+    let max_diff = if reference.exists() {
+        let theirs = read_scores(&reference, data.parts[1].len())?;
+        let diff = if theirs.1 == validation.1 {
+            theirs
+                .0
+                .iter()
+                .zip(&validation.0)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f64::max)
+        } else {
+            f64::INFINITY
+        };
+        if diff > tolerance {
+            return Err(TrainError::Runtime(format!(
+                "the exported ONNX model disagrees with the framework on the validation rows: \
+                 max |Δ| {diff:.3e} > tolerance {tolerance:.0e}"
+            )));
+        }
+        Some(diff)
+    } else {
+        None
+    };
+    Ok(Checked {
+        bytes,
+        model,
+        validation,
+        max_diff,
+    })
 }
 
 /// The model's scores of `rows`: `(rows × width values, width)`.
@@ -620,26 +939,40 @@ pub(crate) fn score(
     }
 }
 
-/// The largest difference between ONNX Runtime's scores and those the
-/// runtime wrote (`score_0`, `score_1`, … columns).
-fn max_difference(
-    reference: &Path,
-    (scores, width): &(Vec<f64>, usize),
-) -> Result<f64, TrainError> {
-    let table = Table::read_file(reference)?;
-    let rows = scores.len() / width.max(&1);
+/// Scores a runtime wrote (`score_0`, `score_1`, … columns) for `rows`
+/// rows: `(rows × width values, width)`.
+fn read_scores(path: &Path, rows: usize) -> Result<(Vec<f64>, usize), TrainError> {
+    use arrow::array::{Array as _, Float64Array};
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let table = Table::read_file(path)?;
     if table.rows() != rows {
         return Err(TrainError::Runtime(format!(
-            "validation_scores.parquet has {} rows; the validation part has {rows}",
+            "{name} has {} rows; the part has {rows}",
             table.rows()
         )));
     }
-    let columns: Vec<String> = (0..*width).map(|i| format!("score_{i}")).collect();
-    let all: Vec<usize> = (0..rows).collect();
-    let theirs = table.features(&columns, &all)?;
-    Ok(theirs
+    let mut columns = Vec::new();
+    while let Ok(column) = table.column(&format!("score_{}", columns.len())) {
+        let values = arrow::compute::cast(column, &arrow::datatypes::DataType::Float64)
+            .map_err(|e| TrainError::Runtime(format!("{name}: score_{}: {e}", columns.len())))?;
+        columns.push(values);
+    }
+    if columns.is_empty() {
+        return Err(TrainError::Runtime(format!("{name} has no score_0 column")));
+    }
+    let columns: Vec<&Float64Array> = columns
         .iter()
-        .zip(scores)
-        .map(|(&a, &b)| (a as f64 - b).abs())
-        .fold(0.0, f64::max))
+        .map(|c| c.as_any().downcast_ref().expect("cast to Float64"))
+        .collect();
+    let mut scores = Vec::with_capacity(rows * columns.len());
+    for row in 0..rows {
+        scores.extend(columns.iter().map(|c| {
+            if c.is_null(row) {
+                f64::NAN
+            } else {
+                c.value(row)
+            }
+        }));
+    }
+    Ok((scores, columns.len()))
 }

@@ -28,8 +28,8 @@ pub mod table;
 pub mod tune;
 
 pub use evaluate::{Evaluation, EvaluationRequest, GateRule, evaluate};
-pub use job::{Outcome, Workspace, register_run_model, reproduce, run_model, train};
-pub use spec::{Split, TrainSpec};
+pub use job::{JobCache, Outcome, Workspace, register_run_model, reproduce, run_model, train};
+pub use spec::{Export, Split, TrainSpec};
 
 /// What went wrong in a training or evaluation job.
 #[derive(Debug, thiserror::Error)]

@@ -28,7 +28,13 @@
 //! the run's failure reason.
 //!
 //! The built-in runtimes (`sklearn`, `lightgbm`) are `python/runtime.py`
-//! run by the managed Python environment (`WEIR_PYTHON`).
+//! run by the managed Python environment (`WEIR_PYTHON`). A process that
+//! runs job after job (a tuning worker) keeps one such Python process
+//! ([`Warm`]) and hands it each job: no interpreter start-up, imports or
+//! data reading per job. The built-ins also take `WEIR_EXPORT=deferred`,
+//! which tuning trials use: the fitted model is kept pickled
+//! (`model.pkl`), with the framework's scores of the validation rows, and
+//! only the model a search keeps is exported to ONNX ([`export`]).
 //!
 //! ## Data-parallel jobs
 //!
@@ -85,6 +91,37 @@ pub struct Contract {
     pub seed: u64,
     /// Where it writes.
     pub output: PathBuf,
+    /// A built-in runtime keeps the fitted model (`model.pkl`) rather than
+    /// exporting it to ONNX (`WEIR_EXPORT=deferred`).
+    pub deferred: bool,
+}
+
+/// What a built-in runtime's process is asked to do.
+enum Task<'a> {
+    Train(&'a Runtime),
+    /// Export the pickled model at this path.
+    Export(&'a Path),
+}
+
+impl Task<'_> {
+    /// The script's arguments; `None` for a command.
+    fn script_args(&self) -> Option<Vec<String>> {
+        match self {
+            Task::Train(Runtime::Sklearn { estimator }) => {
+                Some(vec!["sklearn".into(), estimator.clone()])
+            }
+            Task::Train(Runtime::Lightgbm) => Some(vec!["lightgbm".into()]),
+            Task::Train(Runtime::Command { .. }) => None,
+            Task::Export(_) => Some(vec!["export".into()]),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Task::Train(runtime) => runtime.describe(),
+            Task::Export(_) => "export".into(),
+        }
+    }
 }
 
 /// The Python the built-in runtimes use: `WEIR_PYTHON`, else `python3`.
@@ -94,22 +131,149 @@ pub fn python() -> PathBuf {
         .unwrap_or_else(|| "python3".into())
 }
 
-/// Runs `runtime` under the contract; its output (stdout and stderr) goes
-/// to `log`. Errors carry the last lines it printed.
-pub async fn run(runtime: &Runtime, contract: &Contract, log: &Path) -> Result<(), TrainError> {
-    let mut command = command(runtime, contract, log)?;
-    let status = command
-        .status()
-        .await
-        .map_err(|e| cannot_start(runtime, e))?;
+/// Runs `runtime` under the contract — in `warm`'s process when given and
+/// the runtime is built in, else in a process of its own; its output
+/// (stdout and stderr) goes to `log`. Errors carry the last lines it
+/// printed.
+pub async fn run(
+    runtime: &Runtime,
+    contract: &Contract,
+    log: &Path,
+    warm: Option<&Warm>,
+) -> Result<(), TrainError> {
+    run_task(Task::Train(runtime), contract, log, warm).await
+}
+
+/// Exports the model a deferred job of a built-in runtime pickled (at
+/// `model`) to `contract.output`: `model.onnx`, and the framework's scores
+/// of the validation rows (`validation_scores.parquet`) to check it with.
+pub async fn export(
+    model: &Path,
+    contract: &Contract,
+    log: &Path,
+    warm: Option<&Warm>,
+) -> Result<(), TrainError> {
+    run_task(Task::Export(model), contract, log, warm).await
+}
+
+async fn run_task(
+    task: Task<'_>,
+    contract: &Contract,
+    log: &Path,
+    warm: Option<&Warm>,
+) -> Result<(), TrainError> {
+    if let (Some(warm), Some(args)) = (warm, task.script_args()) {
+        return warm.run(&task, args, contract, log).await;
+    }
+    let mut command = command(&task, contract, log)?;
+    let status = command.status().await.map_err(|e| cannot_start(&task, e))?;
     if !status.success() {
         return Err(TrainError::Runtime(format!(
             "runtime {} exited with {status}: {}",
-            runtime.describe(),
+            task.describe(),
             tail(log, 5)
         )));
     }
     Ok(())
+}
+
+/// A Python process running the built-in runtimes' jobs one after another
+/// (`runtime.py serve`), started at its first job and again after one that
+/// killed it. Jobs take turns.
+#[derive(Debug, Default)]
+pub struct Warm {
+    process: tokio::sync::Mutex<Option<WarmProcess>>,
+}
+
+#[derive(Debug)]
+struct WarmProcess {
+    child: tokio::process::Child,
+    requests: tokio::process::ChildStdin,
+    answers: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+}
+
+impl Warm {
+    /// No process yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    async fn run(
+        &self,
+        task: &Task<'_>,
+        args: Vec<String>,
+        contract: &Contract,
+        log: &Path,
+    ) -> Result<(), TrainError> {
+        use tokio::io::AsyncWriteExt as _;
+        let mut process = self.process.lock().await;
+        let alive = match process.as_mut() {
+            Some(running) => running
+                .child
+                .try_wait()
+                .is_ok_and(|exited| exited.is_none()),
+            None => false,
+        };
+        if !alive {
+            *process = Some(WarmProcess::start().map_err(|e| cannot_start(task, e))?);
+        }
+        let running = process.as_mut().expect("started above");
+        let env: BTreeMap<&str, String> = contract_env(task, contract)
+            .into_iter()
+            .map(|(k, v)| (k, v.to_string_lossy().into_owned()))
+            .collect();
+        let request = serde_json::json!({"args": args, "env": env, "log": log});
+        let mut line = serde_json::to_vec(&request).expect("JSON");
+        line.push(b'\n');
+        let sent = running.requests.write_all(&line).await;
+        let answer = match sent {
+            Ok(()) => running.answers.next_line().await,
+            Err(error) => Err(error),
+        };
+        let status = match answer {
+            Ok(Some(answer)) => serde_json::from_str::<serde_json::Value>(&answer)
+                .ok()
+                .and_then(|a| a["status"].as_i64()),
+            _ => None,
+        };
+        match status {
+            Some(0) => Ok(()),
+            Some(status) => Err(TrainError::Runtime(format!(
+                "runtime {} failed (status {status}): {}",
+                task.describe(),
+                tail(log, 5)
+            ))),
+            None => {
+                // Killed or broken mid-job: the next job starts a new one.
+                *process = None;
+                Err(TrainError::Runtime(format!(
+                    "runtime {}: its process died: {}",
+                    task.describe(),
+                    tail(log, 5)
+                )))
+            }
+        }
+    }
+}
+
+impl WarmProcess {
+    fn start() -> std::io::Result<Self> {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = Command::new(python())
+            .args(["-c", SCRIPT, "serve"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let requests = child.stdin.take().expect("piped");
+        let answers = tokio::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        Ok(Self {
+            child,
+            requests,
+            answers,
+        })
+    }
 }
 
 /// A data-parallel job's processes.
@@ -153,7 +317,7 @@ pub async fn run_distributed(
                 std::fs::create_dir_all(&contract.output)
                     .map_err(|e| TrainError::io(contract.output.display(), e))?;
             }
-            let mut command = command(runtime, &contract, log)?;
+            let mut command = command(&Task::Train(runtime), &contract, log)?;
             for (names, value) in [
                 (&["WEIR_RANK", "RANK", "LOCAL_RANK"][..], rank.to_string()),
                 (
@@ -171,7 +335,9 @@ pub async fn run_distributed(
                 }
             }
             // Dropped (when another rank fails), the child is killed.
-            let mut child = command.spawn().map_err(|e| cannot_start(runtime, e))?;
+            let mut child = command
+                .spawn()
+                .map_err(|e| cannot_start(&Task::Train(runtime), e))?;
             running.spawn(async move { (rank, child.wait().await) });
         }
         let mut failure = None;
@@ -219,59 +385,66 @@ fn free_ports(count: usize) -> Result<Vec<u16>, TrainError> {
         .map_err(|e| TrainError::Runtime(format!("finding free ports: {e}")))
 }
 
-fn cannot_start(runtime: &Runtime, error: std::io::Error) -> TrainError {
+fn cannot_start(task: &Task<'_>, error: std::io::Error) -> TrainError {
     TrainError::Runtime(format!(
         "runtime {}: cannot start: {error}",
-        runtime.describe()
+        task.describe()
     ))
 }
 
 /// The runtime's process under the contract, its output going to `log`.
-fn command(runtime: &Runtime, contract: &Contract, log: &Path) -> Result<Command, TrainError> {
-    let (program, args): (PathBuf, Vec<String>) = match runtime {
-        Runtime::Sklearn { estimator } => (
-            python(),
-            vec![
-                "-c".into(),
-                SCRIPT.into(),
-                "sklearn".into(),
-                estimator.clone(),
-            ],
-        ),
-        Runtime::Lightgbm => (
-            python(),
-            vec!["-c".into(), SCRIPT.into(), "lightgbm".into()],
-        ),
-        Runtime::Command { command } => {
+fn command(task: &Task<'_>, contract: &Contract, log: &Path) -> Result<Command, TrainError> {
+    let (program, args): (PathBuf, Vec<String>) = match (task, task.script_args()) {
+        (_, Some(args)) => {
+            let mut words = vec!["-c".to_string(), SCRIPT.into()];
+            words.extend(args);
+            (python(), words)
+        }
+        (Task::Train(Runtime::Command { command }), None) => {
             let (program, args) = command
                 .split_first()
                 .ok_or_else(|| TrainError::Invalid("runtime: `command` is empty".into()))?;
             (program.into(), args.to_vec())
         }
+        (_, None) => unreachable!("only commands have no script arguments"),
     };
     let log_file = std::fs::File::create(log).map_err(|e| TrainError::io(log.display(), e))?;
     let err_file = log_file
         .try_clone()
         .map_err(|e| TrainError::io(log.display(), e))?;
-    let [train, validation, test] = &contract.parts;
     let mut command = Command::new(&program);
     command
         .args(&args)
-        .env("WEIR_TRAIN_PATH", train)
-        .env("WEIR_VALIDATION_PATH", validation)
-        .env("WEIR_TEST_PATH", test)
-        .env("WEIR_FEATURES", json(&contract.features))
-        .env("WEIR_LABEL", &contract.label)
-        .env("WEIR_TASK", &contract.task)
-        .env("WEIR_CLASSES", json(&contract.classes))
-        .env("WEIR_PARAMS", json(&contract.params))
-        .env("WEIR_SEED", contract.seed.to_string())
-        .env("WEIR_OUTPUT_DIR", &contract.output)
+        .envs(contract_env(task, contract))
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(err_file)
         .kill_on_drop(true);
     Ok(command)
+}
+
+/// The contract's variables.
+fn contract_env(task: &Task<'_>, contract: &Contract) -> Vec<(&'static str, std::ffi::OsString)> {
+    let [train, validation, test] = &contract.parts;
+    let mut env = vec![
+        ("WEIR_TRAIN_PATH", train.into()),
+        ("WEIR_VALIDATION_PATH", validation.into()),
+        ("WEIR_TEST_PATH", test.into()),
+        ("WEIR_FEATURES", json(&contract.features).into()),
+        ("WEIR_LABEL", (&contract.label).into()),
+        ("WEIR_TASK", (&contract.task).into()),
+        ("WEIR_CLASSES", json(&contract.classes).into()),
+        ("WEIR_PARAMS", json(&contract.params).into()),
+        ("WEIR_SEED", contract.seed.to_string().into()),
+        ("WEIR_OUTPUT_DIR", (&contract.output).into()),
+    ];
+    if contract.deferred {
+        env.push(("WEIR_EXPORT", "deferred".into()));
+    }
+    if let Task::Export(model) = task {
+        env.push(("WEIR_MODEL_PATH", model.into()));
+    }
+    env
 }
 
 /// The last `lines` non-empty lines of a file, joined with ` | `.

@@ -69,6 +69,43 @@ pub struct TrainSpec {
     /// each on its share of the training rows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distributed: Option<Distributed>,
+    /// When the model is exported to ONNX (`onnx`: by the job; `deferred`:
+    /// when it is registered — built-in runtimes only; tuning trials).
+    #[serde(default, skip_serializing_if = "Export::is_onnx")]
+    pub export: Export,
+}
+
+/// When a job's model is exported to ONNX.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Export {
+    /// By the job: the run holds `model.onnx`, checked against the
+    /// framework's scores and scored by ONNX Runtime.
+    #[default]
+    Onnx,
+    /// When the model is registered. The built-in runtime keeps the fitted
+    /// model (pickled) with its scores of the validation and test rows,
+    /// which the run's metrics are computed from; registering exports and
+    /// checks it. A search exports only the model it keeps.
+    Deferred,
+}
+
+impl Export {
+    fn is_onnx(&self) -> bool {
+        *self == Export::Onnx
+    }
+
+    /// Checks a job with `runtime` can export this way.
+    pub fn check(self, runtime: &Runtime, distributed: bool) -> Result<(), TrainError> {
+        if self == Export::Deferred && (distributed || matches!(runtime, Runtime::Command { .. })) {
+            return Err(TrainError::Invalid(format!(
+                "export: deferred is for the built-in runtimes in one process; runtime {}{} exports by itself",
+                runtime.describe(),
+                if distributed { " (distributed)" } else { "" }
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A data-parallel job's processes (see [`crate::runtime`]).

@@ -29,8 +29,8 @@ use weir_meta::state::State;
 use weir_meta::tracker::RunStart;
 
 use crate::TrainError;
-use crate::job::{Outcome, Workspace, register_run_model, train};
-use crate::spec::TrainSpec;
+use crate::job::{Outcome, Workspace, register_run_model, run_model, train};
+use crate::spec::{Export, TrainSpec};
 
 /// The tag naming a trial: `<tuning id>/<number>`.
 pub const TRIAL_TAG: &str = "weir.trial";
@@ -61,6 +61,23 @@ pub struct TuneSpec {
     /// Registers the best trial's model as a new version of this model.
     #[serde(default)]
     pub register: Option<String>,
+    /// Which trials' models are exported to ONNX: `best` (the default:
+    /// trials of a built-in runtime keep their fitted model, and the one
+    /// registered is exported then) or `every` trial.
+    #[serde(default)]
+    pub export: TrialExport,
+}
+
+/// Which trials' models are exported to ONNX.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrialExport {
+    /// Only the one kept (a trial's export is deferred: see
+    /// [`Export::Deferred`]); a command runtime's trials export anyway.
+    #[default]
+    Best,
+    /// Every trial's.
+    Every,
 }
 
 /// One param's range.
@@ -505,6 +522,13 @@ pub async fn tune(
             let mut job = spec.job.clone();
             job.experiment = spec.experiment.clone();
             job.params.extend(params.clone());
+            if spec.export == TrialExport::Best
+                && Export::Deferred
+                    .check(&job.runtime, job.distributed.is_some())
+                    .is_ok()
+            {
+                job.export = Export::Deferred;
+            }
             let trial = Trial {
                 parent_run_id: parent.clone(),
                 number,
@@ -594,8 +618,8 @@ pub async fn tune(
         .await?;
     let mut version = None;
     if let (Some(name), Some(best)) = (&spec.register, best) {
-        let number = register_trial(bus, tracker, &best.run_id, name).await?;
-        version = Some((name.clone(), number));
+        let (number, _) = keep_trial(bus, workspace, &best.run_id, Some(name)).await?;
+        version = number.map(|n| (name.clone(), n));
     }
     if !complete {
         return Err(TrainError::Runtime(format!(
@@ -614,18 +638,45 @@ pub async fn tune(
     })
 }
 
-/// Registers a trial's model. The trials were recorded by the workers: a
-/// tracker that has read them (opened for this) registers it.
-pub(crate) async fn register_trial(
+/// Keeps a trial's model: exports it if the trial deferred that (checked,
+/// and scored on the test rows) and, given a name, registers it as a new
+/// version. Returns the version and the run's test metrics. The trials were
+/// recorded by the workers: a tracker that has read them (opened for this)
+/// does it.
+pub(crate) async fn keep_trial(
     bus: &weir_bus::Bus,
-    tracker: &weir_meta::Tracker,
+    workspace: Workspace<'_>,
     run_id: &str,
-    name: &str,
-) -> Result<u64, TrainError> {
-    let current = weir_meta::Tracker::open(bus, tracker.artifacts().clone()).await?;
-    let registered = register_run_model(&current, run_id, name, String::new()).await;
+    register: Option<&str>,
+) -> Result<(Option<u64>, crate::metrics::Metrics), TrainError> {
+    let current = weir_meta::Tracker::open(bus, workspace.tracker.artifacts().clone()).await?;
+    let workspace = Workspace {
+        tracker: &current,
+        ..workspace
+    };
+    let kept = async {
+        run_model(workspace, run_id).await?;
+        let version = match register {
+            Some(name) => Some(
+                register_run_model(workspace, run_id, name, String::new())
+                    .await?
+                    .0,
+            ),
+            None => None,
+        };
+        let test = current.read(|state| {
+            state.run(run_id).map(|run| {
+                run.latest
+                    .iter()
+                    .filter_map(|(key, m)| Some((key.strip_prefix("test_")?.to_string(), m.value)))
+                    .collect()
+            })
+        })?;
+        Ok((version, test))
+    }
+    .await;
     current.close().await;
-    Ok(registered?.0)
+    kept
 }
 
 /// Chooses trial params.

@@ -91,11 +91,13 @@ impl Platform {
             tolerance: 1e-4,
             tags: Default::default(),
             distributed: None,
+            export: Default::default(),
         };
         let workspace = weir_train::Workspace {
             tracker: &self.tracker,
             datasets: &datasets,
             scratch: self.dir.path(),
+            cache: None,
         };
         let outcome = weir_train::train(&spec, workspace).await.unwrap();
         assert!(outcome.failure.is_none(), "{:?}", outcome.failure);

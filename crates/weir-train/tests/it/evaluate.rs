@@ -25,6 +25,7 @@ fn job(dataset: &str, features: &[&str]) -> TrainSpec {
         tolerance: 1e-4,
         tags: Default::default(),
         distributed: None,
+        export: Default::default(),
     }
 }
 

@@ -63,6 +63,7 @@ impl Platform {
             tracker: &self.tracker,
             datasets: &self.datasets,
             scratch: self.dir.path(),
+            cache: None,
         }
     }
 

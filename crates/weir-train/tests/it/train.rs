@@ -29,6 +29,7 @@ fn spec(dataset: &str, label: &str, runtime: Runtime) -> TrainSpec {
         tolerance: 1e-4,
         tags: Default::default(),
         distributed: None,
+        export: Default::default(),
     }
 }
 
@@ -592,4 +593,112 @@ if rank > 0:
             assert!(registered);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deferred_jobs_in_a_warm_runtime_keep_their_model_and_export_it_when_registered() {
+    let mut platform = Platform::start().await;
+    let path = platform.dir.path().join("clicks.parquet");
+    generate(&path, 3000, 1);
+    let dataset = platform.register("clicks", &path).await;
+    let cache = weir_train::JobCache::new(platform.dir.path().join("cache"));
+    let warm = weir_train::Workspace {
+        cache: Some(&cache),
+        ..platform.workspace()
+    };
+    let mut job = spec(&dataset, "clicked", Runtime::Lightgbm);
+    job.params.insert("n_estimators".into(), 30.into());
+    job.export = weir_train::Export::Deferred;
+    let kept = weir_train::train(&job, warm).await.unwrap();
+    assert_eq!(kept.failure, None);
+    assert!(kept.model.is_none());
+    let m = &kept.metrics;
+    assert!(m["validation_roc_auc"] > 0.85, "{m:?}");
+    // Only the model kept meets the test rows, when it is exported.
+    assert!(!m.contains_key("test_roc_auc"), "{m:?}");
+    assert!(!m.contains_key("onnx_max_abs_diff"), "{m:?}");
+    let artifacts = |run_id: &str| {
+        platform.tracker.read(|state| {
+            let run = state.run(run_id).unwrap();
+            let root = run.artifact_uri.trim_start_matches("mlflow-artifacts:/");
+            [
+                "model/model.pkl",
+                "model/model.onnx",
+                "output/dependencies.json",
+            ]
+            .map(|name| state.artifact(&format!("{root}/{name}")).is_some())
+        })
+    };
+    assert_eq!(artifacts(&kept.run_id), [true, false, true]);
+
+    // The same warm process: a job that fails, then another estimator.
+    let mut bad = job.clone();
+    bad.params.insert("no_such_param".into(), 1.into());
+    let failed = weir_train::train(&bad, warm).await.unwrap();
+    let reason = failed.failure.unwrap();
+    assert!(reason.contains("unknown param `no_such_param`"), "{reason}");
+    let mut linear = spec(
+        &dataset,
+        "clicked",
+        Runtime::Sklearn {
+            estimator: "LogisticRegression".into(),
+        },
+    );
+    linear.export = weir_train::Export::Deferred;
+    let other = weir_train::train(&linear, warm).await.unwrap();
+    assert_eq!(other.failure, None);
+    assert!(other.metrics["validation_roc_auc"] > 0.85);
+
+    // The framework's scores give the metrics the exported model gives.
+    job.export = weir_train::Export::Onnx;
+    let exported = weir_train::train(&job, platform.workspace()).await.unwrap();
+    assert_eq!(exported.failure, None);
+    for metric in [
+        "validation_roc_auc",
+        "validation_log_loss",
+        "validation_accuracy",
+    ] {
+        let (a, b) = (kept.metrics[metric], exported.metrics[metric]);
+        assert!((a - b).abs() < 1e-4, "{metric}: {a} vs {b}");
+    }
+
+    // Registering the kept model exports it, checks it and keeps it with
+    // its run.
+    let (version, info) = weir_train::register_run_model(
+        platform.workspace(),
+        &kept.run_id,
+        "deferred-model",
+        String::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(version, 1);
+    assert_eq!(info.features, ["x0", "x1", "x2", "x3", "x4"]);
+    assert_eq!(info.classes, ["0", "1"]);
+    assert_eq!(
+        info.dependencies["lightgbm"],
+        exported.model.as_ref().unwrap().dependencies["lightgbm"]
+    );
+    assert_eq!(artifacts(&kept.run_id), [true, true, true]);
+    let run = platform
+        .tracker
+        .read(|state| state.run(&kept.run_id).unwrap().clone());
+    assert!(run.latest["onnx_max_abs_diff"].value <= 1e-4);
+    // …and its test metrics are those of the same model exported by its job.
+    for metric in ["test_roc_auc", "test_accuracy", "test_log_loss"] {
+        let (a, b) = (run.latest[metric].value, exported.metrics[metric]);
+        assert!((a - b).abs() < 1e-9, "{metric}: {a} vs {b}");
+    }
+    let bytes = platform.tracker.artifact_bytes(&info.path).await.unwrap();
+    assert_eq!(bytes.len() as u64, info.size);
+    // Registered again (a second version of the same run): nothing to export.
+    let (again, _) = weir_train::register_run_model(
+        platform.workspace(),
+        &kept.run_id,
+        "deferred-model",
+        String::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again, 2);
 }
