@@ -525,6 +525,7 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
     // One warm runtime process and the datasets' split parts, kept from
     // trial to trial.
     let cache = weir_train::JobCache::new(scratch.join(format!("worker-{}", std::process::id())));
+    cache.warm_up().await?;
     let artifacts = crate::tracking::artifact_store(config)?;
     // Trials seen on any partition and not yet known to be done.
     let mut seen: BTreeMap<String, Trial> = BTreeMap::new();

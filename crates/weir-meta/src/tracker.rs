@@ -384,8 +384,9 @@ impl Tracker {
     }
 
     /// [`Tracker::take_lease`] for a process that follows the log: the
-    /// claim is written, then `follower` reads on to it, and the log's
-    /// order up to the claim decides — no replay. Also nothing is written
+    /// claim is written, then `follower` reads on to it (unless the claim
+    /// came right after what it had read), and the log's order up to the
+    /// claim decides — no replay. Also nothing is written
     /// while `follower` or this tracker sees another holder's live lease.
     pub async fn claim_lease(
         &self,
@@ -417,6 +418,13 @@ impl Tracker {
                 ))
             })
             .await?;
+        if offset == follower.position() {
+            // The claim is the event right after those the follower has
+            // read, and they left the lease free: nothing came between, so
+            // it wins without waiting to read it back (the follower applies
+            // it when it gets there).
+            return Ok(true);
+        }
         follower.until(offset).await?;
         Ok(follower
             .state()

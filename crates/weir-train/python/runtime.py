@@ -15,6 +15,7 @@ instead of model.onnx; `export` turns such a pickle
 (WEIR_MODEL_PATH) into model.onnx later, for the one model kept.
 """
 
+import functools
 import json
 import os
 import pickle
@@ -103,6 +104,17 @@ def to_onnx(kind, model, estimator, task, x_sample):
     return sklearn_to_onnx(model, x_sample, options=options)
 
 
+@functools.cache
+def dependencies(kind):
+    """The versions a model of this runtime needs (a warm process looks
+    them up once)."""
+    packages = ["numpy", "scikit-learn", "onnx"]
+    packages += ["lightgbm", "onnxmltools"] if kind == "lightgbm" else ["skl2onnx"]
+    found = {p: metadata.version(p) for p in packages}
+    found["python"] = platform.python_version()
+    return found
+
+
 def train(kind, name, env, parts):
     """One training job under the contract (`env`): returns what it did."""
     features = json.loads(env["WEIR_FEATURES"])
@@ -186,12 +198,8 @@ def train(kind, name, env, parts):
         with open(os.path.join(out, "model.onnx"), "wb") as f:
             f.write(onnx_model.SerializeToString())
 
-    packages = ["numpy", "scikit-learn", "onnx"]
-    packages += ["lightgbm", "onnxmltools"] if kind == "lightgbm" else ["skl2onnx"]
-    dependencies = {p: metadata.version(p) for p in packages}
-    dependencies["python"] = platform.python_version()
     with open(os.path.join(out, "dependencies.json"), "w") as f:
-        json.dump(dependencies, f, indent=1)
+        json.dump(dependencies(kind), f, indent=1)
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump({"fit_seconds": fit_seconds}, f)
     return (f"{cls.__name__} fitted on {len(y_train)} rows in {fit_seconds:.2f} s"
@@ -231,11 +239,21 @@ def serve():
     A request is a JSON line on stdin, `{"args": [...], "env": {...},
     "log": PATH}`; what the job prints (Python's and the libraries' own
     output) goes to PATH; the answer is a JSON line on the original stdout,
-    `{"status": 0}` or the exit status a cold run would have had. The
-    process ends when stdin does."""
+    `{"status": 0}` or the exit status a cold run would have had. It
+    imports the libraries the jobs use as it starts, before the first
+    request. The process ends when stdin does."""
     import ctypes
     import traceback
 
+    # What every job needs, imported before the first one comes.
+    import numpy  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+    import sklearn.utils  # noqa: F401
+
+    try:
+        import lightgbm  # noqa: F401
+    except ImportError:
+        pass
     libc = ctypes.CDLL(None)
     answers = os.fdopen(os.dup(1), "w")
     quiet = os.open(os.devnull, os.O_WRONLY)

@@ -172,6 +172,7 @@ pub async fn automl(
                 method: "tpe".into(),
                 trials,
                 parallel: spec.parallel,
+                ahead: 1,
                 seed: spec.seed + i as u64,
                 timeout_s: left.as_secs().max(1),
             },

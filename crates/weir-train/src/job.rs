@@ -547,6 +547,11 @@ impl JobCache {
         }
     }
 
+    /// Starts the warm runtime process ahead of the first job.
+    pub async fn warm_up(&self) -> Result<(), TrainError> {
+        self.warm.start().await
+    }
+
     fn prepared(
         &self,
         spec: &TrainSpec,

@@ -198,6 +198,18 @@ impl Warm {
         Self::default()
     }
 
+    /// Starts the process now (it imports the libraries the jobs use while
+    /// nothing waits for it), unless it runs.
+    pub async fn start(&self) -> Result<(), TrainError> {
+        let mut process = self.process.lock().await;
+        if process.is_none() {
+            *process = Some(WarmProcess::start().map_err(|e| {
+                TrainError::Runtime(format!("starting {}: {e}", python().display()))
+            })?);
+        }
+        Ok(())
+    }
+
     async fn run(
         &self,
         task: &Task<'_>,

@@ -108,6 +108,12 @@ pub struct Search {
     /// choosing more).
     #[serde(default = "default_parallel")]
     pub parallel: usize,
+    /// Trials published beyond `parallel`, waiting: a worker that finishes
+    /// one starts the next at once instead of waiting for the coordinator to
+    /// see its result and choose. The adaptive method chooses them without
+    /// the results of the trials still running.
+    #[serde(default = "default_ahead")]
+    pub ahead: usize,
     /// Seed of the sampler.
     #[serde(default)]
     pub seed: u64,
@@ -125,6 +131,9 @@ fn default_trials() -> usize {
 fn default_parallel() -> usize {
     4
 }
+fn default_ahead() -> usize {
+    1
+}
 fn default_timeout() -> u64 {
     3600
 }
@@ -135,6 +144,7 @@ impl Default for Search {
             method: default_method(),
             trials: default_trials(),
             parallel: default_parallel(),
+            ahead: default_ahead(),
             seed: 0,
             timeout_s: default_timeout(),
         }
@@ -317,6 +327,9 @@ pub async fn claim_trial(
         .await?;
     match trial.state(follower.state(), weir_meta::now_ms()) {
         TrialState::Held { holder: h, .. } if won && h == holder => Ok(None),
+        // Won with nothing written in between: the follower has not read
+        // the claim yet, and the trial is as it was.
+        TrialState::Open { .. } if won => Ok(None),
         state => {
             if won {
                 tracker.release_lease(&key, holder).await?;
@@ -513,9 +526,10 @@ pub async fn tune(
     let mut done: BTreeMap<usize, TrialResult> = BTreeMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(spec.search.timeout_s);
     while done.len() < wanted {
-        // Keep `parallel` trials out; the adaptive sampler sees every
-        // result so far.
-        while issued.len() < wanted && issued.len() - done.len() < spec.search.parallel.max(1) {
+        // Keep `parallel` trials out, and `ahead` more waiting; the
+        // adaptive sampler sees every result so far.
+        let out = spec.search.parallel.max(1) + spec.search.ahead;
+        while issued.len() < wanted && issued.len() - done.len() < out {
             let number = issued.len();
             let history: Vec<&TrialResult> = done.values().collect();
             let params = sampler.next(number, &history, maximize);
