@@ -108,16 +108,7 @@ pub async fn train(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Outcome
         tracing::warn!(%reason, "training job failed");
     }
     let ended = weir_meta::now_ms();
-    let metric_events = record
-        .metrics
-        .iter()
-        .map(|(key, &value)| Metric {
-            key: key.clone(),
-            value,
-            timestamp: ended,
-            step: 0,
-        })
-        .collect();
+    let metric_events = metric_events(&record.metrics, ended);
     let (run_id, _) = workspace
         .tracker
         .record_run(RunReport {
@@ -154,13 +145,8 @@ pub async fn train(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Outcome
         model
     });
     if let Some(name) = &spec.register {
-        let (version, model) = match &outcome.model {
-            Some(model) => (
-                register(workspace.tracker, &run_id, name, String::new(), model).await?,
-                model.clone(),
-            ),
-            None => register_run_model(workspace, &run_id, name, String::new()).await?,
-        };
+        // A deferred model is exported on the way.
+        let (version, model) = register_run_model(workspace, &run_id, name, String::new()).await?;
         outcome.version = Some((name.clone(), version));
         outcome.model = Some(model);
     }
@@ -261,7 +247,11 @@ async fn export_kept(workspace: Workspace<'_>, run_id: &str, root: &str) -> Resu
             .artifact_bytes(&format!("{root}/output/dependencies.json"))
             .await
             .ok();
-        let model = checked.info(&data, &spec.label, read_dependencies(&dependencies)?);
+        let model = checked.info(
+            &data,
+            &spec.label,
+            read_dependencies(dependencies.as_deref())?,
+        );
         tracker
             .store_artifact(run_id, "model/model.onnx", checked.bytes)
             .await?;
@@ -274,8 +264,7 @@ async fn export_kept(workspace: Workspace<'_>, run_id: &str, root: &str) -> Resu
             .await?;
         // The model kept meets the test rows now, through ONNX Runtime as
         // an exporting job's does.
-        let test = scores(&checked.model, &data.table, &data.features, &data.parts[2])?;
-        let mut metrics = data.metrics(&spec, 2, &test)?;
+        let mut metrics = data.model_metrics(&spec, &checked.model, 2)?;
         if let Some(diff) = checked.max_diff {
             metrics.insert("onnx_max_abs_diff".into(), diff);
         }
@@ -284,15 +273,7 @@ async fn export_kept(workspace: Workspace<'_>, run_id: &str, root: &str) -> Resu
             .append(weir_meta::event::Event::RunLogged {
                 at: now,
                 run_id: run_id.into(),
-                metrics: metrics
-                    .into_iter()
-                    .map(|(key, value)| Metric {
-                        key,
-                        value,
-                        timestamp: now,
-                        step: 0,
-                    })
-                    .collect(),
+                metrics: metric_events(&metrics, now),
                 params: vec![],
                 tags: vec![],
             })
@@ -307,7 +288,7 @@ async fn export_kept(workspace: Workspace<'_>, run_id: &str, root: &str) -> Resu
 }
 
 /// Registers `model` (its path in the store) made by `run_id`.
-async fn register(
+pub(crate) async fn register(
     tracker: &Tracker,
     run_id: &str,
     name: &str,
@@ -513,6 +494,30 @@ impl Prepared {
             .map(|(key, value)| (format!("{}_{key}", PART_NAMES[part]), value))
             .collect())
     }
+
+    /// The metrics of `model`'s scores of part `part`, by ONNX Runtime.
+    fn model_metrics(
+        &self,
+        spec: &TrainSpec,
+        model: &Model,
+        part: usize,
+    ) -> Result<Metrics, TrainError> {
+        let scores = scores(model, &self.table, &self.features, &self.parts[part])?;
+        self.metrics(spec, part, &scores)
+    }
+}
+
+/// Metric events of `metrics`, all at `at`, step 0.
+fn metric_events(metrics: &Metrics, at: i64) -> Vec<Metric> {
+    metrics
+        .iter()
+        .map(|(key, &value)| Metric {
+            key: key.clone(),
+            value,
+            timestamp: at,
+            step: 0,
+        })
+        .collect()
 }
 
 const PART_NAMES: [&str; 3] = ["train", "validation", "test"];
@@ -715,9 +720,8 @@ async fn run(
         .metrics
         .insert("train_seconds".into(), clock.elapsed().as_secs_f64());
 
-    let mut kept = [VALIDATION_SCORES, "model.onnx", "model.pkl"]
-        .map(|name| output.join(name))
-        .to_vec();
+    // Files the run keeps elsewhere, or not at all.
+    let handled = [VALIDATION_SCORES, "model.onnx", "model.pkl"].map(|name| output.join(name));
     let model = if spec.export == Export::Deferred {
         // The framework's own scores make the validation metrics; the
         // model is kept as fitted. The test rows are scored when it is
@@ -737,11 +741,12 @@ async fn run(
         if let Some(diff) = checked.max_diff {
             record.metrics.insert("onnx_max_abs_diff".into(), diff);
         }
-        let test_scores = scores(&checked.model, &data.table, &data.features, &data.parts[2])?;
         record
             .metrics
             .extend(data.metrics(spec, 1, &checked.validation)?);
-        record.metrics.extend(data.metrics(spec, 2, &test_scores)?);
+        record
+            .metrics
+            .extend(data.model_metrics(spec, &checked.model, 2)?);
         Some(checked)
     };
 
@@ -757,12 +762,15 @@ async fn run(
             record.metrics.insert(key, value);
         }
     }
-    let dependencies = read_dependencies(&std::fs::read(output.join("dependencies.json")).ok())?;
-    kept.sort();
+    let dependencies = read_dependencies(
+        std::fs::read(output.join("dependencies.json"))
+            .ok()
+            .as_deref(),
+    )?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(&output)
         .map_err(|e| TrainError::io(output.display(), e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && kept.binary_search(p).is_err())
+        .filter(|p| p.is_file() && !handled.contains(p))
         .collect();
     files.sort();
     for file in files {
@@ -785,7 +793,7 @@ async fn run(
 }
 
 /// A runtime's `dependencies.json`: `{"package": "version"}`.
-fn read_dependencies(bytes: &Option<Vec<u8>>) -> Result<BTreeMap<String, String>, TrainError> {
+fn read_dependencies(bytes: Option<&[u8]>) -> Result<BTreeMap<String, String>, TrainError> {
     match bytes {
         Some(bytes) => serde_json::from_slice(bytes)
             .map_err(|e| TrainError::Runtime(format!("the runtime's dependencies.json: {e}"))),

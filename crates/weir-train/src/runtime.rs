@@ -201,13 +201,9 @@ impl Warm {
     /// Starts the process now (it imports the libraries the jobs use while
     /// nothing waits for it), unless it runs.
     pub async fn start(&self) -> Result<(), TrainError> {
-        let mut process = self.process.lock().await;
-        if process.is_none() {
-            *process = Some(WarmProcess::start().map_err(|e| {
-                TrainError::Runtime(format!("starting {}: {e}", python().display()))
-            })?);
-        }
-        Ok(())
+        WarmProcess::running(&mut *self.process.lock().await)
+            .map(drop)
+            .map_err(|e| TrainError::Runtime(format!("starting {}: {e}", python().display())))
     }
 
     async fn run(
@@ -219,17 +215,7 @@ impl Warm {
     ) -> Result<(), TrainError> {
         use tokio::io::AsyncWriteExt as _;
         let mut process = self.process.lock().await;
-        let alive = match process.as_mut() {
-            Some(running) => running
-                .child
-                .try_wait()
-                .is_ok_and(|exited| exited.is_none()),
-            None => false,
-        };
-        if !alive {
-            *process = Some(WarmProcess::start().map_err(|e| cannot_start(task, e))?);
-        }
-        let running = process.as_mut().expect("started above");
+        let running = WarmProcess::running(&mut process).map_err(|e| cannot_start(task, e))?;
         let env: BTreeMap<&str, String> = contract_env(task, contract)
             .into_iter()
             .map(|(k, v)| (k, v.to_string_lossy().into_owned()))
@@ -269,6 +255,20 @@ impl Warm {
 }
 
 impl WarmProcess {
+    /// The process in `slot`, started if there is none or it has exited.
+    fn running(slot: &mut Option<Self>) -> std::io::Result<&mut Self> {
+        let alive = slot.as_mut().is_some_and(|process| {
+            process
+                .child
+                .try_wait()
+                .is_ok_and(|exited| exited.is_none())
+        });
+        if !alive {
+            *slot = Some(Self::start()?);
+        }
+        Ok(slot.as_mut().expect("started above"))
+    }
+
     fn start() -> std::io::Result<Self> {
         use tokio::io::AsyncBufReadExt as _;
         let mut child = Command::new(python())

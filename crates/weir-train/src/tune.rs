@@ -29,7 +29,7 @@ use weir_meta::state::State;
 use weir_meta::tracker::RunStart;
 
 use crate::TrainError;
-use crate::job::{Outcome, Workspace, register_run_model, run_model, train};
+use crate::job::{Outcome, Workspace, run_model, train};
 use crate::spec::{Export, TrainSpec};
 
 /// The tag naming a trial: `<tuning id>/<number>`.
@@ -522,6 +522,18 @@ pub async fn tune(
     // The trials' runs, as the workers record them: the log read once,
     // then followed.
     let mut follower = weir_meta::tracker::Follower::start(bus).await?;
+    // Trials keep their model unless every one is exported or the runtime
+    // exports by itself.
+    let export = match spec.export {
+        TrialExport::Best
+            if Export::Deferred
+                .check(&spec.job.runtime, spec.job.distributed.is_some())
+                .is_ok() =>
+        {
+            Export::Deferred
+        }
+        _ => spec.job.export,
+    };
     let mut issued: BTreeMap<usize, BTreeMap<String, Json>> = BTreeMap::new();
     let mut done: BTreeMap<usize, TrialResult> = BTreeMap::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(spec.search.timeout_s);
@@ -536,13 +548,7 @@ pub async fn tune(
             let mut job = spec.job.clone();
             job.experiment = spec.experiment.clone();
             job.params.extend(params.clone());
-            if spec.export == TrialExport::Best
-                && Export::Deferred
-                    .check(&job.runtime, job.distributed.is_some())
-                    .is_ok()
-            {
-                job.export = Export::Deferred;
-            }
+            job.export = export;
             let trial = Trial {
                 parent_run_id: parent.clone(),
                 number,
@@ -669,13 +675,11 @@ pub(crate) async fn keep_trial(
         ..workspace
     };
     let kept = async {
-        run_model(workspace, run_id).await?;
+        let model = run_model(workspace, run_id).await?;
         let version = match register {
-            Some(name) => Some(
-                register_run_model(workspace, run_id, name, String::new())
-                    .await?
-                    .0,
-            ),
+            Some(name) => {
+                Some(crate::job::register(&current, run_id, name, String::new(), &model).await?)
+            }
             None => None,
         };
         let test = current.read(|state| {

@@ -141,9 +141,7 @@ async fn a_partition_with_records_left_to_read_is_never_idle() {
     let state = tempfile::tempdir().unwrap();
     let mut unbounded =
         crate::support::spec("backlog-unbounded", "backlog", state.path(), window, sink);
-    let weir_dataflow::job::Source::Kafka(source) = &mut unbounded.source else {
-        unreachable!("a Kafka source");
-    };
+    let source = crate::support::kafka_source(&mut unbounded);
     source.bounded = false;
     source.lateness = Duration::ZERO;
     source.idle_timeout = Duration::from_millis(1);
@@ -186,9 +184,7 @@ async fn an_empty_partition_goes_idle_and_windows_close() {
     let window = Window::tumbling(Duration::from_secs(10)).unwrap();
     let (sink, results) = memory();
     let mut spec = spec("one-sided", "one-sided", h.state.path(), window, sink);
-    let weir_dataflow::job::Source::Kafka(source) = &mut spec.source else {
-        unreachable!("a Kafka source");
-    };
+    let source = crate::support::kafka_source(&mut spec);
     source.bounded = false;
     source.lateness = Duration::ZERO;
     source.idle_timeout = Duration::from_millis(500);

@@ -330,6 +330,14 @@ pub fn reference_groups(events: &[Event], window: Window) -> BTreeMap<(String, i
 }
 
 /// Waits (up to a minute) until a running job has read `records` records.
+/// The job's Kafka source, to change how it reads.
+pub fn kafka_source(job: &mut JobSpec) -> &mut KafkaSource {
+    match &mut job.source {
+        Source::Kafka(source) => source,
+        _ => unreachable!("a Kafka source"),
+    }
+}
+
 pub async fn wait_until_read(handle: &JobHandle, records: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while handle.status().records_in < records as u64 {

@@ -184,9 +184,7 @@ async fn updates_end_with_the_values_of_closed_windows() {
     let mut job = spec("updates", "update-in", h.state.path(), window, sink);
     job.aggregation.as_mut().unwrap().emit = Emit::OnUpdate;
     job.checkpoint_interval = Duration::from_secs(3600);
-    if let weir_dataflow::job::Source::Kafka(source) = &mut job.source {
-        source.bounded = false;
-    }
+    crate::support::kafka_source(&mut job).bounded = false;
     let handle = start(job, &h.bus, Cluster::local(2)).await.unwrap();
     // Two checkpoints, one after each half: the windows that straddle the
     // halves are updated at both, whatever the timing of the reads.
@@ -247,9 +245,7 @@ async fn a_checkpoint_can_be_asked_for() {
     let (sink, _) = memory();
     let mut job = spec("asked", "asked-in", h.state.path(), window, sink);
     job.checkpoint_interval = Duration::from_secs(3600);
-    if let weir_dataflow::job::Source::Kafka(source) = &mut job.source {
-        source.bounded = false;
-    }
+    crate::support::kafka_source(&mut job).bounded = false;
     let handle = start(job, &h.bus, Cluster::local(2)).await.unwrap();
     crate::support::wait_until_read(&handle, data.len()).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
