@@ -1,7 +1,9 @@
 //! `weir server` against the official `mlflow` client (pinned in the test
 //! Python environment): everything it writes reads back equal, bad
-//! requests get MLflow's error codes, and a second server that rebuilds
-//! its state from `weir.meta` answers the same.
+//! requests get MLflow's error codes, and a second server (its query
+//! store as the first left it when killed, the rest replayed from
+//! `weir.meta`) and a third that rebuilds its store from the whole log
+//! answer the same.
 
 use std::process::{Command, Output};
 
@@ -48,11 +50,19 @@ fn the_mlflow_client_works_unchanged_and_a_replayed_server_answers_the_same() {
     );
     drop(first);
 
-    // A new node: its state comes from replaying weir.meta alone.
+    // A new node on the query store the killed one saved last, plus the
+    // events weir.meta has since.
     let second = platform.serve(&["server", "--artifacts", store]);
     let after = mlflow("read", &second.url());
     assert!(printed_state(&after).contains("\"churn-model\""));
     assert_eq!(printed_state(&before), printed_state(&after));
+    drop(second);
+
+    // The store dropped and rebuilt from the whole log: the same answers.
+    let third = platform.serve(&["server", "--artifacts", store, "--rebuild"]);
+    let rebuilt = mlflow("read", &third.url());
+    assert_eq!(printed_state(&before), printed_state(&rebuilt));
+    drop(third);
 
     // The same metadata from the command line, without a server.
     let stdout =

@@ -196,13 +196,13 @@ impl AvroCodec {
                 Ok(())
             }
             S::Float => {
-                let x = json.as_f64().ok_or_else(|| Misfit::wrong("float", json))?;
+                let x = float(json).ok_or_else(|| Misfit::wrong("float", json))?;
                 // f64 -> f32 narrowing is what a float field asks for.
                 out.extend_from_slice(&(x as f32).to_le_bytes());
                 Ok(())
             }
             S::Double => {
-                let x = json.as_f64().ok_or_else(|| Misfit::wrong("double", json))?;
+                let x = float(json).ok_or_else(|| Misfit::wrong("double", json))?;
                 out.extend_from_slice(&x.to_le_bytes());
                 Ok(())
             }
@@ -405,6 +405,31 @@ fn is_nullable(schema: &AvroSchema) -> bool {
     matches!(schema, AvroSchema::Union(u) if u.variants().iter().any(|v| matches!(v, AvroSchema::Null)))
 }
 
+/// A number, or one of the strings JSON writes the values it has no
+/// number for as (`"NaN"`, `"Infinity"`, `"-Infinity"`, as protobuf's JSON
+/// and [`avro_to_json`] do).
+fn float(json: &Json) -> Option<f64> {
+    match json.as_str() {
+        Some("NaN") => Some(f64::NAN),
+        Some("Infinity") => Some(f64::INFINITY),
+        Some("-Infinity") => Some(f64::NEG_INFINITY),
+        Some(_) => None,
+        None => json.as_f64(),
+    }
+}
+
+/// A float as JSON: a number, or the string naming a value JSON has no
+/// number for.
+fn float_json(x: f64) -> Json {
+    if x.is_nan() {
+        Json::from("NaN")
+    } else if x.is_infinite() {
+        Json::from(if x > 0.0 { "Infinity" } else { "-Infinity" })
+    } else {
+        Json::from(x)
+    }
+}
+
 fn integer<T: TryFrom<i64>>(json: &Json) -> Option<T> {
     json.as_i64().and_then(|n| T::try_from(n).ok())
 }
@@ -466,7 +491,8 @@ fn collect_names(schema: &'static AvroSchema, names: &mut HashMap<Name, &'static
 }
 
 /// Plain JSON for an Avro value: unions unwrapped, bytes and fixed as
-/// (lossy) UTF-8 strings, logical types as their underlying numbers.
+/// (lossy) UTF-8 strings, logical types as their underlying numbers, NaN
+/// and the infinities as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`.
 pub fn avro_to_json(value: &AvroValue) -> Json {
     use AvroValue as V;
     match value {
@@ -481,8 +507,8 @@ pub fn avro_to_json(value: &AvroValue) -> Json {
         | V::LocalTimestampMillis(n)
         | V::LocalTimestampMicros(n)
         | V::LocalTimestampNanos(n) => Json::from(*n),
-        V::Float(x) => Json::from(f64::from(*x)),
-        V::Double(x) => Json::from(*x),
+        V::Float(x) => float_json(f64::from(*x)),
+        V::Double(x) => float_json(*x),
         V::Bytes(bytes) | V::Fixed(_, bytes) => Json::String(String::from_utf8_lossy(bytes).into()),
         V::String(s) | V::Enum(_, s) => Json::String(s.clone()),
         V::Union(_, inner) => avro_to_json(inner),
@@ -541,6 +567,23 @@ mod tests {
         assert_eq!(avro_to_json(&back), input);
         // The same bytes as apache-avro's own encoder writes.
         assert_eq!(codec.encode_checked(7, &back).unwrap(), bytes);
+    }
+
+    #[test]
+    fn nan_and_the_infinities_round_trip_as_their_json_names() {
+        let codec = AvroCodec::parse(
+            r#"{"type": "record", "name": "M", "fields": [{"name": "x", "type": "double"}, {"name": "y", "type": "float"}]}"#,
+        )
+        .unwrap();
+        for name in ["NaN", "Infinity", "-Infinity"] {
+            let input = json!({"x": name, "y": name});
+            let back = avro_to_json(&codec.decode(&codec.encode_json(&input).unwrap()).unwrap());
+            assert_eq!(back, input);
+        }
+        let refused = codec
+            .encode_json(&json!({"x": "nan", "y": 1.0}))
+            .unwrap_err();
+        assert_eq!(refused.field.as_deref(), Some("x"));
     }
 
     #[test]

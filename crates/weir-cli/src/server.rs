@@ -1,8 +1,10 @@
 //! `weir server`: the metadata server — experiments, runs, the model
 //! registry and artifacts — speaking MLflow's REST API, so the official
 //! `mlflow` client (`mlflow.set_tracking_uri("http://…")`) works unchanged.
-//! Every change is an event on `weir.meta`; the server rebuilds its state
-//! from that topic when it starts.
+//! Every change is an event on `weir.meta`. The server keeps its state in
+//! a RocksDB query store with the log offset it stands at, so a restart
+//! replays only the events written since; an empty store, or one saved
+//! from another log, is rebuilt from the whole topic.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,6 +15,7 @@ use clap::Parser;
 use weir_core::Config;
 use weir_meta::Tracker;
 use weir_meta::artifacts::ArtifactStore;
+use weir_meta::store::Store;
 
 use crate::connect::connect;
 
@@ -26,6 +29,13 @@ pub struct Args {
     /// the state directory.
     #[arg(long)]
     artifacts: Option<String>,
+    /// The query store (RocksDB). Default: `meta-store/` under the state
+    /// directory.
+    #[arg(long)]
+    store: Option<PathBuf>,
+    /// Drop what the query store has and rebuild it from the whole log.
+    #[arg(long)]
+    rebuild: bool,
 }
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
@@ -36,8 +46,33 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
             .display()
             .to_string()
     });
-    let store = ArtifactStore::open(&location)?;
-    let tracker = Tracker::open(&connection.bus, store).await?;
+    let artifacts = ArtifactStore::open(&location)?;
+    let store_dir = args
+        .store
+        .unwrap_or_else(|| PathBuf::from(&config.state_dir).join("meta-store"));
+    let store = Store::open(&store_dir)?;
+    if args.rebuild {
+        store.clear()?;
+    }
+    let started = std::time::Instant::now();
+    let (tracker, restored) = Tracker::open_with_store(&connection.bus, artifacts, store).await?;
+    match &restored.rebuilt {
+        None => eprintln!(
+            "state: {} events from the store in {}, {} more replayed from {} ({:.2} s)",
+            restored.from_store,
+            store_dir.display(),
+            restored.from_log,
+            weir_core::topics::META,
+            started.elapsed().as_secs_f64()
+        ),
+        Some(why) => eprintln!(
+            "state: {} events replayed from {} into a new store in {} ({why}; {:.2} s)",
+            restored.from_log,
+            weir_core::topics::META,
+            store_dir.display(),
+            started.elapsed().as_secs_f64()
+        ),
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;

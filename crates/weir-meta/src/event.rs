@@ -1,16 +1,19 @@
 //! The events on `weir.meta` that experiments, runs, models and artifacts
 //! are made of.
 //!
-//! Each event is a JSON object with a `kind`, like the feature views' and
-//! datasets' events that share the topic, and carries everything its
-//! effect depends on — ids, times, version numbers — so that applying the
-//! log in order gives the same state on every node. Events of kinds this
-//! crate does not know are skipped.
+//! Each event has a `kind` and is written in Avro (`schemas/meta_event.avsc`,
+//! one record per kind, in the single-object encoding), next to the
+//! feature views' and datasets' JSON events that share the topic. It
+//! carries everything its effect depends on — ids, times, version numbers
+//! — so that applying the log in order gives the same state on every node.
+//! Events of kinds this crate does not know are skipped.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+
+use crate::MetaError;
 
 /// One metric value. `value` may be NaN or ±infinity: as in protobuf's
 /// JSON, those are written as the strings `"NaN"`, `"Infinity"` and
@@ -436,22 +439,143 @@ impl Event {
         "lease",
     ];
 
+    /// The event as a `weir.meta` record: Avro, in the single-object
+    /// encoding of `schemas/meta_event.avsc` (its fingerprint, then the
+    /// datum: a union with one record per kind).
+    pub fn encode(&self) -> Vec<u8> {
+        let avro = avro();
+        let mut json = serde_json::to_value(self).expect("events serialise");
+        let object = json.as_object_mut().expect("an event is an object");
+        let kind = match object.remove("kind") {
+            Some(Json::String(kind)) => kind,
+            other => unreachable!("an event's kind is a string, not {other:?}"),
+        };
+        // MLflow's dataset inputs are free-form: JSON text in Avro.
+        if let Some(Json::Array(datasets)) = object.get_mut("datasets") {
+            for dataset in datasets {
+                *dataset = Json::String(dataset.to_string());
+            }
+        }
+        let tagged = Json::Object(
+            [(format!("{AVRO_NAMESPACE}.{kind}"), json)]
+                .into_iter()
+                .collect(),
+        );
+        let mut out = avro.header.clone();
+        out.extend(avro.codec.encode_json(&tagged).unwrap_or_else(|e| {
+            panic!("schemas/meta_event.avsc does not fit a `{kind}` event: {e}")
+        }));
+        out
+    }
+
     /// Reads an event from a `weir.meta` record: `Ok(None)` for the kinds
-    /// of other components (feature views, datasets).
-    pub fn decode(payload: &[u8]) -> Result<Option<Self>, serde_json::Error> {
+    /// of other components (feature views, datasets, in JSON). Events are
+    /// Avro ([`Event::encode`]); JSON events, as Weir wrote them before,
+    /// are read too.
+    pub fn decode(payload: &[u8]) -> Result<Option<Self>, MetaError> {
+        if payload.starts_with(&AVRO_MAGIC) {
+            return Self::decode_avro(payload).map(Some);
+        }
         #[derive(Deserialize)]
         struct Kind<'a> {
             #[serde(borrow)]
             kind: Option<std::borrow::Cow<'a, str>>,
         }
-        let kind: Kind<'_> = serde_json::from_slice(payload)?;
+        let unreadable = |e: serde_json::Error| MetaError::invalid(format!("a JSON record: {e}"));
+        let kind: Kind<'_> = serde_json::from_slice(payload).map_err(unreadable)?;
         match kind.kind {
-            Some(kind) if Self::KINDS.contains(&kind.as_ref()) => {
-                serde_json::from_slice(payload).map(Some)
-            }
+            Some(kind) if Self::KINDS.contains(&kind.as_ref()) => serde_json::from_slice(payload)
+                .map(Some)
+                .map_err(unreadable),
             _ => Ok(None),
         }
     }
+
+    /// Whether a `weir.meta` record is another component's (a feature view
+    /// or dataset version), without decoding an event.
+    pub fn is_foreign(payload: &[u8]) -> bool {
+        !payload.starts_with(&AVRO_MAGIC) && matches!(Self::decode(payload), Ok(None))
+    }
+
+    fn decode_avro(payload: &[u8]) -> Result<Self, MetaError> {
+        let avro = avro();
+        let Some(datum) = payload.strip_prefix(avro.header.as_slice()) else {
+            let fingerprint: String = payload
+                .iter()
+                .skip(2)
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            return Err(MetaError::invalid(format!(
+                "an Avro event written with another schema (fingerprint {fingerprint}) than this Weir's schemas/meta_event.avsc"
+            )));
+        };
+        let value = avro
+            .codec
+            .decode(datum)
+            .map_err(|e| MetaError::invalid(format!("an Avro event: {e}")))?;
+        let apache_avro::types::Value::Union(index, record) = value else {
+            unreachable!("the schema is a union");
+        };
+        let kind = &avro.kinds[index as usize];
+        let mut json = weir_bus::avro::avro_to_json(&record);
+        let object = json.as_object_mut().expect("each branch is a record");
+        if let Some(Json::Array(datasets)) = object.get_mut("datasets") {
+            for dataset in datasets {
+                if let Json::String(text) = dataset {
+                    *dataset = serde_json::from_str(text).map_err(|e| {
+                        MetaError::invalid(format!("a `{kind}` event's dataset: {e}"))
+                    })?;
+                }
+            }
+        }
+        object.insert("kind".into(), Json::String(kind.clone()));
+        serde_json::from_value(json)
+            .map_err(|e| MetaError::invalid(format!("a `{kind}` event: {e}")))
+    }
+}
+
+/// Every event's schema: `schemas/meta_event.avsc`.
+pub const AVRO_SCHEMA: &str = include_str!("../../../schemas/meta_event.avsc");
+const AVRO_NAMESPACE: &str = "weir.meta";
+/// Avro's single-object encoding starts so.
+const AVRO_MAGIC: [u8; 2] = [0xC3, 0x01];
+
+struct Avro {
+    codec: weir_bus::avro::AvroCodec,
+    /// `C3 01` and the schema's Rabin fingerprint.
+    header: Vec<u8>,
+    /// Each union branch's kind, by index.
+    kinds: Vec<String>,
+}
+
+fn avro() -> &'static Avro {
+    static AVRO: std::sync::OnceLock<Avro> = std::sync::OnceLock::new();
+    AVRO.get_or_init(|| {
+        use apache_avro::headers::HeaderBuilder as _;
+        let codec =
+            weir_bus::avro::AvroCodec::parse(AVRO_SCHEMA).expect("schemas/meta_event.avsc parses");
+        let header =
+            apache_avro::headers::RabinFingerprintHeader::from_schema(codec.schema).build_header();
+        let apache_avro::Schema::Union(union) = codec.schema else {
+            panic!("schemas/meta_event.avsc is a union of records");
+        };
+        let kinds = union
+            .variants()
+            .iter()
+            .map(|variant| match variant {
+                apache_avro::Schema::Record(record) => record.name.name().to_string(),
+                other => {
+                    panic!("schemas/meta_event.avsc has a branch that is no record: {other:?}")
+                }
+            })
+            .collect();
+        Avro {
+            codec,
+            header,
+            kinds,
+        }
+    })
 }
 
 /// Tags as a map.
@@ -505,5 +629,307 @@ pub mod float {
             "-Infinity" => Some(f64::NEG_INFINITY),
             _ => text.trim().parse().ok(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn kv(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    /// One event of every kind, its optional fields both set and unset.
+    fn every_kind() -> Vec<Event> {
+        let name = || "churn".to_string();
+        let run_id = || "ab".repeat(16);
+        let model = ModelInfo {
+            format: "onnx".into(),
+            path: "1/ab/artifacts/model/model.onnx".into(),
+            sha256: "00".repeat(32),
+            size: 12_345,
+            signature: weir_onnx::Signature {
+                inputs: vec![weir_onnx::TensorSpec {
+                    name: "features".into(),
+                    dtype: "float32".into(),
+                    shape: vec![-1, 30],
+                }],
+                outputs: vec![weir_onnx::TensorSpec {
+                    name: "probabilities".into(),
+                    dtype: "float32".into(),
+                    shape: vec![-1, 2],
+                }],
+                opsets: vec![weir_onnx::Opset {
+                    domain: "ai.onnx.ml".into(),
+                    version: 3,
+                }],
+                ir_version: 8,
+                producer: "skl2onnx".into(),
+            },
+            features: vec!["amount".into(), "hour".into()],
+            label: "fraud".into(),
+            task: "classification".into(),
+            classes: vec!["0".into(), "1".into()],
+            dependencies: [("scikit-learn".to_string(), "1.9.1".to_string())].into(),
+        };
+        vec![
+            Event::ExperimentCreated {
+                at: 1,
+                experiment_id: "1".into(),
+                name: name(),
+                artifact_location: "mlflow-artifacts:/1".into(),
+                tags: vec![kv("team", "risk")],
+            },
+            Event::ExperimentRenamed {
+                at: 2,
+                experiment_id: "1".into(),
+                name: "churn-2".into(),
+            },
+            Event::ExperimentLifecycle {
+                at: 3,
+                experiment_id: "1".into(),
+                deleted: true,
+            },
+            Event::ExperimentTagged {
+                at: 4,
+                experiment_id: "1".into(),
+                tag: kv("note", "é ✓"),
+            },
+            Event::RunCreated {
+                at: 5,
+                run_id: run_id(),
+                experiment_id: "1".into(),
+                run_name: "trial-0".into(),
+                user_id: "ana".into(),
+                start_time: 1_700_000_000_000,
+                artifact_uri: "mlflow-artifacts:/1/ab/artifacts".into(),
+                tags: vec![],
+            },
+            Event::RunUpdated {
+                at: 6,
+                run_id: run_id(),
+                status: Some("FINISHED".into()),
+                end_time: Some(-7),
+                run_name: None,
+            },
+            Event::RunUpdated {
+                at: 6,
+                run_id: run_id(),
+                status: None,
+                end_time: None,
+                run_name: Some("renamed".into()),
+            },
+            Event::RunLifecycle {
+                at: 7,
+                run_id: run_id(),
+                deleted: false,
+            },
+            Event::RunLogged {
+                at: 8,
+                run_id: run_id(),
+                metrics: vec![
+                    Metric {
+                        key: "auc".into(),
+                        value: 0.91,
+                        timestamp: 9,
+                        step: 3,
+                    },
+                    Metric {
+                        key: "loss".into(),
+                        value: f64::INFINITY,
+                        timestamp: 9,
+                        step: 0,
+                    },
+                ],
+                params: vec![kv("lr", "0.1")],
+                tags: vec![],
+            },
+            Event::RunTagDeleted {
+                at: 9,
+                run_id: run_id(),
+                key: "note".into(),
+            },
+            Event::RunInputs {
+                at: 10,
+                run_id: run_id(),
+                datasets: vec![
+                    json!({"dataset": {"name": "clicks", "digest": "d1"}, "tags": [{"key": "mlflow.data.context", "value": "training"}]}),
+                ],
+            },
+            Event::ArtifactStored {
+                at: 11,
+                path: "1/ab/artifacts/notes.txt".into(),
+                sha256: "11".repeat(32),
+                size: 5,
+            },
+            Event::ModelCreated {
+                at: 12,
+                name: name(),
+                description: "scores churn".into(),
+                tags: vec![kv("owner", "risk")],
+            },
+            Event::ModelRenamed {
+                at: 13,
+                name: name(),
+                new_name: "churn-model".into(),
+            },
+            Event::ModelDescribed {
+                at: 14,
+                name: name(),
+                description: String::new(),
+            },
+            Event::ModelDeleted {
+                at: 15,
+                name: name(),
+            },
+            Event::ModelTagged {
+                at: 16,
+                name: name(),
+                version: Some(2),
+                key: "validated".into(),
+                value: None,
+            },
+            Event::VersionCreated {
+                at: 17,
+                name: name(),
+                version: 1,
+                source: "mlflow-artifacts:/1/ab/artifacts/model".into(),
+                run_id: run_id(),
+                user_id: "ana".into(),
+                description: String::new(),
+                tags: vec![],
+                model: Some(Box::new(model)),
+            },
+            Event::VersionCreated {
+                at: 17,
+                name: name(),
+                version: 2,
+                source: "s3://bucket/model".into(),
+                run_id: String::new(),
+                user_id: String::new(),
+                description: String::new(),
+                tags: vec![],
+                model: None,
+            },
+            Event::VersionDescribed {
+                at: 18,
+                name: name(),
+                version: 1,
+                description: "first".into(),
+            },
+            Event::VersionStaged {
+                at: 19,
+                name: name(),
+                version: 1,
+                stage: "Production".into(),
+                archive_existing: true,
+            },
+            Event::VersionDeleted {
+                at: 20,
+                name: name(),
+                version: 2,
+            },
+            Event::AliasSet {
+                at: 21,
+                name: name(),
+                alias: "champion".into(),
+                version: Some(1),
+            },
+            Event::DeploymentApplied {
+                at: 22,
+                name: "fraud".into(),
+                version: 1,
+                spec: "name: fraud\nmodels: [churn@champion]\n".into(),
+                models: vec!["churn@champion".into()],
+            },
+            Event::DeploymentServing {
+                at: 23,
+                name: "fraud".into(),
+                models: vec!["churn@1".into()],
+            },
+            Event::DeploymentDeleted {
+                at: 24,
+                name: "fraud".into(),
+            },
+            Event::Lease {
+                at: 25,
+                key: "trial/ab/3".into(),
+                holder: "worker-1".into(),
+                until: 35,
+            },
+        ]
+    }
+
+    #[test]
+    fn every_kind_round_trips_through_avro() {
+        let events = every_kind();
+        let kinds: std::collections::BTreeSet<String> = events
+            .iter()
+            .map(|e| {
+                serde_json::to_value(e).unwrap()["kind"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(kinds.len(), Event::KINDS.len(), "one event of each kind");
+        for event in events {
+            let bytes = event.encode();
+            assert_eq!(&bytes[..2], &AVRO_MAGIC);
+            assert_eq!(Event::decode(&bytes).unwrap(), Some(event));
+        }
+    }
+
+    #[test]
+    fn a_nan_metric_is_still_nan() {
+        let bytes = Event::RunLogged {
+            at: 1,
+            run_id: "r".into(),
+            metrics: vec![Metric {
+                key: "loss".into(),
+                value: f64::NAN,
+                timestamp: 1,
+                step: 1,
+            }],
+            params: vec![],
+            tags: vec![],
+        }
+        .encode();
+        let Some(Event::RunLogged { metrics, .. }) = Event::decode(&bytes).unwrap() else {
+            panic!("a run_logged event");
+        };
+        assert!(metrics[0].value.is_nan());
+    }
+
+    #[test]
+    fn json_events_and_other_components_records_still_read() {
+        let event = every_kind().remove(0);
+        let json = serde_json::to_vec(&event).unwrap();
+        assert_eq!(Event::decode(&json).unwrap(), Some(event));
+        let view = br#"{"kind": "feature_view_version", "name": "spend", "version": 1}"#;
+        assert_eq!(Event::decode(view).unwrap(), None);
+        assert!(Event::is_foreign(view));
+        assert!(!Event::is_foreign(&json));
+        assert!(!Event::is_foreign(&every_kind().remove(0).encode()));
+    }
+
+    #[test]
+    fn an_event_of_another_schema_is_refused_by_name() {
+        let mut bytes = every_kind().remove(0).encode();
+        bytes[2] ^= 0xff;
+        let error = Event::decode(&bytes).unwrap_err();
+        assert!(
+            error.message.contains("another schema"),
+            "{}",
+            error.message
+        );
+        let error = Event::decode(&every_kind().remove(0).encode()[..14]).unwrap_err();
+        assert!(error.message.contains("Avro event"), "{}", error.message);
     }
 }

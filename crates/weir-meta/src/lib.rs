@@ -13,6 +13,9 @@
 //!   the feature views' and datasets' events;
 //! - [`state`]: the materialised query store, which applies events in log
 //!   order; replaying the topic on another node gives the same state;
+//! - [`store`]: that state's entities saved in RocksDB with the log
+//!   position they stand at, so a server restarts by replaying only what
+//!   the log has since;
 //! - [`search`]: MLflow's filter strings, `order_by` and page tokens;
 //! - [`lineage`]: topics → feature view versions → datasets → runs →
 //!   model versions, from the same log;
@@ -31,6 +34,7 @@ pub mod lineage;
 pub mod search;
 pub mod server;
 pub mod state;
+pub mod store;
 pub mod tracker;
 
 pub use tracker::Tracker;

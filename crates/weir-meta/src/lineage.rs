@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 
 use crate::MetaError;
@@ -51,7 +51,7 @@ impl std::fmt::Display for Node {
 }
 
 /// A feature view version, as far as lineage goes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ViewRecord {
     /// Its source topics and tables' topics.
     pub topics: Vec<String>,
@@ -64,7 +64,7 @@ pub struct ViewRecord {
 }
 
 /// A dataset version, as far as lineage goes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetRecord {
     /// The view versions it was made from.
     pub views: Vec<(String, u32)>,
@@ -75,10 +75,37 @@ pub struct DatasetRecord {
 }
 
 /// What other components record on `weir.meta` that lineage needs.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Records {
+    #[serde(with = "pairs")]
     views: BTreeMap<(String, u32), ViewRecord>,
+    #[serde(with = "pairs")]
     datasets: BTreeMap<(String, u32), DatasetRecord>,
+}
+
+/// A map with tuple keys as a list of pairs (JSON keys are strings).
+mod pairs {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, K: Serialize, V: Serialize>(
+        map: &BTreeMap<K, V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(map.iter())
+    }
+
+    pub fn deserialize<'de, D, K, V>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
+    where
+        D: Deserializer<'de>,
+        K: Deserialize<'de> + Ord,
+        V: Deserialize<'de>,
+    {
+        Ok(Vec::<(K, V)>::deserialize(deserializer)?
+            .into_iter()
+            .collect())
+    }
 }
 
 #[derive(Deserialize)]

@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
 use crate::MetaError;
@@ -30,7 +31,7 @@ const MAX_TAG_VALUE: usize = 8000;
 const MAX_KEY: usize = 250;
 
 /// An experiment.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Experiment {
     /// Its id (an integer, as text).
     pub experiment_id: String,
@@ -49,7 +50,7 @@ pub struct Experiment {
 }
 
 /// A run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Run {
     /// Its id.
     pub run_id: String,
@@ -82,7 +83,7 @@ pub struct Run {
 }
 
 /// A registered model.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Model {
     /// Its unique name.
     pub name: String,
@@ -103,7 +104,7 @@ pub struct Model {
 }
 
 /// A model version.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Version {
     /// Its number.
     pub version: u64,
@@ -128,7 +129,7 @@ pub struct Version {
 }
 
 /// A deployment: its spec versions and what it has served.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Deployment {
     /// Its name.
     pub name: String,
@@ -155,7 +156,7 @@ impl Deployment {
 }
 
 /// A version of a deployment's spec.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentVersion {
     /// Its number.
     pub version: u64,
@@ -168,7 +169,7 @@ pub struct DeploymentVersion {
 }
 
 /// Who holds a lease, and until when.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     /// The holder.
     pub holder: String,
@@ -184,7 +185,7 @@ impl Lease {
 }
 
 /// A stored artifact file.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Artifact {
     /// SHA-256 of its bytes.
     pub sha256: String,
@@ -208,6 +209,38 @@ pub struct State {
     records: crate::lineage::Records,
     /// Events applied.
     applied: u64,
+    /// What changed since the store last saved (when tracked).
+    changes: Changes,
+}
+
+/// An entity of the state, as the store keeps it: each is saved whole,
+/// under its own key, when an event changes it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Entity {
+    Experiment(u64),
+    /// The run ids of an experiment, in creation order.
+    ExperimentRuns(String),
+    Run(String),
+    Model(String),
+    Deployment(String),
+    Lease(String),
+    Artifact(String),
+    /// Other components' versions, for lineage.
+    Records,
+    /// How many events were applied.
+    Applied,
+}
+
+/// The entities changed since they were last taken, when tracking is on.
+/// Not part of what a state *is*: two states with the same entities are
+/// equal whatever they have tracked.
+#[derive(Debug, Clone, Default)]
+struct Changes(Option<std::collections::BTreeSet<Entity>>);
+
+impl PartialEq for Changes {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Default for State {
@@ -223,6 +256,7 @@ impl Default for State {
             leases: HashMap::new(),
             records: crate::lineage::Records::default(),
             applied: 0,
+            changes: Changes::default(),
         };
         // MLflow's `Default` experiment exists before anything is logged.
         state.experiments.insert(
@@ -443,6 +477,9 @@ impl State {
     /// version); kinds lineage does not use are ignored.
     pub fn record_foreign(&mut self, payload: &[u8]) {
         self.records.record(payload);
+        if let Some(changed) = &mut self.changes.0 {
+            changed.insert(Entity::Records);
+        }
     }
 
     /// The stored file at `path`.
@@ -1029,6 +1066,148 @@ impl State {
             }
         }
         self.applied += 1;
+        self.mark(event);
+        Ok(())
+    }
+
+    /// Starts tracking which entities change (for the store).
+    pub(crate) fn track_changes(&mut self) {
+        self.changes.0.get_or_insert_with(Default::default);
+    }
+
+    /// The entities changed since the last call (or since tracking began).
+    pub(crate) fn take_changes(&mut self) -> std::collections::BTreeSet<Entity> {
+        self.changes
+            .0
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
+    }
+
+    /// Puts back changes a failed save took.
+    pub(crate) fn requeue_changes(&mut self, changes: std::collections::BTreeSet<Entity>) {
+        if let Some(changed) = &mut self.changes.0 {
+            changed.extend(changes);
+        }
+    }
+
+    /// Notes the entities `event`, just applied, changed.
+    fn mark(&mut self, event: &Event) {
+        let Some(changed) = &mut self.changes.0 else {
+            return;
+        };
+        changed.insert(Entity::Applied);
+        let experiment = |id: &str| Entity::Experiment(id.parse().unwrap_or(u64::MAX));
+        match event {
+            Event::ExperimentLifecycle { experiment_id, .. } => {
+                changed.insert(experiment(experiment_id));
+                // It deletes or restores the experiment's runs too.
+                for run_id in self
+                    .experiment_runs
+                    .get(experiment_id)
+                    .into_iter()
+                    .flatten()
+                {
+                    changed.insert(Entity::Run(run_id.clone()));
+                }
+            }
+            Event::ExperimentCreated { experiment_id, .. }
+            | Event::ExperimentRenamed { experiment_id, .. }
+            | Event::ExperimentTagged { experiment_id, .. } => {
+                changed.insert(experiment(experiment_id));
+            }
+            Event::RunCreated {
+                run_id,
+                experiment_id,
+                ..
+            } => {
+                changed.insert(Entity::Run(run_id.clone()));
+                changed.insert(Entity::ExperimentRuns(experiment_id.clone()));
+            }
+            Event::RunUpdated { run_id, .. }
+            | Event::RunLifecycle { run_id, .. }
+            | Event::RunLogged { run_id, .. }
+            | Event::RunTagDeleted { run_id, .. }
+            | Event::RunInputs { run_id, .. } => {
+                changed.insert(Entity::Run(run_id.clone()));
+            }
+            Event::ArtifactStored { path, .. } => {
+                changed.insert(Entity::Artifact(path.clone()));
+            }
+            Event::ModelRenamed { name, new_name, .. } => {
+                changed.insert(Entity::Model(name.clone()));
+                changed.insert(Entity::Model(new_name.clone()));
+            }
+            Event::ModelCreated { name, .. }
+            | Event::ModelDescribed { name, .. }
+            | Event::ModelDeleted { name, .. }
+            | Event::ModelTagged { name, .. }
+            | Event::VersionCreated { name, .. }
+            | Event::VersionDescribed { name, .. }
+            | Event::VersionStaged { name, .. }
+            | Event::VersionDeleted { name, .. }
+            | Event::AliasSet { name, .. } => {
+                changed.insert(Entity::Model(name.clone()));
+            }
+            Event::DeploymentApplied { name, .. }
+            | Event::DeploymentServing { name, .. }
+            | Event::DeploymentDeleted { name, .. } => {
+                changed.insert(Entity::Deployment(name.clone()));
+            }
+            Event::Lease { key, .. } => {
+                changed.insert(Entity::Lease(key.clone()));
+            }
+        }
+    }
+
+    /// `entity` as stored: its JSON, or `None` when the state no longer
+    /// has it (a deleted or renamed model).
+    pub(crate) fn entity_json(&self, entity: &Entity) -> Option<Vec<u8>> {
+        let bytes = match entity {
+            Entity::Experiment(id) => serde_json::to_vec(self.experiments.get(id)?),
+            Entity::ExperimentRuns(id) => serde_json::to_vec(self.experiment_runs.get(id)?),
+            Entity::Run(id) => serde_json::to_vec(self.runs.get(id)?),
+            Entity::Model(name) => serde_json::to_vec(self.models.get(name)?),
+            Entity::Deployment(name) => serde_json::to_vec(self.deployments.get(name)?),
+            Entity::Lease(key) => serde_json::to_vec(self.leases.get(key)?),
+            Entity::Artifact(path) => serde_json::to_vec(self.artifacts.get(path)?),
+            Entity::Records => serde_json::to_vec(&self.records),
+            Entity::Applied => serde_json::to_vec(&self.applied),
+        };
+        Some(bytes.expect("the state's entities serialise"))
+    }
+
+    /// Puts back an entity the store kept.
+    pub(crate) fn restore(&mut self, entity: Entity, json: &[u8]) -> serde_json::Result<()> {
+        match entity {
+            Entity::Experiment(id) => {
+                let experiment: Experiment = serde_json::from_slice(json)?;
+                self.experiment_names.retain(|_, other| *other != id);
+                self.experiment_names.insert(experiment.name.clone(), id);
+                self.experiments.insert(id, experiment);
+            }
+            Entity::ExperimentRuns(id) => {
+                self.experiment_runs
+                    .insert(id, serde_json::from_slice(json)?);
+            }
+            Entity::Run(id) => {
+                self.runs.insert(id, serde_json::from_slice(json)?);
+            }
+            Entity::Model(name) => {
+                self.models.insert(name, serde_json::from_slice(json)?);
+            }
+            Entity::Deployment(name) => {
+                self.deployments.insert(name, serde_json::from_slice(json)?);
+            }
+            Entity::Lease(key) => {
+                self.leases.insert(key, serde_json::from_slice(json)?);
+            }
+            Entity::Artifact(path) => {
+                self.artifacts.insert(path, serde_json::from_slice(json)?);
+            }
+            Entity::Records => self.records = serde_json::from_slice(json)?,
+            Entity::Applied => self.applied = serde_json::from_slice(json)?,
+        }
         Ok(())
     }
 

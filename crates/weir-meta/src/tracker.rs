@@ -9,7 +9,7 @@
 //! one, the tracker stops taking writes — its state is ahead of the log —
 //! and a restart rebuilds it from the log.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use weir_bus::{Bus, OutRecord, Producer};
@@ -19,6 +19,7 @@ use crate::artifacts::ArtifactStore;
 use crate::event::{Event, KeyValue, Metric};
 use crate::now_ms;
 use crate::state::{RUN_NAME_TAG, State};
+use crate::store::{Position, Store, digest};
 
 /// Experiments, runs, models and artifacts: the state, the log and the
 /// artifact store.
@@ -37,14 +38,50 @@ struct Inner {
     /// The task following other components' events; stopped with the
     /// tracker.
     follower: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Where the state is saved, when it is.
+    saving: Option<Saving>,
 }
+
+/// What a tracker with a store keeps to save its state with the position
+/// of the log it stands at.
+struct Saving {
+    store: Store,
+    /// Where the follower has read the log to, and this tracker's own
+    /// events acknowledged beyond it; changed only while the state's
+    /// write lock is held, so that the two agree.
+    position: std::sync::Mutex<Position>,
+    /// Events applied and not yet acknowledged by the log.
+    in_flight: AtomicUsize,
+    /// The task that saves every [`SAVE_EVERY`].
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// How often a tracker with a store saves what changed.
+pub const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl Drop for Inner {
     fn drop(&mut self) {
         if let Some(follower) = self.follower.lock().expect("follower lock").take() {
             follower.abort();
         }
+        if let Some(saving) = &self.saving
+            && let Some(task) = saving.task.lock().expect("save task lock").take()
+        {
+            task.abort();
+        }
     }
+}
+
+/// How a tracker with a store came by its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restored {
+    /// Events the store had.
+    pub from_store: u64,
+    /// Events replayed from the log after them.
+    pub from_log: u64,
+    /// Why the store was not used, when it was not (the whole log was
+    /// replayed).
+    pub rebuilt: Option<String>,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -80,10 +117,36 @@ fn consumer_at(bus: &Bus, offset: i64) -> Result<weir_bus::Consumer, MetaError> 
         weir_bus::ConsumerOptions {
             start: weir_bus::StartFrom::Offsets(vec![(meta.to_string(), 0, offset)]),
             read_only: true,
+            settings: vec![("fetch.wait.max.ms".into(), FOLLOW_WAIT_MS.into())],
             ..Default::default()
         },
     )
     .map_err(|e| MetaError::internal(format!("reading {meta}: {e}")))
+}
+
+/// Whether the log has, at `position`, the record the position names:
+/// a store saved from this log, and not from another or from one that
+/// was wiped and written again.
+async fn log_has(bus: &Bus, position: &Position) -> Result<bool, MetaError> {
+    let meta = weir_core::topics::META;
+    let (low, high) = bus
+        .admin()
+        .watermarks(meta, 0)
+        .await
+        .map_err(|e| MetaError::internal(format!("reading {meta}: {e}")))?;
+    let Some(last) = &position.last else {
+        return Ok(position.next == 0);
+    };
+    if position.next > high || position.next - 1 < low {
+        return Ok(false);
+    }
+    let mut log = consumer_at(bus, position.next - 1)?;
+    let record = log
+        .next_raw()
+        .await
+        .map_err(|e| MetaError::internal(format!("reading {meta}: {e}")))?;
+    Ok(record
+        .is_some_and(|r| r.offset == position.next - 1 && digest(r.payload.as_deref()) == *last))
 }
 
 /// Reads `weir.meta` to its end into a state.
@@ -99,6 +162,13 @@ pub async fn replay(bus: &Bus) -> Result<State, MetaError> {
     Ok(state)
 }
 
+/// The state a store saved, brought up to the end of `weir.meta`.
+pub async fn replay_from(bus: &Bus, saved: crate::store::Saved) -> Result<State, MetaError> {
+    Ok(Follower::resume(bus, saved.state, saved.position, false)
+        .await?
+        .state)
+}
+
 /// A state kept current with `weir.meta`: replayed once, then every event
 /// applied as it arrives, whoever wrote it. [`Tracker::open_following`]
 /// opens a tracker on it without another replay, and
@@ -110,38 +180,56 @@ pub struct Follower {
     log: weir_bus::Consumer,
     /// The offset of the next event to apply.
     next: i64,
+    /// The digest of the last record read, when kept (for a store).
+    last: Option<String>,
+    keep_digests: bool,
+    /// Offsets ahead whose events the state already has.
+    skip: std::collections::BTreeSet<i64>,
 }
 
 impl Follower {
     /// Replays the log and follows it from its end.
     pub async fn start(bus: &Bus) -> Result<Self, MetaError> {
+        Self::resume(bus, State::default(), Position::START, false).await
+    }
+
+    /// Follows the log from `position`, where `state` stands, applying
+    /// what it has after; with `keep_digests`, each record's digest is
+    /// kept for [`Follower::log_position`].
+    async fn resume(
+        bus: &Bus,
+        state: State,
+        position: Position,
+        keep_digests: bool,
+    ) -> Result<Self, MetaError> {
         let meta = weir_core::topics::META;
-        let failed = |e: weir_bus::BusError| MetaError::internal(format!("reading {meta}: {e}"));
         bus.admin()
             .ensure_topic(&weir_bus::TopicSpec::new(meta, 1))
             .await
-            .map_err(failed)?;
+            .map_err(|e| MetaError::internal(format!("reading {meta}: {e}")))?;
         // One consumer replays the log up to where it ended and then
         // follows it, so that no event is applied twice or missed.
-        let log = bus
-            .consumer(
-                &[meta],
-                weir_bus::ConsumerOptions {
-                    start: weir_bus::StartFrom::Beginning,
-                    read_only: true,
-                    settings: vec![("fetch.wait.max.ms".into(), FOLLOW_WAIT_MS.into())],
-                    ..Default::default()
-                },
-            )
-            .map_err(failed)?;
         let mut follower = Self {
             bus: bus.clone(),
-            state: State::default(),
-            log,
-            next: 0,
+            state,
+            log: consumer_at(bus, position.next)?,
+            next: position.next,
+            last: position.last,
+            keep_digests,
+            skip: position.skip.into_iter().collect(),
         };
         follower.catch_up().await?;
         Ok(follower)
+    }
+
+    /// Where the follower stands in the log, with the digest of the last
+    /// record when it keeps them.
+    pub fn log_position(&self) -> Position {
+        Position {
+            next: self.next,
+            last: self.last.clone(),
+            skip: self.skip.iter().copied().collect(),
+        }
     }
 
     /// Applies every event the log has now (one request to the broker for
@@ -177,6 +265,12 @@ impl Follower {
             return Ok(false);
         };
         self.next = record.offset + 1;
+        if self.keep_digests {
+            self.last = Some(digest(record.payload.as_deref()));
+        }
+        if self.skip.remove(&record.offset) {
+            return Ok(true);
+        }
         if let Some(payload) = &record.payload {
             self.state.apply_record(payload);
         }
@@ -207,7 +301,112 @@ impl Tracker {
             events = state.applied(),
             "metadata state rebuilt from the log"
         );
-        Self::with_state(bus, artifacts, state, follower)
+        Self::with_state(bus, artifacts, state, follower, None)
+    }
+
+    /// [`Tracker::open`] with a query store: the state comes from `store`
+    /// and the log's events after it (all of them when the store is empty
+    /// or was saved from another log), and is saved back every
+    /// [`SAVE_EVERY`] and when the tracker closes.
+    pub async fn open_with_store(
+        bus: &Bus,
+        artifacts: ArtifactStore,
+        store: Store,
+    ) -> Result<(Self, Restored), MetaError> {
+        let mut rebuilt = Some("the store was empty".to_string());
+        let mut saved = store.load()?;
+        if let Some(found) = &saved
+            && !log_has(bus, &found.position).await?
+        {
+            rebuilt = Some(format!(
+                "the store stands at offset {} of a log that is not this {} (wiped, or another broker's)",
+                found.position.next,
+                weir_core::topics::META
+            ));
+            store.clear()?;
+            saved = None;
+        }
+        let (state, position) = match saved {
+            Some(found) => {
+                rebuilt = None;
+                (found.state, found.position)
+            }
+            None => {
+                let mut state = State::default();
+                state.track_changes();
+                (state, Position::START)
+            }
+        };
+        let from_store = state.applied();
+        let follower = Follower::resume(bus, state, position, true).await?;
+        let restored = Restored {
+            from_store,
+            from_log: follower.state.applied() - from_store,
+            rebuilt,
+        };
+        let position = follower.log_position();
+        let saving = Saving {
+            store,
+            position: std::sync::Mutex::new(position),
+            in_flight: AtomicUsize::new(0),
+            task: std::sync::Mutex::new(None),
+        };
+        let tracker = Self::with_state(bus, artifacts, follower.state, follower.log, Some(saving))?;
+        tracker.start_saving();
+        Ok((tracker, restored))
+    }
+
+    /// Saves what changed since the last save. It takes the writers'
+    /// turn, so that no event is applied meanwhile, and waits for the
+    /// events already sent to be acknowledged: then the state is the log
+    /// up to where the follower has read, plus this tracker's own events
+    /// beyond that, whose offsets are now known. `Ok(false)` when the
+    /// tracker has no store, or cannot say where its state stands (the
+    /// log refused a write, or acknowledgements are late).
+    pub async fn save(&self) -> Result<bool, MetaError> {
+        let Some(saving) = &self.inner.saving else {
+            return Ok(false);
+        };
+        let _turn = self.inner.turn.lock().await;
+        let acknowledged = async {
+            while saving.in_flight.load(Ordering::SeqCst) > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(5), acknowledged)
+            .await
+            .is_err()
+            || self.inner.broken.load(Ordering::SeqCst)
+        {
+            return Ok(false);
+        }
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let saving = inner.saving.as_ref().expect("checked");
+            let mut state = inner.state.write().expect("state lock");
+            let position = saving.position.lock().expect("position lock");
+            saving.store.save(&mut state, &position)
+        })
+        .await
+        .map_err(|e| MetaError::internal(format!("saving the metadata store: {e}")))??;
+        Ok(true)
+    }
+
+    fn start_saving(&self) {
+        let Some(saving) = &self.inner.saving else {
+            return;
+        };
+        let weak = Arc::downgrade(&self.inner);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SAVE_EVERY).await;
+                let Some(inner) = weak.upgrade() else { break };
+                if let Err(error) = (Tracker { inner }).save().await {
+                    tracing::warn!(%error, "saving the metadata store");
+                }
+            }
+        });
+        *saving.task.lock().expect("save task lock") = Some(task);
     }
 
     /// Opens a tracker on the state `follower` has reached, without
@@ -222,6 +421,7 @@ impl Tracker {
             artifacts,
             follower.state().clone(),
             consumer_at(bus, follower.position())?,
+            None,
         )
     }
 
@@ -229,6 +429,11 @@ impl Tracker {
     /// process that follows the log and writes now and then (a worker):
     /// cheaper than opening a tracker, and its producer, each time.
     pub fn resync(&self, bus: &Bus, follower: &Follower) -> Result<(), MetaError> {
+        if self.inner.saving.is_some() {
+            return Err(MetaError::internal(
+                "a tracker with a store follows the log itself; it does not resync",
+            ));
+        }
         let log = consumer_at(bus, follower.position())?;
         *self.inner.state.write().expect("state lock") = follower.state().clone();
         self.follow_foreign(log);
@@ -240,6 +445,7 @@ impl Tracker {
         artifacts: ArtifactStore,
         state: State,
         follower: weir_bus::Consumer,
+        saving: Option<Saving>,
     ) -> Result<Self, MetaError> {
         // Each write waits for its event: send it now rather than linger
         // for a batch (the bus's default is tuned for throughput).
@@ -255,6 +461,7 @@ impl Tracker {
                 artifacts,
                 broken: AtomicBool::new(false),
                 follower: std::sync::Mutex::new(None),
+                saving,
             }),
         };
         tracker.follow_foreign(follower);
@@ -268,15 +475,31 @@ impl Tracker {
         let task = tokio::spawn(async move {
             while let Ok(Some(record)) = log.next_raw().await {
                 let Some(inner) = weak.upgrade() else { break };
-                if let Some(payload) = record.payload
-                    && let Ok(None) = Event::decode(&payload)
-                {
-                    inner
-                        .state
-                        .write()
-                        .expect("state lock")
-                        .record_foreign(&payload);
+                let foreign = record
+                    .payload
+                    .as_deref()
+                    .filter(|payload| Event::is_foreign(payload));
+                // This tracker's own events are applied as written; the
+                // position still moves past them, under the state's lock.
+                let Some(saving) = &inner.saving else {
+                    if let Some(payload) = foreign {
+                        inner
+                            .state
+                            .write()
+                            .expect("state lock")
+                            .record_foreign(payload);
+                    }
+                    continue;
+                };
+                let last = digest(record.payload.as_deref());
+                let mut state = inner.state.write().expect("state lock");
+                if let Some(payload) = foreign {
+                    state.record_foreign(payload);
                 }
+                let mut position = saving.position.lock().expect("position lock");
+                position.next = record.offset + 1;
+                position.last = Some(last);
+                position.skip.retain(|&own| own > record.offset);
             }
         });
         if let Some(old) = self
@@ -293,6 +516,18 @@ impl Tracker {
     /// Stops following the log and waits until the follower's consumer is
     /// closed: call it before stopping a broker this process runs.
     pub async fn close(self) {
+        if let Some(saving) = &self.inner.saving {
+            if let Some(task) = saving.task.lock().expect("save task lock").take() {
+                task.abort();
+            }
+            match self.save().await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(
+                    "the metadata store was not saved at close; the next start replays more of the log"
+                ),
+                Err(error) => tracing::warn!(%error, "saving the metadata store at close"),
+            }
+        }
         let follower = self.inner.follower.lock().expect("follower lock").take();
         if let Some(follower) = follower {
             follower.abort();
@@ -340,9 +575,12 @@ impl Tracker {
                 let mut state = self.inner.state.write().expect("state lock");
                 let (event, answer) = decide(&state)?;
                 state.apply(&event)?;
+                if let Some(saving) = &self.inner.saving {
+                    saving.in_flight.fetch_add(1, Ordering::SeqCst);
+                }
                 (event, answer)
             };
-            let payload = serde_json::to_vec(&event).expect("events serialise");
+            let payload = event.encode();
             let key = event.subject();
             let queued = self
                 .inner
@@ -355,8 +593,19 @@ impl Tracker {
             }
         };
         let (pending, answer) = pending;
-        let delivery = pending.await.map_err(|e| self.break_with(e))?;
-        Ok((answer, delivery.offset))
+        let delivery = pending.await.map_err(|e| self.break_with(e));
+        if let Some(saving) = &self.inner.saving {
+            if let Ok(delivery) = &delivery {
+                // Applied already; a save must tell a replay to skip it
+                // until the follower has read past it.
+                let mut position = saving.position.lock().expect("position lock");
+                if delivery.offset >= position.next {
+                    position.skip.push(delivery.offset);
+                }
+            }
+            saving.in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+        Ok((answer, delivery?.offset))
     }
 
     /// Makes the change `event` describes (checked against the state).

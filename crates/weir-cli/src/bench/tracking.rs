@@ -10,6 +10,10 @@
 //! as the same requests over plain HTTP — the client's own cost per call
 //! (protobuf messages, entity objects) is a floor under both servers'
 //! figures, and the plain-HTTP pass shows what is left without it.
+//!
+//! Then each server is stopped (SIGINT) and started again on what it
+//! wrote, timed until it accepts connections: Weir from its query store,
+//! and Weir rebuilding the store from the whole of `weir.meta`.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -59,13 +63,22 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let state = PathBuf::from(format!(".weir-bench-tracking-{}", std::process::id()));
     let weir = {
         let address = free_port()?;
-        let mut command = tokio::process::Command::new(std::env::current_exe()?);
-        command
-            .args(["server", "--listen", &address.to_string()])
-            .env("WEIR_STATE_DIR", &state)
-            .env("WEIR_EMBEDDED_BROKER", free_port()?.to_string())
-            .env_remove("WEIR_BROKERS");
-        let figures = both_ways(&python, command, address, &args).await;
+        let exe = std::env::current_exe()?;
+        let command = |extra: &[&str]| -> anyhow::Result<tokio::process::Command> {
+            let mut command = tokio::process::Command::new(&exe);
+            command
+                .args(["server", "--listen", &address.to_string()])
+                .args(extra)
+                .env("WEIR_STATE_DIR", &state)
+                .env("WEIR_EMBEDDED_BROKER", free_port()?.to_string())
+                .env_remove("WEIR_BROKERS");
+            Ok(command)
+        };
+        let restarts: &[(&str, &[&str])] = &[
+            ("weir server, from its query store", &[]),
+            ("weir server, store rebuilt from the log", &["--rebuild"]),
+        ];
+        let figures = both_ways(&python, &command, address, &args, restarts).await;
         let _ = std::fs::remove_dir_all(&state);
         figures.context("weir server")?
     };
@@ -73,26 +86,31 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     report("weir server, mlflow client", &weir.0, &args);
     report("weir server, plain HTTP", &weir.1, &args);
     if args.no_mlflow {
+        report_restarts(&weir.2);
         return Ok(ExitCode::SUCCESS);
     }
     let dir = std::env::temp_dir().join(format!("weir-bench-mlflow-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mlflow = {
         let address = free_port()?;
-        let mut command = tokio::process::Command::new(python.with_file_name("mlflow"));
-        command
-            .args([
-                "server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                &address.port().to_string(),
-            ])
-            .arg("--backend-store-uri")
-            .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
-            .args(["--workers", "1", "--artifacts-destination"])
-            .arg(dir.join("artifacts"));
-        let figures = both_ways(&python, command, address, &args).await;
+        let command = |_: &[&str]| -> anyhow::Result<tokio::process::Command> {
+            let mut command = tokio::process::Command::new(python.with_file_name("mlflow"));
+            command
+                .args([
+                    "server",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    &address.port().to_string(),
+                ])
+                .arg("--backend-store-uri")
+                .arg(format!("sqlite:///{}", dir.join("mlflow.db").display()))
+                .args(["--workers", "1", "--artifacts-destination"])
+                .arg(dir.join("artifacts"));
+            Ok(command)
+        };
+        let restarts: &[(&str, &[&str])] = &[("mlflow server (SQLite)", &[])];
+        let figures = both_ways(&python, &command, address, &args, restarts).await;
         let _ = std::fs::remove_dir_all(&dir);
         figures.context("mlflow server")?
     };
@@ -121,24 +139,60 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         weir.0.peak_rss_mib.max(weir.1.peak_rss_mib),
         mlflow.0.peak_rss_mib.max(mlflow.1.peak_rss_mib)
     );
+    report_restarts(&[weir.2, mlflow.2].concat());
     Ok(ExitCode::SUCCESS)
 }
 
-/// Starts a server, runs the workload through the client, then over plain
-/// HTTP, and stops it.
+fn report_restarts(restarts: &[(String, f64)]) {
+    println!("\nrestart on what the workloads wrote, until it accepts connections:");
+    for (name, seconds) in restarts {
+        println!("{name:<40} {seconds:>9.2} s");
+    }
+}
+
+/// A server's restarts: what each was, and its seconds until it accepted
+/// connections.
+type Restarts = Vec<(String, f64)>;
+
+/// Starts a server (`command` with no extra arguments), runs the workload
+/// through the client, then over plain HTTP, and stops it; then starts
+/// and stops it once per entry of `restarts` (a name, extra arguments).
 async fn both_ways(
     python: &Path,
-    mut command: tokio::process::Command,
+    command: &dyn Fn(&[&str]) -> anyhow::Result<tokio::process::Command>,
     address: SocketAddr,
     args: &Args,
-) -> anyhow::Result<(Figures, Figures)> {
+    restarts: &[(&str, &[&str])],
+) -> anyhow::Result<(Figures, Figures, Restarts)> {
+    let (mut server, _) = start(command(&[])?, address).await?;
+    let pid = server.id().context("the server has no pid")?;
+    let client = workload(python, pid, address, args, "client").await;
+    let http = workload(python, pid, address, args, "http").await;
+    stop(&mut server).await;
+    let (client, http) = (client?, http?);
+    let mut timed = Vec::new();
+    for (name, extra) in restarts {
+        let (mut server, seconds) = start(command(extra)?, address).await?;
+        stop(&mut server).await;
+        timed.push((name.to_string(), seconds));
+    }
+    Ok((client, http, timed))
+}
+
+/// Starts a server and waits until it accepts connections on `address`;
+/// returns it and the seconds that took.
+async fn start(
+    mut command: tokio::process::Command,
+    address: SocketAddr,
+) -> anyhow::Result<(tokio::process::Child, f64)> {
+    let started = Instant::now();
     let mut server = command
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .context("starting the server")?;
-    let deadline = Instant::now() + Duration::from_secs(180);
+    let deadline = started + Duration::from_secs(180);
     while tokio::net::TcpStream::connect(address).await.is_err() {
         if let Some(status) = server.try_wait()? {
             bail!("exited with {status} before listening on {address}");
@@ -146,13 +200,26 @@ async fn both_ways(
         if Instant::now() > deadline {
             bail!("nothing listens on {address} after 180 s");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let pid = server.id().context("the server has no pid")?;
-    let client = workload(python, pid, address, args, "client").await;
-    let http = workload(python, pid, address, args, "http").await;
-    let _ = server.kill().await;
-    Ok((client?, http?))
+    Ok((server, started.elapsed().as_secs_f64()))
+}
+
+/// Stops a server as Ctrl-C would (it saves and closes), killing it if it
+/// has not exited after a minute.
+async fn stop(server: &mut tokio::process::Child) {
+    if let Some(pid) = server.id() {
+        let _ = tokio::process::Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .await;
+    }
+    if tokio::time::timeout(Duration::from_secs(60), server.wait())
+        .await
+        .is_err()
+    {
+        let _ = server.kill().await;
+    }
 }
 
 fn report_header() {

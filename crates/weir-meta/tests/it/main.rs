@@ -5,6 +5,7 @@
 mod artifacts;
 mod lease;
 mod replay;
+mod store;
 
 use weir_broker::{EmbeddedBroker, Storage};
 use weir_bus::{Bus, BusConfig};
