@@ -9,8 +9,9 @@
 //!                                     State ◀──────────── any other node
 //! ```
 //!
-//! - [`event`]: the events, one `kind` each, as JSON on `weir.meta` next to
-//!   the feature views' and datasets' events;
+//! - [`event`]: the events, one `kind` each, in Avro on `weir.meta`
+//!   (`schemas/meta_event.avsc`) next to the feature views' and datasets'
+//!   JSON events;
 //! - [`state`]: the materialised query store, which applies events in log
 //!   order; replaying the topic on another node gives the same state;
 //! - [`store`]: that state's entities saved in RocksDB with the log
