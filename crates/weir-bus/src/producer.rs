@@ -71,6 +71,16 @@ impl<'a> OutRecord<'a> {
         self.headers = Some(headers);
         self
     }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &[u8]) -> Self {
+        let headers = self.headers.take().unwrap_or_else(OwnedHeaders::new);
+        self.headers = Some(headers.insert(rdkafka::message::Header {
+            key: name,
+            value: Some(value),
+        }));
+        self
+    }
 }
 
 /// A Kafka producer (idempotent, `acks=all`). Sending is asynchronous:

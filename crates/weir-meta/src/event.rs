@@ -491,12 +491,6 @@ impl Event {
         }
     }
 
-    /// Whether a `weir.meta` record is another component's (a feature view
-    /// or dataset version), without decoding an event.
-    pub fn is_foreign(payload: &[u8]) -> bool {
-        !payload.starts_with(&AVRO_MAGIC) && matches!(Self::decode(payload), Ok(None))
-    }
-
     fn decode_avro(payload: &[u8]) -> Result<Self, MetaError> {
         let avro = avro();
         let Some(datum) = payload.strip_prefix(avro.header.as_slice()) else {
@@ -914,9 +908,6 @@ mod tests {
         assert_eq!(Event::decode(&json).unwrap(), Some(event));
         let view = br#"{"kind": "feature_view_version", "name": "spend", "version": 1}"#;
         assert_eq!(Event::decode(view).unwrap(), None);
-        assert!(Event::is_foreign(view));
-        assert!(!Event::is_foreign(&json));
-        assert!(!Event::is_foreign(&every_kind().remove(0).encode()));
     }
 
     #[test]

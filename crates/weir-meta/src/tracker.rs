@@ -35,7 +35,9 @@ struct Inner {
     producer: Producer,
     artifacts: ArtifactStore,
     broken: AtomicBool,
-    /// The task following other components' events; stopped with the
+    /// This tracker's id in the [`WRITER_HEADER`] of its records.
+    writer: String,
+    /// The task following what other processes append; stopped with the
     /// tracker.
     follower: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Where the state is saved, when it is.
@@ -55,6 +57,11 @@ struct Saving {
     /// The task that saves every [`SAVE_EVERY`].
     task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
+
+/// The record header naming the tracker that wrote an event: a tracker
+/// follows the log for other writers' events and passes over its own,
+/// which it applied as it wrote them.
+pub const WRITER_HEADER: &str = "weir-writer";
 
 /// How often a tracker with a store saves what changed.
 pub const SAVE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -436,7 +443,7 @@ impl Tracker {
         }
         let log = consumer_at(bus, follower.position())?;
         *self.inner.state.write().expect("state lock") = follower.state().clone();
-        self.follow_foreign(log);
+        self.follow_log(log);
         Ok(())
     }
 
@@ -460,41 +467,45 @@ impl Tracker {
                 producer,
                 artifacts,
                 broken: AtomicBool::new(false),
+                writer: uuid::Uuid::new_v4().simple().to_string(),
                 follower: std::sync::Mutex::new(None),
                 saving,
             }),
         };
-        tracker.follow_foreign(follower);
+        tracker.follow_log(follower);
         Ok(tracker)
     }
 
-    /// Applies other components' events read by `log` (replacing the
-    /// consumer followed so far).
-    fn follow_foreign(&self, mut log: weir_bus::Consumer) {
+    /// Applies what other processes append to the log `log` reads
+    /// (replacing the consumer followed so far): other writers' events —
+    /// a `weir train` while a server runs, another server — and other
+    /// components' records. This tracker's own events, applied as it wrote
+    /// them, are known by their [`WRITER_HEADER`] and passed over.
+    fn follow_log(&self, mut log: weir_bus::Consumer) {
         let weak = Arc::downgrade(&self.inner);
         let task = tokio::spawn(async move {
             while let Ok(Some(record)) = log.next_raw().await {
                 let Some(inner) = weak.upgrade() else { break };
-                let foreign = record
-                    .payload
-                    .as_deref()
-                    .filter(|payload| Event::is_foreign(payload));
-                // This tracker's own events are applied as written; the
-                // position still moves past them, under the state's lock.
+                let own = record.headers.iter().any(|(name, value)| {
+                    name == WRITER_HEADER && *value == inner.writer.as_bytes()
+                });
+                let others = record.payload.as_deref().filter(|_| !own);
                 let Some(saving) = &inner.saving else {
-                    if let Some(payload) = foreign {
+                    if let Some(payload) = others {
                         inner
                             .state
                             .write()
                             .expect("state lock")
-                            .record_foreign(payload);
+                            .apply_record(payload);
                     }
                     continue;
                 };
+                // With a store, the position moves past every record, under
+                // the state's lock.
                 let last = digest(record.payload.as_deref());
                 let mut state = inner.state.write().expect("state lock");
-                if let Some(payload) = foreign {
-                    state.record_foreign(payload);
+                if let Some(payload) = others {
+                    state.apply_record(payload);
                 }
                 let mut position = saving.position.lock().expect("position lock");
                 position.next = record.offset + 1;
@@ -582,11 +593,10 @@ impl Tracker {
             };
             let payload = event.encode();
             let key = event.subject();
-            let queued = self
-                .inner
-                .producer
-                .send(OutRecord::new(weir_core::topics::META, &payload).key(key.as_bytes()))
-                .await;
+            let record = OutRecord::new(weir_core::topics::META, &payload)
+                .key(key.as_bytes())
+                .header(WRITER_HEADER, self.inner.writer.as_bytes());
+            let queued = self.inner.producer.send(record).await;
             match queued {
                 Ok(pending) => (pending, answer),
                 Err(error) => return Err(self.break_with(error)),

@@ -135,3 +135,89 @@ async fn concurrent_writers_and_a_replayed_node_agree() {
     );
     assert_eq!(replayed.applied(), 1 + 80 * 6);
 }
+
+/// Waits until `node`'s state satisfies `seen` (5 s at most).
+async fn until_seen(node: &Tracker, seen: impl Fn(&weir_meta::state::State) -> bool) {
+    for _ in 0..100 {
+        if node.read(&seen) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the event never reached the other tracker");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracker_applies_what_other_writers_append_and_its_own_events_once() {
+    let (_broker, bus) = broker().await;
+    let dir = tempfile::tempdir().unwrap();
+    let artifacts = || ArtifactStore::open(dir.path().to_str().unwrap()).unwrap();
+    // A server, and a `weir train` writing to the same log while it runs.
+    let server = Tracker::open(&bus, artifacts()).await.unwrap();
+    let job = Tracker::open(&bus, artifacts()).await.unwrap();
+
+    let experiment = job
+        .create_experiment("from-the-job".into(), None, vec![])
+        .await
+        .unwrap();
+    let run_id = job
+        .start_run(tracker::RunStart {
+            experiment_id: experiment.clone(),
+            run_name: Some("trained".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    until_seen(&server, |state| state.run(&run_id).is_ok()).await;
+
+    // The server's own writes, and the job's after them, both ways.
+    server
+        .append(Event::RunLogged {
+            at: 1,
+            run_id: run_id.clone(),
+            metrics: vec![Metric {
+                key: "auc".into(),
+                value: 0.9,
+                timestamp: 1,
+                step: 0,
+            }],
+            params: vec![],
+            tags: vec![],
+        })
+        .await
+        .unwrap();
+    until_seen(&job, |state| {
+        state
+            .run(&run_id)
+            .is_ok_and(|run| run.history.contains_key("auc"))
+    })
+    .await;
+    job.append(Event::RunLogged {
+        at: 2,
+        run_id: run_id.clone(),
+        metrics: vec![],
+        params: vec![KeyValue {
+            key: "lr".into(),
+            value: "0.1".into(),
+        }],
+        tags: vec![],
+    })
+    .await
+    .unwrap();
+    until_seen(&server, |state| {
+        state
+            .run(&run_id)
+            .is_ok_and(|run| run.params.contains_key("lr"))
+    })
+    .await;
+
+    // Every event applied once on each: both equal a replay.
+    let replayed = tracker::replay(&bus).await.unwrap();
+    assert_eq!(server.snapshot(), replayed);
+    assert_eq!(job.snapshot(), replayed);
+    assert_eq!(
+        replayed.run(&run_id).unwrap().history["auc"].len(),
+        1,
+        "the server's own metric was not applied a second time"
+    );
+}
