@@ -74,7 +74,7 @@ impl<'a> OutRecord<'a> {
 
     /// Adds a header.
     pub fn header(mut self, name: &str, value: &[u8]) -> Self {
-        let headers = self.headers.take().unwrap_or_else(OwnedHeaders::new);
+        let headers = self.headers.take().unwrap_or_default();
         self.headers = Some(headers.insert(rdkafka::message::Header {
             key: name,
             value: Some(value),
