@@ -185,9 +185,11 @@ impl EmbeddedBroker {
             task.abort();
             let _ = task.await;
         }
-        // Connections close with the aborted task set; give the port back.
+        // Connections close with the aborted task set; wait until the port
+        // can be listened on again, as the broker itself binds it (with
+        // SO_REUSEADDR: connections closing in TIME_WAIT do not hold it).
         for _ in 0..50 {
-            if TcpListener::bind(self.address).is_ok() {
+            if tokio::net::TcpListener::bind(self.address).await.is_ok() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

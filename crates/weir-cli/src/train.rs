@@ -13,12 +13,12 @@ use weir_train::spec::{Runtime, Split, Task, TrainSpec};
 use weir_train::tune::TuneSpec;
 use weir_train::{EvaluationRequest, GateRule, Workspace};
 
-use crate::connect::connect;
+use crate::connect::{Connection, connect};
 
 /// What the training verbs work with: the bus, the tracker, the datasets
 /// and a scratch directory.
 pub(crate) struct Session {
-    connection: crate::connect::Connection,
+    connection: Connection,
     tracker: weir_meta::Tracker,
     datasets: Datasets,
     scratch: PathBuf,
@@ -26,9 +26,16 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) async fn open(config: &Config) -> anyhow::Result<Self> {
-        let connection = connect(config).await?;
-        let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
-        let datasets = Datasets::load(&connection.bus).await?;
+        Self::on(config, connect(config).await?).await
+    }
+
+    /// The session on a connection made already.
+    async fn on(config: &Config, connection: Connection) -> anyhow::Result<Self> {
+        // Both replay weir.meta: at once.
+        let (tracker, datasets) = tokio::try_join!(
+            crate::tracking::open_tracker(config, &connection.bus),
+            async { Ok(Datasets::load(&connection.bus).await?) },
+        )?;
         Ok(Self {
             connection,
             tracker,
@@ -416,9 +423,11 @@ pub async fn tune(config: &Config, args: TuneArgs) -> anyhow::Result<ExitCode> {
     let text = std::fs::read_to_string(&args.spec)
         .with_context(|| format!("reading {}", args.spec.display()))?;
     let spec = TuneSpec::from_yaml(&text, &args.spec.display().to_string())?;
-    let session = Session::open(config).await?;
-    let workspace = session.workspace();
+    // The workers start (runtimes, imports, replays) while this replays.
+    let connection = connect(config).await?;
     let local = start_workers(args.workers, &spec.experiment)?;
+    let session = Session::on(config, connection).await?;
+    let workspace = session.workspace();
     let outcome = weir_train::tune::tune(&spec, workspace, &session.connection.bus).await;
     drop(local);
     session.close().await;
@@ -540,9 +549,13 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
     };
     // The log, read once and then followed: the trials' runs and leases,
     // and the state each trial's tracker starts from.
-    let mut follower = weir_meta::tracker::Follower::start(bus).await?;
-    let mut datasets = Datasets::load(bus).await?;
-    let tracker = weir_meta::Tracker::open_following(bus, artifacts, &follower)?;
+    // Three reads of the log at once; the tracker's own also starts its
+    // producer early (each trial resyncs it to the follower).
+    let (mut follower, mut datasets, tracker) = tokio::try_join!(
+        async { Ok(weir_meta::tracker::Follower::start(bus).await?) },
+        async { anyhow::Ok(Datasets::load(bus).await?) },
+        async { Ok(weir_meta::Tracker::open(bus, artifacts).await?) },
+    )?;
     let mut ran = 0;
     while args.max_trials.is_none_or(|max| ran < max) {
         let (trial, where_) = tokio::select! {
@@ -713,9 +726,10 @@ pub async fn automl(config: &Config, args: AutomlArgs) -> anyhow::Result<ExitCod
         budget: std::time::Duration::from_secs(args.budget_s),
         seed,
     };
-    let session = Session::open(config).await?;
-    let workspace = session.workspace();
+    let connection = connect(config).await?;
     let workers = start_workers(args.workers, &spec.experiment)?;
+    let session = Session::on(config, connection).await?;
+    let workspace = session.workspace();
     let outcome = weir_train::automl::automl(&spec, workspace, &session.connection.bus).await;
     drop(workers);
     session.close().await;

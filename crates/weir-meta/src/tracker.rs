@@ -116,6 +116,17 @@ fn lease_end(at: i64, ttl: std::time::Duration) -> i64 {
     at.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2))
 }
 
+/// The producer a tracker writes with. Each write waits for its event, so
+/// it is sent at once rather than lingering for a batch (the bus's default
+/// is tuned for throughput). An idempotent producer's first send waits for
+/// its producer id, which librdkafka asks for about 0.5 s after the client
+/// starts: trackers make it before they replay, so the two overlap.
+fn writer(bus: &Bus) -> Result<Producer, MetaError> {
+    let mut config = bus.config().clone();
+    config.overrides.push(("linger.ms".into(), "0".into()));
+    Producer::new(&config).map_err(|e| MetaError::internal(format!("creating a producer: {e}")))
+}
+
 /// A consumer of `weir.meta` from `offset` on.
 fn consumer_at(bus: &Bus, offset: i64) -> Result<weir_bus::Consumer, MetaError> {
     let meta = weir_core::topics::META;
@@ -303,12 +314,14 @@ impl Tracker {
     /// Feature view and dataset versions that other components record
     /// later are followed, for lineage.
     pub async fn open(bus: &Bus, artifacts: ArtifactStore) -> Result<Self, MetaError> {
+        // The producer first: it acquires its id while the log replays.
+        let producer = writer(bus)?;
         let (state, follower) = follow(bus).await?;
         tracing::info!(
             events = state.applied(),
             "metadata state rebuilt from the log"
         );
-        Self::with_state(bus, artifacts, state, follower, None)
+        Self::with_state(artifacts, state, follower, producer, None)
     }
 
     /// [`Tracker::open`] with a query store: the state comes from `store`
@@ -320,6 +333,7 @@ impl Tracker {
         artifacts: ArtifactStore,
         store: Store,
     ) -> Result<(Self, Restored), MetaError> {
+        let producer = writer(bus)?;
         let mut rebuilt = Some("the store was empty".to_string());
         let mut saved = store.load()?;
         if let Some(found) = &saved
@@ -358,7 +372,13 @@ impl Tracker {
             in_flight: AtomicUsize::new(0),
             task: std::sync::Mutex::new(None),
         };
-        let tracker = Self::with_state(bus, artifacts, follower.state, follower.log, Some(saving))?;
+        let tracker = Self::with_state(
+            artifacts,
+            follower.state,
+            follower.log,
+            producer,
+            Some(saving),
+        )?;
         tracker.start_saving();
         Ok((tracker, restored))
     }
@@ -424,10 +444,10 @@ impl Tracker {
         follower: &Follower,
     ) -> Result<Self, MetaError> {
         Self::with_state(
-            bus,
             artifacts,
             follower.state().clone(),
             consumer_at(bus, follower.position())?,
+            writer(bus)?,
             None,
         )
     }
@@ -448,18 +468,12 @@ impl Tracker {
     }
 
     fn with_state(
-        bus: &Bus,
         artifacts: ArtifactStore,
         state: State,
         follower: weir_bus::Consumer,
+        producer: Producer,
         saving: Option<Saving>,
     ) -> Result<Self, MetaError> {
-        // Each write waits for its event: send it now rather than linger
-        // for a batch (the bus's default is tuned for throughput).
-        let mut config = bus.config().clone();
-        config.overrides.push(("linger.ms".into(), "0".into()));
-        let producer = Producer::new(&config)
-            .map_err(|e| MetaError::internal(format!("creating a producer: {e}")))?;
         let tracker = Self {
             inner: Arc::new(Inner {
                 state: RwLock::new(state),

@@ -478,6 +478,15 @@ pub async fn tune(
     }
     let mut sampler = Sampler::new(&spec.space, &spec.search)?;
     let wanted = sampler.trials(spec.search.trials);
+    // A trial runs once whoever receives it (workers claim trials by lease),
+    // so a trial sent twice does no harm: no idempotent producer, whose
+    // first send waits about 0.5 s for its producer id.
+    let mut config = bus.config().clone();
+    config
+        .overrides
+        .push(("enable.idempotence".into(), "false".into()));
+    let producer =
+        weir_bus::Producer::new(&config).map_err(|e| TrainError::Runtime(e.to_string()))?;
     let tracker = workspace.tracker;
     let experiment_id = tracker.experiment_named(&spec.experiment).await?;
     let parent = tracker
@@ -515,9 +524,6 @@ pub async fn tune(
         .ensure_topic(&weir_bus::TopicSpec::new(&topic, JOB_PARTITIONS))
         .await
         .map_err(|e| TrainError::Runtime(format!("creating {topic}: {e}")))?;
-    let producer = bus
-        .producer()
-        .map_err(|e| TrainError::Runtime(e.to_string()))?;
 
     // The trials' runs, as the workers record them: the log read once,
     // then followed.
