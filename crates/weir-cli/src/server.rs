@@ -19,6 +19,9 @@ use weir_meta::store::Store;
 
 use crate::connect::connect;
 
+/// The query store's directory under the state directory, by default.
+pub const STORE_DIR: &str = "meta-store";
+
 #[derive(Parser)]
 pub struct Args {
     /// Where to listen.
@@ -49,7 +52,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let artifacts = ArtifactStore::open(&location)?;
     let store_dir = args
         .store
-        .unwrap_or_else(|| PathBuf::from(&config.state_dir).join("meta-store"));
+        .unwrap_or_else(|| PathBuf::from(&config.state_dir).join(STORE_DIR));
     let store = Store::open(&store_dir)?;
     if args.rebuild {
         store.clear()?;
@@ -65,13 +68,20 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
             weir_core::topics::META,
             started.elapsed().as_secs_f64()
         ),
-        Some(why) => eprintln!(
-            "state: {} events replayed from {} into a new store in {} ({why}; {:.2} s)",
-            restored.from_log,
-            weir_core::topics::META,
-            store_dir.display(),
-            started.elapsed().as_secs_f64()
-        ),
+        Some(why) => {
+            let why = if args.rebuild {
+                "--rebuild"
+            } else {
+                why.as_str()
+            };
+            eprintln!(
+                "state: {} events replayed from {} into a new store in {} ({why}; {:.2} s)",
+                restored.from_log,
+                weir_core::topics::META,
+                store_dir.display(),
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

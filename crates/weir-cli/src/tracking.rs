@@ -115,7 +115,9 @@ pub fn artifact_store(config: &Config) -> anyhow::Result<weir_meta::artifacts::A
 
 async fn state(config: &Config) -> anyhow::Result<State> {
     let connection = connect(config).await?;
-    let state = weir_meta::tracker::replay(&connection.bus).await?;
+    // A server's query store, when there is one, saves most of the replay.
+    let store = config.state_dir.join(crate::server::STORE_DIR);
+    let state = weir_meta::tracker::replay_with_store(&connection.bus, &store).await?;
     connection.close().await;
     Ok(state)
 }

@@ -187,6 +187,22 @@ pub async fn replay_from(bus: &Bus, saved: crate::store::Saved) -> Result<State,
         .state)
 }
 
+/// The state as of the end of `weir.meta`, read from the query store in
+/// `dir` (opened read-only: a running server may hold it) and the events
+/// after it; replayed from the whole log when there is no store there, or
+/// one saved from another log.
+pub async fn replay_with_store(bus: &Bus, dir: &std::path::Path) -> Result<State, MetaError> {
+    let saved = if dir.join("CURRENT").is_file() {
+        Store::open_read_only(dir)?.load()?
+    } else {
+        None
+    };
+    match saved {
+        Some(saved) if log_has(bus, &saved.position).await? => replay_from(bus, saved).await,
+        _ => replay(bus).await,
+    }
+}
+
 /// A state kept current with `weir.meta`: replayed once, then every event
 /// applied as it arrives, whoever wrote it. [`Tracker::open_following`]
 /// opens a tracker on it without another replay, and

@@ -116,6 +116,18 @@ async fn a_restart_replays_only_the_new_events_and_every_state_equals_a_replay()
     let replayed = tracker::replay(&bus).await.unwrap();
     let saved = Store::open(&store_dir).unwrap().load().unwrap().unwrap();
     assert_eq!(saved.state, replayed, "the store holds what a replay gives");
+    // What the command line reads: the store, then the log after it; or
+    // the whole log where there is no store.
+    assert_eq!(
+        tracker::replay_with_store(&bus, &store_dir).await.unwrap(),
+        replayed
+    );
+    assert_eq!(
+        tracker::replay_with_store(&bus, &dir.path().join("none"))
+            .await
+            .unwrap(),
+        replayed
+    );
     assert_eq!(saved.state.applied(), replayed.applied());
 
     // While no server runs, another writer adds events.
@@ -213,6 +225,10 @@ async fn a_store_saved_from_another_log_is_rebuilt_from_this_one() {
     let other = Tracker::open(&bus, artifacts()).await.unwrap();
     write_some(&bus, &other, "here", 3).await;
     other.close().await;
+    // A reader skips the other log's store.
+    let read = tracker::replay_with_store(&bus, &store_dir).await.unwrap();
+    assert_eq!(read, tracker::replay(&bus).await.unwrap());
+    assert!(read.experiment_by_name("gone").is_err());
     let (node, restored) =
         Tracker::open_with_store(&bus, artifacts(), Store::open(&store_dir).unwrap())
             .await
