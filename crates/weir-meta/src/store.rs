@@ -50,14 +50,13 @@ impl Position {
 /// The digest a [`Position`] names a record by (a record without a value
 /// digests as empty).
 pub fn digest(payload: Option<&[u8]>) -> String {
-    let hash = Sha256::digest(payload.unwrap_or_default());
-    hash.iter().map(|b| format!("{b:02x}")).collect()
+    format!("{:x}", Sha256::digest(payload.unwrap_or_default()))
 }
 
 /// A state loaded from the store, and where in the log it stands.
 #[derive(Debug)]
 pub struct Saved {
-    /// The state (tracking its changes from here on).
+    /// The state.
     pub state: State,
     /// Where it stands.
     pub position: Position,
@@ -177,7 +176,6 @@ impl Store {
                 .restore(entity, &value)
                 .map_err(|e| self.failed("reading", format!("`{key}`: {e}")))?;
         }
-        state.track_changes();
         Ok(Some(Saved { state, position }))
     }
 

@@ -350,30 +350,26 @@ impl Tracker {
         store: Store,
     ) -> Result<(Self, Restored), MetaError> {
         let producer = writer(bus)?;
-        let mut rebuilt = Some("the store was empty".to_string());
-        let mut saved = store.load()?;
-        if let Some(found) = &saved
-            && !log_has(bus, &found.position).await?
-        {
-            rebuilt = Some(format!(
-                "the store stands at offset {} of a log that is not this {} (wiped, or another broker's)",
-                found.position.next,
-                weir_core::topics::META
-            ));
-            store.clear()?;
-            saved = None;
-        }
-        let (state, position) = match saved {
-            Some(found) => {
-                rebuilt = None;
-                (found.state, found.position)
+        let (mut state, position, rebuilt) = match store.load()? {
+            Some(saved) if log_has(bus, &saved.position).await? => {
+                (saved.state, saved.position, None)
             }
-            None => {
-                let mut state = State::default();
-                state.track_changes();
-                (state, Position::START)
+            Some(saved) => {
+                store.clear()?;
+                let why = format!(
+                    "the store stands at offset {} of a log that is not this {} (wiped, or another broker's)",
+                    saved.position.next,
+                    weir_core::topics::META
+                );
+                (State::default(), Position::START, Some(why))
             }
+            None => (
+                State::default(),
+                Position::START,
+                Some("the store was empty".to_string()),
+            ),
         };
+        state.track_changes();
         let from_store = state.applied();
         let follower = Follower::resume(bus, state, position, true).await?;
         let restored = Restored {
