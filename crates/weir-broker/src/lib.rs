@@ -30,17 +30,18 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+mod fetch;
 mod storage;
 
-use rama::{Context, Service as _};
+use rama::{Context, Service};
 use tansu_broker::coordinator::group::administrator::Controller;
-use tansu_broker::service::services;
 use tansu_storage::{BrokerRegistrationRequest, Storage as _, StorageContainer};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::fetch::LongPollFetch;
 use crate::storage::PatchedStorage;
 
 const NODE_ID: i32 = 111;
@@ -230,7 +231,7 @@ async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = match services(CLUSTER_ID, groups.clone(), storage.clone(), None) {
+                let service = match services(groups.clone(), storage.clone()) {
                     Ok(service) => service,
                     Err(error) => {
                         tracing::error!(?error, "embedded broker: cannot serve a connection");
@@ -256,6 +257,37 @@ async fn serve(
         }
     }
     connections.shutdown().await;
+}
+
+/// tansu's services for one connection (`tansu_broker::service::services`)
+/// with fetches answered as soon as records are there ([`LongPollFetch`]).
+fn services(
+    groups: Controller<PatchedStorage>,
+    storage: PatchedStorage,
+) -> Result<impl Service<(), tokio::net::TcpStream, Error = tansu_broker::Error>, tansu_broker::Error>
+{
+    use rama::Layer as _;
+    use tansu_broker::service::{auth, coordinator, storage as routes};
+    use tansu_service::{
+        BytesFrameLayer, FrameRouteService, TcpBytesLayer, TcpContext, TcpContextLayer,
+    };
+    let produced = storage.produced();
+    let route = routes::services(
+        FrameRouteService::<(), tansu_broker::Error>::builder(),
+        storage,
+    )
+    .and_then(|builder| coordinator::services(builder, groups))
+    .and_then(auth::services)
+    .and_then(|builder| builder.build().map_err(Into::into))?;
+    Ok((
+        TcpContextLayer::new(TcpContext::default().cluster_id(Some(CLUSTER_ID.into()))),
+        TcpBytesLayer::default(),
+        BytesFrameLayer::default(),
+    )
+        .into_layer(LongPollFetch {
+            inner: route,
+            produced,
+        }))
 }
 
 /// tansu's SQLite schema has no index on record headers, and its fetch

@@ -19,10 +19,13 @@
 //!   computes the next offset as the requested one plus the records
 //!   returned, so a whole batch from before the offset would make it skip
 //!   as many records further on.
+//! - **Produces are announced** to fetches waiting for records
+//!   ([`crate::fetch`]).
 //! - **`DeleteRecords`** is `todo!()` in both engines and would panic a
 //!   connection task: it is refused with `UNSUPPORTED_VERSION` instead.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -49,6 +52,7 @@ use tansu_storage::{
     StorageContainer, TopicId, Topition, TxnAddPartitionsRequest, TxnAddPartitionsResponse,
     TxnOffsetCommitRequest, UpdateError, Version,
 };
+use tokio::sync::watch;
 use url::Url;
 use uuid::Uuid;
 
@@ -56,11 +60,21 @@ use uuid::Uuid;
 #[derive(Clone, Debug)]
 pub struct PatchedStorage {
     inner: StorageContainer,
+    /// Bumped after every produce, for the fetches waiting for records.
+    produced: Arc<watch::Sender<u64>>,
 }
 
 impl PatchedStorage {
     pub fn new(inner: StorageContainer) -> Self {
-        Self { inner }
+        Self {
+            inner,
+            produced: Arc::new(watch::Sender::new(0)),
+        }
+    }
+
+    /// What fetches wait on for new records.
+    pub fn produced(&self) -> watch::Receiver<u64> {
+        self.produced.subscribe()
     }
 }
 
@@ -159,7 +173,9 @@ impl Storage for PatchedStorage {
         topition: &Topition,
         batch: deflated::Batch,
     ) -> Result<i64> {
-        self.inner.produce(transaction_id, topition, batch).await
+        let offset = self.inner.produce(transaction_id, topition, batch).await?;
+        self.produced.send_modify(|count| *count += 1);
+        Ok(offset)
     }
 
     async fn fetch(

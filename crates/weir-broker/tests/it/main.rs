@@ -182,3 +182,61 @@ async fn reading_from_inside_a_batch_skips_nothing() {
         }
     }
 }
+
+/// A fetch waiting for records is answered when one is produced, as
+/// Kafka's long poll is, not when its wait ends (tansu's own fetch sleeps
+/// the whole `fetch.wait.max.ms` out, whatever it found).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_fetch_is_answered_when_a_record_comes() {
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let broker = EmbeddedBroker::start_on_free_port(Storage::Memory)
+        .await
+        .unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    create_topic(&bootstrap, "waits", 1).await;
+    const WAIT: Duration = Duration::from_secs(20);
+    let reader = bootstrap.clone();
+    let read = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &reader)
+            .set("group.id", "long-poll")
+            .set("fetch.wait.max.ms", WAIT.as_millis().to_string())
+            .create()
+            .unwrap();
+        let mut assignment = TopicPartitionList::new();
+        assignment
+            .add_partition_offset("waits", 0, Offset::Beginning)
+            .unwrap();
+        consumer.assign(&assignment).unwrap();
+        let mut seen = Vec::new();
+        let deadline = std::time::Instant::now() + 3 * WAIT;
+        while seen.len() < 3 && std::time::Instant::now() < deadline {
+            if let Some(message) = consumer.poll(Duration::from_millis(100)) {
+                seen.push((message.unwrap().offset(), std::time::Instant::now()));
+            }
+        }
+        seen
+    });
+    // Each record is produced while the reader's fetch waits on an empty
+    // partition.
+    let mut produced = Vec::new();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        produce(&bootstrap, "waits", 1).await;
+        produced.push(std::time::Instant::now());
+    }
+    let seen = read.await.unwrap();
+    assert_eq!(
+        seen.iter().map(|(offset, _)| *offset).collect::<Vec<_>>(),
+        [0, 1, 2]
+    );
+    for ((offset, at), sent) in seen.iter().zip(&produced) {
+        let after = at.saturating_duration_since(*sent);
+        assert!(
+            after < WAIT / 4,
+            "record {offset} was read {after:?} after it was produced: the fetch waited out its {WAIT:?}"
+        );
+    }
+    broker.stop().await;
+}
