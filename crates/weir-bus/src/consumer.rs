@@ -89,7 +89,7 @@ pub struct RawRecord {
 /// Reads topics; decodes values with each topic's codec; sends records that
 /// fail to the dead-letter topic and moves on.
 pub struct Consumer {
-    inner: Arc<StreamConsumer<QuietEof>>,
+    inner: Handle,
     codecs: HashMap<String, TopicCodec>,
     dead_letters: DeadLetters,
     max_record_bytes: usize,
@@ -99,6 +99,30 @@ pub struct Consumer {
     until_end: bool,
     read_only: bool,
     at_end: HashSet<i32>,
+}
+
+/// The librdkafka consumer, dropped on a thread of its own: rdkafka's drop
+/// of a consumer in a group (every consumer here has one) polls until the
+/// group is left, about 100 ms, which would hold up whatever drops it — a
+/// command's exit, a follower replaced, a tracker closed — once per consumer.
+struct Handle(Option<Arc<StreamConsumer<QuietEof>>>);
+
+impl Handle {
+    fn get(&self) -> &Arc<StreamConsumer<QuietEof>> {
+        self.0.as_ref().expect("taken only when dropped")
+    }
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.take() {
+            // If no thread can be started, the closure (and the consumer)
+            // is dropped here instead.
+            let _ = std::thread::Builder::new()
+                .name("weir-consumer-drop".into())
+                .spawn(move || drop(inner));
+        }
+    }
 }
 
 impl std::fmt::Debug for Consumer {
@@ -178,7 +202,7 @@ impl Consumer {
             .map(|topic| (topic.to_string(), bus.codec(topic)))
             .collect();
         Ok(Self {
-            inner: Arc::new(inner),
+            inner: Handle(Some(Arc::new(inner))),
             codecs,
             dead_letters: DeadLetters::new(bus.producer()?, bus.admin().clone()),
             max_record_bytes: bus.config().max_record_bytes,
@@ -194,7 +218,7 @@ impl Consumer {
     /// its end, when the consumer was made with `until_end`.
     pub async fn next(&mut self) -> Result<Option<Record>, BusError> {
         loop {
-            let inner = self.inner.clone();
+            let inner = self.inner.get().clone();
             let message = match self.receive(&inner).await? {
                 Some(message) => message,
                 None => return Ok(None),
@@ -258,7 +282,7 @@ impl Consumer {
     /// The next record as stored, without decoding (for dead-letter topics
     /// and tools that copy bytes).
     pub async fn next_raw(&mut self) -> Result<Option<RawRecord>, BusError> {
-        let inner = self.inner.clone();
+        let inner = self.inner.get().clone();
         let Some(message) = self.receive(&inner).await? else {
             return Ok(None);
         };
@@ -303,6 +327,7 @@ impl Consumer {
     fn all_at_end(&self) -> Result<bool, BusError> {
         let assignment = self
             .inner
+            .get()
             .assignment()
             .map_err(|e| BusError::kafka("reading the assignment", e))?;
         let elements = assignment.elements();
@@ -325,7 +350,7 @@ impl Consumer {
                 .add_partition_offset(topic, *partition, Offset::Offset(*next))
                 .map_err(|e| BusError::kafka("building the offsets to commit", e))?;
         }
-        let inner = self.inner.clone();
+        let inner = self.inner.get().clone();
         tokio::task::spawn_blocking(move || inner.commit(&offsets, CommitMode::Sync))
             .await
             .expect("commit task panicked")

@@ -88,7 +88,25 @@ impl<'a> OutRecord<'a> {
 /// once the broker has it, so callers can keep many records in flight.
 #[derive(Clone)]
 pub struct Producer {
-    inner: FutureProducer,
+    /// Taken only when dropped.
+    inner: Option<FutureProducer>,
+}
+
+impl Drop for Producer {
+    /// A producer with nothing in flight is dropped on a thread of its own:
+    /// rdkafka's drop stops its polling thread, which polls every 100 ms,
+    /// and would hold up whatever drops it. One with records in flight is
+    /// dropped here, so that its flush delivers them before going on.
+    fn drop(&mut self) {
+        let Some(inner) = self.inner.take() else {
+            return;
+        };
+        if inner.in_flight_count() == 0 {
+            let _ = std::thread::Builder::new()
+                .name("weir-producer-drop".into())
+                .spawn(move || drop(inner));
+        }
+    }
 }
 
 impl std::fmt::Debug for Producer {
@@ -120,7 +138,7 @@ impl Producer {
         let inner = producer_config(config)
             .create()
             .map_err(|e| BusError::kafka("creating a producer", e))?;
-        Ok(Self { inner })
+        Ok(Self { inner: Some(inner) })
     }
 
     /// Queues a record; waits only while the local queue is full. The
@@ -138,7 +156,7 @@ impl Producer {
             out = out.headers(headers);
         }
         let future = loop {
-            match self.inner.send_result(out) {
+            match self.inner().send_result(out) {
                 Ok(future) => break future,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     out = back;
@@ -155,6 +173,10 @@ impl Producer {
         Ok(PendingDelivery { inner: future })
     }
 
+    fn inner(&self) -> &FutureProducer {
+        self.inner.as_ref().expect("taken only when dropped")
+    }
+
     /// Sends one record and waits for its acknowledgement.
     pub async fn send_and_wait(&self, record: OutRecord<'_>) -> Result<Delivery, BusError> {
         self.send(record).await?.await
@@ -162,7 +184,7 @@ impl Producer {
 
     /// Waits until every queued record is acknowledged (or `timeout`).
     pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
-        self.inner
+        self.inner()
             .flush(timeout)
             .map_err(|e| BusError::kafka("flushing the producer", e))
     }

@@ -515,7 +515,6 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
         ConsumerOptions {
             start: StartFrom::Beginning,
             read_only: true,
-            // A new trial reaches an idle worker within this.
             settings: vec![setting(
                 "fetch.wait.max.ms",
                 weir_meta::tracker::FOLLOW_WAIT_MS,
@@ -572,7 +571,13 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
                 let trial = parse(&record);
                 group.commit().await?;
                 match trial {
-                    Some(trial) => trial,
+                    // One another worker has already run (or is running) is
+                    // passed over without a claim.
+                    Some((trial, where_)) => match trial.state(follower.state(), weir_meta::now_ms()) {
+                        TrialState::Recorded | TrialState::Closed => continue,
+                        TrialState::Held { holder: h, .. } if h != holder => continue,
+                        _ => (trial, where_),
+                    },
                     None => continue,
                 }
             }
@@ -616,9 +621,9 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
                 return anyhow::Ok(false);
             }
             println!("worker: trial {} ({where_}): running", trial.id());
-            // The tracker takes the state the follower has reached (up to
-            // the claim): no replay of the log per trial.
-            tracker.resync(bus, &follower)?;
+            // The tracker gets to where the follower has read (up to the
+            // claim): no replay of the log per trial.
+            tracker.catch_up_with(bus, &follower).await?;
             // Dataset versions do not change; a name without a version
             // means the latest, which may be new.
             let dataset = &trial.job.dataset;

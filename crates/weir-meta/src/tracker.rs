@@ -40,6 +40,8 @@ struct Inner {
     /// The task following what other processes append; stopped with the
     /// tracker.
     follower: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The offset of the next record that task applies.
+    applied: tokio::sync::watch::Sender<i64>,
     /// Where the state is saved, when it is.
     saving: Option<Saving>,
 }
@@ -104,12 +106,15 @@ pub async fn follow(bus: &Bus) -> Result<(State, weir_bus::Consumer), MetaError>
     Ok((follower.state, follower.log))
 }
 
-/// How long the broker holds a follower's fetch when there is nothing new:
-/// the embedded broker answers when the wait ends, not when an event
-/// arrives, so this is how late a follower may see an event (a claim
-/// waits for its own). Shorter costs the broker a fetch per follower that
-/// often (at 20 ms, a third of a core here).
-pub const FOLLOW_WAIT_MS: &str = "100";
+/// How long the broker holds a follower's fetch when there is nothing new.
+/// A fetch is answered as soon as an event is appended (Kafka's long poll,
+/// which the embedded broker does too), so this is not how late a follower
+/// sees an event, only how often an idle one asks.
+pub const FOLLOW_WAIT_MS: &str = "500";
+
+/// How long [`Tracker::catch_up_with`] waits for the tracker's own
+/// following before it resyncs.
+pub const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// When a lease taken at `at` for `ttl` ends.
 fn lease_end(at: i64, ttl: std::time::Duration) -> i64 {
@@ -332,12 +337,19 @@ impl Tracker {
     pub async fn open(bus: &Bus, artifacts: ArtifactStore) -> Result<Self, MetaError> {
         // The producer first: it acquires its id while the log replays.
         let producer = writer(bus)?;
-        let (state, follower) = follow(bus).await?;
+        let follower = Follower::start(bus).await?;
         tracing::info!(
-            events = state.applied(),
+            events = follower.state.applied(),
             "metadata state rebuilt from the log"
         );
-        Self::with_state(artifacts, state, follower, producer, None)
+        let next = follower.next;
+        Self::with_state(
+            artifacts,
+            follower.state,
+            (follower.log, next),
+            producer,
+            None,
+        )
     }
 
     /// [`Tracker::open`] with a query store: the state comes from `store`
@@ -378,6 +390,7 @@ impl Tracker {
             rebuilt,
         };
         let position = follower.log_position();
+        let next = follower.next;
         let saving = Saving {
             store,
             position: std::sync::Mutex::new(position),
@@ -387,7 +400,7 @@ impl Tracker {
         let tracker = Self::with_state(
             artifacts,
             follower.state,
-            follower.log,
+            (follower.log, next),
             producer,
             Some(saving),
         )?;
@@ -458,7 +471,7 @@ impl Tracker {
         Self::with_state(
             artifacts,
             follower.state().clone(),
-            consumer_at(bus, follower.position())?,
+            (consumer_at(bus, follower.position())?, follower.position()),
             writer(bus)?,
             None,
         )
@@ -475,14 +488,29 @@ impl Tracker {
         }
         let log = consumer_at(bus, follower.position())?;
         *self.inner.state.write().expect("state lock") = follower.state().clone();
-        self.follow_log(log);
+        self.follow_log((log, follower.position()));
         Ok(())
+    }
+
+    /// Brings this tracker up to what `follower` has read, for a process
+    /// that follows the log and writes now and then (a worker before a
+    /// trial): waits for the tracker's own following to get there, which
+    /// is at once or within a few milliseconds; if it lags by more than
+    /// [`CATCH_UP_WAIT`], takes `follower`'s state instead ([`Tracker::resync`],
+    /// which costs a new consumer and dropping the old).
+    pub async fn catch_up_with(&self, bus: &Bus, follower: &Follower) -> Result<(), MetaError> {
+        let target = follower.position();
+        let mut applied = self.inner.applied.subscribe();
+        match tokio::time::timeout(CATCH_UP_WAIT, applied.wait_for(|&next| next >= target)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => self.resync(bus, follower),
+        }
     }
 
     fn with_state(
         artifacts: ArtifactStore,
         state: State,
-        follower: weir_bus::Consumer,
+        follower: (weir_bus::Consumer, i64),
         producer: Producer,
         saving: Option<Saving>,
     ) -> Result<Self, MetaError> {
@@ -495,6 +523,7 @@ impl Tracker {
                 broken: AtomicBool::new(false),
                 writer: uuid::Uuid::new_v4().simple().to_string(),
                 follower: std::sync::Mutex::new(None),
+                applied: tokio::sync::watch::Sender::new(follower.1),
                 saving,
             }),
         };
@@ -506,8 +535,10 @@ impl Tracker {
     /// (replacing the consumer followed so far): other writers' events —
     /// a `weir train` while a server runs, another server — and other
     /// components' records. This tracker's own events, applied as it wrote
-    /// them, are known by their [`WRITER_HEADER`] and passed over.
-    fn follow_log(&self, mut log: weir_bus::Consumer) {
+    /// them, are known by their [`WRITER_HEADER`] and passed over. `log`
+    /// comes with the offset it starts at.
+    fn follow_log(&self, (mut log, from): (weir_bus::Consumer, i64)) {
+        self.inner.applied.send_replace(from);
         let weak = Arc::downgrade(&self.inner);
         let task = tokio::spawn(async move {
             while let Ok(Some(record)) = log.next_raw().await {
@@ -524,6 +555,7 @@ impl Tracker {
                             .expect("state lock")
                             .apply_record(payload);
                     }
+                    inner.applied.send_replace(record.offset + 1);
                     continue;
                 };
                 // With a store, the position moves past every record, under
@@ -537,6 +569,8 @@ impl Tracker {
                 position.next = record.offset + 1;
                 position.last = Some(last);
                 position.skip.retain(|&own| own > record.offset);
+                drop((position, state));
+                inner.applied.send_replace(record.offset + 1);
             }
         });
         if let Some(old) = self

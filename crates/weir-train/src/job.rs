@@ -353,12 +353,7 @@ pub(crate) fn resolve(reference: &str, datasets: &Datasets) -> Result<Source, Tr
     if path.is_file() {
         let (digest, _) =
             weir_features::datasets::hash_file(path).map_err(|e| TrainError::io(reference, e))?;
-        return Ok(Source {
-            reference: reference.to_string(),
-            digest,
-            files: vec![path.to_path_buf()],
-            entity: vec![],
-        });
+        return Ok(file_source(reference, digest));
     }
     let version = datasets.find(reference).ok_or_else(|| {
         TrainError::Invalid(format!(
@@ -381,6 +376,16 @@ pub(crate) fn resolve(reference: &str, datasets: &Datasets) -> Result<Source, Tr
             .collect(),
         entity: version.entity.clone(),
     })
+}
+
+/// A data file named by its path, with its content's digest.
+fn file_source(reference: &str, digest: String) -> Source {
+    Source {
+        reference: reference.to_string(),
+        digest,
+        files: vec![PathBuf::from(reference)],
+        entity: vec![],
+    }
 }
 
 /// A job's data, read and split: the table, its features and target, the
@@ -530,6 +535,8 @@ pub struct JobCache {
     dir: PathBuf,
     warm: runtime::Warm,
     prepared: std::sync::Mutex<Vec<(String, std::sync::Arc<Prepared>)>>,
+    /// Data files' digests, by path, size and modification time.
+    digests: std::sync::Mutex<BTreeMap<(PathBuf, u64, std::time::SystemTime), String>>,
 }
 
 impl std::fmt::Debug for JobCache {
@@ -549,12 +556,35 @@ impl JobCache {
             dir,
             warm: runtime::Warm::new(),
             prepared: Default::default(),
+            digests: Default::default(),
         }
     }
 
     /// Starts the warm runtime process ahead of the first job.
     pub async fn warm_up(&self) -> Result<(), TrainError> {
         self.warm.start().await
+    }
+
+    /// [`resolve`], with a data file's digest kept while its size and
+    /// modification time stay the same: a worker reads the same file trial
+    /// after trial, and hashing it each time costs tens of milliseconds.
+    fn resolve(&self, reference: &str, datasets: &Datasets) -> Result<Source, TrainError> {
+        let stamp = std::fs::metadata(reference)
+            .ok()
+            .filter(std::fs::Metadata::is_file)
+            .and_then(|m| Some((PathBuf::from(reference), m.len(), m.modified().ok()?)));
+        let Some(stamp) = stamp else {
+            return resolve(reference, datasets);
+        };
+        if let Some(digest) = self.digests.lock().expect("cache lock").get(&stamp) {
+            return Ok(file_source(reference, digest.clone()));
+        }
+        let source = resolve(reference, datasets)?;
+        self.digests
+            .lock()
+            .expect("cache lock")
+            .insert(stamp, source.digest.clone());
+        Ok(source)
     }
 
     fn prepared(
@@ -639,7 +669,10 @@ async fn run(
         };
         record.param(key, text);
     }
-    let source = resolve(&spec.dataset, workspace.datasets);
+    let source = match workspace.cache {
+        Some(cache) => cache.resolve(&spec.dataset, workspace.datasets),
+        None => resolve(&spec.dataset, workspace.datasets),
+    };
     // The job as it ran: `name` (the latest version) pinned to the version
     // read, so that `weir runs reproduce` reads the same data.
     let mut pinned = spec.clone();
