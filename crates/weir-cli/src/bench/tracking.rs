@@ -11,6 +11,10 @@
 //! (protobuf messages, entity objects) is a floor under both servers'
 //! figures, and the plain-HTTP pass shows what is left without it.
 //!
+//! A server that does no work (canned answers) gets the same two passes:
+//! its times are the client's own cost, and so the most any server can be
+//! faster than MLflow's through that client.
+//!
 //! Then each server is stopped (SIGINT) and started again on what it
 //! wrote, timed until it accepts connections: Weir from its query store,
 //! and Weir rebuilding the store from the whole of `weir.meta`.
@@ -82,9 +86,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         let _ = std::fs::remove_dir_all(&state);
         figures.context("weir server")?
     };
+    // The no-op server's searches answer as many runs as Weir's did, on
+    // average.
+    let page_runs = (weir.0.matched as f64 / args.searches.max(1) as f64).round() as usize;
+    let floor = canned_floor(&python, &args, page_runs).await?;
     report_header();
     report("weir server, mlflow client", &weir.0, &args);
     report("weir server, plain HTTP", &weir.1, &args);
+    report("no-op server, mlflow client", &floor.0, &args);
+    report("no-op server, plain HTTP", &floor.1, &args);
     if args.no_mlflow {
         report_restarts(&weir.2);
         return Ok(ExitCode::SUCCESS);
@@ -139,8 +149,39 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         weir.0.peak_rss_mib.max(weir.1.peak_rss_mib),
         mlflow.0.peak_rss_mib.max(mlflow.1.peak_rss_mib)
     );
+    println!(
+        "the most any server can be faster than mlflow's through the mlflow client (a no-op server's times): logging {:.1}x, search {:.1}x; weir reaches {:.0}% and {:.0}% of that",
+        mlflow.0.log_seconds / floor.0.log_seconds,
+        mlflow.0.search_seconds / floor.0.search_seconds,
+        100.0 * floor.0.log_seconds / weir.0.log_seconds,
+        100.0 * floor.0.search_seconds / weir.0.search_seconds,
+    );
     report_restarts(&[weir.2, mlflow.2].concat());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The workload, through the client and over plain HTTP, against a server
+/// that does no work ([`serve_canned`]): the client's own cost.
+async fn canned_floor(
+    python: &Path,
+    args: &Args,
+    page_runs: usize,
+) -> anyhow::Result<(Figures, Figures)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let address = listener.local_addr()?;
+    let server = tokio::spawn(serve_canned(listener, page_runs));
+    let pid = std::process::id();
+    let client = workload(python, pid, address, args, "client").await;
+    let http = workload(python, pid, address, args, "http").await;
+    server.abort();
+    let no_rss = |figures: Figures| Figures {
+        peak_rss_mib: f64::NAN,
+        ..figures
+    };
+    Ok((
+        no_rss(client.context("the no-op server, mlflow client")?),
+        no_rss(http.context("the no-op server, plain HTTP")?),
+    ))
 }
 
 fn report_restarts(restarts: &[(String, f64)]) {
@@ -231,13 +272,17 @@ fn report_header() {
 
 fn report(name: &str, figures: &Figures, args: &Args) {
     let (runs, searches) = (args.runs, args.searches);
+    let rss = if figures.peak_rss_mib.is_nan() {
+        "-".to_string()
+    } else {
+        format!("{:.0} MiB", figures.peak_rss_mib)
+    };
     println!(
-        "{name:<40} {:>9.2} {:>8.1} {:>11.2} {:>10.1} {:>6.0} MiB",
+        "{name:<40} {:>9.2} {:>8.1} {:>11.2} {:>10.1} {rss:>10}",
         figures.log_seconds,
         runs as f64 / figures.log_seconds,
         figures.search_seconds,
         figures.search_seconds * 1000.0 / searches as f64,
-        figures.peak_rss_mib
     );
 }
 
@@ -332,4 +377,91 @@ fn tree_peak_rss_mib(root: u32) -> f64 {
         i += 1;
     }
     tree.iter().filter_map(|pid| peak_rss_mib(*pid)).sum()
+}
+
+/// A server of the MLflow calls the workload makes that does no work: each
+/// answer is made up at once (runs are not kept; a search answers the same
+/// page of `page_runs` runs shaped like the workload's, 20 metrics and 10
+/// params each). The workload against it measures the client's own cost, which
+/// bounds the ratio any server can reach through that client.
+async fn serve_canned(listener: tokio::net::TcpListener, page_runs: usize) -> anyhow::Result<()> {
+    // Every handler reads the request's body: hyper closes a connection
+    // whose body was left unread, which the client sees as a reset.
+    use axum::Json;
+    use axum::body::Bytes;
+    use axum::routing::post;
+    use serde_json::{Value, json};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    fn info(run_id: &str, name: &str, start: i64, status: &str) -> Value {
+        json!({
+            "run_id": run_id, "run_uuid": run_id, "run_name": name,
+            "experiment_id": "1", "user_id": "", "status": status,
+            "start_time": start, "end_time": start + 1000,
+            "artifact_uri": format!("mlflow-artifacts:/1/{run_id}/artifacts"),
+            "lifecycle_stage": "active",
+        })
+    }
+    let page: Arc<Value> = Arc::new(json!({
+        "runs": (0..page_runs as i64).map(|i| {
+            let run_id = format!("{i:032x}");
+            json!({
+                "info": info(&run_id, &format!("run-{i:05}"), 1_700_000_000_000 + i, "FINISHED"),
+                "data": {
+                    "metrics": (0..20).map(|k| json!({"key": format!("m{k}"), "value": f64::from(k) / 20.0, "timestamp": 1_700_000_000_009_i64 + i, "step": 9})).collect::<Vec<_>>(),
+                    "params": (0..10).map(|j| json!({"key": format!("p{j}"), "value": ((i + j) % 5).to_string()})).collect::<Vec<_>>(),
+                    "tags": [{"key": "mlflow.runName", "value": format!("run-{i:05}")}],
+                },
+                "inputs": {},
+            })
+        }).collect::<Vec<_>>(),
+    }));
+    let runs = Arc::new(AtomicU64::new(0));
+    let app = axum::Router::new()
+        .route(
+            "/api/2.0/mlflow/experiments/create",
+            post(|_: Bytes| async { Json(json!({"experiment_id": "1"})) }),
+        )
+        .route(
+            "/api/2.0/mlflow/runs/create",
+            post(move |Json(body): Json<Value>| async move {
+                let run_id = format!("{:032x}", runs.fetch_add(1, Ordering::Relaxed));
+                let name = body["run_name"].as_str().unwrap_or_default();
+                let start = body["start_time"].as_i64().unwrap_or_default();
+                Json(json!({"run": {"info": info(&run_id, name, start, "RUNNING"), "data": {}, "inputs": {}}}))
+            }),
+        )
+        .route(
+            // The client reads the run before it terminates it.
+            "/api/2.0/mlflow/runs/get",
+            axum::routing::get(
+                |axum::extract::Query(query): axum::extract::Query<
+                    std::collections::HashMap<String, String>,
+                >| async move {
+                    let run_id = query.get("run_id").map_or("", String::as_str);
+                    Json(json!({"run": {"info": info(run_id, "", 0, "RUNNING"), "data": {}, "inputs": {}}}))
+                },
+            ),
+        )
+        .route(
+            "/api/2.0/mlflow/runs/log-batch",
+            post(|_: Bytes| async { Json(json!({})) }),
+        )
+        .route(
+            "/api/2.0/mlflow/runs/update",
+            post(|Json(body): Json<Value>| async move {
+                let run_id = body["run_id"].as_str().unwrap_or_default();
+                Json(json!({"run_info": info(run_id, "", 0, "FINISHED")}))
+            }),
+        )
+        .route(
+            "/api/2.0/mlflow/runs/search",
+            post(move |_: Bytes| {
+                let page = page.clone();
+                async move { Json(page.as_ref().clone()) }
+            }),
+        );
+    axum::serve(listener, app).await?;
+    Ok(())
 }
