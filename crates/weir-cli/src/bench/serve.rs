@@ -6,7 +6,10 @@
 //!   as a deployment runs; and once more without the log, to show its cost;
 //! - MLServer 1.7.1 with mlserver-sklearn, serving the original
 //!   scikit-learn model, as the anchors measured it (`parallel_workers: 0`);
-//! - a raw ONNX Runtime `run` loop, one row a call (the limit).
+//! - a raw ONNX Runtime `run` loop, one row a call (the limit);
+//! - a no-op OIP server (axum, as Weir's; it reads each request and
+//!   answers a made-up response): the round trip's own cost here, which
+//!   bounds what any server on this stack can do at one connection.
 //!
 //! The model is the anchors' GradientBoostingClassifier (100 trees of
 //! depth 3, 30 features), exported with skl2onnx for Weir. Every server
@@ -61,10 +64,15 @@ pub struct Args {
     /// (internal) serve it without the request log.
     #[arg(long, hide = true)]
     unlogged: bool,
+    /// (internal) serve a no-op OIP server at `--listen`.
+    #[arg(long, hide = true)]
+    noop: bool,
 }
 
 const FEATURES: usize = 30;
 const INFER: &str = "/v2/models/gbdt/infer";
+/// The no-op server's name in the table.
+const NOOP: &str = "no-op OIP server (axum, no work)";
 
 fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
@@ -98,6 +106,9 @@ fn models(dir: &Path, runners: usize) -> anyhow::Result<ModelSet> {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let (true, Some(listen)) = (args.noop, args.listen) {
+        return serve_noop(listen).await;
+    }
     if let (Some(dir), Some(listen)) = (&args.serve, args.listen) {
         return serve(dir, listen, !args.unlogged).await;
     }
@@ -129,10 +140,36 @@ async fn serve(dir: &Path, listen: SocketAddr, logged: bool) -> anyhow::Result<E
         Some(&bus),
     )
     .await?;
+    let router = weir_serve::oip::router(Arc::new(deployment));
     let listener = tokio::net::TcpListener::bind(listen).await?;
     axum::serve(
         axum::serve::ListenerExt::tap_io(listener, weir_serve::server::nodelay),
-        weir_serve::oip::router(Arc::new(deployment)),
+        router,
+    )
+    .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The child for the floor: an OIP server (axum, as Weir's) that reads
+/// each request and answers a made-up one-row response, with no decoding,
+/// model or log. Its rate at one connection is what this machine's round
+/// trip allows any server on this HTTP stack.
+async fn serve_noop(listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    use axum::body::Bytes;
+    use axum::routing::{get, post};
+    const ANSWER: &str = r#"{"model_name":"gbdt","model_version":"1","id":"","outputs":[{"name":"label","datatype":"INT64","shape":[1],"data":[0]},{"name":"probabilities","datatype":"FP32","shape":[1,2],"data":[0.5,0.5]}]}"#;
+    let app = axum::Router::new()
+        .route("/v2/health/ready", get(|| async { "" }))
+        .route(
+            INFER,
+            // The body is read: a server that left it unread would close
+            // the connection.
+            post(|_: Bytes| async { ([("content-type", "application/json")], ANSWER) }),
+        );
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    axum::serve(
+        axum::serve::ListenerExt::tap_io(listener, weir_serve::server::nodelay),
+        app,
     )
     .await?;
     Ok(ExitCode::SUCCESS)
@@ -408,6 +445,19 @@ async fn compare(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()?;
+    let noop_address = free_port()?;
+    let noop = tokio::process::Command::new(std::env::current_exe()?)
+        .args([
+            "bench",
+            "serve",
+            "--noop",
+            "--listen",
+            &noop_address.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
     let mut servers = vec![
         ("weir serve (ort, axum, logged)", weir, weir_address),
         (
@@ -415,6 +465,7 @@ async fn compare(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
             unlogged,
             unlogged_address,
         ),
+        (NOOP, noop, noop_address),
     ];
     if !args.no_mlserver {
         let mlserver = tokio::process::Command::new(python.with_file_name("mlserver"))
@@ -434,7 +485,7 @@ async fn compare(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
     for (name, child, address) in &mut servers {
         wait_ready(*address, child).await?;
         let got = labels(*address, &check).await?;
-        if got != expected {
+        if got != expected && *name != NOOP {
             bail!("{name} labels {got:?}, scikit-learn {expected:?}");
         }
         for &c in &args.concurrency {
@@ -472,8 +523,18 @@ async fn compare(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
         let versus = of("mlserver")
             .map(|(rate, _)| format!("{:.1}× MLServer", weir_rate / rate))
             .unwrap_or_default();
+        let ceiling = of("mlserver")
+            .zip(of(NOOP))
+            .map(|((mlserver, _), (noop, _))| {
+                format!(
+                    "; the no-op server {:.1}× MLServer, weir {:.0}% of it",
+                    noop / mlserver,
+                    100.0 * weir_rate / noop
+                )
+            })
+            .unwrap_or_default();
         println!(
-            "  {c:>3} connections: weir {weir_rate:.0} requests/s, {versus}, {:.2} of raw ort ({raw_best:.0} runs/s), p99 {weir_p99:.2} ms",
+            "  {c:>3} connections: weir {weir_rate:.0} requests/s, {versus}, {:.2} of raw ort ({raw_best:.0} runs/s), p99 {weir_p99:.2} ms{ceiling}",
             weir_rate / raw_best
         );
     }
