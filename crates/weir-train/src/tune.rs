@@ -786,10 +786,12 @@ impl Sampler {
     }
 }
 
-/// Random trials before TPE models the results.
-const STARTUP_TRIALS: usize = 5;
-/// The share of results TPE counts as good (Optuna's γ is 10%, at most 25).
-const GOOD_SHARE: f64 = 0.25;
+/// Random trials before TPE models the results (Optuna's default).
+const STARTUP_TRIALS: usize = 10;
+/// The share of results TPE counts as good, and at most how many (Optuna's
+/// default γ: 10 %, at most 25).
+const GOOD_SHARE: f64 = 0.1;
+const GOOD_MAX: usize = 25;
 /// Candidates drawn from the good density at each step (Optuna: 24).
 const CANDIDATES: usize = 24;
 
@@ -847,7 +849,7 @@ fn tpe(
             x.total_cmp(&y)
         }
     });
-    let n_good = ((scored.len() as f64 * GOOD_SHARE).ceil() as usize).max(1);
+    let n_good = ((scored.len() as f64 * GOOD_SHARE).ceil() as usize).clamp(1, GOOD_MAX);
     let (good, bad) = order.split_at(n_good);
     let mut point = BTreeMap::new();
     for (name, param) in space {
