@@ -101,10 +101,9 @@ pub struct Consumer {
     at_end: HashSet<i32>,
 }
 
-/// The librdkafka consumer, dropped on a thread of its own: rdkafka's drop
-/// of a consumer in a group (every consumer here has one) polls until the
-/// group is left, about 100 ms, which would hold up whatever drops it — a
-/// command's exit, a follower replaced, a tracker closed — once per consumer.
+/// The librdkafka consumer, dropped off the caller's thread
+/// ([`crate::drop_off_thread`]: every consumer here has a group, and
+/// rdkafka's drop waits to leave it).
 struct Handle(Option<Arc<StreamConsumer<QuietEof>>>);
 
 impl Handle {
@@ -116,11 +115,7 @@ impl Handle {
 impl Drop for Handle {
     fn drop(&mut self) {
         if let Some(inner) = self.0.take() {
-            // If no thread can be started, the closure (and the consumer)
-            // is dropped here instead.
-            let _ = std::thread::Builder::new()
-                .name("weir-consumer-drop".into())
-                .spawn(move || drop(inner));
+            crate::drop_off_thread(inner);
         }
     }
 }

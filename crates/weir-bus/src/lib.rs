@@ -46,6 +46,17 @@ pub use error::BusError;
 pub use producer::{Delivery, OutRecord, PendingDelivery, Producer, Publisher, producer_config};
 pub use registry::{SchemaRegistry, SchemaType};
 
+/// Drops an rdkafka client on a thread of its own: rdkafka's drops block
+/// for about 100 ms (a consumer polls until its group is left, a producer
+/// joins its polling thread), which would hold up whatever drops it — a
+/// command's exit, a follower replaced, a tracker closed — once per
+/// client. If no thread can be started, it is dropped here instead.
+fn drop_off_thread(client: impl Send + 'static) {
+    let _ = std::thread::Builder::new()
+        .name("weir-client-drop".into())
+        .spawn(move || drop(client));
+}
+
 // The Rust examples of the bus's page in docs/ are compiled as doctests.
 #[cfg(doctest)]
 #[doc = include_str!("../../../docs/bus.md")]

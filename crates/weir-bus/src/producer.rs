@@ -93,18 +93,15 @@ pub struct Producer {
 }
 
 impl Drop for Producer {
-    /// A producer with nothing in flight is dropped on a thread of its own:
-    /// rdkafka's drop stops its polling thread, which polls every 100 ms,
-    /// and would hold up whatever drops it. One with records in flight is
-    /// dropped here, so that its flush delivers them before going on.
+    /// A producer with nothing in flight is dropped off the caller's thread
+    /// ([`crate::drop_off_thread`]). One with records in flight is dropped
+    /// here, so that its flush delivers them before going on.
     fn drop(&mut self) {
         let Some(inner) = self.inner.take() else {
             return;
         };
         if inner.in_flight_count() == 0 {
-            let _ = std::thread::Builder::new()
-                .name("weir-producer-drop".into())
-                .spawn(move || drop(inner));
+            crate::drop_off_thread(inner);
         }
     }
 }

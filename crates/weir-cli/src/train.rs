@@ -549,7 +549,7 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
     // The log, read once and then followed: the trials' runs and leases,
     // and the state each trial's tracker starts from.
     // Three reads of the log at once; the tracker's own also starts its
-    // producer early (each trial resyncs it to the follower).
+    // producer early (each trial brings it up to the follower).
     let (mut follower, mut datasets, tracker) = tokio::try_join!(
         async { Ok(weir_meta::tracker::Follower::start(bus).await?) },
         async { anyhow::Ok(Datasets::load(bus).await?) },

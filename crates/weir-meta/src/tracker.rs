@@ -209,9 +209,8 @@ pub async fn replay_with_store(bus: &Bus, dir: &std::path::Path) -> Result<State
 }
 
 /// A state kept current with `weir.meta`: replayed once, then every event
-/// applied as it arrives, whoever wrote it. [`Tracker::open_following`]
-/// opens a tracker on it without another replay, and
-/// [`Tracker::claim_lease`] uses it to learn who won a claim by reading
+/// applied as it arrives, whoever wrote it. [`Tracker::catch_up_with`]
+/// brings a tracker up to it, and [`Tracker::claim_lease`] uses it to learn who won a claim by reading
 /// only the events since.
 pub struct Follower {
     bus: Bus,
@@ -461,22 +460,6 @@ impl Tracker {
         *saving.task.lock().expect("save task lock") = Some(task);
     }
 
-    /// Opens a tracker on the state `follower` has reached, without
-    /// replaying the log again.
-    pub fn open_following(
-        bus: &Bus,
-        artifacts: ArtifactStore,
-        follower: &Follower,
-    ) -> Result<Self, MetaError> {
-        Self::with_state(
-            artifacts,
-            follower.state().clone(),
-            (consumer_at(bus, follower.position())?, follower.position()),
-            writer(bus)?,
-            None,
-        )
-    }
-
     /// Takes the state `follower` has reached as this tracker's, for a
     /// process that follows the log and writes now and then (a worker):
     /// cheaper than opening a tracker, and its producer, each time.
@@ -547,29 +530,20 @@ impl Tracker {
                     name == WRITER_HEADER && *value == inner.writer.as_bytes()
                 });
                 let others = record.payload.as_deref().filter(|_| !own);
-                let Some(saving) = &inner.saving else {
+                {
+                    let mut state = inner.state.write().expect("state lock");
                     if let Some(payload) = others {
-                        inner
-                            .state
-                            .write()
-                            .expect("state lock")
-                            .apply_record(payload);
+                        state.apply_record(payload);
                     }
-                    inner.applied.send_replace(record.offset + 1);
-                    continue;
-                };
-                // With a store, the position moves past every record, under
-                // the state's lock.
-                let last = digest(record.payload.as_deref());
-                let mut state = inner.state.write().expect("state lock");
-                if let Some(payload) = others {
-                    state.apply_record(payload);
+                    // With a store, the position moves past every record,
+                    // under the state's lock.
+                    if let Some(saving) = &inner.saving {
+                        let mut position = saving.position.lock().expect("position lock");
+                        position.next = record.offset + 1;
+                        position.last = Some(digest(record.payload.as_deref()));
+                        position.skip.retain(|&own| own > record.offset);
+                    }
                 }
-                let mut position = saving.position.lock().expect("position lock");
-                position.next = record.offset + 1;
-                position.last = Some(last);
-                position.skip.retain(|&own| own > record.offset);
-                drop((position, state));
                 inner.applied.send_replace(record.offset + 1);
             }
         });
