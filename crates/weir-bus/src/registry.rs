@@ -476,6 +476,7 @@ impl SchemaRegistry {
             .set("enable.idempotence", "true")
             .create()
             .map_err(|e| BusError::kafka("creating the schema registry producer", e))?;
+        crate::producer::ask_for_producer_id(&producer);
 
         let (applied_tx, applied) = watch::channel(0_i64);
         let state = RwLock::new(State::default());

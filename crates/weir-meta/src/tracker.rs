@@ -123,9 +123,8 @@ fn lease_end(at: i64, ttl: std::time::Duration) -> i64 {
 
 /// The producer a tracker writes with. Each write waits for its event, so
 /// it is sent at once rather than lingering for a batch (the bus's default
-/// is tuned for throughput). An idempotent producer's first send waits for
-/// its producer id, which librdkafka asks for about 0.5 s after the client
-/// starts: trackers make it before they replay, so the two overlap.
+/// is tuned for throughput). Trackers make it before they replay, so
+/// getting its producer id overlaps the replay.
 fn writer(bus: &Bus) -> Result<Producer, MetaError> {
     let mut config = bus.config().clone();
     config.overrides.push(("linger.ms".into(), "0".into()));

@@ -478,15 +478,9 @@ pub async fn tune(
     }
     let mut sampler = Sampler::new(&spec.space, &spec.search)?;
     let wanted = sampler.trials(spec.search.trials);
-    // A trial runs once whoever receives it (workers claim trials by lease),
-    // so a trial sent twice does no harm: no idempotent producer, whose
-    // first send waits about 0.5 s for its producer id.
-    let mut config = bus.config().clone();
-    config
-        .overrides
-        .push(("enable.idempotence".into(), "false".into()));
-    let producer =
-        weir_bus::Producer::new(&config).map_err(|e| TrainError::Runtime(e.to_string()))?;
+    let producer = bus
+        .producer()
+        .map_err(|e| TrainError::Runtime(e.to_string()))?;
     let tracker = workspace.tracker;
     let experiment_id = tracker.experiment_named(&spec.experiment).await?;
     let parent = tracker

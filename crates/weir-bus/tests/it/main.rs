@@ -3,5 +3,6 @@
 mod codecs;
 mod dead_letters;
 mod groups;
+mod producing;
 mod registry;
 mod support;
