@@ -8,11 +8,13 @@
 //! outside the fit itself — `(wall × workers − Σ fit) / trials`. Both walls
 //! are whole processes, start-up included: Optuna's interpreter, imports
 //! and data loading; Weir's broker, workers and their warm runtimes. (The
-//! time Optuna spends in `optimize` alone is printed too.) A Weir trial
-//! also scores the test rows and records a run with its params, metrics
-//! and fitted model; Optuna's trial only fits and scores. Weir exports the
-//! kept model to ONNX only when it is registered (the bench registers
-//! none).
+//! time Optuna spends in `optimize` alone is printed too.) Weir runs a
+//! second time with a standing pool: the broker and workers started
+//! before and their runtimes imported, `weir tune` alone timed, as workers
+//! waiting on the jobs topic serve a tuning job. A Weir trial also records
+//! a run with its params, metrics and fitted model; Optuna's trial only
+//! fits and scores. Weir scores the test rows and exports the kept model
+//! to ONNX only when it is registered (the bench registers none).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -88,51 +90,8 @@ search: {{method: tpe, trials: {trials}, parallel: {workers}, seed: {seed}, time
             seed = args.seed,
         ),
     )?;
-    // Every command on one embedded broker: the first starts it, the
-    // workers `weir tune` starts join it.
-    let port = free_port().to_string();
-    let weir = |words: &[&str]| {
-        let mut command = std::process::Command::new(std::env::current_exe().expect("weir"));
-        command
-            .args(words)
-            .env("WEIR_STATE_DIR", dir.join("state"))
-            .env("WEIR_EMBEDDED_BROKER", &port)
-            .env("WEIR_PYTHON", python)
-            .env_remove("WEIR_BROKERS");
-        command
-    };
-    let started = Instant::now();
-    let tuned = weir(&[
-        "tune",
-        spec.to_str().context("a UTF-8 path")?,
-        "--workers",
-        &args.workers.to_string(),
-    ])
-    .output()?;
-    let weir_wall = started.elapsed().as_secs_f64();
-    if !tuned.status.success() {
-        bail!("weir tune: {}", String::from_utf8_lossy(&tuned.stderr));
-    }
-    let report = String::from_utf8_lossy(&tuned.stdout);
-    let weir_best = report
-        .lines()
-        .find(|l| l.trim_start().starts_with('*'))
-        .and_then(|l| l.split_whitespace().nth(2))
-        .and_then(|v| v.parse::<f64>().ok())
-        .context("the best trial in weir tune's report")?;
-    let runs = weir(&["runs", "list", "bench-automl"]).output()?;
-    let runs = String::from_utf8_lossy(&runs.stdout);
-    let metric = |name: &str| -> f64 {
-        runs.lines()
-            .filter(|l| l.contains(" trial-"))
-            .filter_map(|l| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                    .and_then(|v| v.parse::<f64>().ok())
-            })
-            .sum()
-    };
-    let (weir_fit, weir_runtime) = (metric("fit_seconds"), metric("train_seconds"));
+    let cold = tune_weir(args, python, &dir.join("state"), &spec, false)?;
+    let standing = tune_weir(args, python, &dir.join("state-standing"), &spec, true)?;
 
     let started = Instant::now();
     let output = tokio::process::Command::new(python)
@@ -169,7 +128,7 @@ search: {{method: tpe, trials: {trials}, parallel: {workers}, seed: {seed}, time
         "", "wall s", "best AUC", "Σ fit s", "overhead ms/trial"
     );
     for (name, wall, best, fit) in [
-        ("weir", weir_wall, weir_best, weir_fit),
+        ("weir", cold.wall, cold.best, cold.fit),
         ("optuna", optuna_wall, optuna_best, optuna_fit),
     ] {
         println!(
@@ -178,19 +137,142 @@ search: {{method: tpe, trials: {trials}, parallel: {workers}, seed: {seed}, time
         );
     }
     println!(
+        "weir with a standing pool (broker and workers started {} s before, runtimes imported; `weir tune` alone timed): {:.1} s, best AUC {:.4}, {:.0} ms/trial overhead",
+        WARM_UP.as_secs(),
+        standing.wall,
+        standing.best,
+        overhead(standing.wall, standing.fit)
+    );
+    println!(
         "optuna's optimize() alone (no start-up, imports or data loading): {optuna_optimize:.1} s, {:.0} ms/trial overhead",
         overhead(optuna_optimize, optuna_fit)
     );
     println!(
         "weir: the warm runtime took {:.0} ms a trial on average beyond its fit (scoring, pickling the model; and the first trial's Python start-up and imports)",
-        (weir_runtime - weir_fit) / trials * 1000.0
+        (cold.runtime - cold.fit) / trials * 1000.0
     );
     println!(
         "best AUC weir − optuna: {:+.4} (target: not worse); wall weir / optuna: {:.2}",
-        weir_best - optuna_best,
-        weir_wall / optuna_wall
+        cold.best - optuna_best,
+        cold.wall / optuna_wall
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long a standing pool's workers get to import their runtimes.
+const WARM_UP: std::time::Duration = std::time::Duration::from_secs(8);
+
+/// One `weir tune`: its wall time, best validation metric, and the trials'
+/// summed fit and runtime seconds (`fit_seconds`, `train_seconds`).
+struct WeirRun {
+    wall: f64,
+    best: f64,
+    fit: f64,
+    runtime: f64,
+}
+
+/// A process killed when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `weir tune` on a broker of its own and state under `state`. Cold: it
+/// starts the embedded broker and its workers itself (`--workers`), all
+/// timed. Standing: `weir broker` and the workers are started first and
+/// given [`WARM_UP`] to import their runtimes, as a pool waiting on the
+/// jobs topic would be; only `weir tune` is timed.
+fn tune_weir(
+    args: &Args,
+    python: &Path,
+    state: &Path,
+    spec: &Path,
+    standing: bool,
+) -> anyhow::Result<WeirRun> {
+    let port = free_port().to_string();
+    let weir = |words: &[&str]| {
+        let mut command = std::process::Command::new(std::env::current_exe().expect("weir"));
+        command
+            .args(words)
+            .env("WEIR_STATE_DIR", state)
+            .env("WEIR_EMBEDDED_BROKER", &port)
+            .env("WEIR_PYTHON", python)
+            .env_remove("WEIR_BROKERS");
+        command
+    };
+    let quiet = |mut command: std::process::Command| -> anyhow::Result<Killed> {
+        Ok(Killed(
+            command
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?,
+        ))
+    };
+    let mut pool = Vec::new();
+    if standing {
+        let registry = free_port().to_string();
+        pool.push(quiet(weir(&["broker", "--registry", &registry]))?);
+        let up = Instant::now();
+        while std::net::TcpStream::connect(&port).is_err() {
+            if up.elapsed().as_secs() > 30 {
+                bail!("weir broker did not listen on {port}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        // Each worker's runtimes get its share of the cores, as `weir
+        // tune --workers` gives them.
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        let share = (cores / args.workers.max(1)).max(1).to_string();
+        for _ in 0..args.workers {
+            let mut worker = weir(&["worker", "--experiment", "bench-automl"]);
+            worker.env("OMP_NUM_THREADS", &share);
+            pool.push(quiet(worker)?);
+        }
+        std::thread::sleep(WARM_UP);
+    }
+    let workers = if standing { 0 } else { args.workers };
+    let started = Instant::now();
+    let tuned = weir(&[
+        "tune",
+        spec.to_str().context("a UTF-8 path")?,
+        "--workers",
+        &workers.to_string(),
+    ])
+    .output()?;
+    let wall = started.elapsed().as_secs_f64();
+    if !tuned.status.success() {
+        bail!("weir tune: {}", String::from_utf8_lossy(&tuned.stderr));
+    }
+    let report = String::from_utf8_lossy(&tuned.stdout);
+    let best = report
+        .lines()
+        .find(|l| l.trim_start().starts_with('*'))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse::<f64>().ok())
+        .context("the best trial in weir tune's report")?;
+    let runs = weir(&["runs", "list", "bench-automl"]).output()?;
+    let runs = String::from_utf8_lossy(&runs.stdout);
+    let metric = |name: &str| -> f64 {
+        runs.lines()
+            .filter(|l| l.contains(" trial-"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
+            .sum()
+    };
+    drop(pool);
+    Ok(WeirRun {
+        wall,
+        best,
+        fit: metric("fit_seconds"),
+        runtime: metric("train_seconds"),
+    })
 }
 
 fn free_port() -> std::net::SocketAddr {
