@@ -696,8 +696,7 @@ pub struct AutomlArgs {
 /// its share, since N processes each spinning a pool over every core slow
 /// one another down.
 fn start_workers(count: usize, experiment: &str) -> anyhow::Result<Vec<tokio::process::Child>> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let share = (cores / count.max(1)).max(1).to_string();
+    let share = runtime_threads(count);
     (0..count)
         .map(|_| {
             let mut command = tokio::process::Command::new(std::env::current_exe()?);
@@ -712,6 +711,13 @@ fn start_workers(count: usize, experiment: &str) -> anyhow::Result<Vec<tokio::pr
             command.spawn().context("starting a local worker")
         })
         .collect()
+}
+
+/// The OpenMP threads each of `workers` local workers' runtimes gets: its
+/// share of this machine's cores.
+pub(crate) fn runtime_threads(workers: usize) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores / workers.max(1)).max(1).to_string()
 }
 
 /// `weir automl`: each family tuned in turn, the best registered.

@@ -90,8 +90,8 @@ search: {{method: tpe, trials: {trials}, parallel: {workers}, seed: {seed}, time
             seed = args.seed,
         ),
     )?;
-    let cold = tune_weir(args, python, &dir.join("state"), &spec, false)?;
-    let standing = tune_weir(args, python, &dir.join("state-standing"), &spec, true)?;
+    let cold = tune_weir(args, python, &dir.join("state"), &spec, false).await?;
+    let standing = tune_weir(args, python, &dir.join("state-standing"), &spec, true).await?;
 
     let started = Instant::now();
     let output = tokio::process::Command::new(python)
@@ -171,68 +171,50 @@ struct WeirRun {
     runtime: f64,
 }
 
-/// A process killed when dropped.
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `weir tune` on a broker of its own and state under `state`. Cold: it
 /// starts the embedded broker and its workers itself (`--workers`), all
 /// timed. Standing: `weir broker` and the workers are started first and
 /// given [`WARM_UP`] to import their runtimes, as a pool waiting on the
 /// jobs topic would be; only `weir tune` is timed.
-fn tune_weir(
+async fn tune_weir(
     args: &Args,
     python: &Path,
     state: &Path,
     spec: &Path,
     standing: bool,
 ) -> anyhow::Result<WeirRun> {
-    let port = free_port().to_string();
+    let port = free_port();
+    let address = port.to_string();
     let weir = |words: &[&str]| {
-        let mut command = std::process::Command::new(std::env::current_exe().expect("weir"));
+        let mut command = tokio::process::Command::new(std::env::current_exe().expect("weir"));
         command
             .args(words)
             .env("WEIR_STATE_DIR", state)
-            .env("WEIR_EMBEDDED_BROKER", &port)
+            .env("WEIR_EMBEDDED_BROKER", &address)
             .env("WEIR_PYTHON", python)
             .env_remove("WEIR_BROKERS");
         command
     };
-    let quiet = |mut command: std::process::Command| -> anyhow::Result<Killed> {
-        Ok(Killed(
-            command
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()?,
-        ))
-    };
+    // Killed when dropped, at the end.
     let mut pool = Vec::new();
     if standing {
         let registry = free_port().to_string();
-        pool.push(quiet(weir(&["broker", "--registry", &registry]))?);
-        let up = Instant::now();
-        while std::net::TcpStream::connect(&port).is_err() {
-            if up.elapsed().as_secs() > 30 {
-                bail!("weir broker did not listen on {port}");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        // Each worker's runtimes get its share of the cores, as `weir
-        // tune --workers` gives them.
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        let share = (cores / args.workers.max(1)).max(1).to_string();
+        let (broker, _) =
+            super::start_listening(weir(&["broker", "--registry", &registry]), port).await?;
+        pool.push(broker);
         for _ in 0..args.workers {
             let mut worker = weir(&["worker", "--experiment", "bench-automl"]);
-            worker.env("OMP_NUM_THREADS", &share);
-            pool.push(quiet(worker)?);
+            worker
+                .env(
+                    "OMP_NUM_THREADS",
+                    crate::train::runtime_threads(args.workers),
+                )
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(true);
+            pool.push(worker.spawn()?);
         }
-        std::thread::sleep(WARM_UP);
+        tokio::time::sleep(WARM_UP).await;
     }
     let workers = if standing { 0 } else { args.workers };
     let started = Instant::now();
@@ -242,7 +224,8 @@ fn tune_weir(
         "--workers",
         &workers.to_string(),
     ])
-    .output()?;
+    .output()
+    .await?;
     let wall = started.elapsed().as_secs_f64();
     if !tuned.status.success() {
         bail!("weir tune: {}", String::from_utf8_lossy(&tuned.stderr));
@@ -254,7 +237,7 @@ fn tune_weir(
         .and_then(|l| l.split_whitespace().nth(2))
         .and_then(|v| v.parse::<f64>().ok())
         .context("the best trial in weir tune's report")?;
-    let runs = weir(&["runs", "list", "bench-automl"]).output()?;
+    let runs = weir(&["runs", "list", "bench-automl"]).output().await?;
     let runs = String::from_utf8_lossy(&runs.stdout);
     let metric = |name: &str| -> f64 {
         runs.lines()

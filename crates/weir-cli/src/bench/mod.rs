@@ -3,10 +3,11 @@
 //! mode by `cargo xtask bench`.
 
 use std::collections::VecDeque;
-use std::process::ExitCode;
+use std::net::SocketAddr;
+use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
+use anyhow::{Context as _, bail};
 use rdkafka::consumer::{Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
@@ -331,4 +332,30 @@ async fn raw_consume(
         bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Starts a server and waits until it accepts connections on `address`;
+/// returns it and the seconds that took.
+pub(super) async fn start_listening(
+    mut command: tokio::process::Command,
+    address: SocketAddr,
+) -> anyhow::Result<(tokio::process::Child, f64)> {
+    let started = Instant::now();
+    let mut server = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the server")?;
+    let deadline = started + Duration::from_secs(180);
+    while tokio::net::TcpStream::connect(address).await.is_err() {
+        if let Some(status) = server.try_wait()? {
+            bail!("exited with {status} before listening on {address}");
+        }
+        if Instant::now() > deadline {
+            bail!("nothing listens on {address} after 180 s");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok((server, started.elapsed().as_secs_f64()))
 }

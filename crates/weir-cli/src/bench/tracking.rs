@@ -22,7 +22,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
@@ -205,7 +205,7 @@ async fn both_ways(
     args: &Args,
     restarts: &[(&str, &[&str])],
 ) -> anyhow::Result<(Figures, Figures, Restarts)> {
-    let (mut server, _) = start(command(&[])?, address).await?;
+    let (mut server, _) = super::start_listening(command(&[])?, address).await?;
     let pid = server.id().context("the server has no pid")?;
     let client = workload(python, pid, address, args, "client").await;
     let http = workload(python, pid, address, args, "http").await;
@@ -213,37 +213,11 @@ async fn both_ways(
     let (client, http) = (client?, http?);
     let mut timed = Vec::new();
     for (name, extra) in restarts {
-        let (mut server, seconds) = start(command(extra)?, address).await?;
+        let (mut server, seconds) = super::start_listening(command(extra)?, address).await?;
         stop(&mut server).await;
         timed.push((name.to_string(), seconds));
     }
     Ok((client, http, timed))
-}
-
-/// Starts a server and waits until it accepts connections on `address`;
-/// returns it and the seconds that took.
-async fn start(
-    mut command: tokio::process::Command,
-    address: SocketAddr,
-) -> anyhow::Result<(tokio::process::Child, f64)> {
-    let started = Instant::now();
-    let mut server = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the server")?;
-    let deadline = started + Duration::from_secs(180);
-    while tokio::net::TcpStream::connect(address).await.is_err() {
-        if let Some(status) = server.try_wait()? {
-            bail!("exited with {status} before listening on {address}");
-        }
-        if Instant::now() > deadline {
-            bail!("nothing listens on {address} after 180 s");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok((server, started.elapsed().as_secs_f64()))
 }
 
 /// Stops a server as Ctrl-C would (it saves and closes), killing it if it
