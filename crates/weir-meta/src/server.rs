@@ -256,6 +256,7 @@ pub fn router(tracker: Tracker) -> axum::Router {
     for (path, route) in mlflow_routes() {
         api = api.route(&format!("/mlflow/{path}"), route);
     }
+    let api = api.layer(axum::middleware::from_fn(read_body_first));
     let artifacts = axum::Router::new()
         .route("/mlflow-artifacts/artifacts", get(list_artifacts))
         .route(
@@ -280,14 +281,48 @@ pub fn router(tracker: Tracker) -> axum::Router {
         .route("/api/2.0/weir/lineage", get(lineage))
         .nest("/api/2.0", api.clone())
         .nest("/ajax-api/2.0", api)
-        .fallback(|method: Method, uri: axum::http::Uri| async move {
-            ApiError(MetaError::new(
-                ErrorCode::ResourceDoesNotExist,
-                format!("No endpoint {method} {uri}"),
-            ))
-        })
-        .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
+        .fallback(
+            |method: Method, uri: axum::http::Uri, body: HttpBody| async move {
+                drain(body).await;
+                ApiError(MetaError::new(
+                    ErrorCode::ResourceDoesNotExist,
+                    format!("No endpoint {method} {uri}"),
+                ))
+            },
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(tracker)
+}
+
+/// The largest request body read (artifacts stream, and have no limit).
+const BODY_LIMIT: usize = 64 << 20;
+
+/// Reads the whole request body before the route sees it, so that a route
+/// that answers without reading it (an error, a method not allowed, a GET
+/// with a body) still leaves the connection open. hyper closes a
+/// keep-alive connection whose request body was left unread, and a client
+/// that sends its next request on the connection before it sees the close
+/// gets "connection closed without response". MLflow's bodies are small
+/// JSON.
+async fn read_body_first(request: Request, next: axum::middleware::Next) -> Response {
+    let (parts, body) = request.into_parts();
+    match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, HttpBody::from(bytes)))
+                .await
+        }
+        Err(e) => ApiError(MetaError::new(
+            ErrorCode::BadRequest,
+            format!("reading the body: {e}"),
+        ))
+        .into_response(),
+    }
+}
+
+/// Reads and drops what is left of a body a route answers without: see
+/// [`read_body_first`].
+async fn drain(body: HttpBody) {
+    let _ = axum::body::to_bytes(body, BODY_LIMIT).await;
 }
 
 type Route = MethodRouter<Tracker>;
@@ -1172,7 +1207,10 @@ async fn upload_artifact(
     Path(path): Path<String>,
     body: HttpBody,
 ) -> Answer {
-    crate::artifacts::check_path(&path)?;
+    if let Err(e) = crate::artifacts::check_path(&path) {
+        drain(body).await;
+        return Err(e.into());
+    }
     let (sha256, size) = tracker.artifacts().put(body.into_data_stream()).await?;
     done(
         &tracker,

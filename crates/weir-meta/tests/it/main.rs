@@ -3,6 +3,7 @@
 //! leave the store.
 
 mod artifacts;
+mod keep_alive;
 mod lease;
 mod replay;
 mod store;
