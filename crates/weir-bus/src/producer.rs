@@ -4,6 +4,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message as _, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
@@ -89,7 +91,7 @@ impl<'a> OutRecord<'a> {
 #[derive(Clone)]
 pub struct Producer {
     /// Taken only when dropped.
-    inner: Option<FutureProducer>,
+    inner: Option<FutureProducer<ProducerLog>>,
 }
 
 impl Drop for Producer {
@@ -134,8 +136,8 @@ impl Producer {
     /// Creates a producer.
     pub fn new(config: &BusConfig) -> Result<Self, BusError> {
         let settings = producer_config(config);
-        let inner: FutureProducer = settings
-            .create()
+        let inner: FutureProducer<ProducerLog> = settings
+            .create_with_context(ProducerLog)
             .map_err(|e| BusError::kafka("creating a producer", e))?;
         if settings.get("enable.idempotence") == Some("true") {
             ask_for_producer_id(&inner);
@@ -175,7 +177,7 @@ impl Producer {
         Ok(PendingDelivery { inner: future })
     }
 
-    fn inner(&self) -> &FutureProducer {
+    fn inner(&self) -> &FutureProducer<ProducerLog> {
         self.inner.as_ref().expect("taken only when dropped")
     }
 
@@ -192,6 +194,25 @@ impl Producer {
     }
 }
 
+/// The client context of the bus's producers: librdkafka's log as rdkafka
+/// forwards it, less one warning that [`ask_for_producer_id`] brings about.
+/// The first request for the id often goes out on the bootstrap connection,
+/// which librdkafka closes as it learns the brokers; it then warns "Failed
+/// to acquire idempotence PID … Broker handle destroyed without
+/// termination: retrying" and asks a learned broker at once. That is
+/// logged at debug level.
+pub(crate) struct ProducerLog;
+
+impl ClientContext for ProducerLog {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        if facility == "GETPID" && message.contains("Broker handle destroyed") {
+            tracing::debug!(target: "librdkafka", "librdkafka: {facility} {message}");
+        } else {
+            DefaultClientContext.log(level, facility, message);
+        }
+    }
+}
+
 /// Gets an idempotent producer its producer id now rather than in up to a
 /// second. Its first send waits for the id, which librdkafka asks for on a
 /// timer — 500 ms after the client starts, 1 s when no broker connection
@@ -203,7 +224,7 @@ impl Producer {
 /// block). Measured against the embedded broker: the first
 /// acknowledgement 58 ms after the client starts instead of 506 to 1,008
 /// ms.
-pub(crate) fn ask_for_producer_id(producer: &FutureProducer) {
+pub(crate) fn ask_for_producer_id(producer: &FutureProducer<ProducerLog>) {
     let producer = producer.clone();
     let _ = std::thread::Builder::new()
         .name("weir-producer-id".into())

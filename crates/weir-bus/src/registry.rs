@@ -422,7 +422,7 @@ pub struct SchemaRegistry {
 
 struct Inner {
     state: RwLock<State>,
-    producer: FutureProducer,
+    producer: FutureProducer<crate::producer::ProducerLog>,
     follower: Arc<StreamConsumer>,
     /// The next offset of `weir.schemas` to apply (everything before is applied).
     applied: watch::Receiver<i64>,
@@ -470,11 +470,11 @@ impl SchemaRegistry {
             .assign(&assignment)
             .map_err(|e| BusError::kafka("assigning weir.schemas", e))?;
         let follower = Arc::new(follower);
-        let producer: FutureProducer = config
+        let producer: FutureProducer<crate::producer::ProducerLog> = config
             .client_config()
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .create()
+            .create_with_context(crate::producer::ProducerLog)
             .map_err(|e| BusError::kafka("creating the schema registry producer", e))?;
         crate::producer::ask_for_producer_id(&producer);
 
