@@ -131,6 +131,10 @@ fn writer(bus: &Bus) -> Result<Producer, MetaError> {
     Producer::new(&config).map_err(|e| MetaError::internal(format!("creating a producer: {e}")))
 }
 
+/// A change applied to a tracker's state and queued for the log, not yet
+/// acknowledged (see [`Tracker::acknowledged`]).
+struct Queued(weir_bus::PendingDelivery);
+
 /// A consumer of `weir.meta` from `offset` on.
 fn consumer_at(bus: &Bus, offset: i64) -> Result<weir_bus::Consumer, MetaError> {
     let meta = weir_core::topics::META;
@@ -608,6 +612,18 @@ impl Tracker {
         &self,
         decide: impl FnOnce(&State) -> Result<(Event, T), MetaError>,
     ) -> Result<(T, i64), MetaError> {
+        let (answer, queued) = self.queue(decide).await?;
+        Ok((answer, self.acknowledged(queued).await?))
+    }
+
+    /// The first half of [`Tracker::write`]: the change applied to the
+    /// state and queued for the log. Changes are queued in the order their
+    /// calls began (the turn lock is fair). The caller must wait for
+    /// [`Tracker::acknowledged`].
+    async fn queue<T>(
+        &self,
+        decide: impl FnOnce(&State) -> Result<(Event, T), MetaError>,
+    ) -> Result<(T, Queued), MetaError> {
         let pending = {
             let _turn = self.inner.turn.lock().await;
             if self.inner.broken.load(Ordering::SeqCst) {
@@ -636,6 +652,12 @@ impl Tracker {
             }
         };
         let (pending, answer) = pending;
+        Ok((answer, Queued(pending)))
+    }
+
+    /// The second half of [`Tracker::write`]: waits until the log has the
+    /// change; its offset.
+    async fn acknowledged(&self, Queued(pending): Queued) -> Result<i64, MetaError> {
         let delivery = pending.await.map_err(|e| self.break_with(e));
         if let Some(saving) = &self.inner.saving {
             if let Ok(delivery) = &delivery {
@@ -648,7 +670,7 @@ impl Tracker {
             }
             saving.in_flight.fetch_sub(1, Ordering::SeqCst);
         }
-        Ok((answer, delivery?.offset))
+        Ok(delivery?.offset)
     }
 
     /// Makes the change `event` describes (checked against the state).
@@ -866,6 +888,13 @@ impl Tracker {
     /// Starts a run, as MLflow does (the `mlflow.runName` tag holds its
     /// name; its artifacts go under its experiment's). Returns its id.
     pub async fn start_run(&self, start: RunStart) -> Result<String, MetaError> {
+        let (run_id, queued) = self.queue_run(start).await?;
+        self.acknowledged(queued).await?;
+        Ok(run_id)
+    }
+
+    /// [`Tracker::start_run`], queued: the run is in the state at once.
+    async fn queue_run(&self, start: RunStart) -> Result<(String, Queued), MetaError> {
         let RunStart {
             experiment_id,
             run_name,
@@ -889,23 +918,24 @@ impl Tracker {
         let user_id = user_id
             .or_else(|| tag(&tags, "mlflow.user"))
             .unwrap_or_default();
-        self.write(|state| {
-            let experiment = state.experiment(&experiment_id)?;
-            let artifact_uri = format!("{}/{run_id}/artifacts", experiment.artifact_location);
-            let event = Event::RunCreated {
-                at: now_ms(),
-                run_id: run_id.clone(),
-                experiment_id,
-                run_name,
-                user_id,
-                start_time,
-                artifact_uri,
-                tags,
-            };
-            Ok((event, ()))
-        })
-        .await?;
-        Ok(run_id)
+        let ((), queued) = self
+            .queue(|state| {
+                let experiment = state.experiment(&experiment_id)?;
+                let artifact_uri = format!("{}/{run_id}/artifacts", experiment.artifact_location);
+                let event = Event::RunCreated {
+                    at: now_ms(),
+                    run_id: run_id.clone(),
+                    experiment_id,
+                    run_name,
+                    user_id,
+                    start_time,
+                    artifact_uri,
+                    tags,
+                };
+                Ok((event, ()))
+            })
+            .await?;
+        Ok((run_id, queued))
     }
 
     /// Records a finished job as one run: experiment (created if
@@ -914,19 +944,36 @@ impl Tracker {
     /// stored artifacts.
     pub async fn record_run(
         &self,
-        report: RunReport,
+        mut report: RunReport,
     ) -> Result<(String, Vec<StoredArtifact>), MetaError> {
         let experiment_id = self.experiment_named(&report.experiment).await?;
-        let run_id = self
-            .start_run(RunStart {
+        let (run_id, created) = self
+            .queue_run(RunStart {
                 experiment_id,
                 // An empty name gets a generated one.
-                run_name: Some(report.run_name).filter(|n| !n.is_empty()),
+                run_name: Some(std::mem::take(&mut report.run_name)).filter(|n| !n.is_empty()),
                 user_id: None,
                 start_time: report.start_time,
                 tags: vec![],
             })
             .await?;
+        // The rest is queued while the log takes the run's start: one
+        // round trip for the whole run, not one per step. The start is
+        // waited for even when the rest fails.
+        let rest = self.record_rest(&run_id, report);
+        let (created, rest) = futures::join!(self.acknowledged(created), rest);
+        created?;
+        Ok((run_id, rest?))
+    }
+
+    /// [`Tracker::record_run`] after the run's start: its inputs, params,
+    /// metrics, tags, artifacts and end.
+    async fn record_rest(
+        &self,
+        run_id: &str,
+        report: RunReport,
+    ) -> Result<Vec<StoredArtifact>, MetaError> {
+        let run_id = run_id.to_string();
         // MLflow's `DatasetInput` shape, so its clients read them too.
         let datasets: Vec<serde_json::Value> = report
             .datasets
@@ -964,19 +1011,35 @@ impl Tracker {
         } else {
             report.status
         };
-        // Queued in this order (the turn lock is fair) and acknowledged
-        // together: one round trip to the brokers, not one per event. The
-        // run ends after all of them.
-        futures::future::try_join_all(events.into_iter().map(|event| self.append(event))).await?;
-        self.append(Event::RunUpdated {
+        events.push(Event::RunUpdated {
             at: now_ms(),
-            run_id: run_id.clone(),
+            run_id,
             status: Some(status),
             end_time: Some(report.end_time),
             run_name: None,
-        })
-        .await?;
-        Ok((run_id, stored))
+        });
+        // Queued one after another (the end only if all before it were
+        // taken), then acknowledged together; each queued one is waited
+        // for, even after a refusal, as it counts as in flight until then.
+        let mut queued = Vec::with_capacity(events.len());
+        let mut refused = Ok(());
+        for event in events {
+            match self.queue(|_| Ok((event, ()))).await {
+                Ok(((), change)) => queued.push(change),
+                Err(error) => {
+                    refused = Err(error);
+                    break;
+                }
+            }
+        }
+        let acknowledged =
+            futures::future::join_all(queued.into_iter().map(|change| self.acknowledged(change)))
+                .await;
+        refused?;
+        for result in acknowledged {
+            result?;
+        }
+        Ok(stored)
     }
 
     /// The id of the experiment `name`, created if missing.
