@@ -81,9 +81,9 @@ impl TopicInfo {
 /// Admin client: cheap to clone.
 #[derive(Clone)]
 pub struct Admin {
-    admin: Arc<AdminClient<DefaultClientContext>>,
+    admin: Arc<crate::DropOffThread<AdminClient<DefaultClientContext>>>,
     /// Metadata and watermarks need a consumer handle.
-    metadata: Arc<BaseConsumer>,
+    metadata: Arc<crate::DropOffThread<BaseConsumer>>,
 }
 
 impl std::fmt::Debug for Admin {
@@ -106,8 +106,8 @@ impl Admin {
             .create()
             .map_err(|e| BusError::kafka("creating the metadata client", e))?;
         Ok(Self {
-            admin: Arc::new(admin),
-            metadata: Arc::new(metadata),
+            admin: Arc::new(crate::DropOffThread::new(admin)),
+            metadata: Arc::new(crate::DropOffThread::new(metadata)),
         })
     }
 

@@ -89,7 +89,9 @@ pub struct RawRecord {
 /// Reads topics; decodes values with each topic's codec; sends records that
 /// fail to the dead-letter topic and moves on.
 pub struct Consumer {
-    inner: Handle,
+    /// Dropped off the caller's thread: every consumer here has a group,
+    /// and rdkafka's drop waits to leave it.
+    inner: crate::DropOffThread<Arc<StreamConsumer<QuietEof>>>,
     codecs: HashMap<String, TopicCodec>,
     dead_letters: DeadLetters,
     max_record_bytes: usize,
@@ -99,25 +101,6 @@ pub struct Consumer {
     until_end: bool,
     read_only: bool,
     at_end: HashSet<i32>,
-}
-
-/// The librdkafka consumer, dropped off the caller's thread
-/// ([`crate::drop_off_thread`]: every consumer here has a group, and
-/// rdkafka's drop waits to leave it).
-struct Handle(Option<Arc<StreamConsumer<QuietEof>>>);
-
-impl Handle {
-    fn get(&self) -> &Arc<StreamConsumer<QuietEof>> {
-        self.0.as_ref().expect("taken only when dropped")
-    }
-}
-
-impl Drop for Handle {
-    fn drop(&mut self) {
-        if let Some(inner) = self.0.take() {
-            crate::drop_off_thread(inner);
-        }
-    }
 }
 
 impl std::fmt::Debug for Consumer {
@@ -197,7 +180,7 @@ impl Consumer {
             .map(|topic| (topic.to_string(), bus.codec(topic)))
             .collect();
         Ok(Self {
-            inner: Handle(Some(Arc::new(inner))),
+            inner: crate::DropOffThread::new(Arc::new(inner)),
             codecs,
             dead_letters: DeadLetters::new(bus.producer()?, bus.admin().clone()),
             max_record_bytes: bus.config().max_record_bytes,
@@ -213,7 +196,7 @@ impl Consumer {
     /// its end, when the consumer was made with `until_end`.
     pub async fn next(&mut self) -> Result<Option<Record>, BusError> {
         loop {
-            let inner = self.inner.get().clone();
+            let inner = Arc::clone(&self.inner);
             let message = match self.receive(&inner).await? {
                 Some(message) => message,
                 None => return Ok(None),
@@ -277,7 +260,7 @@ impl Consumer {
     /// The next record as stored, without decoding (for dead-letter topics
     /// and tools that copy bytes).
     pub async fn next_raw(&mut self) -> Result<Option<RawRecord>, BusError> {
-        let inner = self.inner.get().clone();
+        let inner = Arc::clone(&self.inner);
         let Some(message) = self.receive(&inner).await? else {
             return Ok(None);
         };
@@ -322,7 +305,6 @@ impl Consumer {
     fn all_at_end(&self) -> Result<bool, BusError> {
         let assignment = self
             .inner
-            .get()
             .assignment()
             .map_err(|e| BusError::kafka("reading the assignment", e))?;
         let elements = assignment.elements();
@@ -345,7 +327,7 @@ impl Consumer {
                 .add_partition_offset(topic, *partition, Offset::Offset(*next))
                 .map_err(|e| BusError::kafka("building the offsets to commit", e))?;
         }
-        let inner = self.inner.get().clone();
+        let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.commit(&offsets, CommitMode::Sync))
             .await
             .expect("commit task panicked")

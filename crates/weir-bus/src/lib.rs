@@ -48,13 +48,61 @@ pub use registry::{SchemaRegistry, SchemaType};
 
 /// Drops an rdkafka client on a thread of its own: rdkafka's drops block
 /// for about 100 ms (a consumer polls until its group is left, a producer
-/// joins its polling thread), which would hold up whatever drops it — a
-/// command's exit, a follower replaced, a tracker closed — once per
-/// client. If no thread can be started, it is dropped here instead.
+/// or an admin client joins its polling thread, which polls every 100 ms),
+/// which would hold up whatever drops it — a command's exit, a follower
+/// replaced, a tracker closed — once per client. If no thread can be
+/// started, it is dropped here instead.
 fn drop_off_thread(client: impl Send + 'static) {
-    let _ = std::thread::Builder::new()
+    let Ok(dropping) = std::thread::Builder::new()
         .name("weir-client-drop".into())
-        .spawn(move || drop(client));
+        .spawn(move || drop(client))
+    else {
+        return;
+    };
+    let mut threads = DROPPING.lock().expect("dropping lock");
+    threads.retain(|thread| !thread.is_finished());
+    threads.push(dropping);
+}
+
+/// The threads [`drop_off_thread`] started that may still be running.
+static DROPPING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Waits until every client dropped so far is gone (they go together, so
+/// this takes about 100 ms at most). Whoever stops a broker in this
+/// process calls it first: a client still open when its broker stops logs
+/// errors.
+pub fn wait_for_dropped_clients() {
+    let threads = std::mem::take(&mut *DROPPING.lock().expect("dropping lock"));
+    for thread in threads {
+        let _ = thread.join();
+    }
+}
+
+/// An rdkafka client that is dropped off the caller's thread
+/// ([`drop_off_thread`]).
+pub(crate) struct DropOffThread<T: Send + 'static>(Option<T>);
+
+impl<T: Send + 'static> DropOffThread<T> {
+    pub(crate) fn new(client: T) -> Self {
+        Self(Some(client))
+    }
+}
+
+impl<T: Send + 'static> std::ops::Deref for DropOffThread<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("taken only when dropped")
+    }
+}
+
+impl<T: Send + 'static> Drop for DropOffThread<T> {
+    fn drop(&mut self) {
+        if let Some(client) = self.0.take() {
+            drop_off_thread(client);
+        }
+    }
 }
 
 // The Rust examples of the bus's page in docs/ are compiled as doctests.

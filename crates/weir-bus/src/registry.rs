@@ -422,8 +422,8 @@ pub struct SchemaRegistry {
 
 struct Inner {
     state: RwLock<State>,
-    producer: FutureProducer<crate::producer::ProducerLog>,
-    follower: Arc<StreamConsumer>,
+    producer: crate::DropOffThread<FutureProducer<crate::producer::ProducerLog>>,
+    follower: Arc<crate::DropOffThread<StreamConsumer>>,
     /// The next offset of `weir.schemas` to apply (everything before is applied).
     applied: watch::Receiver<i64>,
     task: JoinHandle<()>,
@@ -469,7 +469,7 @@ impl SchemaRegistry {
         follower
             .assign(&assignment)
             .map_err(|e| BusError::kafka("assigning weir.schemas", e))?;
-        let follower = Arc::new(follower);
+        let follower = Arc::new(crate::DropOffThread::new(follower));
         let producer: FutureProducer<crate::producer::ProducerLog> = config
             .client_config()
             .set("acks", "all")
@@ -512,7 +512,7 @@ impl SchemaRegistry {
             });
             Inner {
                 state,
-                producer,
+                producer: crate::DropOffThread::new(producer),
                 follower,
                 applied,
                 task,

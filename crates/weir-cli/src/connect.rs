@@ -22,6 +22,8 @@ impl Connection {
     pub async fn close(self) {
         drop(self.bus);
         if let Some(broker) = self.broker {
+            // Clients go before their broker does.
+            let _ = tokio::task::spawn_blocking(weir_bus::wait_for_dropped_clients).await;
             broker.stop().await;
         }
     }
