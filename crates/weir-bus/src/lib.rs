@@ -43,7 +43,9 @@ pub use consumer::{
 };
 pub use dead_letter::DeadLetterCounts;
 pub use error::BusError;
-pub use producer::{Delivery, OutRecord, PendingDelivery, Producer, Publisher, producer_config};
+pub use producer::{
+    Delivery, OutRecord, PendingDelivery, Producer, Publisher, producer_config, producer_log,
+};
 pub use registry::{SchemaRegistry, SchemaType};
 
 /// Drops an rdkafka client on a thread of its own: rdkafka's drops block

@@ -194,22 +194,28 @@ impl Producer {
     }
 }
 
-/// The client context of the bus's producers: librdkafka's log as rdkafka
-/// forwards it, less one warning that [`ask_for_producer_id`] brings about.
-/// The first request for the id often goes out on the bootstrap connection,
-/// which librdkafka closes as it learns the brokers; it then warns "Failed
-/// to acquire idempotence PID … Broker handle destroyed without
-/// termination: retrying" and asks a learned broker at once. That is
-/// logged at debug level.
+/// The client context of the bus's producers: librdkafka's log through
+/// [`producer_log`].
 pub(crate) struct ProducerLog;
 
 impl ClientContext for ProducerLog {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
-        if facility == "GETPID" && message.contains("Broker handle destroyed") {
-            tracing::debug!(target: "librdkafka", "librdkafka: {facility} {message}");
-        } else {
-            DefaultClientContext.log(level, facility, message);
-        }
+        producer_log(level, facility, message);
+    }
+}
+
+/// A producer's librdkafka log line, as rdkafka forwards it, less one
+/// warning. The first request for a producer id often goes out on the
+/// bootstrap connection (soon, by [`ask_for_producer_id`]), which
+/// librdkafka closes as it learns the brokers; it then warns "Failed to
+/// acquire idempotence PID … Broker handle destroyed without termination:
+/// retrying" and asks a learned broker at once. That is logged at debug
+/// level. For producers made with a context of their own.
+pub fn producer_log(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    if facility == "GETPID" && message.contains("Broker handle destroyed") {
+        tracing::debug!(target: "librdkafka", "librdkafka: {facility} {message}");
+    } else {
+        DefaultClientContext.log(level, facility, message);
     }
 }
 

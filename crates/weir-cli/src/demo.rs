@@ -817,7 +817,7 @@ async fn serving_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
     }
     let _ = stop.send(());
     let summary = server.await??;
-    drop(following);
+    following.stop().await;
     tracker.close().await;
     println!(
         "    {} stream requests answered on {}; {} requests logged to {} (Avro)",

@@ -192,12 +192,27 @@ async fn shutdown(limit: Option<Duration>) {
     }
 }
 
-/// Stops the online store's follower when dropped.
-pub struct Following(Arc<AtomicBool>);
+/// The online store's follower: told to stop when dropped; [`Following::stop`]
+/// also waits until it has (and its consumer is dropped).
+pub struct Following {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Following {
+    /// Stops the follower and waits for it: before its broker stops, or
+    /// its consumer logs the broker's going as errors.
+    pub async fn stop(mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
 
 impl Drop for Following {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 
@@ -211,7 +226,7 @@ pub async fn features(
 ) -> anyhow::Result<(Features, Following)> {
     let stop = Arc::new(AtomicBool::new(false));
     if spec.features.is_empty() {
-        return Ok((Features::default(), Following(stop)));
+        return Ok((Features::default(), Following { stop, thread: None }));
     }
     let registry = weir_sql::registry::Registry::load(bus).await?;
     let path = config
@@ -222,7 +237,7 @@ pub async fn features(
     std::fs::create_dir_all(&path)?;
     let (store, views, mut materializer) = crate::features::online(bus, &registry, &path).await?;
     let stopped = stop.clone();
-    std::thread::spawn(move || {
+    let thread = std::thread::spawn(move || {
         while !stopped.load(Ordering::Relaxed) {
             if let Err(error) = materializer.poll(10_000, Duration::from_millis(200)) {
                 tracing::error!(%error, "online store");
@@ -235,7 +250,10 @@ pub async fn features(
             views: views.into_iter().map(|(v, _)| v).collect(),
             store: Some(store),
         },
-        Following(stop),
+        Following {
+            stop,
+            thread: Some(thread),
+        },
     ))
 }
 
@@ -247,7 +265,7 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
         let (spec, text) = tracker.read(|state| spec(&args, state))?;
         apply(&tracker, &spec, &text).await?;
         let registry = Registry::follow(bus, artifacts(config)?).await?;
-        let (features, _following) = features(bus, config, &spec).await?;
+        let (features, following) = features(bus, config, &spec).await?;
         let name = spec.name.clone();
         let announce = |ready: &Ready| {
             let mut ways = Vec::new();
@@ -283,6 +301,7 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
             shutdown(args.stop_after),
         )
         .await?;
+        following.stop().await;
         println!(
             "stopped `{name}`: {} requests answered, {} failed; {} log records written{}{}",
             summary.requests.0,

@@ -20,7 +20,11 @@ pub struct CountingContext {
     failures: AtomicU64,
 }
 
-impl rdkafka::ClientContext for CountingContext {}
+impl rdkafka::ClientContext for CountingContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        weir_bus::producer_log(level, facility, message);
+    }
+}
 
 impl rdkafka::producer::ProducerContext for CountingContext {
     type DeliveryOpaque = ();
