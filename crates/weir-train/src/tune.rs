@@ -482,46 +482,51 @@ pub async fn tune(
         .producer()
         .map_err(|e| TrainError::Runtime(e.to_string()))?;
     let tracker = workspace.tracker;
-    let experiment_id = tracker.experiment_named(&spec.experiment).await?;
-    let parent = tracker
-        .start_run(RunStart {
-            experiment_id,
-            run_name: spec.name.clone(),
-            start_time: weir_meta::now_ms(),
-            ..Default::default()
-        })
-        .await?;
     let text = |key: &str, value: String| KeyValue {
         key: key.into(),
         value,
     };
-    tracker
-        .append(Event::RunLogged {
-            at: weir_meta::now_ms(),
-            run_id: parent.clone(),
-            metrics: vec![],
-            params: vec![
-                text("weir.search", spec.search.method.clone()),
-                text("weir.trials", wanted.to_string()),
-                text("weir.objective", spec.objective.metric.clone()),
-                text(
-                    "weir.space",
-                    serde_json::to_string(&spec.space).expect("JSON"),
-                ),
-            ],
-            tags: vec![text("weir.tune", "parent".into())],
-        })
-        .await?;
-
     let topic = jobs_topic(&spec.experiment);
-    bus.admin()
-        .ensure_topic(&weir_bus::TopicSpec::new(&topic, JOB_PARTITIONS))
-        .await
-        .map_err(|e| TrainError::Runtime(format!("creating {topic}: {e}")))?;
+    // The parent run and the jobs topic, while the follower reads the log
+    // (the trials' runs, as the workers record them: the log read once,
+    // then followed).
+    let (parent, mut follower) = tokio::try_join!(
+        async {
+            let experiment_id = tracker.experiment_named(&spec.experiment).await?;
+            let parent = tracker
+                .start_run(RunStart {
+                    experiment_id,
+                    run_name: spec.name.clone(),
+                    start_time: weir_meta::now_ms(),
+                    ..Default::default()
+                })
+                .await?;
+            tracker
+                .append(Event::RunLogged {
+                    at: weir_meta::now_ms(),
+                    run_id: parent.clone(),
+                    metrics: vec![],
+                    params: vec![
+                        text("weir.search", spec.search.method.clone()),
+                        text("weir.trials", wanted.to_string()),
+                        text("weir.objective", spec.objective.metric.clone()),
+                        text(
+                            "weir.space",
+                            serde_json::to_string(&spec.space).expect("JSON"),
+                        ),
+                    ],
+                    tags: vec![text("weir.tune", "parent".into())],
+                })
+                .await?;
 
-    // The trials' runs, as the workers record them: the log read once,
-    // then followed.
-    let mut follower = weir_meta::tracker::Follower::start(bus).await?;
+            bus.admin()
+                .ensure_topic(&weir_bus::TopicSpec::new(&topic, JOB_PARTITIONS))
+                .await
+                .map_err(|e| TrainError::Runtime(format!("creating {topic}: {e}")))?;
+            Ok::<_, TrainError>(parent)
+        },
+        async { Ok(weir_meta::tracker::Follower::start(bus).await?) },
+    )?;
     // Trials keep their model unless every one is exported or the runtime
     // exports by itself.
     let export = match spec.export {
@@ -541,6 +546,9 @@ pub async fn tune(
         // Keep `parallel` trials out, and `ahead` more waiting; the
         // adaptive sampler sees every result so far.
         let out = spec.search.parallel.max(1) + spec.search.ahead;
+        // Queued together, then acknowledged together: the first round goes
+        // out in one round trip.
+        let mut published = Vec::new();
         while issued.len() < wanted && issued.len() - done.len() < out {
             let number = issued.len();
             let history: Vec<&TrialResult> = done.values().collect();
@@ -556,17 +564,21 @@ pub async fn tune(
             };
             let payload = serde_json::to_vec(&trial).expect("JSON");
             let key = trial.id();
-            producer
+            let delivery = producer
                 // Trial n on partition n: spread evenly over the workers.
-                .send_and_wait(
+                .send(
                     weir_bus::OutRecord::new(&topic, &payload)
                         .key(key.as_bytes())
                         .partition((number % JOB_PARTITIONS as usize) as i32),
                 )
-                .await
-                .map_err(|e| TrainError::Runtime(format!("publishing trial {key}: {e}")))?;
+                .await;
             tracing::info!(trial = %key, ?params, "published");
+            published.push((key, delivery));
             issued.insert(number, params);
+        }
+        for (key, delivery) in published {
+            let publishing = |e| TrainError::Runtime(format!("publishing trial {key}: {e}"));
+            delivery.map_err(publishing)?.await.map_err(publishing)?;
         }
         if std::time::Instant::now() > deadline {
             break;
