@@ -434,7 +434,24 @@ pub fn router(deployment: Arc<Deployment>) -> Router {
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_at))
         .route("/metrics", get(metrics))
+        .fallback(no_route)
         .with_state(deployment)
+}
+
+/// A 404 in the protocol's error shape. The request's body is read first:
+/// hyper closes a keep-alive connection whose body was left unread, and a
+/// client that reuses it before it sees the close fails.
+async fn no_route(
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    body: axum::body::Body,
+) -> HttpResponse {
+    let _ = axum::body::to_bytes(body, usize::MAX).await;
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(json!({"error": format!("no route {method} {uri}")})),
+    )
+        .into_response()
 }
 
 async fn server_metadata() -> axum::Json<Json> {

@@ -146,6 +146,20 @@ async fn triton_client_conformance_and_outputs_equal_onnx_runtime() {
         .await
         .unwrap();
     assert_eq!(other.post(b"{}").await.unwrap().0, 404);
+    // A route that does not exist: the protocol's error shape, and the
+    // connection stays open for the next request.
+    let mut nowhere = weir_serve::client::Connection::open(address, "/v2/nowhere")
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let (status, body) = nowhere.post(b"{\"inputs\": []}").await.unwrap();
+        assert_eq!(status, 404);
+        assert!(
+            String::from_utf8_lossy(&body).contains("no route POST /v2/nowhere"),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+    }
 
     stop.send(()).unwrap();
     let summary = tokio::time::timeout(Duration::from_secs(30), task)
