@@ -438,15 +438,17 @@ pub fn router(deployment: Arc<Deployment>) -> Router {
         .with_state(deployment)
 }
 
-/// A 404 in the protocol's error shape. The request's body is read first:
-/// hyper closes a keep-alive connection whose body was left unread, and a
-/// client that reuses it before it sees the close fails.
+/// A 404 in the protocol's error shape. The request's body is read first
+/// (up to what an infer request may carry, axum's default 2 MiB; a larger
+/// one closes the connection): hyper closes a keep-alive connection whose
+/// body was left unread, and a client that reuses it before it sees the
+/// close fails.
 async fn no_route(
     method: axum::http::Method,
     uri: axum::http::Uri,
     body: axum::body::Body,
 ) -> HttpResponse {
-    let _ = axum::body::to_bytes(body, usize::MAX).await;
+    let _ = axum::body::to_bytes(body, 2 << 20).await;
     (
         StatusCode::NOT_FOUND,
         axum::Json(json!({"error": format!("no route {method} {uri}")})),
