@@ -1,5 +1,5 @@
 //! Tuning: trials shared by `weir worker` processes through a topic, each
-//! recorded once, even when a worker is killed mid-trial.
+//! recorded once, even when a worker is killed mid-trial or stops.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader};
@@ -134,4 +134,56 @@ fn a_worker_killed_mid_trial_has_its_trials_run_by_the_other_each_recorded_once(
     }
     let expected: BTreeMap<String, usize> = (0..8).map(|n| (format!("trial-{n}"), 1)).collect();
     assert_eq!(finished, expected, "{runs}");
+}
+
+#[test]
+fn a_worker_that_stops_after_its_last_trial_has_recorded_every_run() {
+    let platform = Platform::start();
+    let data = repo().join("docs/examples/churn.csv");
+    platform.run(
+        &[
+            "datasets",
+            "register",
+            "churn",
+            data.to_str().unwrap(),
+            "--entity",
+            "customer_id",
+        ],
+        b"",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("tune.yaml");
+    std::fs::write(
+        &spec,
+        SPEC.replace("trials: 8, parallel: 8", "trials: 3, parallel: 3")
+            .replace("timeout_s: 240", "timeout_s: 120"),
+    )
+    .unwrap();
+    let tune = platform
+        .weir(&["tune", spec.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A worker records a trial's run while its runtime starts the next
+    // one; one that stops after its last trial still records that run.
+    let worker = platform
+        .weir(&["worker", "--experiment", "tuning", "--max-trials", "3"])
+        .output()
+        .unwrap();
+    assert!(worker.status.success(), "weir worker: {}", stderr(&worker));
+    let lines = String::from_utf8_lossy(&worker.stdout);
+    assert_eq!(
+        lines.lines().filter(|l| l.ends_with(" finished")).count(),
+        3,
+        "{lines}"
+    );
+    let output = tune.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "weir tune failed: {}",
+        stderr(&output)
+    );
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(report.contains(": 3 trials"), "{report}");
 }

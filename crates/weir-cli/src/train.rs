@@ -555,103 +555,133 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
         async { anyhow::Ok(Datasets::load(bus).await?) },
         async { Ok(weir_meta::Tracker::open(bus, artifacts).await?) },
     )?;
+    // Trials whose runtime is done, their runs being recorded and their
+    // claims given up while the runtime starts the next trial.
+    let mut recording = tokio::task::JoinSet::new();
+    let mut run_here = std::collections::BTreeSet::new();
     let mut ran = 0;
-    while args.max_trials.is_none_or(|max| ran < max) {
-        let (trial, where_) = tokio::select! {
-            // The log first: what is decided below reads its state.
-            biased;
-            event = follower.next() => {
-                if !event? {
-                    bail!("weir.meta closed");
+    let served = async {
+        while args.max_trials.is_none_or(|max| ran < max) {
+            let (trial, where_) = tokio::select! {
+                // The log first: what is decided below reads its state.
+                biased;
+                event = follower.next() => {
+                    if !event? {
+                        bail!("weir.meta closed");
+                    }
+                    continue;
                 }
+                record = group.next_raw() => {
+                    let Some(record) = record? else { break };
+                    let trial = parse(&record);
+                    group.commit().await?;
+                    match trial {
+                        // One another worker has already run (or is running) is
+                        // passed over without a claim.
+                        Some((trial, where_)) => match trial.state(follower.state(), weir_meta::now_ms()) {
+                            TrialState::Recorded | TrialState::Closed => continue,
+                            TrialState::Held { holder: h, .. } if h != holder => continue,
+                            _ => (trial, where_),
+                        },
+                        None => continue,
+                    }
+                }
+                record = everything.next_raw() => {
+                    let record = record?.context("the jobs topic ended")?;
+                    let Some((trial, where_)) = parse(&record) else { continue };
+                    seen.insert(trial.id(), trial.clone());
+                    // An idle worker takes a new trial at once, whichever
+                    // worker's partition it came on: the claim decides.
+                    match trial.state(follower.state(), weir_meta::now_ms()) {
+                        TrialState::Open { .. } => (trial, where_),
+                        _ => continue,
+                    }
+                }
+                _ = idle.tick(), if !seen.is_empty() => {
+                    let now = weir_meta::now_ms();
+                    let state = follower.state();
+                    seen.retain(|_, trial| {
+                        !matches!(trial.state(state, now), TrialState::Recorded | TrialState::Closed)
+                    });
+                    let free = seen
+                        .values()
+                        .find(|trial| matches!(trial.state(state, now), TrialState::Open { .. }));
+                    match free {
+                        Some(trial) => (trial.clone(), "taken over".to_string()),
+                        None => continue,
+                    }
+                }
+                _ = tokio::signal::ctrl_c() => break,
+            };
+            // Both consumers deliver each trial, and one this worker ran
+            // is still held by it while its run is being recorded: it is
+            // not run twice.
+            if run_here.contains(&trial.id()) {
                 continue;
             }
-            record = group.next_raw() => {
-                let Some(record) = record? else { break };
-                let trial = parse(&record);
-                group.commit().await?;
-                match trial {
-                    // One another worker has already run (or is running) is
-                    // passed over without a claim.
-                    Some((trial, where_)) => match trial.state(follower.state(), weir_meta::now_ms()) {
-                        TrialState::Recorded | TrialState::Closed => continue,
-                        TrialState::Held { holder: h, .. } if h != holder => continue,
-                        _ => (trial, where_),
-                    },
-                    None => continue,
+            let outcome = async {
+                if let Some(state) =
+                    weir_train::tune::claim_trial(&trial, &tracker, &mut follower, &holder).await?
+                {
+                    if !matches!(state, TrialState::Recorded | TrialState::Closed) {
+                        println!(
+                            "worker: trial {} ({where_}): {state:?}; not run here",
+                            trial.id()
+                        );
+                    }
+                    return anyhow::Ok(false);
                 }
-            }
-            record = everything.next_raw() => {
-                let record = record?.context("the jobs topic ended")?;
-                let Some((trial, where_)) = parse(&record) else { continue };
-                seen.insert(trial.id(), trial.clone());
-                // An idle worker takes a new trial at once, whichever
-                // worker's partition it came on: the claim decides.
-                match trial.state(follower.state(), weir_meta::now_ms()) {
-                    TrialState::Open { .. } => (trial, where_),
-                    _ => continue,
+                run_here.insert(trial.id());
+                println!("worker: trial {} ({where_}): running", trial.id());
+                // The last trial's run goes to the log first: the tracker may
+                // take the follower's state below, which has not read it yet.
+                while let Some(recorded) = recording.join_next().await {
+                    recorded??;
                 }
-            }
-            _ = idle.tick(), if !seen.is_empty() => {
-                let now = weir_meta::now_ms();
-                let state = follower.state();
-                seen.retain(|_, trial| {
-                    !matches!(trial.state(state, now), TrialState::Recorded | TrialState::Closed)
-                });
-                let free = seen
-                    .values()
-                    .find(|trial| matches!(trial.state(state, now), TrialState::Open { .. }));
-                match free {
-                    Some(trial) => (trial.clone(), "taken over".to_string()),
-                    None => continue,
+                // The tracker gets to where the follower has read (up to the
+                // claim): no replay of the log per trial.
+                tracker.catch_up_with(bus, &follower).await?;
+                // Dataset versions do not change; a name without a version
+                // means the latest, which may be new.
+                let dataset = &trial.job.dataset;
+                if !std::path::Path::new(dataset).is_file()
+                    && (!dataset.contains('@') || datasets.find(dataset).is_none())
+                {
+                    datasets = Datasets::load(bus).await?;
                 }
-            }
-            _ = tokio::signal::ctrl_c() => break,
-        };
-        let outcome = async {
-            if let Some(state) =
-                weir_train::tune::claim_trial(&trial, &tracker, &mut follower, &holder).await?
-            {
-                if !matches!(state, TrialState::Recorded | TrialState::Closed) {
+                let workspace = Workspace {
+                    tracker: &tracker,
+                    datasets: &datasets,
+                    scratch: &scratch,
+                    cache: Some(&cache),
+                };
+                let trial_ran = weir_train::tune::run_trial(&trial, workspace, &holder).await?;
+                let (tracker, id) = (tracker.clone(), trial.id());
+                recording.spawn(async move {
+                    let outcome = trial_ran.record(&tracker).await?;
                     println!(
-                        "worker: trial {} ({where_}): {state:?}; not run here",
-                        trial.id()
+                        "worker: trial {id}: run {} {}",
+                        outcome.run_id,
+                        outcome.failure.as_deref().unwrap_or("finished")
                     );
-                }
-                return anyhow::Ok(false);
+                    anyhow::Ok(())
+                });
+                Ok(true)
             }
-            println!("worker: trial {} ({where_}): running", trial.id());
-            // The tracker gets to where the follower has read (up to the
-            // claim): no replay of the log per trial.
-            tracker.catch_up_with(bus, &follower).await?;
-            // Dataset versions do not change; a name without a version
-            // means the latest, which may be new.
-            let dataset = &trial.job.dataset;
-            if !std::path::Path::new(dataset).is_file()
-                && (!dataset.contains('@') || datasets.find(dataset).is_none())
-            {
-                datasets = Datasets::load(bus).await?;
+            .await;
+            if outcome? {
+                ran += 1;
             }
-            let workspace = Workspace {
-                tracker: &tracker,
-                datasets: &datasets,
-                scratch: &scratch,
-                cache: Some(&cache),
-            };
-            let outcome = weir_train::tune::run_claimed(&trial, workspace, &holder).await?;
-            println!(
-                "worker: trial {}: run {} {}",
-                trial.id(),
-                outcome.run_id,
-                outcome.failure.as_deref().unwrap_or("finished")
-            );
-            Ok(true)
         }
-        .await;
-        if outcome? {
-            ran += 1;
-        }
+        anyhow::Ok(())
     }
+    .await;
+    // Runs still being recorded are finished, even when the worker stops
+    // on an error.
+    while let Some(recorded) = recording.join_next().await {
+        recorded??;
+    }
+    served?;
     tracker.close().await;
     connection.close().await;
     Ok(ExitCode::SUCCESS)

@@ -81,12 +81,32 @@ impl Record {
 /// `FINISHED`, or `FAILED` with the reason (then nothing is registered).
 /// An error means the run itself could not be recorded.
 pub async fn train(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Outcome, TrainError> {
+    let mut outcome = run_job(spec, workspace)
+        .await?
+        .record(workspace.tracker)
+        .await?;
+    if let (Some(name), None) = (&spec.register, &outcome.failure) {
+        // A deferred model is exported on the way.
+        let (version, model) =
+            register_run_model(workspace, &outcome.run_id, name, String::new()).await?;
+        outcome.version = Some((name.clone(), version));
+        outcome.model = Some(model);
+    }
+    Ok(outcome)
+}
+
+/// The first half of [`train`]: runs the job (data, runtime, scores) and
+/// returns what its run will record. Nothing is written to the log yet,
+/// and nothing is registered: [`Ran::record`] records it, which a worker
+/// does while its runtime goes on to the next trial.
+pub async fn run_job(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Ran, TrainError> {
     let started = weir_meta::now_ms();
     let dir = workspace
         .scratch
         .join(format!("train-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).map_err(|e| TrainError::io(dir.display(), e))?;
     let mut record = Record::default();
+    let clock = std::time::Instant::now();
     let result = run(spec, workspace, &dir, &mut record).await;
     let processes = spec.distributed.as_ref().map_or(1, |d| d.processes);
     for name in (0..processes).map(rank_log) {
@@ -95,62 +115,81 @@ pub async fn train(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Outcome
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    tracing::debug!(ms = clock.elapsed().as_millis() as u64, "training job ran");
+    Ok(Ran {
+        experiment: spec.experiment.clone(),
+        name: spec.name.clone().unwrap_or_default(),
+        runtime: spec.runtime.describe(),
+        tags: spec.tags.clone(),
+        started,
+        ended: weir_meta::now_ms(),
+        record,
+        result,
+    })
+}
 
-    let failure = result.as_ref().err().map(ToString::to_string);
-    let mut tags = vec![
-        tag("weir.runtime", spec.runtime.describe()),
-        tag("mlflow.source.type", "JOB"),
-    ];
-    tags.extend(git_tags());
-    tags.extend(spec.tags.iter().map(|(k, v)| tag(k, v.clone())));
-    if let Some(reason) = &failure {
-        tags.push(tag("weir.failure", reason.clone()));
-        tracing::warn!(%reason, "training job failed");
-    }
-    let ended = weir_meta::now_ms();
-    let metric_events = metric_events(&record.metrics, ended);
-    let (run_id, _) = workspace
-        .tracker
-        .record_run(RunReport {
-            experiment: spec.experiment.clone(),
-            run_name: spec.name.clone().unwrap_or_default(),
-            start_time: started,
-            end_time: ended,
-            params: record.params,
-            metrics: metric_events,
-            tags,
-            datasets: record.datasets,
-            status: if failure.is_some() {
-                "FAILED"
-            } else {
-                "FINISHED"
-            }
-            .into(),
-            artifacts: record.artifacts,
+/// A training job that has run, its run not yet recorded ([`run_job`]).
+pub struct Ran {
+    experiment: String,
+    name: String,
+    runtime: String,
+    tags: BTreeMap<String, String>,
+    started: i64,
+    ended: i64,
+    record: Record,
+    result: Result<Option<ModelInfo>, TrainError>,
+}
+
+impl Ran {
+    /// Records the job as a run: `FINISHED`, or `FAILED` with the reason.
+    /// An error means the run itself could not be recorded.
+    pub async fn record(self, tracker: &Tracker) -> Result<Outcome, TrainError> {
+        let clock = std::time::Instant::now();
+        let Ran { record, result, .. } = self;
+        let failure = result.as_ref().err().map(ToString::to_string);
+        let mut tags = vec![
+            tag("weir.runtime", self.runtime),
+            tag("mlflow.source.type", "JOB"),
+        ];
+        tags.extend(git_tags());
+        tags.extend(self.tags.into_iter().map(|(k, v)| tag(&k, v)));
+        if let Some(reason) = &failure {
+            tags.push(tag("weir.failure", reason.clone()));
+            tracing::warn!(%reason, "training job failed");
+        }
+        let (run_id, _) = tracker
+            .record_run(RunReport {
+                experiment: self.experiment,
+                run_name: self.name,
+                start_time: self.started,
+                end_time: self.ended,
+                params: record.params,
+                metrics: metric_events(&record.metrics, self.ended),
+                tags,
+                datasets: record.datasets,
+                status: if failure.is_some() {
+                    "FAILED"
+                } else {
+                    "FINISHED"
+                }
+                .into(),
+                artifacts: record.artifacts,
+            })
+            .await?;
+        tracing::debug!(run = %run_id, ms = clock.elapsed().as_millis() as u64, "training job recorded");
+        let root = tracker.artifact_root(&run_id)?;
+        let model = result.ok().flatten().map(|mut model| {
+            model.path = format!("{root}/{}", model.path);
+            model
+        });
+        Ok(Outcome {
+            run_id,
+            failure,
+            metrics: record.metrics,
+            version: None,
+            model,
         })
-        .await?;
-    let mut outcome = Outcome {
-        run_id: run_id.clone(),
-        failure,
-        metrics: record.metrics,
-        version: None,
-        model: None,
-    };
-    let Ok(model) = result else {
-        return Ok(outcome);
-    };
-    let root = workspace.tracker.artifact_root(&run_id)?;
-    outcome.model = model.map(|mut model| {
-        model.path = format!("{root}/{}", model.path);
-        model
-    });
-    if let Some(name) = &spec.register {
-        // A deferred model is exported on the way.
-        let (version, model) = register_run_model(workspace, &run_id, name, String::new()).await?;
-        outcome.version = Some((name.clone(), version));
-        outcome.model = Some(model);
     }
-    Ok(outcome)
 }
 
 /// Runs a recorded training job again — the same job file, so the same
@@ -328,24 +367,30 @@ fn tag(key: &str, value: impl Into<String>) -> KeyValue {
 
 /// The commit of the code that ran (the working directory's repository)
 /// and whether it had uncommitted changes.
+/// The commit this process runs from, read once: a worker's trials are
+/// recorded without spawning `git` twice each.
 fn git_tags() -> Vec<KeyValue> {
-    let git = |args: &[&str]| {
-        std::process::Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    let Some(commit) = git(&["rev-parse", "HEAD"]) else {
-        return vec![];
-    };
-    let dirty =
-        git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
-    vec![
-        tag("mlflow.source.git.commit", commit),
-        tag("weir.git.dirty", dirty.to_string()),
-    ]
+    static TAGS: std::sync::OnceLock<Vec<KeyValue>> = std::sync::OnceLock::new();
+    TAGS.get_or_init(|| {
+        let git = |args: &[&str]| {
+            std::process::Command::new("git")
+                .args(args)
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        };
+        let Some(commit) = git(&["rev-parse", "HEAD"]) else {
+            return vec![];
+        };
+        let dirty =
+            git(&["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+        vec![
+            tag("mlflow.source.git.commit", commit),
+            tag("weir.git.dirty", dirty.to_string()),
+        ]
+    })
+    .clone()
 }
 
 pub(crate) fn resolve(reference: &str, datasets: &Datasets) -> Result<Source, TrainError> {

@@ -28,7 +28,9 @@ pub mod table;
 pub mod tune;
 
 pub use evaluate::{Evaluation, EvaluationRequest, GateRule, evaluate};
-pub use job::{JobCache, Outcome, Workspace, register_run_model, reproduce, run_model, train};
+pub use job::{
+    JobCache, Outcome, Ran, Workspace, register_run_model, reproduce, run_job, run_model, train,
+};
 pub use spec::{Export, Split, TrainSpec};
 
 /// What went wrong in a training or evaluation job.

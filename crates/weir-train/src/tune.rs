@@ -29,7 +29,7 @@ use weir_meta::state::State;
 use weir_meta::tracker::RunStart;
 
 use crate::TrainError;
-use crate::job::{Outcome, Workspace, run_model, train};
+use crate::job::{Outcome, Workspace, run_job, run_model};
 use crate::spec::{Export, TrainSpec};
 
 /// The tag naming a trial: `<tuning id>/<number>`.
@@ -350,6 +350,21 @@ pub async fn run_claimed(
     workspace: Workspace<'_>,
     holder: &str,
 ) -> Result<Outcome, TrainError> {
+    run_trial(trial, workspace, holder)
+        .await?
+        .record(workspace.tracker)
+        .await
+}
+
+/// The first half of [`run_claimed`]: runs the trial's job, renewing the
+/// claim. Recording its run and giving up the claim is left to
+/// [`RanTrial::record`], so that a worker's runtime can start its next
+/// trial meanwhile.
+pub async fn run_trial(
+    trial: &Trial,
+    workspace: Workspace<'_>,
+    holder: &str,
+) -> Result<RanTrial, TrainError> {
     let mut job = trial.job.clone();
     job.tags
         .insert(PARENT_TAG.into(), trial.parent_run_id.clone());
@@ -358,22 +373,56 @@ pub async fn run_claimed(
     job.register = None;
     let key = trial.lease_key();
     let tracker = workspace.tracker;
-    let training = train(&job, workspace);
-    tokio::pin!(training);
+    let running = run_job(&job, workspace);
+    tokio::pin!(running);
     let mut renew = tokio::time::interval(TRIAL_LEASE / 3);
     renew.tick().await;
-    let outcome = loop {
+    let ran = loop {
         tokio::select! {
-            outcome = &mut training => break outcome,
+            ran = &mut running => break ran,
             _ = renew.tick() => if let Err(error) = tracker.renew_lease(&key, holder, TRIAL_LEASE).await {
                 tracing::warn!(trial = %trial.id(), %error, "renewing the claim failed");
             },
         }
     };
-    if let Err(error) = tracker.release_lease(&key, holder).await {
-        tracing::warn!(trial = %trial.id(), %error, "giving up the claim failed; it lapses");
+    let ran = match ran {
+        Ok(ran) => ran,
+        Err(error) => {
+            release(tracker, &key, holder, &trial.id()).await;
+            return Err(error);
+        }
+    };
+    Ok(RanTrial {
+        ran,
+        key,
+        holder: holder.to_string(),
+        trial: trial.id(),
+    })
+}
+
+/// A trial whose job has run, its run not yet recorded ([`run_trial`]).
+pub struct RanTrial {
+    ran: crate::job::Ran,
+    key: String,
+    holder: String,
+    trial: String,
+}
+
+impl RanTrial {
+    /// Records the trial's run, then gives up the claim: the log has the
+    /// run before the lease ends, so no other worker runs it again.
+    pub async fn record(self, tracker: &weir_meta::Tracker) -> Result<Outcome, TrainError> {
+        let outcome = self.ran.record(tracker).await;
+        release(tracker, &self.key, &self.holder, &self.trial).await;
+        outcome
     }
-    outcome
+}
+
+/// Gives up a trial's claim; one that cannot be given up lapses.
+async fn release(tracker: &weir_meta::Tracker, key: &str, holder: &str, trial: &str) {
+    if let Err(error) = tracker.release_lease(key, holder).await {
+        tracing::warn!(%trial, %error, "giving up the claim failed; it lapses");
+    }
 }
 
 /// Adds the trials whose runs have ended in `state` to `done`: whether
