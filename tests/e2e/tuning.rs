@@ -55,9 +55,9 @@ space:
 search: {method: random, trials: 8, parallel: 8, seed: 3, timeout_s: 240}
 ";
 
-#[test]
-fn a_worker_killed_mid_trial_has_its_trials_run_by_the_other_each_recorded_once() {
-    let platform = Platform::start();
+/// The churn example registered as `churn@1`, and `spec` written to a
+/// file (in the directory returned with it).
+fn churn_tuning(platform: &Platform, spec: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let data = repo().join("docs/examples/churn.csv");
     platform.run(
         &[
@@ -71,8 +71,15 @@ fn a_worker_killed_mid_trial_has_its_trials_run_by_the_other_each_recorded_once(
         b"",
     );
     let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("tune.yaml");
-    std::fs::write(&spec, SPEC).unwrap();
+    let path = dir.path().join("tune.yaml");
+    std::fs::write(&path, spec).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn a_worker_killed_mid_trial_has_its_trials_run_by_the_other_each_recorded_once() {
+    let platform = Platform::start();
+    let (_dir, spec) = churn_tuning(&platform, SPEC);
 
     let mut doomed = Worker::start(&platform, "tuning");
     let survivor = Worker::start(&platform, "tuning");
@@ -139,26 +146,10 @@ fn a_worker_killed_mid_trial_has_its_trials_run_by_the_other_each_recorded_once(
 #[test]
 fn a_worker_that_stops_after_its_last_trial_has_recorded_every_run() {
     let platform = Platform::start();
-    let data = repo().join("docs/examples/churn.csv");
-    platform.run(
-        &[
-            "datasets",
-            "register",
-            "churn",
-            data.to_str().unwrap(),
-            "--entity",
-            "customer_id",
-        ],
-        b"",
-    );
-    let dir = tempfile::tempdir().unwrap();
-    let spec = dir.path().join("tune.yaml");
-    std::fs::write(
-        &spec,
-        SPEC.replace("trials: 8, parallel: 8", "trials: 3, parallel: 3")
-            .replace("timeout_s: 240", "timeout_s: 120"),
-    )
-    .unwrap();
+    let spec = SPEC
+        .replace("trials: 8, parallel: 8", "trials: 3, parallel: 3")
+        .replace("timeout_s: 240", "timeout_s: 120");
+    let (_dir, spec) = churn_tuning(&platform, &spec);
     let tune = platform
         .weir(&["tune", spec.to_str().unwrap()])
         .stdout(Stdio::piped())
