@@ -76,6 +76,18 @@ fn churn_tuning(platform: &Platform, spec: &str) -> (tempfile::TempDir, std::pat
     (dir, path)
 }
 
+/// Waits for `weir tune` and checks that it reports `trials` trials.
+fn tuned(tune: Child, trials: usize) {
+    let output = tune.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "weir tune failed: {}",
+        stderr(&output)
+    );
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(report.contains(&format!(": {trials} trials")), "{report}");
+}
+
 #[test]
 fn a_worker_killed_mid_trial_has_its_trials_run_by_the_other_each_recorded_once() {
     let platform = Platform::start();
@@ -105,14 +117,7 @@ fn a_worker_killed_mid_trial_has_its_trials_run_by_the_other_each_recorded_once(
     doomed.child.kill().unwrap();
     doomed.child.wait().unwrap();
 
-    let output = tune.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "weir tune failed: {}",
-        stderr(&output)
-    );
-    let report = String::from_utf8_lossy(&output.stdout);
-    assert!(report.contains(": 8 trials"), "{report}");
+    tuned(tune, 8);
     // The survivor took over the trial the dead worker was running.
     let lines: Vec<String> = survivor.lines.try_iter().collect();
     assert!(
@@ -169,12 +174,5 @@ fn a_worker_that_stops_after_its_last_trial_has_recorded_every_run() {
         3,
         "{lines}"
     );
-    let output = tune.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "weir tune failed: {}",
-        stderr(&output)
-    );
-    let report = String::from_utf8_lossy(&output.stdout);
-    assert!(report.contains(": 3 trials"), "{report}");
+    tuned(tune, 3);
 }
