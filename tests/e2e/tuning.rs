@@ -76,6 +76,16 @@ fn churn_tuning(platform: &Platform, spec: &str) -> (tempfile::TempDir, std::pat
     (dir, path)
 }
 
+/// `weir tune spec`, its output piped.
+fn start_tuning(platform: &Platform, spec: &std::path::Path) -> Child {
+    platform
+        .weir(&["tune", spec.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits for `weir tune` and checks that it reports `trials` trials.
 fn tuned(tune: Child, trials: usize) {
     let output = tune.wait_with_output().unwrap();
@@ -95,12 +105,7 @@ fn a_worker_killed_mid_trial_has_its_trials_run_by_the_other_each_recorded_once(
 
     let mut doomed = Worker::start(&platform, "tuning");
     let survivor = Worker::start(&platform, "tuning");
-    let tune = platform
-        .weir(&["tune", spec.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let tune = start_tuning(&platform, &spec);
 
     // Kill a worker as soon as it starts a trial (SIGKILL: no clean-up).
     let started = loop {
@@ -155,12 +160,7 @@ fn a_worker_that_stops_after_its_last_trial_has_recorded_every_run() {
         .replace("trials: 8, parallel: 8", "trials: 3, parallel: 3")
         .replace("timeout_s: 240", "timeout_s: 120");
     let (_dir, spec) = churn_tuning(&platform, &spec);
-    let tune = platform
-        .weir(&["tune", spec.to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let tune = start_tuning(&platform, &spec);
     // A worker records a trial's run while its runtime starts the next
     // one; one that stops after its last trial still records that run.
     let worker = platform
