@@ -366,9 +366,8 @@ fn tag(key: &str, value: impl Into<String>) -> KeyValue {
 }
 
 /// The commit of the code that ran (the working directory's repository)
-/// and whether it had uncommitted changes.
-/// The commit this process runs from, read once: a worker's trials are
-/// recorded without spawning `git` twice each.
+/// and whether it had uncommitted changes, read once per process: a
+/// worker's trials are recorded without spawning `git` twice each.
 fn git_tags() -> Vec<KeyValue> {
     static TAGS: std::sync::OnceLock<Vec<KeyValue>> = std::sync::OnceLock::new();
     TAGS.get_or_init(|| {

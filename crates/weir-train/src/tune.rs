@@ -29,7 +29,7 @@ use weir_meta::state::State;
 use weir_meta::tracker::RunStart;
 
 use crate::TrainError;
-use crate::job::{Outcome, Workspace, run_job, run_model};
+use crate::job::{Outcome, Ran, Workspace, run_job, run_model};
 use crate::spec::{Export, TrainSpec};
 
 /// The tag naming a trial: `<tuning id>/<number>`.
@@ -402,7 +402,7 @@ pub async fn run_trial(
 
 /// A trial whose job has run, its run not yet recorded ([`run_trial`]).
 pub struct RanTrial {
-    ran: crate::job::Ran,
+    ran: Ran,
     key: String,
     holder: String,
     trial: String,
