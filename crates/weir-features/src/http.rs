@@ -10,7 +10,7 @@
 //!
 //! A missing or expired entity is a `null` with a status, not an error; an
 //! unknown view or feature, or entity lists that do not fit, are a 400
-//! with a message.
+//! with a message; an unknown route a 404, a wrong method a 405.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -41,7 +41,30 @@ pub fn router(served: Served) -> axum::Router {
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/v1/features/online", post(online))
         .route("/get-online-features", post(feast))
+        .fallback(|method, uri, body| refused(StatusCode::NOT_FOUND, method, uri, body))
+        .method_not_allowed_fallback(|method, uri, body| {
+            refused(StatusCode::METHOD_NOT_ALLOWED, method, uri, body)
+        })
         .with_state(served)
+}
+
+/// An unknown route, or a method a route does not take: the error, after
+/// reading the body (up to the 2 MiB a look-up may carry). hyper closes a
+/// keep-alive connection whose request body was left unread, and a client
+/// that reuses it before it sees the close fails.
+async fn refused(
+    status: StatusCode,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    body: axum::body::Body,
+) -> HttpError {
+    let _ = axum::body::to_bytes(body, 2 << 20).await;
+    let message = if status == StatusCode::NOT_FOUND {
+        format!("no route {method} {uri}")
+    } else {
+        format!("{uri} does not take {method}")
+    };
+    HttpError(status, message)
 }
 
 /// A look-up request (both routes).

@@ -52,7 +52,34 @@ pub fn router(registry: SchemaRegistry) -> Router {
                 .put(set_subject_config)
                 .delete(delete_subject_config),
         )
+        .fallback(|method, uri, body| refused(StatusCode::NOT_FOUND, method, uri, body))
+        .method_not_allowed_fallback(|method, uri, body| {
+            refused(StatusCode::METHOD_NOT_ALLOWED, method, uri, body)
+        })
         .with_state(registry)
+}
+
+/// An unknown route, or a method a route does not take, as Confluent's
+/// registry answers them (`error_code` 404 or 405), after reading the
+/// body: hyper closes a keep-alive connection whose request body was left
+/// unread, and a client that reuses it before it sees the close fails.
+async fn refused(
+    status: StatusCode,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    body: axum::body::Body,
+) -> ApiError {
+    let _ = axum::body::to_bytes(body, 2 << 20).await;
+    let message = if status == StatusCode::NOT_FOUND {
+        format!("HTTP 404 Not Found: no route {method} {uri}")
+    } else {
+        format!("HTTP 405 Method Not Allowed: {uri} does not take {method}")
+    };
+    ApiError {
+        status,
+        code: u32::from(status.as_u16()),
+        message,
+    }
 }
 
 /// Serves the REST API on `listener` until the task is dropped.

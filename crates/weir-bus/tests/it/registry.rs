@@ -230,4 +230,20 @@ async fn rest_api_speaks_confluent() {
         (status, body["error_code"].clone()),
         (StatusCode::UNPROCESSABLE_ENTITY, json!(42203))
     );
+
+    // An unknown route and a wrong method, in Confluent's shape.
+    let (status, body) = call(&app, "POST", "/nowhere", Some(json!({"x": 1}))).await;
+    assert_eq!(
+        (status, body["error_code"].clone()),
+        (StatusCode::NOT_FOUND, json!(404))
+    );
+    assert!(
+        body["message"].as_str().unwrap().contains("/nowhere"),
+        "{body}"
+    );
+    let (status, body) = call(&app, "DELETE", "/subjects", None).await;
+    assert_eq!(
+        (status, body["error_code"].clone()),
+        (StatusCode::METHOD_NOT_ALLOWED, json!(405))
+    );
 }

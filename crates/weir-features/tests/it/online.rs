@@ -320,4 +320,10 @@ async fn weir_and_feast_routes() {
             "{request}: {body}"
         );
     }
+    // An unknown route is a 404 that names it.
+    let (status, body) = post(address, "/v1/nowhere", &json!({"x": 1})).await;
+    assert_eq!(
+        (status, body),
+        (404, json!({"error": "no route POST /v1/nowhere"}))
+    );
 }
