@@ -619,59 +619,53 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
             if run_here.contains(&trial.id()) {
                 continue;
             }
-            let outcome = async {
-                if let Some(state) =
-                    weir_train::tune::claim_trial(&trial, &tracker, &mut follower, &holder).await?
-                {
-                    if !matches!(state, TrialState::Recorded | TrialState::Closed) {
-                        println!(
-                            "worker: trial {} ({where_}): {state:?}; not run here",
-                            trial.id()
-                        );
-                    }
-                    return anyhow::Ok(false);
-                }
-                run_here.insert(trial.id());
-                println!("worker: trial {} ({where_}): running", trial.id());
-                // The last trial's run goes to the log first: the tracker may
-                // take the follower's state below, which has not read it yet.
-                while let Some(recorded) = recording.join_next().await {
-                    recorded??;
-                }
-                // The tracker gets to where the follower has read (up to the
-                // claim): no replay of the log per trial.
-                tracker.catch_up_with(bus, &follower).await?;
-                // Dataset versions do not change; a name without a version
-                // means the latest, which may be new.
-                let dataset = &trial.job.dataset;
-                if !std::path::Path::new(dataset).is_file()
-                    && (!dataset.contains('@') || datasets.find(dataset).is_none())
-                {
-                    datasets = Datasets::load(bus).await?;
-                }
-                let workspace = Workspace {
-                    tracker: &tracker,
-                    datasets: &datasets,
-                    scratch: &scratch,
-                    cache: Some(&cache),
-                };
-                let trial_ran = weir_train::tune::run_trial(&trial, workspace, &holder).await?;
-                let (tracker, id) = (tracker.clone(), trial.id());
-                recording.spawn(async move {
-                    let outcome = trial_ran.record(&tracker).await?;
+            if let Some(state) =
+                weir_train::tune::claim_trial(&trial, &tracker, &mut follower, &holder).await?
+            {
+                if !matches!(state, TrialState::Recorded | TrialState::Closed) {
                     println!(
-                        "worker: trial {id}: run {} {}",
-                        outcome.run_id,
-                        outcome.failure.as_deref().unwrap_or("finished")
+                        "worker: trial {} ({where_}): {state:?}; not run here",
+                        trial.id()
                     );
-                    anyhow::Ok(())
-                });
-                Ok(true)
+                }
+                continue;
             }
-            .await;
-            if outcome? {
-                ran += 1;
+            run_here.insert(trial.id());
+            println!("worker: trial {} ({where_}): running", trial.id());
+            // The last trial's run goes to the log first: the tracker may
+            // take the follower's state below, which has not read it yet.
+            while let Some(recorded) = recording.join_next().await {
+                recorded??;
             }
+            // The tracker gets to where the follower has read (up to the
+            // claim): no replay of the log per trial.
+            tracker.catch_up_with(bus, &follower).await?;
+            // Dataset versions do not change; a name without a version
+            // means the latest, which may be new.
+            let dataset = &trial.job.dataset;
+            if !std::path::Path::new(dataset).is_file()
+                && (!dataset.contains('@') || datasets.find(dataset).is_none())
+            {
+                datasets = Datasets::load(bus).await?;
+            }
+            let workspace = Workspace {
+                tracker: &tracker,
+                datasets: &datasets,
+                scratch: &scratch,
+                cache: Some(&cache),
+            };
+            let trial_ran = weir_train::tune::run_trial(&trial, workspace, &holder).await?;
+            let (tracker, id) = (tracker.clone(), trial.id());
+            recording.spawn(async move {
+                let outcome = trial_ran.record(&tracker).await?;
+                println!(
+                    "worker: trial {id}: run {} {}",
+                    outcome.run_id,
+                    outcome.failure.as_deref().unwrap_or("finished")
+                );
+                anyhow::Ok(())
+            });
+            ran += 1;
         }
         anyhow::Ok(())
     }
