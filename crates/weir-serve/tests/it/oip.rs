@@ -160,6 +160,18 @@ async fn triton_client_conformance_and_outputs_equal_onnx_runtime() {
             String::from_utf8_lossy(&body)
         );
     }
+    // A method the route does not take: a 405 that says so.
+    let mut metrics = weir_serve::client::Connection::open(address, "/metrics")
+        .await
+        .unwrap();
+    let (status, body) = metrics.post(b"{}").await.unwrap();
+    assert_eq!(
+        (status, String::from_utf8_lossy(&body).into_owned()),
+        (
+            405,
+            r#"{"error":"/metrics does not take POST"}"#.to_string()
+        )
+    );
 
     stop.send(()).unwrap();
     let summary = tokio::time::timeout(Duration::from_secs(30), task)
