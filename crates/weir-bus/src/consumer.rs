@@ -182,7 +182,7 @@ impl Consumer {
         Ok(Self {
             inner: crate::DropOffThread::new(Arc::new(inner)),
             codecs,
-            dead_letters: DeadLetters::new(bus.producer()?, bus.admin().clone()),
+            dead_letters: DeadLetters::new(bus),
             max_record_bytes: bus.config().max_record_bytes,
             positions: HashMap::new(),
             until_end: options.until_end,

@@ -19,7 +19,7 @@ use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use weir_core::topics;
 
 use crate::codec::{DeadLetterReason, DecodeError};
-use crate::{Admin, BusError, OutRecord, PendingDelivery, Producer, TopicSpec};
+use crate::{Admin, Bus, BusConfig, BusError, OutRecord, PendingDelivery, Producer, TopicSpec};
 
 /// Header naming the reason.
 pub const REASON: &str = "weir.dlq.reason";
@@ -83,7 +83,11 @@ pub struct Source<'a> {
 
 /// Writes dead letters and counts them.
 pub struct DeadLetters {
-    producer: Producer,
+    /// Made with the first dead letter: a reader that meets none starts no
+    /// producer, which is a librdkafka client of its own, with threads,
+    /// connections and a polling thread that wakes ten times a second.
+    producer: Option<Producer>,
+    config: std::sync::Arc<BusConfig>,
     admin: Admin,
     ensured: HashSet<String>,
     counts: std::sync::Arc<DeadLetterCounts>,
@@ -100,11 +104,12 @@ impl std::fmt::Debug for DeadLetters {
 }
 
 impl DeadLetters {
-    /// A dead-letter writer using `producer`.
-    pub fn new(producer: Producer, admin: Admin) -> Self {
+    /// A dead-letter writer on `bus`.
+    pub fn new(bus: &Bus) -> Self {
         Self {
-            producer,
-            admin,
+            producer: None,
+            config: bus.config.clone(),
+            admin: bus.admin().clone(),
             ensured: HashSet::new(),
             counts: Default::default(),
             pending: Vec::new(),
@@ -139,7 +144,11 @@ impl DeadLetters {
         let record = OutRecord::new(&dlq, source.payload.unwrap_or_default())
             .maybe_key(source.key)
             .headers(headers);
-        let delivery = self.producer.send(record).await?;
+        let producer = match &mut self.producer {
+            Some(producer) => producer,
+            none => none.insert(Producer::new(&self.config)?),
+        };
+        let delivery = producer.send(record).await?;
         self.pending.push(delivery);
         self.counts.add(error.reason);
         Ok(())

@@ -422,7 +422,12 @@ pub struct SchemaRegistry {
 
 struct Inner {
     state: RwLock<State>,
-    producer: crate::DropOffThread<FutureProducer<crate::producer::ProducerLog>>,
+    /// Made at the first write: most processes only read schemas, and a
+    /// producer is a librdkafka client with threads and connections of its
+    /// own (its polling thread wakes ten times a second).
+    producer:
+        tokio::sync::OnceCell<crate::DropOffThread<FutureProducer<crate::producer::ProducerLog>>>,
+    producer_config: rdkafka::ClientConfig,
     follower: Arc<crate::DropOffThread<StreamConsumer>>,
     /// The next offset of `weir.schemas` to apply (everything before is applied).
     applied: watch::Receiver<i64>,
@@ -470,13 +475,10 @@ impl SchemaRegistry {
             .assign(&assignment)
             .map_err(|e| BusError::kafka("assigning weir.schemas", e))?;
         let follower = Arc::new(crate::DropOffThread::new(follower));
-        let producer: FutureProducer<crate::producer::ProducerLog> = config
-            .client_config()
+        let mut producer_config = config.client_config();
+        producer_config
             .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .create_with_context(crate::producer::ProducerLog)
-            .map_err(|e| BusError::kafka("creating the schema registry producer", e))?;
-        crate::producer::ask_for_producer_id(&producer);
+            .set("enable.idempotence", "true");
 
         let (applied_tx, applied) = watch::channel(0_i64);
         let state = RwLock::new(State::default());
@@ -512,7 +514,8 @@ impl SchemaRegistry {
             });
             Inner {
                 state,
-                producer: crate::DropOffThread::new(producer),
+                producer: tokio::sync::OnceCell::new(),
+                producer_config,
                 follower,
                 applied,
                 task,
@@ -731,9 +734,21 @@ impl SchemaRegistry {
     async fn append(&self, record: LogRecord) -> Result<i64, RegistryError> {
         let key = record.key();
         let value = serde_json::to_vec(&record).expect("log records serialize");
-        let delivery = self
+        let producer = self
             .inner
             .producer
+            .get_or_try_init(|| async {
+                let producer: FutureProducer<crate::producer::ProducerLog> = self
+                    .inner
+                    .producer_config
+                    .create_with_context(crate::producer::ProducerLog)
+                    .map_err(|e| {
+                        RegistryError::Store(format!("creating the schema registry producer: {e}"))
+                    })?;
+                Ok::<_, RegistryError>(crate::DropOffThread::new(producer))
+            })
+            .await?;
+        let delivery = producer
             .send(
                 FutureRecord::to(topics::SCHEMAS).key(&key).payload(&value),
                 Duration::from_secs(10),

@@ -197,7 +197,7 @@ async fn publish(
 
     let (reader, size) = open()?;
     let progress = progress_bar(size);
-    let mut dead_letters = DeadLetters::new(bus.producer()?, bus.admin().clone());
+    let mut dead_letters = DeadLetters::new(bus);
     let mut in_flight = VecDeque::new();
     let (mut published, mut bad, mut bytes_read) = (0_u64, 0_u64, 0_u64);
     let started = Instant::now();
