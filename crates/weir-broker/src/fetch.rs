@@ -9,7 +9,10 @@
 //! `min_bytes`, and holds an empty one until a record comes or the wait
 //! ends. [`LongPollFetch`] does that in front of tansu's route: it asks
 //! tansu with no wait, and while nothing came back, waits for the next
-//! produce (or the request's deadline) and asks again.
+//! produce to one of the fetch's topics (or the request's deadline) and
+//! asks again. (Asking again on every produce to any topic made each idle
+//! consumer's fetch read all of its partitions anew at every write to the
+//! log.)
 
 use std::time::Duration;
 
@@ -18,13 +21,15 @@ use tansu_sans_io::{ApiKey as _, Body, FetchRequest, FetchResponse, Frame};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::storage::{Produced, TopicKey};
+
 /// Serves fetches from `inner` without tansu's sleep (see the module docs);
 /// every other request goes to `inner` as it is.
 #[derive(Clone, Debug)]
 pub(crate) struct LongPollFetch<S> {
     pub(crate) inner: S,
-    /// Bumped on every produce.
-    pub(crate) produced: watch::Receiver<u64>,
+    /// Counted on every produce.
+    pub(crate) produced: watch::Receiver<Produced>,
 }
 
 impl<S> Service<(), Frame> for LongPollFetch<S>
@@ -43,10 +48,12 @@ where
         let deadline =
             Instant::now() + Duration::from_millis(u64::try_from(request.max_wait_ms).unwrap_or(0));
         request.max_wait_ms = 0;
+        let topics = topic_keys(&request);
+        let topics = topics.as_deref();
         let mut produced = self.produced.clone();
         loop {
-            // Marked seen before the read: a produce after it wakes the wait.
-            produced.borrow_and_update();
+            // Counted before the read: a produce after it wakes the wait.
+            let seen = produced.borrow_and_update().count(topics);
             let answer = self
                 .inner
                 .serve(
@@ -65,15 +72,37 @@ where
             if done || Instant::now() >= deadline {
                 return Ok(answer);
             }
-            tokio::select! {
-                changed = produced.changed() => if changed.is_err() {
-                    // The broker is stopping: answer at the deadline as tansu would.
-                    tokio::time::sleep_until(deadline).await;
-                },
-                () = tokio::time::sleep_until(deadline) => {}
+            // Until a produce to one of the fetch's topics, or the deadline.
+            loop {
+                tokio::select! {
+                    changed = produced.changed() => if changed.is_err() {
+                        // The broker is stopping: answer at the deadline as tansu would.
+                        tokio::time::sleep_until(deadline).await;
+                        break;
+                    },
+                    () = tokio::time::sleep_until(deadline) => break,
+                }
+                if produced.borrow_and_update().count(topics) != seen {
+                    break;
+                }
             }
         }
     }
+}
+
+/// The topics a fetch reads, as it names them; `None` when one is named
+/// neither way (then any produce wakes it).
+fn topic_keys(request: &FetchRequest) -> Option<Vec<TopicKey>> {
+    request
+        .topics
+        .iter()
+        .flatten()
+        .map(|topic| match (&topic.topic, topic.topic_id) {
+            (Some(name), _) => Some(TopicKey::Name(name.clone())),
+            (None, Some(id)) if id != [0; 16] => Some(TopicKey::Id(id)),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether a fetch answer has something for the client now: records, or an

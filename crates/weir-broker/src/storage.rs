@@ -19,13 +19,22 @@
 //!   computes the next offset as the requested one plus the records
 //!   returned, so a whole batch from before the offset would make it skip
 //!   as many records further on.
-//! - **Produces are announced** to fetches waiting for records
+//! - **Produces are announced**, per topic, to fetches waiting for records
 //!   ([`crate::fetch`]).
+//! - **Offset stages are kept** between produces. tansu's SQLite engine
+//!   prepares its statements anew for every call, and every partition of
+//!   every fetch asks for its offset stage and reads its records: an idle
+//!   consumer's fetch cost a dozen statement preparations per partition
+//!   twice a second, and most of the broker's time. A partition's stage is
+//!   read once and kept until a produce to it (or anything that may move
+//!   offsets: a transaction ending, maintenance, a topic made or deleted);
+//!   a fetch from the high watermark on is answered from it, without a
+//!   read.
 //! - **`DeleteRecords`** is `todo!()` in both engines and would panic a
 //!   connection task: it is refused with `UNSUPPORTED_VERSION` instead.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -60,21 +69,107 @@ use uuid::Uuid;
 #[derive(Clone, Debug)]
 pub struct PatchedStorage {
     inner: StorageContainer,
-    /// Bumped after every produce, for the fetches waiting for records.
-    produced: Arc<watch::Sender<u64>>,
+    /// Counted after every produce, for the fetches waiting for records.
+    produced: Arc<watch::Sender<Produced>>,
+    /// Topic ids by name, for counting produces by id as well.
+    ids: Arc<Mutex<HashMap<String, [u8; 16]>>>,
+    stages: Arc<Mutex<Stages>>,
+}
+
+/// Partitions' offset stages as last read, each with the version of the
+/// partition it was read at.
+#[derive(Debug, Default)]
+struct Stages {
+    /// Bumped after each produce to a partition.
+    produced: HashMap<Topition, u64>,
+    /// Bumped after anything that may move any partition's offsets.
+    epoch: u64,
+    read: HashMap<Topition, ((u64, u64), OffsetStage)>,
+}
+
+impl Stages {
+    fn version(&self, topition: &Topition) -> (u64, u64) {
+        (
+            self.epoch,
+            self.produced.get(topition).copied().unwrap_or_default(),
+        )
+    }
+
+    /// The stage kept for `topition`, if nothing has moved it since.
+    fn get(&self, topition: &Topition) -> Option<OffsetStage> {
+        self.read
+            .get(topition)
+            .filter(|(version, _)| *version == self.version(topition))
+            .map(|(_, stage)| *stage)
+    }
+}
+
+/// How a fetch names a topic: by name, or (from Fetch v13) by id.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum TopicKey {
+    Name(String),
+    Id([u8; 16]),
+}
+
+/// Produces so far, per topic, under both of its keys.
+#[derive(Debug, Default)]
+pub struct Produced {
+    by_topic: HashMap<TopicKey, u64>,
+    all: u64,
+}
+
+impl Produced {
+    /// Produces to these topics so far; to any topic when `None`.
+    pub fn count(&self, topics: Option<&[TopicKey]>) -> u64 {
+        match topics {
+            Some(topics) => topics
+                .iter()
+                .map(|topic| self.by_topic.get(topic).copied().unwrap_or(0))
+                .sum(),
+            None => self.all,
+        }
+    }
 }
 
 impl PatchedStorage {
     pub fn new(inner: StorageContainer) -> Self {
         Self {
             inner,
-            produced: Arc::new(watch::Sender::new(0)),
+            produced: Arc::new(watch::Sender::new(Produced::default())),
+            ids: Arc::default(),
+            stages: Arc::default(),
         }
     }
 
+    fn stages(&self) -> std::sync::MutexGuard<'_, Stages> {
+        self.stages.lock().expect("offset stages")
+    }
+
+    /// After anything that may move the offsets of any partition.
+    fn forget_stages(&self) {
+        let mut stages = self.stages();
+        stages.epoch += 1;
+        stages.read.clear();
+    }
+
     /// What fetches wait on for new records.
-    pub fn produced(&self) -> watch::Receiver<u64> {
+    pub fn produced(&self) -> watch::Receiver<Produced> {
         self.produced.subscribe()
+    }
+
+    /// `topic`'s id, looked up once.
+    async fn topic_id(&self, topic: &str) -> Option<[u8; 16]> {
+        if let Some(id) = self.ids.lock().expect("ids").get(topic) {
+            return Some(*id);
+        }
+        let metadata = self
+            .inner
+            .metadata(Some(&[TopicId::Name(topic.to_string())]))
+            .await
+            .ok()?;
+        let id = metadata.topics().first()?.topic_id?;
+        self.ids.lock().expect("ids").insert(topic.to_string(), id);
+        Some(id)
     }
 }
 
@@ -149,7 +244,9 @@ impl Storage for PatchedStorage {
     }
 
     async fn create_topic(&self, topic: CreatableTopic, validate_only: bool) -> Result<Uuid> {
-        self.inner.create_topic(topic, validate_only).await
+        let done = self.inner.create_topic(topic, validate_only).await;
+        self.forget_stages();
+        done
     }
 
     async fn incremental_alter_resource(
@@ -160,7 +257,11 @@ impl Storage for PatchedStorage {
     }
 
     async fn delete_topic(&self, topic: &TopicId) -> Result<ErrorCode> {
-        self.inner.delete_topic(topic).await
+        // A topic made again under the same name has a new id.
+        self.ids.lock().expect("ids").clear();
+        let deleted = self.inner.delete_topic(topic).await;
+        self.forget_stages();
+        deleted
     }
 
     async fn brokers(&self) -> Result<Vec<DescribeClusterBroker>> {
@@ -173,8 +274,18 @@ impl Storage for PatchedStorage {
         topition: &Topition,
         batch: deflated::Batch,
     ) -> Result<i64> {
-        let offset = self.inner.produce(transaction_id, topition, batch).await?;
-        self.produced.send_modify(|count| *count += 1);
+        let offset = self.inner.produce(transaction_id, topition, batch).await;
+        // Also after a failed produce: it may have written part of its batch.
+        *self.stages().produced.entry(topition.clone()).or_default() += 1;
+        let offset = offset?;
+        let id = self.topic_id(topition.topic()).await;
+        self.produced.send_modify(|produced| {
+            produced.all += 1;
+            let name = TopicKey::Name(topition.topic().to_string());
+            for key in std::iter::once(name).chain(id.map(TopicKey::Id)) {
+                *produced.by_topic.entry(key).or_default() += 1;
+            }
+        });
         Ok(offset)
     }
 
@@ -186,6 +297,10 @@ impl Storage for PatchedStorage {
         max_bytes: u32,
         isolation: IsolationLevel,
     ) -> Result<Vec<deflated::Batch>> {
+        let kept = self.stages().get(topition);
+        if kept.is_some_and(|stage| offset >= stage.high_watermark()) {
+            return Ok(Vec::new());
+        }
         let batches = self
             .inner
             .fetch(topition, offset, min_bytes, max_bytes, isolation)
@@ -232,7 +347,21 @@ impl Storage for PatchedStorage {
     }
 
     async fn offset_stage(&self, topition: &Topition) -> Result<OffsetStage> {
-        self.inner.offset_stage(topition).await
+        let version = {
+            let stages = self.stages();
+            if let Some(stage) = stages.get(topition) {
+                return Ok(stage);
+            }
+            stages.version(topition)
+        };
+        let stage = self.inner.offset_stage(topition).await?;
+        // Kept only if nothing moved the partition during the read: a read
+        // that began before a produce may not have seen it.
+        let mut stages = self.stages();
+        if stages.version(topition) == version {
+            stages.read.insert(topition.clone(), (version, stage));
+        }
+        Ok(stage)
     }
 
     async fn offset_commit(
@@ -385,13 +514,18 @@ impl Storage for PatchedStorage {
         producer_epoch: i16,
         committed: bool,
     ) -> Result<ErrorCode> {
-        self.inner
+        let done = self
+            .inner
             .txn_end(transaction_id, producer_id, producer_epoch, committed)
-            .await
+            .await;
+        self.forget_stages();
+        done
     }
 
     async fn maintain(&self, now: SystemTime) -> Result<()> {
-        self.inner.maintain(now).await
+        let done = self.inner.maintain(now).await;
+        self.forget_stages();
+        done
     }
 
     async fn cluster_id(&self) -> Result<String> {

@@ -240,3 +240,100 @@ async fn a_waiting_fetch_is_answered_when_a_record_comes() {
     }
     broker.stop().await;
 }
+
+/// On the SQLite engine (Weir's default), whose partitions' offset stages
+/// the broker keeps between produces: a consumer that has read to the end
+/// of every partition and waits gets each record as it is produced, partition
+/// after partition, round after round — a kept stage that missed a produce
+/// would leave its record unread until the fetch's wait ran out. Produces
+/// to another topic meanwhile change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_reader_of_sqlite_partitions_gets_every_record_as_it_comes() {
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let dir = tempfile::Builder::new()
+        .prefix(".broker-test-")
+        .tempdir_in(".")
+        .unwrap();
+    let broker = EmbeddedBroker::start_on_free_port(Storage::Sqlite(dir.path().join("broker.db")))
+        .await
+        .unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    const PARTITIONS: i32 = 4;
+    const ROUNDS: i32 = 5;
+    create_topic(&bootstrap, "rounds", PARTITIONS).await;
+    create_topic(&bootstrap, "elsewhere", 1).await;
+    const WAIT: Duration = Duration::from_secs(20);
+    let (sent, mut read) = tokio::sync::mpsc::unbounded_channel();
+    let reader = bootstrap.clone();
+    let reading = tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &reader)
+            .set("group.id", "rounds")
+            .set("fetch.wait.max.ms", WAIT.as_millis().to_string())
+            .create()
+            .unwrap();
+        let mut assignment = TopicPartitionList::new();
+        for partition in 0..PARTITIONS {
+            assignment
+                .add_partition_offset("rounds", partition, Offset::Beginning)
+                .unwrap();
+        }
+        consumer.assign(&assignment).unwrap();
+        let deadline = std::time::Instant::now() + 2 * WAIT;
+        let mut count = 0;
+        while count < PARTITIONS * ROUNDS && std::time::Instant::now() < deadline {
+            if let Some(message) = consumer.poll(Duration::from_millis(50)) {
+                let message = message.unwrap();
+                let _ = sent.send((message.partition(), message.offset()));
+                count += 1;
+            }
+        }
+    });
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("linger.ms", "0")
+        .create()
+        .unwrap();
+    let send = |topic: &'static str, partition: i32| {
+        producer.send(
+            FutureRecord::to(topic)
+                .partition(partition)
+                .payload("x")
+                .key("k"),
+            Duration::from_secs(5),
+        )
+    };
+    // Round 0 starts the reader on every partition (a new consumer looks
+    // its partitions' offsets up one by one, and a lookup may queue behind
+    // a waiting fetch on the same connection).
+    for partition in 0..PARTITIONS {
+        send("rounds", partition).await.unwrap();
+    }
+    let mut first: Vec<_> = Vec::new();
+    for _ in 0..PARTITIONS {
+        first.push(
+            tokio::time::timeout(2 * WAIT, read.recv())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    first.sort();
+    assert_eq!(first, (0..PARTITIONS).map(|p| (p, 0)).collect::<Vec<_>>());
+    for round in 1..ROUNDS {
+        for partition in 0..PARTITIONS {
+            send("elsewhere", 0).await.unwrap();
+            send("rounds", partition).await.unwrap();
+            let got = tokio::time::timeout(WAIT / 4, read.recv()).await;
+            assert_eq!(
+                got.ok().flatten(),
+                Some((partition, i64::from(round))),
+                "round {round}, partition {partition}: not read within {:?} of being produced",
+                WAIT / 4
+            );
+        }
+    }
+    reading.await.unwrap();
+    broker.stop().await;
+}
