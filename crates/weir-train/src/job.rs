@@ -303,7 +303,7 @@ async fn export_kept(workspace: Workspace<'_>, run_id: &str, root: &str) -> Resu
             .await?;
         // The model kept meets the test rows now, through ONNX Runtime as
         // an exporting job's does.
-        let mut metrics = data.model_metrics(&spec, &checked.model, 2)?;
+        let mut metrics = data.model_metrics(&checked.model, 2)?;
         if let Some(diff) = checked.max_diff {
             metrics.insert("onnx_max_abs_diff".into(), diff);
         }
@@ -439,6 +439,8 @@ pub(crate) struct Prepared {
     task: Task,
     features: Vec<String>,
     classes: Vec<String>,
+    /// Every row's label.
+    target: Target,
     parts: [Vec<usize>; 3],
     /// `train.parquet`, `validation.parquet`, `test.parquet`.
     paths: [PathBuf; 3],
@@ -474,7 +476,9 @@ impl Prepared {
         }
         let labelled = table.valid_rows(&spec.label)?;
         let parts = table.split(&spec.split, &labelled)?;
-        let classes = match table.target(&spec.label, task, None, &parts[0])? {
+        // Each row's label, read once: trial after trial scores these parts.
+        let target = table.target(&spec.label, task, None, &parts[0])?;
+        let classes = match &target {
             Target::Classes { classes, .. } if classes.len() < 2 => {
                 return Err(TrainError::Invalid(format!(
                     "{}: label `{}` has {} class in the training rows; a classifier needs two",
@@ -483,7 +487,7 @@ impl Prepared {
                     classes.len()
                 )));
             }
-            Target::Classes { classes, .. } => classes,
+            Target::Classes { classes, .. } => classes.clone(),
             Target::Values(_) => vec![],
         };
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir.display(), e))?;
@@ -502,6 +506,7 @@ impl Prepared {
             task,
             features,
             classes,
+            target,
             parts,
             paths,
             split_record,
@@ -528,31 +533,18 @@ impl Prepared {
 
     /// The metrics of `scores` of part `part` (1: validation, 2: test),
     /// named `<part>_<metric>`.
-    fn metrics(
-        &self,
-        spec: &TrainSpec,
-        part: usize,
-        scores: &(Vec<f64>, usize),
-    ) -> Result<Metrics, TrainError> {
+    fn metrics(&self, part: usize, scores: &(Vec<f64>, usize)) -> Result<Metrics, TrainError> {
         let rows = &self.parts[part];
-        let target = self
-            .table
-            .target(&spec.label, self.task, Some(&self.classes), rows)?;
-        Ok(score(&target, rows, scores)?
+        Ok(score(&self.target, rows, scores)?
             .into_iter()
             .map(|(key, value)| (format!("{}_{key}", PART_NAMES[part]), value))
             .collect())
     }
 
     /// The metrics of `model`'s scores of part `part`, by ONNX Runtime.
-    fn model_metrics(
-        &self,
-        spec: &TrainSpec,
-        model: &Model,
-        part: usize,
-    ) -> Result<Metrics, TrainError> {
+    fn model_metrics(&self, model: &Model, part: usize) -> Result<Metrics, TrainError> {
         let scores = scores(model, &self.table, &self.features, &self.parts[part])?;
-        self.metrics(spec, part, &scores)
+        self.metrics(part, &scores)
     }
 }
 
@@ -804,7 +796,7 @@ async fn run(
         // model is kept as fitted. The test rows are scored when it is
         // exported: only the model a search keeps meets them.
         let scores = read_scores(&output.join(VALIDATION_SCORES), data.parts[1].len())?;
-        record.metrics.extend(data.metrics(spec, 1, &scores)?);
+        record.metrics.extend(data.metrics(1, &scores)?);
         let pickled = std::fs::read(output.join("model.pkl")).map_err(|_| {
             TrainError::Runtime(format!(
                 "runtime {} kept no model.pkl",
@@ -818,12 +810,10 @@ async fn run(
         if let Some(diff) = checked.max_diff {
             record.metrics.insert("onnx_max_abs_diff".into(), diff);
         }
+        record.metrics.extend(data.metrics(1, &checked.validation)?);
         record
             .metrics
-            .extend(data.metrics(spec, 1, &checked.validation)?);
-        record
-            .metrics
-            .extend(data.model_metrics(spec, &checked.model, 2)?);
+            .extend(data.model_metrics(&checked.model, 2)?);
         Some(checked)
     };
 
