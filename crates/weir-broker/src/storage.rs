@@ -183,7 +183,7 @@ impl Storage for PatchedStorage {
         let mut responses = self.inner.list_offsets(isolation_level, offsets).await?;
         for ((topition, request), (_, response)) in offsets.iter().zip(responses.iter_mut()) {
             if *request == ListOffset::Latest && response.error_code == ErrorCode::None {
-                let stage = self.inner.offset_stage(topition).await?;
+                let stage = self.offset_stage(topition).await?;
                 response.offset = Some(match isolation_level {
                     IsolationLevel::ReadCommitted => stage.last_stable(),
                     IsolationLevel::ReadUncommitted => stage.high_watermark(),
@@ -311,7 +311,7 @@ impl Storage for PatchedStorage {
         if batches.first().is_some_and(|b| b.base_offset < offset) {
             return from_offset(batches, offset);
         }
-        let stage = self.inner.offset_stage(topition).await?;
+        let stage = self.offset_stage(topition).await?;
         if offset >= stage.high_watermark() {
             return Ok(batches);
         }

@@ -438,8 +438,7 @@ pub(crate) struct Prepared {
     table: Table,
     task: Task,
     features: Vec<String>,
-    classes: Vec<String>,
-    /// Every row's label.
+    /// Every row's label (and a classifier's classes).
     target: Target,
     parts: [Vec<usize>; 3],
     /// `train.parquet`, `validation.parquet`, `test.parquet`.
@@ -478,18 +477,16 @@ impl Prepared {
         let parts = table.split(&spec.split, &labelled)?;
         // Each row's label, read once: trial after trial scores these parts.
         let target = table.target(&spec.label, task, None, &parts[0])?;
-        let classes = match &target {
-            Target::Classes { classes, .. } if classes.len() < 2 => {
-                return Err(TrainError::Invalid(format!(
-                    "{}: label `{}` has {} class in the training rows; a classifier needs two",
-                    source.reference,
-                    spec.label,
-                    classes.len()
-                )));
-            }
-            Target::Classes { classes, .. } => classes.clone(),
-            Target::Values(_) => vec![],
-        };
+        if let Target::Classes { classes, .. } = &target
+            && classes.len() < 2
+        {
+            return Err(TrainError::Invalid(format!(
+                "{}: label `{}` has {} class in the training rows; a classifier needs two",
+                source.reference,
+                spec.label,
+                classes.len()
+            )));
+        }
         std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir.display(), e))?;
         let mut columns = features.clone();
         columns.push(spec.label.clone());
@@ -505,12 +502,20 @@ impl Prepared {
             table,
             task,
             features,
-            classes,
             target,
             parts,
             paths,
             split_record,
         })
+    }
+
+    /// A classifier's classes, in the order of its scores (none for a
+    /// regression).
+    fn classes(&self) -> &[String] {
+        match &self.target {
+            Target::Classes { classes, .. } => classes,
+            Target::Values(_) => &[],
+        }
     }
 
     /// The contract for a job on these parts, writing to `output`.
@@ -520,7 +525,7 @@ impl Prepared {
             features: self.features.clone(),
             label: spec.label.clone(),
             task: self.task.as_str().into(),
-            classes: self.classes.clone(),
+            classes: self.classes().to_vec(),
             params: spec.params.clone(),
             seed: match &spec.split {
                 Split::Random { seed, .. } => *seed,
@@ -897,7 +902,7 @@ impl Checked {
             features: data.features.clone(),
             label: label.into(),
             task: data.task.as_str().into(),
-            classes: data.classes.clone(),
+            classes: data.classes().to_vec(),
             dependencies,
         }
     }
