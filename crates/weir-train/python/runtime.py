@@ -29,17 +29,134 @@ class Failure(Exception):
     """The job is wrong: its message is the run's failure reason."""
 
 
-def estimator_class(kind, name, task):
-    if kind == "lightgbm":
+def import_lightgbm():
+    """LightGBM, without the scikit-learn and pandas integrations its
+    package imports when they are installed: a second of a worker's start,
+    for wrappers this runtime does not use (it trains through LightGBM's
+    own API on NumPy arrays). They stay importable for other jobs."""
+    if "lightgbm" in sys.modules:
+        return sys.modules["lightgbm"]
+    hidden = [m for m in ("sklearn", "pandas", "dask") if m not in sys.modules]
+    for m in hidden:
+        # `import m` now raises ImportError, which LightGBM takes as "not
+        # installed".
+        sys.modules[m] = None
+    try:
         import lightgbm
+    finally:
+        for m in hidden:
+            del sys.modules[m]
+    return lightgbm
 
-        return lightgbm.LGBMClassifier if task == "classification" else lightgbm.LGBMRegressor
+
+@functools.cache
+def lightgbm_params():
+    """Every name LightGBM takes a parameter by, aliases included."""
+    aliases = import_lightgbm().basic._ConfigAliases._get_all_param_aliases()
+    return {name for names in aliases.values() for name in names}
+
+
+def sklearn_class(name):
     from sklearn.utils import all_estimators
 
     known = dict(all_estimators())
     if name not in known:
         raise Failure(f"unknown scikit-learn estimator `{name}`")
     return known[name]
+
+
+class LightGBM:
+    """A LightGBM booster trained through LightGBM's own API, with what
+    scikit-learn's wrapper would keep: a classifier's classes (its labels
+    are their indexes while training) and the task."""
+
+    # Taken for scikit-learn's `LGBMClassifier` compatibility, no effect on
+    # the model: `importance_type` only names what `feature_importances_`
+    # reports.
+    WRAPPER_ONLY = ("importance_type",)
+
+    def __init__(self, task, params):
+        self.task = task
+        self.params = dict(params)
+        self.classes = None
+        self.booster = None
+
+    @staticmethod
+    def check(params):
+        """Refuses params LightGBM does not know (it would warn and go on)."""
+        known = lightgbm_params() | set(LightGBM.WRAPPER_ONLY) | {"class_weight"}
+        unknown = sorted(set(params) - known)
+        if unknown:
+            import difflib
+
+            hints = [
+                f"`{p}` (did you mean `{close[0]}`?)" if close else f"`{p}`"
+                for p in unknown
+                for close in [difflib.get_close_matches(p, known, n=1)]
+            ]
+            raise Failure(
+                f"unknown param{'s' if len(unknown) > 1 else ''} {', '.join(hints)} for LightGBM; "
+                "it takes LightGBM's parameters and their aliases "
+                "(https://lightgbm.readthedocs.io/en/latest/Parameters.html)"
+            )
+
+    def fit(self, x, y):
+        import numpy as np
+
+        lightgbm = import_lightgbm()
+        params = {k: v for k, v in self.params.items() if k not in self.WRAPPER_ONLY}
+        class_weight = params.pop("class_weight", None)
+        weight = None
+        if self.task == "classification":
+            self.classes, y = np.unique(y, return_inverse=True)
+            if len(self.classes) > 2:
+                params.setdefault("objective", "multiclass")
+                params["num_class"] = len(self.classes)
+            else:
+                params.setdefault("objective", "binary")
+            if class_weight is not None:
+                # As scikit-learn's wrapper does: "balanced", or a weight
+                # per class label.
+                if class_weight == "balanced":
+                    counts = np.bincount(y, minlength=len(self.classes))
+                    per_class = len(y) / (len(self.classes) * np.maximum(counts, 1))
+                elif isinstance(class_weight, dict):
+                    given = {str(k): v for k, v in class_weight.items()}
+                    per_class = np.array([given.get(str(c), 1.0) for c in self.classes.tolist()])
+                else:
+                    raise Failure('`class_weight` is "balanced" or a weight per class')
+                weight = per_class[y]
+        elif class_weight is not None:
+            raise Failure("`class_weight` is for classifiers")
+        self.booster = lightgbm.train(params, lightgbm.Dataset(x, y, weight=weight))
+        return self
+
+    def scores(self, x):
+        """Class probabilities (`rows × classes`), or a regressor's values."""
+        import numpy as np
+
+        predicted = self.booster.predict(x)
+        if self.task != "classification":
+            return predicted.reshape(-1, 1)
+        if predicted.ndim == 1:
+            return np.column_stack([1.0 - predicted, predicted])
+        return predicted
+
+    def to_onnx(self, width):
+        from onnxmltools import convert_lightgbm
+        from onnxmltools.convert.common.data_types import FloatTensorType
+        # The converter's own wrapper of a booster; given the classes, the
+        # model's `label` output names them as scikit-learn's wrapper would.
+        from onnxmltools.convert.lightgbm._parse import WrappedBooster
+
+        model = WrappedBooster(self.booster)
+        options = {}
+        if self.task == "classification":
+            model.classes_ = self.classes
+            options["zipmap"] = False
+        return convert_lightgbm(
+            model, initial_types=[("input", FloatTensorType([None, width]))], **options
+        )
 
 
 class Parts:
@@ -81,6 +198,8 @@ def write_scores(path, scores):
 
 
 def framework_scores(model, x, task, name):
+    if isinstance(model, LightGBM):
+        return model.scores(x)
     if task == "classification":
         if not hasattr(model, "predict_proba"):
             raise Failure(f"{name} gives no class probabilities (predict_proba)")
@@ -89,15 +208,8 @@ def framework_scores(model, x, task, name):
 
 
 def to_onnx(kind, model, estimator, task, x_sample):
-    width = x_sample.shape[1]
     if kind == "lightgbm":
-        from onnxmltools import convert_lightgbm
-        from onnxmltools.convert.common.data_types import FloatTensorType
-
-        options = {"zipmap": False} if task == "classification" else {}
-        return convert_lightgbm(
-            model, initial_types=[("input", FloatTensorType([None, width]))], **options
-        )
+        return model.to_onnx(x_sample.shape[1])
     from skl2onnx import to_onnx as sklearn_to_onnx
 
     options = {id(estimator): {"zipmap": False}} if task == "classification" else None
@@ -108,11 +220,47 @@ def to_onnx(kind, model, estimator, task, x_sample):
 def dependencies(kind):
     """The versions a model of this runtime needs (a warm process looks
     them up once)."""
-    packages = ["numpy", "scikit-learn", "onnx"]
-    packages += ["lightgbm", "onnxmltools"] if kind == "lightgbm" else ["skl2onnx"]
+    packages = ["numpy", "onnx"]
+    packages += ["lightgbm", "onnxmltools"] if kind == "lightgbm" else ["scikit-learn", "skl2onnx"]
     found = {p: metadata.version(p) for p in packages}
     found["python"] = platform.python_version()
     return found
+
+
+def lightgbm_model(task, params, env, world, seed):
+    """A LightGBM model of the job's params, with Weir's defaults."""
+    LightGBM.check(params)
+    aliases = import_lightgbm().basic._ConfigAliases.get
+
+    def default(name, value):
+        if not aliases(name) & set(params):
+            params[name] = value
+
+    if world > 1:
+        # Data-parallel: each rank holds its share of the rows and the ranks
+        # build every tree together over LightGBM's sockets.
+        params.update(
+            tree_learner="data",
+            num_machines=world,
+            machines=env["WEIR_PEERS"],
+            local_listen_port=int(env["WEIR_LISTEN_PORT"]),
+            pre_partition=True,
+            time_out=2,
+        )
+        # Its network messages (ranks connected) go to the log.
+        default("verbosity", 0)
+        # The ranks share this machine's cores.
+        default("num_threads", max(1, (os.cpu_count() or 1) // world))
+    default("verbosity", -1)
+    # LightGBM takes every core unless told (it does not read
+    # OMP_NUM_THREADS): a worker given its share of the cores keeps to it, as
+    # threads of several processes spinning over the same cores slow every
+    # one of them down.
+    share = os.environ.get("OMP_NUM_THREADS", "")
+    if share.isdigit() and int(share) > 0:
+        default("num_threads", int(share))
+    default("seed", seed)
+    return LightGBM(task, params)
 
 
 def train(kind, name, env, parts):
@@ -127,55 +275,36 @@ def train(kind, name, env, parts):
     x_train, y_train = parts.read(env["WEIR_TRAIN_PATH"], features, label)
     x_valid, _ = parts.read(env["WEIR_VALIDATION_PATH"], features, label)
 
-    cls = estimator_class(kind, name, task)
-    model = cls()
-    known = model.get_params()
-    unknown = sorted(set(params) - set(known))
-    if unknown:
-        raise Failure(
-            f"unknown param{'s' if len(unknown) > 1 else ''} {', '.join(f'`{p}`' for p in unknown)} "
-            f"for {cls.__name__}; it takes: {', '.join(sorted(known))}"
-        )
     world = int(env.get("WEIR_WORLD_SIZE", "1"))
     rank = int(env.get("WEIR_RANK", "0"))
-    if kind == "lightgbm" and world > 1:
-        # Data-parallel: each rank holds its share of the rows and the ranks
-        # build every tree together over LightGBM's sockets.
-        params.update(
-            tree_learner="data",
-            num_machines=world,
-            machines=env["WEIR_PEERS"],
-            local_listen_port=int(env["WEIR_LISTEN_PORT"]),
-            pre_partition=True,
-            time_out=2,
-        )
-        # Its network messages (ranks connected) go to the log.
-        params.setdefault("verbose", 0)
-        # The ranks share this machine's cores.
-        params.setdefault("n_jobs", max(1, (os.cpu_count() or 1) // world))
+    seed = int(env.get("WEIR_SEED", "0"))
     if kind == "lightgbm":
-        params.setdefault("verbose", -1)
-        # LightGBM takes every core unless told (it does not read
-        # OMP_NUM_THREADS): a worker given its share of the cores keeps to it,
-        # as threads of several processes spinning over the same cores slow
-        # every one of them down.
-        share = os.environ.get("OMP_NUM_THREADS", "")
-        if share.isdigit() and int(share) > 0:
-            params.setdefault("n_jobs", int(share))
-    if "random_state" in known and "random_state" not in params:
-        params["random_state"] = int(env.get("WEIR_SEED", "0"))
-    model.set_params(**params)
-    estimator = model
-    if kind == "sklearn" and not cls.__name__.startswith("HistGradientBoosting"):
-        # Linear models and neural networks take no missing values, and
-        # skl2onnx routes them wrongly through other trees: fill them with
-        # the median and scale, in the exported graph too. (Histogram
-        # boosting handles them natively, in ONNX as well.)
-        from sklearn.impute import SimpleImputer
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
+        model = estimator = lightgbm_model(task, params, env, world, seed)
+        name = type(model).__name__
+    else:
+        cls = sklearn_class(name)
+        estimator = cls()
+        known = estimator.get_params()
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise Failure(
+                f"unknown param{'s' if len(unknown) > 1 else ''} {', '.join(f'`{p}`' for p in unknown)} "
+                f"for {name}; it takes: {', '.join(sorted(known))}"
+            )
+        if "random_state" in known and "random_state" not in params:
+            params["random_state"] = seed
+        estimator.set_params(**params)
+        model = estimator
+        if not name.startswith("HistGradientBoosting"):
+            # Linear models and neural networks take no missing values, and
+            # skl2onnx routes them wrongly through other trees: fill them
+            # with the median and scale, in the exported graph too.
+            # (Histogram boosting handles them natively, in ONNX as well.)
+            from sklearn.impute import SimpleImputer
+            from sklearn.pipeline import make_pipeline
+            from sklearn.preprocessing import StandardScaler
 
-        model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), estimator)
+            model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), estimator)
 
     started = time.perf_counter()
     model.fit(x_train, y_train)
@@ -186,7 +315,7 @@ def train(kind, name, env, parts):
 
     write_scores(
         os.path.join(out, "validation_scores.parquet"),
-        framework_scores(model, x_valid, task, cls.__name__),
+        framework_scores(model, x_valid, task, name),
     )
     if deferred:
         # Kept as fitted: only the model a search keeps is exported (and
@@ -202,7 +331,7 @@ def train(kind, name, env, parts):
         json.dump(dependencies(kind), f, indent=1)
     with open(os.path.join(out, "metrics.json"), "w") as f:
         json.dump({"fit_seconds": fit_seconds}, f)
-    return (f"{cls.__name__} fitted on {len(y_train)} rows in {fit_seconds:.2f} s"
+    return (f"{name} fitted on {len(y_train)} rows in {fit_seconds:.2f} s"
             + (f" (rank 0 of {world})" if world > 1 else ""))
 
 
@@ -241,17 +370,17 @@ def serve():
     output) goes to PATH; the answer is a JSON line on the original stdout,
     `{"status": 0}` or the exit status a cold run would have had. It
     imports the libraries the jobs use as it starts, before the first
-    request. The process ends when stdin does."""
+    request (scikit-learn at the first job that needs it: LightGBM's jobs
+    do not). The process ends when stdin does."""
     import ctypes
     import traceback
 
     # What every job needs, imported before the first one comes.
     import numpy  # noqa: F401
     import pyarrow.parquet  # noqa: F401
-    import sklearn.utils  # noqa: F401
 
     try:
-        import lightgbm  # noqa: F401
+        import_lightgbm()
     except ImportError:
         pass
     libc = ctypes.CDLL(None)

@@ -269,7 +269,8 @@ pub enum Runtime {
         /// `RandomForestRegressor`, … (any estimator scikit-learn lists).
         estimator: String,
     },
-    /// LightGBM (`LGBMClassifier` or `LGBMRegressor` by task), exported
+    /// LightGBM, trained through its own API (it takes LightGBM's params
+    /// and their aliases, scikit-learn's wrapper names included), exported
     /// with onnxmltools.
     Lightgbm,
     /// Any command that follows the runtime contract ([`crate::runtime`]).

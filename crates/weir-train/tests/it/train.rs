@@ -151,6 +151,36 @@ async fn lightgbm_regressor_with_a_time_split() {
     assert_eq!(inputs[0]["dataset"]["name"], path.to_str().unwrap());
 }
 
+/// LightGBM trains on label indexes (through its own API, not
+/// scikit-learn's wrapper); its exported model still names the classes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lightgbm_classifier_names_its_text_classes_in_onnx() {
+    let platform = Platform::start().await;
+    let path = platform.dir.path().join("segments.parquet");
+    generate(&path, 1500, 4);
+    let mut job = spec(path.to_str().unwrap(), "segment", Runtime::Lightgbm);
+    job.params.insert("n_estimators".into(), 30.into());
+    job.params.insert("class_weight".into(), "balanced".into());
+    job.register = Some("segment-model".into());
+    let outcome = weir_train::train(&job, platform.workspace()).await.unwrap();
+    assert_eq!(outcome.failure, None);
+    assert!(outcome.metrics["onnx_max_abs_diff"] <= 1e-4);
+    // `segment` is "web" when x2 > 0.
+    assert!(outcome.metrics["test_accuracy"] > 0.95);
+    let info = outcome.model.unwrap();
+    assert_eq!(info.classes, ["app", "web"]);
+    assert!(!info.dependencies.contains_key("scikit-learn"));
+    let bytes = platform.tracker.artifact_bytes(&info.path).await.unwrap();
+    let model = weir_onnx::Model::load(&bytes, &Default::default()).unwrap();
+    let rows = [[0.1, 0.2, 0.9, 0.0, 0.3], [0.1, 0.2, -0.9, 0.0, 0.3]];
+    let prediction = model.predict(rows.as_flattened(), 2).unwrap();
+    let label = prediction.outputs.iter().find(|o| o.name == "label");
+    assert_eq!(
+        label.map(|o| &o.values),
+        Some(&weir_onnx::Values::Str(vec!["web".into(), "app".into()]))
+    );
+}
+
 /// A user's own script, with no framework but numpy and onnx: fits a
 /// logistic regression by gradient descent and writes it as ONNX by hand.
 const CUSTOM_RUNTIME: &str = r#"
@@ -258,7 +288,7 @@ async fn failures_are_recorded_with_their_reason_and_nothing_is_registered() {
         ),
         (
             unknown_param,
-            "unknown param `learning_rat` for LGBMClassifier",
+            "unknown param `learning_rat` (did you mean `learning_rate`?) for LightGBM",
         ),
         (
             spec(
