@@ -100,7 +100,16 @@ class LightGBM:
                 "(https://lightgbm.readthedocs.io/en/latest/Parameters.html)"
             )
 
-    def fit(self, x, y):
+    # Params that shape only the trees, not how the training rows are
+    # binned: jobs that differ in no other param share a binned set.
+    TREE_ONLY = (
+        "num_iterations", "learning_rate", "num_leaves", "max_depth", "lambda_l1",
+        "lambda_l2", "min_gain_to_split", "min_sum_hessian_in_leaf", "bagging_fraction",
+        "bagging_freq", "feature_fraction", "feature_fraction_bynode", "extra_trees",
+        "path_smooth", "max_delta_step", "num_threads", "verbosity",
+    )
+
+    def fit(self, x, y, parts):
         import numpy as np
 
         lightgbm = import_lightgbm()
@@ -128,7 +137,15 @@ class LightGBM:
                 weight = per_class[y]
         elif class_weight is not None:
             raise Failure("`class_weight` is for classifiers")
-        self.booster = lightgbm.train(params, lightgbm.Dataset(x, y, weight=weight))
+        # Binning the rows (170 ms for 60,000 × 30 here) is the same for
+        # every trial of a search: a warm runtime's next job reuses it.
+        tree_only = lightgbm.basic._ConfigAliases.get(*self.TREE_ONLY)
+        key = json.dumps(
+            [self.task, class_weight, {k: v for k, v in params.items() if k not in tree_only}],
+            sort_keys=True,
+        )
+        dataset = parts.binned(x, key, lambda: lightgbm.Dataset(x, y, weight=weight))
+        self.booster = lightgbm.train(params, dataset)
         return self
 
     def scores(self, x):
@@ -161,11 +178,25 @@ class LightGBM:
 
 class Parts:
     """Reads the contract's parts as float32 matrices, keeping the last few
-    (a warm process sees the same parts trial after trial)."""
+    (a warm process sees the same parts trial after trial), and the last
+    training set LightGBM binned."""
 
     def __init__(self, keep):
         self.keep = keep
         self.read_parts = {}
+        self.last_binned = None
+
+    def binned(self, x, key, build):
+        """LightGBM's binned training set of `x` (a matrix `read` gave):
+        the last one when `x` and the binning `key` are the same, else
+        `build()`, kept in its place."""
+        last = self.last_binned
+        if last is not None and last[0] is x and last[1] == key:
+            return last[2]
+        self.last_binned = None
+        dataset = build()
+        self.last_binned = (x, key, dataset)
+        return dataset
 
     def read(self, path, features, label):
         import numpy as np
@@ -307,7 +338,10 @@ def train(kind, name, env, parts):
             model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), estimator)
 
     started = time.perf_counter()
-    model.fit(x_train, y_train)
+    if kind == "lightgbm":
+        model.fit(x_train, y_train, parts)
+    else:
+        model.fit(x_train, y_train)
     fit_seconds = time.perf_counter() - started
     if rank > 0:
         # Every rank ends with the same model; rank 0 writes it.

@@ -679,6 +679,23 @@ async fn deferred_jobs_in_a_warm_runtime_keep_their_model_and_export_it_when_reg
     assert_eq!(other.failure, None);
     assert!(other.metrics["validation_roc_auc"] > 0.85);
 
+    // A job that differs only in how its trees grow reuses the rows
+    // LightGBM binned for the first: it scores as it does run cold.
+    let mut smaller = job.clone();
+    smaller.params.insert("num_leaves".into(), 8.into());
+    let warm_run = weir_train::train(&smaller, warm).await.unwrap();
+    let cold_run = weir_train::train(&smaller, platform.workspace())
+        .await
+        .unwrap();
+    for metric in ["validation_log_loss", "validation_roc_auc"] {
+        let (a, b) = (warm_run.metrics[metric], cold_run.metrics[metric]);
+        assert!((a - b).abs() < 1e-12, "{metric}: {a} warm, {b} cold");
+    }
+    assert_ne!(
+        warm_run.metrics["validation_log_loss"],
+        kept.metrics["validation_log_loss"]
+    );
+
     // The framework's scores give the metrics the exported model gives.
     job.export = weir_train::Export::Onnx;
     let exported = weir_train::train(&job, platform.workspace()).await.unwrap();
