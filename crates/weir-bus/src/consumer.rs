@@ -158,13 +158,19 @@ impl Consumer {
             for topic in topics {
                 let partitions = partition_count(&inner, topic)?;
                 for partition in 0..partitions {
+                    // "From the beginning" is offset 0: librdkafka looks
+                    // `Offset::Beginning` up first (a ListOffsets, which can
+                    // queue behind a waiting fetch on the same connection);
+                    // where the log no longer starts at 0, the fetch is out
+                    // of range and `auto.offset.reset` (earliest) takes it
+                    // to the start.
                     let offset = match &options.start {
                         StartFrom::End => Offset::End,
                         StartFrom::Offsets(offsets) => offsets
                             .iter()
                             .find(|(t, p, _)| t == topic && *p == partition)
-                            .map_or(Offset::Beginning, |(_, _, o)| Offset::Offset(*o)),
-                        _ => Offset::Beginning,
+                            .map_or(Offset::Offset(0), |(_, _, o)| Offset::Offset(*o)),
+                        _ => Offset::Offset(0),
                     };
                     assignment
                         .add_partition_offset(topic, partition, offset)

@@ -555,6 +555,7 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
         async { anyhow::Ok(Datasets::load(bus).await?) },
         async { Ok(weir_meta::Tracker::open(bus, artifacts).await?) },
     )?;
+    tracing::debug!("worker: the log read");
     // Trials whose runtime is done, their runs being recorded and their
     // claims given up while the runtime starts the next trial.
     let mut recording = tokio::task::JoinSet::new();
@@ -613,6 +614,7 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
                 }
                 _ = tokio::signal::ctrl_c() => break,
             };
+            tracing::debug!(trial = %trial.id(), %where_, "worker: a trial to claim");
             // Both consumers deliver each trial, and one this worker ran
             // is still held by it while its run is being recorded: it is
             // not run twice.
@@ -630,6 +632,7 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
                 }
                 continue;
             }
+            tracing::debug!(trial = %trial.id(), "worker: claimed");
             run_here.insert(trial.id());
             println!("worker: trial {} ({where_}): running", trial.id());
             // The last trial's run goes to the log first: the tracker may
