@@ -42,6 +42,10 @@ pub struct Args {
     /// Seed of the data and the samplers.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Rounds of the three runs, one after another; more than one also
+    /// prints each figure's median.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 const FEATURES: usize = 30;
@@ -60,6 +64,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn compare(args: &Args, python: &Path, dir: &Path) -> anyhow::Result<ExitCode> {
+    if args.rounds == 0 {
+        bail!("--rounds: at least 1");
+    }
     println!(
         "weir bench automl: {} rows × {FEATURES} features, LightGBM, TPE, {} trials, {} workers; objective validation ROC AUC (time split 60/20/20)",
         args.rows, args.trials, args.workers
@@ -90,13 +97,150 @@ search: {{method: tpe, trials: {trials}, parallel: {workers}, seed: {seed}, time
             seed = args.seed,
         ),
     )?;
-    let cold = tune_weir(args, python, &dir.join("state"), &spec, false).await?;
-    let standing = tune_weir(args, python, &dir.join("state-standing"), &spec, true).await?;
+    let mut rounds = Vec::with_capacity(args.rounds);
+    for round in 0..args.rounds {
+        let state = |name: &str| dir.join(format!("{name}-{round}"));
+        let cold = tune_weir(args, python, &state("state"), &spec, false).await?;
+        let standing = tune_weir(args, python, &state("state-standing"), &spec, true).await?;
+        let optuna = tune_optuna(args, python, &data).await?;
+        let round = Round {
+            cold,
+            standing,
+            optuna,
+        };
+        if args.rounds > 1 {
+            println!("round {}:", rounds.len() + 1);
+        }
+        round.print(args);
+        rounds.push(round);
+    }
+    if args.rounds > 1 {
+        print_medians(args, &rounds);
+    }
+    Ok(ExitCode::SUCCESS)
+}
 
+/// One side-by-side run of each tool.
+struct Round {
+    cold: WeirRun,
+    standing: WeirRun,
+    optuna: OptunaRun,
+}
+
+/// `(wall × workers − Σ fit) / trials`, in ms.
+fn overhead(args: &Args, wall: f64, fit: f64) -> f64 {
+    (wall * args.workers as f64 - fit) / args.trials as f64 * 1000.0
+}
+
+impl Round {
+    /// Each tool's run: its name, wall seconds, best metric and Σ fit.
+    fn runs(&self) -> [(&'static str, f64, f64, f64); 4] {
+        let (cold, standing, optuna) = (&self.cold, &self.standing, &self.optuna);
+        [
+            ("weir", cold.wall, cold.best, cold.fit),
+            ("optuna", optuna.process, optuna.best, optuna.fit),
+            ("weir standing", standing.wall, standing.best, standing.fit),
+            (
+                "optuna optimize()",
+                optuna.optimize,
+                optuna.best,
+                optuna.fit,
+            ),
+        ]
+    }
+
+    fn print(&self, args: &Args) {
+        let Round {
+            cold,
+            standing,
+            optuna,
+        } = self;
+        println!(
+            "{:<8} {:>9} {:>11} {:>10} {:>20}",
+            "", "wall s", "best AUC", "Σ fit s", "overhead ms/trial"
+        );
+        for &(name, wall, best, fit) in &self.runs()[..2] {
+            println!(
+                "{name:<8} {wall:>9.1} {best:>11.4} {fit:>10.1} {:>20.0}",
+                overhead(args, wall, fit)
+            );
+        }
+        println!(
+            "weir with a standing pool (broker and workers started {} s before, runtimes imported; `weir tune` alone timed): {:.1} s, best AUC {:.4}, {:.0} ms/trial overhead",
+            WARM_UP.as_secs(),
+            standing.wall,
+            standing.best,
+            overhead(args, standing.wall, standing.fit)
+        );
+        println!(
+            "optuna's optimize() alone (no start-up, imports or data loading): {:.1} s, {:.0} ms/trial overhead",
+            optuna.optimize,
+            overhead(args, optuna.optimize, optuna.fit)
+        );
+        println!(
+            "weir: the warm runtime took {:.0} ms a trial on average beyond its fit (scoring, pickling the model; and the first trial's Python start-up and imports)",
+            (cold.runtime - cold.fit) / args.trials as f64 * 1000.0
+        );
+        println!(
+            "best AUC weir − optuna: {:+.4} (target: not worse); wall weir / optuna: {:.2}",
+            cold.best - optuna.best,
+            cold.wall / optuna.process
+        );
+    }
+}
+
+/// The median of each figure over the rounds: one run's figures vary by
+/// as much as the tools differ (the machine's other load, the samplers'
+/// paths through the space).
+fn print_medians(args: &Args, rounds: &[Round]) {
+    let median = |figure: &dyn Fn(&Round) -> f64| {
+        let mut values: Vec<f64> = rounds.iter().map(figure).collect();
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        if n % 2 == 1 {
+            values[n / 2]
+        } else {
+            (values[n / 2 - 1] + values[n / 2]) / 2.0
+        }
+    };
+    println!("median of {} rounds:", rounds.len());
+    println!(
+        "{:<18} {:>9} {:>11} {:>20}",
+        "", "wall s", "best AUC", "overhead ms/trial"
+    );
+    for (i, (name, ..)) in rounds[0].runs().iter().enumerate() {
+        let run = |r: &Round| r.runs()[i];
+        println!(
+            "{name:<18} {:>9.1} {:>11.4} {:>20.0}",
+            median(&|r| run(r).1),
+            median(&|r| run(r).2),
+            median(&|r| {
+                let (_, wall, _, fit) = run(r);
+                overhead(args, wall, fit)
+            })
+        );
+    }
+    println!(
+        "median best AUC weir − optuna: {:+.4}; median wall weir / optuna: {:.2}",
+        median(&|r| r.cold.best - r.optuna.best),
+        median(&|r| r.cold.wall / r.optuna.process)
+    );
+}
+
+/// One Optuna run: the whole process's wall time, `optimize`'s alone, the
+/// summed fit seconds and the best validation metric.
+struct OptunaRun {
+    process: f64,
+    optimize: f64,
+    fit: f64,
+    best: f64,
+}
+
+async fn tune_optuna(args: &Args, python: &Path, data: &Path) -> anyhow::Result<OptunaRun> {
     let started = Instant::now();
     let output = tokio::process::Command::new(python)
         .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../python/bench/optuna_tune.py"))
-        .arg(&data)
+        .arg(data)
         .args([
             args.trials.to_string(),
             args.workers.to_string(),
@@ -104,59 +248,24 @@ search: {{method: tpe, trials: {trials}, parallel: {workers}, seed: {seed}, time
         ])
         .output()
         .await?;
-    let optuna_process = started.elapsed().as_secs_f64();
+    let process = started.elapsed().as_secs_f64();
     if !output.status.success() {
         bail!("optuna: {}", String::from_utf8_lossy(&output.stderr));
     }
-    let optuna: serde_json::Value = serde_json::from_slice(
+    let report: serde_json::Value = serde_json::from_slice(
         output
             .stdout
             .rsplit(|b| *b == b'\n')
             .find(|l| !l.is_empty())
             .unwrap_or_default(),
     )?;
-    let number = |key: &str| optuna[key].as_f64().unwrap_or(f64::NAN);
-    let (optuna_optimize, optuna_fit, optuna_best) =
-        (number("wall"), number("fit"), number("best"));
-    let optuna_wall = optuna_process;
-
-    let trials = args.trials as f64;
-    let workers = args.workers as f64;
-    let overhead = |wall: f64, fit: f64| (wall * workers - fit) / trials * 1000.0;
-    println!(
-        "{:<8} {:>9} {:>11} {:>10} {:>20}",
-        "", "wall s", "best AUC", "Σ fit s", "overhead ms/trial"
-    );
-    for (name, wall, best, fit) in [
-        ("weir", cold.wall, cold.best, cold.fit),
-        ("optuna", optuna_wall, optuna_best, optuna_fit),
-    ] {
-        println!(
-            "{name:<8} {wall:>9.1} {best:>11.4} {fit:>10.1} {:>20.0}",
-            overhead(wall, fit)
-        );
-    }
-    println!(
-        "weir with a standing pool (broker and workers started {} s before, runtimes imported; `weir tune` alone timed): {:.1} s, best AUC {:.4}, {:.0} ms/trial overhead",
-        WARM_UP.as_secs(),
-        standing.wall,
-        standing.best,
-        overhead(standing.wall, standing.fit)
-    );
-    println!(
-        "optuna's optimize() alone (no start-up, imports or data loading): {optuna_optimize:.1} s, {:.0} ms/trial overhead",
-        overhead(optuna_optimize, optuna_fit)
-    );
-    println!(
-        "weir: the warm runtime took {:.0} ms a trial on average beyond its fit (scoring, pickling the model; and the first trial's Python start-up and imports)",
-        (cold.runtime - cold.fit) / trials * 1000.0
-    );
-    println!(
-        "best AUC weir − optuna: {:+.4} (target: not worse); wall weir / optuna: {:.2}",
-        cold.best - optuna_best,
-        cold.wall / optuna_wall
-    );
-    Ok(ExitCode::SUCCESS)
+    let number = |key: &str| report[key].as_f64().unwrap_or(f64::NAN);
+    Ok(OptunaRun {
+        process,
+        optimize: number("wall"),
+        fit: number("fit"),
+        best: number("best"),
+    })
 }
 
 /// How long a standing pool's workers get to import their runtimes.
