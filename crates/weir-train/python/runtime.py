@@ -148,6 +148,18 @@ class LightGBM:
         self.booster = lightgbm.train(params, dataset)
         return self
 
+    def kept(self):
+        """What a deferred job pickles: the booster, the classes and the
+        task, which load with LightGBM alone (not this script)."""
+        return {"kind": "lightgbm", "booster": self.booster, "classes": self.classes,
+                "task": self.task}
+
+    @classmethod
+    def from_kept(cls, kept):
+        model = cls(kept["task"], {})
+        model.booster, model.classes = kept["booster"], kept["classes"]
+        return model
+
     def scores(self, x):
         """Class probabilities (`rows × classes`), or a regressor's values."""
         import numpy as np
@@ -355,7 +367,11 @@ def train(kind, name, env, parts):
         # Kept as fitted: only the model a search keeps is exported (and
         # scored on the test rows).
         with open(os.path.join(out, "model.pkl"), "wb") as f:
-            pickle.dump({"kind": kind, "model": model, "estimator": estimator}, f)
+            pickle.dump(
+                model.kept() if kind == "lightgbm"
+                else {"kind": kind, "model": model, "estimator": estimator},
+                f,
+            )
     else:
         onnx_model = to_onnx(kind, model, estimator, task, x_train[:1])
         with open(os.path.join(out, "model.onnx"), "wb") as f:
@@ -379,15 +395,19 @@ def export(env, parts):
     with open(env["WEIR_MODEL_PATH"], "rb") as f:
         kept = pickle.load(f)
     x_valid, _ = parts.read(env["WEIR_VALIDATION_PATH"], features, env["WEIR_LABEL"])
-    model = kept["model"]
+    if kept["kind"] == "lightgbm":
+        model = estimator = LightGBM.from_kept(kept)
+    else:
+        model, estimator = kept["model"], kept["estimator"]
+    name = type(estimator).__name__
     write_scores(
         os.path.join(out, "validation_scores.parquet"),
-        framework_scores(model, x_valid, task, type(kept["estimator"]).__name__),
+        framework_scores(model, x_valid, task, name),
     )
-    onnx_model = to_onnx(kept["kind"], model, kept["estimator"], task, x_valid[:1])
+    onnx_model = to_onnx(kept["kind"], model, estimator, task, x_valid[:1])
     with open(os.path.join(out, "model.onnx"), "wb") as f:
         f.write(onnx_model.SerializeToString())
-    return f"exported {type(kept['estimator']).__name__} to ONNX"
+    return f"exported {name} to ONNX"
 
 
 def job(args, env, parts):

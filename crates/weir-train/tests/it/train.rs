@@ -660,6 +660,35 @@ async fn deferred_jobs_in_a_warm_runtime_keep_their_model_and_export_it_when_reg
         })
     };
     assert_eq!(artifacts(&kept.run_id), [true, false, true]);
+    // The kept model loads with LightGBM alone, outside the runtime.
+    let root = platform.tracker.read(|state| {
+        let run = state.run(&kept.run_id).unwrap();
+        run.artifact_uri
+            .trim_start_matches("mlflow-artifacts:/")
+            .to_string()
+    });
+    let pickled = platform
+        .tracker
+        .artifact_bytes(&format!("{root}/model/model.pkl"))
+        .await
+        .unwrap();
+    let pickle_path = platform.dir.path().join("kept.pkl");
+    std::fs::write(&pickle_path, pickled).unwrap();
+    let loaded = std::process::Command::new(crate::python())
+        .args([
+            "-c",
+            "import pickle, sys; kept = pickle.load(open(sys.argv[1], 'rb')); \
+             print(kept['kind'], type(kept['booster']).__name__, kept['classes'].tolist())",
+        ])
+        .arg(&pickle_path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&loaded.stdout).trim(),
+        "lightgbm Booster [0, 1]",
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
 
     // The same warm process: a job that fails, then another estimator.
     let mut bad = job.clone();
