@@ -145,7 +145,9 @@ class LightGBM:
             sort_keys=True,
         )
         dataset = parts.binned(x, key, lambda: lightgbm.Dataset(x, y, weight=weight))
-        self.booster = lightgbm.train(params, dataset)
+        # As trained: `train` would otherwise copy the booster through its
+        # text form (15-25 ms for 150 trees of 32 leaves), for nothing here.
+        self.booster = lightgbm.train(params, dataset, keep_training_booster=True)
         return self
 
     def kept(self):
