@@ -635,14 +635,6 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
             tracing::debug!(trial = %trial.id(), "worker: claimed");
             run_here.insert(trial.id());
             println!("worker: trial {} ({where_}): running", trial.id());
-            // The last trial's run goes to the log first: the tracker may
-            // take the follower's state below, which has not read it yet.
-            while let Some(recorded) = recording.join_next().await {
-                recorded??;
-            }
-            // The tracker gets to where the follower has read (up to the
-            // claim): no replay of the log per trial.
-            tracker.catch_up_with(bus, &follower).await?;
             // Dataset versions do not change; a name without a version
             // means the latest, which may be new.
             let dataset = &trial.job.dataset;
@@ -657,7 +649,26 @@ pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCod
                 scratch: &scratch,
                 cache: Some(&cache),
             };
-            let trial_ran = weir_train::tune::run_trial(&trial, workspace, &holder).await?;
+            // While the runtime starts this trial (its job does not read
+            // the tracker), the last trial's run goes to the log, then the
+            // tracker gets to where the follower has read (up to the
+            // claim): no replay of the log per trial. The run goes first:
+            // the tracker may take the follower's state, which has not
+            // read it yet. Both take milliseconds; the claim's first
+            // renewal comes after a third of its lease.
+            let ready = async {
+                while let Some(recorded) = recording.join_next().await {
+                    recorded??;
+                }
+                tracker.catch_up_with(bus, &follower).await?;
+                anyhow::Ok(())
+            };
+            let (ready, trial_ran) = tokio::join!(
+                ready,
+                weir_train::tune::run_trial(&trial, workspace, &holder)
+            );
+            ready?;
+            let trial_ran = trial_ran?;
             let (tracker, id) = (tracker.clone(), trial.id());
             recording.spawn(async move {
                 let outcome = trial_ran.record(&tracker).await?;
