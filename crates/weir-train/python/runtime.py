@@ -157,8 +157,13 @@ class LightGBM:
                 "task": self.task}
 
     @classmethod
-    def from_kept(cls, kept):
-        model = cls(kept["task"], {})
+    def from_kept(cls, kept, task):
+        if "booster" not in kept:
+            # Pickled by an earlier runtime, which trained scikit-learn's
+            # wrapper: its booster and classes are the same things.
+            wrapper = kept["model"]
+            kept = {"booster": wrapper._Booster, "classes": getattr(wrapper, "_classes", None)}
+        model = cls(task, {})
         model.booster, model.classes = kept["booster"], kept["classes"]
         return model
 
@@ -398,7 +403,7 @@ def export(env, parts):
         kept = pickle.load(f)
     x_valid, _ = parts.read(env["WEIR_VALIDATION_PATH"], features, env["WEIR_LABEL"])
     if kept["kind"] == "lightgbm":
-        model = estimator = LightGBM.from_kept(kept)
+        model = estimator = LightGBM.from_kept(kept, task)
     else:
         model, estimator = kept["model"], kept["estimator"]
     name = type(estimator).__name__
