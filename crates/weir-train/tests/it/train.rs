@@ -472,6 +472,11 @@ async fn a_trial_is_claimed_by_one_worker_and_recorded_once() {
 
 /// An artifact of a run, as text.
 async fn run_artifact(platform: &Platform, run_id: &str, name: &str) -> String {
+    String::from_utf8(run_artifact_bytes(platform, run_id, name).await).unwrap()
+}
+
+/// An artifact of a run.
+async fn run_artifact_bytes(platform: &Platform, run_id: &str, name: &str) -> Vec<u8> {
     let root = platform.tracker.read(|state| {
         state
             .run(run_id)
@@ -480,12 +485,11 @@ async fn run_artifact(platform: &Platform, run_id: &str, name: &str) -> String {
             .trim_start_matches("mlflow-artifacts:/")
             .to_string()
     });
-    let bytes = platform
+    platform
         .tracker
         .artifact_bytes(&format!("{root}/{name}"))
         .await
-        .unwrap();
-    String::from_utf8(bytes).unwrap()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -661,17 +665,7 @@ async fn deferred_jobs_in_a_warm_runtime_keep_their_model_and_export_it_when_reg
     };
     assert_eq!(artifacts(&kept.run_id), [true, false, true]);
     // The kept model loads with LightGBM alone, outside the runtime.
-    let root = platform.tracker.read(|state| {
-        let run = state.run(&kept.run_id).unwrap();
-        run.artifact_uri
-            .trim_start_matches("mlflow-artifacts:/")
-            .to_string()
-    });
-    let pickled = platform
-        .tracker
-        .artifact_bytes(&format!("{root}/model/model.pkl"))
-        .await
-        .unwrap();
+    let pickled = run_artifact_bytes(&platform, &kept.run_id, "model/model.pkl").await;
     let pickle_path = platform.dir.path().join("kept.pkl");
     std::fs::write(&pickle_path, pickled).unwrap();
     let loaded = std::process::Command::new(crate::python())
