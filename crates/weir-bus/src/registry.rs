@@ -745,6 +745,8 @@ impl SchemaRegistry {
                     .map_err(|e| {
                         RegistryError::Store(format!("creating the schema registry producer: {e}"))
                     })?;
+                // Its first send waits for a producer id (see there).
+                crate::producer::ask_for_producer_id(&producer);
                 Ok::<_, RegistryError>(crate::DropOffThread::new(producer))
             })
             .await?;
