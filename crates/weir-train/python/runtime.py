@@ -68,16 +68,19 @@ def sklearn_class(name):
 class LightGBM:
     """A LightGBM booster trained through LightGBM's own API, with what
     scikit-learn's wrapper would keep: a classifier's classes (its labels
-    are their indexes while training) and the task."""
+    are their indexes while training) and the task. It fits and predicts
+    as a scikit-learn estimator does; `parts`, when given, keeps its binned
+    training rows for the next job."""
 
     # Taken for scikit-learn's `LGBMClassifier` compatibility, no effect on
     # the model: `importance_type` only names what `feature_importances_`
     # reports.
     WRAPPER_ONLY = ("importance_type",)
 
-    def __init__(self, task, params):
+    def __init__(self, task, params, parts=None):
         self.task = task
         self.params = dict(params)
+        self.parts = parts
         self.classes = None
         self.booster = None
 
@@ -109,7 +112,7 @@ class LightGBM:
         "path_smooth", "max_delta_step", "num_threads", "verbosity",
     )
 
-    def fit(self, x, y, parts):
+    def fit(self, x, y):
         import numpy as np
 
         lightgbm = import_lightgbm()
@@ -144,7 +147,10 @@ class LightGBM:
             [self.task, class_weight, {k: v for k, v in params.items() if k not in tree_only}],
             sort_keys=True,
         )
-        dataset = parts.binned(x, key, lambda: lightgbm.Dataset(x, y, weight=weight))
+        def build():
+            return lightgbm.Dataset(x, y, weight=weight)
+
+        dataset = self.parts.binned(x, key, build) if self.parts else build()
         # As trained: `train` would otherwise copy the booster through its
         # text form (15-25 ms for 150 trees of 32 leaves), for nothing here.
         self.booster = lightgbm.train(params, dataset, keep_training_booster=True)
@@ -167,16 +173,17 @@ class LightGBM:
         model.booster, model.classes = kept["booster"], kept["classes"]
         return model
 
-    def scores(self, x):
-        """Class probabilities (`rows × classes`), or a regressor's values."""
+    def predict(self, x):
+        """A regressor's values (a classifier's last class probability,
+        or all of them)."""
+        return self.booster.predict(x)
+
+    def predict_proba(self, x):
+        """Class probabilities, `rows × classes`."""
         import numpy as np
 
         predicted = self.booster.predict(x)
-        if self.task != "classification":
-            return predicted.reshape(-1, 1)
-        if predicted.ndim == 1:
-            return np.column_stack([1.0 - predicted, predicted])
-        return predicted
+        return np.column_stack([1.0 - predicted, predicted]) if predicted.ndim == 1 else predicted
 
     def to_onnx(self, width):
         from onnxmltools import convert_lightgbm
@@ -248,8 +255,6 @@ def write_scores(path, scores):
 
 
 def framework_scores(model, x, task, name):
-    if isinstance(model, LightGBM):
-        return model.scores(x)
     if task == "classification":
         if not hasattr(model, "predict_proba"):
             raise Failure(f"{name} gives no class probabilities (predict_proba)")
@@ -277,7 +282,7 @@ def dependencies(kind):
     return found
 
 
-def lightgbm_model(task, params, env, world, seed):
+def lightgbm_model(task, params, env, world, seed, parts):
     """A LightGBM model of the job's params, with Weir's defaults."""
     LightGBM.check(params)
     aliases = import_lightgbm().basic._ConfigAliases.get
@@ -310,7 +315,7 @@ def lightgbm_model(task, params, env, world, seed):
     if share.isdigit() and int(share) > 0:
         default("num_threads", int(share))
     default("seed", seed)
-    return LightGBM(task, params)
+    return LightGBM(task, params, parts)
 
 
 def train(kind, name, env, parts):
@@ -329,7 +334,7 @@ def train(kind, name, env, parts):
     rank = int(env.get("WEIR_RANK", "0"))
     seed = int(env.get("WEIR_SEED", "0"))
     if kind == "lightgbm":
-        model = estimator = lightgbm_model(task, params, env, world, seed)
+        model = estimator = lightgbm_model(task, params, env, world, seed, parts)
         name = type(model).__name__
     else:
         cls = sklearn_class(name)
@@ -357,10 +362,7 @@ def train(kind, name, env, parts):
             model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), estimator)
 
     started = time.perf_counter()
-    if kind == "lightgbm":
-        model.fit(x_train, y_train, parts)
-    else:
-        model.fit(x_train, y_train)
+    model.fit(x_train, y_train)
     fit_seconds = time.perf_counter() - started
     if rank > 0:
         # Every rank ends with the same model; rank 0 writes it.
