@@ -100,3 +100,34 @@ fn avro_published_by_weir_is_read_by_confluent_python() {
     // The schema's default filled the field the input left out.
     assert_eq!(read[7]["currency"], "EUR");
 }
+
+#[test]
+fn a_stock_python_producer_creates_a_topic_by_producing_to_it() {
+    let platform = Platform::start();
+    let output = Command::new(python())
+        .arg(repo().join("tests/python/confluent_plain.py"))
+        .args([&platform.kafka.to_string(), "made-by-python", "20"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let result = &json_lines(&output)[0];
+    assert_eq!(result["failed"], serde_json::json!([]), "{result}");
+    let sent: Vec<String> = (0..20).map(|i| format!("v{i:03}")).collect();
+    let strings = |v: &Json| -> Vec<String> {
+        let mut values: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect();
+        values.sort();
+        values
+    };
+    assert_eq!(strings(&result["delivered"]), sent);
+    assert_eq!(strings(&result["consumed"]), sent);
+    // Made as Kafka makes it: the broker's default partitions (one).
+    let described = platform.run(&["topics", "describe", "made-by-python"], b"");
+    let text = String::from_utf8_lossy(&described.stdout);
+    assert!(text.contains("partitions 1\n"), "{text}");
+    assert!(text.contains("records    20\n"), "{text}");
+}

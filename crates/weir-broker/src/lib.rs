@@ -30,6 +30,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+mod auto_create;
 mod fetch;
 mod storage;
 
@@ -41,6 +42,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use url::Url;
 
+use crate::auto_create::AutoCreateTopics;
 use crate::fetch::LongPollFetch;
 use crate::storage::PatchedStorage;
 
@@ -56,6 +58,28 @@ pub enum Storage {
     Memory,
     /// A SQLite database file: survives restarts (demo, CLI).
     Sqlite(PathBuf),
+}
+
+/// How the broker behaves, beyond where it listens and keeps its data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerOptions {
+    /// Create a topic that a client asks for and that does not exist, when
+    /// the client allows it (Kafka's `auto.create.topics.enable`; a
+    /// producer's metadata request allows it, a consumer's only when told
+    /// to).
+    pub auto_create_topics: bool,
+    /// Partitions of a topic created that way (Kafka's `num.partitions`).
+    pub num_partitions: i32,
+}
+
+impl Default for BrokerOptions {
+    /// Kafka's defaults: topics are created on first use, with one partition.
+    fn default() -> Self {
+        Self {
+            auto_create_topics: true,
+            num_partitions: 1,
+        }
+    }
 }
 
 /// Errors starting the broker.
@@ -85,8 +109,17 @@ pub struct EmbeddedBroker {
 }
 
 impl EmbeddedBroker {
-    /// Starts a broker listening on `address`.
+    /// Starts a broker listening on `address`, with the default options.
     pub async fn start(address: SocketAddr, storage: Storage) -> Result<Self, BrokerError> {
+        Self::start_with(address, storage, BrokerOptions::default()).await
+    }
+
+    /// Starts a broker listening on `address`.
+    pub async fn start_with(
+        address: SocketAddr,
+        storage: Storage,
+        options: BrokerOptions,
+    ) -> Result<Self, BrokerError> {
         let start_error = |message: String| BrokerError::Start { address, message };
         let listener = tokio::net::TcpListener::bind(address)
             .await
@@ -136,7 +169,13 @@ impl EmbeddedBroker {
             .map_err(|e| start_error(format!("{e:?}")))?;
         let groups =
             Controller::with_storage(engine.clone()).map_err(|e| start_error(format!("{e:?}")))?;
-        let task = tokio::spawn(serve(listener, engine, groups, cancellation.clone()));
+        let task = tokio::spawn(serve(
+            listener,
+            engine,
+            groups,
+            options,
+            cancellation.clone(),
+        ));
         tracing::info!(%address, ?storage, "embedded broker started");
         Ok(Self {
             address,
@@ -216,6 +255,7 @@ async fn serve(
     listener: tokio::net::TcpListener,
     storage: PatchedStorage,
     groups: Controller<PatchedStorage>,
+    options: BrokerOptions,
     cancellation: CancellationToken,
 ) {
     let mut connections = JoinSet::new();
@@ -231,7 +271,7 @@ async fn serve(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let service = match services(groups.clone(), storage.clone()) {
+                let service = match services(groups.clone(), storage.clone(), options) {
                     Ok(service) => service,
                     Err(error) => {
                         tracing::error!(?error, "embedded broker: cannot serve a connection");
@@ -260,10 +300,12 @@ async fn serve(
 }
 
 /// tansu's services for one connection (`tansu_broker::service::services`)
-/// with fetches answered as soon as records are there ([`LongPollFetch`]).
+/// with fetches answered as soon as records are there ([`LongPollFetch`])
+/// and topics created on first use ([`AutoCreateTopics`], unless turned off).
 fn services(
     groups: Controller<PatchedStorage>,
     storage: PatchedStorage,
+    options: BrokerOptions,
 ) -> Result<impl Service<(), tokio::net::TcpStream, Error = tansu_broker::Error>, tansu_broker::Error>
 {
     use rama::Layer as _;
@@ -274,7 +316,7 @@ fn services(
     let produced = storage.produced();
     let route = routes::services(
         FrameRouteService::<(), tansu_broker::Error>::builder(),
-        storage,
+        storage.clone(),
     )
     .and_then(|builder| coordinator::services(builder, groups))
     .and_then(auth::services)
@@ -284,9 +326,13 @@ fn services(
         TcpBytesLayer::default(),
         BytesFrameLayer::default(),
     )
-        .into_layer(LongPollFetch {
-            inner: route,
-            produced,
+        .into_layer(AutoCreateTopics {
+            inner: LongPollFetch {
+                inner: route,
+                produced,
+            },
+            storage,
+            options,
         }))
 }
 

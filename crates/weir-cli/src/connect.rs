@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use weir_broker::{EmbeddedBroker, Storage};
+use weir_broker::{BrokerOptions, EmbeddedBroker, Storage};
 use weir_bus::{Bus, BusConfig};
 use weir_core::Config;
 
@@ -32,6 +32,14 @@ impl Connection {
 /// The embedded broker's SQLite database under the state directory.
 pub fn embedded_storage(config: &Config) -> Storage {
     Storage::Sqlite(config.state_dir.join("broker").join("weir.db"))
+}
+
+/// The embedded broker's behaviour as configured.
+pub fn broker_options(config: &Config) -> BrokerOptions {
+    BrokerOptions {
+        auto_create_topics: config.auto_create_topics,
+        num_partitions: i32::try_from(config.num_partitions.get()).unwrap_or(i32::MAX),
+    }
 }
 
 pub fn bus_config(config: &Config, bootstrap: &str) -> BusConfig {
@@ -70,7 +78,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Connection> {
         });
     }
     let storage = embedded_storage(config);
-    let broker = EmbeddedBroker::start(address, storage.clone())
+    let broker = EmbeddedBroker::start_with(address, storage.clone(), broker_options(config))
         .await
         .context("starting the embedded broker (set WEIR_BROKERS to use another Kafka)")?;
     let bus = Bus::connect(bus_config(config, &broker.bootstrap_servers())).await?;

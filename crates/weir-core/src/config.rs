@@ -7,9 +7,12 @@
 //! embedded_broker = "127.0.0.1:9092"      # where the embedded broker listens
 //! registry = "127.0.0.1:8081"             # where the schema registry API listens
 //! max_record_bytes = 1048576              # larger records go to the dead-letter topic
+//! auto_create_topics = true               # the embedded broker creates a topic a producer asks for
+//! num_partitions = 1                      # partitions of a topic created that way
 //! ```
 
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -31,6 +34,13 @@ pub struct Config {
     pub registry: SocketAddr,
     /// Records larger than this go to the dead-letter topic as `oversized`.
     pub max_record_bytes: usize,
+    /// Whether the embedded broker creates a topic that a client asks for
+    /// and that does not exist, when the client allows it (Apache Kafka's
+    /// `auto.create.topics.enable`, on by default there too).
+    pub auto_create_topics: bool,
+    /// Partitions of a topic the embedded broker creates that way (Kafka's
+    /// `num.partitions`).
+    pub num_partitions: NonZeroU32,
 }
 
 impl Default for Config {
@@ -41,6 +51,8 @@ impl Default for Config {
             embedded_broker: SocketAddr::from(([127, 0, 0, 1], 9092)),
             registry: SocketAddr::from(([127, 0, 0, 1], 8081)),
             max_record_bytes: 1024 * 1024,
+            auto_create_topics: true,
+            num_partitions: NonZeroU32::MIN,
         }
     }
 }
@@ -82,8 +94,9 @@ pub enum ConfigError {
 
 impl Config {
     /// Loads `WEIR_CONFIG` or `./weir.toml` if present, then applies the
-    /// `WEIR_BROKERS`, `WEIR_STATE_DIR`, `WEIR_EMBEDDED_BROKER`, `WEIR_REGISTRY`
-    /// and `WEIR_MAX_RECORD_BYTES` variables.
+    /// `WEIR_BROKERS`, `WEIR_STATE_DIR`, `WEIR_EMBEDDED_BROKER`, `WEIR_REGISTRY`,
+    /// `WEIR_MAX_RECORD_BYTES`, `WEIR_AUTO_CREATE_TOPICS` and
+    /// `WEIR_NUM_PARTITIONS` variables.
     pub fn load() -> Result<Self, ConfigError> {
         let path = std::env::var_os("WEIR_CONFIG")
             .map_or_else(|| PathBuf::from(CONFIG_FILE), PathBuf::from);
@@ -135,6 +148,12 @@ impl Config {
         if let Some(value) = var("WEIR_MAX_RECORD_BYTES") {
             self.max_record_bytes = parse_env("WEIR_MAX_RECORD_BYTES", value)?;
         }
+        if let Some(value) = var("WEIR_AUTO_CREATE_TOPICS") {
+            self.auto_create_topics = parse_env("WEIR_AUTO_CREATE_TOPICS", value)?;
+        }
+        if let Some(value) = var("WEIR_NUM_PARTITIONS") {
+            self.num_partitions = parse_env("WEIR_NUM_PARTITIONS", value)?;
+        }
         Ok(())
     }
 }
@@ -179,6 +198,8 @@ mod tests {
         assert_eq!(config.brokers.as_deref(), Some("k2:9092"));
         assert_eq!(config.max_record_bytes, 10);
         assert_eq!(config.state_dir, PathBuf::from(".weir"));
+        assert!(config.auto_create_topics);
+        assert_eq!(config.num_partitions.get(), 1);
     }
 
     #[test]

@@ -337,3 +337,96 @@ async fn a_waiting_reader_of_sqlite_partitions_gets_every_record_as_it_comes() {
     reading.await.unwrap();
     broker.stop().await;
 }
+
+/// How many partitions `topic` has, by the client's metadata; `None` when
+/// the broker does not know it.
+fn partitions_of(bootstrap: &str, topic: &str) -> Option<usize> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()
+        .unwrap();
+    // A metadata request for all topics never creates one.
+    let metadata = consumer
+        .fetch_metadata(None, Duration::from_secs(5))
+        .unwrap();
+    metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .map(|t| t.partitions().len())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_creates_a_topic_by_producing_to_it_with_the_default_partitions() {
+    let options = weir_broker::BrokerOptions {
+        auto_create_topics: true,
+        num_partitions: 3,
+    };
+    let broker = EmbeddedBroker::start_with(
+        weir_broker::free_local_address().unwrap(),
+        Storage::Memory,
+        options,
+    )
+    .await
+    .unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    assert_eq!(partitions_of(&bootstrap, "made-on-use"), None);
+    produce(&bootstrap, "made-on-use", 12).await;
+    assert_eq!(partitions_of(&bootstrap, "made-on-use"), Some(3));
+    let reader = bootstrap.clone();
+    let values = tokio::task::spawn_blocking(move || read_all(&reader, "made-on-use", 12))
+        .await
+        .unwrap();
+    assert_eq!(values.len(), 12, "{values:?}");
+
+    // A consumer's metadata request does not create what it subscribes
+    // to (librdkafka's `allow.auto.create.topics` is off for consumers).
+    let reader = bootstrap.clone();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &reader)
+            .set("group.id", "only-reader")
+            .create()
+            .unwrap();
+        consumer.subscribe(&["only-read"]).unwrap();
+        let until = std::time::Instant::now() + Duration::from_millis(1500);
+        while std::time::Instant::now() < until {
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(partitions_of(&bootstrap, "only-read"), None);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_auto_creation_off_a_produce_to_a_new_topic_fails() {
+    let options = weir_broker::BrokerOptions {
+        auto_create_topics: false,
+        ..Default::default()
+    };
+    let broker = EmbeddedBroker::start_with(
+        weir_broker::free_local_address().unwrap(),
+        Storage::Memory,
+        options,
+    )
+    .await
+    .unwrap();
+    let bootstrap = broker.bootstrap_servers();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .set("message.timeout.ms", "2000")
+        .create()
+        .unwrap();
+    let sent = producer
+        .send(
+            FutureRecord::to("not-made").key("k").payload("v"),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(sent.is_err(), "{sent:?}");
+    assert_eq!(partitions_of(&bootstrap, "not-made"), None);
+    drop(producer);
+    broker.stop().await;
+}
