@@ -1,8 +1,9 @@
-//! The same SQL as a stream and as a batch gives the same rows: five views
-//! covering every window kind, the aggregates, HAVING and expressions, a
-//! lookup join with a table, and a view over another view, on 120k events
-//! out of order with late ones mixed in. The batch reads what the stream
-//! accepted (its late records are in the dead-letter topic).
+//! The same SQL as a stream and as a batch gives the same rows on many
+//! events: case files' views (`tests/cases/`) covering every window kind,
+//! the aggregates, HAVING and expressions, a lookup join with a table, and
+//! a view over another view, on 120k events out of order with late ones
+//! mixed in. The batch reads what the stream accepted (its late records
+//! are in the dead-letter topic).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -11,14 +12,6 @@ use serde_json::json;
 use weir_dataflow::job::Status;
 
 use crate::support::{Harness, assert_same, publish, rows, transactions};
-
-const SCHEMA: &str = "{ user_id: string, merchant_id: string, amount: double, event_time: long }";
-
-fn header(name: &str, entity: &str, extra: &str) -> String {
-    format!(
-        "---\nname: {name}\nentity: [{entity}]\ncheckpoint_interval: 200ms\nsources:\n  transactions: {{ topic: transactions, event_time: event_time, lateness: 5s, schema: {SCHEMA} }}\n{extra}---\n"
-    )
-}
 
 /// Runs a view's stream and batch and compares them.
 async fn compare(
@@ -75,6 +68,16 @@ async fn compare(
     status
 }
 
+/// The views of case file `name` (`tests/cases/<name>.case`), written
+/// as view files; the last is the one the case tests.
+fn case_views(h: &Harness, name: &str) -> Vec<std::path::PathBuf> {
+    crate::cases::views_of(name)
+        .iter()
+        .enumerate()
+        .map(|(i, text)| h.view(&format!("{name}-{i}"), text))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stream_and_batch_give_the_same_rows() {
     let h = Harness::start().await;
@@ -83,12 +86,15 @@ async fn stream_and_batch_give_the_same_rows() {
     let mut merchants: Vec<(String, Option<serde_json::Value>)> = (0..30)
         .map(|i| {
             let id = format!("m{i:02}");
-            (id.clone(), Some(json!({"merchant_id": id, "category": format!("c{}", i % 5), "risk": i as f64 / 10.0})))
+            (
+                id.clone(),
+                Some(json!({"merchant_id": id, "category": format!("c{}", i % 5)})),
+            )
         })
         .collect();
     merchants.push((
         "m03".into(),
-        Some(json!({"merchant_id": "m03", "category": "c9", "risk": 9.5})),
+        Some(json!({"merchant_id": "m03", "category": "c9"})),
     ));
     merchants.push(("m07".into(), None));
     publish(&h.bus, "merchants", 1, &merchants).await;
@@ -100,77 +106,60 @@ async fn stream_and_batch_give_the_same_rows() {
         .collect();
     publish(&h.bus, "transactions", 3, &records).await;
 
-    let tumble = h.view(
-        "spend_1m",
-        &format!(
-            "{}SELECT user_id, count(*) AS n, sum(amount) AS total, avg(amount) AS mean,\n       min(amount) AS low, max(amount) AS high\nFROM transactions\nWHERE amount > 5\nGROUP BY user_id, tumble(event_time, INTERVAL '1 minute')\n",
-            header("spend_1m", "user_id", "")
-        ),
-    );
-    let hop = h.view(
-        "spread_5m",
-        &format!(
-            "{}SELECT user_id,\n       stddev(amount) AS sd, var_pop(amount) AS variance,\n       count(DISTINCT merchant_id) AS merchants,\n       approx_percentile_cont(amount, 0.9) AS p90,\n       avg(amount) * 100 AS mean_cents,\n       CASE WHEN max(amount) > 400 THEN 'big' ELSE 'small' END AS size\nFROM transactions\nGROUP BY user_id, hop(event_time, INTERVAL '1 minute', INTERVAL '5 minutes')\nHAVING count(*) > 2\n",
-            header("spread_5m", "user_id", "")
-        ),
-    );
-    let session = h.view(
-        "visits",
-        &format!(
-            "{}SELECT user_id, count(*) AS n, sum(amount) AS total, max(amount) - min(amount) AS spread\nFROM transactions\nGROUP BY user_id, session(event_time, INTERVAL '30 seconds')\n",
-            header("visits", "user_id", "")
-        ),
-    );
-    let join = h.view(
-        "merchant_mix",
-        &format!(
-            "{}SELECT upper(t.user_id) AS user_key,\n       count(*) AS n,\n       count(m.category) AS known,\n       count(DISTINCT m.category) AS categories,\n       sum(m.risk) AS risk,\n       sum(CASE WHEN m.category = 'c1' THEN t.amount ELSE 0 END) AS c1_spend\nFROM transactions t LEFT JOIN merchants m ON t.merchant_id = m.merchant_id\nGROUP BY upper(t.user_id), tumble(t.event_time, INTERVAL '2 minutes')\n",
-            header(
-                "merchant_mix",
-                "user_key",
-                "tables:\n  merchants: { topic: merchants, key: merchant_id, schema: { merchant_id: string, category: string, risk: double } }\n"
-            )
-        ),
-    );
-    let chained = h.view(
-        "spend_10m",
-        "---\nname: spend_10m\nentity: [user_id]\ncheckpoint_interval: 200ms\nsources:\n  spend_1m: { view: spend_1m, lateness: 1m }\n---\nSELECT user_id, sum(n) AS n, max(high) AS high, count(*) AS minutes\nFROM spend_1m\nGROUP BY user_id, tumble(window_end, INTERVAL '10 minutes')\n",
-    );
-    let applied = h.apply(&[&chained, &tumble, &hop, &session, &join]).await;
+    // The case files' views, on many more events, out of order, some late.
+    let mut paths = Vec::new();
+    for case in [
+        "tumble_aggregates",
+        "tumble_expressions",
+        "hop_sum_having",
+        "session_gap",
+        "join_left",
+        "view_over_view",
+    ] {
+        paths.extend(case_views(&h, case));
+    }
+    let path_refs: Vec<&std::path::Path> = paths.iter().map(|p| p.as_path()).collect();
+    let applied = h.apply(&path_refs).await;
     let by_name = |name: &str| applied.iter().find(|a| a.version.name == name).unwrap();
     assert!(applied.iter().all(|a| a.recorded && a.version.version == 1));
 
-    let status = compare(&h, by_name("spend_1m"), "transactions", None, &[]).await;
+    let status = compare(&h, by_name("tumble_aggregates"), "transactions", None, &[]).await;
     assert!(status.late > 0, "some events were late: {status:?}");
-    compare(&h, by_name("spread_5m"), "transactions", None, &["p90"]).await;
-    compare(&h, by_name("visits"), "transactions", None, &[]).await;
+    compare(&h, by_name("tumble_expressions"), "transactions", None, &[]).await;
+    compare(&h, by_name("hop_sum_having"), "transactions", None, &[]).await;
+    compare(&h, by_name("session_gap"), "transactions", None, &[]).await;
     compare(
         &h,
-        by_name("merchant_mix"),
+        by_name("join_left"),
         "transactions",
         Some(("merchants", "merchant_id")),
         &[],
     )
     .await;
+    compare(&h, by_name("spend_1m"), "transactions", None, &[]).await;
     let upstream = &by_name("spend_1m").version.topic;
-    compare(&h, by_name("spend_10m"), upstream, None, &[]).await;
+    compare(&h, by_name("view_over_view"), upstream, None, &[]).await;
 
     // Applying the same files again records nothing new.
-    let again = h.apply(&[&tumble]).await;
+    let tumble = &paths[0];
+    let again = h.apply(&[tumble]).await;
     assert!(!again[0].recorded);
     assert_eq!(again[0].version.version, 1);
     // A changed view is a new version with its own topic.
     std::fs::write(
-        &tumble,
-        std::fs::read_to_string(&tumble)
+        tumble,
+        std::fs::read_to_string(tumble)
             .unwrap()
-            .replace("amount > 5", "amount > 6"),
+            .replace("sum(amount) AS total", "sum(amount) AS total_spend"),
     )
     .unwrap();
-    let changed = h.apply(&[&tumble]).await;
+    let changed = h.apply(&[tumble]).await;
     assert!(changed[0].recorded);
     assert_eq!(changed[0].version.version, 2);
-    assert_ne!(changed[0].version.topic, by_name("spend_1m").version.topic);
+    assert_ne!(
+        changed[0].version.topic,
+        by_name("tumble_aggregates").version.topic
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,14 +171,8 @@ async fn a_view_survives_a_restart_with_exact_results() {
         .map(|e| (e["user_id"].as_str().unwrap().to_string(), Some(e.clone())))
         .collect();
     publish(&h.bus, "transactions", 3, &records).await;
-    let path = h.view(
-        "hourly",
-        &format!(
-            "{}SELECT user_id, count(*) AS n, sum(amount) AS total, count(DISTINCT merchant_id) AS merchants\nFROM transactions\nGROUP BY user_id, hop(event_time, INTERVAL '1 minute', INTERVAL '3 minutes')\n",
-            header("hourly", "user_id", "")
-        ),
-    );
-    let applied = h.apply(&[&path]).await;
+    let paths = case_views(&h, "hop_count");
+    let applied = h.apply(&[&paths[0]]).await;
     let plan = &applied[0].plan;
     // Stop it twice along the way; the third run goes to the end.
     for wait in [700, 900] {
@@ -213,7 +196,7 @@ async fn a_view_survives_a_restart_with_exact_results() {
         .unwrap();
     let key = ["user_id", "window_start"];
     assert_same(
-        "hourly",
+        "hop_count",
         &rows(&stream.batches, &key),
         &rows(&batch, &key),
         &[],
