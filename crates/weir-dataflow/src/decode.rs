@@ -14,7 +14,7 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::json::ReaderBuilder;
 use arrow::json::reader::Decoder;
-use weir_bus::codec::MAGIC_BYTE;
+use weir_bus::framing::MAGIC_BYTE;
 use weir_bus::{DeadLetterReason, DecodeError, TopicCodec};
 
 use crate::DataflowError;

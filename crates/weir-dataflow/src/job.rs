@@ -9,7 +9,8 @@
 //! A [`JobSpec`] says what to compute in SQL fragments (what `weir job run`
 //! reads from TOML); [`plan`] turns it into a [`Pipeline`] of physical
 //! expressions against the resolved schemas (the SQL front end builds
-//! pipelines directly); [`run`] runs a pipeline.
+//! pipelines directly; both are [`crate::pipeline`]'s); [`run`] runs a
+//! pipeline.
 //!
 //! # Time, watermarks and epochs
 //!
@@ -42,16 +43,13 @@
 //! all commit it together.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use serde::{Deserialize, Serialize};
+use arrow::datatypes::SchemaRef;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::{Exchange, Pipeline as Pipe};
 use timely::dataflow::operators::generic::source;
@@ -61,351 +59,24 @@ use timely::order::Product;
 use weir_bus::{Bus, BusConfig, TopicCodec, TopicSpec};
 
 use crate::DataflowError;
-use crate::aggregate::{Emit, WINDOW_START, WindowAggregator, result_schema};
+use crate::aggregate::WindowAggregator;
 use crate::batch::{Batch, KeyEncoder, split_by_key};
-use crate::decode::arrow_schema;
-use crate::lookup::{Lookup, LookupPlan, LookupTable};
-use crate::plan::{AggregatePlan, plan_aggregate};
+use crate::lookup::LookupTable;
 use crate::sink::SinkState;
-use crate::source::{Checkpoint, SourceState, SourceStep, parquet_schema};
+use crate::source::{Checkpoint, SourceState, SourceStep};
 use crate::store::{OperatorId, Store};
-use crate::transform::{Transform, plan_transform};
-use crate::window::Window;
 
+pub use crate::pipeline::{
+    Aggregation, Cluster, EventTime, JobSpec, KAFKA_TIMESTAMP, KafkaSource, ParquetSource,
+    PartitionStatus, Pipeline, Select, Source, Start, Status, Time, WindowedAggregate, plan,
+    source_schema, topic_schema,
+};
 pub use crate::sink::{MemorySink, Sink};
-
-/// Timely time of every batch: `(epoch, watermark)`, a product order.
-pub type Time = Product<u64, u64>;
 
 const SOURCE_OP: OperatorId = 1;
 const WINDOW_OP: OperatorId = 2;
 const SINK_OP: OperatorId = 3;
 const LOOKUP_OP: OperatorId = 4;
-
-/// Where event time comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EventTime {
-    /// A column (milliseconds since the epoch, or a timestamp).
-    Field(String),
-    /// The Kafka record's timestamp, as the column `_timestamp`.
-    Kafka,
-}
-
-/// Column added for [`EventTime::Kafka`].
-pub const KAFKA_TIMESTAMP: &str = "_timestamp";
-
-/// `schema` with the [`KAFKA_TIMESTAMP`] column added at the end.
-pub(crate) fn with_kafka_timestamp(schema: &Schema) -> SchemaRef {
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(
-        KAFKA_TIMESTAMP,
-        DataType::Timestamp(TimeUnit::Millisecond, None),
-        false,
-    ));
-    Arc::new(Schema::new(fields))
-}
-
-/// Where a source starts when the job has no checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Start {
-    /// The beginning of every partition.
-    #[default]
-    Earliest,
-    /// Only records produced from now on.
-    Latest,
-}
-
-/// A Kafka topic as a source.
-#[derive(Debug, Clone)]
-pub struct KafkaSource {
-    /// Topic.
-    pub topic: String,
-    /// Record schema; `None` takes the topic's registered Avro schema.
-    pub schema: Option<SchemaRef>,
-    /// Event time.
-    pub event_time: EventTime,
-    /// How late (in event time) a record may be before it is dead-lettered.
-    pub lateness: Duration,
-    /// A partition with no records for this long stops holding the
-    /// watermark back.
-    pub idle_timeout: Duration,
-    /// Where to start without a checkpoint.
-    pub start: Start,
-    /// Stop at the end offsets seen at start (a backfill or a test); the
-    /// last windows are then evaluated. Otherwise run until stopped.
-    pub bounded: bool,
-}
-
-impl KafkaSource {
-    /// A source of `topic` with event time in `field`, no lateness, 30 s
-    /// idle timeout, from the earliest offsets, unbounded.
-    pub fn new(topic: impl Into<String>, field: impl Into<String>) -> Self {
-        Self {
-            topic: topic.into(),
-            schema: None,
-            event_time: EventTime::Field(field.into()),
-            lateness: Duration::ZERO,
-            idle_timeout: Duration::from_secs(30),
-            start: Start::Earliest,
-            bounded: false,
-        }
-    }
-}
-
-/// Parquet files as a (bounded) source: a backfill.
-#[derive(Debug, Clone)]
-pub struct ParquetSource {
-    /// A file, or a directory read recursively (`*.parquet`, in name order;
-    /// hidden files and directories are skipped).
-    pub path: PathBuf,
-    /// The event time column.
-    pub event_time: String,
-}
-
-impl ParquetSource {
-    /// The files to read, in order.
-    pub fn files(&self) -> Result<Vec<PathBuf>, DataflowError> {
-        fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-            let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
-            entries.sort_by_key(|e| e.file_name());
-            for entry in entries {
-                let name = entry.file_name();
-                if name.to_string_lossy().starts_with('.') {
-                    continue;
-                }
-                let path = entry.path();
-                if path.is_dir() {
-                    walk(&path, out)?;
-                } else if path.extension().is_some_and(|e| e == "parquet") {
-                    out.push(path);
-                }
-            }
-            Ok(())
-        }
-        if self.path.is_file() {
-            return Ok(vec![self.path.clone()]);
-        }
-        let mut files = Vec::new();
-        walk(&self.path, &mut files)
-            .map_err(|e| DataflowError::Plan(format!("{}: {e}", self.path.display())))?;
-        Ok(files)
-    }
-}
-
-/// Where rows come from.
-#[derive(Debug, Clone)]
-pub enum Source {
-    /// A Kafka topic.
-    Kafka(KafkaSource),
-    /// Parquet files.
-    Parquet(ParquetSource),
-}
-
-impl Source {
-    /// The event time column of decoded rows.
-    pub fn event_time_column(&self) -> &str {
-        match self {
-            Source::Kafka(k) => match &k.event_time {
-                EventTime::Field(name) => name,
-                EventTime::Kafka => KAFKA_TIMESTAMP,
-            },
-            Source::Parquet(p) => &p.event_time,
-        }
-    }
-}
-
-/// A grouped, windowed aggregation.
-#[derive(Debug, Clone)]
-pub struct Aggregation {
-    /// SQL condition rows must meet, if any.
-    pub filter: Option<String>,
-    /// Grouping key columns.
-    pub keys: Vec<String>,
-    /// The window.
-    pub window: Window,
-    /// `(output name, SQL aggregate)` pairs.
-    pub aggregates: Vec<(String, String)>,
-    /// When results are emitted.
-    pub emit: Emit,
-}
-
-/// A stateless row transform in SQL: a condition and output columns.
-#[derive(Debug, Clone, Default)]
-pub struct Select {
-    /// Rows to keep.
-    pub filter: Option<String>,
-    /// `(output name, SQL expression)` pairs; `None` keeps every column.
-    pub columns: Option<Vec<(String, String)>>,
-}
-
-/// A job, as its author writes it.
-#[derive(Debug, Clone)]
-pub struct JobSpec {
-    /// Name: the state directory and consumer group are named after it.
-    pub name: String,
-    /// Input.
-    pub source: Source,
-    /// A join with a table topic, before anything else.
-    pub lookup: Option<Lookup>,
-    /// A row transform before the aggregation (or the whole job).
-    pub select: Option<Select>,
-    /// The aggregation, if any.
-    pub aggregation: Option<Aggregation>,
-    /// Output.
-    pub sink: Sink,
-    /// How often state and offsets are checkpointed.
-    pub checkpoint_interval: Duration,
-    /// Where workers keep their RocksDB state (`<dir>/<job>/worker-<n>`).
-    pub state_dir: PathBuf,
-}
-
-/// A windowed aggregation planned against its input schema.
-#[derive(Debug, Clone)]
-pub struct WindowedAggregate {
-    /// Keys and aggregates.
-    pub plan: AggregatePlan,
-    /// The window.
-    pub window: Window,
-    /// Event time column of the aggregation's input.
-    pub time_column: usize,
-    /// When results are emitted.
-    pub emit: Emit,
-}
-
-/// A job planned down to physical expressions: what [`run`] runs.
-#[derive(Debug, Clone)]
-pub struct Pipeline {
-    /// Name: the state directory and consumer group are named after it.
-    pub name: String,
-    /// Input.
-    pub source: Source,
-    /// The schema of decoded source rows (with `_timestamp` for Kafka time).
-    pub source_schema: SchemaRef,
-    /// The lookup join.
-    pub lookup: Option<LookupPlan>,
-    /// Row transform before the aggregation.
-    pub transform: Option<Transform>,
-    /// The aggregation.
-    pub aggregate: Option<WindowedAggregate>,
-    /// Transform of the aggregation's results.
-    pub post: Option<Transform>,
-    /// Output.
-    pub sink: Sink,
-    /// How often state and offsets are checkpointed.
-    pub checkpoint_interval: Duration,
-    /// Where workers keep their RocksDB state.
-    pub state_dir: PathBuf,
-}
-
-impl Pipeline {
-    /// The schema of rows entering the aggregation (or the sink).
-    pub fn stage_schema(&self) -> SchemaRef {
-        if let Some(transform) = &self.transform {
-            return transform.output.clone();
-        }
-        match &self.lookup {
-            Some(lookup) => lookup.output.clone(),
-            None => self.source_schema.clone(),
-        }
-    }
-
-    /// The schema of the rows the sink receives.
-    pub fn output_schema(&self) -> Result<SchemaRef, DataflowError> {
-        if let Some(post) = &self.post {
-            return Ok(post.output.clone());
-        }
-        match &self.aggregate {
-            Some(aggregate) => result_schema(&aggregate.plan),
-            None => Ok(self.stage_schema()),
-        }
-    }
-
-    /// The columns that key output records: the sink's, or a windowed
-    /// job's grouping keys and `window_start`.
-    fn sink_key(&self) -> Result<Vec<usize>, DataflowError> {
-        let output = self.output_schema()?;
-        let named = match &self.sink {
-            Sink::Kafka { key, .. } | Sink::Table { key, .. } => key.clone(),
-            _ => Vec::new(),
-        };
-        let names = if !named.is_empty() {
-            named
-        } else if let Some(aggregate) = &self.aggregate {
-            let input = &aggregate.plan.input;
-            let mut names: Vec<String> = aggregate
-                .plan
-                .keys
-                .iter()
-                .map(|&i| input.field(i).name().clone())
-                .collect();
-            names.push(WINDOW_START.to_string());
-            names.retain(|n| output.index_of(n).is_ok());
-            names
-        } else {
-            Vec::new()
-        };
-        names
-            .iter()
-            .map(|name| {
-                output.index_of(name).map_err(|_| {
-                    DataflowError::Plan(format!("the key column `{name}` is not in the output"))
-                })
-            })
-            .collect()
-    }
-}
-
-/// Workers: threads of this process, and the other processes of a timely
-/// cluster.
-#[derive(Debug, Clone)]
-pub struct Cluster {
-    /// Worker threads per process.
-    pub threads: usize,
-    /// This process's index in `addresses`.
-    pub process: usize,
-    /// `host:port` of every process; empty for a single process.
-    pub addresses: Vec<String>,
-}
-
-impl Cluster {
-    /// `threads` workers in this process only.
-    pub fn local(threads: usize) -> Self {
-        Self {
-            threads,
-            process: 0,
-            addresses: Vec::new(),
-        }
-    }
-}
-
-/// What a running job reports.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Status {
-    /// Records read.
-    pub records_in: u64,
-    /// Result rows written.
-    pub records_out: u64,
-    /// Records sent to the dead-letter topic (all reasons).
-    pub dead_letters: u64,
-    /// Of which late.
-    pub late: u64,
-    /// Smallest watermark of this process's sources (ms).
-    pub watermark: Option<i64>,
-    /// Last epoch committed on this process's workers.
-    pub committed_epoch: Option<u64>,
-    /// Per partition: next offset to read and the lag behind its end.
-    pub partitions: BTreeMap<i32, PartitionStatus>,
-}
-
-/// One partition's progress.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct PartitionStatus {
-    /// Next offset to read.
-    pub offset: i64,
-    /// Records between it and the end of the partition when last polled.
-    pub lag: i64,
-}
-
 /// A running job.
 pub struct JobHandle {
     stop: Arc<AtomicBool>,
@@ -463,120 +134,6 @@ impl Drop for JobHandle {
     }
 }
 
-/// The Arrow schema of a topic's records: `given`, or the topic's
-/// registered Avro schema.
-pub fn topic_schema(
-    bus: &Bus,
-    topic: &str,
-    given: Option<&SchemaRef>,
-) -> Result<SchemaRef, DataflowError> {
-    if let Some(schema) = given {
-        return Ok(schema.clone());
-    }
-    let subject = weir_core::topics::value_subject(topic);
-    let latest = bus.registry().latest(&subject).ok_or_else(|| {
-        DataflowError::Plan(format!(
-            "topic `{topic}` has no schema registered under `{subject}`: register one or give the job a schema"
-        ))
-    })?;
-    match &latest.schema.kind {
-        weir_bus::registry::SchemaKind::Avro(avro) => arrow_schema(avro.schema),
-        weir_bus::registry::SchemaKind::Json(_) => Err(DataflowError::Plan(format!(
-            "`{subject}` is a JSON Schema: give the job an Arrow schema"
-        ))),
-    }
-}
-
-/// The schema of a source's decoded rows.
-pub fn source_schema(bus: &Bus, source: &Source) -> Result<SchemaRef, DataflowError> {
-    let schema = match source {
-        Source::Kafka(kafka) => {
-            let payload = topic_schema(bus, &kafka.topic, kafka.schema.as_ref())?;
-            if kafka.event_time != EventTime::Kafka {
-                return Ok(payload);
-            }
-            with_kafka_timestamp(&payload)
-        }
-        Source::Parquet(parquet) => {
-            let files = parquet.files()?;
-            let first = files.first().ok_or_else(|| {
-                DataflowError::Plan(format!("no Parquet files in {}", parquet.path.display()))
-            })?;
-            parquet_schema(first)?
-        }
-    };
-    let time = source.event_time_column();
-    schema.index_of(time).map_err(|_| {
-        DataflowError::Plan(format!(
-            "the event time column `{time}` is not in the source's schema"
-        ))
-    })?;
-    Ok(schema)
-}
-
-/// Plans a job: resolves schemas (through the registry) and plans its SQL
-/// fragments with DataFusion.
-pub async fn plan(spec: JobSpec, bus: &Bus) -> Result<Pipeline, DataflowError> {
-    let source_schema = source_schema(bus, &spec.source)?;
-    let lookup = match &spec.lookup {
-        Some(lookup) => {
-            let table = topic_schema(bus, &lookup.topic, lookup.schema.as_ref())?;
-            let partitions = bus.admin().partitions(&lookup.topic).await?;
-            Some(LookupPlan::new(lookup, &source_schema, table, partitions)?)
-        }
-        None => None,
-    };
-    let joined = lookup
-        .as_ref()
-        .map_or(source_schema.clone(), |l| l.output.clone());
-    let transform = spec
-        .select
-        .as_ref()
-        .map(|s| plan_transform(joined.clone(), s.filter.as_deref(), s.columns.as_deref()))
-        .transpose()?;
-    let stage = transform.as_ref().map_or(joined, |t| t.output.clone());
-    let aggregate = match &spec.aggregation {
-        None => None,
-        Some(aggregation) => {
-            let keys: Vec<&str> = aggregation.keys.iter().map(String::as_str).collect();
-            let aggregates: Vec<(&str, &str)> = aggregation
-                .aggregates
-                .iter()
-                .map(|(n, s)| (n.as_str(), s.as_str()))
-                .collect();
-            let time = spec.source.event_time_column();
-            let time_column = stage.index_of(time).map_err(|_| {
-                DataflowError::Plan(format!(
-                    "the event time column `{time}` must reach the aggregation (keep it in `select`)"
-                ))
-            })?;
-            Some(WindowedAggregate {
-                plan: plan_aggregate(
-                    stage.clone(),
-                    aggregation.filter.as_deref(),
-                    &keys,
-                    &aggregates,
-                )?,
-                window: aggregation.window,
-                time_column,
-                emit: aggregation.emit,
-            })
-        }
-    };
-    Ok(Pipeline {
-        name: spec.name,
-        source: spec.source,
-        source_schema,
-        lookup,
-        transform,
-        aggregate,
-        post: None,
-        sink: spec.sink,
-        checkpoint_interval: spec.checkpoint_interval,
-        state_dir: spec.state_dir,
-    })
-}
-
 /// Plans and starts `spec` on `cluster`. Must be called within a tokio
 /// runtime (the schema registry and Kafka admin calls are async).
 pub async fn start(spec: JobSpec, bus: &Bus, cluster: Cluster) -> Result<JobHandle, DataflowError> {
@@ -596,6 +153,41 @@ struct Prepared {
     stop: Arc<AtomicBool>,
     checkpoints: Arc<AtomicU64>,
     status: Arc<Mutex<Status>>,
+    /// Set when a worker of this process failed: the others stop at once
+    /// rather than wait for it (timely's progress would wait forever).
+    failed: AtomicBool,
+    /// The first failure, which the job ends with.
+    failure: Mutex<Option<DataflowError>>,
+}
+
+impl Prepared {
+    /// Records an operator's failure (the first is kept) and stops every
+    /// worker of this process.
+    fn fail(&self, error: DataflowError) {
+        let mut failure = self.failure.lock().expect("failure");
+        if failure.is_none() {
+            tracing::error!(%error, "dataflow job failed");
+            *failure = Some(error);
+        }
+        self.failed.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// What a worker returns when it stopped because another one failed.
+const ANOTHER_FAILED: &str = "stopped: another worker of the job failed";
+
+/// Marks the job failed when the worker holding it unwinds from a panic
+/// (an operator's error), so that the other workers stop.
+struct FailOnPanic<'a>(&'a Prepared);
+
+impl Drop for FailOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.failed.store(true, Ordering::SeqCst);
+            self.0.stop.store(true, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Starts a planned job on `cluster`. Must be called within a tokio
@@ -654,21 +246,32 @@ pub async fn run(
         stop: stop.clone(),
         checkpoints: checkpoints.clone(),
         status: status.clone(),
+        failed: AtomicBool::new(false),
+        failure: Mutex::new(None),
     });
+    let ended = prepared.clone();
     let config = timely_config(&cluster);
     let thread = std::thread::Builder::new()
         .name(format!("weir-job-{name}"))
         .spawn(move || {
             let guards = timely::execute(config, move |worker| {
+                let _failing = FailOnPanic(&prepared);
                 if let Err(error) = run_worker(worker, &prepared) {
-                    tracing::error!(%error, "dataflow worker failed");
+                    if !prepared.failed.swap(true, Ordering::SeqCst) {
+                        tracing::error!(%error, "dataflow worker failed");
+                    }
                     prepared.stop.store(true, Ordering::SeqCst);
                     return Err(error);
                 }
                 Ok(())
             })
             .map_err(DataflowError::Execution)?;
-            for result in guards.join() {
+            let results = guards.join();
+            // The failure that stopped the others, not theirs.
+            if let Some(failure) = ended.failure.lock().expect("failure").take() {
+                return Err(failure);
+            }
+            for result in results {
                 result.map_err(DataflowError::Execution)??;
             }
             Ok(())
@@ -924,8 +527,8 @@ fn run_worker(
                             }
                             Ok(SourceStep::Done) => cap = None,
                             Err(error) => {
-                                prepared_source.stop.store(true, Ordering::SeqCst);
-                                panic!("source failed: {error}");
+                                prepared_source.fail(error);
+                                cap = None;
                             }
                         }
                     }
@@ -959,6 +562,7 @@ fn run_worker(
                         },
                     );
                     let window_shared = shared.clone();
+                    let window_failed = prepared.clone();
                     let stopping = prepared.stop.clone();
                     let post = pipeline.post.clone();
                     split.unary_frontier::<CapacityContainerBuilder<Vec<Batch>>, _, _, _>(
@@ -1020,7 +624,10 @@ fn run_worker(
                                             None => cap = None,
                                         }
                                     }
-                                    Err(error) => panic!("window operator failed: {error}"),
+                                    Err(error) => {
+                                        window_failed.fail(error);
+                                        cap = None;
+                                    }
                                 }
                             }
                         },
@@ -1029,6 +636,7 @@ fn run_worker(
             };
 
             let sink_shared = shared.clone();
+            let sink_failed = prepared.clone();
             let status = prepared.status.clone();
             let sealed = results.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(
                 Pipe,
@@ -1044,7 +652,8 @@ fn run_worker(
                             max_epoch = max_epoch.max(epoch);
                             for batch in data.drain(..) {
                                 if let Err(error) = sink.write(epoch, &batch.0) {
-                                    panic!("sink failed: {error}");
+                                    sink_failed.fail(error);
+                                    return;
                                 }
                                 status.lock().expect("status").records_out +=
                                     batch.num_rows() as u64;
@@ -1058,7 +667,9 @@ fn run_worker(
                         let through = min_epoch.map_or(max_epoch, |e| e.saturating_sub(1));
                         if through > sealed_through {
                             if let Err(error) = sink.seal(through) {
-                                panic!("sink failed: {error}");
+                                sink_failed.fail(error);
+                                cap = None;
+                                return;
                             }
                             sealed_through = through;
                         }
@@ -1074,6 +685,7 @@ fn run_worker(
             );
 
             let commit_shared = shared.clone();
+            let commit_failed = prepared.clone();
             let status = prepared.status.clone();
             let mut last_done = None;
             sealed.sink(Pipe, "Commit", move |(input, frontier)| {
@@ -1093,13 +705,17 @@ fn run_worker(
                 if last_done != Some(done) {
                     last_done = Some(done);
                     if let Err(error) = commit_through(&commit_shared, done, &status) {
-                        panic!("commit failed: {error}");
+                        commit_failed.fail(error);
                     }
                 }
             });
         })
     });
-    while worker.step_or_park(Some(Duration::from_millis(20))) {}
+    while worker.step_or_park(Some(Duration::from_millis(20))) {
+        if prepared.failed.load(Ordering::SeqCst) {
+            return Err(DataflowError::Execution(ANOTHER_FAILED.into()));
+        }
+    }
     finish(worker, &shared, prepared)
 }
 

@@ -22,6 +22,7 @@ pub mod decode;
 pub mod job;
 mod kafka;
 pub mod lookup;
+pub mod pipeline;
 pub mod plan;
 pub mod sink;
 pub mod source;

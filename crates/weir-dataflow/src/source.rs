@@ -31,9 +31,9 @@ use weir_bus::{DeadLetterReason, DecodeError};
 use crate::DataflowError;
 use crate::aggregate::event_times;
 use crate::decode::RecordDecoder;
-use crate::job::{KAFKA_TIMESTAMP, Pipeline, Source, Start, Status, with_kafka_timestamp};
 use crate::kafka::{Producer, dead_letter, flush, producer};
 use crate::lookup::LookupTable;
+use crate::pipeline::{KAFKA_TIMESTAMP, Pipeline, Source, Start, Status, with_kafka_timestamp};
 use crate::store::{OperatorId, Store};
 use crate::transform::Transform;
 
@@ -66,6 +66,8 @@ struct PartitionProgress {
     /// Largest event time read.
     max_event: Option<i64>,
     last_activity: Instant,
+    /// The partition's end as last known (for the lag).
+    high: i64,
     /// Read up to what the broker had at the last fetch (librdkafka's
     /// partition EOF). Only such a partition can be idle: one with records
     /// left to read is behind, however long it has been since its last
@@ -184,6 +186,7 @@ impl SourceState {
                             end: source.bounded.then_some(high),
                             max_event: resume.max_event.get(&partition).copied(),
                             last_activity: now,
+                            high,
                             caught_up: false,
                         },
                     );
@@ -191,7 +194,7 @@ impl SourceState {
                 consumer
                     .assign(&assignment)
                     .map_err(|e| DataflowError::Execution(format!("assigning partitions: {e}")))?;
-                let kafka_time = source.event_time == crate::job::EventTime::Kafka;
+                let kafka_time = source.event_time == crate::pipeline::EventTime::Kafka;
                 let payload_schema = if kafka_time {
                     let fields: Vec<Field> = source_schema
                         .fields()
@@ -230,6 +233,7 @@ impl SourceState {
                             end: Some(rows),
                             max_event: resume.max_event.get(&partition).copied(),
                             last_activity: now,
+                            high: rows,
                             caught_up: false,
                         },
                     );
@@ -290,8 +294,11 @@ impl SourceState {
 
     pub(crate) fn step(
         &mut self,
-        cap: &mut timely::dataflow::operators::Capability<crate::job::Time>,
-        output: &mut impl FnMut(&timely::dataflow::operators::Capability<crate::job::Time>, RecordBatch),
+        cap: &mut timely::dataflow::operators::Capability<crate::pipeline::Time>,
+        output: &mut impl FnMut(
+            &timely::dataflow::operators::Capability<crate::pipeline::Time>,
+            RecordBatch,
+        ),
     ) -> Result<SourceStep, DataflowError> {
         use timely::order::Product;
         if cap.time().outer < self.epoch {
@@ -346,6 +353,7 @@ impl SourceState {
             Reader::Parquet { .. } => self.read_parquet(cap, output)?,
         };
         self.advance_watermark(cap);
+        self.report_progress();
         let asked = self.checkpoints.load(Ordering::SeqCst);
         if Instant::now() >= self.next_checkpoint || asked > self.checkpoints_taken {
             self.checkpoints_taken = asked;
@@ -392,8 +400,11 @@ impl SourceState {
     fn process_kafka(
         &mut self,
         messages: &[OwnedMessage],
-        cap: &timely::dataflow::operators::Capability<crate::job::Time>,
-        output: &mut impl FnMut(&timely::dataflow::operators::Capability<crate::job::Time>, RecordBatch),
+        cap: &timely::dataflow::operators::Capability<crate::pipeline::Time>,
+        output: &mut impl FnMut(
+            &timely::dataflow::operators::Capability<crate::pipeline::Time>,
+            RecordBatch,
+        ),
     ) -> Result<(), DataflowError> {
         let Reader::Kafka {
             decoder,
@@ -452,41 +463,56 @@ impl SourceState {
         status.records_in += messages.len() as u64;
         status.dead_letters += (decoded.rejected.len() + late.len()) as u64;
         status.late += late.len() as u64;
-        if let Reader::Kafka {
-            consumer, topic, ..
-        } = &self.reader
-        {
-            // Asking the broker for a partition's end is a round trip, so
-            // an unbounded source does it at most once a second.
-            let ask = now >= self.next_lag_check;
-            if ask {
-                self.next_lag_check = now + LAG_CHECK_INTERVAL;
-            }
-            for (partition, progress) in &self.partitions {
-                let entry = status.partitions.entry(*partition).or_default();
-                entry.offset = progress.next_offset;
-                let high = match progress.end {
-                    Some(end) => Some(end),
-                    None if progress.caught_up => Some(progress.next_offset),
-                    None if ask => consumer
-                        .fetch_watermarks(topic, *partition, Duration::from_millis(200))
-                        .ok()
-                        .map(|(_, high)| high),
-                    None => None,
-                };
-                if let Some(high) = high {
-                    entry.lag = (high - progress.next_offset).max(0);
-                }
+        Ok(())
+    }
+
+    /// Each partition's offset and lag in the status, at every step, read
+    /// or not: a source that has caught up must say so, not keep the lag
+    /// it last saw. A partition's end is known for a bounded source, is
+    /// its offset when the broker last said it was read to the end, and
+    /// is otherwise asked of the broker, at most once a second (a round
+    /// trip).
+    fn report_progress(&mut self) {
+        let now = Instant::now();
+        let ask = now >= self.next_lag_check;
+        if ask {
+            self.next_lag_check = now + LAG_CHECK_INTERVAL;
+        }
+        for (partition, progress) in &mut self.partitions {
+            let known = match (&self.reader, progress.end) {
+                (_, Some(end)) => Some(end),
+                _ if progress.caught_up => Some(progress.next_offset),
+                (
+                    Reader::Kafka {
+                        consumer, topic, ..
+                    },
+                    None,
+                ) if ask => consumer
+                    .fetch_watermarks(topic, *partition, Duration::from_millis(200))
+                    .ok()
+                    .map(|(_, high)| high),
+                _ => None,
+            };
+            if let Some(high) = known {
+                progress.high = progress.high.max(high);
             }
         }
-        Ok(())
+        let mut status = self.status.lock().expect("status");
+        for (partition, progress) in &self.partitions {
+            let entry = status.partitions.entry(*partition).or_default();
+            entry.offset = progress.next_offset;
+            entry.lag = (progress.high - progress.next_offset).max(0);
+        }
     }
 
     /// Reads one batch of the next unfinished file; `false` when none is left.
     fn read_parquet(
         &mut self,
-        cap: &timely::dataflow::operators::Capability<crate::job::Time>,
-        output: &mut impl FnMut(&timely::dataflow::operators::Capability<crate::job::Time>, RecordBatch),
+        cap: &timely::dataflow::operators::Capability<crate::pipeline::Time>,
+        output: &mut impl FnMut(
+            &timely::dataflow::operators::Capability<crate::pipeline::Time>,
+            RecordBatch,
+        ),
     ) -> Result<bool, DataflowError> {
         let Reader::Parquet { files, current } = &mut self.reader else {
             unreachable!("a Parquet reader");
@@ -534,13 +560,7 @@ impl SourceState {
         let row_partitions = vec![partition; rows];
         let (keep, _) = self.admit(&batch, &row_partitions)?;
         self.emit(batch, keep, cap, output)?;
-        let mut status = self.status.lock().expect("status");
-        status.records_in += rows as u64;
-        let entry = status.partitions.entry(partition).or_default();
-        entry.offset = self.partitions[&partition].next_offset;
-        entry.lag = self.partitions[&partition]
-            .end
-            .map_or(0, |end| end - entry.offset);
+        self.status.lock().expect("status").records_in += rows as u64;
         Ok(true)
     }
 
@@ -585,8 +605,11 @@ impl SourceState {
         &mut self,
         batch: RecordBatch,
         keep: Vec<u32>,
-        cap: &timely::dataflow::operators::Capability<crate::job::Time>,
-        output: &mut impl FnMut(&timely::dataflow::operators::Capability<crate::job::Time>, RecordBatch),
+        cap: &timely::dataflow::operators::Capability<crate::pipeline::Time>,
+        output: &mut impl FnMut(
+            &timely::dataflow::operators::Capability<crate::pipeline::Time>,
+            RecordBatch,
+        ),
     ) -> Result<(), DataflowError> {
         let mut batch = if keep.len() == batch.num_rows() {
             batch
@@ -654,7 +677,7 @@ impl SourceState {
     /// Moves the watermark and the capability with it.
     fn advance_watermark(
         &mut self,
-        cap: &mut timely::dataflow::operators::Capability<crate::job::Time>,
+        cap: &mut timely::dataflow::operators::Capability<crate::pipeline::Time>,
     ) {
         use timely::order::Product;
         if let Some(candidate) = self.candidate_watermark(Instant::now())

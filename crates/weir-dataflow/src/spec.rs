@@ -48,10 +48,11 @@ use toml::Spanned;
 
 use crate::DataflowError;
 use crate::aggregate::Emit;
-use crate::job::{
-    Aggregation, EventTime, JobSpec, KafkaSource, ParquetSource, Select, Sink, Source, Start,
-};
 use crate::lookup::{JoinKind, Lookup};
+use crate::pipeline::{
+    Aggregation, EventTime, JobSpec, KafkaSource, ParquetSource, Select, Source, Start,
+};
+use crate::sink::Sink;
 use crate::window::Window;
 
 type SchemaFile = BTreeMap<String, Spanned<String>>;

@@ -265,3 +265,72 @@ async fn a_checkpoint_can_be_asked_for() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_has_read_everything_reports_no_lag() {
+    let h = Harness::start().await;
+    // Several poll batches per partition, read well within the second
+    // between two asks for the partition's end.
+    let data = events(30_000, 10, 50, 500, 17);
+    publish(&h.bus, "lag-in", 2, &data).await;
+    let window = Window::tumbling(Duration::from_secs(10)).unwrap();
+    let (sink, _) = memory();
+    let mut job = spec("lag", "lag-in", h.state.path(), window, sink);
+    crate::support::kafka_source(&mut job).bounded = false;
+    let handle = start(job, &h.bus, Cluster::local(1)).await.unwrap();
+    crate::support::wait_until_read(&handle, data.len()).await;
+    let ends = h.bus.admin().describe_topic("lag-in").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = handle.status();
+        let settled = ends.partitions.iter().all(|p| {
+            status
+                .partitions
+                .get(&p.id)
+                .is_some_and(|s| s.offset == p.high && s.lag == 0)
+        });
+        if settled {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a caught-up job must report each partition at its end with no lag: {status:?} vs {ends:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handle.stop();
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_operator_fails_ends_with_the_error_rather_than_hanging() {
+    let h = Harness::start().await;
+    let data = events(500, 10, 50, 500, 19);
+    publish(&h.bus, "failing-in", 2, &data).await;
+    let window = Window::tumbling(Duration::from_secs(10)).unwrap();
+    let (sink, _) = memory();
+    let mut job = spec("failing", "failing-in", h.state.path(), window, sink);
+    // User ids are `u…`: casting them to a number fails on the first batch.
+    job.select = Some(weir_dataflow::job::Select {
+        filter: None,
+        columns: Some(vec![
+            ("user_id".into(), "CAST(user_id AS BIGINT)".into()),
+            ("amount".into(), "amount".into()),
+            ("event_time".into(), "event_time".into()),
+        ]),
+    });
+    job.aggregation = None;
+    let handle = start(job, &h.bus, Cluster::local(2)).await.unwrap();
+    let ended = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || handle.join()),
+    )
+    .await
+    .expect("a failed job ends")
+    .unwrap();
+    let error = ended.expect_err("the job failed").to_string();
+    assert!(error.contains("Cast") || error.contains("cast"), "{error}");
+}

@@ -1,0 +1,467 @@
+//! What a job is: its spec (what `weir job run` reads: SQL fragments),
+//! and the [`Pipeline`] [`plan`] makes of it — the source, the lookup join,
+//! the transforms, the windowed aggregation and the sink as physical
+//! expressions against resolved schemas (the SQL front end builds
+//! pipelines directly) — and what a running job reports ([`Status`]).
+//! [`crate::job`] runs pipelines.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+use timely::order::Product;
+use weir_bus::Bus;
+
+use crate::DataflowError;
+use crate::aggregate::{Emit, WINDOW_START, result_schema};
+use crate::decode::arrow_schema;
+use crate::lookup::{Lookup, LookupPlan};
+use crate::plan::{AggregatePlan, plan_aggregate};
+use crate::sink::Sink;
+use crate::source::parquet_schema;
+use crate::transform::{Transform, plan_transform};
+use crate::window::Window;
+
+/// Timely time of every batch: `(epoch, watermark)`, a product order.
+pub type Time = Product<u64, u64>;
+
+/// Where event time comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventTime {
+    /// A column (milliseconds since the epoch, or a timestamp).
+    Field(String),
+    /// The Kafka record's timestamp, as the column `_timestamp`.
+    Kafka,
+}
+
+/// Column added for [`EventTime::Kafka`].
+pub const KAFKA_TIMESTAMP: &str = "_timestamp";
+
+/// `schema` with the [`KAFKA_TIMESTAMP`] column added at the end.
+pub(crate) fn with_kafka_timestamp(schema: &Schema) -> SchemaRef {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(
+        KAFKA_TIMESTAMP,
+        DataType::Timestamp(TimeUnit::Millisecond, None),
+        false,
+    ));
+    Arc::new(Schema::new(fields))
+}
+
+/// Where a source starts when the job has no checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Start {
+    /// The beginning of every partition.
+    #[default]
+    Earliest,
+    /// Only records produced from now on.
+    Latest,
+}
+
+/// A Kafka topic as a source.
+#[derive(Debug, Clone)]
+pub struct KafkaSource {
+    /// Topic.
+    pub topic: String,
+    /// Record schema; `None` takes the topic's registered Avro schema.
+    pub schema: Option<SchemaRef>,
+    /// Event time.
+    pub event_time: EventTime,
+    /// How late (in event time) a record may be before it is dead-lettered.
+    pub lateness: Duration,
+    /// A partition with no records for this long stops holding the
+    /// watermark back.
+    pub idle_timeout: Duration,
+    /// Where to start without a checkpoint.
+    pub start: Start,
+    /// Stop at the end offsets seen at start (a backfill or a test); the
+    /// last windows are then evaluated. Otherwise run until stopped.
+    pub bounded: bool,
+}
+
+impl KafkaSource {
+    /// A source of `topic` with event time in `field`, no lateness, 30 s
+    /// idle timeout, from the earliest offsets, unbounded.
+    pub fn new(topic: impl Into<String>, field: impl Into<String>) -> Self {
+        Self {
+            topic: topic.into(),
+            schema: None,
+            event_time: EventTime::Field(field.into()),
+            lateness: Duration::ZERO,
+            idle_timeout: Duration::from_secs(30),
+            start: Start::Earliest,
+            bounded: false,
+        }
+    }
+}
+
+/// Parquet files as a (bounded) source: a backfill.
+#[derive(Debug, Clone)]
+pub struct ParquetSource {
+    /// A file, or a directory read recursively (`*.parquet`, in name order;
+    /// hidden files and directories are skipped).
+    pub path: PathBuf,
+    /// The event time column.
+    pub event_time: String,
+}
+
+impl ParquetSource {
+    /// The files to read, in order.
+    pub fn files(&self) -> Result<Vec<PathBuf>, DataflowError> {
+        fn walk(dir: &std::path::Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+            let mut entries: Vec<_> = std::fs::read_dir(dir)?.flatten().collect();
+            entries.sort_by_key(|e| e.file_name());
+            for entry in entries {
+                let name = entry.file_name();
+                if name.to_string_lossy().starts_with('.') {
+                    continue;
+                }
+                let path = entry.path();
+                if path.is_dir() {
+                    walk(&path, out)?;
+                } else if path.extension().is_some_and(|e| e == "parquet") {
+                    out.push(path);
+                }
+            }
+            Ok(())
+        }
+        if self.path.is_file() {
+            return Ok(vec![self.path.clone()]);
+        }
+        let mut files = Vec::new();
+        walk(&self.path, &mut files)
+            .map_err(|e| DataflowError::Plan(format!("{}: {e}", self.path.display())))?;
+        Ok(files)
+    }
+}
+
+/// Where rows come from.
+#[derive(Debug, Clone)]
+pub enum Source {
+    /// A Kafka topic.
+    Kafka(KafkaSource),
+    /// Parquet files.
+    Parquet(ParquetSource),
+}
+
+impl Source {
+    /// The event time column of decoded rows.
+    pub fn event_time_column(&self) -> &str {
+        match self {
+            Source::Kafka(k) => match &k.event_time {
+                EventTime::Field(name) => name,
+                EventTime::Kafka => KAFKA_TIMESTAMP,
+            },
+            Source::Parquet(p) => &p.event_time,
+        }
+    }
+}
+
+/// A grouped, windowed aggregation.
+#[derive(Debug, Clone)]
+pub struct Aggregation {
+    /// SQL condition rows must meet, if any.
+    pub filter: Option<String>,
+    /// Grouping key columns.
+    pub keys: Vec<String>,
+    /// The window.
+    pub window: Window,
+    /// `(output name, SQL aggregate)` pairs.
+    pub aggregates: Vec<(String, String)>,
+    /// When results are emitted.
+    pub emit: Emit,
+}
+
+/// A stateless row transform in SQL: a condition and output columns.
+#[derive(Debug, Clone, Default)]
+pub struct Select {
+    /// Rows to keep.
+    pub filter: Option<String>,
+    /// `(output name, SQL expression)` pairs; `None` keeps every column.
+    pub columns: Option<Vec<(String, String)>>,
+}
+
+/// A job, as its author writes it.
+#[derive(Debug, Clone)]
+pub struct JobSpec {
+    /// Name: the state directory and consumer group are named after it.
+    pub name: String,
+    /// Input.
+    pub source: Source,
+    /// A join with a table topic, before anything else.
+    pub lookup: Option<Lookup>,
+    /// A row transform before the aggregation (or the whole job).
+    pub select: Option<Select>,
+    /// The aggregation, if any.
+    pub aggregation: Option<Aggregation>,
+    /// Output.
+    pub sink: Sink,
+    /// How often state and offsets are checkpointed.
+    pub checkpoint_interval: Duration,
+    /// Where workers keep their RocksDB state (`<dir>/<job>/worker-<n>`).
+    pub state_dir: PathBuf,
+}
+
+/// A windowed aggregation planned against its input schema.
+#[derive(Debug, Clone)]
+pub struct WindowedAggregate {
+    /// Keys and aggregates.
+    pub plan: AggregatePlan,
+    /// The window.
+    pub window: Window,
+    /// Event time column of the aggregation's input.
+    pub time_column: usize,
+    /// When results are emitted.
+    pub emit: Emit,
+}
+
+/// A job planned down to physical expressions: what [`run`] runs.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    /// Name: the state directory and consumer group are named after it.
+    pub name: String,
+    /// Input.
+    pub source: Source,
+    /// The schema of decoded source rows (with `_timestamp` for Kafka time).
+    pub source_schema: SchemaRef,
+    /// The lookup join.
+    pub lookup: Option<LookupPlan>,
+    /// Row transform before the aggregation.
+    pub transform: Option<Transform>,
+    /// The aggregation.
+    pub aggregate: Option<WindowedAggregate>,
+    /// Transform of the aggregation's results.
+    pub post: Option<Transform>,
+    /// Output.
+    pub sink: Sink,
+    /// How often state and offsets are checkpointed.
+    pub checkpoint_interval: Duration,
+    /// Where workers keep their RocksDB state.
+    pub state_dir: PathBuf,
+}
+
+impl Pipeline {
+    /// The schema of rows entering the aggregation (or the sink).
+    pub fn stage_schema(&self) -> SchemaRef {
+        if let Some(transform) = &self.transform {
+            return transform.output.clone();
+        }
+        match &self.lookup {
+            Some(lookup) => lookup.output.clone(),
+            None => self.source_schema.clone(),
+        }
+    }
+
+    /// The schema of the rows the sink receives.
+    pub fn output_schema(&self) -> Result<SchemaRef, DataflowError> {
+        if let Some(post) = &self.post {
+            return Ok(post.output.clone());
+        }
+        match &self.aggregate {
+            Some(aggregate) => result_schema(&aggregate.plan),
+            None => Ok(self.stage_schema()),
+        }
+    }
+
+    /// The columns that key output records: the sink's, or a windowed
+    /// job's grouping keys and `window_start`.
+    pub(crate) fn sink_key(&self) -> Result<Vec<usize>, DataflowError> {
+        let output = self.output_schema()?;
+        let named = match &self.sink {
+            Sink::Kafka { key, .. } | Sink::Table { key, .. } => key.clone(),
+            _ => Vec::new(),
+        };
+        let names = if !named.is_empty() {
+            named
+        } else if let Some(aggregate) = &self.aggregate {
+            let input = &aggregate.plan.input;
+            let mut names: Vec<String> = aggregate
+                .plan
+                .keys
+                .iter()
+                .map(|&i| input.field(i).name().clone())
+                .collect();
+            names.push(WINDOW_START.to_string());
+            names.retain(|n| output.index_of(n).is_ok());
+            names
+        } else {
+            Vec::new()
+        };
+        names
+            .iter()
+            .map(|name| {
+                output.index_of(name).map_err(|_| {
+                    DataflowError::Plan(format!("the key column `{name}` is not in the output"))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Workers: threads of this process, and the other processes of a timely
+/// cluster.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Worker threads per process.
+    pub threads: usize,
+    /// This process's index in `addresses`.
+    pub process: usize,
+    /// `host:port` of every process; empty for a single process.
+    pub addresses: Vec<String>,
+}
+
+impl Cluster {
+    /// `threads` workers in this process only.
+    pub fn local(threads: usize) -> Self {
+        Self {
+            threads,
+            process: 0,
+            addresses: Vec::new(),
+        }
+    }
+}
+
+/// What a running job reports.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    /// Records read.
+    pub records_in: u64,
+    /// Result rows written.
+    pub records_out: u64,
+    /// Records sent to the dead-letter topic (all reasons).
+    pub dead_letters: u64,
+    /// Of which late.
+    pub late: u64,
+    /// Smallest watermark of this process's sources (ms).
+    pub watermark: Option<i64>,
+    /// Last epoch committed on this process's workers.
+    pub committed_epoch: Option<u64>,
+    /// Per partition: next offset to read and the lag behind its end.
+    pub partitions: BTreeMap<i32, PartitionStatus>,
+}
+
+/// One partition's progress.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct PartitionStatus {
+    /// Next offset to read.
+    pub offset: i64,
+    /// Records between it and the end of the partition when last polled.
+    pub lag: i64,
+}
+
+/// The Arrow schema of a topic's records: `given`, or the topic's
+/// registered Avro schema.
+pub fn topic_schema(
+    bus: &Bus,
+    topic: &str,
+    given: Option<&SchemaRef>,
+) -> Result<SchemaRef, DataflowError> {
+    if let Some(schema) = given {
+        return Ok(schema.clone());
+    }
+    let subject = weir_core::topics::value_subject(topic);
+    let latest = bus.registry().latest(&subject).ok_or_else(|| {
+        DataflowError::Plan(format!(
+            "topic `{topic}` has no schema registered under `{subject}`: register one or give the job a schema"
+        ))
+    })?;
+    match &latest.schema.kind {
+        weir_bus::registry::SchemaKind::Avro(avro) => arrow_schema(avro.schema),
+        weir_bus::registry::SchemaKind::Json(_) => Err(DataflowError::Plan(format!(
+            "`{subject}` is a JSON Schema: give the job an Arrow schema"
+        ))),
+    }
+}
+
+/// The schema of a source's decoded rows.
+pub fn source_schema(bus: &Bus, source: &Source) -> Result<SchemaRef, DataflowError> {
+    let schema = match source {
+        Source::Kafka(kafka) => {
+            let payload = topic_schema(bus, &kafka.topic, kafka.schema.as_ref())?;
+            if kafka.event_time != EventTime::Kafka {
+                return Ok(payload);
+            }
+            with_kafka_timestamp(&payload)
+        }
+        Source::Parquet(parquet) => {
+            let files = parquet.files()?;
+            let first = files.first().ok_or_else(|| {
+                DataflowError::Plan(format!("no Parquet files in {}", parquet.path.display()))
+            })?;
+            parquet_schema(first)?
+        }
+    };
+    let time = source.event_time_column();
+    schema.index_of(time).map_err(|_| {
+        DataflowError::Plan(format!(
+            "the event time column `{time}` is not in the source's schema"
+        ))
+    })?;
+    Ok(schema)
+}
+
+/// Plans a job: resolves schemas (through the registry) and plans its SQL
+/// fragments with DataFusion.
+pub async fn plan(spec: JobSpec, bus: &Bus) -> Result<Pipeline, DataflowError> {
+    let source_schema = source_schema(bus, &spec.source)?;
+    let lookup = match &spec.lookup {
+        Some(lookup) => {
+            let table = topic_schema(bus, &lookup.topic, lookup.schema.as_ref())?;
+            let partitions = bus.admin().partitions(&lookup.topic).await?;
+            Some(LookupPlan::new(lookup, &source_schema, table, partitions)?)
+        }
+        None => None,
+    };
+    let joined = lookup
+        .as_ref()
+        .map_or(source_schema.clone(), |l| l.output.clone());
+    let transform = spec
+        .select
+        .as_ref()
+        .map(|s| plan_transform(joined.clone(), s.filter.as_deref(), s.columns.as_deref()))
+        .transpose()?;
+    let stage = transform.as_ref().map_or(joined, |t| t.output.clone());
+    let aggregate = match &spec.aggregation {
+        None => None,
+        Some(aggregation) => {
+            let keys: Vec<&str> = aggregation.keys.iter().map(String::as_str).collect();
+            let aggregates: Vec<(&str, &str)> = aggregation
+                .aggregates
+                .iter()
+                .map(|(n, s)| (n.as_str(), s.as_str()))
+                .collect();
+            let time = spec.source.event_time_column();
+            let time_column = stage.index_of(time).map_err(|_| {
+                DataflowError::Plan(format!(
+                    "the event time column `{time}` must reach the aggregation (keep it in `select`)"
+                ))
+            })?;
+            Some(WindowedAggregate {
+                plan: plan_aggregate(
+                    stage.clone(),
+                    aggregation.filter.as_deref(),
+                    &keys,
+                    &aggregates,
+                )?,
+                window: aggregation.window,
+                time_column,
+                emit: aggregation.emit,
+            })
+        }
+    };
+    Ok(Pipeline {
+        name: spec.name,
+        source: spec.source,
+        source_schema,
+        lookup,
+        transform,
+        aggregate,
+        post: None,
+        sink: spec.sink,
+        checkpoint_interval: spec.checkpoint_interval,
+        state_dir: spec.state_dir,
+    })
+}
