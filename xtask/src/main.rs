@@ -13,11 +13,12 @@
 //!   for the tasks that need them, keyed by a hash of the requirements file;
 //! - the cargo target directory (`~/.cache/weir/target`).
 //!
-//! This crate uses only `std` so that it builds in seconds before anything
-//! else is installed.
+//! The library and the environments are installed by `weir-setup`, the
+//! same code as `weir setup`, so the `weir` binary finds them without
+//! `cargo xtask`. This crate and that one use only `std`, so that they
+//! build in seconds before anything else is installed.
 
 use std::env;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -62,17 +63,6 @@ fn main() -> ExitCode {
 
 type Result<T> = std::result::Result<T, String>;
 
-/// Where the set-up keeps everything it downloads or builds.
-fn cache_dir() -> PathBuf {
-    if let Some(dir) = env::var_os("WEIR_CACHE") {
-        return PathBuf::from(dir);
-    }
-    let home = env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    home.join(".cache").join("weir")
-}
-
 fn workspace_root() -> PathBuf {
     // xtask/ sits at the workspace root.
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -84,20 +74,7 @@ fn workspace_root() -> PathBuf {
 fn target_dir() -> PathBuf {
     env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| cache_dir().join("target"))
-}
-
-fn onnxruntime_version() -> String {
-    // Set by `.cargo/config.toml` for everything cargo runs.
-    env::var("WEIR_ONNXRUNTIME_VERSION").unwrap_or_else(|_| "1.32.0".to_string())
-}
-
-fn onnxruntime_library() -> PathBuf {
-    let version = onnxruntime_version();
-    cache_dir()
-        .join("onnxruntime")
-        .join(&version)
-        .join(format!("libonnxruntime.so.{version}"))
+        .unwrap_or_else(|| weir_setup::cache_dir().join("target"))
 }
 
 /// What the set-up produced, passed on to cargo and to `weir` as variables.
@@ -181,125 +158,16 @@ fn debian_package_installed(package: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// Unpacks `libonnxruntime.so.<version>` from the PyPI wheel into the cache.
 fn onnxruntime() -> Result<PathBuf> {
-    let library = onnxruntime_library();
-    if library.exists() {
-        return Ok(library);
-    }
-    let version = onnxruntime_version();
-    let dir = library
-        .parent()
-        .expect("library path has a parent")
-        .to_path_buf();
-    eprintln!("xtask: fetching ONNX Runtime {version} from PyPI");
-    let download = cache_dir()
-        .join("downloads")
-        .join(format!("onnxruntime-{version}"));
-    fs::create_dir_all(&download).map_err(|e| format!("{}: {e}", download.display()))?;
-    run(Command::new(python3())
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--quiet",
-            "--no-deps",
-            "--only-binary=:all:",
-            &format!("onnxruntime=={version}"),
-            "-d",
-        ])
-        .arg(&download))?;
-    // Extract into a scratch folder, then rename: a crash never leaves a half library.
-    let scratch = dir.with_extension("partial");
-    let _ = fs::remove_dir_all(&scratch);
-    fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    let extract = r#"
-import glob, os, sys, zipfile
-download, out = sys.argv[1], sys.argv[2]
-wheels = glob.glob(os.path.join(download, "onnxruntime-*.whl"))
-if not wheels:
-    sys.exit("no onnxruntime wheel downloaded")
-with zipfile.ZipFile(wheels[0]) as wheel:
-    for name in wheel.namelist():
-        base = os.path.basename(name)
-        if name.startswith("onnxruntime/capi/") and base.startswith("libonnxruntime"):
-            with open(os.path.join(out, base), "wb") as f:
-                f.write(wheel.read(name))
-"#;
-    run(Command::new(python3())
-        .args(["-c", extract])
-        .arg(&download)
-        .arg(&scratch))?;
-    let _ = fs::remove_dir_all(&dir);
-    fs::rename(&scratch, &dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if !library.exists() {
-        return Err(format!(
-            "the onnxruntime {version} wheel has no {}",
-            library.file_name().unwrap().to_string_lossy()
-        ));
-    }
-    Ok(library)
+    weir_setup::install_onnxruntime().map_err(|e| e.to_string())
 }
 
 /// Builds (once per requirements content) the virtual environment `name`
 /// from `python/requirements-<name>.txt` and returns its interpreter.
 fn python_venv(name: &str) -> Result<PathBuf> {
-    let requirements = workspace_root()
-        .join("python")
-        .join(format!("requirements-{name}.txt"));
-    let read = |path: &Path| fs::read(path).map_err(|e| format!("{}: {e}", path.display()));
-    // The environment is keyed by its requirements and the files they
-    // include (`-r other.txt`).
-    let mut content = read(&requirements)?;
-    for line in String::from_utf8_lossy(&content.clone()).lines() {
-        if let Some(included) = line.trim().strip_prefix("-r ") {
-            content.extend(read(&requirements.with_file_name(included.trim()))?);
-        }
-    }
-    let venv = cache_dir()
-        .join("venv")
-        .join(format!("{name}-{:016x}", fnv1a(&content)));
-    let python = venv.join("bin").join("python");
-    let done = venv.join(".complete");
-    if done.exists() {
-        return Ok(python);
-    }
-    eprintln!(
-        "xtask: building the `{name}` Python environment in {}",
-        venv.display()
-    );
-    let _ = fs::remove_dir_all(&venv);
-    run(Command::new(python3()).args(["-m", "venv"]).arg(&venv))?;
-    run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--upgrade", "pip"]))?;
-    run(Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", "-r"])
-        .arg(&requirements))?;
-    fs::write(&done, b"").map_err(|e| format!("{}: {e}", done.display()))?;
-    // Environments of older requirements are not used again.
-    if let Ok(entries) = fs::read_dir(venv.parent().expect("venv has a parent")) {
-        for entry in entries.flatten() {
-            let stale = entry
-                .file_name()
-                .to_string_lossy()
-                .starts_with(&format!("{name}-"))
-                && entry.path() != venv;
-            if stale {
-                let _ = fs::remove_dir_all(entry.path());
-            }
-        }
-    }
-    Ok(python)
-}
-
-fn python3() -> &'static str {
-    "python3"
-}
-
-/// FNV-1a: a stable content hash without a dependency.
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(*byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+    weir_setup::PythonEnvironment::named(name)
+        .and_then(|environment| environment.install())
+        .map_err(|e| e.to_string())
 }
 
 /// A cargo command with the environment of a shell, not of `cargo run`:
@@ -331,6 +199,9 @@ fn cargo() -> Command {
 
 fn test() -> Result<()> {
     let setup = setup(Some("test"))?;
+    // The demo's environment too: a test runs the `weir` binary with a
+    // clean environment, as a user would, and it must find it.
+    python_venv("train")?;
     let step = |args: &[&str]| -> Result<()> {
         let mut command = cargo();
         command.args(args);
@@ -417,7 +288,10 @@ fn weir(args: &[String]) -> Result<()> {
 
 fn print_env() -> Result<()> {
     println!("CARGO_TARGET_DIR={}", target_dir().display());
-    println!("WEIR_ORT_LIB={}", onnxruntime_library().display());
+    println!(
+        "WEIR_ORT_LIB={}",
+        weir_setup::installed_onnxruntime().display()
+    );
     Ok(())
 }
 

@@ -124,11 +124,10 @@ impl Task<'_> {
     }
 }
 
-/// The Python the built-in runtimes use: `WEIR_PYTHON`, else `python3`.
-pub fn python() -> PathBuf {
-    std::env::var_os("WEIR_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "python3".into())
+/// The Python the built-in runtimes use: `WEIR_PYTHON`, else the managed
+/// training environment's (`weir setup` installs it).
+pub fn python() -> Result<PathBuf, TrainError> {
+    Ok(weir_setup::training_python()?)
 }
 
 /// Runs `runtime` under the contract — in `warm`'s process when given and
@@ -201,9 +200,10 @@ impl Warm {
     /// Starts the process now (it imports the libraries the jobs use while
     /// nothing waits for it), unless it runs.
     pub async fn start(&self) -> Result<(), TrainError> {
-        WarmProcess::running(&mut *self.process.lock().await)
+        let python = python()?;
+        WarmProcess::running(&mut *self.process.lock().await, &python)
             .map(drop)
-            .map_err(|e| TrainError::Runtime(format!("starting {}: {e}", python().display())))
+            .map_err(|e| TrainError::Runtime(format!("starting {}: {e}", python.display())))
     }
 
     async fn run(
@@ -214,8 +214,10 @@ impl Warm {
         log: &Path,
     ) -> Result<(), TrainError> {
         use tokio::io::AsyncWriteExt as _;
+        let python = python()?;
         let mut process = self.process.lock().await;
-        let running = WarmProcess::running(&mut process).map_err(|e| cannot_start(task, e))?;
+        let running =
+            WarmProcess::running(&mut process, &python).map_err(|e| cannot_start(task, e))?;
         let env: BTreeMap<&str, String> = contract_env(task, contract)
             .into_iter()
             .map(|(k, v)| (k, v.to_string_lossy().into_owned()))
@@ -256,7 +258,7 @@ impl Warm {
 
 impl WarmProcess {
     /// The process in `slot`, started if there is none or it has exited.
-    fn running(slot: &mut Option<Self>) -> std::io::Result<&mut Self> {
+    fn running<'a>(slot: &'a mut Option<Self>, python: &Path) -> std::io::Result<&'a mut Self> {
         let alive = slot.as_mut().is_some_and(|process| {
             process
                 .child
@@ -264,14 +266,14 @@ impl WarmProcess {
                 .is_ok_and(|exited| exited.is_none())
         });
         if !alive {
-            *slot = Some(Self::start()?);
+            *slot = Some(Self::start(python)?);
         }
         Ok(slot.as_mut().expect("started above"))
     }
 
-    fn start() -> std::io::Result<Self> {
+    fn start(python: &Path) -> std::io::Result<Self> {
         use tokio::io::AsyncBufReadExt as _;
-        let mut child = Command::new(python())
+        let mut child = Command::new(python)
             .args(["-c", SCRIPT, "serve"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -410,7 +412,7 @@ fn command(task: &Task<'_>, contract: &Contract, log: &Path) -> Result<Command, 
         (_, Some(args)) => {
             let mut words = vec!["-c".to_string(), SCRIPT.into()];
             words.extend(args);
-            (python(), words)
+            (python()?, words)
         }
         (Task::Train(Runtime::Command { command }), None) => {
             let (program, args) = command
