@@ -18,7 +18,8 @@ use apache_avro::types::Value as AvroValue;
 use apache_avro::writer::datum::GenericDatumWriter;
 use serde_json::Value as Json;
 
-use crate::codec::{DeadLetterReason, DecodeError, MAGIC_BYTE};
+use crate::decode_error::{DeadLetterReason, DecodeError};
+use crate::framing::MAGIC_BYTE;
 
 /// An Avro schema ready for encoding and decoding: parsed once, with its
 /// named types indexed so `{"type": "Name"}` references resolve.
@@ -533,7 +534,7 @@ pub fn avro_to_json(value: &AvroValue) -> Json {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::{FRAME_HEADER_LEN, frame_schema_id};
+    use crate::framing::{FRAME_HEADER_LEN, frame_schema_id};
     use serde_json::json;
 
     const TXN: &str = r#"{

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use weir_core::topics;
 
-use crate::codec::{DeadLetterReason, DecodeError};
+use crate::decode_error::{DeadLetterReason, DecodeError};
 use crate::{Admin, Bus, BusConfig, BusError, OutRecord, PendingDelivery, Producer, TopicSpec};
 
 /// Header naming the reason.

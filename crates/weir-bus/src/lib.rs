@@ -28,8 +28,11 @@ pub mod avro;
 pub mod codec;
 mod consumer;
 pub mod dead_letter;
+mod decode_error;
 mod error;
+pub mod framing;
 mod producer;
+mod publisher;
 pub mod registry;
 
 use std::sync::Arc;
@@ -37,57 +40,103 @@ use std::sync::Arc;
 use rdkafka::ClientConfig;
 
 pub use admin::{Admin, PartitionInfo, TopicInfo, TopicSpec};
-pub use codec::{DeadLetterReason, DecodeError, TopicCodec, Value, WireFormat};
+pub use codec::{TopicCodec, Value, WireFormat};
 pub use consumer::{
     Consumer, ConsumerOptions, QuietEof, RawRecord, Record, StartFrom, consumer_config,
 };
 pub use dead_letter::DeadLetterCounts;
+pub use decode_error::{DeadLetterReason, DecodeError};
 pub use error::BusError;
-pub use producer::{
-    Delivery, OutRecord, PendingDelivery, Producer, Publisher, producer_config, producer_log,
-};
+pub use producer::{Delivery, OutRecord, PendingDelivery, Producer, producer_config, producer_log};
+pub use publisher::Publisher;
 pub use registry::{SchemaRegistry, SchemaType};
 
-/// Drops an rdkafka client on a thread of its own: rdkafka's drops block
-/// for about 100 ms (a consumer polls until its group is left, a producer
-/// or an admin client joins its polling thread, which polls every 100 ms),
-/// which would hold up whatever drops it — a command's exit, a follower
-/// replaced, a tracker closed — once per client. If no thread can be
-/// started, it is dropped here instead.
-fn drop_off_thread(client: impl Send + 'static) {
-    let Ok(dropping) = std::thread::Builder::new()
-        .name("weir-client-drop".into())
-        .spawn(move || drop(client))
-    else {
-        return;
-    };
-    let mut threads = DROPPING.lock().expect("dropping lock");
-    threads.retain(|thread| !thread.is_finished());
-    threads.push(dropping);
+/// Handles on rdkafka clients the bus made that are still alive, and a
+/// condition signalled when one goes: whoever stops a broker in this
+/// process waits until none is left ([`wait_for_dropped_clients`]).
+static LIVE: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+/// One live handle on an rdkafka client, counted in [`LIVE`] until it is
+/// dropped (a clone is another handle).
+pub(crate) struct Live(());
+
+impl Live {
+    pub(crate) fn new() -> Self {
+        *LIVE.0.lock().expect("live clients") += 1;
+        Self(())
+    }
 }
 
-/// The threads [`drop_off_thread`] started that may still be running.
-static DROPPING: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>> =
-    std::sync::Mutex::new(Vec::new());
+impl Clone for Live {
+    fn clone(&self) -> Self {
+        Self::new()
+    }
+}
 
-/// Waits until every client dropped so far is gone (they go together, so
-/// this takes about 100 ms at most). Whoever stops a broker in this
-/// process calls it first: a client still open when its broker stops logs
-/// errors.
+impl Drop for Live {
+    fn drop(&mut self) {
+        let mut live = LIVE.0.lock().expect("live clients");
+        *live = live.saturating_sub(1);
+        LIVE.1.notify_all();
+    }
+}
+
+/// Drops an rdkafka client handle on a thread of its own, then its
+/// [`Live`] count: rdkafka's drops block for about 100 ms (a consumer polls
+/// until its group is left, a producer or an admin client joins its
+/// polling thread, which polls every 100 ms), which would hold up whatever
+/// drops it — a command's exit, a follower replaced, a tracker closed —
+/// once per client. If no thread can be started, it is dropped here
+/// instead.
+pub(crate) fn drop_off_thread(client: impl Send + 'static, live: Option<Live>) {
+    let dropping = std::thread::Builder::new()
+        .name("weir-client-drop".into())
+        .spawn(move || {
+            drop(client);
+            drop(live);
+        });
+    if let Err(error) = dropping {
+        tracing::debug!(%error, "dropping an rdkafka client here");
+    }
+}
+
+/// Waits until every rdkafka client the bus made in this process is gone
+/// (each goes within about 100 ms of its last handle), or a few seconds
+/// have passed. Whoever stops a broker in this process calls it first, once
+/// it has dropped its own handles: a client still open when its broker
+/// stops logs errors (and a handle a task still held a moment ago is
+/// dropped when the task is).
 pub fn wait_for_dropped_clients() {
-    let threads = std::mem::take(&mut *DROPPING.lock().expect("dropping lock"));
-    for thread in threads {
-        let _ = thread.join();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let mut live = LIVE.0.lock().expect("live clients");
+    while *live > 0 {
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            tracing::debug!(live = *live, "rdkafka clients still open");
+            return;
+        }
+        live = LIVE
+            .1
+            .wait_timeout(live, deadline - now)
+            .expect("live clients")
+            .0;
     }
 }
 
 /// An rdkafka client that is dropped off the caller's thread
-/// ([`drop_off_thread`]).
-pub(crate) struct DropOffThread<T: Send + 'static>(Option<T>);
+/// ([`drop_off_thread`]) and counted while it lives.
+pub(crate) struct DropOffThread<T: Send + 'static> {
+    client: Option<T>,
+    live: Option<Live>,
+}
 
 impl<T: Send + 'static> DropOffThread<T> {
     pub(crate) fn new(client: T) -> Self {
-        Self(Some(client))
+        Self {
+            client: Some(client),
+            live: Some(Live::new()),
+        }
     }
 }
 
@@ -95,14 +144,14 @@ impl<T: Send + 'static> std::ops::Deref for DropOffThread<T> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        self.0.as_ref().expect("taken only when dropped")
+        self.client.as_ref().expect("taken only when dropped")
     }
 }
 
 impl<T: Send + 'static> Drop for DropOffThread<T> {
     fn drop(&mut self) {
-        if let Some(client) = self.0.take() {
-            drop_off_thread(client);
+        if let Some(client) = self.client.take() {
+            drop_off_thread(client, self.live.take());
         }
     }
 }

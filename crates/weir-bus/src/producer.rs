@@ -1,18 +1,15 @@
-//! Producing: raw bytes with [`Producer`], encoded values with [`Publisher`].
+//! Producing raw bytes with [`Producer`] (encoded values: [`crate::Publisher`]).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::{BusConfig, BusError};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Message as _, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _};
-use serde_json::Value as Json;
-
-use crate::codec::{DecodeError, TopicCodec, WireFormat};
-use crate::{BusConfig, BusError};
 
 /// Where a record was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +89,8 @@ impl<'a> OutRecord<'a> {
 pub struct Producer {
     /// Taken only when dropped.
     inner: Option<FutureProducer<ProducerLog>>,
+    /// Counted while it lives; a clone is another handle.
+    live: Option<crate::Live>,
 }
 
 impl Drop for Producer {
@@ -104,7 +103,7 @@ impl Drop for Producer {
             return;
         };
         if inner.in_flight_count() == 0 {
-            crate::drop_off_thread(inner);
+            crate::drop_off_thread(inner, self.live.take());
         }
     }
 }
@@ -142,7 +141,10 @@ impl Producer {
         if settings.get("enable.idempotence") == Some("true") {
             ask_for_producer_id(&inner);
         }
-        Ok(Self { inner: Some(inner) })
+        Ok(Self {
+            inner: Some(inner),
+            live: Some(crate::Live::new()),
+        })
     }
 
     /// Queues a record; waits only while the local queue is full. The
@@ -273,61 +275,5 @@ impl Future for PendingDelivery {
                 )),
                 Err(_) => Err(BusError::Closed("the producer".into())),
             })
-    }
-}
-
-/// Encodes values with a topic's codec and produces them.
-#[derive(Debug, Clone)]
-pub struct Publisher {
-    producer: Producer,
-    codec: TopicCodec,
-    format: WireFormat,
-}
-
-impl Publisher {
-    pub(crate) fn new(producer: Producer, codec: TopicCodec) -> Self {
-        let format = codec.default_format();
-        Self {
-            producer,
-            codec,
-            format,
-        }
-    }
-
-    /// Writes values in `format` instead of the topic's default.
-    pub fn with_format(mut self, format: WireFormat) -> Self {
-        self.format = format;
-        self
-    }
-
-    /// The topic's codec.
-    pub fn codec(&self) -> &TopicCodec {
-        &self.codec
-    }
-
-    /// The underlying producer (for records that bypass the codec).
-    pub fn producer(&self) -> &Producer {
-        &self.producer
-    }
-
-    /// Checks a JSON value against the topic's schema and encodes it.
-    pub fn encode(&self, value: &Json) -> Result<Vec<u8>, DecodeError> {
-        self.codec.encode_json(value, self.format)
-    }
-
-    /// Queues encoded bytes for the topic (see [`Producer::send`]).
-    pub async fn send(
-        &self,
-        key: Option<&[u8]>,
-        bytes: &[u8],
-    ) -> Result<PendingDelivery, BusError> {
-        self.producer
-            .send(OutRecord::new(self.codec.topic(), bytes).maybe_key(key))
-            .await
-    }
-
-    /// Waits until every queued record is acknowledged.
-    pub fn flush(&self, timeout: Duration) -> Result<(), BusError> {
-        self.producer.flush(timeout)
     }
 }

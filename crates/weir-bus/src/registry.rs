@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use weir_core::topics;
 
 use crate::avro::AvroCodec;
-use crate::codec::{DeadLetterReason, DecodeError};
+use crate::decode_error::{DeadLetterReason, DecodeError};
 use crate::{Admin, BusConfig, BusError, TopicSpec};
 
 /// The kind of a schema, as the REST API names it.

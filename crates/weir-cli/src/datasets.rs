@@ -65,7 +65,7 @@ enum Command {
     /// A dataset version in full (JSON): files, hashes, schema, lineage.
     Describe {
         /// `name` (the latest version) or `name@N`.
-        dataset: String,
+        dataset: weir_catalog::Reference,
     },
 }
 

@@ -25,8 +25,9 @@
 //!
 //! Stage 5 (training and evaluation): a LightGBM model trained on the
 //! snapshot (split by time), its ONNX export checked through ONNX Runtime
-//! and registered as a version of `demo-large`; evaluated against the
-//! current champion, and promoted if the gate passes.
+//! and registered as a version of `demo-large`; evaluated on the rows its
+//! training held out (the latest fifth) against the current champion, and
+//! promoted if the gate passes.
 //!
 //! Stage 6 (serving): `topologies/deployments/demo-large.yaml` serves the
 //! champion over the Open Inference Protocol (HTTP) and a Kafka stream; a
@@ -48,7 +49,7 @@ use anyhow::Context as _;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::{Value as Json, json};
-use weir_bus::dead_letter::describe;
+use weir_bus::dead_letter::{self, describe};
 use weir_bus::{Bus, ConsumerOptions, OutRecord, SchemaType, StartFrom, TopicSpec};
 use weir_core::{Config, topics};
 
@@ -86,7 +87,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     connection.close().await;
     result?;
     println!(
-        "\nNext: `weir tail {TOPIC} -n 3`, `weir tail {} --from-beginning`, `weir features get user_spend u0000`,\n      `weir features serve` (HTTP look-ups), `weir sql \"SELECT * FROM user_spend LIMIT 5\"`,\n      `weir runs list demo`, `weir lineage dataset:demo-training@1`, `weir server` (for the mlflow client),\n      `weir models show demo-large`, `weir evaluate demo-large@champion demo-training`,\n      `weir serve demo-large`, `weir tail {} -n 1`, `weir lineage deployment:demo-large`",
+        "\nNext: `weir tail {TOPIC} -n 3`, `weir tail {} --from-beginning`, `weir features get user_spend u0000`,\n      `weir features serve` (HTTP look-ups), `weir sql \"SELECT * FROM user_spend LIMIT 5\"`,\n      `weir runs list demo`, `weir lineage dataset:demo-training@1`, `weir server` (for the mlflow client),\n      `weir models show demo-large`, `weir evaluate demo-large@1` (on the rows its training held out),\n      `weir serve demo-large`, `weir tail {} -n 1`, `weir lineage deployment:demo-large`",
         topics::dlq(TOPIC),
         topics::log("demo-large")
     );
@@ -337,25 +338,26 @@ async fn repository_stage(bus: &Bus, config: &Config) -> anyhow::Result<Snapshot
     );
     let registry = weir_sql::registry::Registry::load(bus).await?;
     let started = Instant::now();
-    let (store, views, materializer) =
-        crate::features::online(bus, &registry, &config.state_dir.join("online")).await?;
-    drop(materializer);
+    let (online, _) = weir_features::follow::Online::catch_up(
+        bus,
+        &registry,
+        None,
+        &config.state_dir.join("online"),
+    )
+    .await?;
     println!(
         "    online store: {} views read from their topics into {} in {:.2} s",
-        views.len(),
+        online.views.len(),
         config.state_dir.join("online").display(),
         started.elapsed().as_secs_f64()
     );
-    let (spend, _) = views
-        .iter()
-        .find(|(v, _)| v.name == "user_spend")
-        .context("the user_spend view")?;
+    let spend = online.view("user_spend").context("the user_spend view")?;
     let users = ["u0000", "u0001", "u0002", "nobody"];
     let keys: Vec<Vec<String>> = users.iter().map(|u| vec![u.to_string()]).collect();
     let features = ["n".to_string(), "total".to_string()];
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
     let started = Instant::now();
-    let found = store.get(spend, &keys, &features, now)?;
+    let found = online.store.get(spend, &keys, &features, now)?;
     let took = started.elapsed();
     for (user, found) in users.iter().zip(&found) {
         println!(
@@ -421,16 +423,20 @@ async fn repository_stage(bus: &Bus, config: &Config) -> anyhow::Result<Snapshot
         .join("demo-training.parquet");
     std::fs::create_dir_all(out.parent().expect("a directory"))?;
     let started = Instant::now();
-    let started_ms = weir_meta::now_ms();
-    let request = crate::snapshot::Request {
-        labels: &labels,
-        views: &["user_spend".to_string(), "user_sessions".to_string()],
-        out: &out,
+    let started_ms = weir_core::now_ms();
+    let request = weir_features::take::SnapshotRequest {
+        labels: labels.clone(),
+        views: vec![
+            weir_catalog::Reference::latest("user_spend"),
+            weir_catalog::Reference::latest("user_sessions"),
+        ],
+        out: out.clone(),
         full_feature_names: true,
         memory: 256 << 20,
-        name: "demo-training",
+        name: "demo-training".into(),
+        scratch: config.state_dir.join("snapshots").join("scratch-demo"),
     };
-    let (stats, dataset) = crate::snapshot::take_snapshot(config, bus, request).await?;
+    let (stats, dataset) = weir_features::take::take_snapshot(bus, &request).await?;
     let seconds = started.elapsed().as_secs_f64();
     let mut with_spend = 0;
     let file = std::fs::File::open(&out)?;
@@ -478,7 +484,7 @@ async fn repository_stage(bus: &Bus, config: &Config) -> anyhow::Result<Snapshot
 async fn metadata_stage(bus: &Bus, config: &Config, snapshot: Snapshot) -> anyhow::Result<()> {
     use weir_meta::event::{KeyValue, Metric};
     println!("\n[4] metadata: the snapshot recorded as a run (experiment `demo`), and its lineage");
-    let tracker = crate::tracking::open_tracker(config, bus).await?;
+    let tracker = weir_meta::Tracker::open_under(bus, &config.state_dir).await?;
     let dataset = format!("{}@{}", snapshot.dataset.name, snapshot.dataset.version);
     let ended = snapshot.started_ms + (snapshot.seconds * 1000.0) as i64;
     let param = |key: &str, value: String| KeyValue {
@@ -550,17 +556,17 @@ async fn show_dead_letters(bus: &Bus, count: i64) -> anyhow::Result<()> {
     while let Some(letter) = reader.next_raw().await? {
         let headers: BTreeMap<String, String> = describe(&letter.headers).into_iter().collect();
         let get = |name: &str| headers.get(name).map_or("", String::as_str);
-        let field = match get("weir.dlq.field") {
+        let field = match get(dead_letter::FIELD) {
             "" => String::new(),
             field => format!(" field `{field}`"),
         };
         println!(
             "      {}/{}@{}: {}{field}: {}",
-            get("weir.dlq.topic"),
-            get("weir.dlq.partition"),
-            get("weir.dlq.offset"),
-            get("weir.dlq.reason"),
-            get("weir.dlq.error")
+            get(dead_letter::TOPIC),
+            get(dead_letter::PARTITION),
+            get(dead_letter::OFFSET),
+            get(dead_letter::REASON),
+            get(dead_letter::ERROR)
         );
         if Instant::now() > deadline {
             break;
@@ -618,6 +624,10 @@ fn malformed_records(schema_id: u32) -> Vec<(&'static str, Vec<u8>)> {
     records
 }
 
+/// The share of the snapshot, its latest rows, that training holds out and
+/// evaluation scores.
+const HELD_OUT: f64 = 0.2;
+
 /// Stage 5: a model trained on the snapshot, registered, evaluated against
 /// the champion and promoted if it passes the gate.
 async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Result<()> {
@@ -625,7 +635,7 @@ async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Re
     println!(
         "\n[5] training: LightGBM on {dataset} through ONNX, registered, evaluated against the champion"
     );
-    let tracker = crate::tracking::open_tracker(config, bus).await?;
+    let tracker = weir_meta::Tracker::open_under(bus, &config.state_dir).await?;
     let datasets = weir_features::datasets::Datasets::load(bus).await?;
     let scratch = config.state_dir.join("train");
     let workspace = weir_train::Workspace {
@@ -645,7 +655,7 @@ async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Re
         split: Split::Time {
             column: weir_features::snapshot::EVENT_TIMESTAMP.into(),
             validation: 0.2,
-            test: 0.2,
+            test: HELD_OUT,
         },
         runtime: Runtime::Lightgbm,
         params: [("n_estimators".to_string(), json!(100))].into(),
@@ -685,9 +695,11 @@ async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Re
             model.signature.opset().unwrap_or_default()
         );
     }
+    // On the rows its training held out (the test part of its time split):
+    // the rows it trained on would flatter it.
     let request = weir_train::EvaluationRequest {
         model: format!("{name}@{version}"),
-        dataset: dataset.into(),
+        dataset: None,
         slice: None,
         champion: "champion".into(),
         gate: vec![],
@@ -695,20 +707,18 @@ async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Re
     };
     let evaluation = weir_train::evaluate(&request, workspace).await?;
     println!(
-        "    evaluated on all {} snapshot rows against {}: gate {} ({})",
+        "    evaluated on the {} rows its training held out (the latest {:.0} % by {}) against {}: gate {} ({})",
         evaluation.rows,
+        HELD_OUT * 100.0,
+        weir_features::snapshot::EVENT_TIMESTAMP,
         evaluation
             .champion
             .as_ref()
             .map_or("no champion yet", |c| c.model.as_str()),
-        if evaluation.gate.passed {
-            "passed"
-        } else {
-            "refused"
-        },
+        evaluation.gate.verdict.as_str(),
         evaluation.gate.reasons.join("; ")
     );
-    if evaluation.gate.passed {
+    if evaluation.gate.passed() {
         tracker.set_alias(&name, "champion", version).await?;
         println!("    {name}@champion → version {version}");
     }
@@ -729,10 +739,14 @@ async fn serving_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
         weir_serve::DeploymentSpec::parse(DEPLOYMENT, "topologies/deployments/demo-large.yaml")?;
     // A free port: the demo must not collide with a `weir serve` running.
     spec.http.listen = "127.0.0.1:0".into();
-    let tracker = crate::tracking::open_tracker(config, bus).await?;
+    let tracker = weir_meta::Tracker::open_under(bus, &config.state_dir).await?;
     print!("    ");
     crate::serve::apply(&tracker, &spec, DEPLOYMENT).await?;
-    let registry = weir_serve::Registry::follow(bus, crate::serve::artifacts(config)?).await?;
+    let registry = weir_serve::Registry::follow(
+        bus,
+        weir_meta::artifacts::ArtifactStore::under(&config.state_dir)?,
+    )
+    .await?;
     let (features, following) = crate::serve::features(bus, config, &spec).await?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -801,7 +815,7 @@ async fn serving_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
     let requests = topics::requests(&spec.name);
     let producer = bus.producer()?;
     for (i, user) in users.iter().enumerate() {
-        let id = format!("demo-{}-{i}", weir_meta::now_ms());
+        let id = format!("demo-{}-{i}", weir_core::now_ms());
         producer
             .send_and_wait(OutRecord::new(&requests, body(user).as_bytes()).key(id.as_bytes()))
             .await?;

@@ -10,12 +10,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context as _, bail};
 use weir_core::Config;
 use weir_dataflow::job::{Cluster, Source};
-use weir_features::materialize::Materializer;
-use weir_features::online::{OnlineStore, OnlineView, rfc3339};
+use weir_features::follow::Online;
+use weir_features::online::rfc3339;
 use weir_sql::registry::{self, Registry};
 
 use crate::connect::connect;
-use crate::job::supervise;
+use crate::job::{StatusOutput, supervise};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -41,9 +41,13 @@ enum Command {
         /// Worker threads per view.
         #[arg(short = 'w', long, default_value_t = 1)]
         threads: usize,
-        /// Print the jobs' status this often.
+        /// Print the jobs' status as JSON lines this often (when not on a
+        /// terminal, or with `--json`).
         #[arg(long, value_parser = weir_dataflow::spec::parse_duration, default_value = "5s")]
         status_every: Duration,
+        /// JSON status lines, also on a terminal.
+        #[arg(long)]
+        json: bool,
     },
     /// The views, their latest versions and where their features go.
     List,
@@ -128,6 +132,7 @@ async fn command(
                 until_end,
                 threads,
                 status_every,
+                json,
             } => {
                 let views = registry::load_views(&path)?;
                 if views.is_empty() {
@@ -169,7 +174,8 @@ async fn command(
                     jobs.len(),
                     connection.description
                 );
-                for (name, status) in supervise(jobs, status_every).await? {
+                for (name, status) in supervise(jobs, StatusOutput::new(status_every, json)).await?
+                {
                     println!(
                         "{name}: {} records in, {} rows out, {} late, {} dead letters",
                         status.records_in, status.records_out, status.late, status.dead_letters
@@ -267,23 +273,16 @@ async fn command(
             }
             Command::Serve { listen } => {
                 let registry = Registry::load(bus).await?;
-                let (store, views, mut materializer) =
-                    online(bus, &registry, &config.state_dir.join("online")).await?;
-                // Follow the views' topics while serving.
-                std::thread::spawn(move || {
-                    loop {
-                        if let Err(error) = materializer.poll(10_000, Duration::from_millis(500)) {
-                            tracing::error!(%error, "online store");
-                            std::thread::sleep(Duration::from_secs(1));
-                        }
-                    }
-                });
+                // Followed while serving.
+                let (online, following) =
+                    Online::follow(bus, &registry, None, &config.state_dir.join("online")).await?;
                 let served = weir_features::http::Served {
-                    store,
+                    store: online.store,
                     views: Arc::new(
-                        views
+                        online
+                            .views
                             .into_iter()
-                            .map(|(v, _)| (v.name.clone(), v))
+                            .map(|v| (v.name.clone(), v))
                             .collect(),
                     ),
                 };
@@ -299,13 +298,20 @@ async fn command(
                         let _ = tokio::signal::ctrl_c().await;
                     })
                     .await?;
+                following.stop().await;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Get { view, entity } => {
                 let registry = Registry::load(bus).await?;
-                let (store, views, _) =
-                    online(bus, &registry, &config.state_dir.join("online")).await?;
-                let Some((served, _)) = views.into_iter().find(|(v, _)| v.name == view) else {
+                let names = [view.clone()];
+                let (online, _) = Online::catch_up(
+                    bus,
+                    &registry,
+                    Some(&names),
+                    &config.state_dir.join("online"),
+                )
+                .await?;
+                let Some(served) = online.view(&view) else {
                     bail!("no feature view `{view}` (weir features list)");
                 };
                 if entity.len() != served.entity.len() {
@@ -316,7 +322,7 @@ async fn command(
                     );
                 }
                 let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
-                let found = store.get(&served, &[entity], &served.features, now)?;
+                let found = online.store.get(served, &[entity], &served.features, now)?;
                 let found = &found[0];
                 let values: serde_json::Map<String, serde_json::Value> = served
                     .features
@@ -398,7 +404,7 @@ async fn command(
                     PathBuf::from(format!("{}.v{}.parquet", version.name, version.version))
                 });
                 let schema = rows.first().map_or(plan.output.clone(), |b| b.schema());
-                let count = crate::sql::write_parquet(&out, &schema, &rows)?;
+                let count = weir_sql::batch::write_parquet(&out, &schema, &rows)?;
                 println!(
                     "{count} rows of {} v{} → {}",
                     version.name,
@@ -411,59 +417,6 @@ async fn command(
     }
 }
 
-/// The online store at `path` brought up to date with the latest version
-/// of every view, those views, and the materializer that keeps reading
-/// their topics.
-pub async fn online(
-    bus: &weir_bus::Bus,
-    registry: &Registry,
-    path: &std::path::Path,
-) -> anyhow::Result<(Arc<OnlineStore>, Vec<(OnlineView, i32)>, Materializer)> {
-    let mut views = Vec::new();
-    for name in registry.names() {
-        let version = registry.latest(name).expect("a version");
-        views.push((
-            online_view(version)?,
-            bus.admin().partitions(&version.topic).await?,
-        ));
-    }
-    let store = Arc::new(OnlineStore::open(path)?);
-    let mut materializer = Materializer::new(bus.config(), store.clone(), views.clone())?;
-    let (read, materializer) = tokio::task::spawn_blocking(move || {
-        materializer.catch_up().map(|read| (read, materializer))
-    })
-    .await??;
-    tracing::info!(read, path = %path.display(), "online store up to date");
-    Ok((store, views, materializer))
-}
-
-/// A recorded view as the online store serves it: its entity, its features
-/// (the other columns but the window's), its TTL.
-pub fn online_view(version: &registry::ViewVersion) -> anyhow::Result<OnlineView> {
-    let window = [
-        weir_dataflow::aggregate::WINDOW_START,
-        weir_dataflow::aggregate::WINDOW_END,
-    ];
-    Ok(OnlineView {
-        name: version.name.clone(),
-        topic: version.topic.clone(),
-        entity: version.header.entity.clone(),
-        features: version
-            .output
-            .iter()
-            .map(|c| c.name.clone())
-            .filter(|n| !version.header.entity.contains(n) && !window.contains(&n.as_str()))
-            .collect(),
-        ttl: version
-            .header
-            .ttl
-            .as_deref()
-            .map(weir_dataflow::spec::parse_duration)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("view `{}`: ttl: {e}", version.name))?,
-    })
-}
-
 /// Plans a recorded version of a view.
 async fn plan_version(
     bus: &weir_bus::Bus,
@@ -472,7 +425,7 @@ async fn plan_version(
     config: &Config,
 ) -> anyhow::Result<weir_sql::Plan> {
     Ok(weir_sql::plan_view(
-        &version.view_file(),
+        &weir_sql::ViewFile::of_version(version),
         &registry::BusCatalog::new(bus, registry).await?,
         &weir_sql::plan::PlanOptions {
             topic: version.topic.clone(),

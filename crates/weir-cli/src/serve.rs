@@ -3,13 +3,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use weir_core::Config;
+use weir_features::follow::{Following, Online};
 use weir_meta::artifacts::ArtifactStore;
 use weir_serve::server::{Features, Ready};
 use weir_serve::spec::Protocol;
@@ -62,13 +61,6 @@ pub struct ScoreArgs {
     /// Rows per chunk.
     #[arg(long, default_value_t = 10_000)]
     chunk_rows: usize,
-}
-
-pub fn artifacts(config: &Config) -> anyhow::Result<ArtifactStore> {
-    let dir = config.state_dir.join("artifacts");
-    Ok(ArtifactStore::open(
-        dir.to_str().context("the state directory is not UTF-8")?,
-    )?)
 }
 
 /// The spec to serve and the text to record for it: a spec file, a
@@ -192,41 +184,16 @@ async fn shutdown(limit: Option<Duration>) {
     }
 }
 
-/// The online store's follower: told to stop when dropped; [`Following::stop`]
-/// also waits until it has (and its consumer is dropped).
-pub struct Following {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Following {
-    /// Stops the follower and waits for it: before its broker stops, or
-    /// its consumer logs the broker's going as errors.
-    pub async fn stop(mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-        }
-    }
-}
-
-impl Drop for Following {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-    }
-}
-
 /// The views a spec looks up, in a store of the deployment's own
 /// (`<state>/serve/<name>/online`), kept up to date from their topics
-/// until the returned guard is dropped.
+/// until the returned guard is stopped or dropped.
 pub async fn features(
     bus: &weir_bus::Bus,
     config: &Config,
     spec: &DeploymentSpec,
 ) -> anyhow::Result<(Features, Following)> {
-    let stop = Arc::new(AtomicBool::new(false));
     if spec.features.is_empty() {
-        return Ok((Features::default(), Following { stop, thread: None }));
+        return Ok((Features::default(), Following::none()));
     }
     let registry = weir_sql::registry::Registry::load(bus).await?;
     let path = config
@@ -234,37 +201,24 @@ pub async fn features(
         .join("serve")
         .join(&spec.name)
         .join("online");
-    std::fs::create_dir_all(&path)?;
-    let (store, views, mut materializer) = crate::features::online(bus, &registry, &path).await?;
-    let stopped = stop.clone();
-    let thread = std::thread::spawn(move || {
-        while !stopped.load(Ordering::Relaxed) {
-            if let Err(error) = materializer.poll(10_000, Duration::from_millis(200)) {
-                tracing::error!(%error, "online store");
-                std::thread::sleep(Duration::from_secs(1));
-            }
-        }
-    });
+    let (online, following) = Online::follow(bus, &registry, None, &path).await?;
     Ok((
         Features {
-            views: views.into_iter().map(|(v, _)| v).collect(),
-            store: Some(store),
+            views: online.views,
+            store: Some(online.store),
         },
-        Following {
-            stop,
-            thread: Some(thread),
-        },
+        following,
     ))
 }
 
 pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let connection = connect(config).await?;
-    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
+    let tracker = weir_meta::Tracker::open_under(&connection.bus, &config.state_dir).await?;
     let result = async {
         let bus = &connection.bus;
         let (spec, text) = tracker.read(|state| spec(&args, state))?;
         apply(&tracker, &spec, &text).await?;
-        let registry = Registry::follow(bus, artifacts(config)?).await?;
+        let registry = Registry::follow(bus, ArtifactStore::under(&config.state_dir)?).await?;
         let (features, following) = features(bus, config, &spec).await?;
         let name = spec.name.clone();
         let announce = |ready: &Ready| {
@@ -369,7 +323,8 @@ pub async fn score(config: &Config, args: ScoreArgs) -> anyhow::Result<ExitCode>
     } else {
         let connection = connect(config).await?;
         let loaded = async {
-            let registry = Registry::follow(&connection.bus, artifacts(config)?).await?;
+            let registry =
+                Registry::follow(&connection.bus, ArtifactStore::under(&config.state_dir)?).await?;
             let spec = DeploymentSpec {
                 batching,
                 ..DeploymentSpec::single("score", &args.model)
@@ -419,7 +374,7 @@ pub async fn deploy(config: &Config, args: DeployArgs) -> anyhow::Result<ExitCod
         std::fs::read_to_string(&args.spec).with_context(|| args.spec.display().to_string())?;
     let spec = DeploymentSpec::parse(&text, &args.spec.display().to_string())?;
     let connection = connect(config).await?;
-    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
+    let tracker = weir_meta::Tracker::open_under(&connection.bus, &config.state_dir).await?;
     let result = apply(&tracker, &spec, &text).await;
     tracker.close().await;
     connection.close().await;
@@ -452,7 +407,7 @@ enum DeploymentsCommand {
 
 pub async fn deployments(config: &Config, args: DeploymentsArgs) -> anyhow::Result<ExitCode> {
     let connection = connect(config).await?;
-    let tracker = crate::tracking::open_tracker(config, &connection.bus).await?;
+    let tracker = weir_meta::Tracker::open_under(&connection.bus, &config.state_dir).await?;
     let result = async {
         match args.command {
             DeploymentsCommand::List => {

@@ -94,25 +94,6 @@ enum ModelsCommand {
     },
 }
 
-/// The tracker on `bus`, its artifacts in the state directory's store
-/// (where `weir server` keeps them by default).
-pub async fn open_tracker(
-    config: &Config,
-    bus: &weir_bus::Bus,
-) -> anyhow::Result<weir_meta::Tracker> {
-    Ok(weir_meta::Tracker::open(bus, artifact_store(config)?).await?)
-}
-
-/// The artifact store under the state directory.
-pub fn artifact_store(config: &Config) -> anyhow::Result<weir_meta::artifacts::ArtifactStore> {
-    let store_dir = config.state_dir.join("artifacts");
-    Ok(weir_meta::artifacts::ArtifactStore::open(
-        store_dir
-            .to_str()
-            .context("the state directory is not UTF-8")?,
-    )?)
-}
-
 async fn state(config: &Config) -> anyhow::Result<State> {
     let connection = connect(config).await?;
     // A server's query store, when there is one, saves most of the replay.
@@ -246,7 +227,7 @@ pub async fn runs(config: &Config, args: RunsArgs) -> anyhow::Result<ExitCode> {
 /// A self-contained page (no scripts): params and latest metrics side by
 /// side, then one SVG chart per metric — its values by step, a line per run.
 fn plot_html(runs: &[&Run]) -> String {
-    use weir_meta::chart::{Series, escape, line_chart};
+    use weir_web::chart::{Series, escape, line_chart};
     let mut html = String::from(
         "<!doctype html><meta charset=\"utf-8\"><title>weir runs compare</title>\n<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:right}</style>\n<table><tr><th></th>",
     );
@@ -381,7 +362,7 @@ pub async fn models(config: &Config, args: ModelsArgs) -> anyhow::Result<ExitCod
         ModelsCommand::Register { run, name } => {
             // A run that kept its model to export later is exported now:
             // that reads its dataset again.
-            let session = crate::train::Session::open(config).await?;
+            let session = crate::session::Session::open(config).await?;
             let registered =
                 weir_train::register_run_model(session.workspace(), &run, &name, String::new())
                     .await;
@@ -396,7 +377,8 @@ pub async fn models(config: &Config, args: ModelsArgs) -> anyhow::Result<ExitCod
             number: version,
         } => {
             let connection = connect(config).await?;
-            let tracker = open_tracker(config, &connection.bus).await?;
+            let tracker =
+                weir_meta::Tracker::open_under(&connection.bus, &config.state_dir).await?;
             let result = tracker.set_alias(&name, &alias, version).await;
             tracker.close().await;
             connection.close().await;

@@ -1,63 +1,17 @@
 //! `weir train` and `weir evaluate`.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use weir_core::Config;
-use weir_features::datasets::Datasets;
 use weir_train::spec::{Runtime, Split, Task, TrainSpec};
 use weir_train::tune::TuneSpec;
-use weir_train::{EvaluationRequest, GateRule, Workspace};
+use weir_train::{EvaluationRequest, GateRule};
 
-use crate::connect::{Connection, connect};
-
-/// What the training verbs work with: the bus, the tracker, the datasets
-/// and a scratch directory.
-pub(crate) struct Session {
-    connection: Connection,
-    tracker: weir_meta::Tracker,
-    datasets: Datasets,
-    scratch: PathBuf,
-}
-
-impl Session {
-    pub(crate) async fn open(config: &Config) -> anyhow::Result<Self> {
-        Self::on(config, connect(config).await?).await
-    }
-
-    /// The session on a connection made already.
-    async fn on(config: &Config, connection: Connection) -> anyhow::Result<Self> {
-        // Both replay weir.meta: at once.
-        let (tracker, datasets) = tokio::try_join!(
-            crate::tracking::open_tracker(config, &connection.bus),
-            async { Ok(Datasets::load(&connection.bus).await?) },
-        )?;
-        Ok(Self {
-            connection,
-            tracker,
-            datasets,
-            scratch: config.state_dir.join("train"),
-        })
-    }
-
-    pub(crate) fn workspace(&self) -> Workspace<'_> {
-        Workspace {
-            tracker: &self.tracker,
-            datasets: &self.datasets,
-            scratch: &self.scratch,
-            cache: None,
-        }
-    }
-
-    pub(crate) async fn close(self) {
-        self.tracker.close().await;
-        self.connection.close().await;
-    }
-}
+use crate::connect::connect;
+use crate::session::Session;
 
 #[derive(Parser)]
 pub struct TrainArgs {
@@ -232,11 +186,15 @@ pub async fn train(config: &Config, args: TrainArgs) -> anyhow::Result<ExitCode>
     let workspace = session.workspace();
     let outcome = weir_train::train(&spec, workspace).await?;
     session.close().await;
-    print_outcome(&spec, &outcome);
     if let Some(reason) = &outcome.failure {
-        eprintln!("failed: {reason}");
+        // A failed run has no timings or metrics to print.
+        eprintln!(
+            "run {} (experiment {}) failed: {reason}",
+            outcome.run_id, spec.experiment
+        );
         return Ok(ExitCode::FAILURE);
     }
+    print_outcome(&spec, &outcome);
     if let Some((name, version)) = &outcome.version {
         println!("registered {name}@{version}");
     }
@@ -298,8 +256,10 @@ fn print_outcome(spec: &TrainSpec, outcome: &weir_train::Outcome) {
 pub struct EvaluateArgs {
     /// The candidate: `name@version`, `name@alias` or `name` (latest).
     model: String,
-    /// A dataset version or a Parquet file holding the model's label.
-    dataset: String,
+    /// A dataset version or a Parquet or CSV file holding the model's
+    /// label; omitted, the rows the model's training run held out (the test
+    /// part of its recorded split).
+    dataset: Option<String>,
     /// Break the metrics down by this column.
     #[arg(long)]
     slice: Option<String>,
@@ -322,7 +282,8 @@ pub struct EvaluateArgs {
     experiment: String,
 }
 
-/// Exit status 0 when the gate passes, 2 when it refuses.
+/// Exit status 0 when the gate passes (or is skipped: the candidate is the
+/// champion), 2 when it refuses.
 pub async fn evaluate(config: &Config, args: EvaluateArgs) -> anyhow::Result<ExitCode> {
     let gate = args
         .gate
@@ -346,7 +307,7 @@ pub async fn evaluate(config: &Config, args: EvaluateArgs) -> anyhow::Result<Exi
             .with_context(|| format!("writing {}", path.display()))?;
         println!("report: {}", path.display());
     }
-    if args.promote && evaluation.gate.passed {
+    if args.promote && evaluation.gate.passed() {
         let (name, version) = evaluation
             .candidate
             .model
@@ -362,10 +323,10 @@ pub async fn evaluate(config: &Config, args: EvaluateArgs) -> anyhow::Result<Exi
         );
     }
     session.close().await;
-    Ok(if evaluation.gate.passed {
-        ExitCode::SUCCESS
-    } else {
+    Ok(if evaluation.gate.refused() {
         ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
     })
 }
 
@@ -398,11 +359,7 @@ pub fn print_evaluation(evaluation: &weir_train::Evaluation) {
     }
     println!(
         "  gate: {} — {}",
-        if evaluation.gate.passed {
-            "passed"
-        } else {
-            "refused"
-        },
+        evaluation.gate.verdict.as_str(),
         evaluation.gate.reasons.join("; ")
     );
 }
@@ -476,233 +433,44 @@ pub struct WorkerArgs {
     max_trials: Option<usize>,
 }
 
-/// `weir worker`: one member of the experiment's worker group. Trials come
-/// from the group's partitions; each is run under a lease on `weir.meta`,
-/// so a trial is run once whoever delivers it. A worker without work also
-/// reads every trial on the topic (without the group) and takes any that
-/// is free: new and not yet claimed — the group hands out partitions, not
-/// work, so a trial may wait behind another worker's — or given up by a
-/// worker that died (its lease lapsed). That is also how a dead worker's
-/// trials get run where the broker never moves its partitions to the
-/// others.
+/// `weir worker`: runs the experiment's trials until Ctrl-C (see
+/// `weir_train::tune::run_worker`), printing what it does.
 pub async fn worker(config: &Config, args: WorkerArgs) -> anyhow::Result<ExitCode> {
-    use weir_bus::{ConsumerOptions, StartFrom, TopicSpec};
-    use weir_train::tune::{Trial, TrialState};
+    use weir_train::tune::{WorkerEvent, WorkerOptions, run_worker};
     let connection = connect(config).await?;
-    let bus = &connection.bus;
-    let topic = weir_train::tune::jobs_topic(&args.experiment);
-    bus.admin()
-        .ensure_topic(&TopicSpec::new(&topic, weir_train::tune::JOB_PARTITIONS))
-        .await?;
-    let setting = |k: &str, v: &str| (k.to_string(), v.to_string());
-    let mut group = bus.consumer(
-        &[&topic],
-        ConsumerOptions {
-            group: Some(format!("weir-workers.{}", args.experiment)),
-            start: StartFrom::Committed,
-            settings: vec![
-                // Notice a dead worker quickly; never drop a live one for
-                // taking long over a trial.
-                setting("session.timeout.ms", "6000"),
-                setting("heartbeat.interval.ms", "1000"),
-                setting("max.poll.interval.ms", "86400000"),
-            ],
-            ..Default::default()
-        },
-    )?;
-    let mut everything = bus.consumer(
-        &[&topic],
-        ConsumerOptions {
-            start: StartFrom::Beginning,
-            read_only: true,
-            settings: vec![setting(
-                "fetch.wait.max.ms",
-                weir_meta::tracker::FOLLOW_WAIT_MS,
-            )],
-            ..Default::default()
-        },
-    )?;
-    let holder = format!(
-        "{}/{}/{}",
-        hostname(),
-        std::process::id(),
-        weir_meta::now_ms()
-    );
-    println!("worker {holder}: waiting for trials on {topic}");
-    let scratch = config.state_dir.join("train");
-    // One warm runtime process and the datasets' split parts, kept from
-    // trial to trial.
-    let cache = weir_train::JobCache::new(scratch.join(format!("worker-{}", std::process::id())));
-    cache.warm_up().await?;
-    let artifacts = crate::tracking::artifact_store(config)?;
-    // Trials seen on any partition and not yet known to be done.
-    let mut seen: BTreeMap<String, Trial> = BTreeMap::new();
-    let mut idle = tokio::time::interval(Duration::from_millis(250));
-    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let parse = |record: &weir_bus::RawRecord| {
-        let where_ = format!("{}/{}@{}", record.topic, record.partition, record.offset);
-        serde_json::from_slice::<Trial>(record.payload.as_deref().unwrap_or(b""))
-            .map(|trial| (trial, where_.clone()))
-            .map_err(|error| eprintln!("worker: {where_}: not a trial, skipped: {error}"))
-            .ok()
+    let options = WorkerOptions {
+        experiment: args.experiment,
+        max_trials: args.max_trials,
+        scratch: config.state_dir.join("train"),
+        artifacts: weir_meta::artifacts::ArtifactStore::under(&config.state_dir)?,
     };
-    // The log, read once and then followed: the trials' runs and leases,
-    // and the state each trial's tracker starts from.
-    // Three reads of the log at once; the tracker's own also starts its
-    // producer early (each trial brings it up to the follower).
-    let (mut follower, mut datasets, tracker) = tokio::try_join!(
-        async { Ok(weir_meta::tracker::Follower::start(bus).await?) },
-        async { anyhow::Ok(Datasets::load(bus).await?) },
-        async { Ok(weir_meta::Tracker::open(bus, artifacts).await?) },
-    )?;
-    tracing::debug!("worker: the log read");
-    // Trials whose runtime is done, their runs being recorded and their
-    // claims given up while the runtime starts the next trial.
-    let mut recording = tokio::task::JoinSet::new();
-    let mut run_here = std::collections::BTreeSet::new();
-    let mut ran = 0;
-    let served = async {
-        while args.max_trials.is_none_or(|max| ran < max) {
-            let (trial, where_) = tokio::select! {
-                // The log first: what is decided below reads its state.
-                biased;
-                event = follower.next() => {
-                    if !event? {
-                        bail!("weir.meta closed");
-                    }
-                    continue;
-                }
-                record = group.next_raw() => {
-                    let Some(record) = record? else { break };
-                    let trial = parse(&record);
-                    group.commit().await?;
-                    match trial {
-                        // One another worker has already run (or is running) is
-                        // passed over without a claim.
-                        Some((trial, where_)) => match trial.state(follower.state(), weir_meta::now_ms()) {
-                            TrialState::Recorded | TrialState::Closed => continue,
-                            TrialState::Held { holder: h, .. } if h != holder => continue,
-                            _ => (trial, where_),
-                        },
-                        None => continue,
-                    }
-                }
-                record = everything.next_raw() => {
-                    let record = record?.context("the jobs topic ended")?;
-                    let Some((trial, where_)) = parse(&record) else { continue };
-                    seen.insert(trial.id(), trial.clone());
-                    // An idle worker takes a new trial at once, whichever
-                    // worker's partition it came on: the claim decides.
-                    match trial.state(follower.state(), weir_meta::now_ms()) {
-                        TrialState::Open { .. } => (trial, where_),
-                        _ => continue,
-                    }
-                }
-                _ = idle.tick(), if !seen.is_empty() => {
-                    let now = weir_meta::now_ms();
-                    let state = follower.state();
-                    seen.retain(|_, trial| {
-                        !matches!(trial.state(state, now), TrialState::Recorded | TrialState::Closed)
-                    });
-                    let free = seen
-                        .values()
-                        .find(|trial| matches!(trial.state(state, now), TrialState::Open { .. }));
-                    match free {
-                        Some(trial) => (trial.clone(), "taken over".to_string()),
-                        None => continue,
-                    }
-                }
-                _ = tokio::signal::ctrl_c() => break,
-            };
-            tracing::debug!(trial = %trial.id(), %where_, "worker: a trial to claim");
-            // Both consumers deliver each trial, and one this worker ran
-            // is still held by it while its run is being recorded: it is
-            // not run twice.
-            if run_here.contains(&trial.id()) {
-                continue;
-            }
-            if let Some(state) =
-                weir_train::tune::claim_trial(&trial, &tracker, &mut follower, &holder).await?
-            {
-                if !matches!(state, TrialState::Recorded | TrialState::Closed) {
-                    println!(
-                        "worker: trial {} ({where_}): {state:?}; not run here",
-                        trial.id()
-                    );
-                }
-                continue;
-            }
-            tracing::debug!(trial = %trial.id(), "worker: claimed");
-            run_here.insert(trial.id());
-            println!("worker: trial {} ({where_}): running", trial.id());
-            // Dataset versions do not change; a name without a version
-            // means the latest, which may be new.
-            let dataset = &trial.job.dataset;
-            if !std::path::Path::new(dataset).is_file()
-                && (!dataset.contains('@') || datasets.find(dataset).is_none())
-            {
-                datasets = Datasets::load(bus).await?;
-            }
-            let workspace = Workspace {
-                tracker: &tracker,
-                datasets: &datasets,
-                scratch: &scratch,
-                cache: Some(&cache),
-            };
-            // While the runtime starts this trial (its job does not read
-            // the tracker), the last trial's run goes to the log, then the
-            // tracker gets to where the follower has read (up to the
-            // claim): no replay of the log per trial. The run goes first:
-            // the tracker may take the follower's state, which has not
-            // read it yet. Both take milliseconds; the claim's first
-            // renewal comes after a third of its lease.
-            let ready = async {
-                while let Some(recorded) = recording.join_next().await {
-                    recorded??;
-                }
-                tracker.catch_up_with(bus, &follower).await?;
-                anyhow::Ok(())
-            };
-            let (ready, trial_ran) = tokio::join!(
-                ready,
-                weir_train::tune::run_trial(&trial, workspace, &holder)
-            );
-            ready?;
-            let trial_ran = trial_ran?;
-            let (tracker, id) = (tracker.clone(), trial.id());
-            recording.spawn(async move {
-                let outcome = trial_ran.record(&tracker).await?;
-                println!(
-                    "worker: trial {id}: run {} {}",
-                    outcome.run_id,
-                    outcome.failure.as_deref().unwrap_or("finished")
-                );
-                anyhow::Ok(())
-            });
-            ran += 1;
+    let report = std::sync::Arc::new(|event: WorkerEvent| match event {
+        WorkerEvent::Waiting { holder, topic } => {
+            println!("worker {holder}: waiting for trials on {topic}")
         }
-        anyhow::Ok(())
-    }
-    .await;
-    // Runs still being recorded are finished, even when the worker stops
-    // on an error.
-    while let Some(recorded) = recording.join_next().await {
-        recorded??;
-    }
-    served?;
-    tracker.close().await;
+        WorkerEvent::NotATrial { at, error } => {
+            eprintln!("worker: {at}: not a trial, skipped: {error}")
+        }
+        WorkerEvent::NotRunHere { trial, at, state } => {
+            println!("worker: trial {trial} ({at}): {state:?}; not run here")
+        }
+        WorkerEvent::Running { trial, at } => println!("worker: trial {trial} ({at}): running"),
+        WorkerEvent::Recorded {
+            trial,
+            run_id,
+            failure,
+        } => println!(
+            "worker: trial {trial}: run {run_id} {}",
+            failure.as_deref().unwrap_or("finished")
+        ),
+    });
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let ran = run_worker(&connection.bus, options, stop, report).await;
     connection.close().await;
+    ran?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// This machine's name, for naming a worker.
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .ok()
-        .filter(|name| !name.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 #[derive(Parser)]

@@ -14,6 +14,7 @@
 //! | `weir.log.<deployment>` | every request and response with model version and route |
 //! | `weir.feedback.<deployment>` | labels that arrive later, keyed by request id |
 //! | `weir.control.<deployment>` | routing weights and deployment configuration |
+//! | `weir.jobs.<experiment>` | tuning trials for `weir worker`s |
 //! | `weir.metrics`, `weir.alerts` | monitoring output |
 
 /// Prefix of every topic Weir itself owns.
@@ -67,6 +68,22 @@ pub fn feedback(deployment: &str) -> String {
 /// Routing weights and configuration of a deployment.
 pub fn control(deployment: &str) -> String {
     format!("weir.control.{deployment}")
+}
+
+/// Tuning trials of an experiment, for its workers: the experiment's name
+/// with what a topic name cannot hold as `_`.
+pub fn jobs(experiment: &str) -> String {
+    let safe: String = experiment
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("weir.jobs.{safe}")
 }
 
 /// Changelog of an operator's state in a dataflow job.

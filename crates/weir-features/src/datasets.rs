@@ -13,106 +13,14 @@ use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
 use sha2::{Digest as _, Sha256};
 use weir_bus::{Bus, OutRecord};
+use weir_catalog::{At, Record, Reference};
 
 use crate::FeaturesError;
 
-/// The `kind` of a dataset version event on `weir.meta`.
-pub const KIND: &str = "dataset_version";
-
-/// One file of a dataset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FileEntry {
-    /// Where it is (a path or URI).
-    pub uri: String,
-    /// SHA-256 of its bytes, hex.
-    pub sha256: String,
-    /// Its size.
-    pub bytes: u64,
-    /// Anything known about it (a label, a caption, a sample rate…).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub metadata: BTreeMap<String, Json>,
-}
-
-/// A feature view version a dataset was made from, read up to `offsets`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ViewInput {
-    /// The view.
-    pub name: String,
-    /// Its version.
-    pub version: u32,
-    /// The topic its rows were read from.
-    pub topic: String,
-    /// Per partition, the offset read up to (exclusive).
-    pub offsets: BTreeMap<i32, i64>,
-}
-
-/// What a dataset was made from.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Lineage {
-    /// Feature view versions, with the offsets read.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub views: Vec<ViewInput>,
-    /// Input files (a snapshot's label table), with their hashes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub files: Vec<FileEntry>,
-    /// Parent datasets, `name@version`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub datasets: Vec<String>,
-}
-
-/// A column of a table dataset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Column {
-    /// Its name.
-    pub name: String,
-    /// Its Arrow type, as text.
-    pub r#type: String,
-}
-
-/// One immutable version of a dataset.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DatasetVersion {
-    /// Always [`KIND`].
-    pub kind: String,
-    /// The dataset's name.
-    pub name: String,
-    /// 1, 2, …
-    pub version: u32,
-    /// SHA-256 over its files' hashes and its lineage: same content, same
-    /// hash.
-    pub hash: String,
-    /// `parquet`, `csv`, or `files` (unstructured).
-    pub format: String,
-    /// What it is.
-    #[serde(default)]
-    pub description: String,
-    /// Who answers for it.
-    #[serde(default)]
-    pub owner: String,
-    /// Tags to find it by.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Its entity key columns, if it is keyed.
-    #[serde(default)]
-    pub entity: Vec<String>,
-    /// Its columns, for a table.
-    #[serde(default)]
-    pub schema: Vec<Column>,
-    /// Rows, for a table.
-    #[serde(default)]
-    pub rows: Option<u64>,
-    /// Its files.
-    pub files: Vec<FileEntry>,
-    /// What it was made from.
-    #[serde(default)]
-    pub lineage: Lineage,
-    /// When this version was registered (ms since the epoch).
-    pub created: i64,
-}
+pub use weir_catalog::dataset::{Column, DatasetVersion, FileEntry, KIND, Lineage, ViewInput};
 
 /// What to register.
 #[derive(Debug, Clone, Default)]
@@ -186,12 +94,10 @@ impl Datasets {
         let mut datasets = Self::default();
         for payload in bus.read_log(weir_core::topics::META).await.map_err(fail)? {
             // Other kinds of metadata share the topic.
-            let Some(version) = serde_json::from_slice::<DatasetVersion>(&payload)
-                .ok()
-                .filter(|v| v.kind == KIND)
-            else {
+            let Some(Record::Dataset(version)) = Record::decode(&payload) else {
                 continue;
             };
+            let version = *version;
             let versions = datasets.versions.entry(version.name.clone()).or_default();
             if versions.iter().all(|v| v.version != version.version) {
                 versions.push(version);
@@ -211,14 +117,14 @@ impl Datasets {
         self.versions.get(name).map_or(&[], Vec::as_slice)
     }
 
-    /// `name` (latest version) or `name@N`.
-    pub fn find(&self, reference: &str) -> Option<&DatasetVersion> {
-        match reference.split_once('@') {
-            Some((name, n)) => {
-                let n: u32 = n.trim_start_matches('v').parse().ok()?;
-                self.versions(name).iter().find(|v| v.version == n)
-            }
-            None => self.versions(reference).last(),
+    /// The version `reference` names: `name` (the latest) or `name@N`
+    /// (datasets have no aliases).
+    pub fn find(&self, reference: &Reference) -> Option<&DatasetVersion> {
+        let versions = self.versions(&reference.name);
+        match &reference.at {
+            At::Latest => versions.last(),
+            At::Version(n) => versions.iter().find(|v| u64::from(v.version) == *n),
+            At::Alias(_) => None,
         }
     }
 
@@ -428,11 +334,12 @@ pub async fn register(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64),
     };
-    let key = format!("dataset/{}/v{}", version.name, version.version);
-    let value = serde_json::to_vec(&version).expect("a version serializes");
+    let record = Record::Dataset(Box::new(version.clone()));
     bus.producer()
         .map_err(fail)?
-        .send_and_wait(OutRecord::new(weir_core::topics::META, &value).key(key.as_bytes()))
+        .send_and_wait(
+            OutRecord::new(weir_core::topics::META, &record.encode()).key(record.key().as_bytes()),
+        )
         .await
         .map_err(fail)?;
     Ok((version, true))

@@ -37,34 +37,14 @@ pub struct Served {
 
 /// The routes.
 pub fn router(served: Served) -> axum::Router {
-    axum::Router::new()
+    let routes = axum::Router::new()
         .route("/health", get(|| async { StatusCode::OK }))
         .route("/v1/features/online", post(online))
-        .route("/get-online-features", post(feast))
-        .fallback(|method, uri, body| refused(StatusCode::NOT_FOUND, method, uri, body))
-        .method_not_allowed_fallback(|method, uri, body| {
-            refused(StatusCode::METHOD_NOT_ALLOWED, method, uri, body)
-        })
-        .with_state(served)
-}
-
-/// An unknown route, or a method a route does not take: the error, after
-/// reading the body (up to the 2 MiB a look-up may carry). hyper closes a
-/// keep-alive connection whose request body was left unread, and a client
-/// that reuses it before it sees the close fails.
-async fn refused(
-    status: StatusCode,
-    method: axum::http::Method,
-    uri: axum::http::Uri,
-    body: axum::body::Body,
-) -> HttpError {
-    let _ = axum::body::to_bytes(body, 2 << 20).await;
-    let message = if status == StatusCode::NOT_FOUND {
-        format!("no route {method} {uri}")
-    } else {
-        format!("{uri} does not take {method}")
-    };
-    HttpError(status, message)
+        .route("/get-online-features", post(feast));
+    weir_web::fallbacks(routes, |refused| {
+        HttpError(refused.status, refused.message()).into_response()
+    })
+    .with_state(served)
 }
 
 /// A look-up request (both routes).

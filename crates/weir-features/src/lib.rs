@@ -3,11 +3,14 @@
 //!
 //! - [`online`]: the online store — the latest value per entity of every
 //!   view, in RocksDB, idempotent under replay, with TTL — and
-//!   [`materialize`], which keeps it up to date from the views' topics;
+//!   [`materialize`], which keeps it up to date from the views' topics,
+//!   on a thread of its own with [`follow`];
 //! - [`http`]: look-ups over HTTP, Weir's own route and Feast's
 //!   `/get-online-features`;
 //! - [`snapshot`]: point-in-time-correct training snapshots: a label table
-//!   joined with each feature as it was known at each row's time;
+//!   joined with each feature as it was known at each row's time; and
+//!   [`take`], which reads the views' rows from the bus for one and
+//!   registers the result as a dataset version with its lineage;
 //! - [`archive`]: topics archived to Parquet by date and hour, exactly
 //!   once (files named by offset range);
 //! - [`datasets`]: named, versioned datasets — tables, unstructured files,
@@ -15,10 +18,12 @@
 
 pub mod archive;
 pub mod datasets;
+pub mod follow;
 pub mod http;
 pub mod materialize;
 pub mod online;
 pub mod snapshot;
+pub mod take;
 
 /// What can go wrong in the feature repository.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +31,14 @@ pub enum FeaturesError {
     /// The online store failed.
     #[error("online store: {0}")]
     Online(String),
+    /// A view's recorded definition cannot be served.
+    #[error("view `{view}`: {message}")]
+    View {
+        /// The view.
+        view: String,
+        /// What is wrong.
+        message: String,
+    },
     /// No such view is served.
     #[error("no feature view `{0}` is served")]
     UnknownView(String),

@@ -2,11 +2,13 @@
 //! RocksDB, for low-latency look-ups by serving.
 //!
 //! It consumes the views' topics (`weir.features.<view>.v<N>`): each
-//! record is a window's result. The store keeps an entity's windows by
-//! their `window_end`; between records of the same window (a view writes a
-//! window again after a restart, or on every update), the one at the later
-//! offset. A window's records share a key, so they are in one partition
-//! and their offsets compare. The rows and the offsets they were read up
+//! record is a window's result, or, for a view without a window, a row
+//! timed by its event time. The store keeps an entity's rows by their time
+//! (`window_end`, or the event time); between records of the same time (a
+//! view writes a window again after a restart, or on every update), the
+//! one created last when the view declares a created timestamp, else the
+//! one at the later offset. An entity's records share a key, so they are
+//! in one partition and their offsets compare. The rows and the offsets they were read up
 //! to are written in one RocksDB write batch, so a restart goes on exactly
 //! where it was, and reading any part of the topic again changes nothing.
 //!
@@ -36,6 +38,8 @@ use rocksdb::{DB, Options, WriteBatch};
 use serde::Serialize;
 use serde_json::Value as Json;
 
+use weir_catalog::ViewVersion;
+
 use crate::FeaturesError;
 
 /// What a look-up found for one entity.
@@ -63,7 +67,55 @@ pub struct OnlineView {
     pub features: Vec<String>,
     /// How long a value stays fresh (`None`: forever).
     pub ttl: Option<Duration>,
+    /// The column that times each row: `window_end` for a windowed view,
+    /// the event time for a view without a window.
+    pub time: String,
+    /// The column that orders an entity's rows with the same time (the
+    /// row created last wins); without one, the row written last does.
+    pub created: Option<String>,
 }
+
+impl OnlineView {
+    /// A recorded view version as the online store (and a snapshot) reads
+    /// it: its entity, its features, its TTL and the columns that time its
+    /// rows.
+    pub fn of(version: &ViewVersion) -> Result<Self, FeaturesError> {
+        Ok(Self {
+            name: version.name.clone(),
+            topic: version.topic.clone(),
+            entity: version.header.entity.clone(),
+            features: version.features(),
+            ttl: version
+                .header
+                .ttl
+                .as_deref()
+                .map(weir_dataflow::spec::parse_duration)
+                .transpose()
+                .map_err(|message| FeaturesError::View {
+                    view: version.name.clone(),
+                    message: format!("ttl: {message}"),
+                })?,
+            time: version.feature_time().to_string(),
+            created: version.header.created_timestamp.clone(),
+        })
+    }
+
+    /// How a row ranks among its entity's rows of the same time: by its
+    /// created time (when the view has one), then by offset.
+    fn rank(&self, offset: i64, row: &Json) -> Rank {
+        let created = self
+            .created
+            .as_ref()
+            .and_then(|column| row.get(column))
+            .and_then(event_millis)
+            .unwrap_or(i64::MIN);
+        (created, offset)
+    }
+}
+
+/// A row's rank among rows of the same time: `(created ms, offset)`, the
+/// last wins.
+type Rank = (i64, i64);
 
 /// One entity's values of the features asked for.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -199,9 +251,9 @@ impl OnlineStore {
         view: &OnlineView,
         records: &[(i32, i64, Json)],
     ) -> Result<usize, FeaturesError> {
-        // Per (entity, window), the record at the latest offset; per
-        // entity, its newest window end.
-        let mut latest: HashMap<Vec<u8>, (i64, &Json)> = HashMap::new();
+        // Per (entity, time), the record that ranks last; per entity, its
+        // newest time.
+        let mut latest: HashMap<Vec<u8>, (Rank, i64, &Json)> = HashMap::new();
         let mut newest: HashMap<Vec<u8>, i64> = HashMap::new();
         let mut next: HashMap<i32, i64> = HashMap::new();
         for (partition, offset, row) in records {
@@ -212,18 +264,19 @@ impl OnlineStore {
                 .iter()
                 .map(|k| row.get(k).filter(|v| !v.is_null()).map(key_text))
                 .collect();
-            let (Some(entity), Some(end)) = (entity, row.get("window_end").and_then(event_millis))
+            let (Some(entity), Some(end)) = (entity, row.get(&view.time).and_then(event_millis))
             else {
                 continue; // not a row of this view
             };
             let prefix = row_key(&view.name, &entity);
             let newest = newest.entry(prefix.clone()).or_insert(end);
             *newest = (*newest).max(end);
+            let rank = view.rank(*offset, row);
             let entry = latest
                 .entry(window_key(&prefix, end))
-                .or_insert((*offset, row));
-            if *offset > entry.0 {
-                *entry = (*offset, row);
+                .or_insert((rank, *offset, row));
+            if rank > entry.0 {
+                *entry = (rank, *offset, row);
             }
         }
         let keys: Vec<&Vec<u8>> = latest.keys().collect();
@@ -231,9 +284,13 @@ impl OnlineStore {
         let mut batch = WriteBatch::default();
         let mut kept = 0;
         for (key, stored) in keys.iter().zip(stored) {
-            let (offset, row) = latest[*key];
+            let (rank, offset, row) = latest[*key];
             let newer = match stored.map_err(state)? {
-                Some(bytes) => stored_offset(&bytes)? < offset,
+                Some(bytes) => {
+                    let stored_offset = stored_offset(&bytes)?;
+                    let stored_row: Json = serde_json::from_slice(&bytes[8..]).map_err(state)?;
+                    view.rank(stored_offset, &stored_row) < rank
+                }
                 None => true,
             };
             if newer {

@@ -6,13 +6,16 @@
 //! feature row of the same entity with `feature_ts <= event_timestamp`,
 //! and, when the view has a TTL, `feature_ts >= event_timestamp - ttl`
 //! (both bounds inclusive; no TTL means no lower bound). Ties on the
-//! feature time go to the row written last. A label row with no such
-//! feature row keeps its place, with nulls (a left join). These are
-//! Feast's semantics (`get_historical_features`).
+//! feature time go to the row created last when the view declares a
+//! created timestamp (Feast's `created_timestamp_column`), and otherwise,
+//! or among rows created at the same time, to the row written last. A
+//! label row with no such feature row keeps its place, with nulls (a left
+//! join). These are Feast's semantics (`get_historical_features`).
 //!
-//! A feature row's time is its window's **end** (`window_end`): the moment
-//! the window's value was complete, so nothing from the future leaks into
-//! a training row.
+//! A windowed view's row is timed by its window's **end** (`window_end`):
+//! the moment the window's value was complete, so nothing from the future
+//! leaks into a training row. A view without a window (rows of precomputed
+//! features, each with its own event time) is timed by its event time.
 //!
 //! The join runs in DataFusion, one view at a time: the label rows and
 //! the view's rows are put in one stream, sorted by entity and time, and
@@ -60,8 +63,12 @@ pub struct ViewRows {
     pub features: Vec<String>,
     /// How long a value stays valid (`None`: forever).
     pub ttl: Option<Duration>,
-    /// The view's rows in Parquet: entity columns, features, `window_end`
-    /// and `__created` (the order rows were written, for ties).
+    /// The column that times each row (`window_end`, or the event time).
+    pub time: String,
+    /// The column that orders rows of the same time, when there is one.
+    pub created: Option<String>,
+    /// The view's rows in Parquet: entity columns, features, the time
+    /// columns and `__created` (the order rows were written, for ties).
     pub files: Vec<PathBuf>,
 }
 
@@ -356,7 +363,16 @@ async fn join_view(
         ))
     };
     // The struct each feature row carries: its time and its features.
-    let mut struct_args = vec![lit("__fts"), millis(col("window_end"))];
+    for column in std::iter::once(&view.time).chain(&view.created) {
+        if right_schema.index_of(column).is_err() {
+            return Err(FeaturesError::Snapshot(format!(
+                "`{column}`, which times the rows of `{}`, is not one of its columns ({})",
+                view.name,
+                names(&right_schema).join(", ")
+            )));
+        }
+    }
+    let mut struct_args = vec![lit("__fts"), millis(col(quoted(&view.time)))];
     for feature in &view.features {
         if right_schema.index_of(feature).is_err() {
             return Err(FeaturesError::Snapshot(format!(
@@ -406,9 +422,14 @@ async fn join_view(
         }
     }
     left_exprs.push(millis(col(EVENT_TIMESTAMP)).alias("__ts"));
-    right_exprs.push(millis(col("window_end")).alias("__ts"));
+    right_exprs.push(millis(col(quoted(&view.time))).alias("__ts"));
     left_exprs.push(lit(1_i32).alias("__kind"));
     right_exprs.push(lit(0_i32).alias("__kind"));
+    left_exprs.push(typed_null(&DataType::Int64)?.alias("__ctime"));
+    right_exprs.push(match &view.created {
+        Some(created) => millis(col(quoted(created))).alias("__ctime"),
+        None => typed_null(&DataType::Int64)?.alias("__ctime"),
+    });
     left_exprs.push(typed_null(&DataType::Int64)?.alias("__created"));
     right_exprs.push(
         Expr::Cast(Cast::new(Box::new(col("__created")), DataType::Int64)).alias("__created"),
@@ -421,13 +442,15 @@ async fn join_view(
         .union(right.select(right_exprs).map_err(df)?)
         .map_err(df)?;
     // Each row takes the last feature row of its entity up to it: features
-    // before labels at equal times (the bound is inclusive), and rows
-    // written later after earlier ones.
+    // before labels at equal times (the bound is inclusive), and among
+    // rows of one time, those created later, then written later, after
+    // earlier ones.
     let latest = last_value(col("__f"))
         .partition_by(view.entity.iter().map(|k| col(quoted(k))).collect())
         .order_by(vec![
             SortExpr::new(col("__ts"), true, true),
             SortExpr::new(col("__kind"), true, true),
+            SortExpr::new(col("__ctime"), true, true),
             SortExpr::new(col("__created"), true, true),
         ])
         .window_frame(WindowFrame::new_bounds(

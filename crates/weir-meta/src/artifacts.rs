@@ -62,6 +62,19 @@ fn failed(what: &str, error: impl std::fmt::Display) -> MetaError {
 }
 
 impl ArtifactStore {
+    /// The store of a state directory (`<state>/artifacts`), where `weir`'s
+    /// commands keep artifacts unless a server is given another.
+    pub fn under(state_dir: &std::path::Path) -> Result<Self, MetaError> {
+        let dir = state_dir.join("artifacts");
+        let location = dir.to_str().ok_or_else(|| {
+            MetaError::invalid(format!(
+                "{}: the state directory is not UTF-8",
+                dir.display()
+            ))
+        })?;
+        Self::open(location)
+    }
+
     /// Opens a store: a local directory (created if missing), or an
     /// `s3://`, `gs://`, `az://`, `file://` or `memory://` URL (credentials
     /// from the environment, as `object_store` reads them).

@@ -45,7 +45,7 @@ pub struct ModelInfo {
     /// Its size in bytes.
     pub size: u64,
     /// Inputs, outputs, opsets and producer, read from the file.
-    pub signature: weir_onnx::Signature,
+    pub signature: weir_catalog::Signature,
     /// The columns its input takes, in order.
     pub features: Vec<String>,
     /// The column it predicts.
@@ -648,18 +648,18 @@ mod tests {
             path: "1/ab/artifacts/model/model.onnx".into(),
             sha256: "00".repeat(32),
             size: 12_345,
-            signature: weir_onnx::Signature {
-                inputs: vec![weir_onnx::TensorSpec {
+            signature: weir_catalog::Signature {
+                inputs: vec![weir_catalog::TensorSpec {
                     name: "features".into(),
                     dtype: "float32".into(),
                     shape: vec![-1, 30],
                 }],
-                outputs: vec![weir_onnx::TensorSpec {
+                outputs: vec![weir_catalog::TensorSpec {
                     name: "probabilities".into(),
                     dtype: "float32".into(),
                     shape: vec![-1, 2],
                 }],
-                opsets: vec![weir_onnx::Opset {
+                opsets: vec![weir_catalog::Opset {
                     domain: "ai.onnx.ml".into(),
                     version: 3,
                 }],

@@ -29,9 +29,10 @@
 //!   proxy) over axum, so the official `mlflow` client works unchanged.
 
 pub mod artifacts;
-pub mod chart;
 pub mod event;
 pub mod lineage;
+mod pages;
+pub mod records;
 pub mod search;
 pub mod server;
 pub mod state;
@@ -118,12 +119,4 @@ impl MetaError {
             message: message.into(),
         }
     }
-}
-
-/// Milliseconds since the Unix epoch, now.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }

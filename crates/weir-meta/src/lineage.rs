@@ -14,10 +14,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value as Json;
+use weir_catalog::{At, Reference};
 
 use crate::MetaError;
+use crate::records::name_at;
 use crate::state::State;
 
 /// A thing in the lineage graph.
@@ -47,208 +48,6 @@ impl std::fmt::Display for Node {
             Node::Model(name, v) => write!(f, "model {name}@{v}"),
             Node::Deployment(name) => write!(f, "deployment {name}"),
         }
-    }
-}
-
-/// A feature view version, as far as lineage goes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ViewRecord {
-    /// Its source topics and tables' topics.
-    pub topics: Vec<String>,
-    /// The views it reads.
-    pub parent_views: Vec<String>,
-    /// Its output topic.
-    pub output: String,
-    /// When it was applied.
-    pub applied_at: i64,
-}
-
-/// A dataset version, as far as lineage goes.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DatasetRecord {
-    /// The view versions it was made from.
-    pub views: Vec<(String, u32)>,
-    /// The datasets it was made from.
-    pub datasets: Vec<(String, u32)>,
-    /// When it was registered.
-    pub created: i64,
-}
-
-/// What other components record on `weir.meta` that lineage needs.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Records {
-    #[serde(with = "pairs")]
-    views: BTreeMap<(String, u32), ViewRecord>,
-    #[serde(with = "pairs")]
-    datasets: BTreeMap<(String, u32), DatasetRecord>,
-}
-
-/// A map with tuple keys as a list of pairs (JSON keys are strings).
-mod pairs {
-    use std::collections::BTreeMap;
-
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
-    pub fn serialize<S: Serializer, K: Serialize, V: Serialize>(
-        map: &BTreeMap<K, V>,
-        serializer: S,
-    ) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(map.iter())
-    }
-
-    pub fn deserialize<'de, D, K, V>(deserializer: D) -> Result<BTreeMap<K, V>, D::Error>
-    where
-        D: Deserializer<'de>,
-        K: Deserialize<'de> + Ord,
-        V: Deserialize<'de>,
-    {
-        Ok(Vec::<(K, V)>::deserialize(deserializer)?
-            .into_iter()
-            .collect())
-    }
-}
-
-#[derive(Deserialize)]
-struct ViewEvent {
-    name: String,
-    version: u32,
-    topic: String,
-    applied_at: i64,
-    header: ViewHeader,
-}
-
-#[derive(Deserialize)]
-struct ViewHeader {
-    #[serde(default)]
-    sources: BTreeMap<String, ViewSource>,
-    #[serde(default)]
-    tables: BTreeMap<String, ViewTable>,
-}
-
-#[derive(Deserialize)]
-struct ViewSource {
-    topic: Option<String>,
-    view: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ViewTable {
-    topic: String,
-}
-
-#[derive(Deserialize)]
-struct DatasetEvent {
-    name: String,
-    version: u32,
-    created: i64,
-    #[serde(default)]
-    lineage: DatasetLineage,
-}
-
-#[derive(Deserialize, Default)]
-struct DatasetLineage {
-    #[serde(default)]
-    views: Vec<DatasetView>,
-    #[serde(default)]
-    datasets: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct DatasetView {
-    name: String,
-    version: u32,
-}
-
-/// `name@version`.
-fn name_at(text: &str) -> Option<(String, u32)> {
-    let (name, version) = text.rsplit_once('@')?;
-    Some((name.to_string(), version.parse().ok()?))
-}
-
-impl Records {
-    /// Records a feature view or dataset version event; other kinds are
-    /// not lineage's, and an event recorded twice changes nothing.
-    pub fn record(&mut self, payload: &[u8]) {
-        let Ok(json) = serde_json::from_slice::<Json>(payload) else {
-            return;
-        };
-        match json.get("kind").and_then(Json::as_str) {
-            Some("feature_view_version") => {
-                if let Ok(view) = serde_json::from_value::<ViewEvent>(json) {
-                    let header = view.header;
-                    let mut topics: Vec<String> = header
-                        .sources
-                        .values()
-                        .filter_map(|s| s.topic.clone())
-                        .collect();
-                    topics.extend(header.tables.into_values().map(|t| t.topic));
-                    let parent_views = header
-                        .sources
-                        .into_values()
-                        .filter_map(|s| s.view)
-                        .collect();
-                    self.views.insert(
-                        (view.name, view.version),
-                        ViewRecord {
-                            topics,
-                            parent_views,
-                            output: view.topic,
-                            applied_at: view.applied_at,
-                        },
-                    );
-                }
-            }
-            Some("dataset_version") => {
-                if let Ok(dataset) = serde_json::from_value::<DatasetEvent>(json) {
-                    self.datasets.insert(
-                        (dataset.name, dataset.version),
-                        DatasetRecord {
-                            views: dataset
-                                .lineage
-                                .views
-                                .into_iter()
-                                .map(|v| (v.name, v.version))
-                                .collect(),
-                            datasets: dataset
-                                .lineage
-                                .datasets
-                                .iter()
-                                .filter_map(|d| name_at(d))
-                                .collect(),
-                            created: dataset.created,
-                        },
-                    );
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// The version of view `name` current at `time`: the latest applied by
-    /// then (or the first, if none was).
-    fn view_at(&self, name: &str, time: i64) -> Option<u32> {
-        let versions = self.views.iter().filter(|((n, _), _)| n == name);
-        versions
-            .clone()
-            .filter(|(_, r)| r.applied_at <= time)
-            .map(|((_, v), _)| *v)
-            .max()
-            .or_else(|| versions.map(|((_, v), _)| *v).min())
-    }
-
-    /// The dataset a run's input names: `name@version`, or the latest
-    /// version of `name` registered by `time`.
-    fn dataset_at(&self, name: &str, time: i64) -> Option<(String, u32)> {
-        if let Some((name, version)) = name_at(name)
-            && self.datasets.contains_key(&(name.clone(), version))
-        {
-            return Some((name, version));
-        }
-        self.datasets
-            .iter()
-            .filter(|((n, _), r)| n == name && r.created <= time)
-            .map(|((n, v), _)| (n.clone(), *v))
-            .max_by_key(|(_, v)| *v)
     }
 }
 
@@ -312,11 +111,11 @@ impl Graph {
         }
         for deployment in state.deployments() {
             for served in deployment.served.keys() {
-                if let Some((name, Ok(version))) =
-                    served.rsplit_once('@').map(|(n, v)| (n, v.parse::<u64>()))
+                if let Ok(reference) = served.parse::<Reference>()
+                    && let Some(version) = reference.number()
                 {
                     edges.insert((
-                        Node::Model(name.to_string(), version),
+                        Node::Model(reference.name, version),
                         Node::Deployment(deployment.name.clone()),
                     ));
                 }
@@ -356,13 +155,16 @@ impl Graph {
 /// `dataset@version` or `view@version`, tried in that order.
 pub fn find(state: &State, text: &str) -> Result<Node, MetaError> {
     let records = state.records();
-    let model = |name: &str, which: &str| -> Option<Node> {
-        let model = state.model(name).ok()?;
-        let version = match which.parse::<u64>() {
-            Ok(v) => model.versions.contains_key(&v).then_some(v)?,
-            Err(_) => *model.aliases.get(which)?,
+    // A model named by version or alias (a bare name is not a model's).
+    let model = |text: &str| -> Option<Node> {
+        let reference = text.parse::<Reference>().ok()?;
+        let model = state.model(&reference.name).ok()?;
+        let version = match &reference.at {
+            At::Version(v) => model.versions.contains_key(v).then_some(*v)?,
+            At::Alias(alias) => *model.aliases.get(alias)?,
+            At::Latest => return None,
         };
-        Some(Node::Model(name.to_string(), version))
+        Some(Node::Model(reference.name, version))
     };
     let found = match text.split_once(':') {
         Some(("topic", name)) => Some(Node::Topic(name.to_string())),
@@ -371,7 +173,7 @@ pub fn find(state: &State, text: &str) -> Result<Node, MetaError> {
             .ok()
             .map(|d| Node::Deployment(d.name.clone())),
         Some(("run", id)) => state.run(id).ok().map(|r| Node::Run(r.run_id.clone())),
-        Some(("model", rest)) => rest.rsplit_once('@').and_then(|(n, w)| model(n, w)),
+        Some(("model", rest)) => model(rest),
         Some(("view", rest)) => name_at(rest)
             .filter(|k| records.views.contains_key(k))
             .map(|(n, v)| Node::View(n, v)),
@@ -382,7 +184,7 @@ pub fn find(state: &State, text: &str) -> Result<Node, MetaError> {
             .run(text)
             .ok()
             .map(|r| Node::Run(r.run_id.clone()))
-            .or_else(|| text.rsplit_once('@').and_then(|(n, w)| model(n, w)))
+            .or_else(|| model(text))
             .or_else(|| {
                 name_at(text)
                     .filter(|k| records.datasets.contains_key(k))
@@ -486,21 +288,70 @@ mod tests {
     use super::*;
     use crate::event::Event;
 
+    /// Records a feature view version, as `weir features apply` writes it.
     fn view(state: &mut State, name: &str, version: u32, at: i64, sources: Json) {
-        let event = serde_json::json!({
-            "kind": "feature_view_version", "name": name, "version": version, "applied_at": at,
-            "topic": format!("weir.features.{name}.v{version}"),
-            "header": {"name": name, "sources": sources},
-        });
-        state.record_foreign(event.to_string().as_bytes());
+        let header = serde_json::from_value(serde_json::json!({
+            "name": name, "entity": ["user_id"], "sources": sources,
+        }))
+        .unwrap();
+        let record = weir_catalog::Record::View(Box::new(weir_catalog::ViewVersion {
+            kind: weir_catalog::view::KIND.into(),
+            name: name.into(),
+            version,
+            hash: format!("{name}{version}"),
+            topic: format!("weir.features.{name}.v{version}"),
+            job: name.into(),
+            path: format!("{name}.sql"),
+            header,
+            sql: "SELECT 1".into(),
+            output: vec![],
+            feature_time: None,
+            applied_at: at,
+        }));
+        state.record_foreign(&record.encode());
     }
 
+    /// Records a dataset version made from `views`, as `weir snapshot`
+    /// writes it.
     fn dataset(state: &mut State, name: &str, version: u32, created: i64, views: Json) {
-        let event = serde_json::json!({
-            "kind": "dataset_version", "name": name, "version": version, "created": created,
-            "lineage": {"views": views},
-        });
-        state.record_foreign(event.to_string().as_bytes());
+        let views: Vec<(String, u32)> = serde_json::from_value::<Vec<Json>>(views)
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["name"].as_str().unwrap().to_string(),
+                    v["version"].as_u64().unwrap() as u32,
+                )
+            })
+            .collect();
+        let record = weir_catalog::Record::Dataset(Box::new(weir_catalog::DatasetVersion {
+            kind: weir_catalog::dataset::KIND.into(),
+            name: name.into(),
+            version,
+            hash: format!("{name}{version}"),
+            format: "parquet".into(),
+            description: String::new(),
+            owner: String::new(),
+            tags: vec![],
+            entity: vec![],
+            schema: vec![],
+            rows: None,
+            files: vec![],
+            lineage: weir_catalog::Lineage {
+                views: views
+                    .into_iter()
+                    .map(|(name, version)| weir_catalog::ViewInput {
+                        topic: format!("weir.features.{name}.v{version}"),
+                        name,
+                        version,
+                        offsets: Default::default(),
+                    })
+                    .collect(),
+                ..Default::default()
+            },
+            created,
+        }));
+        state.record_foreign(&record.encode());
     }
 
     fn run(state: &mut State, id: &str, start: i64, input: &str) {

@@ -17,6 +17,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use serde_json::{Value as Json, json};
+use weir_core::now_ms;
 
 use crate::event::{Event, KeyValue, Metric, float};
 use crate::search::{
@@ -26,7 +27,7 @@ use crate::state::{
     self, DEFAULT_EXPERIMENT, Experiment, Model, Run, State, Version, experiment_json, model_json,
     run_info_json, run_json, version_json,
 };
-use crate::{ErrorCode, MetaError, Tracker, now_ms};
+use crate::{ErrorCode, MetaError, Tracker};
 
 /// The most results one search page may ask for.
 const MAX_RESULTS_LIMIT: usize = 50_000;
@@ -264,7 +265,7 @@ pub fn router(tracker: Tracker) -> axum::Router {
             get(download_artifact).put(upload_artifact),
         );
     let api = api.merge(artifacts);
-    axum::Router::new()
+    let routes = axum::Router::new()
         .route("/health", get(|| async { "OK" }))
         .route("/version", get(|| async { env!("CARGO_PKG_VERSION") }))
         .route(
@@ -279,19 +280,21 @@ pub fn router(tracker: Tracker) -> axum::Router {
             }),
         )
         .route("/api/2.0/weir/lineage", get(lineage))
+        .merge(crate::pages::routes())
         .nest("/api/2.0", api.clone())
-        .nest("/ajax-api/2.0", api)
-        .fallback(
-            |method: Method, uri: axum::http::Uri, body: HttpBody| async move {
-                drain(body).await;
-                ApiError(MetaError::new(
-                    ErrorCode::ResourceDoesNotExist,
-                    format!("No endpoint {method} {uri}"),
-                ))
-            },
-        )
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(tracker)
+        .nest("/ajax-api/2.0", api);
+    // As MLflow answers them, with its error shape.
+    weir_web::fallbacks(routes, |refused| {
+        let code = if refused.status == StatusCode::NOT_FOUND {
+            ErrorCode::ResourceDoesNotExist
+        } else {
+            ErrorCode::BadRequest
+        };
+        let body = json!({"error_code": code.as_str(), "message": refused.message()});
+        (refused.status, axum::Json(body)).into_response()
+    })
+    .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+    .with_state(tracker)
 }
 
 /// The largest request body read (artifacts stream, and have no limit).

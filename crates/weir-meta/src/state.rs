@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
+use weir_catalog::{At, Reference};
 
 use crate::MetaError;
 use crate::event::{Event, KeyValue, Metric, tag_map};
@@ -206,7 +207,7 @@ pub struct State {
     deployments: BTreeMap<String, Deployment>,
     leases: HashMap<String, Lease>,
     /// Other components' versions (feature views, datasets), for lineage.
-    records: crate::lineage::Records,
+    records: crate::records::Records,
     /// Events applied.
     applied: u64,
     /// What changed since the store last saved (when tracked).
@@ -254,7 +255,7 @@ impl Default for State {
             artifacts: BTreeMap::new(),
             deployments: BTreeMap::new(),
             leases: HashMap::new(),
-            records: crate::lineage::Records::default(),
+            records: crate::records::Records::default(),
             applied: 0,
             changes: Changes::default(),
         };
@@ -413,15 +414,15 @@ impl State {
     /// A version by reference: `name@3`, `name@champion` (an alias), or
     /// `name` (its latest version).
     pub fn version_by_reference(&self, reference: &str) -> Result<(&Model, &Version), MetaError> {
-        let (name, which) = reference.split_once('@').unwrap_or((reference, ""));
+        let parsed: Reference = reference
+            .parse()
+            .map_err(|e: weir_catalog::ReferenceError| MetaError::invalid(e.to_string()))?;
+        let name = &parsed.name;
         let model = self.model(name)?;
-        let number = if which.is_empty() {
-            model.versions.keys().next_back().copied()
-        } else {
-            which
-                .parse::<u64>()
-                .ok()
-                .or_else(|| model.aliases.get(which).copied())
+        let number = match &parsed.at {
+            At::Latest => model.versions.keys().next_back().copied(),
+            At::Version(version) => Some(*version),
+            At::Alias(alias) => model.aliases.get(alias).copied(),
         };
         number
             .and_then(|v| model.versions.get(&v))
@@ -469,7 +470,7 @@ impl State {
     }
 
     /// What other components recorded on the log, for lineage.
-    pub fn records(&self) -> &crate::lineage::Records {
+    pub fn records(&self) -> &crate::records::Records {
         &self.records
     }
 
@@ -1016,10 +1017,14 @@ impl State {
             }
             Event::DeploymentServing { at, name, models } => {
                 for model in models {
-                    let (model_name, version) = model.rsplit_once('@').ok_or_else(|| {
-                        MetaError::invalid(format!("`{model}` is not name@version"))
-                    })?;
-                    self.version(model_name, version)?;
+                    let served = model
+                        .parse::<Reference>()
+                        .ok()
+                        .filter(|r| r.number().is_some())
+                        .ok_or_else(|| {
+                            MetaError::invalid(format!("`{model}` is not name@version"))
+                        })?;
+                    self.version_by_reference(&served.to_string())?;
                 }
                 let deployment = self
                     .deployments

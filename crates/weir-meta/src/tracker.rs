@@ -13,11 +13,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use weir_bus::{Bus, OutRecord, Producer};
+use weir_core::now_ms;
 
 use crate::MetaError;
 use crate::artifacts::ArtifactStore;
 use crate::event::{Event, KeyValue, Metric};
-use crate::now_ms;
 use crate::state::{RUN_NAME_TAG, State};
 use crate::store::{Position, Store, digest};
 
@@ -352,6 +352,12 @@ impl Tracker {
             producer,
             None,
         )
+    }
+
+    /// [`Tracker::open`] with the artifact store of a state directory
+    /// (`<state>/artifacts`), as `weir`'s commands use it.
+    pub async fn open_under(bus: &Bus, state_dir: &std::path::Path) -> Result<Self, MetaError> {
+        Self::open(bus, ArtifactStore::under(state_dir)?).await
     }
 
     /// [`Tracker::open`] with a query store: the state comes from `store`

@@ -6,16 +6,15 @@
 //! and serving answers with it, so a model is judged by the same code that
 //! will run it.
 //!
-//! ONNX Runtime is a shared library loaded at run time, from the path in
-//! `WEIR_ORT_LIB` (`cargo xtask setup` unpacks it) or one given to
-//! [`init`].
+//! ONNX Runtime is a shared library loaded at run time: the one given to
+//! [`init`], else `WEIR_ORT_LIB`, else the one `weir setup` (or `cargo
+//! xtask setup`) unpacked into the cache.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 
 use ort::session::Session;
 use ort::value::{DynValue, TensorElementType, TensorRef, ValueType};
-use serde::{Deserialize, Serialize};
 
 mod proto;
 
@@ -33,75 +32,25 @@ pub enum OnnxError {
     Inference(String),
 }
 
-/// An ONNX opset a model imports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Opset {
-    /// Its domain (`""` is the default, `ai.onnx.ml` the classical ML
-    /// operators).
-    pub domain: String,
-    /// Its version.
-    pub version: i64,
-}
+/// What a model file declares (plain data, in the catalog: the metadata
+/// crate stores it without ONNX Runtime).
+pub use weir_catalog::{Opset, Signature, TensorSpec};
 
-/// A model's input or output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TensorSpec {
-    /// Its name.
-    pub name: String,
-    /// Its element type (`float32`, `int64`, `string`, …), or the kind of
-    /// value (`sequence`, `map`) for what is not a tensor.
-    pub dtype: String,
-    /// Its shape; `-1` where a dimension is not fixed (the batch).
-    pub shape: Vec<i64>,
-}
-
-/// What a model file declares.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Signature {
-    /// Its inputs.
-    pub inputs: Vec<TensorSpec>,
-    /// Its outputs.
-    pub outputs: Vec<TensorSpec>,
-    /// The opsets it imports.
-    pub opsets: Vec<Opset>,
-    /// The ONNX IR version.
-    pub ir_version: i64,
-    /// What wrote it (`skl2onnx 1.20.0`).
-    pub producer: String,
-}
-
-impl Signature {
-    /// Reads the signature of the model in `bytes`.
-    pub fn read(bytes: &[u8]) -> Result<Self, OnnxError> {
-        proto::signature(bytes)
-    }
-
-    /// The default-domain opset (`ai.onnx`), the one people call "the
-    /// opset".
-    pub fn opset(&self) -> Option<i64> {
-        self.opsets
-            .iter()
-            .filter(|o| o.domain.is_empty() || o.domain == "ai.onnx")
-            .map(|o| o.version)
-            .max()
-    }
+/// Reads the signature of the model in `bytes` (its protobuf).
+pub fn read_signature(bytes: &[u8]) -> Result<Signature, OnnxError> {
+    proto::signature(bytes)
 }
 
 static ENVIRONMENT: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
 
-/// Loads ONNX Runtime from `library`, or from `WEIR_ORT_LIB` when `None`.
+/// Loads ONNX Runtime from `library`, or when `None` from `WEIR_ORT_LIB` or
+/// where `weir setup` installs it.
 /// Only the first call loads; later ones return its outcome.
 pub fn init(library: Option<&Path>) -> Result<(), OnnxError> {
     let outcome = ENVIRONMENT.get_or_init(|| {
         let path: PathBuf = match library {
             Some(path) => path.to_path_buf(),
-            None => std::env::var_os("WEIR_ORT_LIB")
-                .map(PathBuf::from)
-                .ok_or_else(|| {
-                    "WEIR_ORT_LIB is not set: it names libonnxruntime.so \
-                     (`cargo xtask setup` unpacks it; `cargo xtask env` prints the path)"
-                        .to_string()
-                })?,
+            None => weir_setup::onnxruntime_library().map_err(|e| e.to_string())?,
         };
         if !path.is_file() {
             return Err(format!("{}: no such library", path.display()));
@@ -215,7 +164,7 @@ impl Model {
     /// is not loaded yet).
     pub fn load(bytes: &[u8], options: &SessionOptions) -> Result<Self, OnnxError> {
         init(None)?;
-        let signature = Signature::read(bytes)?;
+        let signature = read_signature(bytes)?;
         let environment = match ENVIRONMENT.get() {
             Some(Ok(environment)) => environment,
             _ => return Err(OnnxError::Runtime("not loaded".into())),

@@ -359,7 +359,7 @@ impl Deployment {
     /// Answers a request, logs it and counts it.
     pub async fn infer(&self, request: Request, channel: Channel) -> Result<Response, ServeError> {
         let arrived = Instant::now();
-        let timestamp = weir_meta::now_ms();
+        let timestamp = weir_core::now_ms();
         let id = request
             .id
             .clone()

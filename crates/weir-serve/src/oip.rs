@@ -411,7 +411,7 @@ fn error_response(error: &ServeError) -> HttpResponse {
 
 /// The routes of one deployment.
 pub fn router(deployment: Arc<Deployment>) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(
             "/v2/health/live",
             get(|| async { axum::Json(json!({"live": true})) }),
@@ -433,33 +433,16 @@ pub fn router(deployment: Arc<Deployment>) -> Router {
         )
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_at))
-        .route("/metrics", get(metrics))
-        .fallback(|method, uri, body| refused(StatusCode::NOT_FOUND, method, uri, body))
-        .method_not_allowed_fallback(|method, uri, body| {
-            refused(StatusCode::METHOD_NOT_ALLOWED, method, uri, body)
-        })
-        .with_state(deployment)
-}
-
-/// An unknown route (404), or a method a route does not take (405), in
-/// the protocol's error shape. The request's body is read first (up to
-/// what an infer request may carry, axum's default 2 MiB; a larger one
-/// closes the connection): hyper closes a keep-alive connection whose body
-/// was left unread, and a client that reuses it before it sees the close
-/// fails.
-async fn refused(
-    status: StatusCode,
-    method: axum::http::Method,
-    uri: axum::http::Uri,
-    body: axum::body::Body,
-) -> HttpResponse {
-    let _ = axum::body::to_bytes(body, 2 << 20).await;
-    let message = if status == StatusCode::NOT_FOUND {
-        format!("no route {method} {uri}")
-    } else {
-        format!("{uri} does not take {method}")
-    };
-    (status, axum::Json(json!({ "error": message }))).into_response()
+        .route("/metrics", get(metrics));
+    // In the protocol's error shape.
+    weir_web::fallbacks(routes, |refused| {
+        (
+            refused.status,
+            axum::Json(json!({ "error": refused.message() })),
+        )
+            .into_response()
+    })
+    .with_state(deployment)
 }
 
 async fn server_metadata() -> axum::Json<Json> {

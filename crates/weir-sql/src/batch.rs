@@ -35,7 +35,7 @@ use weir_dataflow::decode::RecordDecoder;
 
 use crate::SqlError;
 use crate::functions::{HopStarts, WindowKind, timestamp_type};
-use crate::plan::{Plan, logical_plan, shape, window_group};
+use crate::plan::{Plan, logical_plan, shape, window_group, with_event_time};
 
 /// A DataFusion context with the dialect's window functions, for batch
 /// queries.
@@ -259,7 +259,11 @@ pub async fn run(
     if let Some(t) = &plan.table {
         context.register_table(&t.name, table(t.schema.clone(), table_rows)?)?;
     }
-    let logical = logical_plan(&plan.view, &context)?;
+    let logical = with_event_time(
+        &plan.view,
+        logical_plan(&plan.view, &context)?,
+        &plan.source.event_time,
+    )?;
     let tables: Vec<String> = plan.table.iter().map(|t| t.name.clone()).collect();
     let shape = shape(&plan.view, &logical, &tables)?;
     let Some(aggregate) = shape.aggregate else {
@@ -601,4 +605,26 @@ pub fn compare(
         }
     }
     Ok(comparison)
+}
+
+/// Writes `batches` to a Parquet file; returns the number of rows.
+pub fn write_parquet(
+    path: &std::path::Path,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+) -> Result<usize, SqlError> {
+    let io = |e: &dyn std::fmt::Display| SqlError::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let file = std::fs::File::create(path).map_err(|e| io(&e))?;
+    let mut writer = datafusion::parquet::arrow::ArrowWriter::try_new(file, schema.clone(), None)
+        .map_err(|e| io(&e))?;
+    let mut rows = 0;
+    for batch in batches {
+        rows += batch.num_rows();
+        writer.write(batch).map_err(|e| io(&e))?;
+    }
+    writer.close().map_err(|e| io(&e))?;
+    Ok(rows)
 }

@@ -14,8 +14,10 @@
 //!   pieces the batch reuses, and errors that name the construct and its
 //!   `file:line:col`;
 //! - [`batch`]: the same plan over history;
-//! - [`registry`]: views and their versions, as events on `weir.meta`.
+//! - [`registry`]: views and their versions, as events on `weir.meta`;
+//! - [`adhoc`]: ad-hoc batch queries over views, topics and files (`weir sql`).
 
+pub mod adhoc;
 pub mod batch;
 pub mod functions;
 pub mod plan;

@@ -29,7 +29,9 @@ use datafusion::datasource::empty::EmptyTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{ExecutionProps, SessionConfig, SessionContext};
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
-use datafusion::logical_expr::{Aggregate, Expr, Join, JoinType, LogicalPlan, TableScan};
+use datafusion::logical_expr::{
+    Aggregate, Expr, Join, JoinType, LogicalPlan, Projection, TableScan,
+};
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use weir_dataflow::aggregate::{Emit, WINDOW_END, WINDOW_START};
@@ -331,12 +333,67 @@ pub(crate) fn logical_plan(
     view: &ViewFile,
     context: &SessionContext,
 ) -> Result<LogicalPlan, SqlError> {
+    use datafusion::common::tree_node::TreeNode as _;
+    use datafusion::optimizer::OptimizerRule as _;
     let state = context.state();
     let plan = futures::executor::block_on(state.create_logical_plan(&view.sql))
         .map_err(|e| datafusion_error(view, e))?;
-    state
+    let plan = state
         .analyzer()
         .execute_and_check(plan, state.config_options(), |_, _| {})
+        .map_err(|e| datafusion_error(view, e))?;
+    // Expressions simplified as DataFusion's optimizer would: some
+    // functions (`coalesce`, `nvl`) exist only to be rewritten so, and the
+    // stream plans its expressions from this plan.
+    let simplify = datafusion::optimizer::simplify_expressions::SimplifyExpressions::new();
+    let options = datafusion::optimizer::OptimizerContext::new();
+    plan.transform_up(|node| simplify.rewrite(node, &options))
+        .map(|simplified| simplified.data)
+        .map_err(|e| datafusion_error(view, e))
+}
+
+/// A view without a window keeps each row's event time, its feature time
+/// (as a Feast feature view's rows keep their timestamp field): when the
+/// select list leaves the source's event time column out, it is added as
+/// the last column. A windowed view's rows are timed by their window.
+pub(crate) fn with_event_time(
+    view: &ViewFile,
+    plan: LogicalPlan,
+    event_time: &str,
+) -> Result<LogicalPlan, SqlError> {
+    fn aggregates(plan: &LogicalPlan) -> bool {
+        matches!(plan, LogicalPlan::Aggregate(_)) || plan.inputs().into_iter().any(aggregates)
+    }
+    let LogicalPlan::Projection(projection) = &plan else {
+        return Ok(plan);
+    };
+    let kept = projection
+        .schema
+        .fields()
+        .iter()
+        .any(|f| f.name() == event_time);
+    if kept || aggregates(&plan) {
+        return Ok(plan);
+    }
+    let columns = projection
+        .input
+        .schema()
+        .columns_with_unqualified_name(event_time);
+    let [column] = columns.as_slice() else {
+        // Not there (or ambiguous): the view's rows cannot be timed.
+        return Err(error_at(
+            view,
+            "SELECT",
+            format!(
+                "a view without a window keeps each row's event time: select `{event_time}` \
+                 (it is the row's feature time)"
+            ),
+        ));
+    };
+    let mut exprs = projection.expr.clone();
+    exprs.push(Expr::Column(column.clone()));
+    Projection::try_new(exprs, projection.input.clone())
+        .map(LogicalPlan::Projection)
         .map_err(|e| datafusion_error(view, e))
 }
 
@@ -637,8 +694,17 @@ pub fn plan_view(
     for table in &tables {
         context.register_table(&table.name, Arc::new(EmptyTable::new(table.schema.clone())))?;
     }
-    let logical = logical_plan(view, &context)?;
     let table_names: Vec<String> = tables.iter().map(|t| t.name.clone()).collect();
+    let logical = {
+        let logical = logical_plan(view, &context)?;
+        let scanned = shape(view, &logical, &table_names)?.scan.table_name.clone();
+        let event_time = &sources
+            .iter()
+            .find(|s| s.name == scanned.table())
+            .expect("scans resolve to registered sources")
+            .event_time;
+        with_event_time(view, logical, event_time)?
+    };
     let shape = shape(view, &logical, &table_names)?;
     let source = sources
         .iter()
@@ -938,6 +1004,14 @@ pub fn plan_view(
             ));
         }
         key.push(entity.clone());
+    }
+    if let Some(created) = &view.header.created_timestamp
+        && output.index_of(created).is_err()
+    {
+        return Err(header_error(
+            view,
+            format!("the created timestamp `{created}` is not in the output: select it"),
+        ));
     }
     if window.is_some() {
         key.push(WINDOW_START.to_string());

@@ -13,80 +13,28 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use serde::{Deserialize, Serialize};
 use weir_bus::{Bus, OutRecord, TopicSpec};
+use weir_catalog::Record;
 
 use crate::SqlError;
 use crate::plan::{Catalog, Plan, PlanOptions, plan_view};
-use crate::view::{Header, ViewFile};
+use crate::view::ViewFile;
 
-/// The `kind` of a feature view version event.
-pub const KIND: &str = "feature_view_version";
+pub use weir_catalog::view::{ColumnDef, KIND, ViewVersion};
 
-/// One column of a view's output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ColumnDef {
-    /// Name.
-    pub name: String,
-    /// Arrow type, as Arrow writes it (`Int64`, `Timestamp(ms)`, ...).
-    #[serde(rename = "type")]
-    pub data_type: String,
-    /// Whether it may be null.
-    pub nullable: bool,
-}
-
-/// A recorded version of a feature view.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ViewVersion {
-    /// Always [`KIND`].
-    pub kind: String,
-    /// The view's name.
-    pub name: String,
-    /// 1, 2, ...
-    pub version: u32,
-    /// Content hash of header and query.
-    pub hash: String,
-    /// Where its results go.
-    pub topic: String,
-    /// The streaming job's name.
-    pub job: String,
-    /// The file it came from.
-    pub path: String,
-    /// The header.
-    pub header: Header,
-    /// The query.
-    pub sql: String,
-    /// The output columns.
-    pub output: Vec<ColumnDef>,
-    /// When it was applied (ms since the epoch).
-    pub applied_at: i64,
-}
-
-impl ViewVersion {
-    /// The output schema.
-    pub fn schema(&self) -> Result<SchemaRef, SqlError> {
-        let fields = self
-            .output
-            .iter()
-            .map(|c| {
-                c.data_type
-                    .parse::<DataType>()
-                    .map(|t| Field::new(&c.name, t, c.nullable))
-                    .map_err(|e| SqlError::Execution(format!("view `{}`: {e}", self.name)))
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Arc::new(Schema::new(fields)))
-    }
-
-    /// The view file this version was applied from.
-    pub fn view_file(&self) -> ViewFile {
-        ViewFile {
-            path: self.path.clone(),
-            header: self.header.clone(),
-            sql: self.sql.clone(),
-            sql_line: 1,
-        }
-    }
+/// A version's output schema, as Arrow types.
+pub fn output_schema(version: &ViewVersion) -> Result<SchemaRef, SqlError> {
+    let fields = version
+        .output
+        .iter()
+        .map(|c| {
+            c.data_type
+                .parse::<DataType>()
+                .map(|t| Field::new(&c.name, t, c.nullable))
+                .map_err(|e| SqlError::Execution(format!("view `{}`: {e}", version.name)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Arc::new(Schema::new(fields)))
 }
 
 /// Every recorded version, by view name.
@@ -101,11 +49,8 @@ impl Registry {
         let mut registry = Self::default();
         for payload in bus.read_log(weir_core::topics::META).await? {
             // Other kinds of metadata share the topic.
-            let Ok(version) = serde_json::from_slice::<ViewVersion>(&payload) else {
-                continue;
-            };
-            if version.kind == KIND {
-                registry.add(version);
+            if let Some(Record::View(version)) = Record::decode(&payload) {
+                registry.add(*version);
             }
         }
         Ok(registry)
@@ -156,7 +101,10 @@ impl<'a> BusCatalog<'a> {
         let mut views = HashMap::new();
         for name in registry.names() {
             if let Some(latest) = registry.latest(name) {
-                views.insert(name.to_string(), (latest.topic.clone(), latest.schema()?));
+                views.insert(
+                    name.to_string(),
+                    (latest.topic.clone(), output_schema(latest)?),
+                );
             }
         }
         Ok(Self {
@@ -266,6 +214,10 @@ pub async fn apply(
                     nullable: f.is_nullable(),
                 })
                 .collect(),
+            feature_time: Some(match plan.window {
+                Some(_) => weir_catalog::view::WINDOW_END.to_string(),
+                None => plan.source.event_time.clone(),
+            }),
             applied_at,
         };
         planned.push(Applied {
@@ -276,13 +228,12 @@ pub async fn apply(
     }
     let producer = bus.producer()?;
     for applied in planned.iter().filter(|a| a.recorded) {
-        let key = format!(
-            "feature_view/{}/v{}",
-            applied.version.name, applied.version.version
-        );
-        let value = serde_json::to_vec(&applied.version).expect("a version serializes");
+        let record = Record::View(Box::new(applied.version.clone()));
         producer
-            .send_and_wait(OutRecord::new(weir_core::topics::META, &value).key(key.as_bytes()))
+            .send_and_wait(
+                OutRecord::new(weir_core::topics::META, &record.encode())
+                    .key(record.key().as_bytes()),
+            )
             .await?;
         bus.admin()
             .ensure_topic(&TopicSpec::new(&applied.version.topic, 1))

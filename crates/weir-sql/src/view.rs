@@ -28,94 +28,13 @@
 //! `window_end` unless said otherwise). A table is the latest row per key
 //! of a topic, joined to a stream on its key.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use weir_catalog::ViewVersion;
 
 use crate::SqlError;
 
-/// A stream a view reads.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceDef {
-    /// The topic (or `view`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub topic: Option<String>,
-    /// Another view whose results this one reads.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub view: Option<String>,
-    /// The event time column (`window_end` for a view).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event_time: Option<String>,
-    /// How late a record may be (`5s`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub lateness: Option<String>,
-    /// When a silent partition stops holding the watermark (`30s`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub idle_timeout: Option<String>,
-    /// Column types (`string`, `long`, `double`, ...) when the topic has
-    /// no registered schema.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schema: Option<BTreeMap<String, String>>,
-}
-
-/// A table (latest row per key of a topic) a view joins with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TableDef {
-    /// The topic.
-    pub topic: String,
-    /// The key column.
-    pub key: String,
-    /// Column types, when the topic has no registered schema.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub schema: Option<BTreeMap<String, String>>,
-}
-
-/// When a view emits its windows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EmitMode {
-    /// When a window closes.
-    #[default]
-    Close,
-    /// Every checkpoint, for the windows that changed.
-    Update,
-}
-
-/// A view's header.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Header {
-    /// The view's name (a topic-name fragment).
-    pub name: String,
-    /// What the features are.
-    #[serde(default)]
-    pub description: String,
-    /// Who answers for them.
-    #[serde(default)]
-    pub owner: String,
-    /// Search tags.
-    #[serde(default)]
-    pub tags: Vec<String>,
-    /// Entity key columns of the output.
-    pub entity: Vec<String>,
-    /// How long a value stays fresh (`2h`); none: forever.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ttl: Option<String>,
-    /// Streams, by the name the SQL uses.
-    pub sources: BTreeMap<String, SourceDef>,
-    /// Tables, by the name the SQL uses.
-    #[serde(default)]
-    pub tables: BTreeMap<String, TableDef>,
-    /// When windows are emitted.
-    #[serde(default)]
-    pub emit: EmitMode,
-    /// Checkpoint interval of the streaming job (`1s`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub checkpoint_interval: Option<String>,
-}
+pub use weir_catalog::view::{EmitMode, Header, SourceDef, TableDef};
 
 /// A parsed view file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,6 +50,16 @@ pub struct ViewFile {
 }
 
 impl ViewFile {
+    /// The view file a recorded version was applied from.
+    pub fn of_version(version: &ViewVersion) -> Self {
+        Self {
+            path: version.path.clone(),
+            header: version.header.clone(),
+            sql: version.sql.clone(),
+            sql_line: 1,
+        }
+    }
+
     /// Reads a view file.
     pub fn load(path: &Path) -> Result<Self, SqlError> {
         let text = std::fs::read_to_string(path).map_err(|e| SqlError::Io {

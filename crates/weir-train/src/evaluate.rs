@@ -10,9 +10,11 @@ use weir_meta::event::{KeyValue, Metric, ModelInfo};
 use weir_meta::tracker::RunReport;
 use weir_onnx::{Model, SessionOptions};
 
+pub use crate::evaluation::{Curves, Evaluation, Gate, Scored, Verdict};
+
 use crate::TrainError;
 use crate::job::{Workspace, resolve, score, scores};
-use crate::metrics::{self, Bin, Metrics};
+use crate::metrics::{self, Metrics};
 use crate::spec::Task;
 use crate::table::{Table, Target};
 
@@ -21,8 +23,10 @@ use crate::table::{Table, Target};
 pub struct EvaluationRequest {
     /// The candidate: `name@version`, `name@alias` or `name` (latest).
     pub model: String,
-    /// A dataset version or a Parquet or CSV file, with the model's label column.
-    pub dataset: String,
+    /// A dataset version or a Parquet or CSV file, with the model's label
+    /// column; `None`: the rows the candidate's training run held out (the
+    /// test part of its recorded split of its dataset).
+    pub dataset: Option<String>,
     /// A column to break the metrics down by.
     pub slice: Option<String>,
     /// The alias of the model to beat.
@@ -66,68 +70,14 @@ impl std::str::FromStr for GateRule {
     }
 }
 
-/// Curves of a two-class model.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct Curves {
-    /// (false positive rate, true positive rate).
-    pub roc: Vec<(f64, f64)>,
-    /// (recall, precision).
-    pub pr: Vec<(f64, f64)>,
-    /// Reliability diagram of the second class's score.
-    pub calibration: Vec<Bin>,
-}
-
-/// One model's scores on the dataset.
-#[derive(Debug, Clone)]
-pub struct Scored {
-    /// `name@version`.
-    pub model: String,
-    /// Over all labelled rows.
-    pub overall: Metrics,
-    /// By value of the slice column.
-    pub slices: BTreeMap<String, Metrics>,
-    /// For two classes.
-    pub curves: Option<Curves>,
-}
-
-/// The gate's verdict.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Gate {
-    /// Whether the candidate may be promoted.
-    pub passed: bool,
-    /// Why, rule by rule.
-    pub reasons: Vec<String>,
-}
-
-/// An evaluation.
-#[derive(Debug, Clone)]
-pub struct Evaluation {
-    /// The dataset, as read.
-    pub dataset: String,
-    /// Labelled rows scored.
-    pub rows: usize,
-    /// The candidate.
-    pub candidate: Scored,
-    /// The champion, if the alias points at another version.
-    pub champion: Option<Scored>,
-    /// The verdict.
-    pub gate: Gate,
-    /// Each version's test metrics from its training run, by version.
-    pub history: Vec<(u64, Metrics)>,
-    /// The evaluation's run.
-    pub run_id: String,
-    /// The report (HTML), also stored with the run.
-    pub report: String,
-}
-
 /// Evaluates `request.model` on `request.dataset`.
 pub async fn evaluate(
     request: &EvaluationRequest,
     workspace: Workspace<'_>,
 ) -> Result<Evaluation, TrainError> {
-    let started = weir_meta::now_ms();
+    let started = weir_core::now_ms();
     let tracker = workspace.tracker;
-    let (candidate_ref, info, champion) = tracker.read(|state| {
+    let (candidate_ref, run_id, info, champion, is_champion) = tracker.read(|state| {
         let (model, version) = state.version_by_reference(&request.model)?;
         let info = version.model.clone().ok_or_else(|| {
             TrainError::Invalid(format!(
@@ -135,21 +85,29 @@ pub async fn evaluate(
                 model.name, version.version
             ))
         })?;
-        let champion = model
-            .aliases
-            .get(&request.champion)
-            .filter(|&&v| v != version.version)
-            .and_then(|v| model.versions.get(v))
+        let champion_version = model.aliases.get(&request.champion).copied();
+        let champion = champion_version
+            .filter(|&v| v != version.version)
+            .and_then(|v| model.versions.get(&v))
             .and_then(|v| Some((format!("{}@{}", model.name, v.version), v.model.clone()?)));
         Ok::<_, TrainError>((
             format!("{}@{}", model.name, version.version),
+            version.run_id.clone(),
             info,
             champion,
+            champion_version == Some(version.version),
         ))
     })?;
-    let source = resolve(&request.dataset, workspace.datasets)?;
-    let table = Table::read_files(&source.files, &source.reference)?;
-    let rows = table.valid_rows(&info.label)?;
+    let (source, table, rows, described) = match &request.dataset {
+        Some(dataset) => {
+            let source = resolve(dataset, workspace.datasets)?;
+            let table = Table::read_files(&source.files, &source.reference)?;
+            let rows = table.valid_rows(&info.label)?;
+            let described = source.reference.clone();
+            (source, table, rows, described)
+        }
+        None => held_out(workspace, &candidate_ref, &run_id).await?,
+    };
     if rows.is_empty() {
         return Err(TrainError::Invalid(format!(
             "{}: no row has a `{}` label",
@@ -185,11 +143,21 @@ pub async fn evaluate(
         None => None,
     };
     let task: Task = info.task.parse()?;
-    let gate = judge(&request.gate, task, &candidate, champion.as_ref());
+    let gate = if is_champion {
+        Gate {
+            verdict: Verdict::Skipped,
+            reasons: vec![format!(
+                "{candidate_ref} is the champion (@{}): nothing to compare it with",
+                request.champion
+            )],
+        }
+    } else {
+        judge(&request.gate, task, &candidate, champion.as_ref())
+    };
     let history = history(tracker, &request.model);
 
     let mut evaluation = Evaluation {
-        dataset: source.reference.clone(),
+        dataset: described,
         rows: rows.len(),
         candidate,
         champion,
@@ -200,7 +168,7 @@ pub async fn evaluate(
     };
     evaluation.report = crate::report::html(&evaluation);
 
-    let ended = weir_meta::now_ms();
+    let ended = weir_core::now_ms();
     let metric = |key: String, value: f64| Metric {
         key,
         value,
@@ -233,7 +201,7 @@ pub async fn evaluate(
             end_time: ended,
             params: vec![
                 text("model", candidate_ref.clone()),
-                text("dataset", source.reference.clone()),
+                text("dataset", evaluation.dataset.clone()),
                 text(
                     "champion",
                     evaluation
@@ -254,15 +222,7 @@ pub async fn evaluate(
             metrics: logged,
             tags: vec![
                 text("weir.model", candidate_ref),
-                text(
-                    "weir.gate",
-                    if evaluation.gate.passed {
-                        "passed"
-                    } else {
-                        "refused"
-                    }
-                    .into(),
-                ),
+                text("weir.gate", evaluation.gate.verdict.as_str().into()),
             ],
             datasets: vec![(source.reference, source.digest, "evaluation".into())],
             status: String::new(),
@@ -342,7 +302,7 @@ pub fn judge(
 ) -> Gate {
     let Some(champion) = champion else {
         return Gate {
-            passed: true,
+            verdict: Verdict::Passed,
             reasons: vec!["no champion to beat".into()],
         };
     };
@@ -389,7 +349,58 @@ pub fn judge(
             if holds { "ok" } else { "refused" }
         ));
     }
-    Gate { passed, reasons }
+    Gate {
+        verdict: if passed {
+            Verdict::Passed
+        } else {
+            Verdict::Refused
+        },
+        reasons,
+    }
+}
+
+/// The rows the training run `run_id` of `model` held out for its test
+/// metrics: its recorded job's dataset, split again as the job split it
+/// (a split is a function of the rows and the split's settings), and
+/// checked against the number of test rows the run recorded.
+async fn held_out(
+    workspace: Workspace<'_>,
+    model: &str,
+    run_id: &str,
+) -> Result<(crate::job::Source, Table, Vec<usize>, String), TrainError> {
+    if run_id.is_empty() {
+        return Err(TrainError::Invalid(format!(
+            "{model} was not registered by a training run: name a dataset to evaluate it on"
+        )));
+    }
+    let spec = crate::job::recorded_job(workspace.tracker, run_id).await?;
+    let source = resolve(&spec.dataset, workspace.datasets)?;
+    let table = Table::read_files(&source.files, &source.reference)?;
+    let labelled = table.valid_rows(&spec.label)?;
+    let [_, _, test] = table.split(&spec.split, &labelled)?;
+    let recorded = workspace.tracker.read(|state| {
+        state
+            .run(run_id)
+            .ok()
+            .and_then(|run| run.latest.get("test_rows"))
+            .map(|m| m.value as usize)
+    });
+    if recorded.is_some_and(|n| n != test.len()) {
+        return Err(TrainError::Invalid(format!(
+            "{}: split again as run {run_id} split it, its test part has {} rows, not the {} \
+             the run recorded",
+            source.reference,
+            test.len(),
+            recorded.unwrap_or_default()
+        )));
+    }
+    let described = format!(
+        "{}, the {} test rows run {run_id} held out ({})",
+        source.reference,
+        test.len(),
+        spec.split.describe()
+    );
+    Ok((source, table, test, described))
 }
 
 /// Each version's test metrics, from its training run.

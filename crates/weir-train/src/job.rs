@@ -100,7 +100,7 @@ pub async fn train(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Outcome
 /// and nothing is registered: [`Ran::record`] records it, which a worker
 /// does while its runtime goes on to the next trial.
 pub async fn run_job(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Ran, TrainError> {
-    let started = weir_meta::now_ms();
+    let started = weir_core::now_ms();
     let dir = workspace
         .scratch
         .join(format!("train-{}", uuid::Uuid::new_v4().simple()));
@@ -122,7 +122,7 @@ pub async fn run_job(spec: &TrainSpec, workspace: Workspace<'_>) -> Result<Ran, 
         runtime: spec.runtime.describe(),
         tags: spec.tags.clone(),
         started,
-        ended: weir_meta::now_ms(),
+        ended: weir_core::now_ms(),
         record,
         result,
     })
@@ -196,20 +196,27 @@ impl Ran {
 /// data version, split and params — as a new run tagged
 /// `weir.reproduces`. Nothing is registered.
 pub async fn reproduce(run_id: &str, workspace: Workspace<'_>) -> Result<Outcome, TrainError> {
-    let root = workspace.tracker.artifact_root(run_id)?;
-    let text = workspace
-        .tracker
+    let mut spec = recorded_job(workspace.tracker, run_id).await?;
+    spec.register = None;
+    spec.tags
+        .insert("weir.reproduces".into(), run_id.to_string());
+    train(&spec, workspace).await
+}
+
+/// The job a training run ran, as it recorded it (`job.yaml`, its dataset
+/// pinned to the version it read).
+pub(crate) async fn recorded_job(tracker: &Tracker, run_id: &str) -> Result<TrainSpec, TrainError> {
+    let root = tracker.artifact_root(run_id)?;
+    let text = tracker
         .artifact_bytes(&format!("{root}/job.yaml"))
         .await
         .map_err(|_| {
             TrainError::Invalid(format!("run {run_id} is not a training job (no job.yaml)"))
         })?;
-    let text = String::from_utf8_lossy(&text);
-    let mut spec = TrainSpec::from_yaml(&text, &format!("run {run_id}: job.yaml"))?;
-    spec.register = None;
-    spec.tags
-        .insert("weir.reproduces".into(), run_id.to_string());
-    train(&spec, workspace).await
+    TrainSpec::from_yaml(
+        &String::from_utf8_lossy(&text),
+        &format!("run {run_id}: job.yaml"),
+    )
 }
 
 /// Where a run keeps the description of its model (a [`ModelInfo`] whose
@@ -255,11 +262,7 @@ pub async fn register_run_model(
 /// with the run as a job that exported would have, with its test metrics.
 async fn export_kept(workspace: Workspace<'_>, run_id: &str, root: &str) -> Result<(), TrainError> {
     let tracker = workspace.tracker;
-    let job = tracker.artifact_bytes(&format!("{root}/job.yaml")).await?;
-    let spec = TrainSpec::from_yaml(
-        &String::from_utf8_lossy(&job),
-        &format!("run {run_id}: job.yaml"),
-    )?;
+    let spec = recorded_job(tracker, run_id).await?;
     let dir = workspace
         .scratch
         .join(format!("export-{}", uuid::Uuid::new_v4().simple()));
@@ -307,7 +310,7 @@ async fn export_kept(workspace: Workspace<'_>, run_id: &str, root: &str) -> Resu
         if let Some(diff) = checked.max_diff {
             metrics.insert("onnx_max_abs_diff".into(), diff);
         }
-        let now = weir_meta::now_ms();
+        let now = weir_core::now_ms();
         tracker
             .append(weir_meta::event::Event::RunLogged {
                 at: now,
@@ -399,7 +402,10 @@ pub(crate) fn resolve(reference: &str, datasets: &Datasets) -> Result<Source, Tr
             weir_features::datasets::hash_file(path).map_err(|e| TrainError::io(reference, e))?;
         return Ok(file_source(reference, digest));
     }
-    let version = datasets.find(reference).ok_or_else(|| {
+    let parsed: weir_catalog::Reference = reference
+        .parse()
+        .map_err(|e| TrainError::Invalid(format!("dataset: {e}")))?;
+    let version = datasets.find(&parsed).ok_or_else(|| {
         TrainError::Invalid(format!(
             "dataset `{reference}`: no such dataset version (`weir datasets list`) or file"
         ))
@@ -411,7 +417,7 @@ pub(crate) fn resolve(reference: &str, datasets: &Datasets) -> Result<Source, Tr
         )));
     }
     Ok(Source {
-        reference: format!("{}@{}", version.name, version.version),
+        reference: version.reference().to_string(),
         digest: version.hash.clone(),
         files: version
             .files

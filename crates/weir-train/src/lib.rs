@@ -19,6 +19,7 @@
 
 pub mod automl;
 pub mod evaluate;
+pub mod evaluation;
 mod job;
 pub mod metrics;
 pub mod report;
@@ -51,6 +52,15 @@ pub enum TrainError {
     /// ONNX Runtime.
     #[error(transparent)]
     Onnx(#[from] weir_onnx::OnnxError),
+    /// Kafka failed.
+    #[error(transparent)]
+    Bus(#[from] weir_bus::BusError),
+    /// Reading the datasets failed.
+    #[error(transparent)]
+    Features(#[from] weir_features::FeaturesError),
+    /// The training runtimes' Python environment is missing.
+    #[error(transparent)]
+    Setup(#[from] weir_setup::SetupError),
 }
 
 impl TrainError {

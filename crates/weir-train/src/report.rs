@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use weir_meta::chart::{Series, escape, line_chart};
+use weir_web::chart::{Series, escape, line_chart};
 
-use crate::evaluate::{Evaluation, Scored};
+use crate::evaluation::{Curves, Evaluation, Scored};
 
 /// The report of an evaluation.
 pub fn html(evaluation: &Evaluation) -> String {
@@ -19,11 +19,7 @@ pub fn html(evaluation: &Evaluation) -> String {
         model = escape(&candidate.model),
         dataset = escape(&evaluation.dataset),
         rows = evaluation.rows,
-        verdict = if evaluation.gate.passed {
-            "passed"
-        } else {
-            "refused"
-        },
+        verdict = evaluation.gate.verdict.as_str(),
     );
     for reason in &evaluation.gate.reasons {
         html.push_str(&format!("<li>{}</li>", escape(reason)));
@@ -55,7 +51,7 @@ pub fn html(evaluation: &Evaluation) -> String {
         html.push_str(&slice_table(candidate));
     }
     let models: Vec<&Scored> = std::iter::once(candidate).chain(champion).collect();
-    let curve = |pick: fn(&crate::evaluate::Curves) -> Vec<(f64, f64)>| -> Vec<Series> {
+    let curve = |pick: fn(&Curves) -> Vec<(f64, f64)>| -> Vec<Series> {
         models
             .iter()
             .filter_map(|m| {

@@ -25,7 +25,7 @@ const CONTENT_TYPE: &str = "application/vnd.schemaregistry.v1+json";
 
 /// The REST API as an axum router (mount it, or serve it with [`serve`]).
 pub fn router(registry: SchemaRegistry) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route("/", get(|| async { reply(StatusCode::OK, json!({})) }))
         .route("/subjects", get(subjects))
         .route("/subjects/{subject}", post(lookup))
@@ -51,35 +51,24 @@ pub fn router(registry: SchemaRegistry) -> Router {
             get(subject_config)
                 .put(set_subject_config)
                 .delete(delete_subject_config),
-        )
-        .fallback(|method, uri, body| refused(StatusCode::NOT_FOUND, method, uri, body))
-        .method_not_allowed_fallback(|method, uri, body| {
-            refused(StatusCode::METHOD_NOT_ALLOWED, method, uri, body)
-        })
-        .with_state(registry)
+        );
+    weir_web::fallbacks(routes, refused).with_state(registry)
 }
 
 /// An unknown route, or a method a route does not take, as Confluent's
-/// registry answers them (`error_code` 404 or 405), after reading the
-/// body: hyper closes a keep-alive connection whose request body was left
-/// unread, and a client that reuses it before it sees the close fails.
-async fn refused(
-    status: StatusCode,
-    method: axum::http::Method,
-    uri: axum::http::Uri,
-    body: axum::body::Body,
-) -> ApiError {
-    let _ = axum::body::to_bytes(body, 2 << 20).await;
-    let message = if status == StatusCode::NOT_FOUND {
-        format!("HTTP 404 Not Found: no route {method} {uri}")
+/// registry answers them (`error_code` 404 or 405).
+fn refused(refused: weir_web::Refused) -> Response {
+    let reason = if refused.status == StatusCode::NOT_FOUND {
+        "HTTP 404 Not Found"
     } else {
-        format!("HTTP 405 Method Not Allowed: {uri} does not take {method}")
+        "HTTP 405 Method Not Allowed"
     };
     ApiError {
-        status,
-        code: u32::from(status.as_u16()),
-        message,
+        status: refused.status,
+        code: u32::from(refused.status.as_u16()),
+        message: format!("{reason}: {}", refused.message()),
     }
+    .into_response()
 }
 
 /// Serves the REST API on `listener` until the task is dropped.

@@ -359,7 +359,7 @@ async fn batch(bus: &Bus, topic: &str) -> anyhow::Result<()> {
     let rows = weir_sql::batch::read_topic(bus, topic, schema.clone()).await?;
     let dir = tempdir()?;
     let parquet = dir.join("events.parquet");
-    let events = crate::sql::write_parquet(&parquet, &schema, &rows.batches)?;
+    let events = weir_sql::batch::write_parquet(&parquet, &schema, &rows.batches)?;
     drop(rows);
     let registry = weir_sql::registry::Registry::default();
     let catalog = weir_sql::registry::BusCatalog::new(bus, &registry).await?;

@@ -53,6 +53,8 @@ fn view() -> OnlineView {
         entity: vec!["user_id".into()],
         features: (0..FEATURES).map(|k| format!("f{k}")).collect(),
         ttl: None,
+        time: "window_end".into(),
+        created: None,
     }
 }
 

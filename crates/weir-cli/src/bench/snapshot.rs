@@ -151,6 +151,8 @@ async fn child(dir: &Path, memory: usize) -> anyhow::Result<ExitCode> {
             entity: vec!["user_id".into()],
             features: (0..*features).map(|i| format!("{name}{i}")).collect(),
             ttl: Some(DAY),
+            time: "window_end".into(),
+            created: None,
             files: vec![dir.join(format!("{name}.parquet"))],
         })
         .collect();

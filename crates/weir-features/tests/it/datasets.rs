@@ -132,8 +132,12 @@ async fn datasets_are_versioned_by_content_and_found() {
     // Rebuilt from the topic: every version, and search.
     let datasets = Datasets::load(&bus).await.unwrap();
     assert_eq!(datasets.versions("pets"), &[v1.clone(), v2.clone()]);
-    assert_eq!(datasets.find("pets@1"), Some(&v1));
-    assert_eq!(datasets.find("pets"), Some(&v2));
+    let find = |text: &str| datasets.find(&text.parse().unwrap());
+    assert_eq!(find("pets@1"), Some(&v1));
+    assert_eq!(find("pets@v1"), Some(&v1));
+    assert_eq!(find("pets"), Some(&v2));
+    assert_eq!(find("pets@3"), None);
+    assert_eq!(find("pets@champion"), None, "datasets have no aliases");
     let names = |query: Query| {
         datasets
             .search(&query)

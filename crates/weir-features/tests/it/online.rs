@@ -20,6 +20,8 @@ fn view(ttl: Option<Duration>) -> OnlineView {
         entity: vec!["driver_id".into()],
         features: vec!["conv_rate".into(), "avg_daily_trips".into()],
         ttl,
+        time: "window_end".into(),
+        created: None,
     }
 }
 

@@ -102,6 +102,8 @@ fn view(
         entity: vec![key.into()],
         features: vec!["value".into()],
         ttl,
+        time: "window_end".into(),
+        created: None,
         files: vec![path],
     }
 }

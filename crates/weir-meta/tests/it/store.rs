@@ -3,11 +3,12 @@
 //! a wiped store, or one saved from another log, is rebuilt by replay.
 
 use weir_bus::Bus;
+use weir_core::now_ms;
+use weir_meta::Tracker;
 use weir_meta::artifacts::ArtifactStore;
 use weir_meta::event::{Event, KeyValue, Metric};
 use weir_meta::store::Store;
 use weir_meta::tracker::{self, RunStart};
-use weir_meta::{Tracker, now_ms};
 
 use crate::broker;
 

@@ -177,6 +177,8 @@ async fn a_feature_look_up_graph_serves_and_logs_the_online_stores_values() {
         entity: vec!["user_id".into()],
         features: vec!["x0".into(), "x1".into(), "n".into()],
         ttl: None,
+        time: "window_end".into(),
+        created: None,
     };
     let store = Arc::new(OnlineStore::open(&platform.dir.path().join("online")).unwrap());
     let records: Vec<(i32, i64, Json)> = (0..10)

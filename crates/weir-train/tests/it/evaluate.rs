@@ -55,7 +55,7 @@ async fn the_gate_accepts_a_better_model_and_refuses_a_worse_one() {
 
     let request = |model: &str, gate: Vec<GateRule>| EvaluationRequest {
         model: model.into(),
-        dataset: holdout.to_str().unwrap().into(),
+        dataset: Some(holdout.to_str().unwrap().into()),
         slice: Some("segment".into()),
         champion: "champion".into(),
         gate,
@@ -70,7 +70,7 @@ async fn the_gate_accepts_a_better_model_and_refuses_a_worse_one() {
     )
     .await
     .unwrap();
-    assert!(better.gate.passed, "{:?}", better.gate);
+    assert!(better.gate.passed(), "{:?}", better.gate);
     assert_eq!(better.rows, 1000);
     let champion = better.champion.as_ref().unwrap();
     assert_eq!(champion.model, "clicks@1");
@@ -96,12 +96,52 @@ async fn the_gate_accepts_a_better_model_and_refuses_a_worse_one() {
     let worse = weir_train::evaluate(&request("clicks@1", vec![]), platform.workspace())
         .await
         .unwrap();
-    assert!(!worse.gate.passed, "{:?}", worse.gate);
+    assert!(worse.gate.refused(), "{:?}", worse.gate);
     assert!(
         worse.gate.reasons[0].starts_with("roc_auc:"),
         "{:?}",
         worse.gate
     );
+
+    // Without a dataset: the rows v2's training held out, no others.
+    let held_out = weir_train::evaluate(
+        &EvaluationRequest {
+            dataset: None,
+            ..request("clicks@2", vec![])
+        },
+        platform.workspace(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(held_out.rows as f64, strong.metrics["test_rows"]);
+    assert!(held_out.rows < 2000, "{}", held_out.rows);
+    assert!(
+        held_out
+            .dataset
+            .contains(&format!("test rows run {} held out", strong.run_id)),
+        "{}",
+        held_out.dataset
+    );
+    // Scored as training scored them: the same ROC AUC.
+    assert!(
+        (held_out.candidate.overall["roc_auc"] - strong.metrics["test_roc_auc"]).abs() < 1e-9,
+        "{} vs {}",
+        held_out.candidate.overall["roc_auc"],
+        strong.metrics["test_roc_auc"]
+    );
+
+    // The champion evaluated by its alias is not judged against itself.
+    let itself = weir_train::evaluate(&request("clicks@champion", vec![]), platform.workspace())
+        .await
+        .unwrap();
+    assert_eq!(itself.gate.verdict, weir_train::evaluate::Verdict::Skipped);
+    assert!(!itself.gate.passed() && !itself.gate.refused());
+    assert!(
+        itself.gate.reasons[0].contains("clicks@2 is the champion"),
+        "{:?}",
+        itself.gate
+    );
+    assert!(itself.champion.is_none());
 
     // The evaluations are runs, with the report.
     let runs = platform.tracker.read(|state| {
@@ -115,9 +155,10 @@ async fn the_gate_accepts_a_better_model_and_refuses_a_worse_one() {
             .map(|r| (r.tags["weir.gate"].clone(), r.params["model"].clone()))
             .collect::<Vec<_>>()
     });
-    assert_eq!(runs.len(), 2);
+    assert_eq!(runs.len(), 4);
     assert!(runs.contains(&("passed".into(), "clicks@2".into())));
     assert!(runs.contains(&("refused".into(), "clicks@1".into())));
+    assert!(runs.contains(&("skipped".into(), "clicks@2".into())));
 
     // Bad requests name the problem.
     let error = weir_train::evaluate(&request("clicks@9", vec![]), platform.workspace())

@@ -439,7 +439,7 @@ async fn a_trial_is_claimed_by_one_worker_and_recorded_once() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let state = weir_meta::tracker::replay(bus).await.unwrap();
     assert_eq!(
-        trial(1).state(&state, weir_meta::now_ms()),
+        trial(1).state(&state, weir_core::now_ms()),
         TrialState::Open { lapsed: true }
     );
     assert_eq!(
@@ -453,10 +453,10 @@ async fn a_trial_is_claimed_by_one_worker_and_recorded_once() {
     platform
         .tracker
         .append(weir_meta::event::Event::RunUpdated {
-            at: weir_meta::now_ms(),
+            at: weir_core::now_ms(),
             run_id: parent.clone(),
             status: Some("FAILED".into()),
-            end_time: Some(weir_meta::now_ms()),
+            end_time: Some(weir_core::now_ms()),
             run_name: None,
         })
         .await

@@ -17,6 +17,8 @@
 //! and not recorded — lapsed, or queued behind a busy or dead worker's
 //! partitions — without waiting for the broker to move partitions.
 
+mod worker;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -27,6 +29,8 @@ use serde_json::Value as Json;
 use weir_meta::event::{Event, KeyValue, Metric};
 use weir_meta::state::State;
 use weir_meta::tracker::RunStart;
+
+pub use worker::{Report, WorkerEvent, WorkerOptions, run_worker};
 
 use crate::TrainError;
 use crate::job::{Outcome, Ran, Workspace, run_job, run_model};
@@ -226,17 +230,7 @@ pub const JOB_PARTITIONS: i32 = 8;
 
 /// The topic a tuning job of `experiment` sends its trials to.
 pub fn jobs_topic(experiment: &str) -> String {
-    let safe: String = experiment
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("weir.jobs.{safe}")
+    weir_core::topics::jobs(experiment)
 }
 
 /// How long a worker's claim on a trial lasts unless renewed (every third
@@ -316,7 +310,7 @@ pub async fn claim_trial(
     holder: &str,
 ) -> Result<Option<TrialState>, TrainError> {
     follower.catch_up().await?;
-    match trial.state(follower.state(), weir_meta::now_ms()) {
+    match trial.state(follower.state(), weir_core::now_ms()) {
         TrialState::Open { .. } => {}
         TrialState::Held { holder: h, .. } if h == holder => {}
         other => return Ok(Some(other)),
@@ -325,7 +319,7 @@ pub async fn claim_trial(
     let won = tracker
         .claim_lease(follower, &key, holder, TRIAL_LEASE)
         .await?;
-    match trial.state(follower.state(), weir_meta::now_ms()) {
+    match trial.state(follower.state(), weir_core::now_ms()) {
         TrialState::Held { holder: h, .. } if won && h == holder => Ok(None),
         // Won with nothing written in between: the follower has not read
         // the claim yet, and the trial is as it was.
@@ -546,13 +540,13 @@ pub async fn tune(
                 .start_run(RunStart {
                     experiment_id,
                     run_name: spec.name.clone(),
-                    start_time: weir_meta::now_ms(),
+                    start_time: weir_core::now_ms(),
                     ..Default::default()
                 })
                 .await?;
             tracker
                 .append(Event::RunLogged {
-                    at: weir_meta::now_ms(),
+                    at: weir_core::now_ms(),
                     run_id: parent.clone(),
                     metrics: vec![],
                     params: vec![
@@ -657,7 +651,7 @@ pub async fn tune(
             Some(b) if !better(t.value.unwrap(), b.value.unwrap()) => Some(b),
             _ => Some(t),
         });
-    let now = weir_meta::now_ms();
+    let now = weir_core::now_ms();
     let mut metrics = vec![Metric {
         key: "trials_finished".into(),
         value: trials.iter().filter(|t| t.value.is_some()).count() as f64,
