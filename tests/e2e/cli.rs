@@ -204,3 +204,69 @@ fn topics_and_schemas_commands() {
         stderr(&refused)
     );
 }
+
+/// Commands that start the embedded broker in-process, on a fresh state
+/// directory, as a new user runs them: each succeeds and says nothing at
+/// ERROR or WARN level (no client outliving its broker, no connection
+/// refused before the broker is up). A JSON topic with no schema is
+/// queried with a schema inferred from its records, and says so.
+#[test]
+fn commands_on_the_embedded_broker_print_no_error_or_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let kafka = crate::support::free_port();
+    let registry = crate::support::free_port();
+    let events = dir.path().join("clicks.jsonl");
+    std::fs::write(
+        &events,
+        "{\"user\": \"u1\", \"n\": 2}\n{\"user\": \"u2\", \"n\": 5}\n{\"user\": \"u1\", \"n\": 1}\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let output = std::process::Command::new(crate::support::WEIR)
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("WEIR_BROKERS")
+            .env("WEIR_STATE_DIR", ".weir")
+            .env("WEIR_EMBEDDED_BROKER", kafka.to_string())
+            .env("WEIR_REGISTRY", registry.to_string())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        let text = stderr(&output);
+        assert!(
+            output.status.success(),
+            "weir {args:?} failed: {text}\nstdout:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+        for line in text.lines() {
+            assert!(
+                !line.contains("ERROR") && !line.contains("WARN"),
+                "weir {args:?} printed: {line}\nall of stderr:\n{text}"
+            );
+        }
+        (String::from_utf8_lossy(&output.stdout).into_owned(), text)
+    };
+    run(&["topics", "create", "clicks", "-p", "2"]);
+    run(&[
+        "publish",
+        "clicks",
+        events.to_str().unwrap(),
+        "--key",
+        "user",
+    ]);
+    let (tailed, _) = run(&["tail", "clicks", "--from-beginning"]);
+    assert_eq!(tailed.lines().count(), 3, "{tailed}");
+    let (summed, notes) = run(&[
+        "sql",
+        "SELECT user, sum(n) AS n FROM clicks GROUP BY user ORDER BY user",
+        "--format",
+        "csv",
+    ]);
+    assert_eq!(summed, "user,n\nu1,3\nu2,5\n");
+    assert!(
+        notes.contains("note: `clicks`: schema inferred from its first 3 record(s)"),
+        "{notes}"
+    );
+    run(&["features", "list"]);
+    run(&["runs", "list", "Default"]);
+}

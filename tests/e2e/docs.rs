@@ -133,6 +133,41 @@ fn sql_page() {
         ],
         "{categories}"
     );
+    // A JSON topic with no schema: read with one inferred from its records,
+    // which the command says.
+    let (line, inferred) = outputs
+        .iter()
+        .find(|(line, _)| line.contains("FROM merchants"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&inferred.stdout);
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["category", "merchants"],
+            vec!["fuel", "1"],
+            vec!["grocery", "2"],
+            vec!["travel", "1"],
+        ],
+        "{line}: {stdout}"
+    );
+    let notes = stderr(inferred);
+    assert!(
+        notes.contains(
+            "note: `merchants`: schema inferred from its first 4 record(s) \
+             (category Utf8, merchant_id Utf8, name Utf8)"
+        ),
+        "{notes}"
+    );
 }
 
 #[test]
@@ -153,7 +188,7 @@ fn features_page() {
         archived.starts_with("transactions: ") && archived.contains(" files"),
         "{archived}"
     );
-    let snapshot = out("snapshot");
+    let snapshot = out("snapshot docs/examples/labels.csv");
     let rows: Vec<Vec<&str>> = snapshot
         .lines()
         .filter(|l| l.starts_with("| u") && !l.contains("user_id"))
@@ -193,6 +228,29 @@ fn features_page() {
     assert_eq!(
         described["lineage"]["files"][0]["uri"],
         "docs/examples/labels.csv"
+    );
+    // A view without a window: each row timed by its event time, a tie on
+    // it won by the row created last, the TTL's bound inclusive.
+    let drivers = out("snapshot docs/examples/driver_labels.csv");
+    let rows: Vec<Vec<&str>> = drivers
+        .lines()
+        .filter(|l| l.starts_with("| d") && !l.contains("driver"))
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["d1", "2023-11-14T23:30:00", "1", "0.5", "10"],
+            vec!["d1", "2023-11-15T00:00:00", "0", "0.62", "12"],
+            vec!["d2", "2023-11-15T00:00:00", "1", "0.81", "4"],
+            vec!["d2", "2023-11-15T00:00:01", "1"],
+        ],
+        "{drivers}"
     );
 }
 

@@ -5,6 +5,8 @@ mod cli;
 mod dataflow;
 mod docs;
 mod interop;
+mod setup;
+mod snapshot;
 mod support;
 mod tracking;
 mod tuning;

@@ -7,7 +7,7 @@
 
 use std::process::{Command, Output};
 
-use crate::support::{Platform, python, repo, stderr};
+use crate::support::{Platform, http_get, python, repo, stderr};
 
 /// The state the script printed: its last line (the client prints "View
 /// run at …" lines of its own before it).
@@ -34,6 +34,59 @@ fn mlflow(mode: &str, url: &str) -> Output {
     output
 }
 
+/// Each "View run NAME at: URL" line the client printed leads, through the
+/// page at `/` (the URL's fragment names the page), to the run's page with
+/// its params and metrics.
+fn the_clients_run_links_lead_to_the_run(written: &Output) {
+    // The client prints them where its logger writes.
+    let stdout = format!(
+        "{}{}",
+        String::from_utf8_lossy(&written.stdout),
+        stderr(written)
+    );
+    let links: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| {
+            l.split_once("View run ")
+                .and_then(|(_, r)| r.split_once(" at: "))
+        })
+        .map(|(_, url)| url.trim())
+        .collect();
+    assert!(
+        !links.is_empty(),
+        "the client printed no run links:\n{stdout}"
+    );
+    for link in links {
+        let (server, fragment) = link.split_once("/#").expect("a link with a fragment");
+        let (status, home) = http_get(&format!("{server}/"));
+        assert_eq!(status, 200, "{home}");
+        assert!(home.contains("location.hash"), "{home}");
+        assert!(
+            home.contains(">churn<"),
+            "the experiments are listed: {home}"
+        );
+        let (status, page) = http_get(&format!("{server}{fragment}"));
+        assert_eq!(status, 200, "{link}: {page}");
+        let run_id = fragment.rsplit('/').next().unwrap();
+        assert!(page.contains(run_id), "{page}");
+        assert!(
+            page.contains("<h2>Parameters</h2>") && page.contains("<h2>Metrics</h2>"),
+            "{page}"
+        );
+    }
+    let (status, _) = http_get(&format!(
+        "{}/experiments/1/runs/no-such-run",
+        links_server(&stdout)
+    ));
+    assert_eq!(status, 404);
+}
+
+fn links_server(stdout: &str) -> String {
+    let at = stdout.find(" at: http://").expect("a link") + " at: ".len();
+    let link = stdout[at..].split_whitespace().next().unwrap();
+    link.split_once("/#").unwrap().0.to_string()
+}
+
 #[test]
 fn the_mlflow_client_works_unchanged_and_a_replayed_server_answers_the_same() {
     let platform = Platform::start();
@@ -41,6 +94,7 @@ fn the_mlflow_client_works_unchanged_and_a_replayed_server_answers_the_same() {
     let store = artifacts.path().to_str().unwrap();
     let first = platform.serve(&["server", "--artifacts", store]);
     let written = mlflow("write", &first.url());
+    the_clients_run_links_lead_to_the_run(&written);
     mlflow("errors", &first.url());
     let before = mlflow("read", &first.url());
     assert_eq!(

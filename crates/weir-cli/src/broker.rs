@@ -11,7 +11,7 @@ use weir_bus::Bus;
 use weir_bus::registry::http;
 use weir_core::Config;
 
-use crate::connect::{bus_config, embedded_storage};
+use crate::connect::{broker_options, bus_config, embedded_storage};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -36,7 +36,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         (false, Some(path)) => Storage::Sqlite(path),
         (false, None) => embedded_storage(config),
     };
-    let broker = EmbeddedBroker::start(address, storage.clone()).await?;
+    let broker =
+        EmbeddedBroker::start_with(address, storage.clone(), broker_options(config)).await?;
     let bus = Bus::connect(bus_config(config, &broker.bootstrap_servers())).await?;
     let registry_address = args.registry.unwrap_or(config.registry);
     let listener = tokio::net::TcpListener::bind(registry_address)
@@ -54,6 +55,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         _ = tokio::signal::ctrl_c() => {}
     }
     drop(bus);
+    // Clients go before their broker does.
+    let _ = tokio::task::spawn_blocking(weir_bus::wait_for_dropped_clients).await;
     broker.stop().await;
     Ok(ExitCode::SUCCESS)
 }

@@ -11,6 +11,7 @@ use weir_core::Config;
 use weir_dataflow::job::{Cluster, JobHandle, Status, start};
 
 use crate::connect::connect;
+use crate::job_status::LiveStatus;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -34,9 +35,13 @@ enum Command {
         /// `host:port` of every process of a timely cluster, comma-separated.
         #[arg(long, value_delimiter = ',')]
         hosts: Vec<String>,
-        /// Print the job's status this often.
+        /// Print the job's status as JSON lines this often (when not on a
+        /// terminal, or with `--json`).
         #[arg(long, value_parser = weir_dataflow::spec::parse_duration, default_value = "5s")]
         status_every: Duration,
+        /// JSON status lines, also on a terminal.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -47,6 +52,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         process,
         hosts,
         status_every,
+        json,
     } = args.command;
     let spec = weir_dataflow::spec::load(&file, &config.state_dir.join("jobs"))?;
     let name = spec.name.clone();
@@ -60,20 +66,48 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("starting job `{name}`"))?;
     eprintln!("job `{name}` running on {}", connection.description);
-    let statuses = supervise(vec![(name, handle)], status_every).await?;
-    for (_, status) in statuses {
-        println!("{}", serde_json::to_string(&status)?);
+    let statuses = supervise(vec![(name, handle)], StatusOutput::new(status_every, json)).await?;
+    for (name, status) in statuses {
+        println!("{}", status_line(&name, &status)?);
     }
     connection.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
+/// How a supervisor shows its jobs' status.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusOutput {
+    /// How often a JSON line is printed.
+    pub every: Duration,
+    /// A live view on stderr rather than JSON lines: stdout is a
+    /// terminal and JSON was not asked for.
+    pub live: bool,
+}
+
+impl StatusOutput {
+    /// JSON lines every `every` with `json` or when stdout is not a
+    /// terminal; a live view otherwise.
+    pub fn new(every: Duration, json: bool) -> Self {
+        use std::io::IsTerminal as _;
+        Self {
+            every,
+            live: !json && std::io::stdout().is_terminal(),
+        }
+    }
+}
+
 /// Runs jobs until they end or Ctrl-C (which checkpoints and stops them),
-/// printing their status every `status_every`; returns their last status.
+/// showing their status as `output` says; returns their last status.
 pub async fn supervise(
     jobs: Vec<(String, JobHandle)>,
-    status_every: Duration,
+    output: StatusOutput,
 ) -> anyhow::Result<Vec<(String, Status)>> {
+    let mut live = if output.live {
+        let names: Vec<String> = jobs.iter().map(|(name, _)| name.clone()).collect();
+        LiveStatus::for_jobs(&names)
+    } else {
+        Vec::new()
+    };
     let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs));
     let finished = {
         let jobs = jobs.clone();
@@ -92,14 +126,22 @@ pub async fn supervise(
         })
     };
     tokio::pin!(finished);
-    let mut ticker = tokio::time::interval(status_every);
+    let mut ticker = tokio::time::interval(if output.live {
+        crate::job_status::REDRAW
+    } else {
+        output.every
+    });
     ticker.tick().await;
     loop {
         tokio::select! {
             _ = &mut finished => break,
             _ = ticker.tick() => {
-                for (name, handle) in jobs.lock().expect("jobs").iter() {
-                    eprintln!("{name}: {}", serde_json::to_string(&handle.status())?);
+                for (i, (name, handle)) in jobs.lock().expect("jobs").iter().enumerate() {
+                    let status = handle.status();
+                    match live.get_mut(i) {
+                        Some(line) => line.update(&status),
+                        None => println!("{}", status_line(name, &status)?),
+                    }
                 }
             }
             _ = tokio::signal::ctrl_c() => {
@@ -112,11 +154,22 @@ pub async fn supervise(
     }
     let jobs = std::mem::take(&mut *jobs.lock().expect("jobs"));
     let mut statuses = Vec::new();
-    for (name, handle) in jobs {
+    for (i, (name, handle)) in jobs.into_iter().enumerate() {
         let status = tokio::task::spawn_blocking(move || handle.join())
             .await?
             .with_context(|| format!("job `{name}`"))?;
+        if let Some(line) = live.get_mut(i) {
+            line.update(&status);
+            line.finish();
+        }
         statuses.push((name, status));
     }
     Ok(statuses)
+}
+
+/// A job's status as one JSON object, with its name under `job`.
+pub fn status_line(name: &str, status: &Status) -> anyhow::Result<String> {
+    let mut value = serde_json::to_value(status)?;
+    value["job"] = serde_json::Value::String(name.to_string());
+    Ok(serde_json::to_string(&value)?)
 }

@@ -14,10 +14,13 @@ mod demo;
 mod features;
 mod input;
 mod job;
+mod job_status;
 mod publish;
 mod schemas;
 mod serve;
 mod server;
+mod session;
+mod setup;
 mod snapshot;
 mod sql;
 mod tail;
@@ -110,6 +113,9 @@ enum Command {
     /// Run the embedded Kafka-API broker and the schema registry API for
     /// other clients.
     Broker(broker::Args),
+    /// Install what `weir` needs besides itself: ONNX Runtime and the
+    /// training runtimes' Python environment (`--check`: say what is missing).
+    Setup(setup::Args),
     /// Run the end-to-end demo on the embedded broker.
     Demo(demo::Args),
     /// Benchmarks: Weir against a raw baseline and the anchor tools.
@@ -141,6 +147,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    if let Command::Setup(args) = command {
+        // Talks to no broker: it runs before anything is set up.
+        return tokio::task::spawn_blocking(move || setup::run(args)).await?;
+    }
     let config = Config::load()?;
     match command {
         Command::Publish(args) => publish::run(&config, args).await,
@@ -168,6 +178,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Deploy(args) => serve::deploy(&config, args).await,
         Command::Deployments(args) => serve::deployments(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
+        Command::Setup(_) => unreachable!("answered above"),
         Command::Demo(args) => demo::run(&config, args).await,
         Command::Bench(args) => bench::run(&config, args).await,
     }

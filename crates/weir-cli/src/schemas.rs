@@ -69,7 +69,7 @@ enum TypeArg {
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let connection = connect(config).await?;
-    let registry = connection.bus.registry().clone();
+    let registry = connection.bus.registry();
     let result = async {
         match args.command {
             Command::Register {

@@ -48,7 +48,7 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let connection = connect(config).await?;
-    let admin = connection.bus.admin().clone();
+    let admin = connection.bus.admin();
     let result = async {
         match args.command.unwrap_or(Command::List) {
             Command::List => {
