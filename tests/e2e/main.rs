@@ -5,6 +5,7 @@ mod cli;
 mod dataflow;
 mod docs;
 mod interop;
+mod reproduce;
 mod setup;
 mod snapshot;
 mod support;

@@ -1,5 +1,7 @@
 //! Weir's embedded broker: a Kafka-API broker ([tansu]) served from our own
-//! tokio runtime, so `weir` needs no separate Kafka install.
+//! tokio runtime, so `weir` needs no separate Kafka install; and
+//! [`connect`], how a process finds Kafka: the configured brokers, a
+//! running `weir broker`, or this broker started in-process.
 //!
 //! When no brokers are configured, `weir` starts one of these in-process —
 //! durable (SQLite) under the state directory for the demo and the CLI,
@@ -31,6 +33,7 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 mod auto_create;
+pub mod connect;
 mod fetch;
 mod storage;
 

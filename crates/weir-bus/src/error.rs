@@ -33,6 +33,14 @@ pub enum BusError {
     /// An option that does not make sense.
     #[error("{0}")]
     InvalidOption(String),
+    /// Reading an input failed.
+    #[error("{context}: {source}")]
+    Input {
+        /// What was being read.
+        context: String,
+        /// Why it failed.
+        source: std::io::Error,
+    },
 }
 
 impl BusError {

@@ -31,6 +31,7 @@ pub mod dead_letter;
 mod decode_error;
 mod error;
 pub mod framing;
+pub mod ingest;
 mod producer;
 mod publisher;
 pub mod registry;
@@ -182,6 +183,15 @@ impl BusConfig {
             client_id: "weir".to_string(),
             max_record_bytes: weir_core::Config::default().max_record_bytes,
             overrides: Vec::new(),
+        }
+    }
+
+    /// A configuration for `bootstrap_servers` with the limits of a
+    /// `weir` process's configuration.
+    pub fn configured(bootstrap_servers: impl Into<String>, config: &weir_core::Config) -> Self {
+        Self {
+            max_record_bytes: config.max_record_bytes,
+            ..Self::new(bootstrap_servers)
         }
     }
 

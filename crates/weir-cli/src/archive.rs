@@ -10,7 +10,7 @@ use clap::Parser;
 use weir_core::Config;
 use weir_features::archive::{ArchiveOptions, archive};
 
-use crate::connect::connect;
+use weir_broker::connect::connect;
 
 #[derive(Parser)]
 pub struct Args {

@@ -7,11 +7,11 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use weir_broker::{EmbeddedBroker, Storage};
-use weir_bus::Bus;
 use weir_bus::registry::http;
+use weir_bus::{Bus, BusConfig};
 use weir_core::Config;
 
-use crate::connect::{broker_options, bus_config, embedded_storage};
+use weir_broker::connect::{broker_options, embedded_storage};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,7 +38,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     };
     let broker =
         EmbeddedBroker::start_with(address, storage.clone(), broker_options(config)).await?;
-    let bus = Bus::connect(bus_config(config, &broker.bootstrap_servers())).await?;
+    let bus = Bus::connect(BusConfig::configured(broker.bootstrap_servers(), config)).await?;
     let registry_address = args.registry.unwrap_or(config.registry);
     let listener = tokio::net::TcpListener::bind(registry_address)
         .await

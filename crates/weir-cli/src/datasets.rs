@@ -12,8 +12,8 @@ use weir_core::Config;
 use weir_features::datasets::{Datasets, Query, Registration, register};
 use weir_sql::registry::Registry;
 
-use crate::connect::connect;
 use crate::features::print_rows;
+use weir_broker::connect::connect;
 
 #[derive(clap::Args)]
 pub struct Args {

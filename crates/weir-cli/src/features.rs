@@ -14,8 +14,8 @@ use weir_features::follow::Online;
 use weir_features::online::rfc3339;
 use weir_sql::registry::{self, Registry};
 
-use crate::connect::connect;
 use crate::job::{StatusOutput, supervise};
+use weir_broker::connect::connect;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -120,7 +120,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
 
 async fn command(
     config: &Config,
-    connection: &crate::connect::Connection,
+    connection: &weir_broker::connect::Connection,
     args: Args,
 ) -> anyhow::Result<ExitCode> {
     let bus = &connection.bus;
@@ -272,10 +272,9 @@ async fn command(
                 Ok(ExitCode::SUCCESS)
             }
             Command::Serve { listen } => {
-                let registry = Registry::load(bus).await?;
                 // Followed while serving.
                 let (online, following) =
-                    Online::follow(bus, &registry, None, &config.state_dir.join("online")).await?;
+                    Online::follow(bus, None, &config.state_dir.join("online")).await?;
                 let served = weir_features::http::Served {
                     store: online.store,
                     views: Arc::new(
@@ -302,15 +301,9 @@ async fn command(
                 Ok(ExitCode::SUCCESS)
             }
             Command::Get { view, entity } => {
-                let registry = Registry::load(bus).await?;
                 let names = [view.clone()];
-                let (online, _) = Online::catch_up(
-                    bus,
-                    &registry,
-                    Some(&names),
-                    &config.state_dir.join("online"),
-                )
-                .await?;
+                let (online, _) =
+                    Online::catch_up(bus, Some(&names), &config.state_dir.join("online")).await?;
                 let Some(served) = online.view(&view) else {
                     bail!("no feature view `{view}` (weir features list)");
                 };
@@ -345,8 +338,10 @@ async fn command(
                 let Some(version) = registry.latest(&view) else {
                     bail!("no feature view `{view}`");
                 };
-                let plan = plan_version(bus, &registry, version, config).await?;
-                let comparison = check(bus, &plan, &version.header.entity).await?;
+                let plan =
+                    registry::plan_version(bus, &registry, version, &config.state_dir.join("jobs"))
+                        .await?;
+                let comparison = weir_sql::batch::check(bus, &plan, &version.header.entity).await?;
                 println!(
                     "{} v{}: stream {} rows, batch {} rows; {} only in the batch, {} only in the stream, {} different",
                     version.name,
@@ -376,30 +371,10 @@ async fn command(
                 let Some(version) = registry.latest(&view) else {
                     bail!("no feature view `{view}`");
                 };
-                let plan = plan_version(bus, &registry, version, config).await?;
-                let history = weir_sql::batch::read_topic(
-                    bus,
-                    &plan.source.topic,
-                    plan.source.schema.clone(),
-                )
-                .await?;
-                let time = plan.source.schema.index_of(&plan.source.event_time)?;
-                let mut source = Vec::new();
-                for batch in history.batches {
-                    let times = weir_dataflow::aggregate::event_times(batch.column(time))?;
-                    let keep: arrow::array::BooleanArray = times
-                        .iter()
-                        .map(|t| Some(from.is_none_or(|f| *t >= f) && to.is_none_or(|e| *t < e)))
-                        .collect();
-                    source.push(arrow::compute::filter_record_batch(&batch, &keep)?);
-                }
-                let table = match &plan.table {
-                    Some(t) => {
-                        weir_sql::batch::read_table(bus, &t.topic, t.schema.clone(), &t.key).await?
-                    }
-                    None => Vec::new(),
-                };
-                let rows = weir_sql::batch::run(&plan, source, table).await?;
+                let plan =
+                    registry::plan_version(bus, &registry, version, &config.state_dir.join("jobs"))
+                        .await?;
+                let rows = weir_sql::batch::backfill(bus, &plan, from, to).await?;
                 let out = out.unwrap_or_else(|| {
                     PathBuf::from(format!("{}.v{}.parquet", version.name, version.version))
                 });
@@ -415,46 +390,6 @@ async fn command(
             }
         }
     }
-}
-
-/// Plans a recorded version of a view.
-async fn plan_version(
-    bus: &weir_bus::Bus,
-    registry: &Registry,
-    version: &registry::ViewVersion,
-    config: &Config,
-) -> anyhow::Result<weir_sql::Plan> {
-    Ok(weir_sql::plan_view(
-        &weir_sql::ViewFile::of_version(version),
-        &registry::BusCatalog::new(bus, registry).await?,
-        &weir_sql::plan::PlanOptions {
-            topic: version.topic.clone(),
-            job: version.job.clone(),
-            state_dir: config.state_dir.join("jobs"),
-        },
-    )?)
-}
-
-/// A view's stream results against the same SQL as a batch over its
-/// source's history.
-pub async fn check(
-    bus: &weir_bus::Bus,
-    plan: &weir_sql::Plan,
-    entity: &[String],
-) -> anyhow::Result<weir_sql::batch::Comparison> {
-    let stream = weir_sql::batch::read_topic(bus, &plan.topic, plan.output.clone()).await?;
-    let history =
-        weir_sql::batch::read_topic(bus, &plan.source.topic, plan.source.schema.clone()).await?;
-    let table = match &plan.table {
-        Some(t) => weir_sql::batch::read_table(bus, &t.topic, t.schema.clone(), &t.key).await?,
-        None => Vec::new(),
-    };
-    let batch = weir_sql::batch::run(plan, history.batches, table).await?;
-    let mut key: Vec<&str> = entity.iter().map(String::as_str).collect();
-    if plan.window.is_some() {
-        key.push(weir_dataflow::aggregate::WINDOW_START);
-    }
-    Ok(weir_sql::batch::compare(&stream.batches, &batch, &key)?)
 }
 
 /// Prints rows as aligned columns.

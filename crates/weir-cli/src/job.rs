@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use weir_core::Config;
 use weir_dataflow::job::{Cluster, JobHandle, Status, start};
 
-use crate::connect::connect;
 use crate::job_status::LiveStatus;
+use weir_broker::connect::connect;
 
 #[derive(clap::Args)]
 pub struct Args {

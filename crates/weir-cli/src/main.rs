@@ -6,13 +6,9 @@
 //! with its data under the state directory (`.weir/`).
 
 mod archive;
-mod bench;
 mod broker;
-mod connect;
 mod datasets;
-mod demo;
 mod features;
-mod input;
 mod job;
 mod job_status;
 mod publish;
@@ -117,9 +113,9 @@ enum Command {
     /// training runtimes' Python environment (`--check`: say what is missing).
     Setup(setup::Args),
     /// Run the end-to-end demo on the embedded broker.
-    Demo(demo::Args),
+    Demo(DemoArgs),
     /// Benchmarks: Weir against a raw baseline and the anchor tools.
-    Bench(bench::Args),
+    Bench(weir_bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -179,9 +175,34 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Deployments(args) => serve::deployments(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Setup(_) => unreachable!("answered above"),
-        Command::Demo(args) => demo::run(&config, args).await,
-        Command::Bench(args) => bench::run(&config, args).await,
+        Command::Demo(args) => demo(&config, args).await,
+        Command::Bench(args) => weir_bench::run(&config, args).await,
     }
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Card transactions to publish.
+    #[arg(long, default_value_t = weir_demo::Options::default().events)]
+    events: usize,
+    /// Seed of the synthetic data.
+    #[arg(long, default_value_t = weir_demo::Options::default().seed)]
+    seed: u64,
+}
+
+/// `weir demo`, on the Kafka this process connects to.
+async fn demo(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
+    println!("weir demo: the end-to-end loop\n");
+    let connection = weir_broker::connect::connect(config).await?;
+    println!("Kafka: {}\n", connection.description);
+    let options = weir_demo::Options {
+        events: args.events,
+        seed: args.seed,
+    };
+    let result = weir_demo::run(&connection.bus, config, &options).await;
+    connection.close().await;
+    result?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn init_tracing(verbose: u8) {

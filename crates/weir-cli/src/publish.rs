@@ -7,7 +7,6 @@
 //! silently. With `--strict` the whole input is checked first and nothing is
 //! published if any line is bad, for loads that must be all or nothing.
 
-use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, IsTerminal as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -15,14 +14,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::Value as Json;
-use weir_bus::dead_letter::{DeadLetters, Source};
+use weir_bus::ingest::{Line, csv_records, encode, json_lines, publish_lines};
 use weir_bus::registry::SchemaKind;
-use weir_bus::{Bus, DeadLetterReason, DecodeError, SchemaType, TopicSpec, WireFormat};
+use weir_bus::{Bus, SchemaType, TopicSpec, WireFormat};
 use weir_core::{Config, topics};
 
-use crate::connect::connect;
-use crate::input::{InputFormat, Line, csv_records, json_lines};
+use weir_broker::connect::connect;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -33,7 +30,7 @@ pub struct Args {
     /// Input format; by default from the file extension (`.csv` is CSV,
     /// anything else JSON lines).
     #[arg(long, value_enum)]
-    format: Option<InputFormat>,
+    format: Option<FormatArg>,
     /// Use this field of each record as the Kafka key.
     #[arg(long)]
     key: Option<String>,
@@ -58,6 +55,14 @@ pub struct Args {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum FormatArg {
+    /// One JSON document per line.
+    Jsonl,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum SchemaTypeArg {
     Avro,
     Json,
@@ -68,9 +73,6 @@ enum WireArg {
     Avro,
     Json,
 }
-
-/// Most records waiting for the broker's acknowledgement at once.
-const IN_FLIGHT: usize = 50_000;
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     topics::validate(&args.topic).map_err(anyhow::Error::msg)?;
@@ -142,9 +144,9 @@ async fn publish(
                 .extension()
                 .is_some_and(|e| e.eq_ignore_ascii_case("csv")) =>
         {
-            InputFormat::Csv
+            FormatArg::Csv
         }
-        _ => InputFormat::Jsonl,
+        _ => FormatArg::Jsonl,
     });
     let avro_schema = publisher
         .codec()
@@ -166,8 +168,8 @@ async fn publish(
     };
     let lines = |reader: Box<dyn BufRead + Send>| -> anyhow::Result<Box<dyn Iterator<Item = std::io::Result<Line>> + Send>> {
         Ok(match format {
-            InputFormat::Jsonl => Box::new(json_lines(reader)),
-            InputFormat::Csv => Box::new(csv_records(reader, avro_schema)?),
+            FormatArg::Jsonl => Box::new(json_lines(reader)),
+            FormatArg::Csv => Box::new(csv_records(reader, avro_schema)?),
         })
     };
 
@@ -197,110 +199,34 @@ async fn publish(
 
     let (reader, size) = open()?;
     let progress = progress_bar(size);
-    let mut dead_letters = DeadLetters::new(bus);
-    let mut in_flight = VecDeque::new();
-    let (mut published, mut bad, mut bytes_read) = (0_u64, 0_u64, 0_u64);
     let started = Instant::now();
-    for line in lines(reader)? {
-        let line = line.with_context(|| format!("reading {name}"))?;
-        bytes_read += line.raw.len() as u64 + 1;
-        match encode(&publisher, &line, args.key.as_deref()) {
-            Ok((key, bytes)) => {
-                in_flight.push_back(publisher.send(key.as_deref(), &bytes).await?);
-                published += 1;
-                if in_flight.len() >= IN_FLIGHT {
-                    in_flight.pop_front().expect("non-empty").await?;
-                }
-            }
-            Err(error) => {
-                bad += 1;
-                progress.suspend(|| eprintln!("{name}:{}", error.located(line.number)));
-                let source = Source {
-                    topic: &args.topic,
-                    partition: -1,
-                    offset: line.number as i64,
-                    key: None,
-                    payload: Some(&line.raw),
-                    headers: &[],
-                };
-                dead_letters.send(source, &error.error).await?;
-            }
-        }
-        if published % 1024 == 0 {
-            progress.set_position(bytes_read);
-        }
-    }
-    for delivery in in_flight {
-        delivery.await?;
-    }
-    dead_letters.settle().await?;
+    let published = publish_lines(
+        bus,
+        &publisher,
+        lines(reader)?,
+        args.key.as_deref(),
+        |line, error| progress.suspend(|| eprintln!("{name}:{}", error.located(line))),
+        |bytes| progress.set_position(bytes),
+    )
+    .await
+    .with_context(|| format!("publishing {name}"))?;
     progress.finish_and_clear();
     let seconds = started.elapsed().as_secs_f64();
     eprintln!(
-        "published {published} records to `{}` in {seconds:.2} s ({:.0} records/s)",
+        "published {} records to `{}` in {seconds:.2} s ({:.0} records/s)",
+        published.records,
         args.topic,
-        published as f64 / seconds.max(1e-9)
+        published.records as f64 / seconds.max(1e-9)
     );
-    if bad > 0 {
+    if published.bad > 0 {
         eprintln!(
-            "{bad} bad line(s) sent to {} with their reasons (see them with `weir tail {} --from-beginning`)",
+            "{} bad line(s) sent to {} with their reasons (see them with `weir tail {} --from-beginning`)",
+            published.bad,
             topics::dlq(&args.topic),
             topics::dlq(&args.topic)
         );
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A line that cannot be published, and where in the line the problem is.
-struct BadLine {
-    column: Option<usize>,
-    error: DecodeError,
-}
-
-impl BadLine {
-    fn located(&self, line: usize) -> String {
-        let position = match self.column {
-            Some(column) => format!("{line}:{column}"),
-            None => line.to_string(),
-        };
-        format!("{position}: {}", self.error)
-    }
-}
-
-fn encode(
-    publisher: &weir_bus::Publisher,
-    line: &Line,
-    key_field: Option<&str>,
-) -> Result<(Option<Vec<u8>>, Vec<u8>), BadLine> {
-    let value = line.value.as_ref().map_err(|e| BadLine {
-        column: e.column,
-        error: DecodeError::new(DeadLetterReason::BadJson, e.message.clone()),
-    })?;
-    let key = match key_field {
-        None => None,
-        Some(field) => Some(key_bytes(value, field).ok_or_else(|| BadLine {
-            column: None,
-            error: DecodeError {
-                reason: DeadLetterReason::MissingField,
-                field: Some(field.to_string()),
-                message: format!("the key field `{field}` is missing or null"),
-            },
-        })?),
-    };
-    let bytes = publisher.encode(value).map_err(|error| BadLine {
-        column: None,
-        error,
-    })?;
-    Ok((key, bytes))
-}
-
-/// The key of a record: a string field as its text, anything else as JSON.
-fn key_bytes(value: &Json, field: &str) -> Option<Vec<u8>> {
-    match value.get(field)? {
-        Json::Null => None,
-        Json::String(text) => Some(text.as_bytes().to_vec()),
-        other => Some(other.to_string().into_bytes()),
-    }
 }
 
 fn progress_bar(size: Option<u64>) -> ProgressBar {

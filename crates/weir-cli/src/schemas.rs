@@ -10,7 +10,7 @@ use weir_bus::SchemaType;
 use weir_bus::registry::http;
 use weir_core::{Config, topics};
 
-use crate::connect::connect;
+use weir_broker::connect::connect;
 
 #[derive(clap::Args)]
 pub struct Args {

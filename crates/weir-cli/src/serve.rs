@@ -8,13 +8,12 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use clap::Parser;
 use weir_core::Config;
-use weir_features::follow::{Following, Online};
 use weir_meta::artifacts::ArtifactStore;
 use weir_serve::server::{Features, Ready};
 use weir_serve::spec::Protocol;
 use weir_serve::{DeploymentSpec, Registry};
 
-use crate::connect::connect;
+use weir_broker::connect::connect;
 
 #[derive(Parser)]
 pub struct ServeArgs {
@@ -78,22 +77,7 @@ fn spec(
                 text,
             )
         }
-        (Some(name), _) => {
-            let name = name.display().to_string();
-            let deployment = state.deployment(&name).map_err(|_| {
-                anyhow::anyhow!(
-                    "`{name}` is neither a spec file nor a deployment (weir deployments list)"
-                )
-            })?;
-            if deployment.deleted {
-                bail!("deployment `{name}` was deleted: apply its spec again (weir deploy FILE)");
-            }
-            let text = deployment.latest().spec.clone();
-            (
-                DeploymentSpec::parse(&text, &format!("deployment {name}"))?,
-                text,
-            )
-        }
+        (Some(name), _) => weir_serve::deploy::latest(state, &name.display().to_string())?,
         (None, Some(model)) => {
             let name = args
                 .name
@@ -139,25 +123,11 @@ pub async fn apply(
     spec: &DeploymentSpec,
     text: &str,
 ) -> anyhow::Result<u64> {
-    let references: Vec<String> = spec.members().into_iter().map(|m| m.model).collect();
-    let resolved = tracker.read(|state| {
-        references
-            .iter()
-            .map(|r| {
-                let (model, version) = state.version_by_reference(r)?;
-                if version.model.is_none() {
-                    return Err(weir_meta::MetaError::invalid(format!(
-                        "{}@{} has no ONNX model Weir made",
-                        model.name, version.version
-                    )));
-                }
-                Ok(format!("{r} → {}@{}", model.name, version.version))
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })?;
-    let (version, new) = tracker
-        .apply_deployment(&spec.name, text, references)
-        .await?;
+    let weir_serve::deploy::Deployed {
+        version,
+        new,
+        resolved,
+    } = weir_serve::deploy::record(tracker, spec, text).await?;
     println!(
         "deployment `{}` v{version}{} ({})",
         spec.name,
@@ -184,33 +154,6 @@ async fn shutdown(limit: Option<Duration>) {
     }
 }
 
-/// The views a spec looks up, in a store of the deployment's own
-/// (`<state>/serve/<name>/online`), kept up to date from their topics
-/// until the returned guard is stopped or dropped.
-pub async fn features(
-    bus: &weir_bus::Bus,
-    config: &Config,
-    spec: &DeploymentSpec,
-) -> anyhow::Result<(Features, Following)> {
-    if spec.features.is_empty() {
-        return Ok((Features::default(), Following::none()));
-    }
-    let registry = weir_sql::registry::Registry::load(bus).await?;
-    let path = config
-        .state_dir
-        .join("serve")
-        .join(&spec.name)
-        .join("online");
-    let (online, following) = Online::follow(bus, &registry, None, &path).await?;
-    Ok((
-        Features {
-            views: online.views,
-            store: Some(online.store),
-        },
-        following,
-    ))
-}
-
 pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode> {
     let connection = connect(config).await?;
     let tracker = weir_meta::Tracker::open_under(&connection.bus, &config.state_dir).await?;
@@ -219,7 +162,7 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
         let (spec, text) = tracker.read(|state| spec(&args, state))?;
         apply(&tracker, &spec, &text).await?;
         let registry = Registry::follow(bus, ArtifactStore::under(&config.state_dir)?).await?;
-        let (features, following) = features(bus, config, &spec).await?;
+        let (features, following) = Features::follow(bus, &config.state_dir, &spec).await?;
         let name = spec.name.clone();
         let announce = |ready: &Ready| {
             let mut ways = Vec::new();
@@ -322,20 +265,9 @@ pub async fn score(config: &Config, args: ScoreArgs) -> anyhow::Result<ExitCode>
         )
     } else {
         let connection = connect(config).await?;
-        let loaded = async {
-            let registry =
-                Registry::follow(&connection.bus, ArtifactStore::under(&config.state_dir)?).await?;
-            let spec = DeploymentSpec {
-                batching,
-                ..DeploymentSpec::single("score", &args.model)
-            };
-            let resolved = registry.resolve_all(&spec)?;
-            let models = registry.load(&spec, &resolved).await?;
-            let info = resolved[0].info.clone();
-            registry.close().await;
-            anyhow::Ok((models, info.features, info.classes))
-        }
-        .await;
+        let store = ArtifactStore::under(&config.state_dir)?;
+        let loaded =
+            weir_serve::score::load_registered(&connection.bus, store, &args.model, batching).await;
         connection.close().await;
         loaded?
     };

@@ -17,7 +17,7 @@ use weir_meta::Tracker;
 use weir_meta::artifacts::ArtifactStore;
 use weir_meta::store::Store;
 
-use crate::connect::connect;
+use weir_broker::connect::connect;
 
 /// The query store's directory under the state directory, by default.
 pub const STORE_DIR: &str = "meta-store";

@@ -7,7 +7,7 @@ use weir_core::Config;
 use weir_features::datasets::Datasets;
 use weir_train::Workspace;
 
-use crate::connect::{Connection, connect};
+use weir_broker::connect::{Connection, connect};
 
 /// An open session.
 pub(crate) struct Session {

@@ -10,7 +10,7 @@ use weir_catalog::Reference;
 use weir_core::Config;
 use weir_features::take::{SnapshotRequest, take_snapshot};
 
-use crate::connect::connect;
+use weir_broker::connect::connect;
 
 #[derive(clap::Args)]
 pub struct Args {

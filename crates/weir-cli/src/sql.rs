@@ -12,7 +12,7 @@ use anyhow::{Context as _, bail};
 use arrow::array::RecordBatch;
 use weir_core::Config;
 
-use crate::connect::connect;
+use weir_broker::connect::connect;
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum Format {

@@ -15,7 +15,7 @@ use weir_bus::dead_letter::describe;
 use weir_bus::{Bus, ConsumerOptions, RawRecord, Record, StartFrom};
 use weir_core::{Config, topics};
 
-use crate::connect::connect;
+use weir_broker::connect::connect;
 
 #[derive(clap::Args)]
 pub struct Args {

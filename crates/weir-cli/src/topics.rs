@@ -6,7 +6,7 @@ use anyhow::Context as _;
 use weir_bus::TopicSpec;
 use weir_core::Config;
 
-use crate::connect::connect;
+use weir_broker::connect::connect;
 
 #[derive(clap::Args)]
 pub struct Args {

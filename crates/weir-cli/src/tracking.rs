@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use weir_core::Config;
 use weir_meta::state::{Run, State};
 
-use crate::connect::connect;
+use weir_broker::connect::connect;
 
 #[derive(Parser)]
 pub struct ExperimentsArgs {
@@ -57,6 +57,10 @@ enum RunsCommand {
     Reproduce {
         /// The run id.
         run: String,
+        /// How far a metric may move, relative (absolute below 1), before
+        /// the run counts as not reproduced (exit status 1).
+        #[arg(long, default_value_t = 1e-9)]
+        tolerance: f64,
     },
 }
 
@@ -145,15 +149,9 @@ pub async fn experiments(config: &Config, args: ExperimentsArgs) -> anyhow::Resu
     Ok(ExitCode::SUCCESS)
 }
 
-fn metric_text(run: &Run, key: &str) -> String {
-    run.latest
-        .get(key)
-        .map_or("-".into(), |m| format!("{:.6}", m.value))
-}
-
 pub async fn runs(config: &Config, args: RunsArgs) -> anyhow::Result<ExitCode> {
-    if let RunsCommand::Reproduce { run } = &args.command {
-        return crate::train::reproduce(config, run).await;
+    if let RunsCommand::Reproduce { run, tolerance } = &args.command {
+        return crate::train::reproduce(config, run, *tolerance).await;
     }
     let state = state(config).await?;
     match args.command {
@@ -210,68 +208,18 @@ pub async fn runs(config: &Config, args: RunsArgs) -> anyhow::Result<ExitCode> {
             for key in metrics {
                 print!("{:<24}", format!("metrics.{key}"));
                 for run in &runs {
-                    print!(" {:>24}", metric_text(run, key));
+                    print!(" {:>24}", weir_meta::compare::metric_text(run, key));
                 }
                 println!();
             }
             if let Some(path) = plot {
-                std::fs::write(&path, plot_html(&runs))
+                std::fs::write(&path, weir_meta::compare::html(&runs))
                     .with_context(|| path.display().to_string())?;
                 eprintln!("wrote {}", path.display());
             }
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// A self-contained page (no scripts): params and latest metrics side by
-/// side, then one SVG chart per metric — its values by step, a line per run.
-fn plot_html(runs: &[&Run]) -> String {
-    use weir_web::chart::{Series, escape, line_chart};
-    let mut html = String::from(
-        "<!doctype html><meta charset=\"utf-8\"><title>weir runs compare</title>\n<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:right}</style>\n<table><tr><th></th>",
-    );
-    for run in runs {
-        html.push_str(&format!("<th>{}</th>", escape(&run.run_name)));
-    }
-    html.push_str("</tr>\n");
-    let params: BTreeSet<&String> = runs.iter().flat_map(|r| r.params.keys()).collect();
-    let metrics: BTreeSet<&String> = runs.iter().flat_map(|r| r.history.keys()).collect();
-    for key in &params {
-        html.push_str(&format!("<tr><th>params.{}</th>", escape(key)));
-        for run in runs {
-            html.push_str(&format!(
-                "<td>{}</td>",
-                escape(run.params.get(*key).map_or("-", String::as_str))
-            ));
-        }
-        html.push_str("</tr>\n");
-    }
-    for key in &metrics {
-        html.push_str(&format!("<tr><th>metrics.{}</th>", escape(key)));
-        for run in runs {
-            html.push_str(&format!("<td>{}</td>", metric_text(run, key)));
-        }
-        html.push_str("</tr>\n");
-    }
-    html.push_str("</table>\n");
-    for key in metrics {
-        let series: Vec<Series> = runs
-            .iter()
-            .map(|run| Series {
-                name: run.run_name.clone(),
-                points: run
-                    .history
-                    .get(key)
-                    .into_iter()
-                    .flatten()
-                    .map(|m| (m.step as f64, m.value))
-                    .collect(),
-            })
-            .collect();
-        html.push_str(&line_chart(key, "step", &series, None));
-    }
-    html
 }
 
 /// A version's model file: what it takes and gives and needs.

@@ -10,8 +10,8 @@ use weir_train::spec::{Runtime, Split, Task, TrainSpec};
 use weir_train::tune::TuneSpec;
 use weir_train::{EvaluationRequest, GateRule};
 
-use crate::connect::connect;
 use crate::session::Session;
+use weir_broker::connect::connect;
 
 #[derive(Parser)]
 pub struct TrainArgs {
@@ -502,7 +502,7 @@ pub struct AutomlArgs {
 /// its share, since N processes each spinning a pool over every core slow
 /// one another down.
 fn start_workers(count: usize, experiment: &str) -> anyhow::Result<Vec<tokio::process::Child>> {
-    let share = runtime_threads(count);
+    let share = weir_train::runtime::threads_per_worker(count);
     (0..count)
         .map(|_| {
             let mut command = tokio::process::Command::new(std::env::current_exe()?);
@@ -517,13 +517,6 @@ fn start_workers(count: usize, experiment: &str) -> anyhow::Result<Vec<tokio::pr
             command.spawn().context("starting a local worker")
         })
         .collect()
-}
-
-/// The OpenMP threads each of `workers` local workers' runtimes gets: its
-/// share of this machine's cores.
-pub(crate) fn runtime_threads(workers: usize) -> String {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    (cores / workers.max(1)).max(1).to_string()
 }
 
 /// `weir automl`: each family tuned in turn, the best registered.
@@ -590,41 +583,35 @@ pub async fn automl(config: &Config, args: AutomlArgs) -> anyhow::Result<ExitCod
     Ok(ExitCode::SUCCESS)
 }
 
-/// `weir runs reproduce RUN`: the run's job again, the metrics side by side.
-pub async fn reproduce(config: &Config, run: &str) -> anyhow::Result<ExitCode> {
+/// `weir runs reproduce RUN`: the run's job again, the metrics side by
+/// side; exit status 1 when one moved beyond `tolerance`.
+pub async fn reproduce(config: &Config, run: &str, tolerance: f64) -> anyhow::Result<ExitCode> {
     let session = Session::open(config).await?;
-    let workspace = session.workspace();
-    let outcome = weir_train::reproduce(run, workspace).await;
-    let original = session
-        .tracker
-        .read(|state| state.run(run).map(|r| r.latest.clone()))?;
+    let reproduction = weir_train::reproduce(run, session.workspace()).await;
     session.close().await;
-    let outcome = outcome?;
+    let reproduction = reproduction?;
+    let outcome = &reproduction.outcome;
     if let Some(reason) = &outcome.failure {
         eprintln!("run {} failed: {reason}", outcome.run_id);
         return Ok(ExitCode::FAILURE);
     }
     println!("run {} reproduces {run}", outcome.run_id);
     println!("  {:<24} {:>12} {:>12}", "metric", "original", "again");
-    let mut same = true;
-    for (key, value) in &outcome.metrics {
-        if key.ends_with("seconds") {
-            continue;
-        }
-        let before = original.get(key).map(|m| m.value);
-        same &= before == Some(*value);
+    for (key, before, again) in &reproduction.metrics {
         println!(
-            "  {key:<24} {:>12} {value:>12.6}",
+            "  {key:<24} {:>12} {again:>12.6}",
             before.map_or("-".into(), |v| format!("{v:.6}"))
         );
     }
-    println!(
-        "{}",
-        if same {
-            "identical metrics"
-        } else {
-            "metrics differ"
-        }
-    );
-    Ok(ExitCode::SUCCESS)
+    let differing = reproduction.differing(tolerance);
+    if differing.is_empty() {
+        println!("metrics reproduced (tolerance {tolerance:e})");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!(
+            "metrics differ beyond {tolerance:e}: {}",
+            differing.join(", ")
+        );
+        Ok(ExitCode::FAILURE)
+    }
 }

@@ -25,14 +25,16 @@ pub struct Online {
 
 impl Online {
     /// The store at `path` brought up to date with the latest version of
-    /// `names` (every view in `registry` when `None`), and the materializer
-    /// that reads on where it stopped.
+    /// `names` (every view recorded on `weir.meta` when `None`), and the
+    /// materializer that reads on where it stopped.
     pub async fn catch_up(
         bus: &Bus,
-        registry: &Registry,
         names: Option<&[String]>,
         path: &Path,
     ) -> Result<(Self, Materializer), FeaturesError> {
+        let registry = Registry::load(bus)
+            .await
+            .map_err(|e| FeaturesError::Online(format!("reading the views: {e}")))?;
         let mut views = Vec::new();
         for name in registry.names() {
             if names.is_some_and(|wanted| !wanted.iter().any(|w| w == name)) {
@@ -67,11 +69,10 @@ impl Online {
     /// stopped or dropped.
     pub async fn follow(
         bus: &Bus,
-        registry: &Registry,
         names: Option<&[String]>,
         path: &Path,
     ) -> Result<(Self, Following), FeaturesError> {
-        let (online, materializer) = Self::catch_up(bus, registry, names, path).await?;
+        let (online, materializer) = Self::catch_up(bus, names, path).await?;
         Ok((online, Following::start(materializer)))
     }
 

@@ -29,6 +29,7 @@
 //!   proxy) over axum, so the official `mlflow` client works unchanged.
 
 pub mod artifacts;
+pub mod compare;
 pub mod event;
 pub mod lineage;
 mod pages;

@@ -264,6 +264,13 @@ impl Deployment {
         &self.metrics
     }
 
+    /// Its metrics and its batcher's, in Prometheus' text format.
+    pub fn render_metrics(&self) -> String {
+        let mut text = self.metrics.render();
+        text.push_str(&self.runner.batch_counts().render(self.name()));
+        text
+    }
+
     /// The version answering now (the first member's).
     pub fn version(&self) -> u64 {
         self.runner.models().version()

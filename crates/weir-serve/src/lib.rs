@@ -10,7 +10,8 @@
 //!                    ▲ online store      ▲ registry alias moves: hot swap (weir.meta)
 //! ```
 //!
-//! - [`spec`]: the deployment spec;
+//! - [`spec`]: the deployment spec; [`deploy`]: a spec checked and
+//!   recorded as its deployment's next version on `weir.meta`;
 //! - [`client`]: the closed-loop HTTP load generator of the benchmarks
 //!   and tests;
 //! - [`graph`]: request columns and online-store look-ups → pre-processing
@@ -31,6 +32,7 @@
 //!   and latency, hot swap, clean shutdown.
 
 pub mod client;
+pub mod deploy;
 pub mod deployment;
 pub mod graph;
 pub mod grpc;

@@ -609,7 +609,7 @@ async fn infer_of(
 async fn metrics(State(deployment): State<Arc<Deployment>>) -> HttpResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        deployment.metrics().render(),
+        deployment.render_metrics(),
     )
         .into_response()
 }

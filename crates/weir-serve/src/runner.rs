@@ -17,7 +17,7 @@
 //! runners read before each batch: batches already running finish on the
 //! old set, the next ones take the new, and no request fails.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -264,9 +264,58 @@ struct Job {
     reply: oneshot::Sender<Result<Scored, ServeError>>,
 }
 
+/// How the batcher has batched: model runs (a request run inline, on the
+/// caller's thread when every runner is idle, is a run of one), the
+/// requests and rows they held, and the most requests one run held.
+#[derive(Debug, Default)]
+pub struct BatchCounts {
+    runs: AtomicU64,
+    requests: AtomicU64,
+    rows: AtomicU64,
+    most_requests: AtomicU64,
+}
+
+impl BatchCounts {
+    fn record(&self, requests: usize, rows: usize) {
+        self.runs.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(requests as u64, Ordering::Relaxed);
+        self.rows.fetch_add(rows as u64, Ordering::Relaxed);
+        self.most_requests
+            .fetch_max(requests as u64, Ordering::Relaxed);
+    }
+
+    /// `(runs, requests, rows, most requests in one run)` so far.
+    pub fn totals(&self) -> (u64, u64, u64, u64) {
+        (
+            self.runs.load(Ordering::Relaxed),
+            self.requests.load(Ordering::Relaxed),
+            self.rows.load(Ordering::Relaxed),
+            self.most_requests.load(Ordering::Relaxed),
+        )
+    }
+
+    /// In Prometheus' text format.
+    pub fn render(&self, deployment: &str) -> String {
+        let (runs, requests, rows, most) = self.totals();
+        let labels = format!("deployment=\"{deployment}\"");
+        format!(
+            "# HELP weir_batches_total Model runs of the dynamic batcher.\n# TYPE weir_batches_total counter\n\
+             weir_batches_total{{{labels}}} {runs}\n\
+             # HELP weir_batched_requests_total Requests those runs answered.\n# TYPE weir_batched_requests_total counter\n\
+             weir_batched_requests_total{{{labels}}} {requests}\n\
+             # HELP weir_batched_rows_total Rows those runs scored.\n# TYPE weir_batched_rows_total counter\n\
+             weir_batched_rows_total{{{labels}}} {rows}\n\
+             # HELP weir_batch_requests_max The most requests one run answered.\n# TYPE weir_batch_requests_max gauge\n\
+             weir_batch_requests_max{{{labels}}} {most}\n"
+        )
+    }
+}
+
 /// The batcher and its runner threads.
 pub struct Runner {
     queue: Sender<Job>,
+    /// How it has batched.
+    counts: Arc<BatchCounts>,
     /// Runner threads running a batch now.
     active: Arc<AtomicUsize>,
     current: Arc<RwLock<Arc<ModelSet>>>,
@@ -289,28 +338,37 @@ impl Runner {
         let (queue, jobs) = crossbeam_channel::bounded::<Job>(4096);
         let current = Arc::new(RwLock::new(Arc::new(models)));
         let active = Arc::new(AtomicUsize::new(0));
+        let counts = Arc::new(BatchCounts::default());
         let threads = (0..batching.runners)
             .map(|index| {
                 let jobs = jobs.clone();
                 let current = current.clone();
                 let active = active.clone();
+                let counts = counts.clone();
                 let max_batch = batching.max_batch;
                 let max_wait = Duration::from_micros(batching.max_wait_us);
                 std::thread::Builder::new()
                     .name(format!("weir-runner-{index}"))
                     .spawn(move || {
-                        serve(index, &jobs, &current, &active, width, max_batch, max_wait)
+                        let limits = (width, max_batch, max_wait);
+                        serve(index, &jobs, &current, &active, &counts, limits)
                     })
                     .expect("a runner thread")
             })
             .collect();
         Self {
             queue,
+            counts,
             active,
             current,
             width,
             threads,
         }
+    }
+
+    /// How it has batched so far.
+    pub fn batch_counts(&self) -> &BatchCounts {
+        &self.counts
     }
 
     /// The models serving now.
@@ -335,6 +393,8 @@ impl Runner {
         if self.queue.is_empty() && self.active.load(Ordering::Relaxed) == 0 {
             let models = self.models();
             if let Some(outcome) = models.try_run_inline(&matrix, rows) {
+                // A run of its own: a batch of one.
+                self.counts.record(1, rows);
                 return outcome.map(|outputs| Scored {
                     outputs,
                     versions: models.versions(),
@@ -381,15 +441,16 @@ impl Drop for Runner {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// A runner thread: takes a request, and more that wait (up to
+/// `max_batch` rows, for up to `max_wait`), and runs them as one batch of
+/// `width`-feature rows.
 fn serve(
     index: usize,
     jobs: &Receiver<Job>,
     current: &RwLock<Arc<ModelSet>>,
     active: &AtomicUsize,
-    width: usize,
-    max_batch: usize,
-    max_wait: Duration,
+    counts: &BatchCounts,
+    (width, max_batch, max_wait): (usize, usize, Duration),
 ) {
     while let Ok(first) = jobs.recv() {
         active.fetch_add(1, Ordering::Relaxed);
@@ -406,6 +467,7 @@ fn serve(
             rows += job.rows;
             batch.push(job);
         }
+        counts.record(batch.len(), rows);
         let models = current.read().expect("models lock").clone();
         let outcome = if let [only] = batch.as_slice() {
             models.run(index, &only.matrix, only.rows)

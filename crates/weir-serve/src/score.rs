@@ -30,6 +30,31 @@ use crate::ServeError;
 use crate::runner::{ModelSet, Runner, Scored};
 use crate::spec::Batching;
 
+/// A registered model (`name@alias`, `name@version`) ready to score: its
+/// sessions batched as `batching` says, the columns it takes and a
+/// classifier's classes.
+pub async fn load_registered(
+    bus: &weir_bus::Bus,
+    artifacts: weir_meta::artifacts::ArtifactStore,
+    model: &str,
+    batching: Batching,
+) -> Result<(ModelSet, Vec<String>, Vec<String>), ServeError> {
+    let registry = crate::Registry::follow(bus, artifacts).await?;
+    let spec = crate::DeploymentSpec {
+        batching,
+        ..crate::DeploymentSpec::single("score", model)
+    };
+    let loaded = async {
+        let resolved = registry.resolve_all(&spec)?;
+        let models = registry.load(&spec, &resolved).await?;
+        let info = resolved[0].info.clone();
+        Ok((models, info.features, info.classes))
+    }
+    .await;
+    registry.close().await;
+    loaded
+}
+
 /// How to score.
 #[derive(Debug, Clone)]
 pub struct ScoreOptions {

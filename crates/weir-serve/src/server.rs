@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use axum::serve::ListenerExt as _;
 use tokio::sync::watch;
 use weir_bus::Bus;
+use weir_features::follow::{Following, Online};
 use weir_features::online::{OnlineStore, OnlineView};
 
 use crate::ServeError;
@@ -64,6 +65,32 @@ pub struct Features {
     pub views: Vec<OnlineView>,
     /// The store holding them (kept up to date by the caller).
     pub store: Option<Arc<OnlineStore>>,
+}
+
+impl Features {
+    /// The views `spec` looks up, in a store of the deployment's own
+    /// (`<state>/serve/<name>/online`), kept up to date from their topics
+    /// until the returned guard is stopped or dropped.
+    pub async fn follow(
+        bus: &weir_bus::Bus,
+        state_dir: &std::path::Path,
+        spec: &crate::DeploymentSpec,
+    ) -> Result<(Self, Following), ServeError> {
+        if spec.features.is_empty() {
+            return Ok((Self::default(), Following::none()));
+        }
+        let path = state_dir.join("serve").join(&spec.name).join("online");
+        let (online, following) = Online::follow(bus, None, &path)
+            .await
+            .map_err(|e| ServeError::Internal(format!("the online store: {e}")))?;
+        Ok((
+            Self {
+                views: online.views,
+                store: Some(online.store),
+            },
+            following,
+        ))
+    }
 }
 
 /// Answers go out as soon as they are written (no Nagle delay).

@@ -607,6 +607,57 @@ pub fn compare(
     Ok(comparison)
 }
 
+/// A view's stream results (its topic) against the same SQL run as a batch
+/// over its source's history: training/serving skew, checked.
+pub async fn check(bus: &Bus, plan: &Plan, entity: &[String]) -> Result<Comparison, SqlError> {
+    let stream = read_topic(bus, &plan.topic, plan.output.clone()).await?;
+    let history = read_topic(bus, &plan.source.topic, plan.source.schema.clone()).await?;
+    let table = match &plan.table {
+        Some(t) => read_table(bus, &t.topic, t.schema.clone(), &t.key).await?,
+        None => Vec::new(),
+    };
+    let batch = run(plan, history.batches, table).await?;
+    let mut key: Vec<&str> = entity.iter().map(String::as_str).collect();
+    if plan.window.is_some() {
+        key.push(weir_dataflow::aggregate::WINDOW_START);
+    }
+    compare(&stream.batches, &batch, &key)
+}
+
+/// A view computed over its source's history as a batch: the source topic
+/// read to its end, only the events with `from <= event time < to` (ms;
+/// either bound may be open), joined with its table as it is now.
+pub async fn backfill(
+    bus: &Bus,
+    plan: &Plan,
+    from: Option<i64>,
+    to: Option<i64>,
+) -> Result<Vec<RecordBatch>, SqlError> {
+    let history = read_topic(bus, &plan.source.topic, plan.source.schema.clone()).await?;
+    let time = plan
+        .source
+        .schema
+        .index_of(&plan.source.event_time)
+        .map_err(|e| SqlError::Execution(e.to_string()))?;
+    let mut source = Vec::new();
+    for batch in history.batches {
+        let times = weir_dataflow::aggregate::event_times(batch.column(time))?;
+        let keep: arrow::array::BooleanArray = times
+            .iter()
+            .map(|t| Some(from.is_none_or(|f| *t >= f) && to.is_none_or(|e| *t < e)))
+            .collect();
+        source.push(
+            arrow::compute::filter_record_batch(&batch, &keep)
+                .map_err(|e| SqlError::Execution(e.to_string()))?,
+        );
+    }
+    let table = match &plan.table {
+        Some(t) => read_table(bus, &t.topic, t.schema.clone(), &t.key).await?,
+        None => Vec::new(),
+    };
+    run(plan, source, table).await
+}
+
 /// Writes `batches` to a Parquet file; returns the number of rows.
 pub fn write_parquet(
     path: &std::path::Path,

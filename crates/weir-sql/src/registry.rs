@@ -80,6 +80,25 @@ impl Registry {
     }
 }
 
+/// Plans a recorded version of a view again (for its batch: a check, a
+/// backfill), its job's state under `state_dir`.
+pub async fn plan_version(
+    bus: &Bus,
+    registry: &Registry,
+    version: &ViewVersion,
+    state_dir: &Path,
+) -> Result<Plan, SqlError> {
+    plan_view(
+        &ViewFile::of_version(version),
+        &BusCatalog::new(bus, registry).await?,
+        &PlanOptions {
+            topic: version.topic.clone(),
+            job: version.job.clone(),
+            state_dir: state_dir.to_path_buf(),
+        },
+    )
+}
+
 /// Resolves names through the bus (topics, the schema registry) and the
 /// view registry.
 pub struct BusCatalog<'a> {

@@ -192,15 +192,53 @@ impl Ran {
     }
 }
 
+/// A run's job run again, and its metrics next to the original's.
+#[derive(Debug, Clone)]
+pub struct Reproduction {
+    /// The new run.
+    pub outcome: Outcome,
+    /// Each metric of the new run (but timings): the original's value, if
+    /// it had one, and the new one.
+    pub metrics: Vec<(String, Option<f64>, f64)>,
+}
+
+impl Reproduction {
+    /// The metrics that differ from the original's by more than
+    /// `tolerance`, relative to the larger of the two values (and absolute
+    /// below 1), or that the original did not have.
+    pub fn differing(&self, tolerance: f64) -> Vec<&str> {
+        self.metrics
+            .iter()
+            .filter(|(_, before, again)| {
+                before.is_none_or(|before| {
+                    (before - again).abs() > tolerance * before.abs().max(again.abs()).max(1.0)
+                })
+            })
+            .map(|(key, _, _)| key.as_str())
+            .collect()
+    }
+}
+
 /// Runs a recorded training job again — the same job file, so the same
 /// data version, split and params — as a new run tagged
-/// `weir.reproduces`. Nothing is registered.
-pub async fn reproduce(run_id: &str, workspace: Workspace<'_>) -> Result<Outcome, TrainError> {
+/// `weir.reproduces`, and sets its metrics next to the original's. Nothing
+/// is registered.
+pub async fn reproduce(run_id: &str, workspace: Workspace<'_>) -> Result<Reproduction, TrainError> {
     let mut spec = recorded_job(workspace.tracker, run_id).await?;
     spec.register = None;
     spec.tags
         .insert("weir.reproduces".into(), run_id.to_string());
-    train(&spec, workspace).await
+    let original = workspace
+        .tracker
+        .read(|state| state.run(run_id).map(|run| run.latest.clone()))?;
+    let outcome = train(&spec, workspace).await?;
+    let metrics = outcome
+        .metrics
+        .iter()
+        .filter(|(key, _)| !key.ends_with("seconds"))
+        .map(|(key, value)| (key.clone(), original.get(key).map(|m| m.value), *value))
+        .collect();
+    Ok(Reproduction { outcome, metrics })
 }
 
 /// The job a training run ran, as it recorded it (`job.yaml`, its dataset

@@ -30,7 +30,8 @@ pub mod tune;
 
 pub use evaluate::{Evaluation, EvaluationRequest, GateRule, evaluate};
 pub use job::{
-    JobCache, Outcome, Ran, Workspace, register_run_model, reproduce, run_job, run_model, train,
+    JobCache, Outcome, Ran, Reproduction, Workspace, register_run_model, reproduce, run_job,
+    run_model, train,
 };
 pub use spec::{Export, Split, TrainSpec};
 

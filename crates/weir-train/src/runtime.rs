@@ -124,6 +124,14 @@ impl Task<'_> {
     }
 }
 
+/// The OpenMP threads each of `workers` runtimes on one machine gets: its
+/// share of the machine's cores (`OMP_NUM_THREADS`), so that workers side
+/// by side do not oversubscribe it.
+pub fn threads_per_worker(workers: usize) -> String {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    (cores / workers.max(1)).max(1).to_string()
+}
+
 /// The Python the built-in runtimes use: `WEIR_PYTHON`, else the managed
 /// training environment's (`weir setup` installs it).
 pub fn python() -> Result<PathBuf, TrainError> {

@@ -5,6 +5,7 @@
 //! fails, never skips, without them).
 
 mod ensemble;
+mod observed;
 mod oip;
 mod scale;
 mod score;

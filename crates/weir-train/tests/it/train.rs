@@ -107,9 +107,11 @@ async fn sklearn_model_is_checked_against_onnx_runtime_and_registered_with_linea
     assert!(lineage.contains(&run.run_id), "{lineage}");
 
     // Reproduced from its job file: the same split, so the same metrics.
-    let again = weir_train::reproduce(&outcome.run_id, platform.workspace())
+    let reproduction = weir_train::reproduce(&outcome.run_id, platform.workspace())
         .await
         .unwrap();
+    assert_eq!(reproduction.differing(0.0), Vec::<&str>::new());
+    let again = reproduction.outcome;
     assert_eq!(
         again.metrics["test_roc_auc"],
         outcome.metrics["test_roc_auc"]

@@ -26,7 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use weir_features::snapshot::{SnapshotOptions, ViewRows, snapshot};
 
-use super::hop::peak_rss_mib;
+use crate::hop::peak_rss_mib;
 
 #[derive(clap::Args)]
 pub struct Args {

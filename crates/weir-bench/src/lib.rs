@@ -1,6 +1,9 @@
-//! `weir bench`: Weir side by side with a raw baseline (the limit) in one
-//! run, on the same data and machine, reported as ratios. Built in release
-//! mode by `cargo xtask bench`.
+//! `weir bench`: Weir side by side with a raw baseline (the limit) and the
+//! anchor tool in one run, on the same data and machine, reported as
+//! ratios. Built in release mode by `cargo xtask bench`. A program rather
+//! than a library: it owns its arguments, prints its figures, starts child
+//! processes of the `weir` binary it runs in, and fails with `anyhow`
+//! errors.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -15,10 +18,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value as Json, json};
 use weir_broker::{EmbeddedBroker, Storage};
-use weir_bus::{Bus, ConsumerOptions, SchemaType, StartFrom, TopicSpec};
+use weir_bus::{Bus, BusConfig, ConsumerOptions, SchemaType, StartFrom, TopicSpec};
 use weir_core::Config;
-
-use crate::connect::bus_config;
 
 mod automl;
 mod hop;
@@ -27,6 +28,7 @@ mod serve;
 mod snapshot;
 mod tracking;
 
+/// `weir bench`'s arguments.
 #[derive(clap::Args)]
 pub struct Args {
     #[command(subcommand)]
@@ -74,6 +76,7 @@ struct BusArgs {
     partitions: i32,
 }
 
+/// Runs the benchmark `args` name.
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     match args.what {
         What::Bus(args) => bench_bus(config, args).await,
@@ -128,7 +131,7 @@ async fn bench_bus(config: &Config, args: BusArgs) -> anyhow::Result<ExitCode> {
             )
         }
     };
-    let bus = Bus::connect(bus_config(config, &bootstrap)).await?;
+    let bus = Bus::connect(BusConfig::configured(bootstrap.clone(), config)).await?;
     let run_id = std::process::id();
     let raw_topic = format!("bench.raw.{run_id}");
     let bus_topic = format!("bench.bus.{run_id}");
@@ -336,7 +339,7 @@ async fn raw_consume(
 
 /// Starts a server and waits until it accepts connections on `address`;
 /// returns it and the seconds that took.
-pub(super) async fn start_listening(
+pub(crate) async fn start_listening(
     mut command: tokio::process::Command,
     address: SocketAddr,
 ) -> anyhow::Result<(tokio::process::Child, f64)> {

@@ -1,33 +1,35 @@
-//! Reading records from JSON lines or CSV, each with its line number so an
-//! error can say `file:line:col`.
+//! Records from files (`weir publish`): JSON lines or CSV read with each
+//! line's number, encoded for a topic, published, and the lines that are
+//! not valid records sent to the topic's dead-letter topic with their
+//! reason — reported as `line:col: problem` — while the others go on: bad
+//! input never stops the flow and is never dropped silently.
 
+use std::collections::VecDeque;
 use std::io::BufRead;
 
 use apache_avro::Schema as AvroSchema;
 use serde_json::{Map, Value as Json};
 
-/// The format of a `weir publish` input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum InputFormat {
-    /// One JSON document per line.
-    Jsonl,
-    /// Comma-separated values with a header row.
-    Csv,
-}
+use crate::dead_letter::{DeadLetters, Source};
+use crate::{Bus, BusError, DeadLetterReason, DecodeError, Publisher};
 
 /// One input record: where it was, its bytes, and its value or what is wrong.
+#[derive(Debug)]
 pub struct Line {
     /// 1-based line number.
     pub number: usize,
     /// The line as read (for the dead-letter topic).
     pub raw: Vec<u8>,
+    /// The record, or why the line is not one.
     pub value: Result<Json, LineError>,
 }
 
 /// A line that is not a record.
+#[derive(Debug)]
 pub struct LineError {
     /// 1-based column, when known.
     pub column: Option<usize>,
+    /// What is wrong.
     pub message: String,
 }
 
@@ -61,9 +63,14 @@ pub fn json_lines(reader: impl BufRead) -> impl Iterator<Item = std::io::Result<
 pub fn csv_records(
     reader: impl std::io::Read,
     schema: Option<&AvroSchema>,
-) -> anyhow::Result<impl Iterator<Item = std::io::Result<Line>>> {
+) -> std::io::Result<impl Iterator<Item = std::io::Result<Line>>> {
     let mut csv = csv::ReaderBuilder::new().flexible(true).from_reader(reader);
-    let headers: Vec<String> = csv.headers()?.iter().map(str::to_string).collect();
+    let headers: Vec<String> = csv
+        .headers()
+        .map_err(std::io::Error::other)?
+        .iter()
+        .map(str::to_string)
+        .collect();
     let field_types: Vec<Option<AvroSchema>> = headers
         .iter()
         .map(|name| match schema {
@@ -163,6 +170,132 @@ fn typed_cell(text: &str, field_type: Option<&AvroSchema>) -> Json {
         // do not parse so that the schema check names the field.
         Some(_) => inferred(),
     }
+}
+
+/// A line that cannot be published, and where in the line the problem is.
+#[derive(Debug)]
+pub struct BadLine {
+    /// 1-based column of the problem, when known.
+    pub column: Option<usize>,
+    /// What is wrong, as the dead letter says it.
+    pub error: DecodeError,
+}
+
+impl BadLine {
+    /// `line:col: problem` (the caller adds the file).
+    pub fn located(&self, line: usize) -> String {
+        let position = match self.column {
+            Some(column) => format!("{line}:{column}"),
+            None => line.to_string(),
+        };
+        format!("{position}: {}", self.error)
+    }
+}
+
+/// A line's key (the value of `key_field`, when given) and its value,
+/// encoded for `publisher`'s topic.
+pub fn encode(
+    publisher: &Publisher,
+    line: &Line,
+    key_field: Option<&str>,
+) -> Result<(Option<Vec<u8>>, Vec<u8>), BadLine> {
+    let value = line.value.as_ref().map_err(|e| BadLine {
+        column: e.column,
+        error: DecodeError::new(DeadLetterReason::BadJson, e.message.clone()),
+    })?;
+    let key = match key_field {
+        None => None,
+        Some(field) => Some(key_bytes(value, field).ok_or_else(|| BadLine {
+            column: None,
+            error: DecodeError {
+                reason: DeadLetterReason::MissingField,
+                field: Some(field.to_string()),
+                message: format!("the key field `{field}` is missing or null"),
+            },
+        })?),
+    };
+    let bytes = publisher.encode(value).map_err(|error| BadLine {
+        column: None,
+        error,
+    })?;
+    Ok((key, bytes))
+}
+
+/// The key of a record: a string field as its text, anything else as JSON.
+fn key_bytes(value: &Json, field: &str) -> Option<Vec<u8>> {
+    match value.get(field)? {
+        Json::Null => None,
+        Json::String(text) => Some(text.as_bytes().to_vec()),
+        other => Some(other.to_string().into_bytes()),
+    }
+}
+
+/// What publishing lines did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Records published.
+    pub records: u64,
+    /// Lines sent to the dead-letter topic.
+    pub bad: u64,
+}
+
+/// Most records awaiting acknowledgement at once.
+const IN_FLIGHT: usize = 100_000;
+
+/// Publishes `lines` with `publisher` (keyed by `key_field`): each good
+/// line as a record of the topic, each bad one to its dead-letter topic
+/// (its offset the line's number), after `on_bad` is told of it. `on_read`
+/// is told the bytes read so far, now and then.
+pub async fn publish_lines(
+    bus: &Bus,
+    publisher: &Publisher,
+    lines: impl Iterator<Item = std::io::Result<Line>>,
+    key_field: Option<&str>,
+    mut on_bad: impl FnMut(usize, &BadLine),
+    mut on_read: impl FnMut(u64),
+) -> Result<Published, BusError> {
+    let topic = publisher.codec().topic().to_string();
+    let mut dead_letters = DeadLetters::new(bus);
+    let mut in_flight = VecDeque::new();
+    let mut published = Published::default();
+    let mut bytes_read = 0_u64;
+    for line in lines {
+        let line = line.map_err(|source| BusError::Input {
+            context: "reading the input".into(),
+            source,
+        })?;
+        bytes_read += line.raw.len() as u64 + 1;
+        match encode(publisher, &line, key_field) {
+            Ok((key, bytes)) => {
+                in_flight.push_back(publisher.send(key.as_deref(), &bytes).await?);
+                published.records += 1;
+                if in_flight.len() >= IN_FLIGHT {
+                    in_flight.pop_front().expect("non-empty").await?;
+                }
+            }
+            Err(error) => {
+                published.bad += 1;
+                on_bad(line.number, &error);
+                let source = Source {
+                    topic: &topic,
+                    partition: -1,
+                    offset: line.number as i64,
+                    key: None,
+                    payload: Some(&line.raw),
+                    headers: &[],
+                };
+                dead_letters.send(source, &error.error).await?;
+            }
+        }
+        if published.records % 1024 == 0 {
+            on_read(bytes_read);
+        }
+    }
+    for delivery in in_flight {
+        delivery.await?;
+    }
+    dead_letters.settle().await?;
+    Ok(published)
 }
 
 #[cfg(test)]

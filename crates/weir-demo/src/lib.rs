@@ -1,4 +1,8 @@
-//! `weir demo`: the end-to-end loop on the embedded broker.
+//! `weir demo`: the end-to-end loop, stage by stage, one per component,
+//! on whatever Kafka the `weir` binary connected to (its embedded broker by
+//! default). A program rather than a library: it prints as it goes and
+//! fails with `anyhow` errors, and the binary only connects and calls
+//! [`run`].
 //!
 //! Stage 1 (the bus): a stream of card transactions, with malformed records
 //! mixed in as a buggy producer would send them, is published to
@@ -42,7 +46,6 @@
 //! over the whole topic.
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
@@ -53,48 +56,48 @@ use weir_bus::dead_letter::{self, describe};
 use weir_bus::{Bus, ConsumerOptions, OutRecord, SchemaType, StartFrom, TopicSpec};
 use weir_core::{Config, topics};
 
-use crate::connect::connect;
-
 /// The demo's event schema (also in `schemas/`).
 pub const CARD_TRANSACTION_SCHEMA: &str = include_str!("../../../schemas/card_transaction.avsc");
 const TOPIC: &str = "transactions";
 const GROUP: &str = "weir-demo";
 
-#[derive(clap::Args)]
-pub struct Args {
+/// How the demo runs.
+#[derive(Debug, Clone)]
+pub struct Options {
     /// Card transactions to publish.
-    #[arg(long, default_value_t = 20_000)]
-    events: usize,
+    pub events: usize,
     /// Seed of the synthetic data.
-    #[arg(long, default_value_t = 7)]
-    seed: u64,
+    pub seed: u64,
 }
 
-pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
-    println!("weir demo: the end-to-end loop\n");
-    let connection = connect(config).await?;
-    println!("Kafka: {}\n", connection.description);
-    let result = async {
-        bus_stage(&connection.bus, &args, config).await?;
-        features_stage(&connection.bus, config).await?;
-        let snapshot = repository_stage(&connection.bus, config).await?;
-        let dataset = format!("{}@{}", snapshot.dataset.name, snapshot.dataset.version);
-        metadata_stage(&connection.bus, config, snapshot).await?;
-        training_stage(&connection.bus, config, &dataset).await?;
-        serving_stage(&connection.bus, config).await
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            events: 20_000,
+            seed: 7,
+        }
     }
-    .await;
-    connection.close().await;
-    result?;
+}
+
+/// Runs the demo's stages on `bus`, its state under `config`'s state
+/// directory, printing as it goes.
+pub async fn run(bus: &Bus, config: &Config, options: &Options) -> anyhow::Result<()> {
+    bus_stage(bus, options, config).await?;
+    features_stage(bus, config).await?;
+    let snapshot = repository_stage(bus, config).await?;
+    let dataset = snapshot.dataset.reference().to_string();
+    metadata_stage(bus, config, snapshot).await?;
+    training_stage(bus, config, &dataset).await?;
+    serving_stage(bus, config).await?;
     println!(
         "\nNext: `weir tail {TOPIC} -n 3`, `weir tail {} --from-beginning`, `weir features get user_spend u0000`,\n      `weir features serve` (HTTP look-ups), `weir sql \"SELECT * FROM user_spend LIMIT 5\"`,\n      `weir runs list demo`, `weir lineage dataset:demo-training@1`, `weir server` (for the mlflow client),\n      `weir models show demo-large`, `weir evaluate demo-large@1` (on the rows its training held out),\n      `weir serve demo-large`, `weir tail {} -n 1`, `weir lineage deployment:demo-large`",
         topics::dlq(TOPIC),
         topics::log("demo-large")
     );
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
-async fn bus_stage(bus: &Bus, args: &Args, config: &Config) -> anyhow::Result<()> {
+async fn bus_stage(bus: &Bus, args: &Options, config: &Config) -> anyhow::Result<()> {
     println!("[1] bus: publish events, read them back, dead-letter the bad ones");
     bus.admin()
         .ensure_topic(&TopicSpec::new(TOPIC, 3))
@@ -277,7 +280,7 @@ async fn features_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
         .iter()
         .find(|a| a.version.name == "user_spend")
         .context("the user_spend view")?;
-    let comparison = crate::features::check(bus, &spend.plan, &spend.version.header.entity).await?;
+    let comparison = weir_sql::batch::check(bus, &spend.plan, &spend.version.header.entity).await?;
     println!(
         "    stream = batch for user_spend: {} ({} rows from the stream, {} from DataFusion over the topic's history)",
         if comparison.identical() {
@@ -336,15 +339,10 @@ async fn repository_stage(bus: &Bus, config: &Config) -> anyhow::Result<Snapshot
     println!(
         "\n[3] feature repository: online look-ups from RocksDB, a point-in-time training snapshot"
     );
-    let registry = weir_sql::registry::Registry::load(bus).await?;
     let started = Instant::now();
-    let (online, _) = weir_features::follow::Online::catch_up(
-        bus,
-        &registry,
-        None,
-        &config.state_dir.join("online"),
-    )
-    .await?;
+    let (online, _) =
+        weir_features::follow::Online::catch_up(bus, None, &config.state_dir.join("online"))
+            .await?;
     println!(
         "    online store: {} views read from their topics into {} in {:.2} s",
         online.views.len(),
@@ -740,14 +738,21 @@ async fn serving_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
     // A free port: the demo must not collide with a `weir serve` running.
     spec.http.listen = "127.0.0.1:0".into();
     let tracker = weir_meta::Tracker::open_under(bus, &config.state_dir).await?;
-    print!("    ");
-    crate::serve::apply(&tracker, &spec, DEPLOYMENT).await?;
+    let deployed = weir_serve::deploy::record(&tracker, &spec, DEPLOYMENT).await?;
+    println!(
+        "    deployment `{}` v{}{} ({})",
+        spec.name,
+        deployed.version,
+        if deployed.new { "" } else { " (unchanged)" },
+        deployed.resolved.join(", ")
+    );
     let registry = weir_serve::Registry::follow(
         bus,
         weir_meta::artifacts::ArtifactStore::under(&config.state_dir)?,
     )
     .await?;
-    let (features, following) = crate::serve::features(bus, config, &spec).await?;
+    let (features, following) =
+        weir_serve::server::Features::follow(bus, &config.state_dir, &spec).await?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = {

@@ -20,7 +20,7 @@ use hdrhistogram::Histogram;
 use serde_json::{Value as Json, json};
 use weir_features::online::{OnlineStore, OnlineView};
 
-use super::hop::peak_rss_mib;
+use crate::hop::peak_rss_mib;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -25,10 +25,8 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, Threa
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
 use weir_broker::{EmbeddedBroker, Storage};
-use weir_bus::{Bus, OutRecord, TopicSpec};
+use weir_bus::{Bus, BusConfig, OutRecord, TopicSpec};
 use weir_core::Config;
-
-use crate::connect::bus_config;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -76,7 +74,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
             (broker.bootstrap_servers(), Some(broker))
         }
     };
-    let bus = Bus::connect(bus_config(config, &bootstrap)).await?;
+    let bus = Bus::connect(BusConfig::configured(bootstrap.clone(), config)).await?;
     let topic = format!("bench.hop.{}", std::process::id());
     bus.admin().create_topic(&TopicSpec::new(&topic, 1)).await?;
     println!(

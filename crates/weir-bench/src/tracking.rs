@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use super::hop::peak_rss_mib;
+use crate::hop::peak_rss_mib;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -205,7 +205,7 @@ async fn both_ways(
     args: &Args,
     restarts: &[(&str, &[&str])],
 ) -> anyhow::Result<(Figures, Figures, Restarts)> {
-    let (mut server, _) = super::start_listening(command(&[])?, address).await?;
+    let (mut server, _) = crate::start_listening(command(&[])?, address).await?;
     let pid = server.id().context("the server has no pid")?;
     let client = workload(python, pid, address, args, "client").await;
     let http = workload(python, pid, address, args, "http").await;
@@ -213,7 +213,7 @@ async fn both_ways(
     let (client, http) = (client?, http?);
     let mut timed = Vec::new();
     for (name, extra) in restarts {
-        let (mut server, seconds) = super::start_listening(command(extra)?, address).await?;
+        let (mut server, seconds) = crate::start_listening(command(extra)?, address).await?;
         stop(&mut server).await;
         timed.push((name.to_string(), seconds));
     }

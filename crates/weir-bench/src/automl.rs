@@ -309,14 +309,14 @@ async fn tune_weir(
     if standing {
         let registry = free_port().to_string();
         let (broker, _) =
-            super::start_listening(weir(&["broker", "--registry", &registry]), port).await?;
+            crate::start_listening(weir(&["broker", "--registry", &registry]), port).await?;
         pool.push(broker);
         for _ in 0..args.workers {
             let mut worker = weir(&["worker", "--experiment", "bench-automl"]);
             worker
                 .env(
                     "OMP_NUM_THREADS",
-                    crate::train::runtime_threads(args.workers),
+                    weir_train::runtime::threads_per_worker(args.workers),
                 )
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
