@@ -67,6 +67,24 @@ pub struct Record {
     pub value: Value,
 }
 
+impl Record {
+    /// The record as JSON: its value, or with `placed` its topic,
+    /// partition, offset, timestamp and key around the value.
+    pub fn to_json(&self, placed: bool) -> serde_json::Value {
+        if !placed {
+            return self.value.to_json();
+        }
+        serde_json::json!({
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "timestamp": self.timestamp,
+            "key": self.key.as_deref().map(String::from_utf8_lossy),
+            "value": self.value.to_json(),
+        })
+    }
+}
+
 /// A record as stored, not decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawRecord {

@@ -208,6 +208,22 @@ pub fn describe(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A dead letter as JSON: where it is, its key and payload as text, and
+/// the reason headers without their `weir.dlq.` prefix.
+pub fn to_json(record: &crate::RawRecord) -> serde_json::Value {
+    let reasons: serde_json::Map<String, serde_json::Value> = describe(&record.headers)
+        .into_iter()
+        .map(|(k, v)| (k.trim_start_matches("weir.dlq.").to_string(), v.into()))
+        .collect();
+    serde_json::json!({
+        "partition": record.partition,
+        "offset": record.offset,
+        "key": record.key.as_deref().map(String::from_utf8_lossy),
+        "payload": record.payload.as_deref().map(String::from_utf8_lossy),
+        "dead_letter": reasons,
+    })
+}
+
 /// Copies a message's headers into owned pairs.
 pub(crate) fn owned_headers(
     headers: Option<&rdkafka::message::BorrowedHeaders>,

@@ -13,6 +13,68 @@ use serde_json::{Map, Value as Json};
 use crate::dead_letter::{DeadLetters, Source};
 use crate::{Bus, BusError, DeadLetterReason, DecodeError, Publisher};
 
+/// How an input's records are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One JSON document per line.
+    JsonLines,
+    /// Comma-separated values with a header row.
+    Csv,
+}
+
+impl Format {
+    /// The format a file's extension says: `.csv` is CSV, anything else
+    /// (stdin too) JSON lines.
+    pub fn of_path(path: Option<&std::path::Path>) -> Self {
+        match path.and_then(|p| p.extension()) {
+            Some(extension) if extension.eq_ignore_ascii_case("csv") => Format::Csv,
+            _ => Format::JsonLines,
+        }
+    }
+}
+
+/// Input records, each with its line.
+pub type Lines = Box<dyn Iterator<Item = std::io::Result<Line>> + Send>;
+
+/// The records of `reader`, written in `format`, for `publisher`'s topic
+/// (CSV cells are typed by the topic's Avro schema, when it has one).
+pub fn records(
+    reader: impl BufRead + Send + 'static,
+    format: Format,
+    publisher: &Publisher,
+) -> std::io::Result<Lines> {
+    Ok(match format {
+        Format::JsonLines => Box::new(json_lines(reader)),
+        Format::Csv => {
+            let schema = publisher
+                .codec()
+                .schema()
+                .and_then(|schema| match &schema.kind {
+                    crate::registry::SchemaKind::Avro(avro) => Some(avro.schema),
+                    crate::registry::SchemaKind::Json(_) => None,
+                });
+            Box::new(csv_records(reader, schema)?)
+        }
+    })
+}
+
+/// The lines that could not be published, with their numbers; nothing is
+/// published.
+pub fn check_lines(
+    publisher: &Publisher,
+    lines: Lines,
+    key_field: Option<&str>,
+) -> std::io::Result<Vec<(usize, BadLine)>> {
+    let mut bad = Vec::new();
+    for line in lines {
+        let line = line?;
+        if let Err(error) = encode(publisher, &line, key_field) {
+            bad.push((line.number, error));
+        }
+    }
+    Ok(bad)
+}
+
 /// One input record: where it was, its bytes, and its value or what is wrong.
 #[derive(Debug)]
 pub struct Line {

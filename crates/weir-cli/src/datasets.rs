@@ -6,8 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
-use serde_json::Value as Json;
+use anyhow::bail;
 use weir_core::Config;
 use weir_features::datasets::{Datasets, Query, Registration, register};
 use weir_sql::registry::Registry;
@@ -89,7 +88,7 @@ async fn command(bus: &weir_bus::Bus, args: Args) -> anyhow::Result<ExitCode> {
             metadata,
         } => {
             let metadata = match metadata {
-                Some(path) => read_metadata(&path)?,
+                Some(path) => weir_features::datasets::read_metadata(&path)?,
                 None => BTreeMap::new(),
             };
             let registration = Registration {
@@ -207,23 +206,4 @@ async fn command(bus: &weir_bus::Bus, args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Per-file metadata from JSON lines: `{"file": "path", ...}`.
-fn read_metadata(path: &PathBuf) -> anyhow::Result<BTreeMap<String, BTreeMap<String, Json>>> {
-    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-    let mut out = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        if line.trim().is_empty() {
-            continue;
-        }
-        let at = format!("{}:{}", path.display(), i + 1);
-        let mut fields: BTreeMap<String, Json> =
-            serde_json::from_str(line).with_context(|| format!("{at}: not a JSON object"))?;
-        let Some(Json::String(file)) = fields.remove("file") else {
-            bail!("{at}: no `file` field (the path of a file as registered)");
-        };
-        out.insert(file, fields);
-    }
-    Ok(out)
 }

@@ -4,8 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use weir_core::Config;
@@ -124,270 +123,246 @@ async fn command(
     args: Args,
 ) -> anyhow::Result<ExitCode> {
     let bus = &connection.bus;
-    {
-        match args.command {
-            Command::Apply {
-                path,
-                no_run,
-                until_end,
-                threads,
-                status_every,
-                json,
-            } => {
-                let views = registry::load_views(&path)?;
-                if views.is_empty() {
-                    bail!("no feature views (*.sql) in {}", path.display());
-                }
-                let known = Registry::load(bus).await?;
-                let applied =
-                    registry::apply(bus, &known, &views, &config.state_dir.join("jobs")).await?;
-                for a in &applied {
-                    println!(
-                        "{} v{} {} → {}",
-                        a.version.name,
-                        a.version.version,
-                        if a.recorded {
-                            "(recorded)"
-                        } else {
-                            "(unchanged)"
-                        },
-                        a.version.topic
-                    );
-                }
-                if no_run {
-                    return Ok(ExitCode::SUCCESS);
-                }
-                let mut jobs = Vec::new();
-                for a in applied {
-                    let mut pipeline = a.plan.pipeline;
-                    if until_end && let Source::Kafka(source) = &mut pipeline.source {
-                        source.bounded = true;
-                    }
-                    let name = format!("{} v{}", a.version.name, a.version.version);
-                    let handle = weir_dataflow::job::run(pipeline, bus, Cluster::local(threads))
-                        .await
-                        .with_context(|| format!("starting {name}"))?;
-                    jobs.push((name, handle));
-                }
-                eprintln!(
-                    "running {} view(s) on {} (Ctrl-C stops)",
-                    jobs.len(),
-                    connection.description
-                );
-                for (name, status) in supervise(jobs, StatusOutput::new(status_every, json)).await?
-                {
-                    println!(
-                        "{name}: {} records in, {} rows out, {} late, {} dead letters",
-                        status.records_in, status.records_out, status.late, status.dead_letters
-                    );
-                }
-                Ok(ExitCode::SUCCESS)
+    match args.command {
+        Command::Apply {
+            path,
+            no_run,
+            until_end,
+            threads,
+            status_every,
+            json,
+        } => {
+            let views = registry::load_views(&path)?;
+            if views.is_empty() {
+                bail!("no feature views (*.sql) in {}", path.display());
             }
-            Command::List => {
-                let registry = Registry::load(bus).await?;
-                let mut rows = vec![[
-                    "VIEW".to_string(),
-                    "VERSION".into(),
-                    "ENTITY".into(),
-                    "OWNER".into(),
-                    "TAGS".into(),
-                    "TOPIC".into(),
-                    "DESCRIPTION".into(),
-                ]];
-                for name in registry.names() {
-                    let latest = registry.latest(name).expect("a version");
-                    rows.push([
-                        name.to_string(),
-                        latest.version.to_string(),
-                        latest.header.entity.join(","),
-                        latest.header.owner.clone(),
-                        latest.header.tags.join(","),
-                        latest.topic.clone(),
-                        latest.header.description.clone(),
-                    ]);
-                }
-                if rows.len() == 1 {
-                    println!("no feature views (weir features apply FILE)");
-                } else {
-                    print_rows(&rows);
-                }
-                Ok(ExitCode::SUCCESS)
-            }
-            Command::Describe {
-                view,
-                number: version,
-            } => {
-                let registry = Registry::load(bus).await?;
-                let versions = registry.versions(&view);
-                let chosen = match version {
-                    Some(n) => versions.iter().find(|v| v.version == n),
-                    None => versions.last(),
-                };
-                let Some(v) = chosen else {
-                    bail!(
-                        "no feature view `{view}`{}",
-                        version.map(|n| format!(" v{n}")).unwrap_or_default()
-                    );
-                };
+            let known = Registry::load(bus).await?;
+            let applied =
+                registry::apply(bus, &known, &views, &config.state_dir.join("jobs")).await?;
+            for a in &applied {
                 println!(
-                    "view        {} v{} (of {})",
-                    v.name,
-                    v.version,
-                    versions.len()
+                    "{} v{} {} → {}",
+                    a.version.name,
+                    a.version.version,
+                    if a.recorded {
+                        "(recorded)"
+                    } else {
+                        "(unchanged)"
+                    },
+                    a.version.topic
                 );
-                println!("description {}", v.header.description);
-                println!("owner       {}", v.header.owner);
-                println!("tags        {}", v.header.tags.join(", "));
-                println!("entity      {}", v.header.entity.join(", "));
-                println!("ttl         {}", v.header.ttl.as_deref().unwrap_or("none"));
-                println!("topic       {}", v.topic);
-                println!("job         {}", v.job);
-                println!("file        {}", v.path);
-                println!("hash        {}", v.hash);
-                for (name, source) in &v.header.sources {
-                    let from = source
-                        .topic
-                        .clone()
-                        .or_else(|| source.view.clone().map(|u| format!("view {u}")))
-                        .unwrap_or_default();
-                    println!("source      {name}: {from}");
-                }
-                for (name, table) in &v.header.tables {
-                    println!("table       {name}: {} (key {})", table.topic, table.key);
-                }
-                println!("columns");
-                for c in &v.output {
-                    println!(
-                        "  {:<24} {}{}",
-                        c.name,
-                        c.data_type,
-                        if c.nullable { "" } else { " not null" }
-                    );
-                }
-                println!("versions");
-                for other in versions {
-                    println!("  v{} {} {}", other.version, other.hash, other.topic);
-                }
-                println!("sql\n{}", v.sql.trim_end());
-                Ok(ExitCode::SUCCESS)
             }
-            Command::Serve { listen } => {
-                // Followed while serving.
-                let (online, following) =
-                    Online::follow(bus, None, &config.state_dir.join("online")).await?;
-                let served = weir_features::http::Served {
-                    store: online.store,
-                    views: Arc::new(
-                        online
-                            .views
-                            .into_iter()
-                            .map(|v| (v.name.clone(), v))
-                            .collect(),
-                    ),
-                };
-                let listener = tokio::net::TcpListener::bind(listen)
+            if no_run {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut jobs = Vec::new();
+            for a in applied {
+                let mut pipeline = a.plan.pipeline;
+                if until_end && let Source::Kafka(source) = &mut pipeline.source {
+                    source.bounded = true;
+                }
+                let name = format!("{} v{}", a.version.name, a.version.version);
+                let handle = weir_dataflow::job::run(pipeline, bus, Cluster::local(threads))
                     .await
-                    .with_context(|| format!("listening on {listen}"))?;
-                eprintln!(
-                    "serving {} view(s) on http://{listen} (POST /v1/features/online, POST /get-online-features); Ctrl-C stops",
-                    served.views.len()
-                );
-                axum::serve(listener, weir_features::http::router(served))
-                    .with_graceful_shutdown(async {
-                        let _ = tokio::signal::ctrl_c().await;
-                    })
-                    .await?;
-                following.stop().await;
-                Ok(ExitCode::SUCCESS)
+                    .with_context(|| format!("starting {name}"))?;
+                jobs.push((name, handle));
             }
-            Command::Get { view, entity } => {
-                let names = [view.clone()];
-                let (online, _) =
-                    Online::catch_up(bus, Some(&names), &config.state_dir.join("online")).await?;
-                let Some(served) = online.view(&view) else {
-                    bail!("no feature view `{view}` (weir features list)");
-                };
-                if entity.len() != served.entity.len() {
-                    bail!(
-                        "`{view}` is keyed by {} value(s): {}",
-                        served.entity.len(),
-                        served.entity.join(", ")
-                    );
-                }
-                let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_millis() as i64;
-                let found = online.store.get(served, &[entity], &served.features, now)?;
-                let found = &found[0];
-                let values: serde_json::Map<String, serde_json::Value> = served
-                    .features
-                    .iter()
-                    .cloned()
-                    .zip(found.values.iter().cloned())
-                    .collect();
+            eprintln!(
+                "running {} view(s) on {} (Ctrl-C stops)",
+                jobs.len(),
+                connection.description
+            );
+            for (name, status) in supervise(jobs, StatusOutput::new(status_every, json)).await? {
                 println!(
-                    "{}",
-                    serde_json::json!({
-                        "status": found.status,
-                        "event_time": found.event_time.map(|t| rfc3339(Some(t))),
-                        "values": values,
-                    })
+                    "{name}: {} records in, {} rows out, {} late, {} dead letters",
+                    status.records_in, status.records_out, status.late, status.dead_letters
                 );
-                Ok(ExitCode::SUCCESS)
             }
-            Command::Check { view } => {
-                let registry = Registry::load(bus).await?;
-                let Some(version) = registry.latest(&view) else {
-                    bail!("no feature view `{view}`");
-                };
-                let plan =
-                    registry::plan_version(bus, &registry, version, &config.state_dir.join("jobs"))
-                        .await?;
-                let comparison = weir_sql::batch::check(bus, &plan, &version.header.entity).await?;
-                println!(
-                    "{} v{}: stream {} rows, batch {} rows; {} only in the batch, {} only in the stream, {} different",
-                    version.name,
-                    version.version,
-                    comparison.stream_rows,
-                    comparison.batch_rows,
-                    comparison.missing.len(),
-                    comparison.extra.len(),
-                    comparison.different.len()
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List => {
+            let registry = Registry::load(bus).await?;
+            let mut rows = vec![[
+                "VIEW".to_string(),
+                "VERSION".into(),
+                "ENTITY".into(),
+                "OWNER".into(),
+                "TAGS".into(),
+                "TOPIC".into(),
+                "DESCRIPTION".into(),
+            ]];
+            for name in registry.names() {
+                let latest = registry.latest(name).expect("a version");
+                rows.push([
+                    name.to_string(),
+                    latest.version.to_string(),
+                    latest.header.entity.join(","),
+                    latest.header.owner.clone(),
+                    latest.header.tags.join(","),
+                    latest.topic.clone(),
+                    latest.header.description.clone(),
+                ]);
+            }
+            if rows.len() == 1 {
+                println!("no feature views (weir features apply FILE)");
+            } else {
+                print_rows(&rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Describe {
+            view,
+            number: version,
+        } => {
+            let registry = Registry::load(bus).await?;
+            let versions = registry.versions(&view);
+            let chosen = match version {
+                Some(n) => versions.iter().find(|v| v.version == n),
+                None => versions.last(),
+            };
+            let Some(v) = chosen else {
+                bail!(
+                    "no feature view `{view}`{}",
+                    version.map(|n| format!(" v{n}")).unwrap_or_default()
                 );
-                for (key, what) in comparison.different.iter().take(5) {
-                    println!("  {key}: {what}");
-                }
-                Ok(if comparison.identical() {
-                    ExitCode::SUCCESS
-                } else {
-                    ExitCode::FAILURE
+            };
+            println!(
+                "view        {} v{} (of {})",
+                v.name,
+                v.version,
+                versions.len()
+            );
+            println!("description {}", v.header.description);
+            println!("owner       {}", v.header.owner);
+            println!("tags        {}", v.header.tags.join(", "));
+            println!("entity      {}", v.header.entity.join(", "));
+            println!("ttl         {}", v.header.ttl.as_deref().unwrap_or("none"));
+            println!("topic       {}", v.topic);
+            println!("job         {}", v.job);
+            println!("file        {}", v.path);
+            println!("hash        {}", v.hash);
+            for (name, source) in &v.header.sources {
+                let from = source
+                    .topic
+                    .clone()
+                    .or_else(|| source.view.clone().map(|u| format!("view {u}")))
+                    .unwrap_or_default();
+                println!("source      {name}: {from}");
+            }
+            for (name, table) in &v.header.tables {
+                println!("table       {name}: {} (key {})", table.topic, table.key);
+            }
+            println!("columns");
+            for c in &v.output {
+                println!(
+                    "  {:<24} {}{}",
+                    c.name,
+                    c.data_type,
+                    if c.nullable { "" } else { " not null" }
+                );
+            }
+            println!("versions");
+            for other in versions {
+                println!("  v{} {} {}", other.version, other.hash, other.topic);
+            }
+            println!("sql\n{}", v.sql.trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve { listen } => {
+            // Followed while serving.
+            let (online, following) =
+                Online::follow(bus, None, &config.state_dir.join("online")).await?;
+            let served = online.served();
+            let listener = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("listening on {listen}"))?;
+            eprintln!(
+                "serving {} view(s) on http://{listen} (POST /v1/features/online, POST /get-online-features); Ctrl-C stops",
+                served.views.len()
+            );
+            axum::serve(listener, weir_features::http::router(served))
+                .with_graceful_shutdown(async {
+                    let _ = tokio::signal::ctrl_c().await;
                 })
+                .await?;
+            following.stop().await;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Get { view, entity } => {
+            let names = [view.clone()];
+            let (online, _) =
+                Online::catch_up(bus, Some(&names), &config.state_dir.join("online")).await?;
+            let (served, found) = online.latest(&view, entity, weir_core::now_ms())?;
+            let values: serde_json::Map<String, serde_json::Value> = served
+                .features
+                .iter()
+                .cloned()
+                .zip(found.values.iter().cloned())
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "status": found.status,
+                    "event_time": found.event_time.map(|t| rfc3339(Some(t))),
+                    "values": values,
+                })
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Check { view } => {
+            let registry = Registry::load(bus).await?;
+            let Some(version) = registry.latest(&view) else {
+                bail!("no feature view `{view}`");
+            };
+            let plan =
+                registry::plan_version(bus, &registry, version, &config.state_dir.join("jobs"))
+                    .await?;
+            let comparison = weir_sql::batch::check(bus, &plan, &version.header.entity).await?;
+            println!(
+                "{} v{}: stream {} rows, batch {} rows; {} only in the batch, {} only in the stream, {} different",
+                version.name,
+                version.version,
+                comparison.stream_rows,
+                comparison.batch_rows,
+                comparison.missing.len(),
+                comparison.extra.len(),
+                comparison.different.len()
+            );
+            for (key, what) in comparison.different.iter().take(5) {
+                println!("  {key}: {what}");
             }
-            Command::Backfill {
-                view,
-                from,
-                to,
-                out,
-            } => {
-                let registry = Registry::load(bus).await?;
-                let Some(version) = registry.latest(&view) else {
-                    bail!("no feature view `{view}`");
-                };
-                let plan =
-                    registry::plan_version(bus, &registry, version, &config.state_dir.join("jobs"))
-                        .await?;
-                let rows = weir_sql::batch::backfill(bus, &plan, from, to).await?;
-                let out = out.unwrap_or_else(|| {
-                    PathBuf::from(format!("{}.v{}.parquet", version.name, version.version))
-                });
-                let schema = rows.first().map_or(plan.output.clone(), |b| b.schema());
-                let count = weir_sql::batch::write_parquet(&out, &schema, &rows)?;
-                println!(
-                    "{count} rows of {} v{} → {}",
-                    version.name,
-                    version.version,
-                    out.display()
-                );
-                Ok(ExitCode::SUCCESS)
-            }
+            Ok(if comparison.identical() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Command::Backfill {
+            view,
+            from,
+            to,
+            out,
+        } => {
+            let registry = Registry::load(bus).await?;
+            let Some(version) = registry.latest(&view) else {
+                bail!("no feature view `{view}`");
+            };
+            let plan =
+                registry::plan_version(bus, &registry, version, &config.state_dir.join("jobs"))
+                    .await?;
+            let rows = weir_sql::batch::backfill(bus, &plan, from, to).await?;
+            let out = out.unwrap_or_else(|| {
+                PathBuf::from(format!("{}.v{}.parquet", version.name, version.version))
+            });
+            let schema = rows.first().map_or(plan.output.clone(), |b| b.schema());
+            let count = weir_sql::batch::write_parquet(&out, &schema, &rows)?;
+            println!(
+                "{count} rows of {} v{} → {}",
+                version.name,
+                version.version,
+                out.display()
+            );
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

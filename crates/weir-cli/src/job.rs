@@ -66,9 +66,13 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("starting job `{name}`"))?;
     eprintln!("job `{name}` running on {}", connection.description);
-    let statuses = supervise(vec![(name, handle)], StatusOutput::new(status_every, json)).await?;
-    for (name, status) in statuses {
-        println!("{}", status_line(&name, &status)?);
+    let output = StatusOutput::new(status_every, json);
+    let statuses = supervise(vec![(name, handle)], output).await?;
+    if output.live {
+        // JSON lines end with the last status already.
+        for (name, status) in statuses {
+            println!("{}", status_line(&name, &status)?);
+        }
     }
     connection.close().await;
     Ok(ExitCode::SUCCESS)
@@ -102,68 +106,34 @@ pub async fn supervise(
     jobs: Vec<(String, JobHandle)>,
     output: StatusOutput,
 ) -> anyhow::Result<Vec<(String, Status)>> {
+    let names: Vec<String> = jobs.iter().map(|(name, _)| name.clone()).collect();
     let mut live = if output.live {
-        let names: Vec<String> = jobs.iter().map(|(name, _)| name.clone()).collect();
         LiveStatus::for_jobs(&names)
     } else {
         Vec::new()
     };
-    let jobs = std::sync::Arc::new(std::sync::Mutex::new(jobs));
-    let finished = {
-        let jobs = jobs.clone();
-        tokio::task::spawn_blocking(move || {
-            loop {
-                let done = jobs
-                    .lock()
-                    .expect("jobs")
-                    .iter()
-                    .all(|(_, h)| h.is_finished());
-                if done {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
-    tokio::pin!(finished);
-    let mut ticker = tokio::time::interval(if output.live {
+    let mut printed = Ok(());
+    let every = if output.live {
         crate::job_status::REDRAW
     } else {
         output.every
-    });
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            _ = &mut finished => break,
-            _ = ticker.tick() => {
-                for (i, (name, handle)) in jobs.lock().expect("jobs").iter().enumerate() {
-                    let status = handle.status();
-                    match live.get_mut(i) {
-                        Some(line) => line.update(&status),
-                        None => println!("{}", status_line(name, &status)?),
-                    }
-                }
-            }
-            _ = tokio::signal::ctrl_c() => {
-                eprintln!("stopping: checkpointing");
-                for (_, handle) in jobs.lock().expect("jobs").iter() {
-                    handle.stop();
-                }
-            }
-        }
+    };
+    let on_status = |i: usize, name: &str, status: &Status| match live.get_mut(i) {
+        Some(line) => line.update(status),
+        None => match status_line(name, status) {
+            Ok(line) => println!("{line}"),
+            Err(error) => printed = Err(error),
+        },
+    };
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("stopping: checkpointing");
+    };
+    let statuses = weir_dataflow::supervise::supervise(jobs, every, on_status, stop).await?;
+    for line in &mut live {
+        line.finish();
     }
-    let jobs = std::mem::take(&mut *jobs.lock().expect("jobs"));
-    let mut statuses = Vec::new();
-    for (i, (name, handle)) in jobs.into_iter().enumerate() {
-        let status = tokio::task::spawn_blocking(move || handle.join())
-            .await?
-            .with_context(|| format!("job `{name}`"))?;
-        if let Some(line) = live.get_mut(i) {
-            line.update(&status);
-            line.finish();
-        }
-        statuses.push((name, status));
-    }
+    printed?;
     Ok(statuses)
 }
 

@@ -23,6 +23,7 @@ mod tail;
 mod topics;
 mod tracking;
 mod train;
+mod tune;
 
 use std::process::ExitCode;
 
@@ -89,13 +90,13 @@ enum Command {
     Evaluate(train::EvaluateArgs),
     /// Tune a training job's params: trials on `weir.jobs.<experiment>`
     /// for `weir worker`s, random, grid or TPE search, the best registered.
-    Tune(train::TuneArgs),
+    Tune(tune::TuneArgs),
     /// Search model families (linear, boosted trees, random forest, a
     /// small neural network) and their params; register the best.
-    Automl(Box<train::AutomlArgs>),
+    Automl(Box<tune::AutomlArgs>),
     /// Run tuning trials from `weir.jobs.<experiment>`, one of any number
     /// of workers in a consumer group.
-    Worker(train::WorkerArgs),
+    Worker(tune::WorkerArgs),
     /// Serve a deployment: registered models over the Open Inference
     /// Protocol (HTTP) and Kafka streams, every request logged.
     Serve(serve::ServeArgs),
@@ -166,9 +167,9 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Lineage(args) => tracking::lineage(&config, args).await,
         Command::Train(args) => train::train(&config, *args).await,
         Command::Evaluate(args) => train::evaluate(&config, args).await,
-        Command::Tune(args) => train::tune(&config, args).await,
-        Command::Automl(args) => train::automl(&config, *args).await,
-        Command::Worker(args) => train::worker(&config, args).await,
+        Command::Tune(args) => tune::tune(&config, args).await,
+        Command::Automl(args) => tune::automl(&config, *args).await,
+        Command::Worker(args) => tune::worker(&config, args).await,
         Command::Serve(args) => serve::serve(&config, args).await,
         Command::Score(args) => serve::score(&config, args).await,
         Command::Deploy(args) => serve::deploy(&config, args).await,
@@ -192,16 +193,11 @@ struct DemoArgs {
 
 /// `weir demo`, on the Kafka this process connects to.
 async fn demo(config: &Config, args: DemoArgs) -> anyhow::Result<ExitCode> {
-    println!("weir demo: the end-to-end loop\n");
-    let connection = weir_broker::connect::connect(config).await?;
-    println!("Kafka: {}\n", connection.description);
     let options = weir_demo::Options {
         events: args.events,
         seed: args.seed,
     };
-    let result = weir_demo::run(&connection.bus, config, &options).await;
-    connection.close().await;
-    result?;
+    weir_demo::run_connected(config, &options).await?;
     Ok(ExitCode::SUCCESS)
 }
 

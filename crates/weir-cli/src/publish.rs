@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use indicatif::{ProgressBar, ProgressStyle};
-use weir_bus::ingest::{Line, csv_records, encode, json_lines, publish_lines};
-use weir_bus::registry::SchemaKind;
+use weir_bus::ingest::{Format, check_lines, publish_lines, records};
 use weir_bus::{Bus, SchemaType, TopicSpec, WireFormat};
 use weir_core::{Config, topics};
 
@@ -138,23 +137,11 @@ async fn publish(
         Some(WireArg::Avro) | None => {}
     }
 
-    let format = args.format.unwrap_or_else(|| match &args.file {
-        Some(path)
-            if path
-                .extension()
-                .is_some_and(|e| e.eq_ignore_ascii_case("csv")) =>
-        {
-            FormatArg::Csv
-        }
-        _ => FormatArg::Jsonl,
-    });
-    let avro_schema = publisher
-        .codec()
-        .schema()
-        .and_then(|schema| match &schema.kind {
-            SchemaKind::Avro(avro) => Some(avro.schema),
-            SchemaKind::Json(_) => None,
-        });
+    let format = match args.format {
+        Some(FormatArg::Jsonl) => Format::JsonLines,
+        Some(FormatArg::Csv) => Format::Csv,
+        None => Format::of_path(args.file.as_deref()),
+    };
     let open = || -> anyhow::Result<(Box<dyn BufRead + Send>, Option<u64>)> {
         Ok(match &args.file {
             Some(path) if path.as_os_str() != "-" => {
@@ -166,31 +153,21 @@ async fn publish(
             _ => (Box::new(BufReader::new(std::io::stdin())), None),
         })
     };
-    let lines = |reader: Box<dyn BufRead + Send>| -> anyhow::Result<Box<dyn Iterator<Item = std::io::Result<Line>> + Send>> {
-        Ok(match format {
-            FormatArg::Jsonl => Box::new(json_lines(reader)),
-            FormatArg::Csv => Box::new(csv_records(reader, avro_schema)?),
-        })
-    };
 
     if args.strict {
         if args.file.is_none() {
             bail!("--strict reads the input twice: give a file, not stdin");
         }
         let (reader, _) = open()?;
-        let mut bad = 0;
-        for line in lines(reader)? {
-            let line = line?;
-            if let Err(error) = encode(&publisher, &line, args.key.as_deref()) {
-                bad += 1;
-                if bad <= 20 {
-                    eprintln!("{name}:{}", error.located(line.number));
-                }
-            }
+        let lines = records(reader, format, &publisher)?;
+        let bad = check_lines(&publisher, lines, args.key.as_deref())?;
+        for (line, error) in bad.iter().take(20) {
+            eprintln!("{name}:{}", error.located(*line));
         }
-        if bad > 0 {
+        if !bad.is_empty() {
             eprintln!(
-                "{bad} bad line(s) in {name}: nothing published (--strict). Fix them, or drop --strict to publish the good lines and send the bad ones to {}",
+                "{} bad line(s) in {name}: nothing published (--strict). Fix them, or drop --strict to publish the good lines and send the bad ones to {}",
+                bad.len(),
                 topics::dlq(&args.topic)
             );
             return Ok(ExitCode::FAILURE);
@@ -203,7 +180,7 @@ async fn publish(
     let published = publish_lines(
         bus,
         &publisher,
-        lines(reader)?,
+        records(reader, format, &publisher)?,
         args.key.as_deref(),
         |line, error| progress.suspend(|| eprintln!("{name}:{}", error.located(line))),
         |bytes| progress.set_position(bytes),

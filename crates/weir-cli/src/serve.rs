@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
+use anyhow::Context as _;
 use clap::Parser;
 use weir_core::Config;
 use weir_meta::artifacts::ArtifactStore;
@@ -36,7 +36,7 @@ pub struct ServeArgs {
     /// How requests arrive (overrides the spec's `protocols`): http, grpc,
     /// stream.
     #[arg(long, value_delimiter = ',')]
-    protocol: Vec<String>,
+    protocol: Vec<Protocol>,
     /// Stop after this long (`30s`); default: until Ctrl-C or SIGTERM.
     #[arg(long, value_parser = weir_dataflow::spec::parse_duration)]
     stop_after: Option<Duration>,
@@ -62,57 +62,17 @@ pub struct ScoreArgs {
     chunk_rows: usize,
 }
 
-/// The spec to serve and the text to record for it: a spec file, a
-/// deployment applied before (by name), or `--model`; with the flags'
-/// overrides (`--listen` and `--protocol` are not recorded).
-fn spec(
-    args: &ServeArgs,
-    state: &weir_meta::state::State,
-) -> anyhow::Result<(DeploymentSpec, String)> {
-    let (mut spec, mut text) = match (&args.spec, &args.model) {
-        (Some(path), _) if path.exists() => {
-            let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
-            (
-                DeploymentSpec::parse(&text, &path.display().to_string())?,
-                text,
-            )
-        }
-        (Some(name), _) => weir_serve::deploy::latest(state, &name.display().to_string())?,
-        (None, Some(model)) => {
-            let name = args
-                .name
-                .clone()
-                .unwrap_or_else(|| model.split('@').next().unwrap_or(model).to_string());
-            let spec = DeploymentSpec::single(&name, model);
-            let text = serde_yaml::to_string(&spec)?;
-            (spec, text)
-        }
-        (None, None) => bail!("give a deployment spec, a deployment's name, or --model name@alias"),
-    };
-    if let (Some(_), Some(model)) = (&args.spec, &args.model) {
-        spec.model = Some(model.clone());
-        spec.models.clear();
-        text = serde_yaml::to_string(&spec)?;
+/// What `args` say to serve: a spec file, a deployment applied before (by
+/// name), or `--model`, with the flags' overrides.
+fn chosen(args: &ServeArgs) -> weir_serve::deploy::Chosen<'_> {
+    weir_serve::deploy::Chosen {
+        spec: args.spec.as_deref(),
+        model: args.model.as_deref(),
+        name: args.name.as_deref(),
+        listen: args.listen.as_deref(),
+        grpc_listen: args.grpc_listen.as_deref(),
+        protocols: args.protocol.clone(),
     }
-    if let Some(listen) = &args.listen {
-        spec.http.listen = listen.clone();
-    }
-    if let Some(listen) = &args.grpc_listen {
-        spec.grpc.listen = listen.clone();
-    }
-    if !args.protocol.is_empty() {
-        spec.protocols = args
-            .protocol
-            .iter()
-            .map(|p| match p.as_str() {
-                "http" => Ok(Protocol::Http),
-                "grpc" => Ok(Protocol::Grpc),
-                "stream" => Ok(Protocol::Stream),
-                other => bail!("--protocol: `{other}` is not http, grpc or stream"),
-            })
-            .collect::<anyhow::Result<_>>()?;
-    }
-    Ok((spec, text))
 }
 
 /// Records `spec` as the next version of its deployment unless it is the
@@ -159,7 +119,7 @@ pub async fn serve(config: &Config, args: ServeArgs) -> anyhow::Result<ExitCode>
     let tracker = weir_meta::Tracker::open_under(&connection.bus, &config.state_dir).await?;
     let result = async {
         let bus = &connection.bus;
-        let (spec, text) = tracker.read(|state| spec(&args, state))?;
+        let (spec, text) = tracker.read(|state| chosen(&args).resolve(state))?;
         apply(&tracker, &spec, &text).await?;
         let registry = Registry::follow(bus, ArtifactStore::under(&config.state_dir)?).await?;
         let (features, following) = Features::follow(bus, &config.state_dir, &spec).await?;
@@ -248,21 +208,7 @@ pub async fn score(config: &Config, args: ScoreArgs) -> anyhow::Result<ExitCode>
         .extension()
         .is_some_and(|e| e == "onnx")
     {
-        if args.features.is_empty() {
-            bail!("--features: name the input's columns, in the model's order, for an ONNX file");
-        }
-        let bytes = std::fs::read(&args.model).with_context(|| args.model.clone())?;
-        let model =
-            weir_serve::runner::LoadedModel::load(args.model.clone(), 0, 1.0, &bytes, &batching)?;
-        (
-            weir_serve::runner::ModelSet {
-                members: vec![model],
-                combine: Default::default(),
-                stacker: None,
-            },
-            args.features.clone(),
-            Vec::new(),
-        )
+        weir_serve::score::load_file(Path::new(&args.model), args.features.clone(), &batching)?
     } else {
         let connection = connect(config).await?;
         let store = ArtifactStore::under(&config.state_dir)?;

@@ -1,20 +1,14 @@
-//! What the training verbs work with: the bus, the tracker, the datasets
-//! and a scratch directory, opened together and closed in order.
-
-use std::path::PathBuf;
-
-use weir_core::Config;
-use weir_features::datasets::Datasets;
-use weir_train::Workspace;
+//! What the training verbs work with: the connection and the workspace
+//! on it, opened together and closed in order.
 
 use weir_broker::connect::{Connection, connect};
+use weir_core::Config;
+use weir_train::{OpenWorkspace, Workspace};
 
 /// An open session.
 pub(crate) struct Session {
     pub(crate) connection: Connection,
-    pub(crate) tracker: weir_meta::Tracker,
-    datasets: Datasets,
-    scratch: PathBuf,
+    pub(crate) open: OpenWorkspace,
 }
 
 impl Session {
@@ -24,34 +18,16 @@ impl Session {
 
     /// The session on a connection made already.
     pub(crate) async fn on(config: &Config, connection: Connection) -> anyhow::Result<Self> {
-        // Both replay weir.meta: at once.
-        let (tracker, datasets) = tokio::try_join!(
-            async {
-                anyhow::Ok(
-                    weir_meta::Tracker::open_under(&connection.bus, &config.state_dir).await?,
-                )
-            },
-            async { anyhow::Ok(Datasets::load(&connection.bus).await?) },
-        )?;
-        Ok(Self {
-            connection,
-            tracker,
-            datasets,
-            scratch: config.state_dir.join("train"),
-        })
+        let open = OpenWorkspace::open(&connection.bus, &config.state_dir).await?;
+        Ok(Self { connection, open })
     }
 
     pub(crate) fn workspace(&self) -> Workspace<'_> {
-        Workspace {
-            tracker: &self.tracker,
-            datasets: &self.datasets,
-            scratch: &self.scratch,
-            cache: None,
-        }
+        self.open.workspace()
     }
 
     pub(crate) async fn close(self) {
-        self.tracker.close().await;
+        self.open.close().await;
         self.connection.close().await;
     }
 }

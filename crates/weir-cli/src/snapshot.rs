@@ -46,43 +46,18 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 async fn take(config: &Config, bus: &weir_bus::Bus, args: Args) -> anyhow::Result<ExitCode> {
-    let out = match &args.out {
-        Some(out) => out.clone(),
-        None => {
-            // Named after the snapshot, or else its label table.
-            let stem = match &args.name {
-                Some(name) => std::ffi::OsString::from(name),
-                None => args
-                    .labels
-                    .file_stem()
-                    .context("the label table's file name")?
-                    .to_owned(),
-            };
-            let dir = config.state_dir.join("snapshots");
-            std::fs::create_dir_all(&dir).with_context(|| dir.display().to_string())?;
-            dir.join(stem).with_extension("parquet")
-        }
-    };
-    let name = match &args.name {
-        Some(name) => name.clone(),
-        None => out
-            .file_stem()
-            .context("the snapshot's file name")?
-            .to_string_lossy()
-            .into_owned(),
-    };
     let request = SnapshotRequest {
-        labels: args.labels.clone(),
-        views: args.views.clone(),
-        out: out.clone(),
         full_feature_names: args.full_feature_names,
         memory: args.memory,
-        name,
-        scratch: config
-            .state_dir
-            .join("snapshots")
-            .join(format!("scratch-{}", std::process::id())),
+        ..SnapshotRequest::new(
+            args.labels,
+            args.views,
+            args.name,
+            args.out,
+            &config.state_dir,
+        )?
     };
+    let out = &request.out;
     let (stats, dataset) = take_snapshot(bus, &request).await?;
     eprintln!(
         "{} rows, {} columns → {}; dataset {}",
@@ -92,7 +67,7 @@ async fn take(config: &Config, bus: &weir_bus::Bus, args: Args) -> anyhow::Resul
         dataset.reference()
     );
     if args.show > 0 {
-        let preview = first_rows(&out, args.show)?;
+        let preview = first_rows(out, args.show)?;
         println!("{}", arrow::util::pretty::pretty_format_batches(&preview)?);
     }
     Ok(ExitCode::SUCCESS)

@@ -10,9 +10,8 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use serde_json::{Value as Json, json};
-use weir_bus::dead_letter::describe;
-use weir_bus::{Bus, ConsumerOptions, RawRecord, Record, StartFrom};
+use weir_bus::dead_letter;
+use weir_bus::{Bus, ConsumerOptions, StartFrom};
 use weir_core::{Config, topics};
 
 use weir_broker::connect::connect;
@@ -78,12 +77,12 @@ async fn tail(bus: &Bus, args: &Args) -> anyhow::Result<()> {
     while args.max.is_none_or(|max| printed < max) {
         let line = if dead_letter_topic {
             match consumer.next_raw().await? {
-                Some(record) => dead_letter_json(&record),
+                Some(record) => dead_letter::to_json(&record),
                 None => break,
             }
         } else {
             match consumer.next().await? {
-                Some(record) => record_json(&record, args.meta),
+                Some(record) => record.to_json(args.meta),
                 None => break,
             }
         };
@@ -104,43 +103,4 @@ async fn tail(bus: &Bus, args: &Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-fn key_json(key: Option<&[u8]>) -> Json {
-    key.map_or(Json::Null, |k| {
-        Json::String(String::from_utf8_lossy(k).into_owned())
-    })
-}
-
-fn record_json(record: &Record, meta: bool) -> Json {
-    if !meta {
-        return record.value.to_json();
-    }
-    json!({
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "timestamp": record.timestamp,
-        "key": key_json(record.key.as_deref()),
-        "value": record.value.to_json(),
-    })
-}
-
-fn dead_letter_json(record: &RawRecord) -> Json {
-    let headers: serde_json::Map<String, Json> = describe(&record.headers)
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k.trim_start_matches("weir.dlq.").to_string(),
-                Json::String(v),
-            )
-        })
-        .collect();
-    json!({
-        "partition": record.partition,
-        "offset": record.offset,
-        "key": key_json(record.key.as_deref()),
-        "payload": record.payload.as_deref().map(String::from_utf8_lossy),
-        "dead_letter": headers,
-    })
 }

@@ -2,7 +2,6 @@
 //! `weir.meta` from the command line, without a server — the state is
 //! rebuilt by reading the topic, and changes (an alias) are events on it.
 
-use std::collections::BTreeSet;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
@@ -191,27 +190,7 @@ pub async fn runs(config: &Config, args: RunsArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|id| state.run(id))
                 .collect::<Result<_, _>>()?;
-            let params: BTreeSet<&String> = runs.iter().flat_map(|r| r.params.keys()).collect();
-            let metrics: BTreeSet<&String> = runs.iter().flat_map(|r| r.latest.keys()).collect();
-            print!("{:<24}", "");
-            for run in &runs {
-                print!(" {:>24}", run.run_name);
-            }
-            println!();
-            for key in params {
-                print!("{:<24}", format!("params.{key}"));
-                for run in &runs {
-                    print!(" {:>24}", run.params.get(key).map_or("-", String::as_str));
-                }
-                println!();
-            }
-            for key in metrics {
-                print!("{:<24}", format!("metrics.{key}"));
-                for run in &runs {
-                    print!(" {:>24}", weir_meta::compare::metric_text(run, key));
-                }
-                println!();
-            }
+            println!("{}", weir_meta::compare::text(&runs));
             if let Some(path) = plot {
                 std::fs::write(&path, weir_meta::compare::html(&runs))
                     .with_context(|| path.display().to_string())?;

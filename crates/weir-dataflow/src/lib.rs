@@ -28,6 +28,7 @@ pub mod sink;
 pub mod source;
 pub mod spec;
 pub mod store;
+pub mod supervise;
 pub mod transform;
 pub mod window;
 
@@ -48,4 +49,13 @@ pub enum DataflowError {
     /// Kafka failed.
     #[error(transparent)]
     Bus(#[from] weir_bus::BusError),
+    /// One of several jobs failed.
+    #[error("job `{job}`: {cause}")]
+    Job {
+        /// The job's name.
+        job: String,
+        /// Why.
+        #[source]
+        cause: Box<DataflowError>,
+    },
 }

@@ -79,6 +79,17 @@ impl Default for Options {
     }
 }
 
+/// Connects to the Kafka `config` names (the embedded broker by default)
+/// and runs the demo on it.
+pub async fn run_connected(config: &Config, options: &Options) -> anyhow::Result<()> {
+    println!("weir demo: the end-to-end loop\n");
+    let connection = weir_broker::connect::connect(config).await?;
+    println!("Kafka: {}\n", connection.description);
+    let result = run(&connection.bus, config, options).await;
+    connection.close().await;
+    result
+}
+
 /// Runs the demo's stages on `bus`, its state under `config`'s state
 /// directory, printing as it goes.
 pub async fn run(bus: &Bus, config: &Config, options: &Options) -> anyhow::Result<()> {
@@ -415,25 +426,24 @@ async fn repository_stage(bus: &Bus, config: &Config) -> anyhow::Result<Snapshot
         }
     }
     std::fs::write(&labels, csv)?;
-    let out = config
-        .state_dir
-        .join("snapshots")
-        .join("demo-training.parquet");
-    std::fs::create_dir_all(out.parent().expect("a directory"))?;
     let started = Instant::now();
     let started_ms = weir_core::now_ms();
+    let views = vec![
+        weir_catalog::Reference::latest("user_spend"),
+        weir_catalog::Reference::latest("user_sessions"),
+    ];
     let request = weir_features::take::SnapshotRequest {
-        labels: labels.clone(),
-        views: vec![
-            weir_catalog::Reference::latest("user_spend"),
-            weir_catalog::Reference::latest("user_sessions"),
-        ],
-        out: out.clone(),
         full_feature_names: true,
         memory: 256 << 20,
-        name: "demo-training".into(),
-        scratch: config.state_dir.join("snapshots").join("scratch-demo"),
+        ..weir_features::take::SnapshotRequest::new(
+            labels.clone(),
+            views,
+            Some("demo-training".into()),
+            None,
+            &config.state_dir,
+        )?
     };
+    let out = request.out.clone();
     let (stats, dataset) = weir_features::take::take_snapshot(bus, &request).await?;
     let seconds = started.elapsed().as_secs_f64();
     let mut with_spend = 0;
@@ -633,15 +643,8 @@ async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Re
     println!(
         "\n[5] training: LightGBM on {dataset} through ONNX, registered, evaluated against the champion"
     );
-    let tracker = weir_meta::Tracker::open_under(bus, &config.state_dir).await?;
-    let datasets = weir_features::datasets::Datasets::load(bus).await?;
-    let scratch = config.state_dir.join("train");
-    let workspace = weir_train::Workspace {
-        tracker: &tracker,
-        datasets: &datasets,
-        scratch: &scratch,
-        cache: None,
-    };
+    let open = weir_train::OpenWorkspace::open(bus, &config.state_dir).await?;
+    let workspace = open.workspace();
     let spec = weir_train::TrainSpec {
         experiment: "demo".into(),
         name: Some("demo-lightgbm".into()),
@@ -665,7 +668,7 @@ async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Re
     };
     let outcome = weir_train::train(&spec, workspace).await?;
     if let Some(reason) = outcome.failure {
-        tracker.close().await;
+        open.close().await;
         anyhow::bail!("training failed (run {}): {reason}", outcome.run_id);
     }
     let metric = |key: &str| outcome.metrics.get(key).copied().unwrap_or(f64::NAN);
@@ -702,6 +705,7 @@ async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Re
         champion: "champion".into(),
         gate: vec![],
         experiment: "demo-evaluations".into(),
+        promote: true,
     };
     let evaluation = weir_train::evaluate(&request, workspace).await?;
     println!(
@@ -716,11 +720,10 @@ async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Re
         evaluation.gate.verdict.as_str(),
         evaluation.gate.reasons.join("; ")
     );
-    if evaluation.gate.passed() {
-        tracker.set_alias(&name, "champion", version).await?;
+    if evaluation.promoted {
         println!("    {name}@champion → version {version}");
     }
-    tracker.close().await;
+    open.close().await;
     Ok(())
 }
 

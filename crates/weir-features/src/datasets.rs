@@ -138,6 +138,32 @@ impl Datasets {
     }
 }
 
+/// Per-file metadata from a JSON-lines file: each line an object with
+/// `file` (the path of a file as registered) and any other fields.
+pub fn read_metadata(
+    path: &Path,
+) -> Result<BTreeMap<String, BTreeMap<String, Json>>, FeaturesError> {
+    let invalid = |message: String| FeaturesError::Datasets(message);
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| invalid(format!("reading {}: {e}", path.display())))?;
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = format!("{}:{}", path.display(), i + 1);
+        let mut fields: BTreeMap<String, Json> = serde_json::from_str(line)
+            .map_err(|e| invalid(format!("{at}:{}: not a JSON object: {e}", e.column())))?;
+        let Some(Json::String(file)) = fields.remove("file") else {
+            return Err(invalid(format!(
+                "{at}: no `file` field (the path of a file as registered)"
+            )));
+        };
+        out.insert(file, fields);
+    }
+    Ok(out)
+}
+
 /// SHA-256 of a file, hex, and its size.
 pub fn hash_file(path: &Path) -> Result<(String, u64), FeaturesError> {
     let mut file =

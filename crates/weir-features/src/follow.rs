@@ -12,7 +12,7 @@ use weir_sql::registry::Registry;
 
 use crate::FeaturesError;
 use crate::materialize::Materializer;
-use crate::online::{OnlineStore, OnlineView};
+use crate::online::{Found, OnlineStore, OnlineView};
 
 /// An online store and the views it serves.
 #[derive(Debug, Clone)]
@@ -79,6 +79,45 @@ impl Online {
     /// The view named `name`.
     pub fn view(&self, name: &str) -> Option<&OnlineView> {
         self.views.iter().find(|v| v.name == name)
+    }
+
+    /// The latest values of view `name` for one entity (its key values in
+    /// the view's entity order), as of `now` (ms).
+    pub fn latest(
+        &self,
+        name: &str,
+        entity: Vec<String>,
+        now: i64,
+    ) -> Result<(&OnlineView, Found), FeaturesError> {
+        let view = self
+            .view(name)
+            .ok_or_else(|| FeaturesError::UnknownView(name.to_string()))?;
+        if entity.len() != view.entity.len() {
+            return Err(FeaturesError::View {
+                view: name.to_string(),
+                message: format!(
+                    "keyed by {} value(s) ({}), given {}",
+                    view.entity.len(),
+                    view.entity.join(", "),
+                    entity.len()
+                ),
+            });
+        }
+        let mut found = self.store.get(view, &[entity], &view.features, now)?;
+        Ok((view, found.remove(0)))
+    }
+
+    /// The store and views as the HTTP server serves them.
+    pub fn served(self) -> crate::http::Served {
+        crate::http::Served {
+            store: self.store,
+            views: Arc::new(
+                self.views
+                    .into_iter()
+                    .map(|v| (v.name.clone(), v))
+                    .collect(),
+            ),
+        }
     }
 }
 

@@ -41,6 +41,49 @@ pub struct SnapshotRequest {
     pub scratch: PathBuf,
 }
 
+impl SnapshotRequest {
+    /// A snapshot of `views` for the rows of `labels`, named `name` (else
+    /// after `out`'s file name, or the label table's) and written to `out`
+    /// (else `<state_dir>/snapshots/<name>.parquet`); 1 GiB for the join,
+    /// features named as in their views.
+    pub fn new(
+        labels: PathBuf,
+        views: Vec<Reference>,
+        name: Option<String>,
+        out: Option<PathBuf>,
+        state_dir: &Path,
+    ) -> Result<Self, FeaturesError> {
+        let snapshots = state_dir.join("snapshots");
+        let stem = |path: &Path| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .ok_or_else(|| failed(format!("{}: no file name", path.display())))
+        };
+        let name = match (name, &out) {
+            (Some(name), _) => name,
+            (None, Some(out)) => stem(out)?,
+            (None, None) => stem(&labels)?,
+        };
+        let out = match out {
+            Some(out) => out,
+            None => {
+                std::fs::create_dir_all(&snapshots)
+                    .map_err(|e| failed(format!("{}: {e}", snapshots.display())))?;
+                snapshots.join(&name).with_extension("parquet")
+            }
+        };
+        Ok(Self {
+            labels,
+            views,
+            out,
+            full_feature_names: false,
+            memory: 1 << 30,
+            name,
+            scratch: snapshots.join(format!("scratch-{}", std::process::id())),
+        })
+    }
+}
+
 fn failed(error: impl std::fmt::Display) -> FeaturesError {
     FeaturesError::Snapshot(error.to_string())
 }

@@ -16,6 +16,31 @@ pub fn metric_text(run: &Run, key: &str) -> String {
         .map_or("-".into(), |m| format!("{:.6}", m.value))
 }
 
+/// The runs as a text table: a column per run (its name), a row per param
+/// and per latest metric.
+pub fn text(runs: &[&Run]) -> String {
+    let params: BTreeSet<&String> = runs.iter().flat_map(|r| r.params.keys()).collect();
+    let metrics: BTreeSet<&String> = runs.iter().flat_map(|r| r.latest.keys()).collect();
+    let mut out = format!("{:<24}", "");
+    for run in runs {
+        out.push_str(&format!(" {:>24}", run.run_name));
+    }
+    for key in params {
+        out.push_str(&format!("\n{:<24}", format!("params.{key}")));
+        for run in runs {
+            let value = run.params.get(key).map_or("-", String::as_str);
+            out.push_str(&format!(" {value:>24}"));
+        }
+    }
+    for key in metrics {
+        out.push_str(&format!("\n{:<24}", format!("metrics.{key}")));
+        for run in runs {
+            out.push_str(&format!(" {:>24}", metric_text(run, key)));
+        }
+    }
+    out
+}
+
 /// A self-contained page (no scripts): params and latest metrics side by
 /// side, then one SVG chart per metric — its values by step, a line per run.
 pub fn html(runs: &[&Run]) -> String {

@@ -55,6 +55,31 @@ pub async fn load_registered(
     loaded
 }
 
+/// An ONNX file ready to score: it takes the columns `features`, in its
+/// input's order.
+pub fn load_file(
+    path: &Path,
+    features: Vec<String>,
+    batching: &Batching,
+) -> Result<(ModelSet, Vec<String>, Vec<String>), ServeError> {
+    if features.is_empty() {
+        return Err(ServeError::Request(format!(
+            "{}: name the input's columns, in the model's order, for an ONNX file",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path)
+        .map_err(|e| ServeError::Model(format!("reading {}: {e}", path.display())))?;
+    let name = path.display().to_string();
+    let model = crate::runner::LoadedModel::load(name, 0, 1.0, &bytes, batching)?;
+    let models = ModelSet {
+        members: vec![model],
+        combine: Default::default(),
+        stacker: None,
+    };
+    Ok((models, features, Vec::new()))
+}
+
 /// How to score.
 #[derive(Debug, Clone)]
 pub struct ScoreOptions {

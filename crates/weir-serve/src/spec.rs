@@ -169,6 +169,21 @@ pub enum Protocol {
     Stream,
 }
 
+impl std::str::FromStr for Protocol {
+    type Err = ServeError;
+
+    fn from_str(text: &str) -> Result<Self, ServeError> {
+        match text {
+            "http" => Ok(Protocol::Http),
+            "grpc" => Ok(Protocol::Grpc),
+            "stream" => Ok(Protocol::Stream),
+            other => Err(ServeError::Spec(format!(
+                "protocol `{other}` is not http, grpc or stream"
+            ))),
+        }
+    }
+}
+
 fn default_protocols() -> Vec<Protocol> {
     vec![Protocol::Http]
 }

@@ -36,6 +36,8 @@ pub struct EvaluationRequest {
     pub gate: Vec<GateRule>,
     /// The experiment the evaluation's run goes to.
     pub experiment: String,
+    /// Move the champion alias to the candidate when it passes the gate.
+    pub promote: bool,
 }
 
 /// A gate rule: the candidate beats the champion on `metric` by at least
@@ -77,7 +79,7 @@ pub async fn evaluate(
 ) -> Result<Evaluation, TrainError> {
     let started = weir_core::now_ms();
     let tracker = workspace.tracker;
-    let (candidate_ref, run_id, info, champion, is_champion) = tracker.read(|state| {
+    let (candidate_at, run_id, info, champion, is_champion) = tracker.read(|state| {
         let (model, version) = state.version_by_reference(&request.model)?;
         let info = version.model.clone().ok_or_else(|| {
             TrainError::Invalid(format!(
@@ -91,13 +93,14 @@ pub async fn evaluate(
             .and_then(|v| model.versions.get(&v))
             .and_then(|v| Some((format!("{}@{}", model.name, v.version), v.model.clone()?)));
         Ok::<_, TrainError>((
-            format!("{}@{}", model.name, version.version),
+            (model.name.clone(), version.version),
             version.run_id.clone(),
             info,
             champion,
             champion_version == Some(version.version),
         ))
     })?;
+    let candidate_ref = format!("{}@{}", candidate_at.0, candidate_at.1);
     let (source, table, rows, described) = match &request.dataset {
         Some(dataset) => {
             let source = resolve(dataset, workspace.datasets)?;
@@ -165,6 +168,7 @@ pub async fn evaluate(
         history,
         run_id: String::new(),
         report: String::new(),
+        promoted: false,
     };
     evaluation.report = crate::report::html(&evaluation);
 
@@ -230,6 +234,11 @@ pub async fn evaluate(
         })
         .await?;
     evaluation.run_id = run_id;
+    if request.promote && evaluation.gate.passed() {
+        let (name, version) = candidate_at;
+        tracker.set_alias(&name, &request.champion, version).await?;
+        evaluation.promoted = true;
+    }
     Ok(evaluation)
 }
 

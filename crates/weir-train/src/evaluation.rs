@@ -93,4 +93,6 @@ pub struct Evaluation {
     pub run_id: String,
     /// The report (HTML), also stored with the run.
     pub report: String,
+    /// Whether the champion alias now points at the candidate.
+    pub promoted: bool,
 }

@@ -22,11 +22,13 @@ pub mod evaluate;
 pub mod evaluation;
 mod job;
 pub mod metrics;
+pub mod overrides;
 pub mod report;
 pub mod runtime;
 pub mod spec;
 pub mod table;
 pub mod tune;
+mod workspace;
 
 pub use evaluate::{Evaluation, EvaluationRequest, GateRule, evaluate};
 pub use job::{
@@ -34,6 +36,7 @@ pub use job::{
     run_model, train,
 };
 pub use spec::{Export, Split, TrainSpec};
+pub use workspace::OpenWorkspace;
 
 /// What went wrong in a training or evaluation job.
 #[derive(Debug, thiserror::Error)]

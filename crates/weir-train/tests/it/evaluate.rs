@@ -60,12 +60,16 @@ async fn the_gate_accepts_a_better_model_and_refuses_a_worse_one() {
         champion: "champion".into(),
         gate,
         experiment: "evaluations".into(),
+        promote: false,
     };
     let better = weir_train::evaluate(
-        &request(
-            "clicks@2",
-            vec!["roc_auc:0.1".parse().unwrap(), "log_loss".parse().unwrap()],
-        ),
+        &EvaluationRequest {
+            promote: true,
+            ..request(
+                "clicks@2",
+                vec!["roc_auc:0.1".parse().unwrap(), "log_loss".parse().unwrap()],
+            )
+        },
         platform.workspace(),
     )
     .await
@@ -87,12 +91,17 @@ async fn the_gate_accepts_a_better_model_and_refuses_a_worse_one() {
         [1, 2]
     );
 
-    // Promote v2; then v1 against it is refused.
-    platform
+    // v2 passed and was promoted; then v1 against it is refused.
+    assert!(better.promoted);
+    let champion = platform
         .tracker
-        .set_alias("clicks", "champion", 2)
-        .await
+        .read(|state| {
+            state
+                .version_by_reference("clicks@champion")
+                .map(|(_, v)| v.version)
+        })
         .unwrap();
+    assert_eq!(champion, 2);
     let worse = weir_train::evaluate(&request("clicks@1", vec![]), platform.workspace())
         .await
         .unwrap();
