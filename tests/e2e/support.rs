@@ -1,6 +1,6 @@
 //! Starts `weir broker --memory` on free ports and runs `weir` against it.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -16,12 +16,7 @@ pub struct Platform {
     broker: Child,
 }
 
-pub fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-}
+pub use weir_test_support::free_port;
 
 fn wait_for(address: SocketAddr, broker: &mut Child) {
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -28,6 +28,8 @@ use datafusion::parquet::arrow::ArrowWriter;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
+use crate::{SpawnGroup as _, free_port};
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Rows of the generated dataset.
@@ -292,7 +294,7 @@ async fn tune_weir(
     spec: &Path,
     standing: bool,
 ) -> anyhow::Result<WeirRun> {
-    let port = free_port();
+    let port = free_port()?;
     let address = port.to_string();
     let weir = |words: &[&str]| {
         let mut command = tokio::process::Command::new(std::env::current_exe().expect("weir"));
@@ -307,7 +309,7 @@ async fn tune_weir(
     // Killed when dropped, at the end.
     let mut pool = Vec::new();
     if standing {
-        let registry = free_port().to_string();
+        let registry = free_port()?.to_string();
         let (broker, _) =
             crate::start_listening(weir(&["broker", "--registry", &registry]), port).await?;
         pool.push(broker);
@@ -319,9 +321,8 @@ async fn tune_weir(
                     weir_train::runtime::threads_per_worker(args.workers),
                 )
                 .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .kill_on_drop(true);
-            pool.push(worker.spawn()?);
+                .stderr(std::process::Stdio::null());
+            pool.push(worker.spawn_group()?);
         }
         tokio::time::sleep(WARM_UP).await;
     }
@@ -365,12 +366,6 @@ async fn tune_weir(
         fit: metric("fit_seconds"),
         runtime: metric("train_seconds"),
     })
-}
-
-fn free_port() -> std::net::SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
 }
 
 /// Rows with 30 features (10 informative, with interactions), a time `t`

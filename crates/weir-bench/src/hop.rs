@@ -28,6 +28,8 @@ use weir_broker::{EmbeddedBroker, Storage};
 use weir_bus::{Bus, BusConfig, OutRecord, TopicSpec};
 use weir_core::Config;
 
+use crate::spread::Spread;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Events in the topic.
@@ -47,10 +49,12 @@ pub struct Args {
     /// Python environment has it).
     #[arg(long)]
     sql: bool,
-    /// Runs of the Weir job (and of the SQL view), taken in turns; the best
-    /// of each is reported, since the 2 cores are shared with the broker.
+    /// Rounds: each runs every side once, in turns (the Weir job, the SQL
+    /// view with `--sql`, the hand loop, Quix Streams), so that a slow spell
+    /// of the machine falls on all of them; every side is reported as the
+    /// median of its rounds with the lowest and highest.
     #[arg(long, default_value_t = 3)]
-    repeat: usize,
+    rounds: usize,
 }
 
 /// The benchmark's query as a feature view.
@@ -93,107 +97,133 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         }
     );
 
-    // The job and the view in turns, so that a slow spell of the machine
-    // does not fall on one of them only.
-    let (mut weir, mut sql): (Option<Figure>, Option<Figure>) = (None, None);
-    for run in 1..=args.repeat.max(1) {
-        let figure = run_weir(config, &bootstrap, &topic).await?;
-        print!(
-            "run {run}: weir job {:.0} events/s",
-            figure.events_per_second()
-        );
-        weir = best(weir, figure);
-        if args.sql {
-            let figure = run_sql(config, &bootstrap, &topic).await?;
-            print!(", SQL view {:.0} events/s", figure.events_per_second());
-            sql = best(sql, figure);
-        }
-        println!();
-    }
-    let weir = weir.expect("at least one run");
-    println!();
     // The hand loop's producer does not create its topic.
     bus.admin()
         .create_topic(&TopicSpec::new(format!("{topic}-hand"), 1))
         .await?;
-    let hand = {
-        let (bootstrap, topic, events) = (bootstrap.clone(), topic.clone(), args.events);
-        tokio::task::spawn_blocking(move || hand_loop(&bootstrap, &topic, events)).await??
-    };
-    let quix = if args.no_quix {
-        None
-    } else {
-        Some(run_quix(&bootstrap, &topic, args.quix_events.unwrap_or(args.events)).await?)
-    };
-
-    println!(
-        "{:<44} {:>12} {:>10} {:>14}",
-        "", "events/s", "peak RSS", "vs hand loop"
-    );
-    let row = |name: &str, figure: &Figure| {
-        println!(
-            "{name:<44} {:>12.0} {:>10} {:>14.2}",
-            figure.events_per_second(),
-            figure
-                .rss_mib
-                .map_or("-".to_string(), |m| format!("{m:.0} MiB")),
-            figure.events_per_second() / hand.events_per_second()
-        );
-    };
-    let runs = if args.repeat > 1 {
-        format!(", best of {}", args.repeat)
-    } else {
-        String::new()
-    };
-    row(&format!("weir job (1 worker, child{runs})"), &weir);
-    if let Some(sql) = &sql {
-        row(&format!("weir SQL view (1 worker, child{runs})"), sql);
+    let mut rounds = Vec::new();
+    for number in 1..=args.rounds.max(1) {
+        let round = Round {
+            weir: run_weir(config, &bootstrap, &topic).await?,
+            sql: match args.sql {
+                true => Some(run_sql(config, &bootstrap, &topic).await?),
+                false => None,
+            },
+            hand: {
+                let (bootstrap, topic, events) = (bootstrap.clone(), topic.clone(), args.events);
+                tokio::task::spawn_blocking(move || hand_loop(&bootstrap, &topic, events)).await??
+            },
+            quix: match args.no_quix {
+                true => None,
+                false => {
+                    let events = args.quix_events.unwrap_or(args.events);
+                    Some(run_quix(&bootstrap, &topic, events).await?)
+                }
+            },
+        };
+        println!("round {number}: {}", round.describe());
+        rounds.push(round);
     }
-    row("hand loop (1 thread, HashMap)", &hand);
-    if let Some(quix) = &quix {
-        row("quix streams (.final(), 1 process)", quix);
-        println!(
-            "\nweir / quix streams: {:.1}x  (target >= 20x per core)",
-            weir.events_per_second() / quix.events_per_second()
-        );
-    }
-    println!(
-        "weir / hand loop: {:.2}  (target >= 0.5)\n\
-         The machine has 2 cores shared by the broker, the job and librdkafka's threads.",
-        weir.events_per_second() / hand.events_per_second()
-    );
-    if let Some(sql) = &sql {
-        println!(
-            "weir SQL view / weir job: {:.2}  (target >= 0.9)",
-            sql.events_per_second() / weir.events_per_second()
-        );
-        if let Some(quix) = &quix {
-            println!(
-                "weir SQL view / quix streams: {:.1}x  (target >= 20x per core)",
-                sql.events_per_second() / quix.events_per_second()
-            );
-        }
+    println!();
+    report(&rounds);
+    if args.sql {
         batch(&bus, &topic).await?;
     }
     drop(bus);
     if let Some(broker) = broker {
-        broker.stop().await;
+        crate::stop_broker(broker).await;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One round: every side once.
+struct Round {
+    weir: Figure,
+    sql: Option<Figure>,
+    hand: Figure,
+    quix: Option<Figure>,
+}
+
+impl Round {
+    fn sides(&self) -> Vec<(&'static str, &Figure)> {
+        let mut sides = vec![("weir job (1 worker, child process)", &self.weir)];
+        if let Some(sql) = &self.sql {
+            sides.push(("weir SQL view (1 worker, child process)", sql));
+        }
+        sides.push(("hand loop (1 thread, HashMap, in process)", &self.hand));
+        if let Some(quix) = &self.quix {
+            sides.push(("quix streams (.final(), child process)", quix));
+        }
+        sides
+    }
+
+    fn describe(&self) -> String {
+        self.sides()
+            .iter()
+            .map(|(name, figure)| {
+                let name = name.split(" (").next().unwrap_or(name);
+                format!("{name} {:.0} events/s", figure.events_per_second())
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Each side's median over the rounds with its lowest and highest, and
+/// the ratios taken round by round.
+fn report(rounds: &[Round]) {
+    println!(
+        "{} round(s); each figure: median [lowest–highest]\n{:<44} {:>28} {:>18} {:>22}",
+        rounds.len(),
+        "",
+        "events/s",
+        "peak RSS MiB",
+        "vs hand loop"
+    );
+    let spread = |precision: usize, figure: &dyn Fn(&Round) -> Option<f64>| {
+        Spread::of(rounds.iter().filter_map(figure))
+            .map_or("-".to_string(), |s| format!("{s:.precision$}"))
+    };
+    for (i, (name, _)) in rounds[0].sides().iter().enumerate() {
+        let side = |round: &Round| round.sides()[i].1.events_per_second();
+        println!(
+            "{name:<44} {:>28} {:>18} {:>22}",
+            spread(0, &|r| Some(side(r))),
+            spread(0, &|r| r.sides()[i].1.rss_mib),
+            spread(2, &|r| Some(side(r) / r.hand.events_per_second())),
+        );
+    }
+    let ratio = |name: &str, target: &str, figure: &dyn Fn(&Round) -> Option<f64>| {
+        if let Some(spread) = Spread::of(rounds.iter().filter_map(figure)) {
+            println!("{name}: {spread:.2}  ({target})");
+        }
+    };
+    let rate = |f: &Figure| f.events_per_second();
+    println!();
+    ratio("weir / quix streams", "target >= 20x per core", &|r| {
+        Some(rate(&r.weir) / rate(r.quix.as_ref()?))
+    });
+    ratio("weir / hand loop", "target >= 0.5", &|r| {
+        Some(rate(&r.weir) / rate(&r.hand))
+    });
+    ratio("weir SQL view / weir job", "target >= 0.9", &|r| {
+        Some(rate(r.sql.as_ref()?) / rate(&r.weir))
+    });
+    ratio(
+        "weir SQL view / quix streams",
+        "target >= 20x per core",
+        &|r| Some(rate(r.sql.as_ref()?) / rate(r.quix.as_ref()?)),
+    );
+    println!(
+        "Ratios are taken round by round. The machine's cores are shared by the broker, the job and librdkafka's threads; \
+         the Weir and Quix processes are timed from their start to their exit, the hand loop from its first read."
+    );
 }
 
 struct Figure {
     events: usize,
     seconds: f64,
     rss_mib: Option<f64>,
-}
-
-/// The faster of two figures.
-fn best(so_far: Option<Figure>, figure: Figure) -> Option<Figure> {
-    match so_far {
-        Some(other) if other.events_per_second() >= figure.events_per_second() => Some(other),
-        _ => Some(figure),
-    }
 }
 
 impl Figure {
@@ -533,11 +563,14 @@ fn hand_loop(bootstrap: &str, topic: &str, events: usize) -> anyhow::Result<Figu
     })
 }
 
+/// Quix Streams on `events` events in a child process, timed as the Weir
+/// job is: from its start to its exit.
 async fn run_quix(bootstrap: &str, topic: &str, events: usize) -> anyhow::Result<Figure> {
     let python = std::env::var_os("WEIR_PYTHON")
         .map(PathBuf::from)
         .context("WEIR_PYTHON is not set: run the benchmark with `cargo xtask bench hop` (it builds the Python environment with Quix Streams), or pass --no-quix")?;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../python/bench/quix_hop.py");
+    let started = Instant::now();
     let child = tokio::process::Command::new(python)
         .arg(&script)
         .args([bootstrap, topic, &events.to_string(), "final"])
@@ -560,6 +593,7 @@ async fn run_quix(bootstrap: &str, topic: &str, events: usize) -> anyhow::Result
             }
         }
     };
+    let seconds = started.elapsed().as_secs_f64();
     let (output, rss) = output;
     let line = String::from_utf8_lossy(&output.stdout);
     let report: serde_json::Value = line
@@ -568,7 +602,7 @@ async fn run_quix(bootstrap: &str, topic: &str, events: usize) -> anyhow::Result
         .with_context(|| format!("quix streams printed no result ({})", output.status))?;
     Ok(Figure {
         events: report["events"].as_u64().unwrap_or(0) as usize,
-        seconds: report["seconds"].as_f64().unwrap_or(f64::NAN),
+        seconds,
         rss_mib: rss,
     })
 }

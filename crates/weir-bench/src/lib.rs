@@ -26,6 +26,7 @@ mod hop;
 mod online;
 mod serve;
 mod snapshot;
+mod spread;
 mod tracking;
 
 /// `weir bench`'s arguments.
@@ -250,7 +251,7 @@ async fn bench_bus(config: &Config, args: BusArgs) -> anyhow::Result<ExitCode> {
     drop(publisher);
     drop(bus);
     if let Some(broker) = broker {
-        broker.stop().await;
+        stop_broker(broker).await;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -337,18 +338,80 @@ async fn raw_consume(
     })
 }
 
-/// Starts a server and waits until it accepts connections on `address`;
-/// returns it and the seconds that took.
+/// Stops `broker` once the bus clients of this process have gone: one
+/// still closing when it stops would log that the broker is down.
+pub(crate) async fn stop_broker(broker: EmbeddedBroker) {
+    let _ = tokio::task::spawn_blocking(weir_bus::wait_for_dropped_clients).await;
+    broker.stop().await;
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A child process leading a process group of its own: when this is
+/// dropped, every process of the group is killed — a Python server's
+/// workers (gunicorn's, uvicorn's) too, which a kill of the child alone
+/// would leave running.
+pub(crate) struct Group(tokio::process::Child);
+
+impl Group {
+    /// Spawns `command` as the leader of a new process group.
+    pub(crate) fn spawn(command: &mut tokio::process::Command) -> std::io::Result<Self> {
+        command
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .map(Self)
+    }
+}
+
+/// `command.spawn_group()`: [`Group::spawn`].
+pub(crate) trait SpawnGroup {
+    /// Spawns the command as the leader of a new process group.
+    fn spawn_group(&mut self) -> std::io::Result<Group>;
+}
+
+impl SpawnGroup for tokio::process::Command {
+    fn spawn_group(&mut self) -> std::io::Result<Group> {
+        Group::spawn(self)
+    }
+}
+
+impl std::ops::Deref for Group {
+    type Target = tokio::process::Child;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Group {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Starts a server (as a process group) and waits until it accepts
+/// connections on `address`; returns it and the seconds that took.
 pub(crate) async fn start_listening(
     mut command: tokio::process::Command,
     address: SocketAddr,
-) -> anyhow::Result<(tokio::process::Child, f64)> {
+) -> anyhow::Result<(Group, f64)> {
     let started = Instant::now();
-    let mut server = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
+    let mut server = Group::spawn(command.stdout(Stdio::null()).stderr(Stdio::null()))
         .context("starting the server")?;
     let deadline = started + Duration::from_secs(180);
     while tokio::net::TcpStream::connect(address).await.is_err() {

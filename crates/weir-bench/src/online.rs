@@ -9,7 +9,7 @@
 //! request are compared first.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use serde_json::{Value as Json, json};
 use weir_features::online::{OnlineStore, OnlineView};
 
 use crate::hop::peak_rss_mib;
+use crate::{SpawnGroup as _, free_port};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -56,10 +57,6 @@ fn view() -> OnlineView {
         time: "window_end".into(),
         created: None,
     }
-}
-
-fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// The request body asking for every feature of `count` users from `first`.
@@ -119,8 +116,7 @@ async fn compare(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
         .arg(&store_dir)
         .args(["--listen", &weir_address.to_string()])
         .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+        .spawn_group()?;
     let mut servers = vec![("weir (RocksDB, axum)", weir, weir_address)];
     if !args.no_feast {
         let python = PathBuf::from(std::env::var_os("WEIR_PYTHON").context(
@@ -155,8 +151,7 @@ async fn compare(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
             .current_dir(&repo)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
+            .spawn_group()?;
         servers.push(("feast serve (SQLite, Python)", feast, address));
     }
     for (name, server, address) in &mut servers {

@@ -22,7 +22,7 @@
 //! `weir score`'s pipeline vs raw ONNX Runtime over the same chunks held
 //! in memory, on the same number of threads.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::Arc;
@@ -40,6 +40,8 @@ use weir_onnx::{Model, SessionOptions};
 use weir_serve::deployment::ModelColumns;
 use weir_serve::runner::{LoadedModel, ModelSet};
 use weir_serve::spec::Batching;
+
+use crate::{SpawnGroup as _, free_port};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -73,10 +75,6 @@ const FEATURES: usize = 30;
 const INFER: &str = "/v2/models/gbdt/infer";
 /// The no-op server's name in the table.
 const NOOP: &str = "no-op OIP server (axum, no work)";
-
-fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
 
 fn columns() -> ModelColumns {
     ModelColumns {
@@ -434,8 +432,7 @@ async fn compare(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
         .args(["--listen", &weir_address.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+        .spawn_group()?;
     let unlogged_address = free_port()?;
     let unlogged = tokio::process::Command::new(std::env::current_exe()?)
         .args(["bench", "serve", "--unlogged", "--serve"])
@@ -443,8 +440,7 @@ async fn compare(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
         .args(["--listen", &unlogged_address.to_string()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+        .spawn_group()?;
     let noop_address = free_port()?;
     let noop = tokio::process::Command::new(std::env::current_exe()?)
         .args([
@@ -456,8 +452,7 @@ async fn compare(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
+        .spawn_group()?;
     let mut servers = vec![
         ("weir serve (ort, axum, logged)", weir, weir_address),
         (
@@ -473,8 +468,7 @@ async fn compare(args: &Args, dir: &Path) -> anyhow::Result<ExitCode> {
             .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
+            .spawn_group()?;
         servers.push((
             "mlserver 1.7.1 (sklearn, 0 workers)",
             mlserver,

@@ -19,13 +19,14 @@
 //! wrote, timed until it accepts connections: Weir from its query store,
 //! and Weir rebuilding the store from the whole of `weir.meta`.
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
+use crate::free_port;
 use crate::hop::peak_rss_mib;
 
 #[derive(clap::Args)]
@@ -39,10 +40,6 @@ pub struct Args {
     /// Skip MLflow.
     #[arg(long)]
     no_mlflow: bool,
-}
-
-fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 /// What one server did.
@@ -222,7 +219,7 @@ async fn both_ways(
 
 /// Stops a server as Ctrl-C would (it saves and closes), killing it if it
 /// has not exited after a minute.
-async fn stop(server: &mut tokio::process::Child) {
+async fn stop(server: &mut crate::Group) {
     if let Some(pid) = server.id() {
         let _ = tokio::process::Command::new("kill")
             .args(["-INT", &pid.to_string()])

@@ -21,6 +21,8 @@ use weir_core::topics;
 use crate::decode_error::{DeadLetterReason, DecodeError};
 use crate::{Admin, Bus, BusConfig, BusError, OutRecord, PendingDelivery, Producer, TopicSpec};
 
+/// What every dead-letter header's name starts with.
+pub const HEADER_PREFIX: &str = "weir.dlq.";
 /// Header naming the reason.
 pub const REASON: &str = "weir.dlq.reason";
 /// Header with the full error message.
@@ -203,7 +205,7 @@ pub fn headers(source: &Source<'_>, error: &DecodeError) -> OwnedHeaders {
 pub fn describe(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter(|(key, _)| key.starts_with("weir.dlq."))
+        .filter(|(key, _)| key.starts_with(HEADER_PREFIX))
         .map(|(key, value)| (key.clone(), String::from_utf8_lossy(value).into_owned()))
         .collect()
 }
@@ -213,7 +215,7 @@ pub fn describe(headers: &[(String, Vec<u8>)]) -> Vec<(String, String)> {
 pub fn to_json(record: &crate::RawRecord) -> serde_json::Value {
     let reasons: serde_json::Map<String, serde_json::Value> = describe(&record.headers)
         .into_iter()
-        .map(|(k, v)| (k.trim_start_matches("weir.dlq.").to_string(), v.into()))
+        .map(|(k, v)| (k.trim_start_matches(HEADER_PREFIX).to_string(), v.into()))
         .collect();
     serde_json::json!({
         "partition": record.partition,

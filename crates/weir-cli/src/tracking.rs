@@ -181,7 +181,7 @@ pub async fn runs(config: &Config, args: RunsArgs) -> anyhow::Result<ExitCode> {
             let run = state.run(&run)?;
             println!(
                 "{}",
-                serde_json::to_string_pretty(&weir_meta::state::run_json(run))?
+                serde_json::to_string_pretty(&weir_meta::mlflow_json::run_json(run))?
             );
         }
         RunsCommand::Reproduce { .. } => unreachable!("handled above"),

@@ -8,12 +8,33 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, UInt32Array};
 use arrow::compute::take_record_batch;
-use arrow::datatypes::SchemaRef;
+use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::error::ArrowError;
 use arrow::ipc::reader::StreamReader;
 use arrow::ipc::writer::StreamWriter;
 use arrow::row::{RowConverter, Rows, SortField};
 use serde::de::Error as _;
 use serde::ser::Error as _;
+
+/// `schema` with `fields` after its own (its metadata left behind).
+pub fn schema_with(schema: &Schema, fields: impl IntoIterator<Item = Field>) -> SchemaRef {
+    let mut all: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    all.extend(fields);
+    Arc::new(Schema::new(all))
+}
+
+/// `batch` with `columns` after its own: each a field and its values, a
+/// value per row.
+pub fn with_columns(
+    batch: &RecordBatch,
+    columns: impl IntoIterator<Item = (Field, ArrayRef)>,
+) -> Result<RecordBatch, ArrowError> {
+    let (fields, arrays): (Vec<Field>, Vec<ArrayRef>) = columns.into_iter().unzip();
+    let schema = schema_with(&batch.schema(), fields);
+    let mut all = batch.columns().to_vec();
+    all.extend(arrays);
+    RecordBatch::try_new(schema, all)
+}
 
 /// An Arrow record batch that timely can exchange.
 #[derive(Clone, Debug, PartialEq)]

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -21,7 +20,6 @@ use crate::decode::arrow_schema;
 use crate::lookup::{Lookup, LookupPlan};
 use crate::plan::{AggregatePlan, plan_aggregate};
 use crate::sink::Sink;
-use crate::source::parquet_schema;
 use crate::transform::{Transform, plan_transform};
 use crate::window::Window;
 
@@ -42,13 +40,16 @@ pub const KAFKA_TIMESTAMP: &str = "_timestamp";
 
 /// `schema` with the [`KAFKA_TIMESTAMP`] column added at the end.
 pub(crate) fn with_kafka_timestamp(schema: &Schema) -> SchemaRef {
-    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
-    fields.push(Field::new(
+    crate::batch::schema_with(schema, [kafka_timestamp_field()])
+}
+
+/// The column a source adds with each record's Kafka timestamp.
+pub(crate) fn kafka_timestamp_field() -> Field {
+    Field::new(
         KAFKA_TIMESTAMP,
         DataType::Timestamp(TimeUnit::Millisecond, None),
         false,
-    ));
-    Arc::new(Schema::new(fields))
+    )
 }
 
 /// Where a source starts when the job has no checkpoint.
@@ -464,4 +465,14 @@ pub async fn plan(spec: JobSpec, bus: &Bus) -> Result<Pipeline, DataflowError> {
         checkpoint_interval: spec.checkpoint_interval,
         state_dir: spec.state_dir,
     })
+}
+
+/// The Arrow schema of a Parquet file.
+pub fn parquet_schema(path: &std::path::Path) -> Result<SchemaRef, DataflowError> {
+    let file = std::fs::File::open(path)
+        .map_err(|e| DataflowError::Plan(format!("{}: {e}", path.display())))?;
+    let builder =
+        datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| DataflowError::Plan(format!("{}: {e}", path.display())))?;
+    Ok(builder.schema().clone())
 }

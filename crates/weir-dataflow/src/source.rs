@@ -30,10 +30,11 @@ use weir_bus::{DeadLetterReason, DecodeError};
 
 use crate::DataflowError;
 use crate::aggregate::event_times;
+use crate::batch::with_columns;
 use crate::decode::RecordDecoder;
 use crate::kafka::{Producer, dead_letter, flush, producer};
 use crate::lookup::LookupTable;
-use crate::pipeline::{KAFKA_TIMESTAMP, Pipeline, Source, Start, Status, with_kafka_timestamp};
+use crate::pipeline::{KAFKA_TIMESTAMP, Pipeline, Source, Start, Status, kafka_timestamp_field};
 use crate::store::{OperatorId, Store};
 use crate::transform::Transform;
 
@@ -428,9 +429,7 @@ impl SourceState {
                     .iter()
                     .map(|i| messages[*i].timestamp().to_millis().unwrap_or(0)),
             );
-            let mut columns = batch.columns().to_vec();
-            columns.push(Arc::new(times));
-            batch = RecordBatch::try_new(with_kafka_timestamp(&batch.schema()), columns)
+            batch = with_columns(&batch, [(kafka_timestamp_field(), Arc::new(times) as _)])
                 .map_err(|e| DataflowError::Execution(e.to_string()))?;
         }
         let row_partitions: Vec<i32> = decoded
@@ -703,13 +702,4 @@ pub(crate) fn parquet_rows(path: &std::path::Path) -> Result<i64, DataflowError>
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| DataflowError::Execution(format!("{}: {e}", path.display())))?;
     Ok(builder.metadata().file_metadata().num_rows())
-}
-
-/// The Arrow schema of a Parquet file.
-pub fn parquet_schema(path: &std::path::Path) -> Result<SchemaRef, DataflowError> {
-    let file =
-        File::open(path).map_err(|e| DataflowError::Plan(format!("{}: {e}", path.display())))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| DataflowError::Plan(format!("{}: {e}", path.display())))?;
-    Ok(builder.schema().clone())
 }

@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use arrow::array::{Int64Array, RecordBatch};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::Int64Array;
+use arrow::datatypes::{DataType, Field};
 use weir_bus::Bus;
 use weir_catalog::{At, Reference};
+use weir_dataflow::batch::with_columns;
 use weir_sql::registry::{Registry, output_schema};
 
 use crate::FeaturesError;
@@ -190,20 +191,14 @@ async fn view_rows(
     }
     let mut written = Vec::new();
     for (batch, origins) in rows.batches.iter().zip(&rows.origins) {
-        let mut fields: Vec<Field> = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.push(Field::new("__created", DataType::Int64, false));
-        let mut columns = batch.columns().to_vec();
         // Offsets order the rows of a partition, and an entity's rows are
         // in one partition (the topic is keyed by entity).
-        columns.push(Arc::new(Int64Array::from_iter_values(
-            origins.iter().map(|(_, offset)| *offset),
-        )));
-        written.push(RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(failed)?);
+        let created = Int64Array::from_iter_values(origins.iter().map(|(_, offset)| *offset));
+        let created = (
+            Field::new("__created", DataType::Int64, false),
+            Arc::new(created) as _,
+        );
+        written.push(with_columns(batch, [created]).map_err(failed)?);
     }
     if written.is_empty() {
         return Err(failed(format!(

@@ -32,6 +32,7 @@ pub mod artifacts;
 pub mod compare;
 pub mod event;
 pub mod lineage;
+pub mod mlflow_json;
 mod pages;
 pub mod records;
 pub mod search;

@@ -20,13 +20,11 @@ use serde_json::{Value as Json, json};
 use weir_core::now_ms;
 
 use crate::event::{Event, KeyValue, Metric, float};
+use crate::mlflow_json::{experiment_json, model_json, run_info_json, run_json, version_json};
 use crate::search::{
     AttributeType, Field, FieldKind, FieldValue, Filter, OrderBy, Searchable, page,
 };
-use crate::state::{
-    self, DEFAULT_EXPERIMENT, Experiment, Model, Run, State, Version, experiment_json, model_json,
-    run_info_json, run_json, version_json,
-};
+use crate::state::{self, DEFAULT_EXPERIMENT, Experiment, Model, Run, State, Version};
 use crate::{ErrorCode, MetaError, Tracker};
 
 /// The most results one search page may ask for.

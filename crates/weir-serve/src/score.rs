@@ -21,9 +21,10 @@ use arrow::array::{
     Array, ArrayRef, Float32Array, Float64Array, Int64Array, RecordBatch, StringArray,
 };
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::datatypes::{DataType, Field};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::file::properties::WriterProperties;
+use weir_dataflow::batch::with_columns;
 use weir_onnx::{Output, Values};
 
 use crate::ServeError;
@@ -226,21 +227,13 @@ pub async fn score(
                      writer: &mut Option<ArrowWriter<File>>|
      -> Result<(), ServeError> {
         let rows = batch.num_rows();
-        let mut fields: Vec<Field> = batch
-            .schema()
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        let mut arrays: Vec<ArrayRef> = batch.columns().to_vec();
-        for out in &scored.outputs {
-            for (name, array) in columns(out, rows, classes) {
-                fields.push(Field::new(name, array.data_type().clone(), false));
-                arrays.push(array);
-            }
-        }
-        let scored = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays)
-            .map_err(|e| ServeError::Internal(e.to_string()))?;
+        let added = scored.outputs.iter().flat_map(|out| {
+            columns(out, rows, classes)
+                .into_iter()
+                .map(|(name, array)| (Field::new(name, array.data_type().clone(), false), array))
+        });
+        let scored =
+            with_columns(&batch, added).map_err(|e| ServeError::Internal(e.to_string()))?;
         if writer.is_none() {
             let file =
                 File::create(output).map_err(|e| failed(&output.display().to_string(), e))?;

@@ -33,7 +33,7 @@ async fn a_two_process_cluster_gives_the_same_results() {
         };
         handles.push(
             start(
-                spec("cluster", "cluster-in", h.state.path(), window, sink),
+                spec("cluster", "cluster-in", h.dir.path(), window, sink),
                 &h.bus,
                 cluster,
             )

@@ -61,7 +61,7 @@ async fn late_and_malformed_records_go_to_the_dead_letter_topic() {
     let window = Window::tumbling(Duration::from_secs(10)).unwrap();
     let (sink, results) = memory();
     let handle = start(
-        spec("dirty", "dirty", h.state.path(), window, sink),
+        spec("dirty", "dirty", h.dir.path(), window, sink),
         &h.bus,
         Cluster::local(1),
     )
@@ -118,7 +118,7 @@ async fn a_partition_with_records_left_to_read_is_never_idle() {
     crate::support::publish(&h.bus, "backlog", 4, &events).await;
     let window = Window::tumbling(Duration::from_secs(10)).unwrap();
     let (sink, results) = memory();
-    let mut spec = spec("backlog", "backlog", h.state.path(), window, sink);
+    let mut spec = spec("backlog", "backlog", h.dir.path(), window, sink);
     let weir_dataflow::job::Source::Kafka(source) = &mut spec.source else {
         unreachable!("a Kafka source");
     };
@@ -183,7 +183,7 @@ async fn an_empty_partition_goes_idle_and_windows_close() {
     }
     let window = Window::tumbling(Duration::from_secs(10)).unwrap();
     let (sink, results) = memory();
-    let mut spec = spec("one-sided", "one-sided", h.state.path(), window, sink);
+    let mut spec = spec("one-sided", "one-sided", h.dir.path(), window, sink);
     let source = crate::support::kafka_source(&mut spec);
     source.bounded = false;
     source.lateness = Duration::ZERO;

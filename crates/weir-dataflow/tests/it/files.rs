@@ -47,7 +47,7 @@ async fn a_topic_archived_to_parquet_backfills_the_same_windows() {
     let h = Harness::start().await;
     let data = events(9_000, 30, 50, 1_000, 8);
     publish(&h.bus, "archive-in", 3, &data).await;
-    let archive = h.state.path().join("archive");
+    let archive = h.dir.path().join("archive");
     let window = Window::tumbling(Duration::from_secs(30)).unwrap();
 
     // Stateless: filter and project into Parquet, one file per worker and
@@ -55,7 +55,7 @@ async fn a_topic_archived_to_parquet_backfills_the_same_windows() {
     let mut job = spec(
         "archive",
         "archive-in",
-        h.state.path(),
+        h.dir.path(),
         window,
         Sink::Parquet {
             dir: archive.clone(),
@@ -102,7 +102,7 @@ async fn a_topic_archived_to_parquet_backfills_the_same_windows() {
 
     // Backfill: the archive as a source gives the windows of the kept events.
     let (sink, _) = memory();
-    let mut backfill = spec("backfill", "unused", h.state.path(), window, sink);
+    let mut backfill = spec("backfill", "unused", h.dir.path(), window, sink);
     backfill.source = Source::Parquet(ParquetSource {
         path: archive.clone(),
         event_time: "event_time".into(),
@@ -116,12 +116,12 @@ async fn windows_upsert_a_rocksdb_table() {
     let h = Harness::start().await;
     let data = events(5_000, 20, 50, 1_000, 9);
     publish(&h.bus, "table-in", 2, &data).await;
-    let path = h.state.path().join("spend.db");
+    let path = h.dir.path().join("spend.db");
     let window = Window::tumbling(Duration::from_secs(60)).unwrap();
     let job = spec(
         "table",
         "table-in",
-        h.state.path(),
+        h.dir.path(),
         window,
         Sink::Table {
             path: path.clone(),

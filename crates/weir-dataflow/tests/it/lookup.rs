@@ -72,7 +72,7 @@ async fn events_join_the_latest_row_of_their_merchant() {
         let mut job = spec(
             &format!("lookup-{kind:?}"),
             "payments",
-            h.state.path(),
+            h.dir.path(),
             window,
             sink,
         );

@@ -9,36 +9,14 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use serde_json::json;
-use weir_broker::{EmbeddedBroker, Storage};
-use weir_bus::{Bus, BusConfig, OutRecord, TopicSpec};
+use weir_bus::{Bus, OutRecord, TopicSpec};
 use weir_dataflow::aggregate::Emit;
 use weir_dataflow::job::{
     Aggregation, Cluster, JobHandle, JobSpec, KafkaSource, MemorySink, Sink, Source, start,
 };
 use weir_dataflow::window::Window;
 
-pub struct Harness {
-    pub bus: Bus,
-    /// Kept alive for the test.
-    pub _broker: EmbeddedBroker,
-    pub state: tempfile::TempDir,
-}
-
-impl Harness {
-    pub async fn start() -> Self {
-        let broker = EmbeddedBroker::start_on_free_port(Storage::Memory)
-            .await
-            .unwrap();
-        let bus = Bus::connect(BusConfig::new(broker.bootstrap_servers()))
-            .await
-            .unwrap();
-        Self {
-            bus,
-            _broker: broker,
-            state: tempfile::tempdir().unwrap(),
-        }
-    }
-}
+pub use weir_test_support::Harness;
 
 /// One synthetic card transaction.
 #[derive(Debug, Clone)]

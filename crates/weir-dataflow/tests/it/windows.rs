@@ -20,7 +20,7 @@ async fn hopping_windows_on_out_of_order_data_equal_the_reference() {
     let (sink, _) = memory();
     let got = run_to_end(
         &h.bus,
-        spec("hop", "hop-in", h.state.path(), window, sink),
+        spec("hop", "hop-in", h.dir.path(), window, sink),
         Cluster::local(1),
     )
     .await;
@@ -37,7 +37,7 @@ async fn tumbling_windows_with_one_and_two_workers_agree() {
     let (sink, _) = memory();
     let one = run_to_end(
         &h.bus,
-        spec("t1", "tumble-in", h.state.path(), window, sink),
+        spec("t1", "tumble-in", h.dir.path(), window, sink),
         Cluster::local(1),
     )
     .await;
@@ -45,7 +45,7 @@ async fn tumbling_windows_with_one_and_two_workers_agree() {
     let (sink, _) = memory();
     let two = run_to_end(
         &h.bus,
-        spec("t2", "tumble-in", h.state.path(), window, sink),
+        spec("t2", "tumble-in", h.dir.path(), window, sink),
         Cluster::local(2),
     )
     .await;
@@ -63,7 +63,7 @@ async fn session_windows_equal_the_reference() {
     let (sink, results) = memory();
     let got = run_to_end(
         &h.bus,
-        spec("sessions", "session-in", h.state.path(), window, sink),
+        spec("sessions", "session-in", h.dir.path(), window, sink),
         Cluster::local(2),
     )
     .await;
@@ -99,7 +99,7 @@ async fn every_aggregate_equals_the_reference() {
     publish(&h.bus, "aggregates-in", 2, &data).await;
     let window = Window::tumbling(Duration::from_secs(20)).unwrap();
     let (sink, results) = memory();
-    let mut job = spec("aggregates", "aggregates-in", h.state.path(), window, sink);
+    let mut job = spec("aggregates", "aggregates-in", h.dir.path(), window, sink);
     job.aggregation.as_mut().unwrap().aggregates = vec![
         ("n".into(), "count(*)".into()),
         ("total".into(), "sum(amount)".into()),
@@ -181,7 +181,7 @@ async fn updates_end_with_the_values_of_closed_windows() {
     publish(&h.bus, "update-in", 2, first).await;
     let window = Window::hopping(Duration::from_secs(40), Duration::from_secs(20)).unwrap();
     let (sink, results) = memory();
-    let mut job = spec("updates", "update-in", h.state.path(), window, sink);
+    let mut job = spec("updates", "update-in", h.dir.path(), window, sink);
     job.aggregation.as_mut().unwrap().emit = Emit::OnUpdate;
     job.checkpoint_interval = Duration::from_secs(3600);
     crate::support::kafka_source(&mut job).bounded = false;
@@ -243,7 +243,7 @@ async fn a_checkpoint_can_be_asked_for() {
     publish(&h.bus, "asked-in", 2, &data).await;
     let window = Window::tumbling(Duration::from_secs(10)).unwrap();
     let (sink, _) = memory();
-    let mut job = spec("asked", "asked-in", h.state.path(), window, sink);
+    let mut job = spec("asked", "asked-in", h.dir.path(), window, sink);
     job.checkpoint_interval = Duration::from_secs(3600);
     crate::support::kafka_source(&mut job).bounded = false;
     let handle = start(job, &h.bus, Cluster::local(2)).await.unwrap();
@@ -275,7 +275,7 @@ async fn a_job_that_has_read_everything_reports_no_lag() {
     publish(&h.bus, "lag-in", 2, &data).await;
     let window = Window::tumbling(Duration::from_secs(10)).unwrap();
     let (sink, _) = memory();
-    let mut job = spec("lag", "lag-in", h.state.path(), window, sink);
+    let mut job = spec("lag", "lag-in", h.dir.path(), window, sink);
     crate::support::kafka_source(&mut job).bounded = false;
     let handle = start(job, &h.bus, Cluster::local(1)).await.unwrap();
     crate::support::wait_until_read(&handle, data.len()).await;
@@ -312,7 +312,7 @@ async fn a_job_whose_operator_fails_ends_with_the_error_rather_than_hanging() {
     publish(&h.bus, "failing-in", 2, &data).await;
     let window = Window::tumbling(Duration::from_secs(10)).unwrap();
     let (sink, _) = memory();
-    let mut job = spec("failing", "failing-in", h.state.path(), window, sink);
+    let mut job = spec("failing", "failing-in", h.dir.path(), window, sink);
     // User ids are `u…`: casting them to a number fails on the first batch.
     job.select = Some(weir_dataflow::job::Select {
         filter: None,

@@ -9,8 +9,6 @@ use arrow::array::{Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use serde_json::json;
-use weir_broker::{EmbeddedBroker, Storage};
-use weir_bus::{Bus, BusConfig};
 use weir_features::datasets::{Datasets, Query, Registration, register};
 
 fn table(path: &std::path::Path, rows: i64) {
@@ -35,13 +33,7 @@ fn table(path: &std::path::Path, rows: i64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn datasets_are_versioned_by_content_and_found() {
-    let broker = EmbeddedBroker::start_on_free_port(Storage::Memory)
-        .await
-        .unwrap();
-    let bus = Bus::connect(BusConfig::new(broker.bootstrap_servers()))
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let weir_test_support::Harness { bus, broker, dir } = weir_test_support::Harness::start().await;
 
     // Unstructured: a folder of "images" with per-file labels.
     let images = dir.path().join("images");

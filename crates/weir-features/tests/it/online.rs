@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use weir_broker::{EmbeddedBroker, Storage};
-use weir_bus::{Bus, BusConfig, OutRecord, TopicSpec};
+use weir_bus::{Bus, OutRecord, TopicSpec};
 use weir_features::http::{Served, router};
 use weir_features::materialize::Materializer;
 use weir_features::online::{OnlineStore, OnlineView, Status};
@@ -54,12 +53,7 @@ async fn publish(bus: &Bus, topic: &str, rows: &[Value]) -> Vec<(i32, i64, Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_keeps_the_latest_window_and_a_replay_changes_nothing() {
-    let broker = EmbeddedBroker::start_on_free_port(Storage::Memory)
-        .await
-        .unwrap();
-    let bus = Bus::connect(BusConfig::new(broker.bootstrap_servers()))
-        .await
-        .unwrap();
+    let weir_test_support::Harness { bus, broker, dir } = weir_test_support::Harness::start().await;
     let v = view(None);
     // Windows out of order, and a repeated window (the later write wins).
     let rows = vec![
@@ -70,7 +64,6 @@ async fn the_store_keeps_the_latest_window_and_a_replay_changes_nothing() {
         Value::String("not a row".into()),
     ];
     let records = publish(&bus, &v.topic, &rows).await;
-    let dir = tempfile::tempdir().unwrap();
     let entities = vec![
         vec!["1001".to_string()],
         vec!["9999".to_string()],

@@ -8,16 +8,11 @@ mod lease;
 mod replay;
 mod store;
 
-use weir_broker::{EmbeddedBroker, Storage};
-use weir_bus::{Bus, BusConfig};
+use weir_broker::EmbeddedBroker;
+use weir_bus::Bus;
 
 /// A broker (memory storage) and a bus to it.
 pub async fn broker() -> (EmbeddedBroker, Bus) {
-    let broker = EmbeddedBroker::start_on_free_port(Storage::Memory)
-        .await
-        .unwrap();
-    let bus = Bus::connect(BusConfig::new(broker.bootstrap_servers()))
-        .await
-        .unwrap();
-    (broker, bus)
+    let harness = weir_test_support::Harness::start().await;
+    (harness.broker, harness.bus)
 }

@@ -21,22 +21,25 @@ use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use weir_broker::{EmbeddedBroker, Storage};
-use weir_bus::{Bus, BusConfig, ConsumerOptions, StartFrom};
+use weir_bus::{ConsumerOptions, StartFrom};
 use weir_features::datasets::Datasets;
 use weir_meta::Tracker;
 use weir_meta::artifacts::ArtifactStore;
 use weir_serve::Registry;
 
-/// A broker, a tracker and a scratch directory.
+/// A broker, a bus, a scratch directory (through `Deref`) and a tracker.
 pub struct Platform {
-    _broker: EmbeddedBroker,
-    /// The bus to the broker.
-    pub bus: Bus,
     /// Runs and models.
     pub tracker: Tracker,
-    /// Scratch, data and the artifact store.
-    pub dir: tempfile::TempDir,
+    harness: weir_test_support::Harness,
+}
+
+impl std::ops::Deref for Platform {
+    type Target = weir_test_support::Harness;
+
+    fn deref(&self) -> &Self::Target {
+        &self.harness
+    }
 }
 
 impl Platform {
@@ -44,20 +47,11 @@ impl Platform {
     pub async fn start() -> Self {
         let python = python();
         assert!(python.exists(), "{} does not exist", python.display());
-        let broker = EmbeddedBroker::start_on_free_port(Storage::Memory)
+        let harness = weir_test_support::Harness::start().await;
+        let tracker = Tracker::open(&harness.bus, self_store(harness.dir.path()))
             .await
             .unwrap();
-        let bus = Bus::connect(BusConfig::new(broker.bootstrap_servers()))
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let tracker = Tracker::open(&bus, self_store(dir.path())).await.unwrap();
-        Self {
-            _broker: broker,
-            bus,
-            tracker,
-            dir,
-        }
+        Self { tracker, harness }
     }
 
     /// The registry as serving follows it.

@@ -9,31 +9,25 @@ use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use serde_json::json;
-use weir_broker::{EmbeddedBroker, Storage};
-use weir_bus::{Bus, BusConfig, ConsumerOptions, StartFrom, TopicSpec};
+use weir_bus::{Bus, ConsumerOptions, StartFrom, TopicSpec};
 use weir_dataflow::job::{Cluster, JobHandle, Source, Status};
 use weir_sql::Plan;
 use weir_sql::registry::{self, Registry};
 
-pub struct Harness {
-    pub bus: Bus,
-    pub _broker: EmbeddedBroker,
-    pub dir: tempfile::TempDir,
+/// The shared harness, with what the views' tests do on it.
+pub struct Harness(weir_test_support::Harness);
+
+impl std::ops::Deref for Harness {
+    type Target = weir_test_support::Harness;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 impl Harness {
     pub async fn start() -> Self {
-        let broker = EmbeddedBroker::start_on_free_port(Storage::Memory)
-            .await
-            .unwrap();
-        let bus = Bus::connect(BusConfig::new(broker.bootstrap_servers()))
-            .await
-            .unwrap();
-        Self {
-            bus,
-            _broker: broker,
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Self(weir_test_support::Harness::start().await)
     }
 
     /// Writes a view file and returns its path.

@@ -15,45 +15,41 @@ use arrow::datatypes::{DataType, Field, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
-use weir_broker::{EmbeddedBroker, Storage};
-use weir_bus::{Bus, BusConfig};
 use weir_features::datasets::{Datasets, Registration};
 use weir_meta::Tracker;
 use weir_meta::artifacts::ArtifactStore;
 
-/// A broker, a tracker, the datasets and a scratch directory.
+/// A broker, a bus, a scratch directory (through `Deref`), a tracker and
+/// the datasets.
 pub struct Platform {
-    _broker: EmbeddedBroker,
-    /// The bus to the broker.
-    pub bus: Bus,
     /// Runs, models, artifacts.
     pub tracker: Tracker,
     /// Dataset versions, as last loaded.
     pub datasets: Datasets,
-    /// Scratch, data files and the artifact store.
-    pub dir: tempfile::TempDir,
+    harness: weir_test_support::Harness,
+}
+
+impl std::ops::Deref for Platform {
+    type Target = weir_test_support::Harness;
+
+    fn deref(&self) -> &Self::Target {
+        &self.harness
+    }
 }
 
 impl Platform {
     /// Starts it all.
     pub async fn start() -> Self {
         python();
-        let broker = EmbeddedBroker::start_on_free_port(Storage::Memory)
-            .await
-            .unwrap();
-        let bus = Bus::connect(BusConfig::new(broker.bootstrap_servers()))
-            .await
-            .unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let store = ArtifactStore::open(dir.path().join("artifacts").to_str().unwrap()).unwrap();
-        let tracker = Tracker::open(&bus, store).await.unwrap();
-        let datasets = Datasets::load(&bus).await.unwrap();
+        let harness = weir_test_support::Harness::start().await;
+        let artifacts = harness.dir.path().join("artifacts");
+        let store = ArtifactStore::open(artifacts.to_str().unwrap()).unwrap();
+        let tracker = Tracker::open(&harness.bus, store).await.unwrap();
+        let datasets = Datasets::load(&harness.bus).await.unwrap();
         Self {
-            _broker: broker,
-            bus,
             tracker,
             datasets,
-            dir,
+            harness,
         }
     }
 
