@@ -393,3 +393,66 @@ fn serving_page() {
         "{scored}"
     );
 }
+
+/// The Weir crates a manifest's `[dependencies]` name.
+fn weir_dependencies(manifest: &str) -> Vec<String> {
+    let mut in_dependencies = false;
+    let mut found = Vec::new();
+    for line in manifest.lines() {
+        if line.starts_with('[') {
+            in_dependencies = line.trim() == "[dependencies]";
+        } else if in_dependencies && line.starts_with("weir-") {
+            let name = line.split(['.', ' ', '=']).next().unwrap_or_default();
+            found.push(name.to_string());
+        }
+    }
+    found.sort();
+    found.dedup();
+    found
+}
+
+#[test]
+fn architecture_page_lists_each_crates_dependencies() {
+    let page = std::fs::read_to_string(repo().join("docs/architecture.md")).unwrap();
+    let listed: Vec<(String, Vec<String>)> = page
+        .lines()
+        .filter_map(|line| line.split_once('→'))
+        .map(|(name, deps)| {
+            let mut deps: Vec<String> = deps
+                .split_whitespace()
+                .filter(|d| *d != "(none)")
+                .map(String::from)
+                .collect();
+            deps.sort();
+            (name.trim().to_string(), deps)
+        })
+        .collect();
+    let mut crates = Vec::new();
+    for entry in std::fs::read_dir(repo().join("crates")).unwrap() {
+        let manifest = entry.unwrap().path().join("Cargo.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        let name = text
+            .lines()
+            .find_map(|l| l.strip_prefix("name = \""))
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap()
+            .to_string();
+        crates.push((name, weir_dependencies(&text)));
+    }
+    crates.sort();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(
+        sorted, crates,
+        "docs/architecture.md against crates/*/Cargo.toml"
+    );
+    // Top down: a crate depends only on crates listed after it.
+    for (i, (name, deps)) in listed.iter().enumerate() {
+        for dep in deps {
+            assert!(
+                listed[i + 1..].iter().any(|(other, _)| other == dep),
+                "{name} depends on {dep}, which is not listed below it"
+            );
+        }
+    }
+}

@@ -1,4 +1,4 @@
-//! Training and evaluation.
+//! Training, tuning, AutoML and evaluation.
 //!
 //! A training job ([`train`]) reads a dataset version (Parquet), splits it
 //! (by time, or at random with a seed — recorded, so the run can be
@@ -15,7 +15,13 @@
 //!
 //! Evaluation ([`evaluate()`]) scores a registered version on a dataset,
 //! overall and by slice, next to the current champion (a registry alias),
-//! applies a promotion gate, and writes an HTML report.
+//! applies a promotion gate (and moves the champion alias when asked and
+//! passed), and writes an HTML report.
+//!
+//! Tuning ([`tune`]) publishes trials to `weir.jobs.<experiment>`, which
+//! [`tune::worker`] processes run under leases; [`automl`] tunes each model
+//! family in turn. [`overrides`] builds a job from a file and fields (the
+//! command line's options), [`OpenWorkspace`] opens what jobs work with.
 
 pub mod automl;
 pub mod evaluate;
