@@ -5,6 +5,7 @@ mod cli;
 mod dataflow;
 mod docs;
 mod interop;
+mod nested;
 mod reproduce;
 mod setup;
 mod snapshot;

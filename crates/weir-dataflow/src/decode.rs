@@ -7,77 +7,30 @@
 //! fed to the same decoder. A record that fails is returned with its reason
 //! for the dead-letter topic.
 
-use std::sync::Arc;
-
 use apache_avro::Schema as AvroSchema;
 use arrow::array::RecordBatch;
-use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::datatypes::SchemaRef;
 use arrow::json::ReaderBuilder;
 use arrow::json::reader::Decoder;
 use weir_bus::framing::MAGIC_BYTE;
+use weir_bus::registry::SchemaKind;
 use weir_bus::{DeadLetterReason, DecodeError, TopicCodec};
 
 use crate::DataflowError;
+use crate::avro_arrow::AvroShape;
 
-/// The Arrow schema of records described by an Avro record schema.
-/// Nullable unions (`["null", T]`) become nullable `T`; nested records,
-/// arrays and maps are not supported in streams yet.
+/// The Arrow schema of records described by an Avro schema (a record, or
+/// a union of records); see [`AvroShape`] for how each type maps.
 pub fn arrow_schema(avro: &AvroSchema) -> Result<SchemaRef, DataflowError> {
-    let AvroSchema::Record(record) = avro else {
-        return Err(DataflowError::Plan(
-            "a stream's schema must be an Avro record".into(),
-        ));
-    };
-    let fields = record
-        .fields
-        .iter()
-        .map(|field| {
-            let (data_type, nullable) = arrow_type(&field.schema).ok_or_else(|| {
-                DataflowError::Plan(format!(
-                    "field `{}` has an Avro type streams do not support yet: {:?}",
-                    field.name, field.schema
-                ))
-            })?;
-            Ok(Field::new(&field.name, data_type, nullable))
-        })
-        .collect::<Result<Vec<_>, DataflowError>>()?;
-    Ok(Arc::new(Schema::new(fields)))
-}
-
-fn arrow_type(schema: &AvroSchema) -> Option<(DataType, bool)> {
-    use AvroSchema as S;
-    Some(match schema {
-        S::Boolean => (DataType::Boolean, false),
-        S::Int => (DataType::Int32, false),
-        S::Long => (DataType::Int64, false),
-        S::Float => (DataType::Float32, false),
-        S::Double => (DataType::Float64, false),
-        S::String | S::Enum(_) | S::Uuid(_) => (DataType::Utf8, false),
-        S::Bytes => (DataType::Binary, false),
-        S::Date => (DataType::Date32, false),
-        S::TimestampMillis | S::LocalTimestampMillis => {
-            (DataType::Timestamp(TimeUnit::Millisecond, None), false)
-        }
-        S::TimestampMicros | S::LocalTimestampMicros => {
-            (DataType::Timestamp(TimeUnit::Microsecond, None), false)
-        }
-        S::Union(union) => {
-            let variants = union.variants();
-            let non_null: Vec<&AvroSchema> =
-                variants.iter().filter(|v| !matches!(v, S::Null)).collect();
-            match non_null.as_slice() {
-                [single] if non_null.len() < variants.len() => (arrow_type(single)?.0, true),
-                _ => return None,
-            }
-        }
-        _ => return None,
-    })
+    Ok(AvroShape::new(avro)?.arrow_schema())
 }
 
 /// Decodes the records of one poll.
 pub struct RecordDecoder {
     schema: SchemaRef,
     codec: Option<TopicCodec>,
+    /// The topic's Avro schema, which decoded Avro values follow.
+    shape: Option<std::sync::Arc<AvroShape>>,
 }
 
 /// The outcome of decoding a poll: a batch of the good records, with the
@@ -95,7 +48,18 @@ pub struct Decoded {
 impl RecordDecoder {
     /// A decoder producing `schema`; `codec` decodes Avro frames.
     pub fn new(schema: SchemaRef, codec: Option<TopicCodec>) -> Self {
-        Self { schema, codec }
+        let shape = codec
+            .as_ref()
+            .and_then(|codec| codec.schema())
+            .and_then(|registered| match &registered.kind {
+                SchemaKind::Avro(avro) => AvroShape::new(avro.schema).ok().map(std::sync::Arc::new),
+                SchemaKind::Json(_) => None,
+            });
+        Self {
+            schema,
+            codec,
+            shape,
+        }
     }
 
     /// The schema of decoded batches.
@@ -193,8 +157,12 @@ impl RecordDecoder {
             )
         })?;
         let value = codec.decode_cached(bytes)?;
+        let json = match (&self.shape, &value) {
+            (Some(shape), weir_bus::Value::Avro(avro)) => shape.to_json(avro)?,
+            _ => value.to_json(),
+        };
         Ok(std::borrow::Cow::Owned(
-            serde_json::to_vec(&value.to_json()).expect("JSON serializes"),
+            serde_json::to_vec(&json).expect("JSON serializes"),
         ))
     }
 }
@@ -215,11 +183,7 @@ fn feed(decoder: &mut Decoder, text: &[u8]) -> Result<(), String> {
 
 /// The dead-letter reason of an arrow-json error message.
 fn classify(message: &str) -> DecodeError {
-    let field = message
-        .split('\'')
-        .nth(1)
-        .filter(|f| !f.is_empty())
-        .map(str::to_string);
+    let field = field_path(message);
     let reason = if message.contains("missing") || message.contains("non-nullable") {
         DeadLetterReason::MissingField
     } else if message.contains("expected")
@@ -241,10 +205,43 @@ fn classify(message: &str) -> DecodeError {
     }
 }
 
+/// The path of the field an arrow-json error is about (`inputs.shape`):
+/// the fields it was decoding, outermost first, then a missing child's.
+fn field_path(message: &str) -> Option<String> {
+    const DECODING: &str = "whilst decoding field '";
+    const MISSING: &str = "non-nullable StructArray child: Field { \"";
+    let mut path: Vec<&str> = Vec::new();
+    let mut rest = message;
+    while let Some(at) = rest.find(DECODING) {
+        rest = &rest[at + DECODING.len()..];
+        let end = rest.find('\'').unwrap_or(rest.len());
+        path.push(&rest[..end]);
+        rest = &rest[end..];
+    }
+    if let Some(at) = rest.find(MISSING) {
+        let name = &rest[at + MISSING.len()..];
+        path.push(&name[..name.find('"').unwrap_or(name.len())]);
+    }
+    if path.is_empty() {
+        if message.contains("whilst parsing") {
+            return None; // not JSON: the quote is a character, not a field
+        }
+        // Other messages quote the field they are about, if any.
+        return message
+            .split('\'')
+            .nth(1)
+            .filter(|f| !f.is_empty())
+            .map(str::to_string);
+    }
+    Some(path.join("."))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use arrow::array::{Float64Array, Int64Array};
+    use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+    use std::sync::Arc;
 
     fn schema() -> SchemaRef {
         Arc::new(Schema::new(vec![
@@ -303,6 +300,45 @@ mod tests {
         assert_eq!(reasons[0].0, 1);
         assert_eq!(reasons[1], (2, DeadLetterReason::MissingField));
         assert_eq!(reasons[2].0, 3);
+    }
+
+    #[test]
+    fn a_nested_violation_names_its_field() {
+        let field = |name: &str, kind: &str| {
+            let (t, nullable) = crate::column_type::parse(kind).unwrap();
+            Field::new(name, t, nullable)
+        };
+        let schema = Arc::new(Schema::new(vec![
+            field("id", "string"),
+            field(
+                "inputs",
+                "map<struct<shape: list<long>, numbers: list<double?>>>",
+            ),
+            field("user", "struct<name: string, age: int?>?"),
+        ]));
+        let decoder = RecordDecoder::new(schema, None);
+        let records: Vec<Option<&[u8]>> = vec![
+            Some(br#"{"id": "a", "inputs": {"x": {"shape": [1], "numbers": [NaN]}}}"#),
+            Some(br#"{"id": "b", "inputs": {"x": {"shape": [1], "numbers": ["NaN", null]}}, "user": {"name": "ada"}}"#),
+            Some(br#"{"id": "c", "inputs": {"x": {"shape": "one", "numbers": []}}}"#),
+            Some(br#"{"id": "d", "inputs": {}, "user": {"age": 3}}"#),
+        ];
+        let decoded = decoder.decode(&records).unwrap();
+        assert_eq!(decoded.rows, vec![1]);
+        let rejected: Vec<(usize, DeadLetterReason, Option<&str>)> = decoded
+            .rejected
+            .iter()
+            .map(|(i, e)| (*i, e.reason, e.field.as_deref()))
+            .collect();
+        assert_eq!(rejected[0], (0, DeadLetterReason::BadJson, None)); // NaN is not JSON
+        assert_eq!(
+            rejected[1],
+            (2, DeadLetterReason::WrongType, Some("inputs.shape"))
+        );
+        assert_eq!(
+            rejected[2],
+            (3, DeadLetterReason::MissingField, Some("user.name"))
+        );
     }
 
     #[test]

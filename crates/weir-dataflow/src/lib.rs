@@ -16,8 +16,10 @@
 //! checkpoints consistent, and [`store`] for how state is kept.
 
 pub mod aggregate;
+pub mod avro_arrow;
 pub mod batch;
 pub mod codec;
+pub mod column_type;
 pub mod decode;
 pub mod job;
 mod kafka;
@@ -30,6 +32,7 @@ pub mod spec;
 pub mod store;
 pub mod supervise;
 pub mod transform;
+pub mod udaf;
 pub mod window;
 
 /// What can go wrong in a job, by who is at fault: the job's definition

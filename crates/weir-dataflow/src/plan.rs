@@ -14,7 +14,6 @@ use arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{DFSchema, DFSchemaRef};
 use datafusion::datasource::empty::EmptyTable;
-use datafusion::execution::context::SessionContext;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_expr::aggregate::{AggregateFunctionExpr, LoweredAggregateBuilder};
@@ -88,7 +87,7 @@ pub fn plan_aggregate(
         sql.push_str(&format!(" GROUP BY {}", group.join(", ")));
     }
 
-    let context = SessionContext::new();
+    let context = crate::udaf::context();
     context
         .register_table(INPUT, Arc::new(EmptyTable::new(schema.clone())))
         .map_err(|e| DataflowError::Plan(e.to_string()))?;
@@ -164,7 +163,7 @@ pub fn physical_aggregates(
 
 /// Plans a scalar expression over rows of `schema` (a filter or a projection).
 pub fn plan_expr(schema: SchemaRef, sql: &str) -> Result<Arc<dyn PhysicalExpr>, DataflowError> {
-    let context = SessionContext::new();
+    let context = crate::udaf::context();
     let df_schema = DFSchema::try_from(schema.as_ref().clone())
         .map_err(|e| DataflowError::Plan(e.to_string()))?;
     let expr: Expr = context

@@ -13,6 +13,7 @@
 //! bounded = false              # true: stop at the end offsets seen at start
 //! # Without `schema`, the topic's registered Avro schema is used.
 //! schema = { user_id = "string", merchant_id = "string", amount = "double", event_time = "long" }
+//! # types: see `column_type` (nested: list<T>, map<T>, struct<a: T>; nullable: T?)
 //!
 //! [lookup]                     # optional: the latest row per key of a table topic
 //! topic = "merchants"
@@ -42,12 +43,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use arrow::datatypes::{Field, Schema};
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::DataflowError;
 use crate::aggregate::Emit;
+use crate::column_type;
 use crate::lookup::{JoinKind, Lookup};
 use crate::pipeline::{
     Aggregation, EventTime, JobSpec, KafkaSource, ParquetSource, Select, Source, Start,
@@ -177,22 +179,6 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_millis(number * ms))
 }
 
-/// The Arrow type of a column type named in a declared schema (job files,
-/// view headers): `string`, `long`, `int`, `double`, `float`, `boolean`,
-/// `timestamp`.
-pub fn data_type(name: &str) -> Option<DataType> {
-    Some(match name {
-        "string" => DataType::Utf8,
-        "long" | "bigint" => DataType::Int64,
-        "int" => DataType::Int32,
-        "double" => DataType::Float64,
-        "float" => DataType::Float32,
-        "boolean" => DataType::Boolean,
-        "timestamp" | "timestamp-millis" => DataType::Timestamp(TimeUnit::Millisecond, None),
-        _ => return None,
-    })
-}
-
 /// Reads a job file; `state_dir` holds the job's state. Relative paths in
 /// the file (Parquet, tables) are relative to the file's directory.
 pub fn load(path: &Path, state_dir: &Path) -> Result<JobSpec, DataflowError> {
@@ -254,15 +240,9 @@ fn parse_in(text: &str, state_dir: &Path, base: &Path) -> Result<JobSpec, String
         let fields = schema
             .iter()
             .map(|(name, kind)| {
-                data_type(kind.get_ref()).map(|t| Field::new(name, t, false)).ok_or_else(|| {
-                    at(
-                        kind.span(),
-                        format!(
-                            "`{}` is not a type (string, long, int, double, float, boolean, timestamp)",
-                            kind.get_ref()
-                        ),
-                    )
-                })
+                column_type::parse(kind.get_ref())
+                    .map(|(t, nullable)| Field::new(name, t, nullable))
+                    .map_err(|e| at(kind.span(), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(Schema::new(fields)))

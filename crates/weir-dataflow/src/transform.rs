@@ -8,7 +8,6 @@ use arrow::array::{Array, BooleanArray, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
-use datafusion::execution::context::SessionContext;
 use datafusion::physical_expr::PhysicalExpr;
 
 use crate::DataflowError;
@@ -89,7 +88,7 @@ pub fn plan_transform(
     filter: Option<&str>,
     columns: Option<&[(String, String)]>,
 ) -> Result<Transform, DataflowError> {
-    let context = SessionContext::new();
+    let context = crate::udaf::context();
     let df_schema = DFSchema::try_from(schema.as_ref().clone())
         .map_err(|e| DataflowError::Plan(e.to_string()))?;
     let plan = |sql: &str| -> Result<Arc<dyn PhysicalExpr>, DataflowError> {

@@ -205,14 +205,9 @@ fn inline_schema(
     let fields = schema
         .iter()
         .map(|(name, kind)| {
-            weir_dataflow::spec::data_type(kind).map(|t| Field::new(name, t, true)).ok_or_else(|| {
-                header_error(
-                    view,
-                    format!(
-                        "{what}: `{kind}` is not a type (string, long, int, double, float, boolean, timestamp)"
-                    ),
-                )
-            })
+            weir_dataflow::column_type::parse(kind)
+                .map(|(t, _)| Field::new(name, t, true))
+                .map_err(|e| header_error(view, format!("{what}: {e}")))
         })
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Arc::new(Schema::new(fields)))
@@ -318,7 +313,7 @@ fn resolve(
 pub(crate) fn context() -> SessionContext {
     let mut config = SessionConfig::new();
     config.options_mut().sql_parser.collect_spans = true;
-    let context = SessionContext::new_with_config(config);
+    let context = weir_dataflow::udaf::register(SessionContext::new_with_config(config));
     for kind in [WindowKind::Tumble, WindowKind::Hop, WindowKind::Session] {
         context.register_udf(WindowFunction::udf(kind));
     }

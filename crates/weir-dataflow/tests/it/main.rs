@@ -6,5 +6,6 @@ mod dead_letters;
 mod files;
 mod lookup;
 mod memory;
+mod nested;
 mod support;
 mod windows;
