@@ -72,11 +72,66 @@ fn spawn_job(
             "-w",
             &workers,
         ])
-        .env("RUST_LOG", "weir_dataflow=info")
+        // Debug: each commit logs the offsets a restart resumes at.
+        .env("RUST_LOG", "weir_dataflow=debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
         .unwrap()
+}
+
+/// `{0: 12, 1: 40}` after `marker` in `line`: offsets by partition.
+fn offsets_after(line: &str, marker: &str) -> Option<BTreeMap<i32, i64>> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    let list = &rest[..rest.find('}')?];
+    Some(
+        list.split(", ")
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                let (partition, offset) = pair.split_once(": ").expect("`p: o`");
+                (partition.parse().unwrap(), offset.parse().unwrap())
+            })
+            .collect(),
+    )
+}
+
+/// What one run's log says of its offsets: where each partition resumed,
+/// and the last offsets a commit sealed.
+#[derive(Debug, Default)]
+struct RunOffsets {
+    resumed: BTreeMap<i32, i64>,
+    committed: BTreeMap<i32, i64>,
+}
+
+fn run_offsets(log: &std::path::Path) -> RunOffsets {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    // The log is coloured: drop the escape sequences.
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|c| *c == 'm');
+        } else {
+            plain.push(c);
+        }
+    }
+    let mut offsets = RunOffsets::default();
+    for line in plain.lines() {
+        if line.contains("starting at epoch")
+            && let Some(resumed) = offsets_after(line, "resume={")
+        {
+            offsets.resumed.extend(resumed);
+        }
+        if line.contains("committed")
+            && let Some(committed) = offsets_after(line, "offsets=Some({")
+        {
+            for (partition, offset) in committed {
+                let last = offsets.committed.entry(partition).or_insert(offset);
+                *last = (*last).max(offset);
+            }
+        }
+    }
+    offsets
 }
 
 #[test]
@@ -164,6 +219,38 @@ fn killed_at_random_points(workers: usize) {
         "only {crashes} crash(es) happened before the job finished"
     );
 
+    // Each restart resumed where its predecessor's last logged commit left
+    // each partition, or later (an epoch every worker sealed commits at the
+    // restart; a commit can land between its log line and the kill), and
+    // at least three resumed past the start: a job that ignored its
+    // checkpoints and read from the start again fails here.
+    let runs: Vec<RunOffsets> = logs.iter().map(|log| run_offsets(log)).collect();
+    let mut checked = 0;
+    for (number, pair) in runs.windows(2).enumerate() {
+        let (before, after) = (&pair[0], &pair[1]);
+        for (partition, committed) in &before.committed {
+            let resumed = after.resumed.get(partition).copied().unwrap_or(0);
+            assert!(
+                resumed >= *committed,
+                "run {} resumed partition {partition} at {resumed}, before the offset {committed} run {number} committed",
+                number + 1
+            );
+        }
+        if after.resumed.values().any(|offset| *offset > 0) {
+            checked += 1;
+        }
+    }
+    let resumed: Vec<i64> = runs.iter().map(|r| r.resumed.values().sum()).collect();
+    let committed: Vec<i64> = runs.iter().map(|r| r.committed.values().sum()).collect();
+    println!(
+        "{workers} worker(s), {} runs: resumed at {resumed:?} records, last commits logged at {committed:?}",
+        runs.len()
+    );
+    assert!(
+        checked >= 3,
+        "only {checked} restart(s) resumed past offset 0: the test cannot tell a resumption from a restart"
+    );
+
     // Nothing was late or malformed.
     let letters = platform.run(&["tail", "weir.dlq.crash-in", "--from-beginning"], b"");
     assert!(
@@ -183,12 +270,35 @@ fn killed_at_random_points(workers: usize) {
     for line in String::from_utf8_lossy(&tail.stdout).lines() {
         let record: Json = serde_json::from_str(line).unwrap();
         let key = record["key"].as_str().unwrap().to_string();
-        history.entry(key.clone()).or_default().push((
-            record["offset"].as_i64().unwrap(),
-            record["value"]["n"].clone(),
-        ));
+        history
+            .entry(key.clone())
+            .or_default()
+            .push((record["offset"].as_i64().unwrap(), record["value"].clone()));
         latest.insert(key, record["value"].clone());
     }
+    // With `emit = close` a window is emitted once, and again only when a
+    // crash replays it: every emission of a window holds the same value
+    // (the float sum aside, whose last bits depend on the order of adding).
+    let mut emissions = 0;
+    for (key, values) in &history {
+        emissions += values.len();
+        let exact = |value: &Json| {
+            let mut value = value.clone();
+            value.as_object_mut().map(|v| v.remove("total"));
+            value
+        };
+        let first = exact(&values[0].1);
+        assert!(
+            values.iter().all(|(_, value)| exact(value) == first),
+            "{key} was emitted with different values: {values:?}"
+        );
+    }
+    println!(
+        "{} emissions of {} windows: {} replayed by the restarts",
+        emissions,
+        history.len(),
+        emissions - history.len()
+    );
     let explain = |key: &str| {
         let runs: Vec<String> = logs
             .iter()
@@ -202,7 +312,7 @@ fn killed_at_random_points(workers: usize) {
             })
             .collect();
         format!(
-            "emissions of {key} (offset, n): {:?}\nruns:\n{}",
+            "emissions of {key} (offset, value): {:?}\nruns:\n{}",
             history.get(key),
             runs.join("\n---\n")
         )

@@ -812,10 +812,16 @@ fn commit_through(
     }
     *shared.committed.borrow_mut() = Some(target);
     status.lock().expect("status").committed_epoch = Some(target);
-    {
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        // Where a restart will resume: the crash tests check it does.
+        let offsets: Option<Checkpoint> = shared
+            .store
+            .offsets(SOURCE_OP, target)?
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
         let status = status.lock().expect("status");
         tracing::debug!(
             epoch = target,
+            offsets = ?offsets.map(|c| c.source),
             records_in = status.records_in,
             records_out = status.records_out,
             dead_letters = status.dead_letters,
