@@ -421,7 +421,9 @@ fn float(json: &Json) -> Option<f64> {
 
 /// A float as JSON: a number, or the string naming a value JSON has no
 /// number for.
-fn float_json(x: f64) -> Json {
+/// A float as JSON: NaN and ±infinity, which JSON lacks, as the strings
+/// `"NaN"`, `"Infinity"` and `"-Infinity"` (what arrow-json parses too).
+pub fn float_json(x: f64) -> Json {
     if x.is_nan() {
         Json::from("NaN")
     } else if x.is_infinite() {

@@ -26,9 +26,11 @@ use apache_avro::Schema as AvroSchema;
 use apache_avro::types::Value;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 use serde_json::Value as Json;
+use weir_bus::avro::float_json;
 use weir_bus::{DeadLetterReason, DecodeError};
 
 use crate::DataflowError;
+use crate::column_type;
 
 /// An Avro schema with its named types, and the Arrow schema it becomes.
 #[derive(Debug, Clone)]
@@ -148,15 +150,7 @@ impl AvroShape {
             }
             S::Map(map) => {
                 let (value, nullable) = self.data_type(&map.types, within)?;
-                let entries = Field::new(
-                    "entries",
-                    DataType::Struct(Fields::from(vec![
-                        Field::new("key", DataType::Utf8, false),
-                        Field::new("value", value, nullable),
-                    ])),
-                    false,
-                );
-                (DataType::Map(Arc::new(entries), false), false)
+                (column_type::map_of(value, nullable), false)
             }
             S::Record(record) => {
                 let name = record.name.fullname(None);
@@ -371,15 +365,6 @@ fn collect_named(schema: &AvroSchema, named: &mut HashMap<String, AvroSchema>) {
             }
         }
         _ => {}
-    }
-}
-
-/// JSON has no NaN or infinity; arrow-json parses them from strings.
-fn float_json(x: f64) -> Json {
-    if x.is_finite() {
-        Json::from(x)
-    } else {
-        Json::String(x.to_string())
     }
 }
 

@@ -23,15 +23,7 @@ pub fn parse(text: &str) -> Result<(DataType, bool), String> {
         DataType::List(Arc::new(Field::new("item", item, nullable)))
     } else if let Some(inner) = generic(text, "map") {
         let (value, nullable) = parse(inner)?;
-        let entries = Field::new(
-            "entries",
-            DataType::Struct(Fields::from(vec![
-                Field::new("key", DataType::Utf8, false),
-                Field::new("value", value, nullable),
-            ])),
-            false,
-        );
-        DataType::Map(Arc::new(entries), false)
+        map_of(value, nullable)
     } else if let Some(inner) = generic(text, "struct") {
         let fields = split_top_level(inner)
             .into_iter()
@@ -57,6 +49,19 @@ pub fn parse(text: &str) -> Result<(DataType, bool), String> {
         }
     };
     Ok((data_type, nullable))
+}
+
+/// A map with string keys and `value`s, as streams hold maps (Avro's too).
+pub fn map_of(value: DataType, nullable: bool) -> DataType {
+    let entries = Field::new(
+        "entries",
+        DataType::Struct(Fields::from(vec![
+            Field::new("key", DataType::Utf8, false),
+            Field::new("value", value, nullable),
+        ])),
+        false,
+    );
+    DataType::Map(Arc::new(entries), false)
 }
 
 /// `inner` of `name<inner>`.
