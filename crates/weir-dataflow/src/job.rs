@@ -769,22 +769,31 @@ fn finish(
             }
         }
         sink.seal(last)?;
-        // The source reads nothing more: its last offsets hold for the
-        // epochs up to the last one.
-        let source_sealed = shared.store.sealed(SOURCE_OP)?;
-        let offsets = match source_sealed {
-            Some(epoch) => shared.store.offsets(SOURCE_OP, epoch)?,
-            None => None,
-        };
-        for epoch in source_sealed.map_or(1, |e| e + 1)..=last {
-            shared
-                .store
-                .seal(SOURCE_OP, epoch, None, offsets.as_deref())?;
-        }
+        seal_ended_source(&shared.store, last)?;
     }
     // Every worker has sealed `last` once every worker says so.
     agree(worker, (Some(last), Some(last), false));
     commit_through(shared, last, &prepared.status)
+}
+
+/// Seals a source that ended (its input read to the end, or the job
+/// stopping) for every epoch up to `through`: it reads nothing more, so its
+/// last offsets hold for them. Without this a worker whose partitions ended
+/// early would keep the last epoch every worker sealed at its end, while
+/// the others commit later epochs and drop the offsets of earlier ones.
+fn seal_ended_source(store: &Store, through: u64) -> Result<(), DataflowError> {
+    let sealed = store.sealed(SOURCE_OP)?;
+    if sealed.is_some_and(|e| e >= through) {
+        return Ok(());
+    }
+    let offsets = match sealed {
+        Some(epoch) => store.offsets(SOURCE_OP, epoch)?,
+        None => None,
+    };
+    for epoch in sealed.map_or(1, |e| e + 1)..=through {
+        store.seal(SOURCE_OP, epoch, None, offsets.as_deref())?;
+    }
+    Ok(())
 }
 
 /// Commits every epoch up to `done` that this worker's operators sealed.
@@ -793,6 +802,9 @@ fn commit_through(
     done: u64,
     status: &Mutex<Status>,
 ) -> Result<(), DataflowError> {
+    // The frontier passed `done`, so a source that has not sealed it let
+    // go of its capability: it has ended.
+    seal_ended_source(&shared.store, done)?;
     let Some(sealed) = shared.sealed()? else {
         return Ok(());
     };
