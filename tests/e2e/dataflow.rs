@@ -144,13 +144,10 @@ fn a_two_worker_job_killed_at_random_points_ends_with_exact_results() {
     killed_at_random_points(2);
 }
 
-/// Kills a `weir job run` with `workers` worker threads at random points
-/// at least five times; its final results equal a brute-force reference.
-fn killed_at_random_points(workers: usize) {
-    let platform = Platform::start();
+/// Publishes 200,000 events to `crash-in` (3 partitions, keyed by user).
+fn publish_events(platform: &Platform, dir: &std::path::Path) -> Vec<Event> {
     let data = events(200_000);
-    let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
+    let input = dir.join("in.jsonl");
     let lines: String = data
         .iter()
         .map(|e| {
@@ -173,8 +170,32 @@ fn killed_at_random_points(workers: usize) {
         ],
         b"",
     );
-    let job = dir.path().join("job.toml");
-    std::fs::write(&job, JOB).unwrap();
+    data
+}
+
+/// Kills a `weir job run` with `workers` worker threads at random points
+/// at least five times; its final results equal a brute-force reference.
+fn killed_at_random_points(workers: usize) {
+    let platform = Platform::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = publish_events(&platform, dir.path());
+    let logs = kill_and_restart(&platform, dir.path(), JOB, workers);
+    check_windows(&platform, &data, &logs);
+}
+
+/// Runs `job` (TOML) with `workers` worker threads, killing it at
+/// pseudo-random points until it has crashed five times, then lets it
+/// finish; checks that every restart resumed from its predecessor's last
+/// commit and that nothing was dead-lettered. Returns the runs' logs.
+fn kill_and_restart(
+    platform: &Platform,
+    dir: &std::path::Path,
+    job: &str,
+    workers: usize,
+) -> Vec<std::path::PathBuf> {
+    let job_file = dir.join("job.toml");
+    std::fs::write(&job_file, job).unwrap();
+    let job = job_file;
 
     // Kill the job at pseudo-random points until it has crashed five times
     // mid-stream, then let it finish.
@@ -183,8 +204,8 @@ fn killed_at_random_points(workers: usize) {
     let started = Instant::now();
     let mut logs = Vec::new();
     loop {
-        let log = dir.path().join(format!("run-{}.log", logs.len()));
-        let mut child = spawn_job(&platform, &job, workers, &log);
+        let log = dir.join(format!("run-{}.log", logs.len()));
+        let mut child = spawn_job(platform, &job, workers, &log);
         logs.push(log);
         if crashes >= 5 {
             let output = child.wait_with_output().unwrap();
@@ -289,7 +310,12 @@ fn killed_at_random_points(workers: usize) {
             .collect::<Vec<_>>()
             .join("\n")
     );
+    logs
+}
 
+/// The windowed job's output equals the brute-force reference, and every
+/// emission of a window holds the same value.
+fn check_windows(platform: &Platform, data: &[Event], logs: &[std::path::PathBuf]) {
     // The output topic, latest value per key (entity + window).
     let tail = platform.run(&["tail", "crash-out", "--from-beginning", "--meta"], b"");
     let mut latest: BTreeMap<String, Json> = BTreeMap::new();
@@ -350,7 +376,7 @@ fn killed_at_random_points(workers: usize) {
     let mut reference: BTreeMap<String, (i64, f64, f64, f64, BTreeSet<String>)> = BTreeMap::new();
     // Each window's amounts, for the sketch and the histogram.
     let mut amounts: BTreeMap<String, Vec<f64>> = BTreeMap::new();
-    for event in &data {
+    for event in data {
         let last = event.ts - event.ts.rem_euclid(slide);
         let mut start = last;
         while start + size > event.ts {
@@ -421,4 +447,91 @@ fn killed_at_random_points(workers: usize) {
         }
         assert_eq!(got["spread"], serde_json::json!(spread), "{key}");
     }
+}
+
+const TOP_K_JOB: &str = r#"
+name = "crash-topk"
+checkpoint_interval = "300ms"
+
+[source]
+topic = "crash-in"
+event_time = "event_time"
+lateness = "5s"
+bounded = true
+schema = { user_id = "string", merchant_id = "string", amount = "double", event_time = "long" }
+
+[[operator]]
+kind = "top_k"
+key = "user_id"
+by = "amount"
+k = 3
+window = "60s"
+time = "event_time"
+
+[sink]
+topic = "topk-out"
+key = ["key", "window_start", "rank"]
+"#;
+
+/// A custom operator (the example `top_k`: keyed value state and a timer
+/// per window) killed at random points: its output equals a brute-force
+/// reference, and every emission of a (key, window, rank) holds one value.
+#[test]
+fn a_custom_operator_killed_at_random_points_ends_with_exact_results() {
+    let platform = Platform::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = publish_events(&platform, dir.path());
+    kill_and_restart(&platform, dir.path(), TOP_K_JOB, 2);
+
+    let tail = platform.run(&["tail", "topk-out", "--from-beginning"], b"");
+    let mut emitted: BTreeMap<(String, i64, i64), Vec<f64>> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&tail.stdout).lines() {
+        let row: Json = serde_json::from_str(line).unwrap();
+        let key = (
+            row["key"].as_str().unwrap().to_string(),
+            row["window_start"].as_i64().unwrap(),
+            row["rank"].as_i64().unwrap(),
+        );
+        emitted
+            .entry(key)
+            .or_default()
+            .push(row["value"].as_f64().unwrap());
+    }
+    let mut reference: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
+    for event in &data {
+        let start = event.ts - event.ts.rem_euclid(60_000);
+        reference
+            .entry((event.user.clone(), start))
+            .or_default()
+            .push(event.amount);
+    }
+    let mut expected: BTreeMap<(String, i64, i64), f64> = BTreeMap::new();
+    for ((user, start), mut amounts) in reference {
+        amounts.sort_by(|a, b| b.total_cmp(a));
+        for (rank, amount) in amounts.into_iter().take(3).enumerate() {
+            expected.insert((user.clone(), start, rank as i64 + 1), amount);
+        }
+    }
+    let emissions: usize = emitted.values().map(Vec::len).sum();
+    for (key, values) in &emitted {
+        assert!(
+            values.iter().all(|v| v == &values[0]),
+            "{key:?} was emitted with different values: {values:?}"
+        );
+    }
+    let latest: BTreeMap<(String, i64, i64), f64> = emitted
+        .into_iter()
+        .map(|(key, values)| (key, values[0]))
+        .collect();
+    assert_eq!(
+        latest.len(),
+        expected.len(),
+        "number of (user, window, rank) results"
+    );
+    assert_eq!(latest, expected);
+    println!(
+        "top_k: {emissions} emissions of {} (user, window, rank) results: {} replayed by the restarts",
+        expected.len(),
+        emissions - expected.len()
+    );
 }

@@ -42,7 +42,7 @@
 //! bounded input, leaving them open for the next run when stopped — and
 //! all commit it together.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,8 +62,10 @@ use crate::DataflowError;
 use crate::aggregate::WindowAggregator;
 use crate::batch::{Batch, KeyEncoder, split_by_key};
 use crate::lookup::LookupTable;
+use crate::operator::OperatorRunner;
 use crate::sink::SinkState;
 use crate::source::{Checkpoint, SourceState, SourceStep};
+use crate::state::KeyedState;
 use crate::store::{OperatorId, Store};
 
 pub use crate::pipeline::{
@@ -77,6 +79,18 @@ const SOURCE_OP: OperatorId = 1;
 const WINDOW_OP: OperatorId = 2;
 const SINK_OP: OperatorId = 3;
 const LOOKUP_OP: OperatorId = 4;
+/// Custom operators are `OPERATOR_OPS + i`, in the order of the job.
+const OPERATOR_OPS: OperatorId = 16;
+
+/// The operators of `pipeline` that seal epochs.
+fn sealing_ops(pipeline: &Pipeline) -> Vec<OperatorId> {
+    let mut ops = vec![SOURCE_OP, SINK_OP];
+    if pipeline.aggregate.is_some() {
+        ops.push(WINDOW_OP);
+    }
+    ops.extend((0..pipeline.operators.len()).map(|i| OPERATOR_OPS + i as OperatorId));
+    ops
+}
 /// A running job.
 pub struct JobHandle {
     stop: Arc<AtomicBool>,
@@ -346,32 +360,32 @@ fn agree_on_committed(worker: &mut timely::worker::Worker, local: Option<u64>) -
 /// What the operators of one worker share (they run on its thread).
 struct WorkerShared {
     store: Rc<Store>,
+    ops: Vec<OperatorId>,
     aggregator: Option<RefCell<WindowAggregator>>,
+    operators: Vec<RefCell<OperatorRunner>>,
     sink: RefCell<SinkState>,
     committed: RefCell<Option<u64>>,
+    /// Set once the end of a bounded input reached this worker's sink.
+    drained: Rc<Cell<bool>>,
 }
 
 impl WorkerShared {
     /// The last epoch every operator of this worker sealed.
     fn sealed(&self) -> Result<Option<u64>, DataflowError> {
-        local_sealed(&self.store, self.aggregator.is_some())
+        local_sealed(&self.store, &self.ops)
     }
 }
 
-fn local_sealed(store: &Store, windowed: bool) -> Result<Option<u64>, DataflowError> {
-    Ok(sealed_epochs(store, windowed)?
+fn local_sealed(store: &Store, ops: &[OperatorId]) -> Result<Option<u64>, DataflowError> {
+    Ok(sealed_epochs(store, ops)?
         .into_iter()
         .collect::<Option<Vec<u64>>>()
         .and_then(|v| v.into_iter().min()))
 }
 
 /// The last epoch each operator of this worker sealed.
-fn sealed_epochs(store: &Store, windowed: bool) -> Result<Vec<Option<u64>>, DataflowError> {
-    let mut ops = vec![SOURCE_OP, SINK_OP];
-    if windowed {
-        ops.push(WINDOW_OP);
-    }
-    ops.into_iter().map(|op| store.sealed(op)).collect()
+fn sealed_epochs(store: &Store, ops: &[OperatorId]) -> Result<Vec<Option<u64>>, DataflowError> {
+    ops.iter().map(|op| store.sealed(*op)).collect()
 }
 
 fn run_worker(
@@ -391,7 +405,8 @@ fn run_worker(
     let store = Rc::new(Store::open(&dir)?);
 
     // Recovery: the last epoch all workers sealed.
-    let local = local_sealed(&store, pipeline.aggregate.is_some())?;
+    let ops = sealing_ops(pipeline);
+    let local = local_sealed(&store, &ops)?;
     let committed = agree_on_committed(worker, local);
     let aggregator = match &pipeline.aggregate {
         Some(aggregate) => {
@@ -408,6 +423,16 @@ fn run_worker(
         }
         None => None,
     };
+    let mut operators = Vec::new();
+    for (i, planned) in pipeline.operators.iter().enumerate() {
+        let state = KeyedState::recover(OPERATOR_OPS + i as OperatorId, store.clone(), committed)?;
+        operators.push(RefCell::new(OperatorRunner::new(
+            planned.factory.name().to_string(),
+            planned.factory.create(&planned.input)?,
+            state,
+            prepared.stop.clone(),
+        )));
+    }
     let mut sink = SinkState::new(
         &pipeline.sink,
         &prepared.bus,
@@ -476,6 +501,7 @@ fn run_worker(
         )?),
         _ => None,
     };
+    let drained = Rc::new(Cell::new(false));
     let mut source_state = SourceState::new(
         pipeline,
         &prepared.bus,
@@ -489,15 +515,32 @@ fn run_worker(
         first_epoch,
         (prepared.stop.clone(), prepared.checkpoints.clone()),
         prepared.status.clone(),
+        drained.clone(),
     )?;
     source_state.catch_up_table()?;
 
     let shared = Rc::new(WorkerShared {
         store,
+        ops,
         aggregator,
+        operators,
         sink: RefCell::new(sink),
         committed: RefCell::new(committed),
+        drained,
     });
+
+    // Routes rows to the worker of their key, for each custom operator.
+    let mut encoders = pipeline
+        .operators
+        .iter()
+        .map(|planned| {
+            (!planned.keys.is_empty())
+                .then(|| KeyEncoder::new(planned.input.clone(), planned.keys.clone()))
+                .transpose()
+                .map_err(|e| DataflowError::Plan(e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter();
 
     // Root timestamps must be totally ordered; the job runs in a nested
     // scope whose timestamps are (epoch, watermark) products.
@@ -534,6 +577,76 @@ fn run_worker(
                     }
                 },
             );
+
+            let mut rows = rows;
+            for (i, planned) in pipeline.operators.iter().enumerate() {
+                let encoder = encoders.next().expect("an encoder per operator");
+                let routed = rows.unary::<CapacityContainerBuilder<Vec<(u64, Batch)>>, _, _, _>(
+                    Pipe,
+                    "RouteByKey",
+                    move |_, _| {
+                        move |input, output| {
+                            input.for_each(|cap, data| {
+                                let mut session = output.session(&cap);
+                                for batch in data.drain(..) {
+                                    let Some(encoder) = &encoder else {
+                                        session.give((index as u64, batch));
+                                        continue;
+                                    };
+                                    let rows = encoder.rows(&batch.0).expect("key rows");
+                                    for (worker, part) in
+                                        split_by_key(&batch.0, &rows, peers).expect("split")
+                                    {
+                                        session.give((worker, Batch(part)));
+                                    }
+                                }
+                            });
+                        }
+                    },
+                );
+                let op_shared = shared.clone();
+                let op_failed = prepared.clone();
+                rows = routed.unary_frontier::<CapacityContainerBuilder<Vec<Batch>>, _, _, _>(
+                    Exchange::new(|x: &(u64, Batch)| x.0),
+                    planned.factory.name(),
+                    move |cap, _| {
+                        let mut cap = Some(cap);
+                        move |(input, frontier), output| {
+                            let mut arrived = Vec::new();
+                            input.for_each(|stamp, data| {
+                                let epoch = stamp.stamp().iter().map(|t| t.outer).min().unwrap_or(0);
+                                arrived.extend(data.drain(..).map(|(_, batch)| (epoch, batch.0)));
+                            });
+                            let Some(held) = cap.as_mut() else { return };
+                            let elements: Vec<Time> = frontier.frontier().iter().cloned().collect();
+                            let stepped = op_shared.operators[i].borrow_mut().step(arrived, &elements);
+                            match stepped {
+                                Ok((emitted, next)) => {
+                                    for (epoch, batch) in emitted {
+                                        let at = Product::new(epoch.max(held.time().outer), held.time().inner);
+                                        let at = held.delayed(&at);
+                                        output.session(&at).give(Batch(batch));
+                                    }
+                                    match next {
+                                        Some(next)
+                                            if held.time() != &next
+                                                && timely::order::PartialOrder::less_equal(held.time(), &next) =>
+                                        {
+                                            held.downgrade(&next)
+                                        }
+                                        Some(_) => {}
+                                        None => cap = None,
+                                    }
+                                }
+                                Err(error) => {
+                                    op_failed.fail(error);
+                                    cap = None;
+                                }
+                            }
+                        }
+                    },
+                );
+            }
 
             let results = match &pipeline.aggregate {
                 None => rows,
@@ -660,6 +773,12 @@ fn run_worker(
                             }
                         });
                         let Some(held) = cap.as_mut() else { return };
+                        // The end of a bounded input got here: the sources may let go.
+                        if !frontier.is_empty()
+                            && frontier.frontier().iter().all(|t| t.inner == u64::MAX)
+                        {
+                            sink_shared.drained.set(true);
+                        }
                         let min_epoch = frontier.frontier().iter().map(|t| t.outer).min();
                         if let Some(epoch) = min_epoch {
                             max_epoch = max_epoch.max(epoch);
@@ -731,8 +850,7 @@ fn finish(
     shared: &WorkerShared,
     prepared: &Prepared,
 ) -> Result<(), DataflowError> {
-    let windowed = shared.aggregator.is_some();
-    let sealed = sealed_epochs(&shared.store, windowed)?;
+    let sealed = sealed_epochs(&shared.store, &shared.ops)?;
     let local_max = sealed.iter().flatten().copied().max();
     let stopping = prepared.stop.load(Ordering::SeqCst);
     let said = agree(worker, (None, local_max, stopping));
@@ -767,6 +885,9 @@ fn finish(
                     prepared.status.lock().expect("status").records_out += batch.num_rows() as u64;
                 }
             }
+        }
+        for operator in &shared.operators {
+            operator.borrow_mut().finish(last)?;
         }
         sink.seal(last)?;
         seal_ended_source(&shared.store, last)?;
@@ -818,6 +939,9 @@ fn commit_through(
     for epoch in first..=target {
         if let Some(aggregator) = &shared.aggregator {
             aggregator.borrow_mut().commit(epoch)?;
+        }
+        for operator in &shared.operators {
+            operator.borrow_mut().state().commit(epoch)?;
         }
         sink.commit(epoch)?;
         shared.store.commit(SOURCE_OP, epoch, |_| {})?;

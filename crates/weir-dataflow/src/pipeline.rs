@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -18,6 +19,7 @@ use crate::DataflowError;
 use crate::aggregate::{Emit, WINDOW_START, result_schema};
 use crate::decode::arrow_schema;
 use crate::lookup::{Lookup, LookupPlan};
+use crate::operator::OperatorFactory;
 use crate::plan::{AggregatePlan, plan_aggregate};
 use crate::sink::Sink;
 use crate::transform::{Transform, plan_transform};
@@ -196,6 +198,8 @@ pub struct JobSpec {
     pub lookup: Option<Lookup>,
     /// A row transform before the aggregation (or the whole job).
     pub select: Option<Select>,
+    /// Custom stateful operators, in order, after the transform.
+    pub operators: Vec<Arc<dyn OperatorFactory>>,
     /// The aggregation, if any.
     pub aggregation: Option<Aggregation>,
     /// Output.
@@ -204,6 +208,73 @@ pub struct JobSpec {
     pub checkpoint_interval: Duration,
     /// Where workers keep their RocksDB state (`<dir>/<job>/worker-<n>`).
     pub state_dir: PathBuf,
+}
+
+/// Composes a job in Rust, stage by stage, in the order rows flow:
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use weir_dataflow::job::{JobSpec, KafkaSource, Sink, Source};
+/// # use weir_dataflow::operators::top_k::TopK;
+/// let job = JobSpec::new(
+///     "top_spend",
+///     Source::Kafka(KafkaSource::new("transactions", "event_time")),
+///     Sink::Kafka { topic: "top-spend".into(), key: vec![] },
+///     "state/",
+/// )
+/// .operator(TopK { key: "user_id".into(), by: "amount".into(), k: 3, window: 60_000, time: "event_time".into() });
+/// ```
+impl JobSpec {
+    /// A job that reads `source` into `sink`, checkpointing every second,
+    /// with its state under `state_dir`.
+    pub fn new(
+        name: impl Into<String>,
+        source: Source,
+        sink: Sink,
+        state_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            source,
+            lookup: None,
+            select: None,
+            operators: Vec::new(),
+            aggregation: None,
+            sink,
+            checkpoint_interval: Duration::from_secs(1),
+            state_dir: state_dir.into(),
+        }
+    }
+
+    /// Joins every row with the latest row of its key in a table topic.
+    pub fn lookup(mut self, lookup: Lookup) -> Self {
+        self.lookup = Some(lookup);
+        self
+    }
+
+    /// Filters and projects rows.
+    pub fn select(mut self, select: Select) -> Self {
+        self.select = Some(select);
+        self
+    }
+
+    /// Adds a custom operator after the stages so far.
+    pub fn operator(mut self, operator: impl OperatorFactory + 'static) -> Self {
+        self.operators.push(Arc::new(operator));
+        self
+    }
+
+    /// Ends the stages with a windowed aggregation.
+    pub fn aggregate(mut self, aggregation: Aggregation) -> Self {
+        self.aggregation = Some(aggregation);
+        self
+    }
+
+    /// Checkpoints every `interval`.
+    pub fn checkpoint_every(mut self, interval: Duration) -> Self {
+        self.checkpoint_interval = interval;
+        self
+    }
 }
 
 /// A windowed aggregation planned against its input schema.
@@ -219,6 +290,45 @@ pub struct WindowedAggregate {
     pub emit: Emit,
 }
 
+/// A custom operator placed in a job: its factory, the schemas around it
+/// and the input columns that route rows.
+#[derive(Debug, Clone)]
+pub struct PlannedOperator {
+    /// Makes the operator of each worker.
+    pub factory: Arc<dyn OperatorFactory>,
+    /// The schema of its input.
+    pub input: SchemaRef,
+    /// The schema of what it emits.
+    pub output: SchemaRef,
+    /// Input columns rows are routed by (empty: not routed).
+    pub keys: Vec<usize>,
+}
+
+impl PlannedOperator {
+    /// Places `factory` after a stage emitting `input`.
+    pub fn new(factory: Arc<dyn OperatorFactory>, input: SchemaRef) -> Result<Self, DataflowError> {
+        let keys = factory
+            .key_columns()
+            .iter()
+            .map(|name| {
+                input.index_of(name).map_err(|_| {
+                    DataflowError::Plan(format!(
+                        "operator `{}`: the key column `{name}` is not in its input",
+                        factory.name()
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let output = factory.output_schema(&input)?;
+        Ok(Self {
+            factory,
+            input,
+            output,
+            keys,
+        })
+    }
+}
+
 /// A job planned down to physical expressions: what [`run`] runs.
 #[derive(Debug, Clone)]
 pub struct Pipeline {
@@ -232,6 +342,8 @@ pub struct Pipeline {
     pub lookup: Option<LookupPlan>,
     /// Row transform before the aggregation.
     pub transform: Option<Transform>,
+    /// Custom operators after the transform, in order.
+    pub operators: Vec<PlannedOperator>,
     /// The aggregation.
     pub aggregate: Option<WindowedAggregate>,
     /// Transform of the aggregation's results.
@@ -247,6 +359,9 @@ pub struct Pipeline {
 impl Pipeline {
     /// The schema of rows entering the aggregation (or the sink).
     pub fn stage_schema(&self) -> SchemaRef {
+        if let Some(last) = self.operators.last() {
+            return last.output.clone();
+        }
         if let Some(transform) = &self.transform {
             return transform.output.clone();
         }
@@ -424,7 +539,13 @@ pub async fn plan(spec: JobSpec, bus: &Bus) -> Result<Pipeline, DataflowError> {
         .as_ref()
         .map(|s| plan_transform(joined.clone(), s.filter.as_deref(), s.columns.as_deref()))
         .transpose()?;
-    let stage = transform.as_ref().map_or(joined, |t| t.output.clone());
+    let mut stage = transform.as_ref().map_or(joined, |t| t.output.clone());
+    let mut operators = Vec::new();
+    for factory in &spec.operators {
+        let planned = PlannedOperator::new(factory.clone(), stage)?;
+        stage = planned.output.clone();
+        operators.push(planned);
+    }
     let aggregate = match &spec.aggregation {
         None => None,
         Some(aggregation) => {
@@ -459,6 +580,7 @@ pub async fn plan(spec: JobSpec, bus: &Bus) -> Result<Pipeline, DataflowError> {
         source_schema,
         lookup,
         transform,
+        operators,
         aggregate,
         post: None,
         sink: spec.sink,

@@ -7,6 +7,7 @@
 //! does not move until every file is read, so no row is late, and all
 //! windows close at the end.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::path::PathBuf;
@@ -121,6 +122,10 @@ pub(crate) struct SourceState {
     checkpoints: Arc<AtomicU64>,
     checkpoints_taken: u64,
     status: Arc<Mutex<Status>>,
+    /// The input ended: the watermark is at the end of time.
+    ended: bool,
+    /// Set once the end reached every sink (see [`SourceState::drain`]).
+    drained: Rc<Cell<bool>>,
 }
 
 /// Worker `index` of `peers` takes every partition `p` with `p % peers == index`.
@@ -143,6 +148,7 @@ impl SourceState {
         first_epoch: u64,
         (stop, checkpoints): (Arc<AtomicBool>, Arc<AtomicU64>),
         status: Arc<Mutex<Status>>,
+        drained: Rc<Cell<bool>>,
     ) -> Result<Self, DataflowError> {
         let mut partitions = BTreeMap::new();
         let now = Instant::now();
@@ -274,6 +280,8 @@ impl SourceState {
             checkpoints_taken: checkpoints.load(Ordering::SeqCst),
             checkpoints,
             status,
+            ended: false,
+            drained,
         };
         if let Some(watermark) = state.candidate_watermark(now) {
             state.watermark = watermark;
@@ -308,6 +316,9 @@ impl SourceState {
         if self.stop.load(Ordering::SeqCst) {
             self.seal()?;
             return Ok(SourceStep::Done);
+        }
+        if self.ended {
+            return self.drain(cap);
         }
         if let Some(table) = &mut self.lookup {
             let rejected = table.poll(1024, Duration::ZERO)?;
@@ -368,10 +379,37 @@ impl SourceState {
             .values()
             .all(|p| p.end.is_some_and(|end| p.next_offset >= end));
         if finished {
+            // The end of the input is a watermark at the end of time: every
+            // window closes and every timer fires inside the dataflow, so
+            // what they emit flows through the operators after them.
+            self.ended = true;
+            cap.downgrade(&Product::new(self.epoch, u64::MAX));
+            return Ok(SourceStep::Continue { again: false });
+        }
+        Ok(SourceStep::Continue { again: read })
+    }
+
+    /// After the end of the input: checkpoints go on (so the rest of the
+    /// job commits) until every operator has seen the end, then the source
+    /// lets go.
+    fn drain(
+        &mut self,
+        cap: &mut timely::dataflow::operators::Capability<crate::pipeline::Time>,
+    ) -> Result<SourceStep, DataflowError> {
+        use timely::order::Product;
+        if self.drained.get() {
             self.seal()?;
             return Ok(SourceStep::Done);
         }
-        Ok(SourceStep::Continue { again: read })
+        let asked = self.checkpoints.load(Ordering::SeqCst);
+        if Instant::now() >= self.next_checkpoint || asked > self.checkpoints_taken {
+            self.checkpoints_taken = asked;
+            self.seal()?;
+            self.epoch += 1;
+            self.next_checkpoint = Instant::now() + self.interval;
+            cap.downgrade(&Product::new(self.epoch, u64::MAX));
+        }
+        Ok(SourceStep::Continue { again: false })
     }
 
     /// Stores the offsets after the current epoch and marks it sealed.

@@ -27,6 +27,14 @@
 //! filter = "amount > 0"
 //! columns = ["user_id", "merchant_category", "amount * 100 AS cents", "event_time"]
 //!
+//! [[operator]]                 # optional, any number: Weir's stateful operators, in order
+//! kind = "top_k"               # see `crate::operators` for the kinds and their settings
+//! key = "user_id"
+//! by = "amount"
+//! k = 3
+//! window = "1m"
+//! time = "event_time"
+//!
 //! [aggregate]                  # optional: without it, rows go to the sink as they are
 //! keys = ["user_id"]
 //! window = { hop = { size = "1h", slide = "5m" } }   # or { tumble = "1m" }, { session = "30m" }
@@ -70,6 +78,8 @@ struct JobFile {
     lookup: Option<LookupFile>,
     #[serde(default)]
     select: Option<SelectFile>,
+    #[serde(default)]
+    operator: Vec<Spanned<toml::Table>>,
     #[serde(default)]
     aggregate: Option<AggregateFile>,
     sink: SinkFile,
@@ -375,11 +385,20 @@ fn parse_in(text: &str, state_dir: &Path, base: &Path) -> Result<JobSpec, String
             ));
         }
     };
+    let operators = file
+        .operator
+        .into_iter()
+        .map(|table| {
+            let span = table.span();
+            crate::operators::from_toml(table.into_inner()).map_err(|e| at(span, e))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(JobSpec {
         name: file.name,
         source,
         lookup,
         select,
+        operators,
         aggregation,
         sink,
         checkpoint_interval: match &file.checkpoint_interval {

@@ -13,6 +13,7 @@
 //! | `o` op epoch | a source's offsets after an epoch |
 //! | `w` op | an operator's own committed mark (windows emitted up to) |
 //! | `t` op key | a lookup table's latest row of a key |
+//! | `k` op key | committed keyed state of a custom operator ([`crate::state`]) |
 //!
 //! An epoch is sealed by each operator on its own (`p`, `d`); it is
 //! committed once every operator of every worker has sealed it, which the
@@ -44,7 +45,7 @@ pub fn time_bytes(t: i64) -> [u8; 8] {
     ((t as u64) ^ (1 << 63)).to_be_bytes()
 }
 
-fn time_from_bytes(bytes: &[u8]) -> i64 {
+pub(crate) fn time_from_bytes(bytes: &[u8]) -> i64 {
     (u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")) ^ (1 << 63)) as i64
 }
 
@@ -54,6 +55,9 @@ fn err(context: &str, error: rocksdb::Error) -> DataflowError {
 
 /// A committed `(key, state)` pair read from an iterator.
 pub type StateEntry = (Box<[u8]>, Box<[u8]>);
+
+/// A committed `(key, state)` pair of keyed state.
+pub type KeyedEntry = (Vec<u8>, Vec<u8>);
 
 /// A committed `(pane, key, state)` triple.
 pub type GroupState = (i64, Vec<u8>, Vec<u8>);
@@ -198,7 +202,7 @@ impl Store {
     /// Forgets everything of `op` (a job started afresh).
     pub fn reset(&self, op: OperatorId) -> Result<(), DataflowError> {
         let mut batch = WriteBatch::default();
-        for tag in [b's', b'p', b'o', b'd', b'm', b'w', b't'] {
+        for tag in [b's', b'p', b'o', b'd', b'm', b'w', b't', b'k'] {
             batch.delete_range(key(tag, op, &[]), key(tag, op + 1, &[]));
         }
         self.db
@@ -332,6 +336,38 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Committed keyed state of `op` under `k`.
+    pub fn keyed(&self, op: OperatorId, k: &[u8]) -> Result<Option<Vec<u8>>, DataflowError> {
+        self.db
+            .get(key(b'k', op, k))
+            .map_err(|e| err("reading keyed state", e))
+    }
+
+    /// Committed keyed state of `op` under keys starting with `prefix`, in
+    /// key order.
+    pub fn keyed_prefix(
+        &self,
+        op: OperatorId,
+        prefix: &[u8],
+    ) -> Result<Vec<KeyedEntry>, DataflowError> {
+        let start = key(b'k', op, prefix);
+        let skip = 3;
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item.map_err(|e| err("scanning keyed state", e))?;
+            if !k.starts_with(&start) {
+                break;
+            }
+            out.push((k[skip..].to_vec(), v.to_vec()));
+        }
+        Ok(out)
+    }
+}
+
 fn state_key(op: OperatorId, pane: i64, group: &[u8]) -> Vec<u8> {
     let mut rest = Vec::with_capacity(8 + group.len());
     rest.extend_from_slice(&time_bytes(pane));
@@ -359,6 +395,16 @@ impl StateWrites<'_> {
     /// Removes the state of one `(pane, key)`.
     pub fn delete(&mut self, pane: i64, group: &[u8]) {
         self.batch.delete(state_key(self.op, pane, group));
+    }
+
+    /// Sets keyed state (see [`Store::keyed`]).
+    pub fn put_keyed(&mut self, k: &[u8], state: &[u8]) {
+        self.batch.put(key(b'k', self.op, k), state);
+    }
+
+    /// Removes keyed state.
+    pub fn delete_keyed(&mut self, k: &[u8]) {
+        self.batch.delete(key(b'k', self.op, k));
     }
 
     /// Removes every key's state of a pane.

@@ -958,6 +958,7 @@ pub fn plan_view(
         source_schema: source.schema.clone(),
         lookup,
         transform: pre,
+        operators: Vec::new(),
         aggregate,
         post,
         sink: Sink::Kafka {

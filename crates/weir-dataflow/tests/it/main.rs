@@ -7,5 +7,6 @@ mod files;
 mod lookup;
 mod memory;
 mod nested;
+mod operators;
 mod support;
 mod windows;

@@ -111,6 +111,7 @@ pub fn spec(
         source: Source::Kafka(source),
         lookup: None,
         select: None,
+        operators: Vec::new(),
         aggregation: Some(aggregation(window)),
         sink,
         checkpoint_interval: Duration::from_millis(200),
