@@ -51,8 +51,10 @@ use std::time::Duration;
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use timely::container::CapacityContainerBuilder;
+use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline as Pipe};
-use timely::dataflow::operators::generic::source;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::{OutputBuilderSession, source};
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Input, Inspect, Operator, Probe};
 use timely::order::Product;
@@ -62,9 +64,9 @@ use crate::DataflowError;
 use crate::aggregate::WindowAggregator;
 use crate::batch::{Batch, KeyEncoder, split_by_key};
 use crate::lookup::LookupTable;
-use crate::operator::OperatorRunner;
+use crate::operator::{Emitted, OperatorRunner};
 use crate::sink::SinkState;
-use crate::source::{Checkpoint, SourceState, SourceStep};
+use crate::source::{Checkpoint, SourceSetup, SourceState, SourceStep};
 use crate::state::KeyedState;
 use crate::store::{OperatorId, Store};
 
@@ -79,6 +81,9 @@ const SOURCE_OP: OperatorId = 1;
 const WINDOW_OP: OperatorId = 2;
 const SINK_OP: OperatorId = 3;
 const LOOKUP_OP: OperatorId = 4;
+/// The interval join's second source, and the join.
+const RIGHT_SOURCE_OP: OperatorId = 5;
+const JOIN_OP: OperatorId = 6;
 /// Custom operators are `OPERATOR_OPS + i`, in the order of the job.
 const OPERATOR_OPS: OperatorId = 16;
 
@@ -87,6 +92,9 @@ fn sealing_ops(pipeline: &Pipeline) -> Vec<OperatorId> {
     let mut ops = vec![SOURCE_OP, SINK_OP];
     if pipeline.aggregate.is_some() {
         ops.push(WINDOW_OP);
+    }
+    if pipeline.join.is_some() {
+        ops.extend([RIGHT_SOURCE_OP, JOIN_OP]);
     }
     ops.extend((0..pipeline.operators.len()).map(|i| OPERATOR_OPS + i as OperatorId));
     ops
@@ -162,6 +170,8 @@ struct Prepared {
     source_codec: Option<TopicCodec>,
     table_codec: Option<TopicCodec>,
     partitions: i32,
+    /// The interval join's topic: its codec and partitions.
+    right: Option<(TopicCodec, i32)>,
     sink_key: Vec<usize>,
     output: SchemaRef,
     stop: Arc<AtomicBool>,
@@ -233,6 +243,16 @@ pub async fn run(
         }
         None => None,
     };
+    let right = match &pipeline.join {
+        Some(join) => {
+            let topic = &join.spec.right.topic;
+            admin
+                .ensure_topic(&TopicSpec::new(weir_core::topics::dlq(topic), 1))
+                .await?;
+            Some((bus.codec(topic), admin.partitions(topic).await?))
+        }
+        None => None,
+    };
     if let Sink::Kafka { topic, .. } = &pipeline.sink {
         admin
             .ensure_topic(&TopicSpec::new(topic, partitions.max(1)))
@@ -255,6 +275,7 @@ pub async fn run(
         source_codec,
         table_codec,
         partitions,
+        right,
         sink_key,
         output: output.clone(),
         stop: stop.clone(),
@@ -362,6 +383,7 @@ struct WorkerShared {
     store: Rc<Store>,
     ops: Vec<OperatorId>,
     aggregator: Option<RefCell<WindowAggregator>>,
+    join: Option<RefCell<OperatorRunner>>,
     operators: Vec<RefCell<OperatorRunner>>,
     sink: RefCell<SinkState>,
     committed: RefCell<Option<u64>>,
@@ -431,8 +453,19 @@ fn run_worker(
             planned.factory.create(&planned.input)?,
             state,
             prepared.stop.clone(),
+            planned.factory.watermark_delay(),
         )));
     }
+    let join = match &pipeline.join {
+        Some(plan) => Some(RefCell::new(OperatorRunner::new(
+            "join".into(),
+            plan.operator()?,
+            KeyedState::recover(JOIN_OP, store.clone(), committed)?,
+            prepared.stop.clone(),
+            plan.watermark_delay(),
+        ))),
+        None => None,
+    };
     let mut sink = SinkState::new(
         &pipeline.sink,
         &prepared.bus,
@@ -442,30 +475,13 @@ fn run_worker(
         (SINK_OP, store.clone()),
     )?;
     sink.recover(committed)?;
-    let resume: Checkpoint = match committed {
-        Some(epoch) => {
-            let pending = store.committed(SOURCE_OP)?.is_none_or(|m| m < epoch);
-            let checkpoint = store
-                .offsets(SOURCE_OP, epoch)?
-                .map(|bytes| serde_json::from_slice(&bytes))
-                .transpose()
-                .map_err(|e| DataflowError::State(format!("stored offsets: {e}")))?
-                .ok_or_else(|| {
-                    DataflowError::State(format!(
-                        "no offsets stored with epoch {epoch}, the last one every worker sealed"
-                    ))
-                })?;
-            if pending {
-                store.commit(SOURCE_OP, epoch, |_| {})?;
-            }
-            store.discard_after(SOURCE_OP, Some(epoch))?;
-            checkpoint
-        }
-        None => {
-            store.reset(SOURCE_OP)?;
-            store.reset(LOOKUP_OP)?;
-            Checkpoint::default()
-        }
+    let resume = resume_source(&store, SOURCE_OP, committed)?;
+    if committed.is_none() {
+        store.reset(LOOKUP_OP)?;
+    }
+    let right_resume = match &pipeline.join {
+        Some(_) => Some(resume_source(&store, RIGHT_SOURCE_OP, committed)?),
+        None => None,
     };
     let first_epoch = committed.map_or(1, |e| e + 1);
     if let (Some(aggregator), Some(_)) = (&aggregator, committed) {
@@ -486,6 +502,7 @@ fn run_worker(
         ?local,
         ?committed,
         resume = ?resume.source,
+        right_resume = ?right_resume.as_ref().map(|r| &r.source),
         "job {} starting at epoch {first_epoch}",
         pipeline.name
     );
@@ -503,7 +520,16 @@ fn run_worker(
     };
     let drained = Rc::new(Cell::new(false));
     let mut source_state = SourceState::new(
-        pipeline,
+        SourceSetup {
+            job: &pipeline.name,
+            source: &pipeline.source,
+            // With a join the transform comes after it.
+            transform: pipeline
+                .transform
+                .clone()
+                .filter(|_| pipeline.join.is_none()),
+            checkpoint_interval: pipeline.checkpoint_interval,
+        },
         &prepared.bus,
         pipeline.source_schema.clone(),
         prepared.source_codec.clone(),
@@ -518,11 +544,35 @@ fn run_worker(
         drained.clone(),
     )?;
     source_state.catch_up_table()?;
+    let right_state = match (&pipeline.join, &prepared.right, &right_resume) {
+        (Some(join), Some((codec, partitions)), Some(resume)) => Some(SourceState::new(
+            SourceSetup {
+                job: &pipeline.name,
+                source: &Source::Kafka(join.spec.right.clone()),
+                transform: None,
+                checkpoint_interval: pipeline.checkpoint_interval,
+            },
+            &prepared.bus,
+            join.right.clone(),
+            Some(codec.clone()),
+            *partitions,
+            (RIGHT_SOURCE_OP, store.clone()),
+            None,
+            (index, peers),
+            resume,
+            first_epoch,
+            (prepared.stop.clone(), prepared.checkpoints.clone()),
+            prepared.status.clone(),
+            drained.clone(),
+        )?),
+        _ => None,
+    };
 
     let shared = Rc::new(WorkerShared {
         store,
         ops,
         aggregator,
+        join,
         operators,
         sink: RefCell::new(sink),
         committed: RefCell::new(committed),
@@ -542,68 +592,117 @@ fn run_worker(
         .collect::<Result<Vec<_>, _>>()?
         .into_iter();
 
+    let join_encoders = match &pipeline.join {
+        Some(plan) => (
+            Some(
+                KeyEncoder::new(plan.left.clone(), plan.left_keys.clone())
+                    .map_err(|e| DataflowError::Plan(e.to_string()))?,
+            ),
+            Some(
+                KeyEncoder::new(plan.right.clone(), plan.right_keys.clone())
+                    .map_err(|e| DataflowError::Plan(e.to_string()))?,
+            ),
+        ),
+        None => (None, None),
+    };
+    let plan_transform = pipeline.transform.clone();
+
     // Root timestamps must be totally ordered; the job runs in a nested
     // scope whose timestamps are (epoch, watermark) products.
     worker.dataflow::<u64, _, _>(|root| {
         root.iterative::<u64, _, _>(|scope| {
-            let prepared_source = prepared.clone();
-            let rows = source::<_, CapacityContainerBuilder<Vec<Batch>>, _, _>(
-                scope,
-                "Source",
-                move |cap, info| {
-                    let activator = scope.activator_for(info.address);
-                    let mut state = source_state;
-                    let mut cap = Some(cap);
-                    move |output| {
-                        let Some(c) = cap.as_mut() else { return };
-                        let mut give = |at: &timely::dataflow::operators::Capability<Time>,
-                                        batch: RecordBatch| {
-                            output.session(at).give(Batch(batch));
-                        };
-                        match state.step(c, &mut give) {
-                            Ok(SourceStep::Continue { again }) => {
-                                if again {
-                                    activator.activate();
-                                } else {
-                                    activator.activate_after(Duration::from_millis(5));
-                                }
-                            }
-                            Ok(SourceStep::Done) => cap = None,
-                            Err(error) => {
-                                prepared_source.fail(error);
-                                cap = None;
-                            }
-                        }
-                    }
-                },
-            );
-
-            let mut rows = rows;
-            for (i, planned) in pipeline.operators.iter().enumerate() {
-                let encoder = encoders.next().expect("an encoder per operator");
-                let routed = rows.unary::<CapacityContainerBuilder<Vec<(u64, Batch)>>, _, _, _>(
-                    Pipe,
-                    "RouteByKey",
-                    move |_, _| {
-                        move |input, output| {
-                            input.for_each(|cap, data| {
-                                let mut session = output.session(&cap);
-                                for batch in data.drain(..) {
-                                    let Some(encoder) = &encoder else {
-                                        session.give((index as u64, batch));
-                                        continue;
-                                    };
-                                    let rows = encoder.rows(&batch.0).expect("key rows");
-                                    for (worker, part) in
-                                        split_by_key(&batch.0, &rows, peers).expect("split")
-                                    {
-                                        session.give((worker, Batch(part)));
+            let make_source = |state: SourceState, name: &str| {
+                let failed = prepared.clone();
+                source::<_, CapacityContainerBuilder<Vec<Batch>>, _, _>(
+                    scope,
+                    name,
+                    move |cap, info| {
+                        let activator = scope.activator_for(info.address);
+                        let mut state = state;
+                        let mut cap = Some(cap);
+                        move |output| {
+                            let Some(c) = cap.as_mut() else { return };
+                            let mut give = |at: &timely::dataflow::operators::Capability<Time>,
+                                            batch: RecordBatch| {
+                                output.session(at).give(Batch(batch));
+                            };
+                            match state.step(c, &mut give) {
+                                Ok(SourceStep::Continue { again }) => {
+                                    if again {
+                                        activator.activate();
+                                    } else {
+                                        activator.activate_after(Duration::from_millis(5));
                                     }
                                 }
+                                Ok(SourceStep::Done) => cap = None,
+                                Err(error) => {
+                                    failed.fail(error);
+                                    cap = None;
+                                }
+                            }
+                        }
+                    },
+                )
+            };
+            let mut rows = make_source(source_state, "Source");
+            if let Some(right_state) = right_state {
+                let right_rows = make_source(right_state, "JoinSource");
+                let left = route(rows, join_encoders.0, index, peers);
+                let right = route(right_rows, join_encoders.1, index, peers);
+                let join_shared = shared.clone();
+                let join_failed = prepared.clone();
+                rows = left.binary_frontier::<_, CapacityContainerBuilder<Vec<Batch>>, _, _, _, _>(
+                    right,
+                    Exchange::new(|x: &(u64, Batch)| x.0),
+                    Exchange::new(|x: &(u64, Batch)| x.0),
+                    "IntervalJoin",
+                    move |cap, _| {
+                        let mut cap = Some(cap);
+                        move |(left, left_frontier), (right, right_frontier), output| {
+                            let mut arrived = Vec::new();
+                            left.for_each(|stamp, data| {
+                                let epoch = stamp.stamp().iter().map(|t| t.outer).min().unwrap_or(0);
+                                arrived.extend(data.drain(..).map(|(_, batch)| (epoch, 0, batch.0)));
                             });
+                            right.for_each(|stamp, data| {
+                                let epoch = stamp.stamp().iter().map(|t| t.outer).min().unwrap_or(0);
+                                arrived.extend(data.drain(..).map(|(_, batch)| (epoch, 1, batch.0)));
+                            });
+                            let elements: Vec<Time> = left_frontier
+                                .frontier()
+                                .iter()
+                                .chain(right_frontier.frontier().iter())
+                                .cloned()
+                                .collect();
+                            let runner = join_shared.join.as_ref().expect("a join");
+                            let stepped = runner.borrow_mut().step(arrived, &elements);
+                            emit_stepped(&mut cap, stepped, output, &join_failed);
                         }
                     },
                 );
+                if let Some(transform) = plan_transform.clone() {
+                    rows = rows.unary::<CapacityContainerBuilder<Vec<Batch>>, _, _, _>(
+                        Pipe,
+                        "Select",
+                        move |_, _| {
+                            move |input, output| {
+                                input.for_each(|cap, data| {
+                                    let mut session = output.session(&cap);
+                                    for batch in data.drain(..) {
+                                        let out = transform.apply(&batch.0).expect("planned transform");
+                                        if out.num_rows() > 0 {
+                                            session.give(Batch(out));
+                                        }
+                                    }
+                                });
+                            }
+                        },
+                    );
+                }
+            }
+            for (i, planned) in pipeline.operators.iter().enumerate() {
+                let encoder = encoders.next().expect("an encoder per operator");
+                let routed = route(rows, encoder, index, peers);
                 let op_shared = shared.clone();
                 let op_failed = prepared.clone();
                 rows = routed.unary_frontier::<CapacityContainerBuilder<Vec<Batch>>, _, _, _>(
@@ -615,34 +714,11 @@ fn run_worker(
                             let mut arrived = Vec::new();
                             input.for_each(|stamp, data| {
                                 let epoch = stamp.stamp().iter().map(|t| t.outer).min().unwrap_or(0);
-                                arrived.extend(data.drain(..).map(|(_, batch)| (epoch, batch.0)));
+                                arrived.extend(data.drain(..).map(|(_, batch)| (epoch, 0, batch.0)));
                             });
-                            let Some(held) = cap.as_mut() else { return };
                             let elements: Vec<Time> = frontier.frontier().iter().cloned().collect();
                             let stepped = op_shared.operators[i].borrow_mut().step(arrived, &elements);
-                            match stepped {
-                                Ok((emitted, next)) => {
-                                    for (epoch, batch) in emitted {
-                                        let at = Product::new(epoch.max(held.time().outer), held.time().inner);
-                                        let at = held.delayed(&at);
-                                        output.session(&at).give(Batch(batch));
-                                    }
-                                    match next {
-                                        Some(next)
-                                            if held.time() != &next
-                                                && timely::order::PartialOrder::less_equal(held.time(), &next) =>
-                                        {
-                                            held.downgrade(&next)
-                                        }
-                                        Some(_) => {}
-                                        None => cap = None,
-                                    }
-                                }
-                                Err(error) => {
-                                    op_failed.fail(error);
-                                    cap = None;
-                                }
-                            }
+                            emit_stepped(&mut cap, stepped, output, &op_failed);
                         }
                     },
                 );
@@ -838,6 +914,101 @@ fn run_worker(
     finish(worker, &shared, prepared)
 }
 
+/// Tags each batch with the worker its rows go to: split by the key of
+/// `encoder`, or all to this worker without one.
+fn route<'scope>(
+    rows: Stream<'scope, Time, Vec<Batch>>,
+    encoder: Option<KeyEncoder>,
+    index: usize,
+    peers: usize,
+) -> Stream<'scope, Time, Vec<(u64, Batch)>> {
+    rows.unary::<CapacityContainerBuilder<Vec<(u64, Batch)>>, _, _, _>(
+        Pipe,
+        "RouteByKey",
+        move |_, _| {
+            move |input, output| {
+                input.for_each(|cap, data| {
+                    let mut session = output.session(&cap);
+                    for batch in data.drain(..) {
+                        let Some(encoder) = &encoder else {
+                            session.give((index as u64, batch));
+                            continue;
+                        };
+                        let rows = encoder.rows(&batch.0).expect("key rows");
+                        for (worker, part) in split_by_key(&batch.0, &rows, peers).expect("split") {
+                            session.give((worker, Batch(part)));
+                        }
+                    }
+                });
+            }
+        },
+    )
+}
+
+/// Sends what an operator runner emitted, each batch in its epoch, and
+/// moves its output capability on (or lets it go when its input ended or
+/// it failed).
+fn emit_stepped(
+    cap: &mut Option<Capability<Time>>,
+    stepped: Result<(Emitted, Option<Time>), DataflowError>,
+    output: &mut OutputBuilderSession<'_, Time, CapacityContainerBuilder<Vec<Batch>>>,
+    failed: &Prepared,
+) {
+    let Some(held) = cap.as_mut() else { return };
+    match stepped {
+        Ok((emitted, next)) => {
+            for (epoch, batch) in emitted {
+                let at = Product::new(epoch.max(held.time().outer), held.time().inner);
+                let at = held.delayed(&at);
+                output.session(&at).give(Batch(batch));
+            }
+            match next {
+                Some(next)
+                    if held.time() != &next
+                        && timely::order::PartialOrder::less_equal(held.time(), &next) =>
+                {
+                    held.downgrade(&next)
+                }
+                Some(_) => {}
+                None => *cap = None,
+            }
+        }
+        Err(error) => {
+            failed.fail(error);
+            *cap = None;
+        }
+    }
+}
+
+/// Where a source resumes after a (re)start: the offsets stored with the
+/// last epoch every worker sealed (`committed`), or the start.
+fn resume_source(
+    store: &Store,
+    op: OperatorId,
+    committed: Option<u64>,
+) -> Result<Checkpoint, DataflowError> {
+    let Some(epoch) = committed else {
+        store.reset(op)?;
+        return Ok(Checkpoint::default());
+    };
+    let pending = store.committed(op)?.is_none_or(|m| m < epoch);
+    let checkpoint = store
+        .offsets(op, epoch)?
+        .map(|bytes| serde_json::from_slice(&bytes))
+        .transpose()
+        .map_err(|e| DataflowError::State(format!("stored offsets: {e}")))?
+        .ok_or_else(|| {
+            DataflowError::State(format!(
+                "no offsets stored with epoch {epoch}, the last one every worker sealed"
+            ))
+        })?;
+    if pending {
+        store.commit(op, epoch, |_| {})?;
+    }
+    store.discard_after(op, Some(epoch))?;
+    Ok(checkpoint)
+}
+
 /// After the dataflow: every operator of every worker seals one last
 /// epoch — at the end of a bounded input, with every window still open
 /// closed in it — and all commit it together.
@@ -886,11 +1057,14 @@ fn finish(
                 }
             }
         }
-        for operator in &shared.operators {
+        for operator in shared.join.iter().chain(&shared.operators) {
             operator.borrow_mut().finish(last)?;
         }
         sink.seal(last)?;
-        seal_ended_source(&shared.store, last)?;
+        seal_ended_source(&shared.store, SOURCE_OP, last)?;
+        if shared.join.is_some() {
+            seal_ended_source(&shared.store, RIGHT_SOURCE_OP, last)?;
+        }
     }
     // Every worker has sealed `last` once every worker says so.
     agree(worker, (Some(last), Some(last), false));
@@ -902,17 +1076,17 @@ fn finish(
 /// last offsets hold for them. Without this a worker whose partitions ended
 /// early would keep the last epoch every worker sealed at its end, while
 /// the others commit later epochs and drop the offsets of earlier ones.
-fn seal_ended_source(store: &Store, through: u64) -> Result<(), DataflowError> {
-    let sealed = store.sealed(SOURCE_OP)?;
+fn seal_ended_source(store: &Store, op: OperatorId, through: u64) -> Result<(), DataflowError> {
+    let sealed = store.sealed(op)?;
     if sealed.is_some_and(|e| e >= through) {
         return Ok(());
     }
     let offsets = match sealed {
-        Some(epoch) => store.offsets(SOURCE_OP, epoch)?,
+        Some(epoch) => store.offsets(op, epoch)?,
         None => None,
     };
     for epoch in sealed.map_or(1, |e| e + 1)..=through {
-        store.seal(SOURCE_OP, epoch, None, offsets.as_deref())?;
+        store.seal(op, epoch, None, offsets.as_deref())?;
     }
     Ok(())
 }
@@ -925,7 +1099,10 @@ fn commit_through(
 ) -> Result<(), DataflowError> {
     // The frontier passed `done`, so a source that has not sealed it let
     // go of its capability: it has ended.
-    seal_ended_source(&shared.store, done)?;
+    seal_ended_source(&shared.store, SOURCE_OP, done)?;
+    if shared.join.is_some() {
+        seal_ended_source(&shared.store, RIGHT_SOURCE_OP, done)?;
+    }
     let Some(sealed) = shared.sealed()? else {
         return Ok(());
     };
@@ -940,11 +1117,14 @@ fn commit_through(
         if let Some(aggregator) = &shared.aggregator {
             aggregator.borrow_mut().commit(epoch)?;
         }
-        for operator in &shared.operators {
+        for operator in shared.join.iter().chain(&shared.operators) {
             operator.borrow_mut().state().commit(epoch)?;
         }
         sink.commit(epoch)?;
         shared.store.commit(SOURCE_OP, epoch, |_| {})?;
+        if shared.join.is_some() {
+            shared.store.commit(RIGHT_SOURCE_OP, epoch, |_| {})?;
+        }
     }
     *shared.committed.borrow_mut() = Some(target);
     status.lock().expect("status").committed_epoch = Some(target);

@@ -21,6 +21,7 @@ pub mod batch;
 pub mod codec;
 pub mod column_type;
 pub mod decode;
+pub mod interval_join;
 pub mod job;
 mod kafka;
 pub mod lookup;

@@ -73,6 +73,13 @@ pub trait OperatorFactory: Send + Sync + std::fmt::Debug {
 
     /// A fresh operator for one worker.
     fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>, DataflowError>;
+
+    /// How far (ms) behind the watermark the event times of what it emits
+    /// can be: the runtime holds its output watermark back by that much, so
+    /// that windows after it wait for its rows.
+    fn watermark_delay(&self) -> i64 {
+        0
+    }
 }
 
 /// What an operator reaches while it handles input: its state, timers, the
@@ -81,9 +88,16 @@ pub struct Context<'a> {
     state: &'a mut KeyedState,
     output: &'a mut Vec<RecordBatch>,
     watermark: Option<i64>,
+    input: usize,
 }
 
 impl Context<'_> {
+    /// Which input the batch being processed came from (0, or 1 for the
+    /// second input of a two-input operator such as a join).
+    pub fn input(&self) -> usize {
+        self.input
+    }
+
     /// A value per key, under `name`.
     pub fn value<'a, T>(&'a mut self, name: &'a str) -> ValueState<'a, T> {
         self.state.value(name)
@@ -124,7 +138,7 @@ impl Context<'_> {
 }
 
 enum Event {
-    Rows(RecordBatch),
+    Rows(usize, RecordBatch),
     Watermark(i64),
 }
 
@@ -140,6 +154,8 @@ pub(crate) struct OperatorRunner {
     /// Set when the job stops: the frontier then moves without the
     /// stopped sources' watermarks, which must not be handed over.
     stopping: Arc<AtomicBool>,
+    /// See [`OperatorFactory::watermark_delay`].
+    watermark_delay: u64,
 }
 
 /// Output batches with the epoch each belongs to.
@@ -151,6 +167,7 @@ impl OperatorRunner {
         operator: Box<dyn Operator>,
         state: KeyedState,
         stopping: Arc<AtomicBool>,
+        watermark_delay: i64,
     ) -> Self {
         Self {
             name,
@@ -160,6 +177,7 @@ impl OperatorRunner {
             watermark: None,
             queued_watermark: None,
             stopping,
+            watermark_delay: u64::try_from(watermark_delay).unwrap_or(0),
         }
     }
 
@@ -168,19 +186,20 @@ impl OperatorRunner {
         &mut self.state
     }
 
-    /// Takes the batches that arrived (with their epochs) and the input
-    /// frontier; returns what the operator emitted and where the output
-    /// capability goes next (`None`: the input is over).
+    /// Takes the batches that arrived (with their epochs and inputs) and
+    /// the input frontier (of every input); returns what the operator
+    /// emitted and where the output capability goes next (`None`: the
+    /// input is over).
     pub(crate) fn step(
         &mut self,
-        arrived: Vec<(u64, RecordBatch)>,
+        arrived: Vec<(u64, usize, RecordBatch)>,
         frontier: &[Time],
     ) -> Result<(Emitted, Option<Time>), DataflowError> {
-        for (epoch, batch) in arrived {
+        for (epoch, input, batch) in arrived {
             self.queue
                 .entry(epoch)
                 .or_default()
-                .push(Event::Rows(batch));
+                .push(Event::Rows(input, batch));
         }
         let Some(min_epoch) = frontier.iter().map(|t| t.outer).min() else {
             // The input is over: what is queued is all there is. `finish`
@@ -202,7 +221,11 @@ impl OperatorRunner {
         if min_epoch > 0 {
             self.state.seal_through(min_epoch - 1)?;
         }
-        Ok((emitted, Some(Product::new(min_epoch, min_watermark))))
+        let held_back = match min_watermark {
+            u64::MAX => u64::MAX, // the end of the input
+            watermark => watermark.saturating_sub(self.watermark_delay),
+        };
+        Ok((emitted, Some(Product::new(min_epoch, held_back))))
     }
 
     /// Hands over the queued input of epochs up to `through`, in order.
@@ -220,7 +243,7 @@ impl OperatorRunner {
             let mut output = Vec::new();
             for event in events {
                 match event {
-                    Event::Rows(batch) => self.process(&batch, &mut output)?,
+                    Event::Rows(input, batch) => self.process(input, &batch, &mut output)?,
                     Event::Watermark(watermark) => self.advance(watermark, &mut output)?,
                 }
             }
@@ -231,6 +254,7 @@ impl OperatorRunner {
 
     fn process(
         &mut self,
+        input: usize,
         batch: &RecordBatch,
         output: &mut Vec<RecordBatch>,
     ) -> Result<(), DataflowError> {
@@ -238,6 +262,7 @@ impl OperatorRunner {
             state: &mut self.state,
             output,
             watermark: self.watermark,
+            input,
         };
         self.operator
             .process(batch, &mut ctx)
@@ -261,6 +286,7 @@ impl OperatorRunner {
                     state: &mut self.state,
                     output,
                     watermark: Some(watermark),
+                    input: 0,
                 };
                 self.operator
                     .on_timer(&key, time, &mut ctx)
@@ -271,6 +297,7 @@ impl OperatorRunner {
             state: &mut self.state,
             output,
             watermark: Some(watermark),
+            input: 0,
         };
         self.operator
             .on_watermark(watermark, &mut ctx)

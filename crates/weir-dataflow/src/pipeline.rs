@@ -18,6 +18,7 @@ use weir_bus::Bus;
 use crate::DataflowError;
 use crate::aggregate::{Emit, WINDOW_START, result_schema};
 use crate::decode::arrow_schema;
+use crate::interval_join::{IntervalJoin, IntervalJoinPlan};
 use crate::lookup::{Lookup, LookupPlan};
 use crate::operator::OperatorFactory;
 use crate::plan::{AggregatePlan, plan_aggregate};
@@ -196,6 +197,8 @@ pub struct JobSpec {
     pub source: Source,
     /// A join with a table topic, before anything else.
     pub lookup: Option<Lookup>,
+    /// A join with a second stream, after the lookup.
+    pub join: Option<IntervalJoin>,
     /// A row transform before the aggregation (or the whole job).
     pub select: Option<Select>,
     /// Custom stateful operators, in order, after the transform.
@@ -237,6 +240,7 @@ impl JobSpec {
             name: name.into(),
             source,
             lookup: None,
+            join: None,
             select: None,
             operators: Vec::new(),
             aggregation: None,
@@ -249,6 +253,12 @@ impl JobSpec {
     /// Joins every row with the latest row of its key in a table topic.
     pub fn lookup(mut self, lookup: Lookup) -> Self {
         self.lookup = Some(lookup);
+        self
+    }
+
+    /// Joins rows with those of a second stream close in event time.
+    pub fn join(mut self, join: IntervalJoin) -> Self {
+        self.join = Some(join);
         self
     }
 
@@ -340,6 +350,8 @@ pub struct Pipeline {
     pub source_schema: SchemaRef,
     /// The lookup join.
     pub lookup: Option<LookupPlan>,
+    /// The interval join with a second stream.
+    pub join: Option<IntervalJoinPlan>,
     /// Row transform before the aggregation.
     pub transform: Option<Transform>,
     /// Custom operators after the transform, in order.
@@ -364,6 +376,9 @@ impl Pipeline {
         }
         if let Some(transform) = &self.transform {
             return transform.output.clone();
+        }
+        if let Some(join) = &self.join {
+            return join.output.clone();
         }
         match &self.lookup {
             Some(lookup) => lookup.output.clone(),
@@ -531,9 +546,22 @@ pub async fn plan(spec: JobSpec, bus: &Bus) -> Result<Pipeline, DataflowError> {
         }
         None => None,
     };
-    let joined = lookup
+    let looked_up = lookup
         .as_ref()
         .map_or(source_schema.clone(), |l| l.output.clone());
+    let join = match &spec.join {
+        Some(join) => {
+            let right = self::source_schema(bus, &Source::Kafka(join.right.clone()))?;
+            Some(IntervalJoinPlan::new(
+                join.clone(),
+                looked_up.clone(),
+                spec.source.event_time_column(),
+                right,
+            )?)
+        }
+        None => None,
+    };
+    let joined = join.as_ref().map_or(looked_up, |j| j.output.clone());
     let transform = spec
         .select
         .as_ref()
@@ -579,6 +607,7 @@ pub async fn plan(spec: JobSpec, bus: &Bus) -> Result<Pipeline, DataflowError> {
         source: spec.source,
         source_schema,
         lookup,
+        join,
         transform,
         operators,
         aggregate,

@@ -35,7 +35,7 @@ use crate::batch::with_columns;
 use crate::decode::RecordDecoder;
 use crate::kafka::{Producer, dead_letter, flush, producer};
 use crate::lookup::LookupTable;
-use crate::pipeline::{KAFKA_TIMESTAMP, Pipeline, Source, Start, Status, kafka_timestamp_field};
+use crate::pipeline::{KAFKA_TIMESTAMP, Source, Start, Status, kafka_timestamp_field};
 use crate::store::{OperatorId, Store};
 use crate::transform::Transform;
 
@@ -128,6 +128,18 @@ pub(crate) struct SourceState {
     drained: Rc<Cell<bool>>,
 }
 
+/// What a source reads, and what it does to rows before passing them on.
+pub(crate) struct SourceSetup<'a> {
+    /// The job's name (its consumer group's).
+    pub job: &'a str,
+    /// The topic or files.
+    pub source: &'a Source,
+    /// A row transform applied as rows are read.
+    pub transform: Option<Transform>,
+    /// How often offsets are checkpointed.
+    pub checkpoint_interval: Duration,
+}
+
 /// Worker `index` of `peers` takes every partition `p` with `p % peers == index`.
 fn mine(partition: i32, index: usize, peers: usize) -> bool {
     partition as usize % peers == index
@@ -136,7 +148,7 @@ fn mine(partition: i32, index: usize, peers: usize) -> bool {
 impl SourceState {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        pipeline: &Pipeline,
+        setup: SourceSetup<'_>,
         bus: &weir_bus::BusConfig,
         source_schema: SchemaRef,
         codec: Option<weir_bus::TopicCodec>,
@@ -152,10 +164,10 @@ impl SourceState {
     ) -> Result<Self, DataflowError> {
         let mut partitions = BTreeMap::new();
         let now = Instant::now();
-        let (reader, lateness, idle_timeout, hold_watermark) = match &pipeline.source {
+        let (reader, lateness, idle_timeout, hold_watermark) = match setup.source {
             Source::Kafka(source) => {
                 let consumer: BaseConsumer<weir_bus::QuietEof> =
-                    weir_bus::consumer_config(bus, &format!("weir-job-{}", pipeline.name))
+                    weir_bus::consumer_config(bus, &format!("weir-job-{}", setup.job))
                         .set("enable.partition.eof", "true")
                         .create_with_context(weir_bus::QuietEof)
                         .map_err(|e| {
@@ -261,7 +273,7 @@ impl SourceState {
             op,
             reader,
             lookup,
-            transform: pipeline.transform.clone(),
+            transform: setup.transform,
             dlq: producer(bus)?,
             store,
             partitions,
@@ -269,11 +281,11 @@ impl SourceState {
             idle_timeout,
             hold_watermark,
             time_column: source_schema
-                .index_of(pipeline.source.event_time_column())
+                .index_of(setup.source.event_time_column())
                 .map_err(|e| DataflowError::Plan(e.to_string()))?,
             epoch: first_epoch,
-            interval: pipeline.checkpoint_interval,
-            next_checkpoint: Instant::now() + pipeline.checkpoint_interval,
+            interval: setup.checkpoint_interval,
+            next_checkpoint: Instant::now() + setup.checkpoint_interval,
             next_lag_check: Instant::now(),
             watermark: i64::MIN,
             stop,

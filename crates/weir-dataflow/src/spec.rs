@@ -58,6 +58,7 @@ use toml::Spanned;
 use crate::DataflowError;
 use crate::aggregate::Emit;
 use crate::column_type;
+use crate::interval_join::IntervalJoin;
 use crate::lookup::{JoinKind, Lookup};
 use crate::pipeline::{
     Aggregation, EventTime, JobSpec, KafkaSource, ParquetSource, Select, Source, Start,
@@ -76,6 +77,8 @@ struct JobFile {
     source: SourceFile,
     #[serde(default)]
     lookup: Option<LookupFile>,
+    #[serde(default)]
+    join: Option<JoinFile>,
     #[serde(default)]
     select: Option<SelectFile>,
     #[serde(default)]
@@ -121,6 +124,25 @@ struct LookupFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct JoinFile {
+    topic: String,
+    event_time: String,
+    #[serde(default)]
+    lateness: Option<Spanned<String>>,
+    #[serde(default)]
+    idle_timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    schema: Option<SchemaFile>,
+    on: BTreeMap<String, String>,
+    between: Spanned<[String; 2]>,
+    #[serde(default)]
+    kind: Option<Spanned<String>>,
+    #[serde(default)]
+    columns: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct SelectFile {
     #[serde(default)]
     filter: Option<String>,
@@ -162,6 +184,17 @@ struct SinkFile {
     table: Option<String>,
     #[serde(default)]
     key: Vec<String>,
+}
+
+/// Milliseconds of a duration that may be negative (`-5s`).
+fn signed_millis(text: &str) -> Result<i64, String> {
+    let (sign, rest) = match text.trim().strip_prefix('-') {
+        Some(rest) => (-1, rest),
+        None => (1, text.trim()),
+    };
+    let ms =
+        i64::try_from(parse_duration(rest)?.as_millis()).map_err(|_| "too long".to_string())?;
+    Ok(sign * ms)
 }
 
 /// Parses a duration such as `250ms`, `5s`, `10m`, `1h`, `2d`.
@@ -258,6 +291,8 @@ fn parse_in(text: &str, state_dir: &Path, base: &Path) -> Result<JobSpec, String
         Ok(Arc::new(Schema::new(fields)))
     };
     let source = file.source;
+    // The joined stream ends where the source does.
+    let source_bounded = source.bounded;
     let source = match (&source.topic, &source.parquet) {
         (Some(topic), None) => {
             let mut kafka = KafkaSource::new(topic, &source.event_time);
@@ -317,6 +352,45 @@ fn parse_in(text: &str, state_dir: &Path, base: &Path) -> Result<JobSpec, String
             on: lookup.on,
             columns: lookup.columns.into_iter().collect(),
         }),
+    };
+    let join = match file.join {
+        None => None,
+        Some(join) => {
+            let mut right = KafkaSource::new(&join.topic, &join.event_time);
+            if join.event_time == "kafka" {
+                right.event_time = EventTime::Kafka;
+            }
+            if let Some(lateness) = &join.lateness {
+                right.lateness = duration(lateness)?;
+            }
+            if let Some(idle) = &join.idle_timeout {
+                right.idle_timeout = duration(idle)?;
+            }
+            right.bounded = source_bounded;
+            right.schema = join.schema.as_ref().map(schema_of).transpose()?;
+            let span = join.between.span();
+            let [lower, upper] = join.between.into_inner();
+            let bound = |text: &str| {
+                signed_millis(text).map_err(|e| at(span.clone(), format!("`between`: {e}")))
+            };
+            Some(IntervalJoin {
+                right,
+                on: join.on.into_iter().collect(),
+                lower: bound(&lower)?,
+                upper: bound(&upper)?,
+                kind: match &join.kind {
+                    None => JoinKind::Inner,
+                    Some(kind) => match kind.get_ref().as_str() {
+                        "inner" => JoinKind::Inner,
+                        "left" => JoinKind::Left,
+                        other => {
+                            return Err(at(kind.span(), format!("`{other}` is not inner or left")));
+                        }
+                    },
+                },
+                columns: join.columns.into_iter().collect(),
+            })
+        }
     };
     let select = match file.select {
         None => None,
@@ -397,6 +471,7 @@ fn parse_in(text: &str, state_dir: &Path, base: &Path) -> Result<JobSpec, String
         name: file.name,
         source,
         lookup,
+        join,
         select,
         operators,
         aggregation,

@@ -957,6 +957,7 @@ pub fn plan_view(
         }),
         source_schema: source.schema.clone(),
         lookup,
+        join: None,
         transform: pre,
         operators: Vec::new(),
         aggregate,

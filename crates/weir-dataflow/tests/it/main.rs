@@ -4,6 +4,7 @@
 mod cluster;
 mod dead_letters;
 mod files;
+mod joins;
 mod lookup;
 mod memory;
 mod nested;

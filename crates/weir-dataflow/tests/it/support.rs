@@ -110,6 +110,7 @@ pub fn spec(
         name: name.into(),
         source: Source::Kafka(source),
         lookup: None,
+        join: None,
         select: None,
         operators: Vec::new(),
         aggregation: Some(aggregation(window)),
