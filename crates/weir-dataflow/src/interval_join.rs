@@ -185,11 +185,14 @@ fn arrow_error(error: arrow::error::ArrowError) -> DataflowError {
     DataflowError::Execution(error.to_string())
 }
 
-/// State: each side's rows of a key, by `(event time, encoded row)`, with
-/// how many times the row came (and, left, whether it met a right row).
+/// State: each side's rows of a key, as one value per side (a key has few
+/// rows within the bound; one read is cheaper than a scan): `(event time,
+/// encoded row, times it came)`, and for the left side whether it met a
+/// right row.
 const LEFT: &str = "left";
 const RIGHT: &str = "right";
-type Entry = (i64, Vec<u8>);
+type LeftRows = Vec<(i64, Vec<u8>, u32, bool)>;
+type RightRows = Vec<(i64, Vec<u8>, u32)>;
 
 struct JoinOperator {
     plan: IntervalJoinPlan,
@@ -227,18 +230,27 @@ impl JoinOperator {
             let key = keys.row(i);
             let key = key.as_ref();
             let mut matched = false;
-            for ((t, right), count) in ctx.map::<Entry, u32>(RIGHT).entries(key)? {
-                if time + lower <= t && t <= time + upper {
+            let rights: RightRows = ctx.value(RIGHT).get(key)?.unwrap_or_default();
+            for (t, right, count) in &rights {
+                if time + lower <= *t && *t <= time + upper {
                     matched = true;
-                    for _ in 0..count {
+                    for _ in 0..*count {
                         self.pending.push((row.clone(), Some(right.clone())));
                     }
                 }
             }
-            let entry = (time, row);
-            let mut left = ctx.map::<Entry, (u32, bool)>(LEFT);
-            let (count, was_matched) = left.get(key, &entry)?.unwrap_or((0, false));
-            left.insert(key, &entry, &(count + 1, was_matched || matched))?;
+            let mut lefts: LeftRows = ctx.value(LEFT).get(key)?.unwrap_or_default();
+            match lefts
+                .iter_mut()
+                .find(|(t, r, _, _)| *t == time && *r == row)
+            {
+                Some(same) => {
+                    same.2 += 1;
+                    same.3 |= matched;
+                }
+                None => lefts.push((time, row, 1, matched)),
+            }
+            ctx.value(LEFT).set(key, &lefts)?;
             // Expires once the watermark is past `time + upper`.
             ctx.set_timer(key, time.saturating_add(upper).saturating_add(1));
         }
@@ -265,21 +277,26 @@ impl JoinOperator {
             let row = rows.row(i).as_ref().to_vec();
             let key = keys.row(i);
             let key = key.as_ref();
-            let mut left = ctx.map::<Entry, (u32, bool)>(LEFT);
-            for ((t, left_row), (count, matched)) in left.entries(key)? {
-                if t + lower <= time && time <= t + upper {
-                    for _ in 0..count {
+            let mut lefts: LeftRows = ctx.value(LEFT).get(key)?.unwrap_or_default();
+            let mut met = false;
+            for (t, left_row, count, matched) in lefts.iter_mut() {
+                if *t + lower <= time && time <= *t + upper {
+                    for _ in 0..*count {
                         self.pending.push((left_row.clone(), Some(row.clone())));
                     }
-                    if !matched {
-                        left.insert(key, &(t, left_row), &(count, true))?;
-                    }
+                    met |= !*matched;
+                    *matched = true;
                 }
             }
-            let entry = (time, row);
-            let mut right = ctx.map::<Entry, u32>(RIGHT);
-            let count = right.get(key, &entry)?.unwrap_or(0);
-            right.insert(key, &entry, &(count + 1))?;
+            if met {
+                ctx.value(LEFT).set(key, &lefts)?;
+            }
+            let mut rights: RightRows = ctx.value(RIGHT).get(key)?.unwrap_or_default();
+            match rights.iter_mut().find(|(t, r, _)| *t == time && *r == row) {
+                Some(same) => same.2 += 1,
+                None => rights.push((time, row, 1)),
+            }
+            ctx.value(RIGHT).set(key, &rights)?;
             // Expires once the watermark is past `time - lower`.
             ctx.set_timer(key, time.saturating_sub(lower).saturating_add(1));
         }
@@ -348,21 +365,30 @@ impl Operator for JoinOperator {
         let watermark = ctx.watermark().unwrap_or(i64::MIN);
         let (lower, upper) = (self.plan.spec.lower, self.plan.spec.upper);
         let outer = self.plan.spec.kind == JoinKind::Left;
-        let mut left = ctx.map::<Entry, (u32, bool)>(LEFT);
-        for (entry, (count, matched)) in left.entries(key)? {
-            if entry.0.saturating_add(upper) < watermark {
-                if outer && !matched {
-                    for _ in 0..count {
-                        self.pending.push((entry.1.clone(), None));
-                    }
+        let mut lefts: LeftRows = ctx.value(LEFT).get(key)?.unwrap_or_default();
+        let before = lefts.len();
+        lefts.retain(|(t, row, count, matched)| {
+            let expired = t.saturating_add(upper) < watermark;
+            if expired && outer && !matched {
+                for _ in 0..*count {
+                    self.pending.push((row.clone(), None));
                 }
-                left.remove(key, &entry)?;
+            }
+            !expired
+        });
+        if lefts.len() < before {
+            match lefts.is_empty() {
+                true => ctx.value::<LeftRows>(LEFT).clear(key),
+                false => ctx.value(LEFT).set(key, &lefts)?,
             }
         }
-        let mut right = ctx.map::<Entry, u32>(RIGHT);
-        for (entry, _) in right.entries(key)? {
-            if entry.0.saturating_sub(lower) < watermark {
-                right.remove(key, &entry)?;
+        let mut rights: RightRows = ctx.value(RIGHT).get(key)?.unwrap_or_default();
+        let before = rights.len();
+        rights.retain(|(t, _, _)| t.saturating_sub(lower) >= watermark);
+        if rights.len() < before {
+            match rights.is_empty() {
+                true => ctx.value::<RightRows>(RIGHT).clear(key),
+                false => ctx.value(RIGHT).set(key, &rights)?,
             }
         }
         Ok(())

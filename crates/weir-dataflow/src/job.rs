@@ -484,6 +484,10 @@ fn run_worker(
         None => None,
     };
     let first_epoch = committed.map_or(1, |e| e + 1);
+    {
+        let mut status = prepared.status.lock().expect("status");
+        status.committed_epoch = status.committed_epoch.max(committed);
+    }
     if let (Some(aggregator), Some(_)) = (&aggregator, committed) {
         // Updates emitted before a crash may not have reached the sink:
         // emit the current value of every open window again.

@@ -42,6 +42,10 @@ use crate::transform::Transform;
 /// Most records read per activation.
 const POLL_BATCH: usize = 4096;
 
+/// How many epochs a source may be ahead of the last committed one and
+/// still read.
+const MAX_EPOCHS_AHEAD: u64 = 3;
+
 /// How often an unbounded source asks the broker how far behind it is.
 const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -339,7 +343,13 @@ impl SourceState {
             }
             self.status.lock().expect("status").dead_letters += rejected.len() as u64;
         }
+        // Backpressure: no more reading while the epochs read and not yet
+        // committed are many (what is slower downstream holds them), so
+        // what waits in memory stays bounded and commits keep coming.
+        let committed = self.status.lock().expect("status").committed_epoch;
+        let throttled = self.epoch > committed.unwrap_or(0) + MAX_EPOCHS_AHEAD;
         let read = match &mut self.reader {
+            _ if throttled => false,
             Reader::Kafka { consumer, .. } => {
                 let mut messages = Vec::new();
                 // Partitions read to their end (and how many records came
