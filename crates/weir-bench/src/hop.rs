@@ -220,14 +220,14 @@ fn report(rounds: &[Round]) {
     );
 }
 
-struct Figure {
-    events: usize,
-    seconds: f64,
-    rss_mib: Option<f64>,
+pub(crate) struct Figure {
+    pub(crate) events: usize,
+    pub(crate) seconds: f64,
+    pub(crate) rss_mib: Option<f64>,
 }
 
 impl Figure {
-    fn events_per_second(&self) -> f64 {
+    pub(crate) fn events_per_second(&self) -> f64 {
         self.events as f64 / self.seconds
     }
 }
@@ -322,7 +322,7 @@ topic = "{topic}-weir"
 
 /// Runs `weir ARGS` in a child process on the benchmark's broker, with its
 /// state in `dir`; the figure is the topic's records over the child's time.
-async fn run_child(
+pub(crate) async fn run_child(
     config: &Config,
     bootstrap: &str,
     topic: &str,
@@ -450,14 +450,14 @@ async fn batch(bus: &Bus, topic: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn tempdir() -> anyhow::Result<PathBuf> {
+pub(crate) fn tempdir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("weir-bench-hop-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
 
-fn count_records(bootstrap: &str, topic: &str) -> anyhow::Result<usize> {
+pub(crate) fn count_records(bootstrap: &str, topic: &str) -> anyhow::Result<usize> {
     let consumer: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;

@@ -16,6 +16,7 @@ use weir_core::Config;
 mod automl;
 mod bus;
 mod hop;
+mod join;
 mod online;
 mod serve;
 mod snapshot;
@@ -38,6 +39,10 @@ enum What {
     /// user) over a pre-loaded topic: a Weir job, a hand-written Rust loop
     /// (the limit) and Quix Streams (the anchor), on the same data.
     Hop(hop::Args),
+    /// A stream–stream interval join (1M log records, 1M feedback records,
+    /// 90 % matched, out of order): a Weir job, a hand-written Rust loop (the
+    /// limit) and Quix Streams' `join_interval` (the anchor).
+    Join(join::Args),
     /// A point-in-time training snapshot (label rows × 10 features from 3
     /// views) by Weir and by Feast's `get_historical_features`, on the same
     /// files, with the outputs compared.
@@ -62,6 +67,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     match args.what {
         What::Bus(args) => bus::run(config, args).await,
         What::Hop(args) => hop::run(config, args).await,
+        What::Join(args) => join::run(config, args).await,
         What::Snapshot(args) => snapshot::run(args).await,
         What::Tracking(args) => tracking::run(args).await,
         What::Online(args) => online::run(args).await,
