@@ -158,6 +158,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 type Round = (Figure, Figure, Option<Figure>);
+/// A side of the report: its name and its figure in a round.
+type Side<'a> = (&'a str, &'a dyn Fn(&Round) -> Option<&Figure>);
 
 fn report(rounds: &[Round]) {
     println!(
@@ -169,7 +171,7 @@ fn report(rounds: &[Round]) {
         "vs hand loop"
     );
     let rate = |f: &Figure| f.events_per_second();
-    let sides: [(&str, &dyn Fn(&Round) -> Option<&Figure>); 3] = [
+    let sides: [Side<'_>; 3] = [
         ("weir job (1 worker, child process)", &|r| Some(&r.0)),
         ("hand loop (1 thread, HashMap, in process)", &|r| Some(&r.1)),
         ("quix streams join_interval (child process)", &|r| {
