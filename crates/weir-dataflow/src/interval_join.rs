@@ -27,7 +27,7 @@ use crate::aggregate::event_times;
 use crate::batch::KeyEncoder;
 use crate::lookup::JoinKind;
 use crate::operator::{Context, Operator};
-use crate::pipeline::{KafkaSource, Source};
+use crate::input::{KafkaSource, Source};
 
 /// An interval join, as its author writes it.
 #[derive(Debug, Clone)]
@@ -185,14 +185,14 @@ fn arrow_error(error: arrow::error::ArrowError) -> DataflowError {
     DataflowError::Execution(error.to_string())
 }
 
-/// State: each side's rows of a key, as one value per side (a key has few
-/// rows within the bound; one read is cheaper than a scan): `(event time,
-/// encoded row, times it came)`, and for the left side whether it met a
-/// right row.
-const LEFT: &str = "left";
-const RIGHT: &str = "right";
+/// State: a key's rows of both sides, as one value (a key has few rows
+/// within the bound: one read per arrival is cheaper than a scan, or a read
+/// per side): `(event time, encoded row, times it came)`, and for a left
+/// row whether it met a right row.
+const ROWS: &str = "rows";
 type LeftRows = Vec<(i64, Vec<u8>, u32, bool)>;
 type RightRows = Vec<(i64, Vec<u8>, u32)>;
+type Rows = (LeftRows, RightRows);
 
 struct JoinOperator {
     plan: IntervalJoinPlan,
@@ -230,7 +230,7 @@ impl JoinOperator {
             let key = keys.row(i);
             let key = key.as_ref();
             let mut matched = false;
-            let rights: RightRows = ctx.value(RIGHT).get(key)?.unwrap_or_default();
+            let (mut lefts, rights): Rows = ctx.value(ROWS).get(key)?.unwrap_or_default();
             for (t, right, count) in &rights {
                 if time + lower <= *t && *t <= time + upper {
                     matched = true;
@@ -239,7 +239,6 @@ impl JoinOperator {
                     }
                 }
             }
-            let mut lefts: LeftRows = ctx.value(LEFT).get(key)?.unwrap_or_default();
             match lefts
                 .iter_mut()
                 .find(|(t, r, _, _)| *t == time && *r == row)
@@ -250,7 +249,7 @@ impl JoinOperator {
                 }
                 None => lefts.push((time, row, 1, matched)),
             }
-            ctx.value(LEFT).set(key, &lefts)?;
+            ctx.value(ROWS).set(key, &(lefts, rights))?;
             // Expires once the watermark is past `time + upper`.
             ctx.set_timer(key, time.saturating_add(upper).saturating_add(1));
         }
@@ -277,26 +276,20 @@ impl JoinOperator {
             let row = rows.row(i).as_ref().to_vec();
             let key = keys.row(i);
             let key = key.as_ref();
-            let mut lefts: LeftRows = ctx.value(LEFT).get(key)?.unwrap_or_default();
-            let mut met = false;
+            let (mut lefts, mut rights): Rows = ctx.value(ROWS).get(key)?.unwrap_or_default();
             for (t, left_row, count, matched) in lefts.iter_mut() {
                 if *t + lower <= time && time <= *t + upper {
                     for _ in 0..*count {
                         self.pending.push((left_row.clone(), Some(row.clone())));
                     }
-                    met |= !*matched;
                     *matched = true;
                 }
             }
-            if met {
-                ctx.value(LEFT).set(key, &lefts)?;
-            }
-            let mut rights: RightRows = ctx.value(RIGHT).get(key)?.unwrap_or_default();
             match rights.iter_mut().find(|(t, r, _)| *t == time && *r == row) {
                 Some(same) => same.2 += 1,
                 None => rights.push((time, row, 1)),
             }
-            ctx.value(RIGHT).set(key, &rights)?;
+            ctx.value(ROWS).set(key, &(lefts, rights))?;
             // Expires once the watermark is past `time - lower`.
             ctx.set_timer(key, time.saturating_sub(lower).saturating_add(1));
         }
@@ -365,8 +358,10 @@ impl Operator for JoinOperator {
         let watermark = ctx.watermark().unwrap_or(i64::MIN);
         let (lower, upper) = (self.plan.spec.lower, self.plan.spec.upper);
         let outer = self.plan.spec.kind == JoinKind::Left;
-        let mut lefts: LeftRows = ctx.value(LEFT).get(key)?.unwrap_or_default();
-        let before = lefts.len();
+        let Some((mut lefts, mut rights)): Option<Rows> = ctx.value(ROWS).get(key)? else {
+            return Ok(());
+        };
+        let before = lefts.len() + rights.len();
         lefts.retain(|(t, row, count, matched)| {
             let expired = t.saturating_add(upper) < watermark;
             if expired && outer && !matched {
@@ -376,20 +371,11 @@ impl Operator for JoinOperator {
             }
             !expired
         });
-        if lefts.len() < before {
-            match lefts.is_empty() {
-                true => ctx.value::<LeftRows>(LEFT).clear(key),
-                false => ctx.value(LEFT).set(key, &lefts)?,
-            }
-        }
-        let mut rights: RightRows = ctx.value(RIGHT).get(key)?.unwrap_or_default();
-        let before = rights.len();
         rights.retain(|(t, _, _)| t.saturating_sub(lower) >= watermark);
-        if rights.len() < before {
-            match rights.is_empty() {
-                true => ctx.value::<RightRows>(RIGHT).clear(key),
-                false => ctx.value(RIGHT).set(key, &rights)?,
-            }
+        if lefts.is_empty() && rights.is_empty() {
+            ctx.value::<Rows>(ROWS).clear(key);
+        } else if lefts.len() + rights.len() < before {
+            ctx.value(ROWS).set(key, &(lefts, rights))?;
         }
         Ok(())
     }

@@ -1,10 +1,19 @@
-//! Jobs: a source, an optional lookup join and row transform, an optional
-//! windowed aggregation and a sink, run as a timely dataflow on any number
-//! of worker threads and processes.
+//! Jobs: a source (and a second one for an interval join), joins, a row
+//! transform, custom operators, a windowed aggregation and a sink, run as a
+//! timely dataflow on any number of worker threads and processes.
 //!
 //! ```text
-//!  source ─▶ [lookup join] ─▶ [transform] ─▶ split by key ─exchange─▶ window aggregate ─▶ [transform] ─▶ sink ─▶ commit
+//!  source ─▶ [lookup join] ─┐
+//!                           ├─ route by key ─exchange─▶ [interval join] ─▶ [transform]
+//!  [join source] ───────────┘
+//!     ─▶ route by key ─exchange─▶ [custom operators…] ─▶ split by key ─exchange─▶ [window aggregate ─▶ transform]
+//!     ─▶ sink ─▶ commit
 //! ```
+//!
+//! This file wires the stages into a dataflow on each worker;
+//! [`crate::epochs`] is the checkpoint protocol the workers follow,
+//! [`crate::operator`] runs joins and custom operators, and
+//! [`crate::window_operator`] the windowed aggregation.
 //!
 //! A [`JobSpec`] says what to compute in SQL fragments (what `weir job run`
 //! reads from TOML); [`plan`] turns it into a [`Pipeline`] of physical
@@ -55,8 +64,7 @@ use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline as Pipe};
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::{OutputBuilderSession, source};
-use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Input, Inspect, Operator, Probe};
+use timely::dataflow::operators::Operator;
 use timely::order::Product;
 use weir_bus::{Bus, BusConfig, TopicCodec, TopicSpec};
 
@@ -66,9 +74,14 @@ use crate::batch::{Batch, KeyEncoder, split_by_key};
 use crate::lookup::LookupTable;
 use crate::operator::{Emitted, OperatorRunner};
 use crate::sink::SinkState;
-use crate::source::{Checkpoint, SourceSetup, SourceState, SourceStep};
+use crate::source::{SourceSetup, SourceState, SourceStep};
 use crate::state::KeyedState;
+use crate::epochs::{
+    JOIN_OP, LOOKUP_OP, OPERATOR_OPS, RIGHT_SOURCE_OP, SINK_OP, SOURCE_OP, WINDOW_OP, WorkerShared,
+    agree_on_committed, commit_through, finish, local_sealed, resume_source, sealing_ops,
+};
 use crate::store::{OperatorId, Store};
+use crate::window_operator::WindowOp;
 
 pub use crate::pipeline::{
     Aggregation, Cluster, EventTime, JobSpec, KAFKA_TIMESTAMP, KafkaSource, ParquetSource,
@@ -77,28 +90,6 @@ pub use crate::pipeline::{
 };
 pub use crate::sink::{MemorySink, Sink};
 
-const SOURCE_OP: OperatorId = 1;
-const WINDOW_OP: OperatorId = 2;
-const SINK_OP: OperatorId = 3;
-const LOOKUP_OP: OperatorId = 4;
-/// The interval join's second source, and the join.
-const RIGHT_SOURCE_OP: OperatorId = 5;
-const JOIN_OP: OperatorId = 6;
-/// Custom operators are `OPERATOR_OPS + i`, in the order of the job.
-const OPERATOR_OPS: OperatorId = 16;
-
-/// The operators of `pipeline` that seal epochs.
-fn sealing_ops(pipeline: &Pipeline) -> Vec<OperatorId> {
-    let mut ops = vec![SOURCE_OP, SINK_OP];
-    if pipeline.aggregate.is_some() {
-        ops.push(WINDOW_OP);
-    }
-    if pipeline.join.is_some() {
-        ops.extend([RIGHT_SOURCE_OP, JOIN_OP]);
-    }
-    ops.extend((0..pipeline.operators.len()).map(|i| OPERATOR_OPS + i as OperatorId));
-    ops
-}
 /// A running job.
 pub struct JobHandle {
     stop: Arc<AtomicBool>,
@@ -339,75 +330,6 @@ fn timely_config(cluster: &Cluster) -> timely::Config {
         communication,
         worker: timely::WorkerConfig::default(),
     }
-}
-
-/// What every worker says at an agreement: the first and last epoch all
-/// its operators sealed, and whether it is stopping.
-type Said = (Option<u64>, Option<u64>, bool);
-
-/// Exchanges `local` with every worker (a broadcast) and returns what all
-/// of them said.
-fn agree(worker: &mut timely::worker::Worker, local: Said) -> Vec<Said> {
-    let seen: Rc<RefCell<Vec<Said>>> = Rc::new(RefCell::new(Vec::new()));
-    let collected = seen.clone();
-    let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
-        let (input, stream) = scope.new_input::<Vec<Said>>();
-        let (probe, _) = stream
-            .broadcast()
-            .inspect(move |value| collected.borrow_mut().push(*value))
-            .probe();
-        (input, probe)
-    });
-    input.send(local);
-    input.advance_to(1);
-    drop(input);
-    while !probe.done() {
-        worker.step();
-    }
-    let values = seen.borrow().clone();
-    debug_assert_eq!(values.len(), worker.peers());
-    values
-}
-
-/// The last epoch every operator of every worker sealed.
-fn agree_on_committed(worker: &mut timely::worker::Worker, local: Option<u64>) -> Option<u64> {
-    agree(worker, (local, local, false))
-        .into_iter()
-        .map(|(sealed, _, _)| sealed)
-        .collect::<Option<Vec<u64>>>()
-        .and_then(|v| v.into_iter().min())
-}
-
-/// What the operators of one worker share (they run on its thread).
-struct WorkerShared {
-    store: Rc<Store>,
-    ops: Vec<OperatorId>,
-    aggregator: Option<RefCell<WindowAggregator>>,
-    join: Option<RefCell<OperatorRunner>>,
-    operators: Vec<RefCell<OperatorRunner>>,
-    sink: RefCell<SinkState>,
-    committed: RefCell<Option<u64>>,
-    /// Set once the end of a bounded input reached this worker's sink.
-    drained: Rc<Cell<bool>>,
-}
-
-impl WorkerShared {
-    /// The last epoch every operator of this worker sealed.
-    fn sealed(&self) -> Result<Option<u64>, DataflowError> {
-        local_sealed(&self.store, &self.ops)
-    }
-}
-
-fn local_sealed(store: &Store, ops: &[OperatorId]) -> Result<Option<u64>, DataflowError> {
-    Ok(sealed_epochs(store, ops)?
-        .into_iter()
-        .collect::<Option<Vec<u64>>>()
-        .and_then(|v| v.into_iter().min()))
-}
-
-/// The last epoch each operator of this worker sealed.
-fn sealed_epochs(store: &Store, ops: &[OperatorId]) -> Result<Vec<Option<u64>>, DataflowError> {
-    ops.iter().map(|op| store.sealed(*op)).collect()
 }
 
 fn run_worker(
@@ -915,7 +837,13 @@ fn run_worker(
             return Err(DataflowError::Execution(ANOTHER_FAILED.into()));
         }
     }
-    finish(worker, &shared, prepared)
+    finish(
+        worker,
+        &shared,
+        prepared.stop.load(Ordering::SeqCst),
+        prepared.pipeline.post.as_ref(),
+        &prepared.status,
+    )
 }
 
 /// Tags each batch with the worker its rows go to: split by the key of
@@ -981,249 +909,5 @@ fn emit_stepped(
             failed.fail(error);
             *cap = None;
         }
-    }
-}
-
-/// Where a source resumes after a (re)start: the offsets stored with the
-/// last epoch every worker sealed (`committed`), or the start.
-fn resume_source(
-    store: &Store,
-    op: OperatorId,
-    committed: Option<u64>,
-) -> Result<Checkpoint, DataflowError> {
-    let Some(epoch) = committed else {
-        store.reset(op)?;
-        return Ok(Checkpoint::default());
-    };
-    let pending = store.committed(op)?.is_none_or(|m| m < epoch);
-    let checkpoint = store
-        .offsets(op, epoch)?
-        .map(|bytes| serde_json::from_slice(&bytes))
-        .transpose()
-        .map_err(|e| DataflowError::State(format!("stored offsets: {e}")))?
-        .ok_or_else(|| {
-            DataflowError::State(format!(
-                "no offsets stored with epoch {epoch}, the last one every worker sealed"
-            ))
-        })?;
-    if pending {
-        store.commit(op, epoch, |_| {})?;
-    }
-    store.discard_after(op, Some(epoch))?;
-    Ok(checkpoint)
-}
-
-/// After the dataflow: every operator of every worker seals one last
-/// epoch — at the end of a bounded input, with every window still open
-/// closed in it — and all commit it together.
-///
-/// The commit operator commits epochs while the job runs; at the end a
-/// worker whose input ended early has not sealed the epochs others went on
-/// to, so the workers agree on a last epoch instead.
-fn finish(
-    worker: &mut timely::worker::Worker,
-    shared: &WorkerShared,
-    prepared: &Prepared,
-) -> Result<(), DataflowError> {
-    let sealed = sealed_epochs(&shared.store, &shared.ops)?;
-    let local_max = sealed.iter().flatten().copied().max();
-    let stopping = prepared.stop.load(Ordering::SeqCst);
-    let said = agree(worker, (None, local_max, stopping));
-    let stopping = said.iter().any(|(_, _, stopping)| *stopping);
-    let last = said
-        .iter()
-        .filter_map(|(_, max, _)| *max)
-        .max()
-        .unwrap_or(0)
-        + 1;
-    {
-        let mut sink = shared.sink.borrow_mut();
-        if let Some(aggregator) = &shared.aggregator {
-            let mut aggregator = aggregator.borrow_mut();
-            let window_sealed = shared.store.sealed(WINDOW_OP)?.unwrap_or(0);
-            let mut results = Vec::new();
-            for epoch in window_sealed + 1..last {
-                results.extend(aggregator.seal(epoch)?);
-            }
-            if !stopping {
-                // The input is over: every window closes.
-                results.extend(aggregator.close(last, i64::MAX)?);
-            }
-            results.extend(aggregator.seal(last)?);
-            for batch in &results {
-                let batch = match &prepared.pipeline.post {
-                    Some(post) => post.apply(batch)?,
-                    None => batch.clone(),
-                };
-                if batch.num_rows() > 0 {
-                    sink.write(last, &batch)?;
-                    prepared.status.lock().expect("status").records_out += batch.num_rows() as u64;
-                }
-            }
-        }
-        for operator in shared.join.iter().chain(&shared.operators) {
-            operator.borrow_mut().finish(last)?;
-        }
-        sink.seal(last)?;
-        seal_ended_source(&shared.store, SOURCE_OP, last)?;
-        if shared.join.is_some() {
-            seal_ended_source(&shared.store, RIGHT_SOURCE_OP, last)?;
-        }
-    }
-    // Every worker has sealed `last` once every worker says so.
-    agree(worker, (Some(last), Some(last), false));
-    commit_through(shared, last, &prepared.status)
-}
-
-/// Seals a source that ended (its input read to the end, or the job
-/// stopping) for every epoch up to `through`: it reads nothing more, so its
-/// last offsets hold for them. Without this a worker whose partitions ended
-/// early would keep the last epoch every worker sealed at its end, while
-/// the others commit later epochs and drop the offsets of earlier ones.
-fn seal_ended_source(store: &Store, op: OperatorId, through: u64) -> Result<(), DataflowError> {
-    let sealed = store.sealed(op)?;
-    if sealed.is_some_and(|e| e >= through) {
-        return Ok(());
-    }
-    let offsets = match sealed {
-        Some(epoch) => store.offsets(op, epoch)?,
-        None => None,
-    };
-    for epoch in sealed.map_or(1, |e| e + 1)..=through {
-        store.seal(op, epoch, None, offsets.as_deref())?;
-    }
-    Ok(())
-}
-
-/// Commits every epoch up to `done` that this worker's operators sealed.
-fn commit_through(
-    shared: &WorkerShared,
-    done: u64,
-    status: &Mutex<Status>,
-) -> Result<(), DataflowError> {
-    // The frontier passed `done`, so a source that has not sealed it let
-    // go of its capability: it has ended.
-    seal_ended_source(&shared.store, SOURCE_OP, done)?;
-    if shared.join.is_some() {
-        seal_ended_source(&shared.store, RIGHT_SOURCE_OP, done)?;
-    }
-    let Some(sealed) = shared.sealed()? else {
-        return Ok(());
-    };
-    let target = done.min(sealed);
-    let last = *shared.committed.borrow();
-    let first = last.map_or(1, |l| l + 1);
-    if target < first {
-        return Ok(());
-    }
-    let mut sink = shared.sink.borrow_mut();
-    for epoch in first..=target {
-        if let Some(aggregator) = &shared.aggregator {
-            aggregator.borrow_mut().commit(epoch)?;
-        }
-        for operator in shared.join.iter().chain(&shared.operators) {
-            operator.borrow_mut().state().commit(epoch)?;
-        }
-        sink.commit(epoch)?;
-        shared.store.commit(SOURCE_OP, epoch, |_| {})?;
-        if shared.join.is_some() {
-            shared.store.commit(RIGHT_SOURCE_OP, epoch, |_| {})?;
-        }
-    }
-    *shared.committed.borrow_mut() = Some(target);
-    status.lock().expect("status").committed_epoch = Some(target);
-    if tracing::enabled!(tracing::Level::DEBUG) {
-        // Where a restart will resume: the crash tests check it does.
-        let offsets: Option<Checkpoint> = shared
-            .store
-            .offsets(SOURCE_OP, target)?
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok());
-        let status = status.lock().expect("status");
-        tracing::debug!(
-            epoch = target,
-            offsets = ?offsets.map(|c| c.source),
-            records_in = status.records_in,
-            records_out = status.records_out,
-            dead_letters = status.dead_letters,
-            watermark = status.watermark,
-            "committed"
-        );
-    }
-    Ok(())
-}
-
-/// The window operator's logic around the aggregator: seal epochs the
-/// input frontier has left, close windows the watermark has passed, and
-/// say how far the output capability may move.
-struct WindowOp {
-    shared: Rc<WorkerShared>,
-    sealed_through: u64,
-    max_epoch_seen: u64,
-    /// The epoch closes belong to: the latest in the frontier so far.
-    close_epoch: u64,
-    /// Set when the job stops: sources then let go of their capabilities
-    /// one by one, and the frontier moves on without their watermarks.
-    stopping: Arc<AtomicBool>,
-}
-
-impl WindowOp {
-    /// Takes the batches that arrived (with their epochs) and the input
-    /// frontier; returns the updates of sealed epochs, the windows closed
-    /// (emitted at `(close_epoch, watermark)`), and where the output
-    /// capability goes next (`None`: release it, the input is over).
-    #[allow(clippy::type_complexity)]
-    fn step(
-        &mut self,
-        arrived: Vec<(u64, Batch)>,
-        frontier: &[Time],
-    ) -> Result<(Vec<RecordBatch>, Vec<RecordBatch>, Option<Time>), DataflowError> {
-        let mut aggregator = self
-            .shared
-            .aggregator
-            .as_ref()
-            .expect("a windowed job")
-            .borrow_mut();
-        for (epoch, batch) in arrived {
-            self.max_epoch_seen = self.max_epoch_seen.max(epoch);
-            aggregator.update(epoch, &batch.0)?;
-        }
-        let mut results = Vec::new();
-        if frontier.is_empty() {
-            // Input over: the job is stopping, or a bounded source ended
-            // (then `finish` closes every window).
-            for epoch in self.sealed_through + 1..=self.max_epoch_seen {
-                results.extend(aggregator.seal(epoch)?);
-            }
-            self.sealed_through = self.max_epoch_seen.max(self.sealed_through);
-            return Ok((results, Vec::new(), None));
-        }
-        let min_epoch = frontier.iter().map(|t| t.outer).min().expect("non-empty");
-        let max_epoch = frontier.iter().map(|t| t.outer).max().expect("non-empty");
-        let min_watermark = frontier.iter().map(|t| t.inner).min().expect("non-empty");
-        self.max_epoch_seen = self.max_epoch_seen.max(max_epoch);
-        for epoch in self.sealed_through + 1..min_epoch {
-            results.extend(aggregator.seal(epoch)?);
-            self.sealed_through = epoch;
-        }
-        // The watermark may come from a source already in a later epoch:
-        // a close belongs to the latest epoch in the frontier, so that a
-        // restart before that epoch commits closes the windows again.
-        self.close_epoch = self.close_epoch.max(max_epoch);
-        // A stopping job leaves its windows open: the flag is set before
-        // any source lets go, so no close sees a frontier without them.
-        if self.stopping.load(Ordering::SeqCst) {
-            return Ok((
-                results,
-                Vec::new(),
-                Some(Product::new(min_epoch, min_watermark)),
-            ));
-        }
-        let limit = aggregator.closable(i64::try_from(min_watermark).unwrap_or(i64::MAX));
-        let closed = aggregator.close(self.close_epoch, limit)?;
-        Ok((
-            results,
-            closed,
-            Some(Product::new(min_epoch, min_watermark)),
-        ))
     }
 }

@@ -1,12 +1,14 @@
-//! Weir's streaming runtime: jobs that read Kafka topics, compute event-time
-//! windowed aggregates, keep their state in RocksDB and write results, with
-//! exactly-once results across crashes. Built on timely dataflow; operators
-//! exchange Arrow record batches.
+//! Weir's streaming runtime: jobs that read Kafka topics (or Parquet
+//! files), join them with tables and with each other on event time, run
+//! custom stateful operators and event-time windowed aggregates, keep their
+//! state in RocksDB and write results, with exactly-once state across
+//! crashes. Built on timely dataflow; operators exchange Arrow record
+//! batches.
 //!
 //! ```text
-//!  Kafka partitions ─▶ source ─▶ split by key ─exchange─▶ window aggregate ─▶ sink ─▶ commit
-//!  or Parquet files   decode, event time,                  RocksDB state       Kafka, Parquet,
-//!   (per worker)      watermark, late → DLQ,                                   RocksDB table
+//!  Kafka partitions ─▶ source ─▶ [interval join] ─▶ [operators] ─▶ [window aggregate] ─▶ sink ─▶ commit
+//!  or Parquet files   decode, event time,   keyed state,   RocksDB state             Kafka, Parquet,
+//!   (per worker)      watermark, late → DLQ, timers                                  RocksDB table
 //!                     lookup join, transform
 //! ```
 //!
@@ -21,7 +23,10 @@ pub mod batch;
 pub mod codec;
 pub mod column_type;
 pub mod decode;
+pub mod duration;
+mod epochs;
 pub mod interval_join;
+pub mod input;
 pub mod job;
 mod kafka;
 pub mod lookup;
@@ -35,9 +40,11 @@ pub mod spec;
 pub mod state;
 pub mod store;
 pub mod supervise;
+pub mod time;
 pub mod transform;
 pub mod udaf;
 pub mod window;
+mod window_operator;
 
 /// What can go wrong in a job, by who is at fault: the job's definition
 /// (`Plan`), the data or the engine (`Execution`), the state store

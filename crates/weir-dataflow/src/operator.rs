@@ -29,7 +29,7 @@ use arrow::datatypes::SchemaRef;
 use timely::order::Product;
 
 use crate::DataflowError;
-use crate::pipeline::Time;
+use crate::time::Time;
 use crate::state::{KeyedState, ListState, MapState, ValueState};
 
 /// Custom logic with keyed state, run on every worker.

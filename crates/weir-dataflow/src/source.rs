@@ -35,7 +35,8 @@ use crate::batch::with_columns;
 use crate::decode::RecordDecoder;
 use crate::kafka::{Producer, dead_letter, flush, producer};
 use crate::lookup::LookupTable;
-use crate::pipeline::{KAFKA_TIMESTAMP, Source, Start, Status, kafka_timestamp_field};
+use crate::input::{KAFKA_TIMESTAMP, Source, Start, kafka_timestamp_field};
+use crate::pipeline::Status;
 use crate::store::{OperatorId, Store};
 use crate::transform::Transform;
 
@@ -217,7 +218,7 @@ impl SourceState {
                 consumer
                     .assign(&assignment)
                     .map_err(|e| DataflowError::Execution(format!("assigning partitions: {e}")))?;
-                let kafka_time = source.event_time == crate::pipeline::EventTime::Kafka;
+                let kafka_time = source.event_time == crate::input::EventTime::Kafka;
                 let payload_schema = if kafka_time {
                     let fields: Vec<Field> = source_schema
                         .fields()
@@ -319,9 +320,9 @@ impl SourceState {
 
     pub(crate) fn step(
         &mut self,
-        cap: &mut timely::dataflow::operators::Capability<crate::pipeline::Time>,
+        cap: &mut timely::dataflow::operators::Capability<crate::time::Time>,
         output: &mut impl FnMut(
-            &timely::dataflow::operators::Capability<crate::pipeline::Time>,
+            &timely::dataflow::operators::Capability<crate::time::Time>,
             RecordBatch,
         ),
     ) -> Result<SourceStep, DataflowError> {
@@ -416,7 +417,7 @@ impl SourceState {
     /// lets go.
     fn drain(
         &mut self,
-        cap: &mut timely::dataflow::operators::Capability<crate::pipeline::Time>,
+        cap: &mut timely::dataflow::operators::Capability<crate::time::Time>,
     ) -> Result<SourceStep, DataflowError> {
         use timely::order::Product;
         if self.drained.get() {
@@ -461,9 +462,9 @@ impl SourceState {
     fn process_kafka(
         &mut self,
         messages: &[OwnedMessage],
-        cap: &timely::dataflow::operators::Capability<crate::pipeline::Time>,
+        cap: &timely::dataflow::operators::Capability<crate::time::Time>,
         output: &mut impl FnMut(
-            &timely::dataflow::operators::Capability<crate::pipeline::Time>,
+            &timely::dataflow::operators::Capability<crate::time::Time>,
             RecordBatch,
         ),
     ) -> Result<(), DataflowError> {
@@ -567,9 +568,9 @@ impl SourceState {
     /// Reads one batch of the next unfinished file; `false` when none is left.
     fn read_parquet(
         &mut self,
-        cap: &timely::dataflow::operators::Capability<crate::pipeline::Time>,
+        cap: &timely::dataflow::operators::Capability<crate::time::Time>,
         output: &mut impl FnMut(
-            &timely::dataflow::operators::Capability<crate::pipeline::Time>,
+            &timely::dataflow::operators::Capability<crate::time::Time>,
             RecordBatch,
         ),
     ) -> Result<bool, DataflowError> {
@@ -664,9 +665,9 @@ impl SourceState {
         &mut self,
         batch: RecordBatch,
         keep: Vec<u32>,
-        cap: &timely::dataflow::operators::Capability<crate::pipeline::Time>,
+        cap: &timely::dataflow::operators::Capability<crate::time::Time>,
         output: &mut impl FnMut(
-            &timely::dataflow::operators::Capability<crate::pipeline::Time>,
+            &timely::dataflow::operators::Capability<crate::time::Time>,
             RecordBatch,
         ),
     ) -> Result<(), DataflowError> {
@@ -736,7 +737,7 @@ impl SourceState {
     /// Moves the watermark and the capability with it.
     fn advance_watermark(
         &mut self,
-        cap: &mut timely::dataflow::operators::Capability<crate::pipeline::Time>,
+        cap: &mut timely::dataflow::operators::Capability<crate::time::Time>,
     ) {
         use timely::order::Product;
         if let Some(candidate) = self.candidate_watermark(Instant::now())

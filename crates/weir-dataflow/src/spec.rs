@@ -58,6 +58,7 @@ use toml::Spanned;
 use crate::DataflowError;
 use crate::aggregate::Emit;
 use crate::column_type;
+pub use crate::duration::parse_duration;
 use crate::interval_join::IntervalJoin;
 use crate::lookup::{JoinKind, Lookup};
 use crate::pipeline::{
@@ -195,31 +196,6 @@ fn signed_millis(text: &str) -> Result<i64, String> {
     let ms =
         i64::try_from(parse_duration(rest)?.as_millis()).map_err(|_| "too long".to_string())?;
     Ok(sign * ms)
-}
-
-/// Parses a duration such as `250ms`, `5s`, `10m`, `1h`, `2d`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("`{text}` has no unit (ms, s, m, h, d)"))?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` does not start with a whole number"))?;
-    let ms = match unit.trim() {
-        "ms" => 1,
-        "s" => 1_000,
-        "m" | "min" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        other => {
-            return Err(format!(
-                "`{other}` in `{text}` is not a unit (ms, s, m, h, d)"
-            ));
-        }
-    };
-    Ok(Duration::from_millis(number * ms))
 }
 
 /// Reads a job file; `state_dir` holds the job's state. Relative paths in

@@ -26,6 +26,7 @@ use crate::DataflowError;
 use crate::store::{KeyedEntry, OperatorId, Store, time_bytes};
 
 /// Changes of one epoch: a key's new value, or `None` where it was removed.
+/// Ordered, so that a commit writes RocksDB in key order.
 type Layer = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
 
 /// The state name timers are kept under (no operator's name starts with a
@@ -162,16 +163,20 @@ impl KeyedState {
         })
     }
 
-    fn get(&self, k: &[u8]) -> Result<Option<Vec<u8>>, DataflowError> {
-        if let Some(v) = self.open.get(k) {
-            return Ok(v.clone());
+    /// Decodes the current value of `k` (without copying it out of a layer).
+    fn read<T: DeserializeOwned>(&self, k: &[u8]) -> Result<Option<T>, DataflowError> {
+        let layered = std::iter::once(&self.open)
+            .chain(self.sealed.values().rev())
+            .find_map(|layer| layer.get(k));
+        match layered {
+            Some(value) => value.as_deref().map(decode).transpose(),
+            None => self
+                .store
+                .keyed(self.op, k)?
+                .as_deref()
+                .map(decode)
+                .transpose(),
         }
-        for layer in self.sealed.values().rev() {
-            if let Some(v) = layer.get(k) {
-                return Ok(v.clone());
-            }
-        }
-        self.store.keyed(self.op, k)
     }
 
     fn put(&mut self, k: Vec<u8>, v: Option<Vec<u8>>) {
@@ -243,10 +248,7 @@ pub struct ValueState<'a, T> {
 impl<T: Serialize + DeserializeOwned> ValueState<'_, T> {
     /// The key's value.
     pub fn get(&self, key: &[u8]) -> Result<Option<T>, DataflowError> {
-        self.state
-            .get(&state_key(self.name, key, &[]))?
-            .map(|bytes| decode(&bytes))
-            .transpose()
+        self.state.read(&state_key(self.name, key, &[]))
     }
 
     /// Sets the key's value.
@@ -276,10 +278,7 @@ impl<K: Serialize + DeserializeOwned, V: Serialize + DeserializeOwned> MapState<
 
     /// The value of `entry` in the key's map.
     pub fn get(&self, key: &[u8], entry: &K) -> Result<Option<V>, DataflowError> {
-        self.state
-            .get(&self.entry_key(key, entry)?)?
-            .map(|bytes| decode(&bytes))
-            .transpose()
+        self.state.read(&self.entry_key(key, entry)?)
     }
 
     /// Sets `entry` in the key's map.

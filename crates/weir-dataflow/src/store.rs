@@ -82,9 +82,13 @@ impl Store {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        // State is read by key and by pane ranges; a bloom filter is not
-        // worth its memory here, a modest block cache is.
         options.increase_parallelism(2);
+        // Custom operators and joins mostly look up keys never written (a
+        // new request id): a whole-key bloom filter answers those without
+        // reading every level-0 file.
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_bloom_filter(10.0, false);
+        options.set_block_based_table_factory(&table);
         let db = DB::open(&options, path)
             .map_err(|e| err(&format!("opening state at {}", path.display()), e))?;
         // The write-ahead log is kept (a killed process loses nothing it

@@ -67,7 +67,7 @@ impl TopK {
         if file.k == 0 {
             return Err("top_k: `k` must be at least 1".into());
         }
-        let window = crate::spec::parse_duration(&file.window)
+        let window = crate::duration::parse_duration(&file.window)
             .map_err(|e| format!("top_k: `window`: {e}"))?;
         let window = i64::try_from(window.as_millis())
             .ok()
