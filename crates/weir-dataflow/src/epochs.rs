@@ -71,7 +71,10 @@ pub(crate) fn agree(worker: &mut timely::worker::Worker, local: Said) -> Vec<Sai
 }
 
 /// The last epoch every operator of every worker sealed.
-pub(crate) fn agree_on_committed(worker: &mut timely::worker::Worker, local: Option<u64>) -> Option<u64> {
+pub(crate) fn agree_on_committed(
+    worker: &mut timely::worker::Worker,
+    local: Option<u64>,
+) -> Option<u64> {
     agree(worker, (local, local, false))
         .into_iter()
         .map(|(sealed, _, _)| sealed)
@@ -99,7 +102,10 @@ impl WorkerShared {
     }
 }
 
-pub(crate) fn local_sealed(store: &Store, ops: &[OperatorId]) -> Result<Option<u64>, DataflowError> {
+pub(crate) fn local_sealed(
+    store: &Store,
+    ops: &[OperatorId],
+) -> Result<Option<u64>, DataflowError> {
     Ok(sealed_epochs(store, ops)?
         .into_iter()
         .collect::<Option<Vec<u64>>>()
@@ -107,10 +113,12 @@ pub(crate) fn local_sealed(store: &Store, ops: &[OperatorId]) -> Result<Option<u
 }
 
 /// The last epoch each operator of this worker sealed.
-pub(crate) fn sealed_epochs(store: &Store, ops: &[OperatorId]) -> Result<Vec<Option<u64>>, DataflowError> {
+pub(crate) fn sealed_epochs(
+    store: &Store,
+    ops: &[OperatorId],
+) -> Result<Vec<Option<u64>>, DataflowError> {
     ops.iter().map(|op| store.sealed(*op)).collect()
 }
-
 
 /// Where a source resumes after a (re)start: the offsets stored with the
 /// last epoch every worker sealed (`committed`), or the start.
@@ -209,7 +217,11 @@ pub(crate) fn finish(
 /// last offsets hold for them. Without this a worker whose partitions ended
 /// early would keep the last epoch every worker sealed at its end, while
 /// the others commit later epochs and drop the offsets of earlier ones.
-pub(crate) fn seal_ended_source(store: &Store, op: OperatorId, through: u64) -> Result<(), DataflowError> {
+pub(crate) fn seal_ended_source(
+    store: &Store,
+    op: OperatorId,
+    through: u64,
+) -> Result<(), DataflowError> {
     let sealed = store.sealed(op)?;
     if sealed.is_some_and(|e| e >= through) {
         return Ok(());

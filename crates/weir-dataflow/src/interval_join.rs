@@ -25,9 +25,9 @@ use arrow::row::{RowConverter, SortField};
 use crate::DataflowError;
 use crate::aggregate::event_times;
 use crate::batch::KeyEncoder;
+use crate::input::{KafkaSource, Source};
 use crate::lookup::JoinKind;
 use crate::operator::{Context, Operator};
-use crate::input::{KafkaSource, Source};
 
 /// An interval join, as its author writes it.
 #[derive(Debug, Clone)]

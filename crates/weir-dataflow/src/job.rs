@@ -63,23 +63,23 @@ use timely::container::CapacityContainerBuilder;
 use timely::dataflow::Stream;
 use timely::dataflow::channels::pact::{Exchange, Pipeline as Pipe};
 use timely::dataflow::operators::Capability;
-use timely::dataflow::operators::generic::{OutputBuilderSession, source};
 use timely::dataflow::operators::Operator;
+use timely::dataflow::operators::generic::{OutputBuilderSession, source};
 use timely::order::Product;
 use weir_bus::{Bus, BusConfig, TopicCodec, TopicSpec};
 
 use crate::DataflowError;
 use crate::aggregate::WindowAggregator;
 use crate::batch::{Batch, KeyEncoder, split_by_key};
+use crate::epochs::{
+    JOIN_OP, LOOKUP_OP, OPERATOR_OPS, RIGHT_SOURCE_OP, SINK_OP, SOURCE_OP, WINDOW_OP, WorkerShared,
+    agree_on_committed, commit_through, finish, local_sealed, resume_source, sealing_ops,
+};
 use crate::lookup::LookupTable;
 use crate::operator::{Emitted, OperatorRunner};
 use crate::sink::SinkState;
 use crate::source::{SourceSetup, SourceState, SourceStep};
 use crate::state::KeyedState;
-use crate::epochs::{
-    JOIN_OP, LOOKUP_OP, OPERATOR_OPS, RIGHT_SOURCE_OP, SINK_OP, SOURCE_OP, WINDOW_OP, WorkerShared,
-    agree_on_committed, commit_through, finish, local_sealed, resume_source, sealing_ops,
-};
 use crate::store::{OperatorId, Store};
 use crate::window_operator::WindowOp;
 

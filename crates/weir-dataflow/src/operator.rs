@@ -29,8 +29,8 @@ use arrow::datatypes::SchemaRef;
 use timely::order::Product;
 
 use crate::DataflowError;
-use crate::time::Time;
 use crate::state::{KeyedState, ListState, MapState, ValueState};
+use crate::time::Time;
 
 /// Custom logic with keyed state, run on every worker.
 pub trait Operator {

@@ -15,18 +15,16 @@ use serde::{Deserialize, Serialize};
 use weir_bus::Bus;
 
 use crate::DataflowError;
-pub use crate::input::{
-    EventTime, KAFKA_TIMESTAMP, KafkaSource, ParquetSource, Source, Start,
-};
-use crate::input::with_kafka_timestamp;
-pub use crate::time::Time;
 use crate::aggregate::{Emit, WINDOW_START, result_schema};
 use crate::decode::arrow_schema;
+use crate::input::with_kafka_timestamp;
+pub use crate::input::{EventTime, KAFKA_TIMESTAMP, KafkaSource, ParquetSource, Source, Start};
 use crate::interval_join::{IntervalJoin, IntervalJoinPlan};
 use crate::lookup::{Lookup, LookupPlan};
 use crate::operator::OperatorFactory;
 use crate::plan::{AggregatePlan, plan_aggregate};
 use crate::sink::Sink;
+pub use crate::time::Time;
 use crate::transform::{Transform, plan_transform};
 use crate::window::Window;
 
