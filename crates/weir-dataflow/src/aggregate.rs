@@ -189,6 +189,11 @@ impl WindowAggregator {
                 "session windows are emitted when they close, not on every update".into(),
             ));
         }
+        if emit == Emit::OnClose && window.is_global() {
+            return Err(DataflowError::Plan(
+                "an aggregation without a window never closes: it is emitted as it changes (emit = \"update\")".into(),
+            ));
+        }
         let keys = KeyEncoder::new(plan.input.clone(), plan.keys.clone()).map_err(df)?;
         let state_fields = plan
             .aggregates
@@ -199,7 +204,7 @@ impl WindowAggregator {
         Ok(Self {
             op,
             store,
-            output: output_schema(&plan, &keys),
+            output: output_schema(&plan, &keys, window),
             plan,
             window,
             emit,
@@ -545,6 +550,11 @@ impl WindowAggregator {
     /// windows again). Results come in batches of at most a few tens of
     /// thousands of rows.
     pub fn close(&mut self, epoch: u64, limit: i64) -> Result<Vec<RecordBatch>, DataflowError> {
+        if self.window.is_global() {
+            // It never closes, not even at the end of a bounded input: a
+            // later run goes on from its state.
+            return Ok(Vec::new());
+        }
         let after = self.closed_through.unwrap_or(i64::MIN);
         if limit <= after {
             return Ok(Vec::new());
@@ -839,12 +849,14 @@ impl WindowAggregator {
             .keys
             .columns(groups.iter().map(|(_, _, key)| key.as_slice()))
             .map_err(df)?;
-        columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
-            groups.iter().map(|(start, _, _)| *start),
-        )));
-        columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
-            groups.iter().map(|(_, end, _)| *end),
-        )));
+        if !self.window.is_global() {
+            columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
+                groups.iter().map(|(start, _, _)| *start),
+            )));
+            columns.push(Arc::new(TimestampMillisecondArray::from_iter_values(
+                groups.iter().map(|(_, end, _)| *end),
+            )));
+        }
         for (accumulator, field) in accumulators
             .iter_mut()
             .zip(self.output.fields().iter().skip(columns.len()))
@@ -1006,13 +1018,17 @@ impl WindowAggregator {
     }
 }
 
-/// The output schema of an aggregation: keys, window start and end, and
-/// the aggregates under their names.
-fn output_schema(plan: &AggregatePlan, keys: &KeyEncoder) -> SchemaRef {
+/// The output schema of an aggregation: keys, window start and end (not
+/// for the global window), and the aggregates under their names.
+fn output_schema(plan: &AggregatePlan, keys: &KeyEncoder, window: Window) -> SchemaRef {
     let mut fields: Vec<FieldRef> = keys.fields();
-    for name in [WINDOW_START, WINDOW_END] {
+    let window_columns: &[&str] = match window.is_global() {
+        true => &[],
+        false => &[WINDOW_START, WINDOW_END],
+    };
+    for name in window_columns {
         fields.push(Arc::new(Field::new(
-            name,
+            *name,
             DataType::Timestamp(TimeUnit::Millisecond, None),
             false,
         )));
@@ -1024,9 +1040,9 @@ fn output_schema(plan: &AggregatePlan, keys: &KeyEncoder) -> SchemaRef {
 }
 
 /// The schema results of `plan` have (see [`WindowAggregator::output_schema`]).
-pub fn result_schema(plan: &AggregatePlan) -> Result<SchemaRef, DataflowError> {
+pub fn result_schema(plan: &AggregatePlan, window: Window) -> Result<SchemaRef, DataflowError> {
     let keys = KeyEncoder::new(plan.input.clone(), plan.keys.clone()).map_err(df)?;
-    Ok(output_schema(plan, &keys))
+    Ok(output_schema(plan, &keys, window))
 }
 
 /// Splits stored state bytes into the session bounds (if sessions) and

@@ -245,12 +245,27 @@ pub async fn run(
         None => None,
     };
     if let Sink::Kafka { topic, .. } = &pipeline.sink {
-        admin
-            .ensure_topic(&TopicSpec::new(topic, partitions.max(1)))
-            .await?;
+        let mut spec = TopicSpec::new(topic, partitions.max(1));
+        // Updates are upserts by key: Kafka keeps the latest of each.
+        if pipeline
+            .aggregate
+            .as_ref()
+            .is_some_and(|a| a.emit == crate::aggregate::Emit::OnUpdate)
+        {
+            spec = spec.config("cleanup.policy", "compact");
+        }
+        admin.ensure_topic(&spec).await?;
     }
     let output = pipeline.output_schema()?;
     let sink_key = pipeline.sink_key()?;
+    if let Some(aggregate) = &pipeline.aggregate
+        && aggregate.window.is_global()
+        && aggregate.emit == crate::aggregate::Emit::OnClose
+    {
+        return Err(DataflowError::Plan(
+            "an aggregation without a window never closes: it is emitted as it changes (emit = \"update\")".into(),
+        ));
+    }
     if matches!(pipeline.sink, Sink::Table { .. }) && sink_key.is_empty() {
         return Err(DataflowError::Plan(
             "a table sink needs key columns (`key`)".into(),

@@ -256,7 +256,7 @@ impl Pipeline {
             return Ok(post.output.clone());
         }
         match &self.aggregate {
-            Some(aggregate) => result_schema(&aggregate.plan),
+            Some(aggregate) => result_schema(&aggregate.plan, aggregate.window),
             None => Ok(self.stage_schema()),
         }
     }

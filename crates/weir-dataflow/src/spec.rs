@@ -37,7 +37,8 @@
 //!
 //! [aggregate]                  # optional: without it, rows go to the sink as they are
 //! keys = ["user_id"]
-//! window = { hop = { size = "1h", slide = "5m" } }   # or { tumble = "1m" }, { session = "30m" }
+//! window = { hop = { size = "1h", slide = "5m" } }   # or { tumble = "1m" }, { session = "30m" };
+//!                                                     # none: a continuous aggregation, emitted as it changes
 //! aggregates = { n = "count(*)", avg_cents = "avg(cents)", categories = "count(DISTINCT merchant_category)" }
 //! emit = "close"               # or "update": every checkpoint, the windows that changed
 //!
@@ -157,7 +158,9 @@ struct AggregateFile {
     #[serde(default)]
     filter: Option<String>,
     keys: Vec<String>,
-    window: WindowFile,
+    /// None: a continuous aggregation, emitted as it changes.
+    #[serde(default)]
+    window: Option<WindowFile>,
     aggregates: BTreeMap<String, String>,
     #[serde(default)]
     emit: Option<Spanned<String>>,
@@ -388,16 +391,18 @@ fn parse_in(text: &str, state_dir: &Path, base: &Path) -> Result<JobSpec, String
         Some(aggregate) => {
             let window =
                 match &aggregate.window {
-                    WindowFile::Tumble(size) => Window::tumbling(duration(size)?)
+                    Some(WindowFile::Tumble(size)) => Window::tumbling(duration(size)?)
                         .map_err(|e| at(size.span(), e.to_string()))?,
-                    WindowFile::Hop { size, slide } => {
+                    Some(WindowFile::Hop { size, slide }) => {
                         Window::hopping(duration(size)?, duration(slide)?)
                             .map_err(|e| at(slide.span(), e.to_string()))?
                     }
-                    WindowFile::Session(gap) => Window::session(duration(gap)?)
+                    Some(WindowFile::Session(gap)) => Window::session(duration(gap)?)
                         .map_err(|e| at(gap.span(), e.to_string()))?,
+                    None => Window::Global,
                 };
             let emit = match &aggregate.emit {
+                None if window.is_global() => Emit::OnUpdate,
                 None => Emit::OnClose,
                 Some(emit) => match emit.get_ref().as_str() {
                     "close" => Emit::OnClose,
@@ -499,6 +504,54 @@ mod tests {
             columns[0],
             ("user_id".to_string(), "\"user_id\"".to_string())
         );
+    }
+
+    #[test]
+    fn joins_operators_and_windowless_aggregates_parse() {
+        let text = r#"
+name = "labelled"
+[source]
+topic = "log"
+event_time = "ts"
+[join]
+topic = "feedback"
+event_time = "ts"
+on = { request_id = "request_id" }
+between = ["-5s", "1h"]
+kind = "left"
+[[operator]]
+kind = "top_k"
+key = "request_id"
+by = "label"
+k = 2
+window = "1m"
+time = "ts"
+[aggregate]
+keys = ["variant"]
+aggregates = { n = "count(*)" }
+[sink]
+topic = "out"
+"#;
+        let spec = parse(text, Path::new("/tmp/state")).unwrap();
+        let join = spec.join.unwrap();
+        assert_eq!((join.lower, join.upper), (-5_000, 3_600_000));
+        assert_eq!(join.kind, JoinKind::Left);
+        assert_eq!(
+            join.on,
+            vec![("request_id".to_string(), "request_id".to_string())]
+        );
+        assert_eq!(spec.operators.len(), 1);
+        let aggregation = spec.aggregation.unwrap();
+        assert_eq!(aggregation.window, Window::Global);
+        assert_eq!(
+            aggregation.emit,
+            Emit::OnUpdate,
+            "a windowless aggregate updates"
+        );
+
+        let bad = text.replace("kind = \"top_k\"", "kind = \"top_n\"");
+        let error = parse(&bad, Path::new("/tmp")).unwrap_err();
+        assert!(error.contains("`top_n` is not an operator kind"), "{error}");
     }
 
     #[test]

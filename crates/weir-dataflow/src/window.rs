@@ -8,6 +8,11 @@
 //!
 //! Session windows group a key's events separated by less than a gap; they
 //! are kept per key and merged as events arrive.
+//!
+//! The **global** window holds every event of a key and never closes: a
+//! continuous aggregation ("the current posterior per arm"), emitted as it
+//! changes. It is a window as long as time itself (one pane), so the same
+//! arithmetic serves it.
 
 use std::time::Duration;
 
@@ -31,6 +36,8 @@ pub enum Window {
         /// Inactivity that ends a session, in milliseconds.
         gap: i64,
     },
+    /// Every event of a key, in a window that never closes.
+    Global,
 }
 
 /// Why a window specification is refused.
@@ -67,6 +74,7 @@ impl Window {
             Window::Tumbling { size } => size,
             Window::Hopping { size, slide } => gcd(size, slide),
             Window::Session { gap } => gap,
+            Window::Global => i64::MAX,
         }
     }
 
@@ -75,6 +83,7 @@ impl Window {
         match *self {
             Window::Tumbling { size } | Window::Hopping { size, .. } => size,
             Window::Session { gap } => gap,
+            Window::Global => i64::MAX,
         }
     }
 
@@ -83,11 +92,20 @@ impl Window {
             Window::Tumbling { size } => size,
             Window::Hopping { slide, .. } => slide,
             Window::Session { gap } => gap,
+            Window::Global => i64::MAX,
         }
+    }
+
+    /// Whether this is the global window (no window columns, never closes).
+    pub fn is_global(&self) -> bool {
+        *self == Window::Global
     }
 
     /// Start of the pane holding event time `t`.
     pub fn pane_of(&self, t: i64) -> i64 {
+        if self.is_global() {
+            return 0;
+        }
         let pane = self.pane();
         t - t.rem_euclid(pane)
     }
@@ -107,7 +125,7 @@ impl Window {
     pub fn windows_ending(&self, after: i64, up_to: i64) -> impl Iterator<Item = i64> + use<> {
         let (size, slide) = (self.size(), self.slide());
         // Window start s ends at s + size; s is a multiple of the slide.
-        let lowest = after - size + 1;
+        let lowest = after.saturating_sub(size).saturating_add(1);
         let first = lowest + (slide - lowest.rem_euclid(slide)) % slide;
         (0..)
             .map(move |i| first + i * slide)

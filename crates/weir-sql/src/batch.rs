@@ -400,7 +400,7 @@ pub async fn run(
         .aggregate
         .as_ref()
         .expect("an aggregating view");
-    let layout = weir_dataflow::aggregate::result_schema(&windowed.plan)?;
+    let layout = weir_dataflow::aggregate::result_schema(&windowed.plan, windowed.window)?;
     let mut out = Vec::new();
     for batch in conform(batches, &layout)? {
         let batch = match &plan.pipeline.post {

@@ -880,7 +880,7 @@ pub fn plan_view(
             // The aggregator's rows are [keys, window_start, window_end,
             // aggregates]; the nodes above read them through a schema with
             // DataFusion's names for those columns.
-            let result = weir_dataflow::aggregate::result_schema(&plan)?;
+            let result = weir_dataflow::aggregate::result_schema(&plan, window.window)?;
             let mut layout: Vec<(Option<TableReference>, FieldRef)> = Vec::new();
             let mut k = 0;
             for g in 0..n_groups {

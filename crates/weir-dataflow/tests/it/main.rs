@@ -2,6 +2,7 @@
 //! equal a brute-force reference, whatever the number of workers.
 
 mod cluster;
+mod continuous;
 mod dead_letters;
 mod files;
 mod joins;
