@@ -56,7 +56,12 @@ impl LiveStatus {
         {
             self.checkpoint = Some((epoch, now));
         }
-        let lag: i64 = status.partitions.values().map(|p| p.lag).sum();
+        let lag: i64 = status
+            .partitions
+            .values()
+            .chain(status.joined_partitions.values())
+            .map(|p| p.lag)
+            .sum();
         let catching_up = lag > 0;
         let style = if catching_up {
             "{prefix:.bold} [{bar:30}] {percent:>3}% {msg}"
@@ -84,11 +89,20 @@ impl LiveStatus {
 
 /// `12,345 in (3,120/s), 120 out, lag 0 [p0 0, p1 0] · watermark … · checkpoint 7 (2 s ago)`.
 fn describe(status: &Status, rate: f64, checkpoint: Option<(u64, Instant)>, lag: i64) -> String {
-    let partitions: Vec<String> = status
-        .partitions
-        .iter()
-        .map(|(p, s)| format!("p{p} @{} lag {}", thousands(s.offset), thousands(s.lag)))
-        .collect();
+    let show =
+        |partitions: &std::collections::BTreeMap<i32, weir_dataflow::job::PartitionStatus>| {
+            partitions
+                .iter()
+                .map(|(p, s)| format!("p{p} @{} lag {}", thousands(s.offset), thousands(s.lag)))
+                .collect::<Vec<String>>()
+        };
+    let mut partitions = show(&status.partitions);
+    if !status.joined_partitions.is_empty() {
+        partitions.push(format!(
+            "join: {}",
+            show(&status.joined_partitions).join(", ")
+        ));
+    }
     let mut text = format!(
         "{} in ({}/s), {} out, lag {} [{}]",
         thousands(status.records_in),

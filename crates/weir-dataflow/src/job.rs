@@ -470,6 +470,7 @@ fn run_worker(
                 .clone()
                 .filter(|_| pipeline.join.is_none()),
             checkpoint_interval: pipeline.checkpoint_interval,
+            joined: false,
         },
         &prepared.bus,
         pipeline.source_schema.clone(),
@@ -492,6 +493,7 @@ fn run_worker(
                 source: &Source::Kafka(join.spec.right.clone()),
                 transform: None,
                 checkpoint_interval: pipeline.checkpoint_interval,
+                joined: true,
             },
             &prepared.bus,
             join.right.clone(),

@@ -336,6 +336,9 @@ pub struct Status {
     pub committed_epoch: Option<u64>,
     /// Per partition: next offset to read and the lag behind its end.
     pub partitions: BTreeMap<i32, PartitionStatus>,
+    /// The same for the topic of an interval join (`[join]`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub joined_partitions: BTreeMap<i32, PartitionStatus>,
 }
 
 /// One partition's progress.

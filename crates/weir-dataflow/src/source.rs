@@ -131,6 +131,8 @@ pub(crate) struct SourceState {
     ended: bool,
     /// Set once the end reached every sink (see [`SourceState::drain`]).
     drained: Rc<Cell<bool>>,
+    /// See [`SourceSetup::joined`].
+    joined: bool,
 }
 
 /// What a source reads, and what it does to rows before passing them on.
@@ -143,6 +145,9 @@ pub(crate) struct SourceSetup<'a> {
     pub transform: Option<Transform>,
     /// How often offsets are checkpointed.
     pub checkpoint_interval: Duration,
+    /// Whether this is an interval join's topic (it reports its progress
+    /// under `Status::joined_partitions`).
+    pub joined: bool,
 }
 
 /// Worker `index` of `peers` takes every partition `p` with `p % peers == index`.
@@ -299,6 +304,7 @@ impl SourceState {
             status,
             ended: false,
             drained,
+            joined: setup.joined,
         };
         if let Some(watermark) = state.candidate_watermark(now) {
             state.watermark = watermark;
@@ -558,8 +564,13 @@ impl SourceState {
             }
         }
         let mut status = self.status.lock().expect("status");
+        let status = &mut *status;
+        let partitions = match self.joined {
+            true => &mut status.joined_partitions,
+            false => &mut status.partitions,
+        };
         for (partition, progress) in &self.partitions {
-            let entry = status.partitions.entry(*partition).or_default();
+            let entry = partitions.entry(*partition).or_default();
             entry.offset = progress.next_offset;
             entry.lag = (progress.high - progress.next_offset).max(0);
         }

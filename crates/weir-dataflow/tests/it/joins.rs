@@ -275,6 +275,16 @@ async fn interval_joins_equal_a_brute_force_reference() {
                 status.records_in,
                 (served.len() + labels.len() + late.len()) as u64
             );
+            // Each topic's progress under its own name: every offset read.
+            let read = |p: &std::collections::BTreeMap<
+                i32,
+                weir_dataflow::job::PartitionStatus,
+            >| { (p.len(), p.values().map(|s| s.offset).sum::<i64>()) };
+            assert_eq!(read(&status.partitions), (2, served.len() as i64));
+            assert_eq!(
+                read(&status.joined_partitions),
+                (2, (labels.len() + late.len()) as i64)
+            );
             println!(
                 "{kind:?}, {workers} worker(s): {} rows, {} late labels dead-lettered",
                 got.len(),
