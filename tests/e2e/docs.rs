@@ -492,4 +492,45 @@ fn dataflow_page() {
         rows.iter()
             .all(|row| row["window_start"] == 1_699_999_980_000_i64)
     );
+
+    // Each user's spend so far: the last update of a user holds its totals.
+    let mut so_far = std::collections::BTreeMap::new();
+    for line in stdout_of(&outputs, "tail spend-so-far").lines() {
+        let row: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(row.get("window_start").is_none(), "{row}");
+        let total = (row["total"].as_f64().unwrap() * 100.0).round() / 100.0;
+        so_far.insert(
+            row["user_id"].as_str().unwrap().to_string(),
+            (row["n"].as_i64().unwrap(), total),
+        );
+    }
+    let expected: std::collections::BTreeMap<String, (i64, f64)> = [
+        ("u1".to_string(), (3, 22.7)),
+        ("u2".to_string(), (2, 99.9)),
+        ("u3".to_string(), (1, 45.0)),
+    ]
+    .into();
+    assert_eq!(so_far, expected);
+
+    // The served requests with their labels, left-outer.
+    let mut labelled: Vec<(String, Option<i64>)> = stdout_of(&outputs, "tail labelled")
+        .lines()
+        .map(|line| {
+            let row: serde_json::Value = serde_json::from_str(line).unwrap();
+            (
+                row["request_id"].as_str().unwrap().to_string(),
+                row["label"].as_i64(),
+            )
+        })
+        .collect();
+    labelled.sort();
+    assert_eq!(
+        labelled,
+        vec![
+            ("r1".to_string(), Some(1)),
+            ("r2".to_string(), None),
+            ("r3".to_string(), Some(0)),
+            ("r4".to_string(), None),
+        ]
+    );
 }
