@@ -17,14 +17,18 @@ struct Event {
 }
 
 /// A deterministic pseudo-random stream (xorshift), no dependency needed.
-fn events(count: usize) -> Vec<Event> {
-    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
-    let mut next = move || {
+fn xorshift(seed: u64) -> impl FnMut() -> u64 {
+    let mut state = seed;
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         state
-    };
+    }
+}
+
+fn events(count: usize) -> Vec<Event> {
+    let mut next = xorshift(0x9E37_79B9_7F4A_7C15);
     (0..count)
         .map(|i| Event {
             user: format!("u{}", next() % 100),
@@ -578,13 +582,7 @@ fn an_interval_join_killed_at_random_points_ends_with_exact_results() {
     // 100,000 requests over 1,000 s (ids repeat), labels for 90 % of them
     // from 2 s before to 14 s after (the join takes 0 to 10 s), 2 s out of
     // order.
-    let mut state = 0x2545_F491_4F6C_DD1D_u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut next = xorshift(0x2545_F491_4F6C_DD1D);
     let base = 1_700_000_000_000_i64;
     let served: Vec<(String, String, i64)> = (0..100_000)
         .map(|i| {
@@ -597,7 +595,7 @@ fn an_interval_join_killed_at_random_points_ends_with_exact_results() {
         .collect();
     let mut labels: Vec<(String, i64, i64)> = Vec::new();
     for (id, _, ts) in &served {
-        if next() % 10 != 0 {
+        if !next().is_multiple_of(10) {
             labels.push((
                 id.clone(),
                 (next() % 2) as i64,

@@ -14,7 +14,6 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use serde_json::{Value as Json, json};
-use weir_broker::{EmbeddedBroker, Storage};
 use weir_bus::{Bus, BusConfig, ConsumerOptions, SchemaType, StartFrom, TopicSpec};
 use weir_core::Config;
 
@@ -71,16 +70,10 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     if args.rounds == 0 {
         bail!("--rounds: at least 1");
     }
-    let (bootstrap, broker, where_) = match &config.brokers {
-        Some(brokers) => (brokers.clone(), None, format!("Kafka at {brokers}")),
-        None => {
-            let broker = EmbeddedBroker::start_on_free_port(Storage::Memory).await?;
-            (
-                broker.bootstrap_servers(),
-                Some(broker),
-                "the embedded broker (memory storage, in this process)".to_string(),
-            )
-        }
+    let (bootstrap, broker) = crate::broker(config).await?;
+    let where_ = match &broker {
+        Some(_) => "the embedded broker (memory storage, in this process)".to_string(),
+        None => format!("Kafka at {bootstrap}"),
     };
     let bus = Bus::connect(BusConfig::configured(bootstrap.clone(), config)).await?;
     // A pool of distinct events, cycled, so generating data is not measured.

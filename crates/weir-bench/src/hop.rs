@@ -24,7 +24,6 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
-use weir_broker::{EmbeddedBroker, Storage};
 use weir_bus::{Bus, BusConfig, OutRecord, TopicSpec};
 use weir_core::Config;
 
@@ -71,13 +70,7 @@ const SLIDE: i64 = 300_000;
 const T0: i64 = 1_700_000_000_000;
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
-    let (bootstrap, broker) = match &config.brokers {
-        Some(brokers) => (brokers.clone(), None),
-        None => {
-            let broker = EmbeddedBroker::start_on_free_port(Storage::Memory).await?;
-            (broker.bootstrap_servers(), Some(broker))
-        }
-    };
+    let (bootstrap, broker) = crate::broker(config).await?;
     let bus = Bus::connect(BusConfig::configured(bootstrap.clone(), config)).await?;
     let topic = format!("bench.hop.{}", std::process::id());
     bus.admin().create_topic(&TopicSpec::new(&topic, 1)).await?;
@@ -566,43 +559,11 @@ fn hand_loop(bootstrap: &str, topic: &str, events: usize) -> anyhow::Result<Figu
 /// Quix Streams on `events` events in a child process, timed as the Weir
 /// job is: from its start to its exit.
 async fn run_quix(bootstrap: &str, topic: &str, events: usize) -> anyhow::Result<Figure> {
-    let python = std::env::var_os("WEIR_PYTHON")
-        .map(PathBuf::from)
-        .context("WEIR_PYTHON is not set: run the benchmark with `cargo xtask bench hop` (it builds the Python environment with Quix Streams), or pass --no-quix")?;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../python/bench/quix_hop.py");
-    let started = Instant::now();
-    let child = tokio::process::Command::new(python)
-        .arg(&script)
-        .args([bootstrap, topic, &events.to_string(), "final"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().context("no pid")?;
-    let output = {
-        let mut peak = None;
-        let wait = child.wait_with_output();
-        tokio::pin!(wait);
-        loop {
-            if let Some(rss) = peak_rss_mib(pid) {
-                peak = Some(rss);
-            }
-            tokio::select! {
-                output = &mut wait => break (output?, peak),
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-        }
-    };
-    let seconds = started.elapsed().as_secs_f64();
-    let (output, rss) = output;
-    let line = String::from_utf8_lossy(&output.stdout);
-    let report: serde_json::Value = line
-        .lines()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .with_context(|| format!("quix streams printed no result ({})", output.status))?;
+    let args = [bootstrap, topic, &events.to_string(), "final"].map(String::from);
+    let (report, seconds, rss_mib) = crate::run_anchor("quix_hop.py", &args).await?;
     Ok(Figure {
         events: report["events"].as_u64().unwrap_or(0) as usize,
         seconds,
-        rss_mib: rss,
+        rss_mib,
     })
 }

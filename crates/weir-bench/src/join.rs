@@ -16,11 +16,9 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -28,11 +26,10 @@ use rdkafka::message::Message as _;
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Deserialize;
-use weir_broker::{EmbeddedBroker, Storage};
 use weir_bus::{Bus, BusConfig, OutRecord, TopicSpec};
 use weir_core::Config;
 
-use crate::hop::{Figure, count_records, peak_rss_mib, run_child, tempdir};
+use crate::hop::{Figure, count_records, run_child, tempdir};
 use crate::spread::Spread;
 
 #[derive(clap::Args)]
@@ -60,13 +57,7 @@ const UPPER: i64 = 60_000;
 const LATENESS: i64 = 6_000;
 
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
-    let (bootstrap, broker) = match &config.brokers {
-        Some(brokers) => (brokers.clone(), None),
-        None => {
-            let broker = EmbeddedBroker::start_on_free_port(Storage::Memory).await?;
-            (broker.bootstrap_servers(), Some(broker))
-        }
-    };
+    let (bootstrap, broker) = crate::broker(config).await?;
     let bus = Bus::connect(BusConfig::configured(bootstrap.clone(), config)).await?;
     let log = format!("bench.join.log.{}", std::process::id());
     let feedback = format!("bench.join.feedback.{}", std::process::id());
@@ -447,43 +438,13 @@ async fn run_quix(
     feedback: &str,
     events: usize,
 ) -> anyhow::Result<(Figure, u64)> {
-    let python = std::env::var_os("WEIR_PYTHON")
-        .map(PathBuf::from)
-        .context("WEIR_PYTHON is not set: run the benchmark with `cargo xtask bench join` (it builds the Python environment with Quix Streams), or pass --no-quix")?;
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../python/bench/quix_join.py");
-    let started = Instant::now();
-    let child = tokio::process::Command::new(python)
-        .arg(&script)
-        .args([bootstrap, log, feedback, &events.to_string()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().context("no pid")?;
-    let (output, rss) = {
-        let mut peak = None;
-        let wait = child.wait_with_output();
-        tokio::pin!(wait);
-        loop {
-            if let Some(rss) = peak_rss_mib(pid) {
-                peak = Some(rss);
-            }
-            tokio::select! {
-                output = &mut wait => break (output?, peak),
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-            }
-        }
-    };
-    let seconds = started.elapsed().as_secs_f64();
-    let report: serde_json::Value = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .with_context(|| format!("quix streams printed no result ({})", output.status))?;
+    let args = [bootstrap, log, feedback, &events.to_string()].map(String::from);
+    let (report, seconds, rss_mib) = crate::run_anchor("quix_join.py", &args).await?;
     Ok((
         Figure {
             events: report["events"].as_u64().unwrap_or(0) as usize,
             seconds,
-            rss_mib: rss,
+            rss_mib,
         },
         report["joined"].as_u64().unwrap_or(0),
     ))

@@ -83,6 +83,66 @@ pub(crate) async fn stop_broker(broker: EmbeddedBroker) {
     broker.stop().await;
 }
 
+/// The benchmark's broker: the configured Kafka, or an embedded one
+/// (memory storage) started in this process, returned to be stopped.
+pub(crate) async fn broker(
+    config: &weir_core::Config,
+) -> anyhow::Result<(String, Option<EmbeddedBroker>)> {
+    Ok(match &config.brokers {
+        Some(brokers) => (brokers.clone(), None),
+        None => {
+            let broker = EmbeddedBroker::start_on_free_port(weir_broker::Storage::Memory).await?;
+            (broker.bootstrap_servers(), Some(broker))
+        }
+    })
+}
+
+/// Runs an anchor's Python script (`python/bench/<script>`) in the
+/// environment `cargo xtask bench` builds, timed from its start to its exit
+/// as Weir's child processes are; returns the JSON line it prints, its
+/// seconds and its peak RSS.
+pub(crate) async fn run_anchor(
+    script: &str,
+    args: &[String],
+) -> anyhow::Result<(serde_json::Value, f64, Option<f64>)> {
+    use anyhow::Context as _;
+    let python = std::env::var_os("WEIR_PYTHON")
+        .map(std::path::PathBuf::from)
+        .context("WEIR_PYTHON is not set: run the benchmark with `cargo xtask bench` (it builds the Python environment with the anchors), or pass --no-quix")?;
+    let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../python/bench")
+        .join(script);
+    let started = std::time::Instant::now();
+    let child = tokio::process::Command::new(python)
+        .arg(&script)
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("no pid")?;
+    let (output, rss) = {
+        let mut peak = None;
+        let wait = child.wait_with_output();
+        tokio::pin!(wait);
+        loop {
+            if let Some(rss) = hop::peak_rss_mib(pid) {
+                peak = Some(rss);
+            }
+            tokio::select! {
+                output = &mut wait => break (output?, peak),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            }
+        }
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let report: serde_json::Value = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .with_context(|| format!("{} printed no result ({})", script.display(), output.status))?;
+    Ok((report, seconds, rss))
+}
+
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub(crate) fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)

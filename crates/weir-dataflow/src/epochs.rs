@@ -96,6 +96,11 @@ pub(crate) struct WorkerShared {
 }
 
 impl WorkerShared {
+    /// This worker's sources: the job's, and an interval join's.
+    fn source_ops(&self) -> impl Iterator<Item = OperatorId> + use<> {
+        std::iter::once(SOURCE_OP).chain(self.join.is_some().then_some(RIGHT_SOURCE_OP))
+    }
+
     /// The last epoch every operator of this worker sealed.
     pub(crate) fn sealed(&self) -> Result<Option<u64>, DataflowError> {
         local_sealed(&self.store, &self.ops)
@@ -202,9 +207,8 @@ pub(crate) fn finish(
             operator.borrow_mut().finish(last)?;
         }
         sink.seal(last)?;
-        seal_ended_source(&shared.store, SOURCE_OP, last)?;
-        if shared.join.is_some() {
-            seal_ended_source(&shared.store, RIGHT_SOURCE_OP, last)?;
+        for op in shared.source_ops() {
+            seal_ended_source(&shared.store, op, last)?;
         }
     }
     // Every worker has sealed `last` once every worker says so.
@@ -244,9 +248,8 @@ pub(crate) fn commit_through(
 ) -> Result<(), DataflowError> {
     // The frontier passed `done`, so a source that has not sealed it let
     // go of its capability: it has ended.
-    seal_ended_source(&shared.store, SOURCE_OP, done)?;
-    if shared.join.is_some() {
-        seal_ended_source(&shared.store, RIGHT_SOURCE_OP, done)?;
+    for op in shared.source_ops() {
+        seal_ended_source(&shared.store, op, done)?;
     }
     let Some(sealed) = shared.sealed()? else {
         return Ok(());
@@ -266,9 +269,8 @@ pub(crate) fn commit_through(
             operator.borrow_mut().state().commit(epoch)?;
         }
         sink.commit(epoch)?;
-        shared.store.commit(SOURCE_OP, epoch, |_| {})?;
-        if shared.join.is_some() {
-            shared.store.commit(RIGHT_SOURCE_OP, epoch, |_| {})?;
+        for op in shared.source_ops() {
+            shared.store.commit(op, epoch, |_| {})?;
         }
     }
     *shared.committed.borrow_mut() = Some(target);

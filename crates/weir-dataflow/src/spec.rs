@@ -269,21 +269,43 @@ fn parse_in(text: &str, state_dir: &Path, base: &Path) -> Result<JobSpec, String
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Arc::new(Schema::new(fields)))
     };
+    // A topic read with its event time and its timing settings.
+    let kafka_source = |topic: &str,
+                        event_time: &str,
+                        lateness: &Option<Spanned<String>>,
+                        idle_timeout: &Option<Spanned<String>>|
+     -> Result<KafkaSource, String> {
+        let mut kafka = KafkaSource::new(topic, event_time);
+        if event_time == "kafka" {
+            kafka.event_time = EventTime::Kafka;
+        }
+        if let Some(lateness) = lateness {
+            kafka.lateness = duration(lateness)?;
+        }
+        if let Some(idle) = idle_timeout {
+            kafka.idle_timeout = duration(idle)?;
+        }
+        Ok(kafka)
+    };
+    let join_kind = |kind: &Option<Spanned<String>>| match kind {
+        None => Ok(JoinKind::Inner),
+        Some(kind) => match kind.get_ref().as_str() {
+            "inner" => Ok(JoinKind::Inner),
+            "left" => Ok(JoinKind::Left),
+            other => Err(at(kind.span(), format!("`{other}` is not inner or left"))),
+        },
+    };
     let source = file.source;
     // The joined stream ends where the source does.
     let source_bounded = source.bounded;
     let source = match (&source.topic, &source.parquet) {
         (Some(topic), None) => {
-            let mut kafka = KafkaSource::new(topic, &source.event_time);
-            if source.event_time == "kafka" {
-                kafka.event_time = EventTime::Kafka;
-            }
-            if let Some(lateness) = &source.lateness {
-                kafka.lateness = duration(lateness)?;
-            }
-            if let Some(idle) = &source.idle_timeout {
-                kafka.idle_timeout = duration(idle)?;
-            }
+            let mut kafka = kafka_source(
+                topic,
+                &source.event_time,
+                &source.lateness,
+                &source.idle_timeout,
+            )?;
             kafka.start = match &source.start {
                 None => Start::Earliest,
                 Some(start) => match start.get_ref().as_str() {
@@ -316,16 +338,7 @@ fn parse_in(text: &str, state_dir: &Path, base: &Path) -> Result<JobSpec, String
         None => None,
         Some(lookup) => Some(Lookup {
             schema: lookup.schema.as_ref().map(schema_of).transpose()?,
-            kind: match &lookup.join {
-                None => JoinKind::Inner,
-                Some(kind) => match kind.get_ref().as_str() {
-                    "inner" => JoinKind::Inner,
-                    "left" => JoinKind::Left,
-                    other => {
-                        return Err(at(kind.span(), format!("`{other}` is not inner or left")));
-                    }
-                },
-            },
+            kind: join_kind(&lookup.join)?,
             topic: lookup.topic,
             key: lookup.key,
             on: lookup.on,
@@ -335,16 +348,12 @@ fn parse_in(text: &str, state_dir: &Path, base: &Path) -> Result<JobSpec, String
     let join = match file.join {
         None => None,
         Some(join) => {
-            let mut right = KafkaSource::new(&join.topic, &join.event_time);
-            if join.event_time == "kafka" {
-                right.event_time = EventTime::Kafka;
-            }
-            if let Some(lateness) = &join.lateness {
-                right.lateness = duration(lateness)?;
-            }
-            if let Some(idle) = &join.idle_timeout {
-                right.idle_timeout = duration(idle)?;
-            }
+            let mut right = kafka_source(
+                &join.topic,
+                &join.event_time,
+                &join.lateness,
+                &join.idle_timeout,
+            )?;
             right.bounded = source_bounded;
             right.schema = join.schema.as_ref().map(schema_of).transpose()?;
             let span = join.between.span();
@@ -357,16 +366,7 @@ fn parse_in(text: &str, state_dir: &Path, base: &Path) -> Result<JobSpec, String
                 on: join.on.into_iter().collect(),
                 lower: bound(&lower)?,
                 upper: bound(&upper)?,
-                kind: match &join.kind {
-                    None => JoinKind::Inner,
-                    Some(kind) => match kind.get_ref().as_str() {
-                        "inner" => JoinKind::Inner,
-                        "left" => JoinKind::Left,
-                        other => {
-                            return Err(at(kind.span(), format!("`{other}` is not inner or left")));
-                        }
-                    },
-                },
+                kind: join_kind(&join.kind)?,
                 columns: join.columns.into_iter().collect(),
             })
         }
@@ -519,6 +519,7 @@ event_time = "ts"
 on = { request_id = "request_id" }
 between = ["-5s", "1h"]
 kind = "left"
+columns = { label = "label", ts = "label_ts" }
 [[operator]]
 kind = "top_k"
 key = "request_id"
@@ -539,6 +540,13 @@ topic = "out"
         assert_eq!(
             join.on,
             vec![("request_id".to_string(), "request_id".to_string())]
+        );
+        assert_eq!(
+            join.columns,
+            vec![
+                ("label".to_string(), "label".to_string()),
+                ("ts".to_string(), "label_ts".to_string())
+            ]
         );
         assert_eq!(spec.operators.len(), 1);
         let aggregation = spec.aggregation.unwrap();

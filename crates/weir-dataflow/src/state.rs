@@ -390,7 +390,10 @@ mod tests {
             .insert(b"a", &"y".into(), &2.5)
             .unwrap();
         state.set_timer(b"a", 100);
+        state.list::<u8>("l").push(b"a", 1).unwrap();
         state.begin(2).unwrap(); // seals epoch 1
+        state.list::<u8>("l").push(b"a", 2).unwrap();
+        assert_eq!(state.list::<u8>("l").get(b"a").unwrap(), vec![1, 2]);
         state.value::<u32>("n").set(b"a", &2).unwrap();
         state
             .map::<String, f64>("m")
@@ -413,6 +416,7 @@ mod tests {
             2
         );
         assert_eq!(state.value::<u32>("n").get(b"b").unwrap(), None);
+        assert_eq!(state.list::<u8>("l").get(b"a").unwrap(), vec![1]);
         assert_eq!(state.due_timers(99), vec![]);
         assert_eq!(state.due_timers(100), vec![(100, b"a".to_vec())]);
         assert_eq!(state.pending_timers(), 0);

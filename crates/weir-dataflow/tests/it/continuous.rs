@@ -185,4 +185,27 @@ async fn an_update_stream_goes_to_a_compacted_topic() {
         info.configs
     );
     assert!(info.records() >= 5, "an update per user at least");
+
+    // A windowed job emitting on close writes no upserts: not compacted.
+    let job = spec(
+        "closing",
+        "compact-in",
+        h.dir.path(),
+        Window::tumbling(Duration::from_secs(60)).unwrap(),
+        Sink::Kafka {
+            topic: "closing-out".into(),
+            key: Vec::new(),
+        },
+    );
+    let handle = start(job, &h.bus, Cluster::local(1)).await.unwrap();
+    tokio::task::spawn_blocking(move || handle.join())
+        .await
+        .unwrap()
+        .unwrap();
+    let info = h.bus.admin().describe_topic("closing-out").await.unwrap();
+    assert!(
+        !info.configs.iter().any(|(key, _)| key == "cleanup.policy"),
+        "{:?}",
+        info.configs
+    );
 }
