@@ -168,6 +168,33 @@ fn sql_page() {
         ),
         "{notes}"
     );
+    // The join of two streams: the stream agrees with the batch, r1 and r3
+    // are labelled, r2 (70 s late) and r4 show with nulls.
+    let checked = find("features check labelled_requests");
+    assert!(
+        checked.contains("0 only in the batch, 0 only in the stream, 0 different"),
+        "{checked}"
+    );
+    let per_variant = find("sql \"SELECT variant");
+    let rows: Vec<Vec<&str>> = per_variant
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .map(|l| {
+            l.split('|')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .collect()
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        vec![
+            vec!["variant", "served", "labelled"],
+            vec!["a", "2", "2"],
+            vec!["b", "2", "0"],
+        ],
+        "{per_variant}"
+    );
 }
 
 #[test]

@@ -399,7 +399,11 @@ async fn batch(bus: &Bus, topic: &str) -> anyhow::Result<()> {
         datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
             .build()?
             .collect::<Result<_, _>>()?;
-    let results = weir_sql::batch::run(&plan, input, Vec::new()).await?;
+    let inputs = weir_sql::batch::Inputs {
+        source: input,
+        ..Default::default()
+    };
+    let results = weir_sql::batch::run(&plan, inputs).await?;
     let seconds = started.elapsed().as_secs_f64();
     let windows: usize = results.iter().map(|b| b.num_rows()).sum();
     println!(

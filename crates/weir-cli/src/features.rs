@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use weir_core::Config;
-use weir_dataflow::job::{Cluster, Source};
+use weir_dataflow::job::Cluster;
 use weir_features::follow::Online;
 use weir_features::online::rfc3339;
 use weir_sql::registry::{self, Registry};
@@ -158,8 +158,8 @@ async fn command(
             let mut jobs = Vec::new();
             for a in applied {
                 let mut pipeline = a.plan.pipeline;
-                if until_end && let Source::Kafka(source) = &mut pipeline.source {
-                    source.bounded = true;
+                if until_end {
+                    pipeline.set_bounded(true);
                 }
                 let name = format!("{} v{}", a.version.name, a.version.version);
                 let handle = weir_dataflow::job::run(pipeline, bus, Cluster::local(threads))

@@ -233,6 +233,17 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
+    /// Makes the job's topics bounded (stop at the end offsets seen at
+    /// start: a backfill or a test) or not; a Parquet source always is.
+    pub fn set_bounded(&mut self, bounded: bool) {
+        if let Source::Kafka(source) = &mut self.source {
+            source.bounded = bounded;
+        }
+        if let Some(join) = &mut self.join {
+            join.spec.right.bounded = bounded;
+        }
+    }
+
     /// The schema of rows entering the aggregation (or the sink).
     pub fn stage_schema(&self) -> SchemaRef {
         if let Some(last) = self.operators.last() {

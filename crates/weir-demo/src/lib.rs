@@ -266,9 +266,7 @@ async fn features_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
         // so that the stream can be compared with the batch.
         let _ = std::fs::remove_dir_all(state.join(&a.version.job));
         let mut pipeline = a.plan.pipeline.clone();
-        if let weir_dataflow::job::Source::Kafka(source) = &mut pipeline.source {
-            source.bounded = true;
-        }
+        pipeline.set_bounded(true);
         jobs.push(
             weir_dataflow::job::run(pipeline, bus, weir_dataflow::job::Cluster::local(2)).await?,
         );

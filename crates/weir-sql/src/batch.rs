@@ -3,7 +3,7 @@
 //! latest row per key of its table, and gives the rows the stream gives.
 //!
 //! Everything below the aggregation — filters, projections, the join with
-//! the table — is DataFusion's own plan of the same SQL. The window
+//! the table or with a second stream — is DataFusion's own plan of the same SQL. The window
 //! function becomes rows DataFusion can group: `tumble` computes a start,
 //! `hop` lists the starts of an event's windows and is unnested, and
 //! `session` numbers a key's sessions with `lag` and a running `sum` over
@@ -244,20 +244,52 @@ fn conform_to(schema: &SchemaRef, batch: &RecordBatch) -> Result<RecordBatch, Sq
         .map_err(|e| SqlError::Execution(format!("the input rows do not fit the source: {e}")))
 }
 
-/// Runs `plan`'s view over `source` rows (and, if it joins a table, the
-/// table's latest rows): the rows its stream gives for the same input.
-pub async fn run(
-    plan: &Plan,
-    source: Vec<RecordBatch>,
-    table_rows: Vec<RecordBatch>,
-) -> Result<Vec<RecordBatch>, SqlError> {
+/// What a view reads, as rows.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// Its stream's rows.
+    pub source: Vec<RecordBatch>,
+    /// If it joins a table, the table's latest rows.
+    pub table: Vec<RecordBatch>,
+    /// If it joins a second stream, that stream's rows.
+    pub joined: Vec<RecordBatch>,
+}
+
+impl Inputs {
+    /// `source`'s rows, with the table and the second stream the plan
+    /// joins read from their topics as they are now.
+    pub async fn read(bus: &Bus, plan: &Plan, source: Vec<RecordBatch>) -> Result<Self, SqlError> {
+        let table = match &plan.table {
+            Some(t) => read_table(bus, &t.topic, t.schema.clone(), &t.key).await?,
+            None => Vec::new(),
+        };
+        let joined = match &plan.joined {
+            Some(j) => read_topic(bus, &j.topic, j.schema.clone()).await?.batches,
+            None => Vec::new(),
+        };
+        Ok(Self {
+            source,
+            table,
+            joined,
+        })
+    }
+}
+
+/// Runs `plan`'s view over `inputs`: the rows its stream gives for the
+/// same input.
+pub async fn run(plan: &Plan, inputs: Inputs) -> Result<Vec<RecordBatch>, SqlError> {
     let context = context();
     context.register_table(
         &plan.source.name,
-        table(plan.source.schema.clone(), source)?,
+        table(plan.source.schema.clone(), inputs.source)?,
     )?;
     if let Some(t) = &plan.table {
-        context.register_table(&t.name, table(t.schema.clone(), table_rows)?)?;
+        context.register_table(&t.name, table(t.schema.clone(), inputs.table)?)?;
+    }
+    if let Some(j) = &plan.joined
+        && j.name != plan.source.name
+    {
+        context.register_table(&j.name, table(j.schema.clone(), inputs.joined)?)?;
     }
     let logical = with_event_time(
         &plan.view,
@@ -612,11 +644,7 @@ pub fn compare(
 pub async fn check(bus: &Bus, plan: &Plan, entity: &[String]) -> Result<Comparison, SqlError> {
     let stream = read_topic(bus, &plan.topic, plan.output.clone()).await?;
     let history = read_topic(bus, &plan.source.topic, plan.source.schema.clone()).await?;
-    let table = match &plan.table {
-        Some(t) => read_table(bus, &t.topic, t.schema.clone(), &t.key).await?,
-        None => Vec::new(),
-    };
-    let batch = run(plan, history.batches, table).await?;
+    let batch = run(plan, Inputs::read(bus, plan, history.batches).await?).await?;
     let mut key: Vec<&str> = entity.iter().map(String::as_str).collect();
     if plan.window.is_some() {
         key.push(weir_dataflow::aggregate::WINDOW_START);
@@ -651,11 +679,7 @@ pub async fn backfill(
                 .map_err(|e| SqlError::Execution(e.to_string()))?,
         );
     }
-    let table = match &plan.table {
-        Some(t) => read_table(bus, &t.topic, t.schema.clone(), &t.key).await?,
-        None => Vec::new(),
-    };
-    run(plan, source, table).await
+    run(plan, Inputs::read(bus, plan, source).await?).await
 }
 
 /// Writes `batches` to a Parquet file; returns the number of rows.

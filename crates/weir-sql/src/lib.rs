@@ -13,6 +13,8 @@
 //! - [`plan`]: SQL to a [`Plan`]: the physical pipeline of the stream, the
 //!   pieces the batch reuses, and errors that name the construct and its
 //!   `file:line:col`;
+//! - `stream_join`: a join of two streams, bounded in event time, as the
+//!   runtime's interval join;
 //! - [`batch`]: the same plan over history;
 //! - [`registry`]: views and their versions, as events on `weir.meta`;
 //! - [`adhoc`]: ad-hoc batch queries over views, topics and files (`weir sql`).
@@ -22,6 +24,7 @@ pub mod batch;
 pub mod functions;
 pub mod plan;
 pub mod registry;
+mod stream_join;
 pub mod view;
 
 pub use plan::{Catalog, Plan, plan_view};

@@ -9,6 +9,7 @@
 //!   Aggregate GROUP BY keys, <window>     ─▶ keyed window aggregation (DataFusion accumulators)
 //!   Projection / Filter (WHERE)           ─▶ transform, before the aggregation
 //!   Join stream ⋈ table ON stream.x = table.key  ─▶ lookup join
+//!   Join stream ⋈ stream ON keys AND time bounds ─▶ interval join
 //!   TableScan stream                      ─▶ Kafka source
 //! ```
 //!
@@ -35,6 +36,7 @@ use datafusion::logical_expr::{
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
 use weir_dataflow::aggregate::{Emit, WINDOW_END, WINDOW_START};
+use weir_dataflow::interval_join::IntervalJoinPlan;
 use weir_dataflow::job::{EventTime, KafkaSource, Pipeline, Sink, Source, WindowedAggregate};
 use weir_dataflow::lookup::{JoinKind, Lookup, LookupPlan};
 use weir_dataflow::plan::{AggregatePlan, physical_aggregates};
@@ -100,6 +102,8 @@ pub struct Plan {
     pub source: ResolvedSource,
     /// The table it joins, if any.
     pub table: Option<ResolvedTable>,
+    /// The second stream it joins, if any.
+    pub joined: Option<ResolvedSource>,
     /// The window, if the view aggregates.
     pub window: Option<Window>,
 }
@@ -374,8 +378,10 @@ pub(crate) fn with_event_time(
         .input
         .schema()
         .columns_with_unqualified_name(event_time);
-    let [column] = columns.as_slice() else {
-        // Not there (or ambiguous): the view's rows cannot be timed.
+    // In a join of two streams, the left side's (its columns come first)
+    // times the rows.
+    let Some(column) = columns.first() else {
+        // Not there: the view's rows cannot be timed.
         return Err(error_at(
             view,
             "SELECT",
@@ -402,7 +408,9 @@ pub(crate) struct Shape<'a> {
     pub pre: Vec<&'a LogicalPlan>,
     /// The join with a table.
     pub join: Option<&'a Join>,
-    /// The stream's scan.
+    /// The join with a second stream (then `join` is `None`).
+    pub stream_join: Option<&'a Join>,
+    /// The stream's scan (the left one of a join of two streams).
     pub scan: &'a TableScan,
 }
 
@@ -458,21 +466,27 @@ pub(crate) fn shape<'a>(
                     ));
                 };
                 let is_table = |s: &TableScan| tables.iter().any(|t| t == s.table_name.table());
+                if aggregate.is_none() {
+                    pre.append(&mut post);
+                }
+                if !is_table(table) && !is_table(stream) {
+                    return Ok(Shape {
+                        post,
+                        aggregate,
+                        pre,
+                        join: None,
+                        stream_join: Some(join),
+                        scan: stream,
+                    });
+                }
                 if !is_table(table) {
-                    if is_table(stream) {
-                        return Err(error_at(
-                            view,
-                            "JOIN",
-                            format!(
-                                "put the stream first: `FROM <stream> JOIN {}`",
-                                stream.table_name.table()
-                            ),
-                        ));
-                    }
                     return Err(error_at(
                         view,
                         "JOIN",
-                        "a join of two streams is unbounded in a stream: join a stream with a table (declared under `tables:`)",
+                        format!(
+                            "put the stream first: `FROM <stream> JOIN {}`",
+                            stream.table_name.table()
+                        ),
                     ));
                 }
                 if is_table(stream) {
@@ -492,14 +506,12 @@ pub(crate) fn shape<'a>(
                         ),
                     ));
                 }
-                if aggregate.is_none() {
-                    pre.append(&mut post);
-                }
                 return Ok(Shape {
                     post,
                     aggregate,
                     pre,
                     join: Some(join),
+                    stream_join: None,
                     scan: stream,
                 });
             }
@@ -522,6 +534,7 @@ pub(crate) fn shape<'a>(
                     aggregate,
                     pre,
                     join: None,
+                    stream_join: None,
                     scan,
                 });
             }
@@ -784,9 +797,33 @@ pub fn plan_view(
             (Some(plan), Some(table))
         }
     };
-    let joined = lookup
-        .as_ref()
-        .map_or(source.schema.clone(), |l| l.output.clone());
+    // The interval join.
+    let (join, joined_source) = match shape.stream_join {
+        None => (None, None),
+        Some(join) => {
+            let LogicalPlan::TableScan(right_scan) = strip_alias(&join.right) else {
+                unreachable!("shape() checked");
+            };
+            let right = sources
+                .iter()
+                .find(|s| s.name == right_scan.table_name.table())
+                .expect("scans resolve to registered sources")
+                .clone();
+            let spec = crate::stream_join::interval_join(view, join, &source, &right)?;
+            let plan = IntervalJoinPlan::new(
+                spec,
+                source.schema.clone(),
+                &source.event_time,
+                right.schema.clone(),
+            )?;
+            (Some(plan), Some(right))
+        }
+    };
+    let joined = match (&lookup, &join) {
+        (Some(l), _) => l.output.clone(),
+        (None, Some(j)) => j.output.clone(),
+        (None, None) => source.schema.clone(),
+    };
 
     let mut pre = steps(view, &shape.pre, None)?;
     let (aggregate, post, window) = match shape.aggregate {
@@ -805,7 +842,10 @@ pub fn plan_view(
                     ),
                 ));
             };
-            if time.name != source.event_time {
+            let on_the_left = shape
+                .stream_join
+                .is_none_or(|join| join.left.schema().has_column(time));
+            if time.name != source.event_time || !on_the_left {
                 return Err(error_at(
                     view,
                     &time.name,
@@ -957,7 +997,7 @@ pub fn plan_view(
         }),
         source_schema: source.schema.clone(),
         lookup,
-        join: None,
+        join,
         transform: pre,
         operators: Vec::new(),
         aggregate,
@@ -1024,12 +1064,13 @@ pub fn plan_view(
         topic: options.topic.clone(),
         source,
         table,
+        joined: joined_source,
         window,
     })
 }
 
 /// An expression without the casts type coercion may have put around it.
-fn strip_cast(expr: &Expr) -> &Expr {
+pub(crate) fn strip_cast(expr: &Expr) -> &Expr {
     match expr {
         Expr::Cast(cast) => strip_cast(&cast.expr),
         Expr::TryCast(cast) => strip_cast(&cast.expr),

@@ -258,24 +258,34 @@ async fn run(case: &Case, dir: &Path) -> Result<(), String> {
             .find(|a| a.version.name == name)
             .expect("every view applied");
         let plan = &view.plan;
-        let dlq_from = h.dlq_end(&plan.source.topic).await;
+        // Each stream's rows the job accepted (not dead-lettered as late).
+        let mut topics = vec![&plan.source];
+        topics.extend(plan.joined.iter().filter(|j| j.topic != plan.source.topic));
+        let mut dlq_from = Vec::new();
+        for source in &topics {
+            dlq_from.push(h.dlq_end(&source.topic).await);
+        }
         let status = h.run_to_end(plan).await;
-        let dead = h.dead_letters(&plan.source.topic, dlq_from).await;
         late = status.late;
-        let history =
-            weir_sql::batch::read_topic(&h.bus, &plan.source.topic, plan.source.schema.clone())
+        let mut accepted = Vec::new();
+        for (source, from) in topics.iter().zip(dlq_from) {
+            let dead = h.dead_letters(&source.topic, from).await;
+            let history = weir_sql::batch::read_topic(&h.bus, &source.topic, source.schema.clone())
                 .await
                 .map_err(|e| e.to_string())?;
-        let accepted = history
-            .filter(|p, o| !dead.contains(&(p, o)))
+            accepted.push(
+                history
+                    .filter(|p, o| !dead.contains(&(p, o)))
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        let mut inputs = weir_sql::batch::Inputs::read(&h.bus, plan, accepted.remove(0))
+            .await
             .map_err(|e| e.to_string())?;
-        let table = match &plan.table {
-            Some(t) => weir_sql::batch::read_table(&h.bus, &t.topic, t.schema.clone(), &t.key)
-                .await
-                .map_err(|e| e.to_string())?,
-            None => Vec::new(),
-        };
-        let batch = weir_sql::batch::run(plan, accepted, table)
+        if let Some(joined) = accepted.pop() {
+            inputs.joined = joined;
+        }
+        let batch = weir_sql::batch::run(plan, inputs)
             .await
             .map_err(|e| format!("the batch: {e}"))?;
         let stream = weir_sql::batch::read_topic(&h.bus, &plan.topic, plan.output.clone())

@@ -47,9 +47,12 @@ async fn compare(
         }
         _ => Vec::new(),
     };
-    let batch = weir_sql::batch::run(plan, accepted, table_rows)
-        .await
-        .unwrap();
+    let inputs = weir_sql::batch::Inputs {
+        source: accepted,
+        table: table_rows,
+        ..Default::default()
+    };
+    let batch = weir_sql::batch::run(plan, inputs).await.unwrap();
     let mut key: Vec<&str> = applied
         .version
         .header
@@ -191,9 +194,11 @@ async fn a_view_survives_a_restart_with_exact_results() {
     let history = weir_sql::batch::read_topic(&h.bus, "transactions", plan.source.schema.clone())
         .await
         .unwrap();
-    let batch = weir_sql::batch::run(plan, history.batches, Vec::new())
-        .await
-        .unwrap();
+    let inputs = weir_sql::batch::Inputs {
+        source: history.batches,
+        ..Default::default()
+    };
+    let batch = weir_sql::batch::run(plan, inputs).await.unwrap();
     let key = ["user_id", "window_start"];
     assert_same(
         "hop_count",

@@ -10,7 +10,7 @@ use rand::{Rng as _, SeedableRng as _};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
 use serde_json::json;
 use weir_bus::{Bus, ConsumerOptions, StartFrom, TopicSpec};
-use weir_dataflow::job::{Cluster, JobHandle, Source, Status};
+use weir_dataflow::job::{Cluster, JobHandle, Status};
 use weir_sql::Plan;
 use weir_sql::registry::{self, Registry};
 
@@ -64,9 +64,7 @@ impl Harness {
 
     pub async fn start_view(&self, plan: &Plan, bounded: bool) -> JobHandle {
         let mut pipeline = plan.pipeline.clone();
-        if let Source::Kafka(source) = &mut pipeline.source {
-            source.bounded = bounded;
-        }
+        pipeline.set_bounded(bounded);
         weir_dataflow::job::run(pipeline, &self.bus, Cluster::local(2))
             .await
             .unwrap()
