@@ -244,16 +244,7 @@ pub async fn run(
         }
         None => None,
     };
-    if let Sink::Kafka { topic, .. } = &pipeline.sink {
-        let mut spec = TopicSpec::new(topic, partitions.max(1));
-        // Updates are upserts by key: Kafka keeps the latest of each.
-        if pipeline
-            .aggregate
-            .as_ref()
-            .is_some_and(|a| a.emit == crate::aggregate::Emit::OnUpdate)
-        {
-            spec = spec.config("cleanup.policy", "compact");
-        }
+    if let Some(spec) = pipeline.sink_topic(partitions.max(1)) {
         admin.ensure_topic(&spec).await?;
     }
     let output = pipeline.output_schema()?;

@@ -244,6 +244,24 @@ impl Pipeline {
         }
     }
 
+    /// The Kafka sink's topic with `partitions`, compacted when the job
+    /// emits updates (upserts by key: Kafka keeps the latest of each).
+    pub fn sink_topic(&self, partitions: i32) -> Option<weir_bus::TopicSpec> {
+        let Sink::Kafka { topic, .. } = &self.sink else {
+            return None;
+        };
+        let spec = weir_bus::TopicSpec::new(topic, partitions);
+        let updates = self
+            .aggregate
+            .as_ref()
+            .is_some_and(|a| a.emit == crate::aggregate::Emit::OnUpdate);
+        Some(if updates {
+            spec.config("cleanup.policy", "compact")
+        } else {
+            spec
+        })
+    }
+
     /// The schema of rows entering the aggregation (or the sink).
     pub fn stage_schema(&self) -> SchemaRef {
         if let Some(last) = self.operators.last() {

@@ -298,8 +298,13 @@ pub async fn run(plan: &Plan, inputs: Inputs) -> Result<Vec<RecordBatch>, SqlErr
     )?;
     let tables: Vec<String> = plan.table.iter().map(|t| t.name.clone()).collect();
     let shape = shape(&plan.view, &logical, &tables)?;
-    let Some(aggregate) = shape.aggregate else {
-        // No window: the query as it is.
+    let window = match shape.aggregate {
+        Some(aggregate) => window_group(&plan.view, aggregate)?.map(|w| (aggregate, w)),
+        None => None,
+    };
+    let Some((aggregate, window)) = window else {
+        // No window: the query as it is (a continuous aggregation's final
+        // value per group, which its stream's last update per key equals).
         let batches = context
             .execute_logical_plan(logical)
             .await?
@@ -307,7 +312,6 @@ pub async fn run(plan: &Plan, inputs: Inputs) -> Result<Vec<RecordBatch>, SqlErr
             .await?;
         return conform(batches, &plan.output);
     };
-    let window = window_group(&plan.view, aggregate)?;
     let keys: Vec<Expr> = aggregate
         .group_expr
         .iter()

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //!   Projection / Filter (HAVING)          ─▶ post transform, over each window's result
-//!   Aggregate GROUP BY keys, <window>     ─▶ keyed window aggregation (DataFusion accumulators)
+//!   Aggregate GROUP BY keys[, <window>]   ─▶ keyed window or continuous aggregation (DataFusion accumulators)
 //!   Projection / Filter (WHERE)           ─▶ transform, before the aggregation
 //!   Join stream ⋈ table ON stream.x = table.key  ─▶ lookup join
 //!   Join stream ⋈ stream ON keys AND time bounds ─▶ interval join
@@ -14,10 +14,13 @@
 //! ```
 //!
 //! Expressions become DataFusion physical expressions; aggregates become
-//! the same `AggregateFunctionExpr`s DataFusion's batch engine runs. Anything
-//! else — ORDER BY, LIMIT, a join of two streams, an aggregation without a
-//! window, a window function over rows — is refused with the construct
-//! named and its `file:line:col`.
+//! the same `AggregateFunctionExpr`s DataFusion's batch engine runs. A join
+//! of two streams bounded in event time becomes the runtime's interval join
+//! (`stream_join.rs`); an aggregation without a window is continuous
+//! (emitted as its groups change). Anything else — ORDER BY, LIMIT, an
+//! unbounded join of two streams, HAVING without a window, a window
+//! function over rows — is refused with the construct named and its
+//! `file:line:col`.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -25,13 +28,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arrow::datatypes::{Field, FieldRef, Schema, SchemaRef};
-use datafusion::common::{DFSchema, TableReference};
+use datafusion::common::{Column, DFSchema, TableReference};
 use datafusion::datasource::empty::EmptyTable;
 use datafusion::error::DataFusionError;
 use datafusion::execution::context::{ExecutionProps, SessionConfig, SessionContext};
+use datafusion::functions_aggregate::expr_fn::max;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{
-    Aggregate, Expr, Join, JoinType, LogicalPlan, Projection, TableScan,
+    Aggregate, Expr, Filter, Join, JoinType, LogicalPlan, Projection, TableScan,
 };
 use datafusion::physical_expr::expressions::Column as PhysicalColumn;
 use datafusion::physical_expr::{PhysicalExpr, create_physical_expr};
@@ -354,15 +358,14 @@ pub(crate) fn logical_plan(
 /// A view without a window keeps each row's event time, its feature time
 /// (as a Feast feature view's rows keep their timestamp field): when the
 /// select list leaves the source's event time column out, it is added as
-/// the last column. A windowed view's rows are timed by their window.
+/// the last column. An aggregation without a window times each group by
+/// its latest event, `max(<event time>)`, added the same way. A windowed
+/// view's rows are timed by their window.
 pub(crate) fn with_event_time(
     view: &ViewFile,
     plan: LogicalPlan,
     event_time: &str,
 ) -> Result<LogicalPlan, SqlError> {
-    fn aggregates(plan: &LogicalPlan) -> bool {
-        matches!(plan, LogicalPlan::Aggregate(_)) || plan.inputs().into_iter().any(aggregates)
-    }
     let LogicalPlan::Projection(projection) = &plan else {
         return Ok(plan);
     };
@@ -371,8 +374,31 @@ pub(crate) fn with_event_time(
         .fields()
         .iter()
         .any(|f| f.name() == event_time);
-    if kept || aggregates(&plan) {
+    if kept {
         return Ok(plan);
+    }
+    let rebuilt = |exprs: Vec<Expr>, input: LogicalPlan| {
+        Projection::try_new(exprs, Arc::new(input))
+            .map(LogicalPlan::Projection)
+            .map_err(|e| datafusion_error(view, e))
+    };
+    let mut exprs = projection.expr.clone();
+    match aggregation(&projection.input) {
+        Aggregation::Windowed => return Ok(plan),
+        Aggregation::Continuous => {
+            let Some(input) = with_latest_time(view, &projection.input, event_time)? else {
+                return Err(error_at(
+                    view,
+                    "SELECT",
+                    format!(
+                        "an aggregation without a window is timed by each group's latest event:                          select `max({event_time}) AS {event_time}`"
+                    ),
+                ));
+            };
+            exprs.push(Expr::Column(Column::new_unqualified(event_time)));
+            return rebuilt(exprs, input);
+        }
+        Aggregation::None => {}
     }
     let columns = projection
         .input
@@ -391,11 +417,72 @@ pub(crate) fn with_event_time(
             ),
         ));
     };
-    let mut exprs = projection.expr.clone();
     exprs.push(Expr::Column(column.clone()));
-    Projection::try_new(exprs, projection.input.clone())
-        .map(LogicalPlan::Projection)
-        .map_err(|e| datafusion_error(view, e))
+    rebuilt(exprs, projection.input.as_ref().clone())
+}
+
+/// Whether a plan aggregates, and how.
+enum Aggregation {
+    None,
+    Windowed,
+    Continuous,
+}
+
+fn aggregation(plan: &LogicalPlan) -> Aggregation {
+    if let LogicalPlan::Aggregate(aggregate) = plan {
+        return if aggregate
+            .group_expr
+            .iter()
+            .any(|e| window_call(e).is_some())
+        {
+            Aggregation::Windowed
+        } else {
+            Aggregation::Continuous
+        };
+    }
+    plan.inputs()
+        .into_iter()
+        .map(aggregation)
+        .find(|a| !matches!(a, Aggregation::None))
+        .unwrap_or(Aggregation::None)
+}
+
+/// `plan` (filters over an aggregation) with `max(<event time>) AS <event
+/// time>` among the aggregates; `None` if the aggregation is not there.
+fn with_latest_time(
+    view: &ViewFile,
+    plan: &LogicalPlan,
+    event_time: &str,
+) -> Result<Option<LogicalPlan>, SqlError> {
+    match plan {
+        LogicalPlan::Filter(filter) => {
+            let Some(input) = with_latest_time(view, &filter.input, event_time)? else {
+                return Ok(None);
+            };
+            Filter::try_new(filter.predicate.clone(), Arc::new(input))
+                .map(|f| Some(LogicalPlan::Filter(f)))
+                .map_err(|e| datafusion_error(view, e))
+        }
+        LogicalPlan::Aggregate(aggregate) => {
+            let columns = aggregate
+                .input
+                .schema()
+                .columns_with_unqualified_name(event_time);
+            let Some(time) = columns.first() else {
+                return Ok(None);
+            };
+            let mut aggregates = aggregate.aggr_expr.clone();
+            aggregates.push(max(Expr::Column(time.clone())).alias(event_time));
+            Aggregate::try_new(
+                aggregate.input.clone(),
+                aggregate.group_expr.clone(),
+                aggregates,
+            )
+            .map(|a| Some(LogicalPlan::Aggregate(a)))
+            .map_err(|e| datafusion_error(view, e))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// The nodes of a streaming query, top-down.
@@ -649,10 +736,12 @@ pub(crate) struct WindowGroup<'a> {
     pub window: Window,
 }
 
+/// The window among an aggregation's group exprs; `None`: a continuous
+/// aggregation, which never closes and emits its groups as they change.
 pub(crate) fn window_group<'a>(
     view: &ViewFile,
     aggregate: &'a Aggregate,
-) -> Result<WindowGroup<'a>, SqlError> {
+) -> Result<Option<WindowGroup<'a>>, SqlError> {
     let mut found = None;
     for (index, expr) in aggregate.group_expr.iter().enumerate() {
         if let Some((kind, time, intervals)) = window_call(expr) {
@@ -676,13 +765,7 @@ pub(crate) fn window_group<'a>(
             });
         }
     }
-    found.ok_or_else(|| {
-        error_at(
-            view,
-            "GROUP BY",
-            "an aggregation over a stream never ends without a window: GROUP BY tumble(), hop() or session() of the event time",
-        )
-    })
+    Ok(found)
 }
 
 /// Plans a view as a streaming pipeline.
@@ -830,35 +913,68 @@ pub fn plan_view(
         None => (None, None, None),
         Some(aggregate) => {
             let window = window_group(view, aggregate)?;
-            let input = aggregate.input.schema();
-            let Expr::Column(time) = window.time else {
+            if window.is_none()
+                && shape
+                    .post
+                    .iter()
+                    .any(|node| matches!(node, LogicalPlan::Filter(_)))
+            {
                 return Err(error_at(
                     view,
-                    window.kind.name(),
-                    format!(
-                        "the first argument of {}() is the event time column `{}`",
-                        window.kind.name(),
-                        source.event_time
-                    ),
-                ));
-            };
-            let on_the_left = shape
-                .stream_join
-                .is_none_or(|join| join.left.schema().has_column(time));
-            if time.name != source.event_time || !on_the_left {
-                return Err(error_at(
-                    view,
-                    &time.name,
-                    format!(
-                        "{}() must window the event time `{}` (the watermark follows it), not `{}`",
-                        window.kind.name(),
-                        source.event_time,
-                        time.name
-                    ),
+                    "HAVING",
+                    "HAVING over an aggregation without a window is not supported: a group it lets \
+                     through could later fail it, and an update cannot be taken back",
                 ));
             }
+            let window_index = window.as_ref().map(|w| w.index);
+            let input = aggregate.input.schema();
+            let time = match &window {
+                Some(window) => {
+                    let Expr::Column(time) = window.time else {
+                        return Err(error_at(
+                            view,
+                            window.kind.name(),
+                            format!(
+                                "the first argument of {}() is the event time column `{}`",
+                                window.kind.name(),
+                                source.event_time
+                            ),
+                        ));
+                    };
+                    let on_the_left = shape
+                        .stream_join
+                        .is_none_or(|join| join.left.schema().has_column(time));
+                    if time.name != source.event_time || !on_the_left {
+                        return Err(error_at(
+                            view,
+                            &time.name,
+                            format!(
+                                "{}() must window the event time `{}` (the watermark follows it), not `{}`",
+                                window.kind.name(),
+                                source.event_time,
+                                time.name
+                            ),
+                        ));
+                    }
+                    time.clone()
+                }
+                None => input
+                    .columns_with_unqualified_name(&source.event_time)
+                    .first()
+                    .cloned()
+                    .ok_or_else(|| {
+                        error_at(
+                            view,
+                            "GROUP BY",
+                            format!(
+                                "the aggregation's input has no event time `{}`",
+                                source.event_time
+                            ),
+                        )
+                    })?,
+            };
             let time_column = input
-                .index_of_column(time)
+                .index_of_column(&time)
                 .map_err(|e| datafusion_error(view, e))?;
             // Keys: columns of the aggregation's input, or expressions
             // computed into extra columns at the end of the pre transform.
@@ -868,7 +984,7 @@ pub fn plan_view(
             let props = ExecutionProps::new();
             let planning = PhysicalPlanningContext::default();
             for (g, expr) in aggregate.group_expr.iter().enumerate() {
-                if g == window.index {
+                if Some(g) == window_index {
                     continue;
                 }
                 match expr {
@@ -917,69 +1033,61 @@ pub fn plan_view(
                 aggregates,
                 names,
             };
+            let runtime_window = window.as_ref().map_or(Window::Global, |w| w.window);
             // The aggregator's rows are [keys, window_start, window_end,
-            // aggregates]; the nodes above read them through a schema with
-            // DataFusion's names for those columns.
-            let result = weir_dataflow::aggregate::result_schema(&plan, window.window)?;
+            // aggregates] ([keys, aggregates] without a window); the nodes
+            // above read them through a schema with DataFusion's names for
+            // those columns.
+            let result = weir_dataflow::aggregate::result_schema(&plan, runtime_window)?;
             let mut layout: Vec<(Option<TableReference>, FieldRef)> = Vec::new();
             let mut k = 0;
+            let named =
+                |layout: &mut Vec<(Option<TableReference>, FieldRef)>, k: &mut usize, g: usize| {
+                    let (qualifier, field) = aggregate.schema.qualified_field(g);
+                    layout.push((
+                        qualifier.cloned(),
+                        Arc::new(result.field(*k).as_ref().clone().with_name(field.name())),
+                    ));
+                    *k += 1;
+                };
             for g in 0..n_groups {
-                if g == window.index {
-                    continue;
+                if Some(g) != window_index {
+                    named(&mut layout, &mut k, g);
                 }
-                let (qualifier, field) = aggregate.schema.qualified_field(g);
+            }
+            let start_index = layout.len();
+            if let Some(index) = window_index {
+                named(&mut layout, &mut k, index);
                 layout.push((
-                    qualifier.cloned(),
-                    Arc::new(result.field(k).as_ref().clone().with_name(field.name())),
+                    None,
+                    Arc::new(result.field(k).as_ref().clone().with_name("__window_end")),
                 ));
                 k += 1;
             }
-            let (qualifier, field) = aggregate.schema.qualified_field(window.index);
-            let start_index = layout.len();
-            layout.push((
-                qualifier.cloned(),
-                Arc::new(result.field(k).as_ref().clone().with_name(field.name())),
-            ));
-            layout.push((
-                None,
-                Arc::new(
-                    result
-                        .field(k + 1)
-                        .as_ref()
-                        .clone()
-                        .with_name("__window_end"),
-                ),
-            ));
             for j in 0..aggregate.aggr_expr.len() {
-                let (qualifier, field) = aggregate.schema.qualified_field(n_groups + j);
-                layout.push((
-                    qualifier.cloned(),
-                    Arc::new(
-                        result
-                            .field(k + 2 + j)
-                            .as_ref()
-                            .clone()
-                            .with_name(field.name()),
-                    ),
-                ));
+                named(&mut layout, &mut k, n_groups + j);
             }
             let layout = DFSchema::new_with_metadata(layout, HashMap::new())
                 .map_err(|e| datafusion_error(view, e))?;
             let mut post_steps = steps(view, &shape.post, Some(&layout))?;
-            append_window_columns(&shape.post, &mut post_steps, start_index, &result);
-            let emit = match view.header.emit {
-                EmitMode::Close => Emit::OnClose,
-                EmitMode::Update => Emit::OnUpdate,
+            if window.is_some() {
+                append_window_columns(&shape.post, &mut post_steps, start_index, &result);
+            }
+            // Without a window the groups never close: each is emitted as it
+            // changes, an upsert by its key.
+            let emit = match (view.header.emit, &window) {
+                (_, None) | (EmitMode::Update, _) => Emit::OnUpdate,
+                (EmitMode::Close, Some(_)) => Emit::OnClose,
             };
             (
                 Some(WindowedAggregate {
                     plan,
-                    window: window.window,
+                    window: runtime_window,
                     time_column,
                     emit,
                 }),
                 transform(post_steps, result),
-                Some(window.window),
+                window.map(|w| w.window),
             )
         }
     };

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use weir_bus::{Bus, OutRecord, TopicSpec};
+use weir_bus::{Bus, OutRecord};
 use weir_catalog::Record;
 
 use crate::SqlError;
@@ -254,9 +254,9 @@ pub async fn apply(
                     .key(record.key().as_bytes()),
             )
             .await?;
-        bus.admin()
-            .ensure_topic(&TopicSpec::new(&applied.version.topic, 1))
-            .await?;
+        if let Some(spec) = applied.plan.pipeline.sink_topic(1) {
+            bus.admin().ensure_topic(&spec).await?;
+        }
     }
     Ok(planned)
 }

@@ -18,6 +18,8 @@
 //! ## rows                         the last view's rows: a header naming the
 //! user_id, n, window_start        columns compared, then one row a line,
 //! u1, 2, 2023-11-14T22:13:00      values as Arrow prints them, `null` for null
+//!                                 (a view without a window: its stream's
+//!                                 latest row per entity)
 //! ## late                         records the stream dead-lettered as late
 //! 1
 //! ## error                        or: applying fails, at LINE:COL of the
@@ -168,6 +170,25 @@ fn printed(batches: &[RecordBatch], columns: &[String]) -> Result<Vec<Vec<String
     Ok(rows)
 }
 
+/// The `columns` of the last row of each `key` (a changelog's current
+/// state), in the order the keys first came.
+fn latest_per_key(
+    batches: &[RecordBatch],
+    key: &[String],
+    columns: &[String],
+) -> Result<Vec<Vec<String>>, String> {
+    let keys = printed(batches, key)?;
+    let rows = printed(batches, columns)?;
+    let mut latest: Vec<(Vec<String>, Vec<String>)> = Vec::new();
+    for (k, row) in keys.into_iter().zip(rows) {
+        match latest.iter_mut().find(|(seen, _)| *seen == k) {
+            Some((_, current)) => *current = row,
+            None => latest.push((k, row)),
+        }
+    }
+    Ok(latest.into_iter().map(|(_, row)| row).collect())
+}
+
 /// Two printed values agree: equal text, or numbers within 1e-9 relative.
 fn same(a: &str, b: &str) -> bool {
     a == b
@@ -291,12 +312,23 @@ async fn run(case: &Case, dir: &Path) -> Result<(), String> {
         let stream = weir_sql::batch::read_topic(&h.bus, &plan.topic, plan.output.clone())
             .await
             .map_err(|e| e.to_string())?;
-        last = Some((stream.batches, batch));
+        let continuous = plan
+            .pipeline
+            .aggregate
+            .as_ref()
+            .is_some_and(|a| a.window.is_global());
+        let entity = view.version.header.entity.clone();
+        last = Some((stream.batches, batch, continuous.then_some(entity)));
     }
-    let (stream, batch) = last.expect("a view ran");
+    let (stream, batch, upserts) = last.expect("a view ran");
     let mut failures = Vec::new();
     for (what, batches) in [("the stream", &stream), ("the batch", &batch)] {
-        match printed(batches, header) {
+        let rows = match (&upserts, what) {
+            // Updates: the topic read as a changelog, the latest per key.
+            (Some(entity), "the stream") => latest_per_key(batches, entity, header),
+            _ => printed(batches, header),
+        };
+        match rows {
             Ok(got) => {
                 if let Err(e) = compare(what, want, &got) {
                     failures.push(e);
