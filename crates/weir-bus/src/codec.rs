@@ -97,6 +97,12 @@ impl TopicCodec {
         self.schema.as_ref()
     }
 
+    /// The schema registered under `id`, which a record framed with it was
+    /// written with (as the registry has it now: no waiting).
+    pub fn writer_schema(&self, id: u32) -> Option<Arc<RegisteredSchema>> {
+        self.registry.by_id(id)
+    }
+
     /// The format a producer should use by default: Avro when the topic has
     /// an Avro schema, JSON otherwise.
     pub fn default_format(&self) -> WireFormat {

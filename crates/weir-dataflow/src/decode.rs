@@ -1,11 +1,12 @@
 //! Kafka records into Arrow batches with the source's schema.
 //!
 //! JSON records go through arrow-json's tape decoder, all records of a poll
-//! at once; when that fails, the records are decoded one by one so that only
-//! the bad ones are rejected. Confluent-framed Avro records are decoded with
-//! the bus's codec (writer schema by id, resolved to the topic's schema) and
-//! fed to the same decoder. A record that fails is returned with its reason
-//! for the dead-letter topic.
+//! at once. Confluent-framed Avro records go through arrow-avro's decoder,
+//! all at once as well (`avro_batch.rs`: writer schema by id, resolved to the
+//! topic's schema). When that fails, the records are decoded one by one so
+//! that only the bad ones are rejected: Avro with the bus's codec, written
+//! as JSON for the tape decoder. A record that fails is returned with its
+//! reason for the dead-letter topic.
 
 use apache_avro::Schema as AvroSchema;
 use arrow::array::RecordBatch;
@@ -18,6 +19,7 @@ use weir_bus::{DeadLetterReason, DecodeError, TopicCodec};
 
 use crate::DataflowError;
 use crate::avro_arrow::AvroShape;
+use crate::avro_batch::AvroBatchDecoder;
 
 /// The Arrow schema of records described by an Avro schema (a record, or
 /// a union of records); see [`AvroShape`] for how each type maps.
@@ -31,6 +33,8 @@ pub struct RecordDecoder {
     codec: Option<TopicCodec>,
     /// The topic's Avro schema, which decoded Avro values follow.
     shape: Option<std::sync::Arc<AvroShape>>,
+    /// Avro records many at a time, when the schema allows.
+    avro_batch: Option<Box<std::sync::Mutex<AvroBatchDecoder>>>,
 }
 
 /// The outcome of decoding a poll: a batch of the good records, with the
@@ -55,16 +59,46 @@ impl RecordDecoder {
                 SchemaKind::Avro(avro) => AvroShape::new(avro.schema).ok().map(std::sync::Arc::new),
                 SchemaKind::Json(_) => None,
             });
+        let avro_batch = codec
+            .as_ref()
+            .and_then(|codec| AvroBatchDecoder::new(codec, schema.clone()))
+            .map(|decoder| Box::new(std::sync::Mutex::new(decoder)));
         Self {
             schema,
             codec,
             shape,
+            avro_batch,
         }
     }
 
     /// The schema of decoded batches.
     pub fn schema(&self) -> SchemaRef {
         self.schema.clone()
+    }
+
+    /// Whether Avro records decode straight into Arrow, many at a time
+    /// (the topic has an Avro schema whose columns arrow-avro gives).
+    pub fn decodes_avro_in_batches(&self) -> bool {
+        self.avro_batch.is_some()
+    }
+
+    /// Every payload an Avro frame, decoded at once; `None` when any is
+    /// not one or does not decode.
+    fn avro_at_once(&self, payloads: &[Option<&[u8]>]) -> Option<Decoded> {
+        let batch_decoder = self.avro_batch.as_ref()?;
+        let frames = payloads
+            .iter()
+            .map(|p| p.filter(|bytes| bytes.first() == Some(&MAGIC_BYTE)))
+            .collect::<Option<Vec<&[u8]>>>()?;
+        let batch = batch_decoder
+            .lock()
+            .expect("the decoder's lock is never poisoned")
+            .decode(&frames)?;
+        Some(Decoded {
+            batch,
+            rows: (0..payloads.len()).collect(),
+            rejected: Vec::new(),
+        })
     }
 
     fn decoder(&self, rows: usize) -> Result<Decoder, DataflowError> {
@@ -76,6 +110,9 @@ impl RecordDecoder {
 
     /// Decodes `payloads` (a `None` payload is a tombstone and is rejected).
     pub fn decode(&self, payloads: &[Option<&[u8]>]) -> Result<Decoded, DataflowError> {
+        if let Some(decoded) = self.avro_at_once(payloads) {
+            return Ok(decoded);
+        }
         // Avro frames become JSON text first; everything else is JSON text.
         let mut texts: Vec<Result<std::borrow::Cow<'_, [u8]>, DecodeError>> =
             Vec::with_capacity(payloads.len());
@@ -184,7 +221,12 @@ fn feed(decoder: &mut Decoder, text: &[u8]) -> Result<(), String> {
 /// The dead-letter reason of an arrow-json error message.
 fn classify(message: &str) -> DecodeError {
     let field = field_path(message);
-    let reason = if message.contains("missing") || message.contains("non-nullable") {
+    // A field left out reads as null, which a non-nullable struct, list or
+    // map column refuses ("expected { got null").
+    let reason = if message.contains("missing")
+        || message.contains("non-nullable")
+        || message.contains("got null")
+    {
         DeadLetterReason::MissingField
     } else if message.contains("expected")
         || message.contains("whilst decoding")

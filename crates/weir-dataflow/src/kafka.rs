@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Message as _, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer as _, ThreadedProducer};
 use weir_bus::dead_letter::{self, Source as DeadSource};
 use weir_bus::{BusConfig, DecodeError};
@@ -96,7 +96,7 @@ pub fn flush(producer: &Producer) -> Result<(), DataflowError> {
 /// unchanged, with headers naming `error` and where the record was.
 pub fn dead_letter(
     producer: &Producer,
-    message: &OwnedMessage,
+    message: &impl Message,
     error: &DecodeError,
 ) -> Result<(), DataflowError> {
     let headers: Vec<(String, Vec<u8>)> = Vec::new();

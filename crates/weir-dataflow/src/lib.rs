@@ -19,6 +19,7 @@
 
 pub mod aggregate;
 pub mod avro_arrow;
+mod avro_batch;
 pub mod batch;
 pub mod codec;
 pub mod column_type;

@@ -24,7 +24,7 @@ use datafusion::parquet::arrow::arrow_reader::{
 };
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message as _, OwnedMessage};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use weir_bus::{DeadLetterReason, DecodeError};
@@ -89,7 +89,10 @@ pub(crate) enum SourceStep {
 
 enum Reader {
     Kafka {
-        consumer: BaseConsumer<weir_bus::QuietEof>,
+        /// Shared so that a poll's messages can borrow it (copying each
+        /// out of librdkafka cost more than decoding it) while the source
+        /// goes on.
+        consumer: Arc<BaseConsumer<weir_bus::QuietEof>>,
         decoder: RecordDecoder,
         topic: String,
         kafka_time: bool,
@@ -237,7 +240,7 @@ impl SourceState {
                 };
                 (
                     Reader::Kafka {
-                        consumer,
+                        consumer: Arc::new(consumer),
                         decoder: RecordDecoder::new(payload_schema, codec),
                         topic: source.topic.clone(),
                         kafka_time,
@@ -358,6 +361,7 @@ impl SourceState {
         let read = match &mut self.reader {
             _ if throttled => false,
             Reader::Kafka { consumer, .. } => {
+                let consumer = consumer.clone();
                 let mut messages = Vec::new();
                 // Partitions read to their end (and how many records came
                 // before): caught up once those records are admitted, unless
@@ -366,7 +370,7 @@ impl SourceState {
                 while messages.len() < POLL_BATCH {
                     match consumer.poll(Duration::ZERO) {
                         None => break,
-                        Some(Ok(message)) => messages.push(message.detach()),
+                        Some(Ok(message)) => messages.push(message),
                         Some(Err(KafkaError::PartitionEOF(partition))) => {
                             ended.push((partition, messages.len()));
                         }
@@ -467,7 +471,7 @@ impl SourceState {
 
     fn process_kafka(
         &mut self,
-        messages: &[OwnedMessage],
+        messages: &[impl Message],
         cap: &timely::dataflow::operators::Capability<crate::time::Time>,
         output: &mut impl FnMut(
             &timely::dataflow::operators::Capability<crate::time::Time>,

@@ -12,8 +12,8 @@ use apache_avro::types::Value;
 use arrow::array::RecordBatch;
 use arrow::datatypes::DataType;
 use serde_json::Value as Json;
-use weir_bus::SchemaType;
 use weir_bus::avro::avro_to_json;
+use weir_bus::{DeadLetterReason, SchemaType};
 use weir_dataflow::decode::{RecordDecoder, arrow_schema};
 use weir_test_support::Harness;
 
@@ -131,8 +131,9 @@ fn written(batch: &RecordBatch) -> Vec<Json> {
     serde_json::from_slice(&writer.into_inner()).unwrap()
 }
 
-/// Registers `text` for `topic`, writes `values` with it and decodes them.
-async fn round_trip(h: &Harness, topic: &str, text: &str, values: &[Value]) -> Vec<Json> {
+/// Registers `text` for `topic`, writes `values` with it and decodes them;
+/// also says whether they decoded many at a time, straight into Arrow.
+async fn round_trip(h: &Harness, topic: &str, text: &str, values: &[Value]) -> (Vec<Json>, bool) {
     h.topic(topic, 1).await;
     h.bus
         .registry()
@@ -152,7 +153,7 @@ async fn round_trip(h: &Harness, topic: &str, text: &str, values: &[Value]) -> V
     let records: Vec<Option<&[u8]>> = payloads.iter().map(|p| Some(p.as_slice())).collect();
     let decoded = decoder.decode(&records).unwrap();
     assert!(decoded.rejected.is_empty(), "{:?}", decoded.rejected);
-    written(&decoded.batch)
+    (written(&decoded.batch), decoder.decodes_avro_in_batches())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +167,8 @@ async fn every_field_of_the_request_log_decodes_to_what_it_holds() {
     let values: Vec<Value> = (0..5)
         .map(|_| generate(&schema, &named, &mut seed))
         .collect();
-    let rows = round_trip(&h, "log", text, &values).await;
+    let (rows, in_batches) = round_trip(&h, "log", text, &values).await;
+    assert!(in_batches, "the request log decodes with arrow-avro");
     assert_eq!(rows.len(), values.len());
     for (row, value) in rows.into_iter().zip(&values) {
         assert_eq!(row, without_nulls(avro_to_json(value)));
@@ -197,11 +199,74 @@ async fn every_branch_of_the_metadata_log_decodes_into_its_own_column() {
         ));
     }
     assert!(branches.len() > 20, "{branches:?}");
-    let rows = round_trip(&h, "meta", text, &values).await;
+    // A union of records: arrow-avro would make an Arrow union of it, so
+    // its records decode one at a time into a struct per branch.
+    let (rows, in_batches) = round_trip(&h, "meta", text, &values).await;
+    assert!(!in_batches);
     assert_eq!(rows.len(), values.len());
     for ((row, value), branch) in rows.into_iter().zip(&values).zip(&branches) {
         let mut expected = serde_json::Map::new();
         expected.insert(branch.clone(), without_nulls(avro_to_json(value)));
         assert_eq!(row, Json::Object(expected), "{branch}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_avro_records_in_a_batch_are_singled_out_with_their_reasons() {
+    let h = Harness::start().await;
+    let text = include_str!("../../../../schemas/inference_log.avsc");
+    let schema = AvroSchema::parse_str(text).unwrap();
+    let mut named = HashMap::new();
+    collect_named(&schema, &mut named);
+    let mut seed = 0;
+    let values: Vec<Value> = (0..4)
+        .map(|_| generate(&schema, &named, &mut seed))
+        .collect();
+    h.topic("log", 1).await;
+    h.bus
+        .registry()
+        .register("log-value", SchemaType::Avro, text)
+        .await
+        .unwrap();
+    let codec = h.bus.codec("log");
+    let good: Vec<Vec<u8>> = values
+        .iter()
+        .map(|v| codec.encode_avro(v).unwrap())
+        .collect();
+    let truncated = good[1][..good[1].len() / 2].to_vec();
+    let mut unknown_id = good[2].clone();
+    unknown_id[1..5].copy_from_slice(&9999_u32.to_be_bytes());
+    let payloads: Vec<Option<&[u8]>> = vec![
+        Some(&good[0]),
+        Some(&truncated),
+        Some(&good[1]),
+        Some(&unknown_id),
+        Some(&good[2]),
+        Some(br#"{"request_id": "json"}"#),
+        Some(&good[3]),
+    ];
+    let decoder = RecordDecoder::new(arrow_schema(&schema).unwrap(), Some(codec));
+    assert!(decoder.decodes_avro_in_batches());
+    let decoded = decoder.decode(&payloads).unwrap();
+    assert_eq!(decoded.rows, vec![0, 2, 4, 6]);
+    let reasons: Vec<(usize, DeadLetterReason)> = decoded
+        .rejected
+        .iter()
+        .map(|(i, e)| (*i, e.reason))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (1, DeadLetterReason::BadAvro),
+            (3, DeadLetterReason::UnknownSchemaId),
+            (5, DeadLetterReason::MissingField),
+        ]
+    );
+    let rows = written(&decoded.batch);
+    for (row, value) in rows.iter().zip(&values) {
+        assert_eq!(*row, without_nulls(avro_to_json(value)));
+    }
+    // The good ones alone go at once again, and give the same rows.
+    let alone: Vec<Option<&[u8]>> = good.iter().map(|g| Some(g.as_slice())).collect();
+    assert_eq!(written(&decoder.decode(&alone).unwrap().batch), rows);
 }
