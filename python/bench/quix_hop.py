@@ -26,6 +26,8 @@ app = Application(
     state_dir=state,
     auto_create_topics=True,
     use_changelog_topics=False,
+    # The librdkafka setting every Weir consumer and the hand loop have.
+    consumer_extra_config={"fetch.queue.backoff.ms": 10},
 )
 source = app.topic(topic, value_deserializer="json", timestamp_extractor=lambda v, h, ts, tt: v["ts"])
 sdf = app.dataframe(source)

@@ -26,6 +26,8 @@ app = Application(
     state_dir=state,
     auto_create_topics=True,
     use_changelog_topics=False,
+    # The librdkafka setting every Weir consumer and the hand loop have.
+    consumer_extra_config={"fetch.queue.backoff.ms": 10},
 )
 
 

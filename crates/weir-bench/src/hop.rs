@@ -476,6 +476,9 @@ fn hand_loop(bootstrap: &str, topic: &str, events: usize) -> anyhow::Result<Figu
         .set("bootstrap.servers", bootstrap)
         .set("group.id", format!("bench-hand-{}", std::process::id()))
         .set("enable.auto.commit", "false")
+        // As every Weir consumer has it (weir_bus::consumer_config): no
+        // 1 s pause each time the prefetch queue fills.
+        .set("fetch.queue.backoff.ms", "10")
         .create()?;
     let mut assignment = TopicPartitionList::new();
     assignment.add_partition_offset(topic, 0, Offset::Beginning)?;
