@@ -370,6 +370,27 @@ impl Store {
         }
         Ok(out)
     }
+
+    /// Every operator's committed state, by its stored key: aggregate
+    /// states (`s`), lookup tables (`t`) and keyed state (`k`), without the
+    /// epoch bookkeeping. Two runs that read the same input to the same
+    /// offsets hold the same entries, however often either was restarted.
+    pub fn committed_state(&self) -> Result<Vec<KeyedEntry>, DataflowError> {
+        let mut out = Vec::new();
+        for tag in [b's', b't', b'k'] {
+            for item in self
+                .db
+                .iterator(IteratorMode::From(&[tag], Direction::Forward))
+            {
+                let (k, v) = item.map_err(|e| err("scanning state", e))?;
+                if k.first() != Some(&tag) {
+                    break;
+                }
+                out.push((k.to_vec(), v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn state_key(op: OperatorId, pane: i64, group: &[u8]) -> Vec<u8> {
