@@ -46,6 +46,7 @@ fn entry(i: usize) -> LogEntry {
         request_id: format!("r{i:03}"),
         models: "churn@3".into(),
         variant: variant.into(),
+        propensity: [0.9, 0.1, 0.25][i % 3],
         channel: if i.is_multiple_of(4) {
             Channel::Grpc
         } else {

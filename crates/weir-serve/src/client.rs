@@ -45,6 +45,21 @@ impl Connection {
         self.exchange(&request).await
     }
 
+    /// Posts `body` with extra `headers`; the status and the response body.
+    pub async fn post_with(
+        &mut self,
+        body: &[u8],
+        headers: &[(&str, &str)],
+    ) -> std::io::Result<(u16, Vec<u8>)> {
+        let mut request = self.head.clone();
+        for (name, value) in headers {
+            request.extend(format!("{name}: {value}\r\n").as_bytes());
+        }
+        request.extend(format!("Content-Length: {}\r\n\r\n", body.len()).as_bytes());
+        request.extend(body);
+        self.exchange(&request).await
+    }
+
     /// GETs the path; the status and the response body.
     pub async fn get(&mut self) -> std::io::Result<(u16, Vec<u8>)> {
         let request = self.get.clone();

@@ -1,7 +1,8 @@
 //! A running deployment: its graph, its models behind the batcher, its
-//! log and metrics — what every protocol calls to answer a request.
+//! log and metrics — what every protocol calls to answer a request; and,
+//! while an experiment runs, its candidates and mirror ([`crate::routing`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use weir_bus::Bus;
@@ -13,7 +14,8 @@ use crate::graph::{Column, Frame, Graph};
 use crate::log::{Channel, LogEntry, Logger, Tensor};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Resolved};
-use crate::runner::{ModelSet, Runner};
+use crate::routing::{self, Routing, Sticky};
+use crate::runner::{ModelSet, Runner, Scored};
 use crate::spec::DeploymentSpec;
 
 /// The values of one request input.
@@ -60,6 +62,9 @@ pub struct Request {
     pub inputs: Vec<Input>,
     /// The outputs wanted (all when empty).
     pub outputs: Vec<String>,
+    /// The value of the header a sticky experiment routes by, if the
+    /// protocol carried it ([`Deployment::sticky_header`]).
+    pub route_key: Option<String>,
 }
 
 /// Its answer.
@@ -119,11 +124,28 @@ struct Answered {
     version: u64,
 }
 
+/// A candidate or a mirror of a running experiment, loaded.
+struct Route {
+    /// `name@version`.
+    model: String,
+    runner: Runner,
+}
+
+/// A running experiment's routing and its models.
+struct Routes {
+    routing: Routing,
+    shares: Vec<f64>,
+    candidates: Vec<Route>,
+    mirror: Option<Arc<Route>>,
+}
+
 /// A deployment, started.
 pub struct Deployment {
     spec: DeploymentSpec,
-    graph: Graph,
+    graph: Arc<Graph>,
     runner: Runner,
+    /// The experiment routing its traffic, if one runs.
+    routes: RwLock<Option<Arc<Routes>>>,
     logger: Option<Logger>,
     metrics: Arc<Metrics>,
     /// The models' input.
@@ -240,8 +262,9 @@ impl Deployment {
         Ok(Self {
             metrics: Arc::new(Metrics::new(&spec.name)),
             spec,
-            graph,
+            graph: Arc::new(graph),
             runner,
+            routes: RwLock::new(None),
             logger,
             input,
             outputs,
@@ -363,7 +386,88 @@ impl Deployment {
         Ok(Some(versions))
     }
 
-    /// Answers a request, logs it and counts it.
+    /// The routing of the experiment running, if any.
+    pub fn routing(&self) -> Option<Routing> {
+        let routes = self.routes.read().expect("routes lock");
+        routes.as_ref().map(|r| r.routing.clone())
+    }
+
+    /// The header a sticky experiment routes by, for the protocols to
+    /// carry into [`Request::route_key`].
+    pub fn sticky_header(&self) -> Option<String> {
+        let routes = self.routes.read().expect("routes lock");
+        match routes.as_ref().and_then(|r| r.routing.sticky.as_ref()) {
+            Some(Sticky::Header(name)) => Some(name.clone()),
+            _ => None,
+        }
+    }
+
+    /// Routes traffic as `routing` says: loads its candidates and mirror
+    /// (`name@version`, each with this deployment's batching), checks that
+    /// they take this deployment's features, and switches to them; a
+    /// stopped routing switches back to the deployment's own models. The
+    /// old routing serves until the new one is loaded; on an error it
+    /// stays.
+    pub async fn route(&self, routing: Routing, registry: &Registry) -> Result<(), ServeError> {
+        routing.check()?;
+        if routing.stopped {
+            *self.routes.write().expect("routes lock") = None;
+            return Ok(());
+        }
+        if self.spec.members().len() > 1 || self.spec.stacker.is_some() {
+            return Err(ServeError::Spec(format!(
+                "{}: an experiment routes between single models, and this deployment serves an ensemble",
+                self.spec.name
+            )));
+        }
+        let features = match self.resolved.lock().expect("resolved lock").first() {
+            Some(serving) => serving.info.features.clone(),
+            None => {
+                return Err(ServeError::Spec(format!(
+                    "{}: serves a model file, not a registry reference; experiments route between registered models",
+                    self.spec.name
+                )));
+            }
+        };
+        let features = &features;
+        let load = |model: String| async move {
+            let resolved = registry.resolve(&model)?;
+            if &resolved.info.features != features {
+                return Err(ServeError::Spec(format!(
+                    "{model} takes other features than the deployment `{}` ({}): an experiment's models share their input",
+                    self.spec.name,
+                    features.join(", ")
+                )));
+            }
+            let mut spec = DeploymentSpec::single(&self.spec.name, &model);
+            spec.batching = self.spec.batching.clone();
+            let models = registry.load(&spec, &[resolved]).await?;
+            Ok(Route {
+                model,
+                runner: Runner::start(models, self.graph.width(), &self.spec.batching),
+            })
+        };
+        let mut candidates = Vec::with_capacity(routing.candidates.len());
+        for candidate in &routing.candidates {
+            candidates.push(load(candidate.model.clone()).await?);
+        }
+        let mirror = match &routing.mirror {
+            Some(mirror) => Some(Arc::new(load(mirror.model.clone()).await?)),
+            None => None,
+        };
+        let routes = Routes {
+            shares: routing.shares(),
+            routing,
+            candidates,
+            mirror,
+        };
+        *self.routes.write().expect("routes lock") = Some(Arc::new(routes));
+        Ok(())
+    }
+
+    /// Answers a request, logs it and counts it. While an experiment runs,
+    /// a candidate answers, chosen by the routing's weights (at random, or
+    /// by a hash of the sticky key), and a mirror may get a copy.
     pub async fn infer(&self, request: Request, channel: Channel) -> Result<Response, ServeError> {
         let arrived = Instant::now();
         let timestamp = weir_core::now_ms();
@@ -371,49 +475,54 @@ impl Deployment {
             .id
             .clone()
             .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        let outcome = self.answer(&request, timestamp).await;
+        let routes = self.routes.read().expect("routes lock").clone();
+        let (runner, variant, propensity) = match &routes {
+            None => (&self.runner, None, 1.0),
+            Some(routes) => {
+                let unit = match sticky_key(&routes.routing, &request) {
+                    Some(key) => routing::unit_of(key.as_bytes()),
+                    None => rand::random::<f64>(),
+                };
+                let chosen = routing::pick(&routes.shares, unit);
+                let route = &routes.candidates[chosen];
+                (
+                    &route.runner,
+                    Some(route.model.clone()),
+                    routes.shares[chosen],
+                )
+            }
+        };
+        let prepared = self.prepare(&request, timestamp);
+        if let (Some(routes), Ok(prepared)) = (&routes, &prepared) {
+            self.mirror(routes, &request, prepared, channel, timestamp);
+        }
+        let outcome = match prepared {
+            Ok(prepared) => score(&self.graph, runner, prepared, &request.outputs).await,
+            Err(error) => Err(error),
+        };
         let latency_us = arrived.elapsed().as_micros() as u64;
         let rows = outcome.as_ref().map_or(0, |a| a.rows);
         self.metrics
             .record(channel, outcome.is_ok(), rows, latency_us);
         if let Some(logger) = &self.logger {
-            let (outputs, features, versions, error) = match &outcome {
-                Ok(answered) => (
-                    answered
-                        .outputs
-                        .iter()
-                        .map(|o| (o.name.clone(), Tensor::of(o)))
-                        .collect(),
-                    answered
-                        .looked_up
-                        .iter()
-                        .map(|(n, v)| (n.clone(), Tensor::numbers(v.clone())))
-                        .collect(),
-                    answered.versions.clone(),
-                    None,
-                ),
-                Err(error) => (
-                    Vec::new(),
-                    Vec::new(),
-                    self.versions(),
-                    Some(error.to_string()),
-                ),
+            let versions = match &outcome {
+                Ok(answered) => answered.versions.clone(),
+                Err(_) => variant.clone().unwrap_or_else(|| self.versions()),
             };
-            logger
-                .log(LogEntry {
+            let entry = log_entry(
+                &outcome,
+                Logged {
                     request_id: id.clone(),
                     models: versions,
-                    variant: "default".into(),
+                    variant: variant.unwrap_or_else(|| "default".into()),
+                    propensity,
                     channel,
                     timestamp,
                     latency_us: latency_us as i64,
-                    rows,
-                    inputs: request.inputs.into_iter().map(input_tensor).collect(),
-                    features,
-                    outputs,
-                    error,
-                })
-                .await;
+                },
+                request.inputs,
+            );
+            logger.log(entry).await;
         }
         let answered = outcome?;
         Ok(Response {
@@ -423,7 +532,60 @@ impl Deployment {
         })
     }
 
-    async fn answer(&self, request: &Request, now: i64) -> Result<Answered, ServeError> {
+    /// Sends a copy of a share of the requests to the mirror, off the
+    /// caller's path: its answer is logged as `shadow:<model>`, never
+    /// returned, and its time and failures are not the caller's.
+    fn mirror(
+        &self,
+        routes: &Routes,
+        request: &Request,
+        prepared: &ModelInput,
+        channel: Channel,
+        timestamp: i64,
+    ) {
+        let (Some(mirror), Some(share), Some(logger)) = (
+            routes.mirror.clone(),
+            routes.routing.mirror.as_ref().map(|m| m.percent / 100.0),
+            self.logger.as_ref().map(Logger::sender),
+        ) else {
+            return;
+        };
+        if rand::random::<f64>() >= share {
+            return;
+        }
+        let graph = self.graph.clone();
+        let prepared = prepared.clone();
+        let (inputs, outputs) = (request.inputs.clone(), request.outputs.clone());
+        let id = format!(
+            "{}:shadow",
+            request
+                .id
+                .clone()
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+        );
+        tokio::spawn(async move {
+            let arrived = Instant::now();
+            let outcome = score(&graph, &mirror.runner, prepared, &outputs).await;
+            let entry = log_entry(
+                &outcome,
+                Logged {
+                    request_id: id,
+                    models: mirror.model.clone(),
+                    variant: format!("shadow:{}", mirror.model),
+                    propensity: share,
+                    channel,
+                    timestamp,
+                    latency_us: arrived.elapsed().as_micros() as i64,
+                },
+                inputs,
+            );
+            logger.log(entry).await;
+        });
+    }
+
+    /// The request's feature matrix: given whole, or made by the graph
+    /// from its columns and the online store.
+    fn prepare(&self, request: &Request, now: i64) -> Result<ModelInput, ServeError> {
         let (matrix, rows, looked_up) = match request.inputs.as_slice() {
             // The feature matrix: under the model's input name, or as the
             // one 2-D input (clients name it `input-0` and the like).
@@ -475,45 +637,10 @@ impl Deployment {
                 (prepared.matrix, prepared.rows, prepared.looked_up)
             }
         };
-        let scored = self.runner.predict(matrix, rows).await?;
-        let labels = if self.graph.post_processes() {
-            scored
-                .scores()
-                .and_then(|(scores, width)| self.graph.labels(&scores, width))
-        } else {
-            None
-        };
-        let mut outputs = scored.outputs;
-        if let Some(labels) = labels {
-            outputs.push(Output {
-                name: PREDICTION.into(),
-                shape: vec![rows],
-                values: Values::Str(labels),
-            });
-        }
-        if !request.outputs.is_empty() {
-            let mut wanted = Vec::with_capacity(request.outputs.len());
-            for name in &request.outputs {
-                let output = outputs.iter().find(|o| &o.name == name).ok_or_else(|| {
-                    ServeError::Request(format!(
-                        "no output `{name}`; the deployment gives {}",
-                        outputs
-                            .iter()
-                            .map(|o| o.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ))
-                })?;
-                wanted.push(output.clone());
-            }
-            outputs = wanted;
-        }
-        Ok(Answered {
-            outputs,
+        Ok(ModelInput {
+            matrix,
             rows,
             looked_up,
-            versions: scored.versions,
-            version: scored.version,
         })
     }
 
@@ -525,6 +652,133 @@ impl Deployment {
             Some(logger) => logger.close().await,
             None => Ok(0),
         }
+    }
+}
+
+/// A request's feature matrix and what was looked up for it.
+#[derive(Clone)]
+struct ModelInput {
+    matrix: Vec<f32>,
+    rows: usize,
+    looked_up: Vec<(String, Vec<f64>)>,
+}
+
+/// Scores `prepared` on `runner`, post-processes and keeps the outputs
+/// asked for.
+async fn score(
+    graph: &Graph,
+    runner: &Runner,
+    prepared: ModelInput,
+    wanted: &[String],
+) -> Result<Answered, ServeError> {
+    let ModelInput {
+        matrix,
+        rows,
+        looked_up,
+    } = prepared;
+    let scored: Scored = runner.predict(matrix, rows).await?;
+    let labels = if graph.post_processes() {
+        scored
+            .scores()
+            .and_then(|(scores, width)| graph.labels(&scores, width))
+    } else {
+        None
+    };
+    let mut outputs = scored.outputs;
+    if let Some(labels) = labels {
+        outputs.push(Output {
+            name: PREDICTION.into(),
+            shape: vec![rows],
+            values: Values::Str(labels),
+        });
+    }
+    if !wanted.is_empty() {
+        let mut kept = Vec::with_capacity(wanted.len());
+        for name in wanted {
+            let output = outputs.iter().find(|o| &o.name == name).ok_or_else(|| {
+                ServeError::Request(format!(
+                    "no output `{name}`; the deployment gives {}",
+                    outputs
+                        .iter()
+                        .map(|o| o.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+            })?;
+            kept.push(output.clone());
+        }
+        outputs = kept;
+    }
+    Ok(Answered {
+        outputs,
+        rows,
+        looked_up,
+        versions: scored.versions,
+        version: scored.version,
+    })
+}
+
+/// The key a sticky routing hashes: the header's value the protocol
+/// carried, or the key column's first value.
+fn sticky_key<'a>(routing: &Routing, request: &'a Request) -> Option<std::borrow::Cow<'a, str>> {
+    match routing.sticky.as_ref()? {
+        Sticky::Header(_) => request.route_key.as_deref().map(Into::into),
+        Sticky::Key(column) => {
+            let input = request.inputs.iter().find(|i| &i.name == column)?;
+            match &input.data {
+                Data::Text(values) => values.first().map(|v| v.as_str().into()),
+                Data::Num(values) => values.first().map(|v| v.to_string().into()),
+            }
+        }
+    }
+}
+
+/// What a log record says besides the request and its answer.
+struct Logged {
+    request_id: String,
+    models: String,
+    variant: String,
+    propensity: f64,
+    channel: Channel,
+    timestamp: i64,
+    latency_us: i64,
+}
+
+/// The log record of a request answered (or not) by `outcome`.
+fn log_entry(
+    outcome: &Result<Answered, ServeError>,
+    logged: Logged,
+    inputs: Vec<Input>,
+) -> LogEntry {
+    let (outputs, features, error) = match outcome {
+        Ok(answered) => (
+            answered
+                .outputs
+                .iter()
+                .map(|o| (o.name.clone(), Tensor::of(o)))
+                .collect(),
+            answered
+                .looked_up
+                .iter()
+                .map(|(n, v)| (n.clone(), Tensor::numbers(v.clone())))
+                .collect(),
+            None,
+        ),
+        Err(error) => (Vec::new(), Vec::new(), Some(error.to_string())),
+    };
+    LogEntry {
+        request_id: logged.request_id,
+        models: logged.models,
+        variant: logged.variant,
+        propensity: logged.propensity,
+        channel: logged.channel,
+        timestamp: logged.timestamp,
+        latency_us: logged.latency_us,
+        rows: outcome.as_ref().map_or(0, |a| a.rows),
+        inputs: inputs.into_iter().map(input_tensor).collect(),
+        features,
+        outputs,
+        error,
     }
 }
 

@@ -179,6 +179,7 @@ pub fn decode(request: ModelInferRequest) -> Result<Request, ServeError> {
         id: given(&request.id).map(str::to_string),
         inputs,
         outputs: request.outputs.into_iter().map(|o| o.name).collect(),
+        route_key: None,
     })
 }
 
@@ -239,6 +240,14 @@ impl GrpcInferenceService for Oip {
         &self,
         request: GrpcRequest<ModelInferRequest>,
     ) -> Result<GrpcResponse<ModelInferResponse>, Status> {
+        // A sticky experiment's header arrives as metadata (lower case).
+        let route_key = self.deployment.sticky_header().and_then(|name| {
+            request
+                .metadata()
+                .get(name.to_ascii_lowercase().as_str())
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        });
         let request = request.into_inner();
         let deployment = &self.deployment;
         check(
@@ -247,7 +256,8 @@ impl GrpcInferenceService for Oip {
             given(&request.model_version),
         )
         .map_err(|e| status(&e))?;
-        let request = decode(request).map_err(|e| status(&e))?;
+        let mut request = decode(request).map_err(|e| status(&e))?;
+        request.route_key = route_key;
         let response = deployment
             .infer(request, Channel::Grpc)
             .await

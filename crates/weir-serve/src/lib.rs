@@ -16,6 +16,9 @@
 //!   and tests;
 //! - [`graph`]: request columns and online-store look-ups → pre-processing
 //!   → the feature matrix; scores → post-processing;
+//! - [`routing`]: an experiment's routing between candidate models
+//!   (weights, sticky keys, a mirror) and [`control`], the topic serving
+//!   follows it on;
 //! - [`runner`]: dynamic batching over a pool of ONNX Runtime sessions,
 //!   and the swap to new versions without failing a request;
 //! - [`registry`]: the model registry followed on `weir.meta`;
@@ -32,6 +35,7 @@
 //!   and latency, hot swap, clean shutdown.
 
 pub mod client;
+pub mod control;
 pub mod deploy;
 pub mod deployment;
 pub mod graph;
@@ -40,6 +44,7 @@ pub mod log;
 pub mod metrics;
 pub mod oip;
 pub mod registry;
+pub mod routing;
 pub mod runner;
 pub mod score;
 pub mod server;

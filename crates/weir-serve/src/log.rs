@@ -122,8 +122,12 @@ pub struct LogEntry {
     pub request_id: String,
     /// The versions that answered.
     pub models: String,
-    /// The route or variant.
+    /// The variant: `default`, the experiment's candidate
+    /// (`name@version`), or `shadow:<model>` for a mirror's answer.
     pub variant: String,
+    /// The probability the variant was chosen with (1 without an
+    /// experiment; a mirror's: its share of the requests).
+    pub propensity: f64,
     /// How it arrived.
     pub channel: Channel,
     /// When it arrived, ms since the epoch.
@@ -175,7 +179,21 @@ impl LogEntry {
                     None => Avro::Union(0, Box::new(Avro::Null)),
                 },
             ),
+            ("propensity".into(), Avro::Double(self.propensity)),
         ])
+    }
+}
+
+/// Queues entries to a deployment's log writer.
+#[derive(Debug, Clone)]
+pub struct LogSender(mpsc::Sender<LogEntry>);
+
+impl LogSender {
+    /// Queues an entry; waits only while the queue is full.
+    pub async fn log(&self, entry: LogEntry) {
+        if self.0.send(entry).await.is_err() {
+            tracing::error!("the request log writer has stopped");
+        }
     }
 }
 
@@ -268,6 +286,12 @@ impl Logger {
         if self.queue.send(entry).await.is_err() {
             tracing::error!("the request log writer has stopped");
         }
+    }
+
+    /// A handle that queues entries from elsewhere (a mirror's task);
+    /// [`Logger::close`] waits for the handles to go.
+    pub fn sender(&self) -> LogSender {
+        LogSender(self.queue.clone())
     }
 
     /// Writes what is queued and waits for the broker; returns how many

@@ -163,6 +163,7 @@ pub fn decode(body: &[u8], json_length: Option<usize>) -> Result<Decoded, ServeE
             id: parsed.id,
             inputs,
             outputs: parsed.outputs.into_iter().map(|o| o.name).collect(),
+            route_key: None,
         },
         binary,
         all_binary: flag(&parsed.parameters, "binary_data_output"),
@@ -571,10 +572,16 @@ async fn infer_of(
             return error_response(&bad(format!("{HEADER_LENGTH} is not a number")));
         }
     };
-    let decoded = match decode(body, json_length) {
+    let mut decoded = match decode(body, json_length) {
         Ok(decoded) => decoded,
         Err(error) => return error_response(&error),
     };
+    if let Some(sticky) = deployment.sticky_header() {
+        decoded.request.route_key = headers
+            .get(sticky.as_str())
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+    }
     match deployment.infer(decoded.request, Channel::Http).await {
         Ok(response) => {
             let (body, json_length) = encode(

@@ -125,6 +125,18 @@ pub async fn serve(
     );
     let (stop, stopped) = watch::channel(false);
 
+    // Experiments: the routing last published on the control topic, before
+    // the first request is taken, then each change to it.
+    let registry = Arc::new(registry);
+    let from = crate::control::apply_latest(bus, &deployment, &registry).await?;
+    let router = tokio::spawn(crate::control::follow(
+        bus.clone(),
+        deployment.clone(),
+        registry.clone(),
+        from,
+        stopped.clone(),
+    ));
+
     // HTTP.
     let mut http = None;
     let mut address = None;
@@ -206,8 +218,8 @@ pub async fn serve(
 
     // Hot swap: when the registry changes, see whether a reference moved;
     // and whether the deployment was deleted.
-    let registry = Arc::new(registry);
     let (deleted_tx, deleted) = tokio::sync::oneshot::channel::<()>();
+
     let swapper = {
         let deployment = deployment.clone();
         let registry = registry.clone();
@@ -278,6 +290,11 @@ pub async fn serve(
             .map_err(|e| ServeError::Internal(e.to_string()))??;
     }
     summary.swaps = swapper.await.unwrap_or_default();
+    match router.await {
+        Ok(Err(error)) => tracing::error!(%error, "following the experiments' routing"),
+        Err(error) => tracing::error!(%error, "the routing follower panicked"),
+        Ok(Ok(())) => {}
+    }
     if let Ok(registry) = Arc::try_unwrap(registry) {
         registry.close().await;
     }

@@ -167,6 +167,15 @@ async fn answer(
         .or_else(|| decoded.request.id.clone())
         .unwrap_or(fallback);
     decoded.request.id = Some(id.clone());
+    // A sticky experiment's header arrives as a record header.
+    if let Some(name) = deployment.sticky_header() {
+        decoded.request.route_key = record
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&name))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .map(str::to_string);
+    }
     let outcome = deployment
         .infer(decoded.request, Channel::Stream)
         .await

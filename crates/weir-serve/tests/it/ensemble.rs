@@ -80,6 +80,7 @@ async fn mean_and_stacking_ensembles_equal_their_models_run_directly() {
             data: Data::Num(rows.clone().flat_map(|i| row(&columns, i)).collect()),
         }],
         outputs: vec!["probabilities".into()],
+        route_key: None,
     };
     let x = matrix(&columns, rows.clone());
     let (direct_a, _) = linear.predict(&x, rows.len()).unwrap().scores().unwrap();
@@ -144,6 +145,7 @@ async fn mean_and_stacking_ensembles_equal_their_models_run_directly() {
                     data: Data::Num(vec![0.0, 1.0]),
                 }],
                 outputs: vec![],
+                route_key: None,
             },
             Channel::Http,
         )

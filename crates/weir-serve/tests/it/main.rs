@@ -5,6 +5,7 @@
 //! fails, never skips, without them).
 
 mod ensemble;
+mod experiment;
 mod observed;
 mod oip;
 mod scale;

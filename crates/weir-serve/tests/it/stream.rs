@@ -225,6 +225,7 @@ async fn a_feature_look_up_graph_serves_and_logs_the_online_stores_values() {
                 id: Some("lookup-1".into()),
                 inputs,
                 outputs: vec!["probabilities".into()],
+                route_key: None,
             },
             Channel::Http,
         )
