@@ -421,6 +421,46 @@ fn serving_page() {
     );
 }
 
+#[test]
+fn experiments_page() {
+    // It continues the serving page's example.
+    let platform = Platform::start();
+    run_page_on(&platform, "serving.md");
+    let outputs = run_page_on(&platform, "experiments.md");
+    let out = |prefix: &str| stdout_of(&outputs, prefix);
+    let applied = out("traffic apply");
+    assert!(
+        applied.starts_with(
+            "experiment churn-ab v1 on churn: churn-model@1 50.0%, churn-model@2 50.0%"
+        ),
+        "{applied}"
+    );
+    let listed = out("traffic list");
+    assert!(
+        listed.contains("churn-ab") && listed.contains("running"),
+        "{listed}"
+    );
+    let described = out("traffic describe");
+    assert!(
+        described.contains("sticky by the input `customer_id`"),
+        "{described}"
+    );
+    let served = out("serve churn");
+    assert!(served.contains("40 requests answered"), "{served}");
+    // Both models answered, each with its propensity.
+    let split = out("sql");
+    let serve_log = stderr(output_of(&outputs, "serve churn"));
+    for variant in ["churn-model@1", "churn-model@2"] {
+        assert!(split.contains(variant), "{split}\n{serve_log}");
+    }
+    assert!(split.contains("0.5"), "{split}");
+    let stopped = out("traffic stop");
+    assert!(
+        stopped.starts_with("experiment churn-ab v2 stopped"),
+        "{stopped}"
+    );
+}
+
 /// The Weir crates a manifest's `[dependencies]` name.
 fn weir_dependencies(manifest: &str) -> Vec<String> {
     let mut in_dependencies = false;

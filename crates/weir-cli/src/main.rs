@@ -22,6 +22,7 @@ mod sql;
 mod tail;
 mod topics;
 mod tracking;
+mod traffic;
 mod train;
 mod tune;
 
@@ -105,6 +106,9 @@ enum Command {
     Deploy(serve::DeployArgs),
     /// Deployments on `weir.meta`: list, describe, delete.
     Deployments(serve::DeploymentsArgs),
+    /// Online experiments on a deployment's traffic (canary, A/B, a
+    /// mirror): apply a spec, list, describe, stop.
+    Traffic(traffic::TrafficArgs),
     /// Score a Parquet file with a registered model (or an ONNX file).
     Score(serve::ScoreArgs),
     /// Run the embedded Kafka-API broker and the schema registry API for
@@ -174,6 +178,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Score(args) => serve::score(&config, args).await,
         Command::Deploy(args) => serve::deploy(&config, args).await,
         Command::Deployments(args) => serve::deployments(&config, args).await,
+        Command::Traffic(args) => traffic::run(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Setup(_) => unreachable!("answered above"),
         Command::Demo(args) => demo(&config, args).await,

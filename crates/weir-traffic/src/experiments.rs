@@ -1,0 +1,250 @@
+//! Applying, listing and stopping experiments: a spec checked against the
+//! registry becomes the next version of its experiment's [`Routing`] on
+//! `weir.control.<deployment>`, which holds each experiment's history.
+
+use weir_bus::Bus;
+use weir_meta::state::State;
+use weir_serve::control;
+use weir_serve::routing::{Candidate, Mirror, Routing};
+
+use crate::TrafficError;
+use crate::spec::ExperimentSpec;
+
+/// An experiment as its deployment's control topic tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Experiment {
+    /// Its latest routing.
+    pub routing: Routing,
+    /// The deployment.
+    pub deployment: String,
+}
+
+impl Experiment {
+    /// Whether it routes traffic now.
+    pub fn running(&self) -> bool {
+        !self.routing.stopped
+    }
+}
+
+/// What applying a spec did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied {
+    /// The routing now published.
+    pub routing: Routing,
+    /// Whether it is a new version (`false`: the same as the latest).
+    pub new: bool,
+}
+
+/// `reference` as `name@version` for the spec's `field`.
+fn pinned(
+    state: &State,
+    reference: &str,
+    field: &str,
+    origin: &str,
+) -> Result<String, TrafficError> {
+    let spec_error = |message: String| TrafficError::spec(origin, format!("{field}: {message}"));
+    let (model, version) = state
+        .version_by_reference(reference)
+        .map_err(|e| spec_error(e.to_string()))?;
+    if version.model.is_none() {
+        return Err(spec_error(format!(
+            "{}@{} has no ONNX model to serve",
+            model.name, version.version
+        )));
+    }
+    Ok(format!("{}@{}", model.name, version.version))
+}
+
+/// The routing `spec` means now: its references pinned to the versions
+/// they point at (an alias that moves later does not change a running
+/// experiment), its deployment checked.
+pub fn resolve(
+    spec: &ExperimentSpec,
+    origin: &str,
+    state: &State,
+) -> Result<Routing, TrafficError> {
+    let serving = match state.deployment(&spec.deployment) {
+        Ok(deployment) if !deployment.deleted => deployment.latest().models.clone(),
+        _ => {
+            return Err(TrafficError::spec(
+                origin,
+                format!(
+                    "deployment: no deployment `{}` (apply it with `weir deploy` first)",
+                    spec.deployment
+                ),
+            ));
+        }
+    };
+    let mut candidates: Vec<Candidate> = Vec::with_capacity(spec.candidates.len());
+    for (i, candidate) in spec.candidates.iter().enumerate() {
+        let field = format!("candidates[{i}].model");
+        let model = pinned(state, &candidate.model, &field, origin)?;
+        if let Some(same) = candidates.iter().position(|c| c.model == model) {
+            return Err(TrafficError::spec(
+                origin,
+                format!(
+                    "{field}: `{}` is {model}, as candidates[{same}] is",
+                    candidate.model
+                ),
+            ));
+        }
+        candidates.push(Candidate {
+            model,
+            weight: candidate.weight,
+        });
+    }
+    let default_index = spec
+        .candidates
+        .iter()
+        .position(|c| c.model == spec.default_model())
+        .expect("the spec's check found the default among the candidates");
+    // The default stands for the deployment's own model, which serves
+    // again when the experiment stops.
+    let own = match serving.as_slice() {
+        [only] => pinned(state, only, "deployment", origin)?,
+        _ => {
+            return Err(TrafficError::spec(
+                origin,
+                format!(
+                    "deployment: `{}` serves an ensemble; an experiment routes between single models",
+                    spec.deployment
+                ),
+            ));
+        }
+    };
+    if candidates[default_index].model != own {
+        return Err(TrafficError::spec(
+            origin,
+            format!(
+                "default: `{}` is {}, but the deployment serves {} ({}); the default is the model it serves, which takes the traffic back when the experiment stops",
+                spec.default_model(),
+                candidates[default_index].model,
+                own,
+                serving[0]
+            ),
+        ));
+    }
+    let mirror = match &spec.mirror {
+        Some(mirror) => Some(Mirror {
+            model: pinned(state, &mirror.model, "mirror.model", origin)?,
+            percent: mirror.percent,
+        }),
+        None => None,
+    };
+    let routing = Routing {
+        experiment: spec.name.clone(),
+        version: 0,
+        kind: spec.kind,
+        default: candidates[default_index].model.clone(),
+        candidates,
+        mirror,
+        sticky: match &spec.sticky {
+            Some(sticky) => Some(
+                sticky
+                    .to_sticky()
+                    .map_err(|message| TrafficError::spec(origin, message))?,
+            ),
+            None => None,
+        },
+        stopped: false,
+        at: weir_core::now_ms(),
+    };
+    routing.check()?;
+    Ok(routing)
+}
+
+/// Whether two routings route alike (their versions and times aside).
+fn same_routing(a: &Routing, b: &Routing) -> bool {
+    let plain = |r: &Routing| Routing {
+        version: 0,
+        at: 0,
+        ..r.clone()
+    };
+    plain(a) == plain(b)
+}
+
+/// Applies `spec` (read from `origin`): publishes its routing as the
+/// experiment's next version, unless it routes as the latest does. A
+/// deployment runs one experiment at a time.
+pub async fn apply(
+    bus: &Bus,
+    state: &State,
+    spec: &ExperimentSpec,
+    origin: &str,
+) -> Result<Applied, TrafficError> {
+    let mut routing = resolve(spec, origin, state)?;
+    let (history, _) = control::history(bus, &spec.deployment).await?;
+    if let Some(latest) = history.last()
+        && !latest.stopped
+        && latest.experiment != spec.name
+    {
+        return Err(TrafficError::Refused(format!(
+            "deployment `{}` runs experiment `{}`: stop it first (`weir traffic stop {}`)",
+            spec.deployment, latest.experiment, latest.experiment
+        )));
+    }
+    let mine = history.iter().filter(|r| r.experiment == spec.name);
+    if let Some(latest) = mine.clone().next_back()
+        && same_routing(latest, &routing)
+    {
+        return Ok(Applied {
+            routing: latest.clone(),
+            new: false,
+        });
+    }
+    routing.version = mine.map(|r| r.version).max().unwrap_or(0) + 1;
+    control::publish(bus, &spec.deployment, &routing).await?;
+    Ok(Applied { routing, new: true })
+}
+
+/// Every experiment of every deployment on `weir.meta`, by deployment,
+/// with its latest routing.
+pub async fn list(bus: &Bus, state: &State) -> Result<Vec<Experiment>, TrafficError> {
+    let mut experiments: Vec<Experiment> = Vec::new();
+    for deployment in state.deployments().filter(|d| !d.deleted) {
+        let (history, _) = control::history(bus, &deployment.name).await?;
+        for routing in history {
+            match experiments.iter_mut().find(|e| {
+                e.deployment == deployment.name && e.routing.experiment == routing.experiment
+            }) {
+                Some(known) => known.routing = routing,
+                None => experiments.push(Experiment {
+                    routing,
+                    deployment: deployment.name.clone(),
+                }),
+            }
+        }
+    }
+    Ok(experiments)
+}
+
+/// The experiment named `name`.
+pub async fn find(bus: &Bus, state: &State, name: &str) -> Result<Experiment, TrafficError> {
+    list(bus, state)
+        .await?
+        .into_iter()
+        .find(|e| e.routing.experiment == name)
+        .ok_or_else(|| TrafficError::Refused(format!("no experiment `{name}`")))
+}
+
+/// Stops experiment `name`: its deployment serves its own model again.
+/// Returns the deployment and the stopped routing (`None`: it had stopped
+/// already).
+pub async fn stop(
+    bus: &Bus,
+    state: &State,
+    name: &str,
+) -> Result<Option<(String, Routing)>, TrafficError> {
+    let experiment = find(bus, state, name).await?;
+    if !experiment.running() {
+        return Ok(None);
+    }
+    let routing = Routing {
+        version: experiment.routing.version + 1,
+        stopped: true,
+        at: weir_core::now_ms(),
+        ..experiment.routing
+    };
+    control::publish(bus, &experiment.deployment, &routing).await?;
+    Ok(Some((experiment.deployment, routing)))
+}

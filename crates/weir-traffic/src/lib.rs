@@ -1,0 +1,51 @@
+//! Online experiments on a deployment's traffic: a canary, a sticky A/B
+//! test or a bandit between registered models, written as a YAML spec
+//! (`topologies/experiments/*.yaml`, in the shape of Seldon Core v2's
+//! experiments), checked against the registry and published as the
+//! routing that every serving replica follows on
+//! `weir.control.<deployment>` ([`weir_serve::routing`]).
+//!
+//! ```text
+//!  spec.yaml ─▶ check, resolve name@alias ─▶ Routing ─▶ weir.control.<d> ─▶ weir serve (every replica)
+//!               (weir.meta's registry)        version n                     routes, mirrors, logs
+//!                                                                           variant + propensity
+//! ```
+//!
+//! - [`spec`]: the experiment spec and its checks;
+//! - [`experiments`]: applying, listing and stopping experiments.
+
+pub mod experiments;
+pub mod spec;
+
+/// What can go wrong with an experiment.
+#[derive(Debug, thiserror::Error)]
+pub enum TrafficError {
+    /// A spec that cannot be used: the file, and where or which field.
+    #[error("{origin}{at}: {message}")]
+    Spec {
+        /// The file (or `<stdin>`).
+        origin: String,
+        /// `:line:col`, where known.
+        at: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// No such experiment, or one in the way.
+    #[error("{0}")]
+    Refused(String),
+    /// Reading or publishing the routing failed.
+    #[error(transparent)]
+    Serve(#[from] weir_serve::ServeError),
+}
+
+impl TrafficError {
+    /// A spec error found after parsing: the file and the field (in
+    /// `message`).
+    pub(crate) fn spec(origin: &str, message: String) -> Self {
+        Self::Spec {
+            origin: origin.into(),
+            at: String::new(),
+            message,
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! An experiment spec: a YAML file in `topologies/experiments/`.
+//!
+//! ```yaml
+//! name: churn-canary
+//! deployment: churn               # the deployment whose traffic is split
+//! kind: canary                    # canary | ab
+//! candidates:                     # registry references: name@alias, name@3
+//!   - {model: churn@champion, weight: 90}
+//!   - {model: churn@challenger, weight: 10}
+//! default: churn@champion         # what serves when it ends (default: the first)
+//! mirror: {model: churn@4, percent: 25}   # a copy of 25 % of the requests
+//! sticky: {key: user_id}          # or {header: X-User}: a user keeps a model
+//! ```
+
+use std::path::Path;
+
+use serde::Deserialize;
+use weir_serve::routing::{Kind, Sticky};
+
+use crate::TrafficError;
+
+/// A candidate as written: a registry reference and its weight.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CandidateSpec {
+    /// `name@alias`, `name@3` or `name` (its latest version).
+    pub model: String,
+    /// Its weight; the shares are the weights over their sum.
+    pub weight: f64,
+}
+
+/// A mirror as written.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorSpec {
+    /// A registry reference.
+    pub model: String,
+    /// The share of requests copied to it, in percent (0–100].
+    pub percent: f64,
+}
+
+/// What a sticky experiment routes by, as written: `{key: user_id}` or
+/// `{header: X-User}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickySpec {
+    /// A request input column.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// An HTTP header (gRPC: metadata; streams: a record header).
+    #[serde(default)]
+    pub header: Option<String>,
+}
+
+impl StickySpec {
+    /// The routing's form; errors unless exactly one of the two is given.
+    pub fn to_sticky(&self) -> Result<Sticky, String> {
+        match (&self.key, &self.header) {
+            (Some(key), None) => Ok(Sticky::Key(key.clone())),
+            (None, Some(header)) => Ok(Sticky::Header(header.clone())),
+            _ => Err("sticky: give either `key` or `header`".into()),
+        }
+    }
+}
+
+/// An experiment on one deployment's traffic.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentSpec {
+    /// Its name.
+    pub name: String,
+    /// The deployment (applied with `weir deploy` or `weir serve`).
+    pub deployment: String,
+    /// Canary (a fixed split) or A/B (a fixed split, sticky by user).
+    #[serde(default)]
+    pub kind: Kind,
+    /// The models sharing the traffic.
+    pub candidates: Vec<CandidateSpec>,
+    /// The candidate that serves when the experiment ends (default: the
+    /// first).
+    #[serde(default)]
+    pub default: Option<String>,
+    /// A model that gets a copy of some requests, answers logged only.
+    #[serde(default)]
+    pub mirror: Option<MirrorSpec>,
+    /// Route by a request key or header, so that a user keeps a model.
+    #[serde(default)]
+    pub sticky: Option<StickySpec>,
+}
+
+impl ExperimentSpec {
+    /// Reads a spec; errors name `origin` and the line and column, or the
+    /// field.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, TrafficError> {
+        let spec: Self = serde_yaml::from_str(text).map_err(|e| TrafficError::Spec {
+            origin: origin.into(),
+            at: e
+                .location()
+                .map(|l| format!(":{}:{}", l.line(), l.column()))
+                .unwrap_or_default(),
+            message: e.to_string(),
+        })?;
+        spec.check()
+            .map_err(|message| TrafficError::spec(origin, message))?;
+        Ok(spec)
+    }
+
+    /// Reads the spec file at `path`.
+    pub fn read(path: &Path) -> Result<Self, TrafficError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| TrafficError::spec(&path.display().to_string(), e.to_string()))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The default candidate's reference.
+    pub fn default_model(&self) -> &str {
+        self.default
+            .as_deref()
+            .unwrap_or_else(|| &self.candidates[0].model)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let valid = |c: char| c.is_ascii_alphanumeric() || "-_".contains(c);
+        if self.name.is_empty() || !self.name.chars().all(valid) {
+            return Err(format!(
+                "name: `{}` must be letters, digits, `-` and `_`",
+                self.name
+            ));
+        }
+        if self.candidates.is_empty() {
+            return Err("candidates: give at least one model".into());
+        }
+        for (i, candidate) in self.candidates.iter().enumerate() {
+            if !candidate.weight.is_finite() || candidate.weight < 0.0 {
+                return Err(format!(
+                    "candidates[{i}].weight: {} must be a number ≥ 0",
+                    candidate.weight
+                ));
+            }
+            if self.candidates[..i]
+                .iter()
+                .any(|c| c.model == candidate.model)
+            {
+                return Err(format!(
+                    "candidates[{i}].model: `{}` is named twice",
+                    candidate.model
+                ));
+            }
+        }
+        if self.candidates.iter().map(|c| c.weight).sum::<f64>() <= 0.0 {
+            return Err("candidates: the weights must add up to more than 0".into());
+        }
+        if let Some(default) = &self.default
+            && !self.candidates.iter().any(|c| &c.model == default)
+        {
+            return Err(format!("default: `{default}` is not one of the candidates"));
+        }
+        if let Some(mirror) = &self.mirror
+            && !(mirror.percent > 0.0 && mirror.percent <= 100.0)
+        {
+            return Err(format!(
+                "mirror.percent: {} must be more than 0 and at most 100",
+                mirror.percent
+            ));
+        }
+        if let Some(sticky) = &self.sticky {
+            sticky.to_sticky()?;
+        }
+        match self.kind {
+            Kind::Ab if self.sticky.is_none() => Err(
+                "sticky: an A/B test needs a key or header to route by (`sticky: {key: user_id}`), or a user would see both models"
+                    .into(),
+            ),
+            Kind::Bandit => Err(
+                "kind: bandit needs the allocator job, which is not built yet; run a canary or an A/B test"
+                    .into(),
+            ),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> String {
+        ExperimentSpec::parse(text, "exp.yaml")
+            .unwrap_err()
+            .to_string()
+    }
+
+    const GOOD: &str = "name: c\ndeployment: d\ncandidates:\n  - {model: m@champion, weight: 9}\n  - {model: m@challenger, weight: 1}\n";
+
+    #[test]
+    fn a_spec_reads_with_its_defaults() {
+        let spec = ExperimentSpec::parse(GOOD, "exp.yaml").unwrap();
+        assert_eq!(spec.kind, Kind::Canary);
+        assert_eq!(spec.default_model(), "m@champion");
+        let ab = ExperimentSpec::parse(
+            &format!(
+                "{GOOD}kind: ab\nsticky: {{header: X-User}}\nmirror: {{model: m@3, percent: 100}}\n"
+            ),
+            "exp.yaml",
+        )
+        .unwrap();
+        assert_eq!(
+            ab.sticky.unwrap().to_sticky(),
+            Ok(Sticky::Header("X-User".into()))
+        );
+    }
+
+    #[test]
+    fn bad_specs_name_the_file_and_the_place() {
+        assert!(
+            error("name: c\ndeployment: d\ncandidates:\n  - {model: m@1, wieght: 1}\n")
+                .starts_with("exp.yaml:4:")
+        );
+        assert!(
+            error("name: c\ndeployment: d\ncandidates: []\n").starts_with("exp.yaml: candidates:")
+        );
+        assert!(
+            error(&GOOD.replace("weight: 1}", "weight: -1}"))
+                .starts_with("exp.yaml: candidates[1].weight: -1")
+        );
+        assert!(
+            error("name: c\ndeployment: d\ncandidates:\n  - {model: m@1, weight: 0}\n")
+                .contains("add up to more than 0")
+        );
+        assert!(error(&format!("{GOOD}default: m@9\n")).starts_with("exp.yaml: default: `m@9`"));
+        assert!(
+            error(&format!("{GOOD}mirror: {{model: m@3, percent: 101}}\n"))
+                .starts_with("exp.yaml: mirror.percent: 101")
+        );
+        assert!(error(&format!("{GOOD}kind: ab\n")).starts_with("exp.yaml: sticky:"));
+        assert!(error(&format!("{GOOD}kind: coin\n")).starts_with("exp.yaml:6:"));
+        assert!(
+            error(&format!("{GOOD}sticky: {{key: a, header: B}}\n"))
+                .starts_with("exp.yaml: sticky: give either")
+        );
+    }
+}
