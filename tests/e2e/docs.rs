@@ -454,6 +454,50 @@ fn experiments_page() {
         assert!(split.contains(variant), "{split}\n{serve_log}");
     }
     assert!(split.contains("0.5"), "{split}");
+    let published = out("feedback publish");
+    assert!(
+        published.starts_with("published 40 feedback records to weir.feedback.churn"),
+        "{published}"
+    );
+    // The log meets the feedback by request id: every request, its
+    // reward on the model that answered it.
+    let joined = out("sql \"SELECT l.variant");
+    let (mut rewarded, mut conversions) = (0, 0.0);
+    for row in joined.lines().filter(|l| l.starts_with("| churn-model@")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        rewarded += cells[2].parse::<i64>().unwrap();
+        conversions += cells[3].parse::<f64>().unwrap();
+    }
+    assert_eq!((rewarded, conversions), (40, 10.0), "{joined}");
+    // Any Kafka client publishes feedback with the registered schema:
+    // Confluent's Python serializer, then `weir tail` decodes it.
+    let mut producer = std::process::Command::new(python())
+        .arg(repo().join("tests/python/confluent_avro.py"))
+        .args([
+            "produce-json",
+            &platform.kafka.to_string(),
+            &platform.registry_url(),
+            "weir.feedback.churn",
+            "request_id",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = producer.stdin.take().unwrap();
+        stdin
+            .write_all(br#"{"request_id": "py1", "reward": 1.0, "label": null, "timestamp": 1700000000000}"#)
+            .unwrap();
+    }
+    assert!(producer.wait().unwrap().success(), "confluent_avro.py failed");
+    let tail = platform.run(&["tail", "weir.feedback.churn", "--from-beginning"], b"");
+    let feedback = String::from_utf8_lossy(&tail.stdout).into_owned();
+    assert_eq!(feedback.lines().count(), 41, "{feedback}");
+    assert!(
+        feedback.contains(r#""request_id":"py1","reward":1.0"#),
+        "{feedback}"
+    );
     let stopped = out("traffic stop");
     assert!(
         stopped.starts_with("experiment churn-ab v2 stopped"),

@@ -3,9 +3,13 @@ with the Confluent serializers, using Weir's schema registry API.
 
     confluent_avro.py produce BOOTSTRAP REGISTRY_URL TOPIC SCHEMA_FILE N
     confluent_avro.py consume BOOTSTRAP REGISTRY_URL TOPIC N
+    confluent_avro.py produce-json BOOTSTRAP REGISTRY_URL TOPIC KEY_FIELD < LINES
 
 `produce` writes N records (JSON of each on stdout); `consume` reads N
-records from the beginning and prints each decoded value as a JSON line.
+records from the beginning and prints each decoded value as a JSON line;
+`produce-json` writes each JSON line of stdin with the schema registered
+for the topic's values (the serializer registers nothing), keyed by a
+field.
 """
 import datetime
 import json
@@ -35,6 +39,24 @@ def produce(bootstrap, registry_url, topic, schema_file, n):
         producer.produce(topic, key=value["user_id"], value=serializer(value, context))
         print(json.dumps(value), flush=True)
     producer.flush(30)
+
+
+def produce_json(bootstrap, registry_url, topic, key_field):
+    registry = SchemaRegistryClient({"url": registry_url})
+    schema = registry.get_latest_version(f"{topic}-value").schema
+    serializer = AvroSerializer(
+        registry,
+        schema.schema_str,
+        conf={"auto.register.schemas": False, "use.latest.version": True},
+    )
+    producer = Producer({"bootstrap.servers": bootstrap})
+    context = SerializationContext(topic, MessageField.VALUE)
+    for line in sys.stdin:
+        if line.strip():
+            value = json.loads(line)
+            producer.produce(topic, key=str(value[key_field]), value=serializer(value, context))
+    if producer.flush(30) != 0:
+        raise SystemExit("records were not delivered")
 
 
 def epoch_millis(value):
@@ -77,6 +99,8 @@ if __name__ == "__main__":
     command, *args = sys.argv[1:]
     if command == "produce":
         produce(args[0], args[1], args[2], args[3], int(args[4]))
+    elif command == "produce-json":
+        produce_json(args[0], args[1], args[2], args[3])
     elif command == "consume":
         consume(args[0], args[1], args[2], int(args[3]))
     else:

@@ -8,6 +8,7 @@
 mod archive;
 mod broker;
 mod datasets;
+mod feedback;
 mod features;
 mod job;
 mod job_status;
@@ -109,6 +110,9 @@ enum Command {
     /// Online experiments on a deployment's traffic (canary, A/B, a
     /// mirror): apply a spec, list, describe, stop.
     Traffic(traffic::TrafficArgs),
+    /// Rewards and labels for a deployment's served requests, onto
+    /// `weir.feedback.<d>`.
+    Feedback(feedback::FeedbackArgs),
     /// Score a Parquet file with a registered model (or an ONNX file).
     Score(serve::ScoreArgs),
     /// Run the embedded Kafka-API broker and the schema registry API for
@@ -179,6 +183,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Deploy(args) => serve::deploy(&config, args).await,
         Command::Deployments(args) => serve::deployments(&config, args).await,
         Command::Traffic(args) => traffic::run(&config, args).await,
+        Command::Feedback(args) => feedback::run(&config, args).await,
         Command::Broker(args) => broker::run(&config, args).await,
         Command::Setup(_) => unreachable!("answered above"),
         Command::Demo(args) => demo(&config, args).await,

@@ -11,6 +11,7 @@ use weir_onnx::{Output, TensorSpec, Values};
 
 use crate::ServeError;
 use crate::graph::{Column, Frame, Graph};
+use crate::feedback::{self, Feedback};
 use crate::log::{Channel, LogEntry, Logger, Tensor};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Resolved};
@@ -147,6 +148,8 @@ pub struct Deployment {
     /// The experiment routing its traffic, if one runs.
     routes: RwLock<Option<Arc<Routes>>>,
     logger: Option<Logger>,
+    /// Where feedback on the logged requests goes.
+    feedback: Option<feedback::Writer>,
     metrics: Arc<Metrics>,
     /// The models' input.
     input: TensorSpec,
@@ -254,9 +257,12 @@ impl Deployment {
                 shape: vec![-1, -1],
             }]
         };
-        let logger = match bus {
-            Some(bus) if spec.logging.enabled => Some(Logger::start(bus, &spec.name).await?),
-            _ => None,
+        let (logger, feedback) = match bus {
+            Some(bus) if spec.logging.enabled => (
+                Some(Logger::start(bus, &spec.name).await?),
+                Some(feedback::Writer::start(bus, &spec.name).await?),
+            ),
+            _ => (None, None),
         };
         let runner = Runner::start(models, graph.width(), &spec.batching);
         Ok(Self {
@@ -266,6 +272,7 @@ impl Deployment {
             runner,
             routes: RwLock::new(None),
             logger,
+            feedback,
             input,
             outputs,
             resolved: std::sync::Mutex::new(Vec::new()),
@@ -384,6 +391,18 @@ impl Deployment {
         self.runner.swap(models);
         *self.resolved.lock().expect("resolved lock") = now;
         Ok(Some(versions))
+    }
+
+    /// Publishes feedback on this deployment's requests to
+    /// `weir.feedback.<d>`; returns how many records.
+    pub async fn feedback(&self, items: &[Feedback]) -> Result<usize, ServeError> {
+        match &self.feedback {
+            Some(writer) => writer.write(items).await,
+            None => Err(ServeError::Request(format!(
+                "`{}` does not log its requests (logging.enabled is false): feedback would have nothing to meet",
+                self.spec.name
+            ))),
+        }
     }
 
     /// The routing of the experiment running, if any.

@@ -29,6 +29,9 @@
 //!   define it;
 //! - [`stream`]: stream serving through a consumer group;
 //! - [`log`]: the request log (`schemas/inference_log.avsc`);
+//! - [`feedback`]: rewards and labels on served requests
+//!   (`schemas/feedback.avsc`), from `POST /v2/models/<d>/feedback` or any
+//!   producer;
 //! - [`metrics`]: Prometheus text, latencies in HDR histograms;
 //! - [`score`]: batch scoring of Parquet files;
 //! - [`server`]: a deployment served — HTTP, stream workers scaled by lag
@@ -38,6 +41,7 @@ pub mod client;
 pub mod control;
 pub mod deploy;
 pub mod deployment;
+pub mod feedback;
 pub mod graph;
 pub mod grpc;
 pub mod log;

@@ -210,17 +210,15 @@ impl std::fmt::Debug for Logger {
 }
 
 impl Logger {
-    /// Creates `weir.log.<deployment>` and `weir.feedback.<deployment>` if
-    /// needed, registers the schema and starts the writer.
+    /// Creates `weir.log.<deployment>` if needed, registers the schema and
+    /// starts the writer.
     pub async fn start(bus: &Bus, deployment: &str) -> Result<Self, ServeError> {
         let topic = weir_core::topics::log(deployment);
         let bus_error = |e: weir_bus::BusError| ServeError::Internal(e.to_string());
-        for name in [topic.clone(), weir_core::topics::feedback(deployment)] {
-            bus.admin()
-                .ensure_topic(&TopicSpec::new(name, 3))
-                .await
-                .map_err(bus_error)?;
-        }
+        bus.admin()
+            .ensure_topic(&TopicSpec::new(&topic, 3))
+            .await
+            .map_err(bus_error)?;
         bus.registry()
             .register(
                 &weir_core::topics::value_subject(&topic),

@@ -7,6 +7,7 @@
 //! | `GET /v2/models/{name}[/versions/{v}]` | model metadata: inputs, outputs |
 //! | `GET /v2/models/{name}[/versions/{v}]/ready` | 200 when ready |
 //! | `POST /v2/models/{name}[/versions/{v}]/infer` | inference |
+//! | `POST /v2/models/{name}/feedback` | rewards and labels for answered requests (Weir's) |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Tensors come as JSON (`data` flat or nested, row-major) or, with the
@@ -434,6 +435,7 @@ pub fn router(deployment: Arc<Deployment>) -> Router {
         )
         .route("/v2/models/{name}/infer", post(infer))
         .route("/v2/models/{name}/versions/{version}/infer", post(infer_at))
+        .route("/v2/models/{name}/feedback", post(feedback))
         .route("/metrics", get(metrics));
     // In the protocol's error shape.
     weir_web::fallbacks(routes, |refused| {
@@ -541,6 +543,31 @@ async fn infer(
     body: Bytes,
 ) -> HttpResponse {
     infer_of(&deployment, &name, None, &headers, &body).await
+}
+
+/// `POST /v2/models/<d>/feedback` (Weir's, not the protocol's): a
+/// reward or label for a request answered, or a list of them, onto
+/// `weir.feedback.<d>`. Answers `{"accepted": n}`; a bad record is a 400
+/// naming it, and then nothing is published.
+async fn feedback(
+    State(deployment): State<Arc<Deployment>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> HttpResponse {
+    if let Err(error) = check(&deployment, &name, None) {
+        return error_response(&error);
+    }
+    let items = match serde_json::from_slice::<Json>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(crate::feedback::parse)
+    {
+        Ok(items) => items,
+        Err(message) => return error_response(&bad(format!("feedback: {message}"))),
+    };
+    match deployment.feedback(&items).await {
+        Ok(accepted) => axum::Json(json!({ "accepted": accepted })).into_response(),
+        Err(error) => error_response(&error),
+    }
 }
 
 async fn infer_at(

@@ -3,7 +3,8 @@
 //! across two serving replicas, splits users by the weights and logs each
 //! request's variant and propensity; stopping it gives the traffic back to
 //! the deployment's own model without a restart; a mirror answers a copy
-//! of each request into the log only.
+//! of each request into the log only; feedback posted to a deployment
+//! lands on `weir.feedback.<d>`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -261,4 +262,80 @@ async fn a_mirror_answers_a_copy_of_each_request_into_the_log_only() {
         assert!(!shadow["outputs"].as_object().unwrap().is_empty());
     }
     println!("{} log records written", summary.logged);
+}
+
+/// Posts `body` to `path`; the status and the answer.
+async fn post_to(address: SocketAddr, path: &str, body: &[u8]) -> (u16, Json) {
+    let mut connection = weir_serve::client::Connection::open(address, path)
+        .await
+        .unwrap();
+    let (status, answer) = connection.post_with(body, &[]).await.unwrap();
+    (status, serde_json::from_slice(&answer).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn feedback_posted_to_a_deployment_lands_on_its_topic_in_its_registered_schema() {
+    let platform = Platform::start().await;
+    let (_, _, columns) = two_versions(&platform).await;
+    let (address, stop, task) = serve(&platform, spec(DEPLOYMENT), Default::default(), None).await;
+    let address = address.unwrap();
+    post(address, &body("r1", &columns, 0), &[]).await;
+    let route = "/v2/models/clicks/feedback";
+
+    let (status, answer) = post_to(
+        address,
+        route,
+        br#"[{"request_id": "r1", "reward": 1}, {"request_id": "r2", "label": "1", "timestamp": 1700000000000}]"#,
+    )
+    .await;
+    assert_eq!((status, answer), (200, json!({"accepted": 2})));
+    let (status, answer) = post_to(address, route, br#"{"request_id": "r3", "reward": 0.5}"#).await;
+    assert_eq!((status, answer), (200, json!({"accepted": 1})));
+
+    // Bad feedback is refused whole, naming the record and the field.
+    for (bad, expected) in [
+        (
+            &br#"[{"request_id": "r4", "reward": 1}, {"request_id": "r5"}]"#[..],
+            "feedback: [1]: give a `reward`, a `label` or both",
+        ),
+        (
+            br#"{"request_id": "r4", "reward": "yes"}"#,
+            "feedback: invalid type: string \"yes\", expected f64",
+        ),
+        (
+            br#"{"request_id": "r4", "rewrad": 1}"#,
+            "feedback: unknown field `rewrad`",
+        ),
+        (b"reward=1", "feedback: expected value at line 1 column 1"),
+    ] {
+        let (status, answer) = post_to(address, route, bad).await;
+        assert_eq!(status, 400, "{answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(error.starts_with(expected), "{error}");
+    }
+    let (status, answer) = post_to(address, "/v2/models/other/feedback", b"{}").await;
+    assert_eq!(status, 404, "{answer}");
+
+    stop.send(()).unwrap();
+    task.await.unwrap();
+    // Read back with the schema registered for the topic.
+    let records: BTreeMap<String, Json> = platform
+        .read_all("weir.feedback.clicks")
+        .await
+        .into_iter()
+        .collect();
+    assert_eq!(records.len(), 3, "{records:?}");
+    assert_eq!(records["r1"]["reward"], json!(1.0));
+    assert!(records["r1"]["label"].is_null());
+    assert!(records["r1"]["timestamp"].as_i64().unwrap() > 1_700_000_000_000);
+    assert_eq!(records["r2"]["label"], json!("1"));
+    assert!(records["r2"]["reward"].is_null());
+    assert_eq!(records["r2"]["timestamp"], json!(1_700_000_000_000_i64));
+    assert_eq!(records["r3"]["reward"], json!(0.5));
+    let subject = platform
+        .bus
+        .registry()
+        .latest("weir.feedback.clicks-value")
+        .unwrap();
+    assert!(subject.schema.text.contains("\"Feedback\""));
 }

@@ -1,0 +1,92 @@
+//! `weir feedback publish`: rewards and labels for a deployment's served
+//! requests, as JSON lines, onto `weir.feedback.<deployment>`.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use weir_broker::connect::connect;
+use weir_core::Config;
+use weir_serve::feedback::{self, Feedback};
+
+#[derive(Parser)]
+pub struct FeedbackArgs {
+    #[command(subcommand)]
+    command: FeedbackCommand,
+}
+
+#[derive(Subcommand)]
+enum FeedbackCommand {
+    /// Publish feedback: one JSON object per line, `{"request_id": …,
+    /// "reward": 1}` or with a `label`, and optionally its `timestamp`
+    /// (ms; default now). Every line is checked first: nothing is
+    /// published if one is bad.
+    Publish {
+        /// The deployment whose requests it is about.
+        deployment: String,
+        /// JSON lines; stdin when absent or `-`.
+        file: Option<PathBuf>,
+    },
+}
+
+/// Each line's feedback, or every bad line as `FILE:LINE[:COL]: problem`.
+fn read(file: Option<&PathBuf>) -> anyhow::Result<Vec<Feedback>> {
+    let (name, reader): (String, Box<dyn BufRead>) = match file.filter(|f| f.as_os_str() != "-") {
+        Some(path) => (
+            path.display().to_string(),
+            Box::new(BufReader::new(
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
+            )),
+        ),
+        None => ("<stdin>".into(), Box::new(std::io::stdin().lock())),
+    };
+    let (mut items, mut problems) = (Vec::new(), Vec::new());
+    for (index, line) in reader.lines().enumerate() {
+        let line = line.with_context(|| format!("reading {name}"))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = index + 1;
+        match serde_json::from_str(&line) {
+            Err(e) => problems.push(format!("{name}:{at}:{}: {e}", e.column())),
+            Ok(value) => match feedback::parse(value) {
+                Ok(parsed) => items.extend(parsed),
+                Err(e) => problems.push(format!("{name}:{at}: {e}")),
+            },
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{} bad line(s), nothing published:\n{}",
+            problems.len(),
+            problems.join("\n")
+        );
+    }
+    Ok(items)
+}
+
+pub async fn run(config: &Config, args: FeedbackArgs) -> anyhow::Result<ExitCode> {
+    let FeedbackCommand::Publish { deployment, file } = args.command;
+    let items = read(file.as_ref())?;
+    let connection = connect(config).await?;
+    let store = config.state_dir.join(crate::server::STORE_DIR);
+    let result = async {
+        let state = weir_meta::tracker::replay_with_store(&connection.bus, &store).await?;
+        if !state.deployment(&deployment).is_ok_and(|d| !d.deleted) {
+            bail!("no deployment `{deployment}` (apply it with `weir deploy` first)");
+        }
+        let writer = feedback::Writer::start(&connection.bus, &deployment).await?;
+        let published = writer.write(&items).await?;
+        println!(
+            "published {published} feedback records to {}",
+            weir_core::topics::feedback(&deployment)
+        );
+        anyhow::Ok(())
+    }
+    .await;
+    connection.close().await;
+    result?;
+    Ok(ExitCode::SUCCESS)
+}
