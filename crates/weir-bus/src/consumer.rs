@@ -8,6 +8,7 @@ use rdkafka::ClientContext;
 use rdkafka::consumer::{CommitMode, Consumer as _, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message as _};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::codec::{DeadLetterReason, DecodeError, TopicCodec, Value};
@@ -401,8 +402,7 @@ pub struct QuietEof;
 impl ClientContext for QuietEof {
     fn error(&self, error: KafkaError, reason: &str) {
         match error {
-            KafkaError::PartitionEOF(_)
-            | KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF) => {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {
                 tracing::trace!("librdkafka: {error}: {reason}")
             }
             _ => tracing::error!("librdkafka: {error}: {reason}"),
@@ -431,9 +431,24 @@ pub fn consumer_config(config: &BusConfig, group: &str) -> rdkafka::ClientConfig
 }
 
 fn partition_count(consumer: &StreamConsumer<QuietEof>, topic: &str) -> Result<i32, BusError> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
-        .map_err(|e| BusError::kafka(format!("reading metadata of `{topic}`"), e))?;
+    // A new client's first request can fail while its connection is made
+    // (a busy broker, a reset socket); librdkafka retries most requests
+    // itself but not a metadata fetch asked for by hand.
+    let mut attempt = 1;
+    let metadata = loop {
+        match consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(10)) {
+            Err(KafkaError::MetadataFetch(
+                RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
+            )) if attempt < 5 => {
+                attempt += 1;
+                std::thread::sleep(std::time::Duration::from_millis(100 * attempt));
+            }
+            result => {
+                break result
+                    .map_err(|e| BusError::kafka(format!("reading metadata of `{topic}`"), e))?;
+            }
+        }
+    };
     let count = metadata
         .topics()
         .iter()
