@@ -490,7 +490,10 @@ fn experiments_page() {
             .write_all(br#"{"request_id": "py1", "reward": 1.0, "label": null, "timestamp": 1700000000000}"#)
             .unwrap();
     }
-    assert!(producer.wait().unwrap().success(), "confluent_avro.py failed");
+    assert!(
+        producer.wait().unwrap().success(),
+        "confluent_avro.py failed"
+    );
     let tail = platform.run(&["tail", "weir.feedback.churn", "--from-beginning"], b"");
     let feedback = String::from_utf8_lossy(&tail.stdout).into_owned();
     assert_eq!(feedback.lines().count(), 41, "{feedback}");

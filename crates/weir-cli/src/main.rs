@@ -8,8 +8,8 @@
 mod archive;
 mod broker;
 mod datasets;
-mod feedback;
 mod features;
+mod feedback;
 mod job;
 mod job_status;
 mod publish;

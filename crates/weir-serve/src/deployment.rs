@@ -10,8 +10,8 @@ use weir_features::online::{OnlineStore, OnlineView};
 use weir_onnx::{Output, TensorSpec, Values};
 
 use crate::ServeError;
-use crate::graph::{Column, Frame, Graph};
 use crate::feedback::{self, Feedback};
+use crate::graph::{Column, Frame, Graph};
 use crate::log::{Channel, LogEntry, Logger, Tensor};
 use crate::metrics::Metrics;
 use crate::registry::{Registry, Resolved};

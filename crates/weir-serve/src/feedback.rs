@@ -67,7 +67,11 @@ pub fn parse(value: Json) -> Result<Vec<Feedback>, String> {
         .into_iter()
         .enumerate()
         .map(|(i, item)| {
-            let at = if listed { format!("[{i}]: ") } else { String::new() };
+            let at = if listed {
+                format!("[{i}]: ")
+            } else {
+                String::new()
+            };
             let feedback: Feedback =
                 serde_json::from_value(item).map_err(|e| format!("{at}{e}"))?;
             feedback.check().map_err(|e| format!("{at}{e}"))?;
@@ -159,7 +163,10 @@ mod tests {
             "[1]: give a `reward`, a `label` or both"
         );
         let error = parse(json!({"request_id": "r1", "reward": "high"})).unwrap_err();
-        assert!(error.starts_with("invalid type: string \"high\""), "{error}");
+        assert!(
+            error.starts_with("invalid type: string \"high\""),
+            "{error}"
+        );
         let error = parse(json!({"request": "r1", "reward": 1})).unwrap_err();
         assert!(error.starts_with("unknown field `request`"), "{error}");
     }
