@@ -223,13 +223,14 @@ fn kill_and_restart(
         let random = (delay_state >> 33) % 1_200;
         // Every other run is killed up to 0.3 s after its first commit, so
         // that the restarts have a checkpoint to resume from; the others
-        // 0.4–1.6 s after they start (they may die before their first
-        // commit, while starting).
+        // 0.3–1.1 s after they start (they may die before their first
+        // commit, while starting). On an idle machine a later run can
+        // finish its share sooner than that: the delays stay short.
         let run = logs.len() - 1;
         let delay = if run % 2 == 0 {
             Duration::from_millis(random / 4)
         } else {
-            Duration::from_millis(400 + random)
+            Duration::from_millis(300 + random * 2 / 3)
         };
         if run % 2 == 0 {
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -619,7 +620,12 @@ fn assert_same_state_as_an_uninterrupted_run(
                 .unwrap()
         };
         let (crashed, uninterrupted) = (state(name), state(&format!("{name}-calm")));
-        let first_difference = crashed.iter().zip(&uninterrupted).position(|(a, b)| a != b);
+        let first_difference = crashed
+            .iter()
+            .zip(&uninterrupted)
+            .position(|(a, b)| a != b)
+            .or((crashed.len() != uninterrupted.len())
+                .then(|| crashed.len().min(uninterrupted.len())));
         let hex = |entry: Option<&(Vec<u8>, Vec<u8>)>| {
             entry.map(|(k, v)| {
                 let hex =
@@ -629,9 +635,11 @@ fn assert_same_state_as_an_uninterrupted_run(
         };
         assert!(
             crashed == uninterrupted,
-            "worker {worker}: {} entries after the crashes, {} without; first difference at entry {first_difference:?}:\n{:?}\n{:?}",
+            "worker {worker}: {} entries after the crashes ({:?}), {} without ({:?}); first difference at entry {first_difference:?}:\n{:?}\n{:?}",
             crashed.len(),
+            kinds_of(&crashed),
             uninterrupted.len(),
+            kinds_of(&uninterrupted),
             hex(first_difference.and_then(|i| crashed.get(i))),
             hex(first_difference.and_then(|i| uninterrupted.get(i))),
         );
@@ -639,6 +647,24 @@ fn assert_same_state_as_an_uninterrupted_run(
     }
     println!("{name}: {compared} committed state entries equal an uninterrupted run's");
     compared
+}
+
+/// State entries counted by their tag, operator and (keyed state) name:
+/// what a difference is made of.
+fn kinds_of(entries: &[(Vec<u8>, Vec<u8>)]) -> BTreeMap<String, usize> {
+    let mut kinds = BTreeMap::new();
+    for (key, _) in entries {
+        let (tag, op) = (key[0] as char, u16::from_be_bytes([key[1], key[2]]));
+        let name = match tag {
+            'k' => {
+                let length = key[3] as usize;
+                String::from_utf8_lossy(&key[4..4 + length]).into_owned()
+            }
+            _ => String::new(),
+        };
+        *kinds.entry(format!("{tag}{op}{name}")).or_default() += 1;
+    }
+    kinds
 }
 
 /// A continuous aggregation (no window: each user's totals over every

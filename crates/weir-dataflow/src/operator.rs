@@ -212,8 +212,16 @@ impl OperatorRunner {
         let watermark = i64::try_from(min_watermark).unwrap_or(i64::MAX);
         if !self.stopping.load(Ordering::SeqCst) && self.queued_watermark < Some(watermark) {
             self.queued_watermark = Some(watermark);
+            // After every row received before it: rows of a later epoch
+            // (from a worker ahead) may be queued already, and handed over
+            // after the watermark they would set timers it should have
+            // fired — at the end of the input, timers nothing fires again.
+            let at = self
+                .queue
+                .last_key_value()
+                .map_or(max_epoch, |(&queued, _)| queued.max(max_epoch));
             self.queue
-                .entry(max_epoch)
+                .entry(at)
                 .or_default()
                 .push(Event::Watermark(watermark));
         }
