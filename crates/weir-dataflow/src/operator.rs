@@ -14,9 +14,10 @@
 //! another (batches of a later epoch wait until the earlier ones are done,
 //! as Flink aligns checkpoint barriers), state written in an epoch is
 //! sealed and committed with it ([`crate::state`]), and output produced
-//! while handling an epoch belongs to it. A watermark is handed over in the
-//! latest epoch under way when it was seen, as the window operator closes
-//! windows: a restart before that epoch commits sees the watermark again.
+//! while handling an epoch belongs to it. A watermark is handed over after
+//! every row received before it, in the latest epoch under way when it was
+//! seen, as the window operator closes windows: a restart before that epoch
+//! commits sees the watermark again.
 //! At the end of a bounded input the watermark is `i64::MAX`: every timer
 //! fires.
 
