@@ -501,9 +501,27 @@ fn experiments_page() {
         feedback.contains(r#""request_id":"py1","reward":1.0"#),
         "{feedback}"
     );
+    let promoted = out("traffic promote");
+    assert!(
+        promoted.starts_with(
+            "churn-model@champion moved from version 1 to version 2; experiment churn-ab v2 stopped"
+        ),
+        "{promoted}"
+    );
+    // The deployment now serves the candidate as its own model.
+    let serves = outputs
+        .iter()
+        .filter(|(line, _)| line.starts_with("serve churn"))
+        .map(|(_, output)| String::from_utf8_lossy(&output.stdout).into_owned())
+        .nth(1)
+        .expect("a second serve");
+    assert!(
+        serves.contains("serving `churn` (churn-model@2)"),
+        "{serves}"
+    );
     let stopped = out("traffic stop");
     assert!(
-        stopped.starts_with("experiment churn-ab v2 stopped"),
+        stopped.starts_with("experiment churn-ab had stopped already"),
         "{stopped}"
     );
 }

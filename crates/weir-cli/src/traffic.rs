@@ -1,5 +1,5 @@
 //! `weir traffic`: online experiments on a deployment's traffic (canary,
-//! sticky A/B, a mirror) — apply a spec, list, describe, stop.
+//! sticky A/B, a mirror) — apply a spec, list, describe, stop, promote.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -38,6 +38,15 @@ enum TrafficCommand {
     Stop {
         /// The experiment.
         name: String,
+    },
+    /// Promote a candidate: move the alias the deployment serves to its
+    /// version and stop the experiment; serving swaps without a restart.
+    Promote {
+        /// The experiment.
+        name: String,
+        /// The candidate (a registry reference); needed only when more
+        /// than one candidate is not the default.
+        candidate: Option<String>,
     },
 }
 
@@ -137,6 +146,18 @@ pub async fn run(config: &Config, args: TrafficArgs) -> anyhow::Result<ExitCode>
                     Some(Sticky::Header(name)) => println!("sticky by the header `{name}`"),
                     None => println!("routed at random"),
                 }
+            }
+            TrafficCommand::Promote { name, candidate } => {
+                let tracker = weir_meta::Tracker::open_under(bus, &config.state_dir).await?;
+                let promoted =
+                    experiments::promote(bus, &tracker, &name, candidate.as_deref()).await;
+                tracker.close().await;
+                let p = promoted?;
+                let from = p.from.map_or("nothing".to_string(), |v| format!("version {v}"));
+                println!(
+                    "{} moved from {from} to version {}; experiment {} v{} stopped: `{}` serves {} as its own model",
+                    p.alias, p.to, p.routing.experiment, p.routing.version, p.deployment, p.alias
+                );
             }
             TrafficCommand::Stop { name } => match experiments::stop(bus, &state, &name).await? {
                 Some((deployment, r)) => println!(

@@ -11,7 +11,7 @@
 
 use serde::Deserialize;
 use serde_json::{Value as Json, json};
-use weir_bus::{Bus, Publisher, SchemaType, TopicSpec};
+use weir_bus::{Bus, Publisher};
 
 use crate::ServeError;
 
@@ -84,18 +84,7 @@ pub fn parse(value: Json) -> Result<Vec<Feedback>, String> {
 /// schema; returns the topic.
 pub async fn ensure(bus: &Bus, deployment: &str) -> Result<String, ServeError> {
     let topic = weir_core::topics::feedback(deployment);
-    bus.admin()
-        .ensure_topic(&TopicSpec::new(&topic, 3))
-        .await
-        .map_err(|e| ServeError::Internal(format!("{topic}: {e}")))?;
-    bus.registry()
-        .register(
-            &weir_core::topics::value_subject(&topic),
-            SchemaType::Avro,
-            SCHEMA,
-        )
-        .await
-        .map_err(|e| ServeError::Internal(format!("registering the feedback schema: {e}")))?;
+    crate::log::ensure_avro_topic(bus, &topic, SCHEMA).await?;
     Ok(topic)
 }
 

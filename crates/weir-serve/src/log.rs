@@ -209,24 +209,32 @@ impl std::fmt::Debug for Logger {
     }
 }
 
+/// Creates `topic` (3 partitions) if needed and registers `schema` (Avro)
+/// under its value subject.
+pub(crate) async fn ensure_avro_topic(
+    bus: &Bus,
+    topic: &str,
+    schema: &str,
+) -> Result<(), ServeError> {
+    bus.admin()
+        .ensure_topic(&TopicSpec::new(topic, 3))
+        .await
+        .map_err(|e| ServeError::Internal(format!("{topic}: {e}")))?;
+    let subject = weir_core::topics::value_subject(topic);
+    bus.registry()
+        .register(&subject, SchemaType::Avro, schema)
+        .await
+        .map_err(|e| ServeError::Internal(format!("registering `{subject}`: {e}")))?;
+    Ok(())
+}
+
 impl Logger {
     /// Creates `weir.log.<deployment>` if needed, registers the schema and
     /// starts the writer.
     pub async fn start(bus: &Bus, deployment: &str) -> Result<Self, ServeError> {
         let topic = weir_core::topics::log(deployment);
         let bus_error = |e: weir_bus::BusError| ServeError::Internal(e.to_string());
-        bus.admin()
-            .ensure_topic(&TopicSpec::new(&topic, 3))
-            .await
-            .map_err(bus_error)?;
-        bus.registry()
-            .register(
-                &weir_core::topics::value_subject(&topic),
-                SchemaType::Avro,
-                SCHEMA,
-            )
-            .await
-            .map_err(|e| ServeError::Internal(format!("registering the log schema: {e}")))?;
+        ensure_avro_topic(bus, &topic, SCHEMA).await?;
         let publisher = bus.publisher(&topic).map_err(bus_error)?;
         let (queue, mut entries) = mpsc::channel::<LogEntry>(65_536);
         let deployment = deployment.to_string();

@@ -248,3 +248,124 @@ pub async fn stop(
     control::publish(bus, &experiment.deployment, &routing).await?;
     Ok(Some((experiment.deployment, routing)))
 }
+
+/// What promoting an experiment's candidate did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Promoted {
+    /// The deployment.
+    pub deployment: String,
+    /// The alias moved, as `name@alias`.
+    pub alias: String,
+    /// The version it pointed at before, if any.
+    pub from: Option<u64>,
+    /// The version it points at now: the candidate's.
+    pub to: u64,
+    /// The experiment's routing, stopped.
+    pub routing: Routing,
+}
+
+/// Promotes a candidate of the running experiment `name`: moves the alias
+/// its deployment serves (`churn-model@champion`) to the candidate's
+/// version, then stops the experiment, so the deployment serves the
+/// candidate as its own model (serving swaps on the alias move).
+/// `candidate` is a registry reference; it may be left out when one
+/// candidate is not the default. A deployment that serves a fixed version
+/// (`name@3`) has no alias to move, and is refused.
+pub async fn promote(
+    bus: &Bus,
+    tracker: &weir_meta::Tracker,
+    name: &str,
+    candidate: Option<&str>,
+) -> Result<Promoted, TrafficError> {
+    let state = tracker.snapshot();
+    let experiment = find(bus, &state, name).await?;
+    if !experiment.running() {
+        return Err(TrafficError::Refused(format!(
+            "experiment `{name}` has stopped: there is nothing to promote"
+        )));
+    }
+    let routing = &experiment.routing;
+    let challengers: Vec<&str> = routing
+        .candidates
+        .iter()
+        .map(|c| c.model.as_str())
+        .filter(|model| *model != routing.default)
+        .collect();
+    let winner = match candidate {
+        Some(reference) => {
+            let pinned = pinned(&state, reference, "candidate", name)?;
+            if !routing.candidates.iter().any(|c| c.model == pinned) {
+                return Err(TrafficError::Refused(format!(
+                    "{reference} ({pinned}) is not a candidate of `{name}`: {}",
+                    routing
+                        .candidates
+                        .iter()
+                        .map(|c| c.model.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            }
+            pinned
+        }
+        None => match challengers.as_slice() {
+            [one] => one.to_string(),
+            _ => {
+                return Err(TrafficError::Refused(format!(
+                    "name the candidate to promote: one of {}",
+                    challengers.join(", ")
+                )));
+            }
+        },
+    };
+    let serves = state
+        .deployment(&experiment.deployment)
+        .map(|d| d.latest().models.clone())
+        .unwrap_or_default();
+    let reference: Option<weir_catalog::Reference> = match serves.as_slice() {
+        [one] => one.parse().ok(),
+        _ => None,
+    };
+    let (model, alias) = match reference {
+        Some(weir_catalog::Reference {
+            name: model,
+            at: weir_catalog::At::Alias(alias),
+        }) => (model, alias),
+        _ => {
+            return Err(TrafficError::Refused(format!(
+                "deployment `{}` serves {}, not a model by an alias: promotion moves an alias; change the deployment's spec instead",
+                experiment.deployment,
+                serves.join(", ")
+            )));
+        }
+    };
+    let Some((winner_model, version)) = winner
+        .rsplit_once('@')
+        .and_then(|(m, v)| Some((m, v.parse::<u64>().ok()?)))
+    else {
+        return Err(TrafficError::Refused(format!(
+            "candidate `{winner}` is not pinned to a version (name@3)"
+        )));
+    };
+    if winner_model != model {
+        return Err(TrafficError::Refused(format!(
+            "{winner} is not a version of `{model}`, which deployment `{}` serves as {model}@{alias}",
+            experiment.deployment
+        )));
+    }
+    let from = state
+        .model(&model)
+        .ok()
+        .and_then(|m| m.aliases.get(&alias).copied());
+    tracker.set_alias(&model, &alias, version).await?;
+    let stopped = stop(bus, &state, name)
+        .await?
+        .map(|(_, routing)| routing)
+        .expect("the experiment was running");
+    Ok(Promoted {
+        deployment: experiment.deployment,
+        alias: format!("{model}@{alias}"),
+        from,
+        to: version,
+        routing: stopped,
+    })
+}

@@ -12,7 +12,8 @@
 //! ```
 //!
 //! - [`spec`]: the experiment spec and its checks;
-//! - [`experiments`]: applying, listing and stopping experiments.
+//! - [`experiments`]: applying, listing, stopping and promoting
+//!   experiments.
 
 pub mod experiments;
 pub mod spec;
@@ -36,6 +37,9 @@ pub enum TrafficError {
     /// Reading or publishing the routing failed.
     #[error(transparent)]
     Serve(#[from] weir_serve::ServeError),
+    /// The registry refused a change (an alias move).
+    #[error(transparent)]
+    Meta(#[from] weir_meta::MetaError),
 }
 
 impl TrafficError {
