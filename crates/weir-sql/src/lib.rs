@@ -21,9 +21,11 @@
 
 pub mod adhoc;
 pub mod batch;
+mod expr;
 pub mod functions;
 pub mod plan;
 pub mod registry;
+pub mod resolved;
 mod stream_join;
 pub mod view;
 

@@ -48,8 +48,10 @@ use weir_dataflow::transform::{Step, Transform};
 use weir_dataflow::window::Window;
 
 use crate::SqlError;
+use crate::expr::strip_cast;
 use crate::functions::{HopStarts, WindowFunction, WindowKind, window_call, window_of};
-use crate::view::{EmitMode, ViewFile};
+pub use crate::resolved::{ResolvedSource, ResolvedTable};
+use crate::view::{EmitMode, ViewFile, error_at};
 
 /// How a view's names resolve: topics to schemas, views to their results.
 pub trait Catalog {
@@ -59,36 +61,6 @@ pub trait Catalog {
     fn partitions(&self, topic: &str) -> Result<i32, String>;
     /// The output topic and schema of a view's current version.
     fn view_output(&self, view: &str) -> Result<(String, SchemaRef), String>;
-}
-
-/// A stream the query reads, resolved.
-#[derive(Debug, Clone)]
-pub struct ResolvedSource {
-    /// The name the SQL uses.
-    pub name: String,
-    /// The topic.
-    pub topic: String,
-    /// Its record schema.
-    pub schema: SchemaRef,
-    /// The event time column.
-    pub event_time: String,
-    /// Allowed lateness.
-    pub lateness: Duration,
-    /// Idle timeout.
-    pub idle_timeout: Duration,
-}
-
-/// A table the query joins, resolved.
-#[derive(Debug, Clone)]
-pub struct ResolvedTable {
-    /// The name the SQL uses.
-    pub name: String,
-    /// The topic.
-    pub topic: String,
-    /// Its record schema.
-    pub schema: SchemaRef,
-    /// Its key column.
-    pub key: String,
 }
 
 /// A planned view: the streaming pipeline, and what the batch run reuses.
@@ -121,38 +93,6 @@ pub struct PlanOptions {
     pub job: String,
     /// Where jobs keep their state.
     pub state_dir: PathBuf,
-}
-
-/// Line and column of `needle` in the view's query (case-insensitive), or
-/// of the query's start.
-pub(crate) fn locate(view: &ViewFile, needle: &str) -> (usize, usize) {
-    let haystack = view.sql.to_ascii_lowercase();
-    let offset = if needle.is_empty() {
-        None
-    } else {
-        haystack.find(&needle.to_ascii_lowercase())
-    };
-    // A needle may start with spaces to match whole words: point past them.
-    let offset = offset.map(|o| o + (needle.len() - needle.trim_start().len()));
-    match offset {
-        Some(offset) => {
-            let before = &view.sql[..offset];
-            let line = before.matches('\n').count();
-            let column = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            (view.sql_line + line, column)
-        }
-        None => (view.sql_line, 1),
-    }
-}
-
-pub(crate) fn error_at(view: &ViewFile, needle: &str, message: impl Into<String>) -> SqlError {
-    let (line, column) = locate(view, needle);
-    SqlError::At {
-        path: view.path.clone(),
-        line,
-        column,
-        message: message.into(),
-    }
 }
 
 fn header_error(view: &ViewFile, message: impl Into<String>) -> SqlError {
@@ -1175,15 +1115,6 @@ pub fn plan_view(
         joined: joined_source,
         window,
     })
-}
-
-/// An expression without the casts type coercion may have put around it.
-pub(crate) fn strip_cast(expr: &Expr) -> &Expr {
-    match expr {
-        Expr::Cast(cast) => strip_cast(&cast.expr),
-        Expr::TryCast(cast) => strip_cast(&cast.expr),
-        other => other,
-    }
 }
 
 /// Adds `window_start` and `window_end` to the select list when it does

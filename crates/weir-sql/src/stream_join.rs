@@ -21,8 +21,9 @@ use weir_dataflow::job::{EventTime, KafkaSource, Start};
 use weir_dataflow::lookup::JoinKind;
 
 use crate::SqlError;
-use crate::plan::{ResolvedSource, error_at, strip_cast};
-use crate::view::ViewFile;
+use crate::expr::strip_cast;
+use crate::resolved::ResolvedSource;
+use crate::view::{ViewFile, error_at};
 
 /// Which side of the join an expression reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

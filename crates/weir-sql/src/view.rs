@@ -143,6 +143,38 @@ impl ViewFile {
     }
 }
 
+/// Line and column of `needle` in the view's query (case-insensitive), or
+/// of the query's start.
+fn locate(view: &ViewFile, needle: &str) -> (usize, usize) {
+    let haystack = view.sql.to_ascii_lowercase();
+    let offset = if needle.is_empty() {
+        None
+    } else {
+        haystack.find(&needle.to_ascii_lowercase())
+    };
+    // A needle may start with spaces to match whole words: point past them.
+    let offset = offset.map(|o| o + (needle.len() - needle.trim_start().len()));
+    match offset {
+        Some(offset) => {
+            let before = &view.sql[..offset];
+            let line = before.matches('\n').count();
+            let column = offset - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            (view.sql_line + line, column)
+        }
+        None => (view.sql_line, 1),
+    }
+}
+
+pub(crate) fn error_at(view: &ViewFile, needle: &str, message: impl Into<String>) -> SqlError {
+    let (line, column) = locate(view, needle);
+    SqlError::At {
+        path: view.path.clone(),
+        line,
+        column,
+        message: message.into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
