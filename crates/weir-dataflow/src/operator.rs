@@ -230,7 +230,14 @@ impl OperatorRunner {
         if min_epoch > 0 {
             self.state.seal_through(min_epoch - 1)?;
         }
-        let held_back = match min_watermark {
+        // The output's watermark goes no further than the one handed over:
+        // one still queued may fire timers that emit rows behind it.
+        let handed = match self.watermark {
+            Some(i64::MAX) => u64::MAX,
+            Some(watermark) => u64::try_from(watermark).unwrap_or(0),
+            None => 0,
+        };
+        let held_back = match min_watermark.min(handed) {
             u64::MAX => u64::MAX, // the end of the input
             watermark => watermark.saturating_sub(self.watermark_delay),
         };
