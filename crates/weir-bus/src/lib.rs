@@ -285,6 +285,16 @@ impl Bus {
     /// the topic if it does not exist). Registries rebuild themselves from
     /// it.
     pub async fn read_log(&self, topic: &str) -> Result<Vec<Vec<u8>>, BusError> {
+        let (records, _) = self.read_log_records(topic).await?;
+        Ok(records.into_iter().map(|(_, value)| value).collect())
+    }
+
+    /// As [`Bus::read_log`], each value with its offset, and the offset
+    /// after the last record (where to follow the log from).
+    pub async fn read_log_records(
+        &self,
+        topic: &str,
+    ) -> Result<(Vec<(i64, Vec<u8>)>, i64), BusError> {
         self.admin().ensure_topic(&TopicSpec::new(topic, 1)).await?;
         let mut consumer = self.consumer(
             &[topic],
@@ -299,11 +309,14 @@ impl Bus {
                 ..Default::default()
             },
         )?;
-        let mut values = Vec::new();
+        let (mut records, mut next) = (Vec::new(), 0);
         while let Some(record) = consumer.next_raw().await? {
-            values.extend(record.payload);
+            next = record.offset + 1;
+            if let Some(payload) = record.payload {
+                records.push((record.offset, payload));
+            }
         }
-        Ok(values)
+        Ok((records, next))
     }
 
     /// How many records of `topic` consumer group `group` has yet to

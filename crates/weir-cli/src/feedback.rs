@@ -1,7 +1,7 @@
 //! `weir feedback publish`: rewards and labels for a deployment's served
 //! requests, as JSON lines, onto `weir.feedback.<deployment>`.
 
-use std::io::{BufRead, BufReader};
+use std::io::BufReader;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -31,40 +31,16 @@ enum FeedbackCommand {
     },
 }
 
-/// Each line's feedback, or every bad line as `FILE:LINE[:COL]: problem`.
+/// The feedback in `file` (stdin when absent or `-`), every line checked.
 fn read(file: Option<&PathBuf>) -> anyhow::Result<Vec<Feedback>> {
-    let (name, reader): (String, Box<dyn BufRead>) = match file.filter(|f| f.as_os_str() != "-") {
-        Some(path) => (
-            path.display().to_string(),
-            Box::new(BufReader::new(
-                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?,
-            )),
-        ),
-        None => ("<stdin>".into(), Box::new(std::io::stdin().lock())),
-    };
-    let (mut items, mut problems) = (Vec::new(), Vec::new());
-    for (index, line) in reader.lines().enumerate() {
-        let line = line.with_context(|| format!("reading {name}"))?;
-        if line.trim().is_empty() {
-            continue;
+    Ok(match file.filter(|f| f.as_os_str() != "-") {
+        Some(path) => {
+            let opened =
+                std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+            feedback::read_lines(BufReader::new(opened), &path.display().to_string())?
         }
-        let at = index + 1;
-        match serde_json::from_str(&line) {
-            Err(e) => problems.push(format!("{name}:{at}:{}: {e}", e.column())),
-            Ok(value) => match feedback::parse(value) {
-                Ok(parsed) => items.extend(parsed),
-                Err(e) => problems.push(format!("{name}:{at}: {e}")),
-            },
-        }
-    }
-    if !problems.is_empty() {
-        bail!(
-            "{} bad line(s), nothing published:\n{}",
-            problems.len(),
-            problems.join("\n")
-        );
-    }
-    Ok(items)
+        None => feedback::read_lines(std::io::stdin().lock(), "<stdin>")?,
+    })
 }
 
 pub async fn run(config: &Config, args: FeedbackArgs) -> anyhow::Result<ExitCode> {

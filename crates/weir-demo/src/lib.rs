@@ -645,16 +645,13 @@ const HELD_OUT: f64 = 0.2;
 
 /// Stage 5: a model trained on the snapshot, registered, evaluated against
 /// the champion and promoted if it passes the gate.
-async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Result<()> {
+/// A LightGBM run of `trees` trees on the snapshot, split by time (the
+/// latest rows held out), registered as a version of `demo-large`.
+fn train_spec(dataset: &str, name: &str, trees: u32) -> weir_train::TrainSpec {
     use weir_train::spec::{Runtime, Split};
-    println!(
-        "\n[5] training: LightGBM on {dataset} through ONNX, registered, evaluated against the champion"
-    );
-    let open = weir_train::OpenWorkspace::open(bus, &config.state_dir).await?;
-    let workspace = open.workspace();
-    let spec = weir_train::TrainSpec {
+    weir_train::TrainSpec {
         experiment: "demo".into(),
-        name: Some("demo-lightgbm".into()),
+        name: Some(name.into()),
         dataset: dataset.into(),
         label: "large".into(),
         features: vec![],
@@ -666,13 +663,22 @@ async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Re
             test: HELD_OUT,
         },
         runtime: Runtime::Lightgbm,
-        params: [("n_estimators".to_string(), json!(100))].into(),
+        params: [("n_estimators".to_string(), json!(trees))].into(),
         register: Some("demo-large".into()),
         tolerance: 1e-4,
         tags: Default::default(),
         distributed: None,
         export: Default::default(),
-    };
+    }
+}
+
+async fn training_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Result<()> {
+    println!(
+        "\n[5] training: LightGBM on {dataset} through ONNX, registered, evaluated against the champion"
+    );
+    let open = weir_train::OpenWorkspace::open(bus, &config.state_dir).await?;
+    let workspace = open.workspace();
+    let spec = train_spec(dataset, "demo-lightgbm", 100);
     let outcome = weir_train::train(&spec, workspace).await?;
     if let Some(reason) = outcome.failure {
         open.close().await;
@@ -740,33 +746,12 @@ const EXPERIMENT: &str = include_str!("../../../topologies/experiments/demo-ab.y
 /// Stage 7: a challenger trained, A/B tested against the champion on the
 /// deployment's traffic with simulated feedback, and promoted.
 async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::Result<()> {
-    use weir_train::spec::{Runtime, Split};
     println!(
         "\n[7] online experiment: a challenger A/B tested against the champion, sticky by user, with simulated feedback"
     );
     // The challenger: the same data, a smaller forest.
     let open = weir_train::OpenWorkspace::open(bus, &config.state_dir).await?;
-    let spec = weir_train::TrainSpec {
-        experiment: "demo".into(),
-        name: Some("demo-challenger".into()),
-        dataset: dataset.into(),
-        label: "large".into(),
-        features: vec![],
-        exclude: vec![],
-        task: None,
-        split: Split::Time {
-            column: weir_features::snapshot::EVENT_TIMESTAMP.into(),
-            validation: 0.2,
-            test: HELD_OUT,
-        },
-        runtime: Runtime::Lightgbm,
-        params: [("n_estimators".to_string(), json!(30))].into(),
-        register: Some("demo-large".into()),
-        tolerance: 1e-4,
-        tags: Default::default(),
-        distributed: None,
-        export: Default::default(),
-    };
+    let spec = train_spec(dataset, "demo-challenger", 30);
     let outcome = weir_train::train(&spec, open.workspace()).await;
     open.close().await;
     let outcome = outcome?;

@@ -44,33 +44,17 @@ pub async fn publish(bus: &Bus, deployment: &str, routing: &Routing) -> Result<(
 /// after the last.
 pub async fn history(bus: &Bus, deployment: &str) -> Result<(Vec<Routing>, i64), ServeError> {
     let topic = ensure_topic(bus, deployment).await?;
-    let mut consumer = bus
-        .consumer(
-            &[&topic],
-            ConsumerOptions {
-                start: StartFrom::Beginning,
-                until_end: true,
-                read_only: true,
-                settings: vec![("fetch.wait.max.ms".into(), "5".into())],
-                ..Default::default()
-            },
-        )
-        .map_err(|e| bus_error(&topic, e))?;
-    let (mut routings, mut next) = (Vec::new(), 0);
-    while let Some(record) = consumer
-        .next_raw()
+    let (records, next) = bus
+        .read_log_records(&topic)
         .await
-        .map_err(|e| bus_error(&topic, e))?
-    {
-        next = record.offset + 1;
-        let Some(payload) = record.payload else {
-            continue;
-        };
+        .map_err(|e| bus_error(&topic, e))?;
+    let mut routings = Vec::with_capacity(records.len());
+    for (offset, payload) in records {
         match Routing::from_bytes(&payload) {
             Ok(routing) => routings.push(routing),
             Err(error) => tracing::warn!(
                 %topic,
-                offset = record.offset,
+                offset,
                 %error,
                 "a control record that is no routing: skipped"
             ),

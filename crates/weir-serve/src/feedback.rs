@@ -80,6 +80,39 @@ pub fn parse(value: Json) -> Result<Vec<Feedback>, String> {
         .collect()
 }
 
+/// Feedback as JSON lines (one object a line; blank lines skipped), read
+/// from `origin`. Every line is checked: an error lists each bad one as
+/// `ORIGIN:LINE[:COL]: problem`, so that nothing is published when one is
+/// bad.
+pub fn read_lines(
+    reader: impl std::io::BufRead,
+    origin: &str,
+) -> Result<Vec<Feedback>, ServeError> {
+    let (mut items, mut problems) = (Vec::new(), Vec::new());
+    for (index, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| ServeError::Request(format!("reading {origin}: {e}")))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = index + 1;
+        match serde_json::from_str(&line) {
+            Err(e) => problems.push(format!("{origin}:{at}:{}: {e}", e.column())),
+            Ok(value) => match parse(value) {
+                Ok(parsed) => items.extend(parsed),
+                Err(e) => problems.push(format!("{origin}:{at}: {e}")),
+            },
+        }
+    }
+    if !problems.is_empty() {
+        return Err(ServeError::Request(format!(
+            "{} bad line(s), nothing published:\n{}",
+            problems.len(),
+            problems.join("\n")
+        )));
+    }
+    Ok(items)
+}
+
 /// Creates `weir.feedback.<deployment>` if needed and registers its
 /// schema; returns the topic.
 pub async fn ensure(bus: &Bus, deployment: &str) -> Result<String, ServeError> {
@@ -133,6 +166,22 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lines_are_all_checked_and_each_bad_one_named() {
+        let good = "{\"request_id\": \"r1\", \"reward\": 1}\n\n{\"request_id\": \"r2\", \"label\": \"x\"}\n";
+        let read = read_lines(good.as_bytes(), "f.jsonl").unwrap();
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[1].label.as_deref(), Some("x"));
+        let bad = "{\"request_id\": \"r1\", \"reward\": 1}\n{\"request_id\": \"r2\"}\nnot json\n";
+        let error = read_lines(bad.as_bytes(), "f.jsonl")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            error,
+            "2 bad line(s), nothing published:\nf.jsonl:2: give a `reward`, a `label` or both\nf.jsonl:3:2: expected ident at line 1 column 2"
+        );
+    }
 
     #[test]
     fn feedback_reads_one_or_a_list_and_names_the_bad_record() {
