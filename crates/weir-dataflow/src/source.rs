@@ -400,7 +400,12 @@ impl SourceState {
         self.advance_watermark(cap);
         self.report_progress();
         let asked = self.checkpoints.load(Ordering::SeqCst);
-        if Instant::now() >= self.next_checkpoint || asked > self.checkpoints_taken {
+        // A throttled source starts no epoch on the clock: its epochs would
+        // run on ahead of the commits, which it waits for, and it would
+        // never read again while commits take longer than the epochs it
+        // may be ahead.
+        let due = Instant::now() >= self.next_checkpoint && !throttled;
+        if due || asked > self.checkpoints_taken {
             self.checkpoints_taken = asked;
             self.seal()?;
             self.epoch += 1;
@@ -650,6 +655,7 @@ impl SourceState {
         let times = event_times(batch.column(self.time_column))?;
         let mut keep = Vec::with_capacity(times.len());
         let mut late = Vec::new();
+        let now = Instant::now();
         for (row, (&t, partition)) in times.iter().zip(row_partitions).enumerate() {
             if t < self.watermark {
                 late.push((row, t, self.watermark));
@@ -660,12 +666,17 @@ impl SourceState {
                 .partitions
                 .get_mut(partition)
                 .expect("assigned partition");
+            // Active again before the watermark is reckoned: a partition
+            // still taken for idle would have its new event time advanced
+            // by the time it was quiet, ahead of the records after it.
+            progress.last_activity = now;
+            progress.caught_up = false;
             if progress.max_event.is_none_or(|m| t > m) {
                 progress.max_event = Some(t);
                 // The watermark moves record by record, so that a record is
                 // late against every record before it in its partition, not
                 // only those of earlier polls.
-                if let Some(candidate) = self.candidate_watermark(Instant::now())
+                if let Some(candidate) = self.candidate_watermark(now)
                     && candidate > self.watermark
                 {
                     self.watermark = candidate;
