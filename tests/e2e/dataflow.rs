@@ -199,8 +199,27 @@ fn kill_and_restart(
 ) -> Vec<std::path::PathBuf> {
     let job_file = dir.join("job.toml");
     std::fs::write(&job_file, job).unwrap();
-    let job = job_file;
+    kill_and_restart_with(
+        platform,
+        dir,
+        "crash-in",
+        &format!("{workers} worker(s)"),
+        |log| spawn_job(platform, &job_file, workers, log),
+    )
+}
 
+/// Runs what `spawn` starts (a job's process, logging at debug level to
+/// the file it is given), killing it at pseudo-random points until it has
+/// crashed five times, then lets it finish; checks that every restart
+/// resumed from its predecessor's last commit and that nothing of
+/// `source` was dead-lettered. Returns the runs' logs.
+pub(crate) fn kill_and_restart_with(
+    platform: &Platform,
+    dir: &std::path::Path,
+    source: &str,
+    label: &str,
+    spawn: impl Fn(&std::path::Path) -> Child,
+) -> Vec<std::path::PathBuf> {
     // Kill the job at pseudo-random points until it has crashed five times
     // mid-stream, then let it finish.
     let mut crashes = 0;
@@ -209,7 +228,7 @@ fn kill_and_restart(
     let mut logs = Vec::new();
     loop {
         let log = dir.join(format!("run-{}.log", logs.len()));
-        let mut child = spawn_job(platform, &job, workers, &log);
+        let mut child = spawn(&log);
         logs.push(log);
         if crashes >= 5 {
             let output = child.wait_with_output().unwrap();
@@ -301,7 +320,7 @@ fn kill_and_restart(
     let resumed: Vec<i64> = runs.iter().map(|r| r.resumed.values().sum()).collect();
     let committed: Vec<i64> = runs.iter().map(|r| r.committed.values().sum()).collect();
     println!(
-        "{workers} worker(s), {} runs: resumed at {resumed:?} records, last commits logged at {committed:?}",
+        "{label}, {} runs: resumed at {resumed:?} records, last commits logged at {committed:?}",
         runs.len()
     );
     // Three restarts follow a commit by construction.
@@ -311,7 +330,8 @@ fn kill_and_restart(
     );
 
     // Nothing was late or malformed.
-    let letters = platform.run(&["tail", "weir.dlq.crash-in", "--from-beginning"], b"");
+    let dlq = format!("weir.dlq.{source}");
+    let letters = platform.run(&["tail", &dlq, "--from-beginning"], b"");
     assert!(
         letters.stdout.is_empty(),
         "dead letters:\n{}",
@@ -604,6 +624,19 @@ fn assert_same_state_as_an_uninterrupted_run(
         &["job", "run", file.to_str().unwrap(), "-w", &workers_arg],
         b"",
     );
+    assert_same_state(platform, name, &format!("{name}-calm"), workers)
+}
+
+/// Checks that each worker's committed state of job `crashed` (read from
+/// its RocksDB after it ended) is the same as job `calm`'s, entry for
+/// entry; returns the number of entries compared.
+pub(crate) fn assert_same_state(
+    platform: &Platform,
+    crashed: &str,
+    calm: &str,
+    workers: usize,
+) -> usize {
+    let name = crashed;
     let mut compared = 0;
     for worker in 0..workers {
         let state = |job: &str| {
@@ -619,7 +652,7 @@ fn assert_same_state_as_an_uninterrupted_run(
                 .committed_state()
                 .unwrap()
         };
-        let (crashed, uninterrupted) = (state(name), state(&format!("{name}-calm")));
+        let (crashed, uninterrupted) = (state(crashed), state(calm));
         let first_difference = crashed
             .iter()
             .zip(&uninterrupted)

@@ -11,4 +11,5 @@ mod setup;
 mod snapshot;
 mod support;
 mod tracking;
+mod traffic;
 mod tuning;

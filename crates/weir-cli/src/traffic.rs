@@ -1,8 +1,10 @@
 //! `weir traffic`: online experiments on a deployment's traffic (canary,
-//! sticky A/B, a mirror) — apply a spec, list, describe, stop, promote.
+//! sticky A/B, bandit, a mirror) — apply a spec, list, describe, stop,
+//! promote, and run a bandit's allocator job.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use weir_broker::connect::connect;
@@ -48,6 +50,30 @@ enum TrafficCommand {
         /// than one candidate is not the default.
         candidate: Option<String>,
     },
+    /// Run a bandit experiment's allocator: a dataflow job that joins the
+    /// deployment's feedback with its log and publishes new weights from
+    /// the rewards, until Ctrl-C (which checkpoints; the next run resumes
+    /// there).
+    Allocate {
+        /// The experiment's spec (its policy and reward settings).
+        spec: PathBuf,
+        /// Stop at the end of what the feedback and log topics hold now.
+        #[arg(long)]
+        bounded: bool,
+        /// Worker threads.
+        #[arg(short = 'w', long, default_value_t = 1)]
+        threads: usize,
+        /// How often its state and offsets are checkpointed.
+        #[arg(long, value_parser = weir_dataflow::spec::parse_duration, default_value = "1s")]
+        checkpoint_every: Duration,
+        /// Print the job's status as JSON lines this often (when not on a
+        /// terminal, or with `--json`).
+        #[arg(long, value_parser = weir_dataflow::spec::parse_duration, default_value = "5s")]
+        status_every: Duration,
+        /// JSON status lines, also on a terminal.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn shares(routing: &Routing) -> String {
@@ -61,6 +87,23 @@ fn shares(routing: &Routing) -> String {
 }
 
 pub async fn run(config: &Config, args: TrafficArgs) -> anyhow::Result<ExitCode> {
+    if let TrafficCommand::Allocate {
+        spec,
+        bounded,
+        threads,
+        checkpoint_every,
+        status_every,
+        json,
+    } = args.command
+    {
+        let running = weir_traffic::allocator::Running {
+            state_dir: config.state_dir.join("jobs"),
+            bounded,
+            checkpoint_every,
+            cluster: weir_dataflow::job::Cluster::local(threads),
+        };
+        return allocate(config, &spec, running, status_every, json).await;
+    }
     // A bad spec is refused before anything is connected to.
     let spec = match &args.command {
         TrafficCommand::Apply { spec } => {
@@ -159,6 +202,7 @@ pub async fn run(config: &Config, args: TrafficArgs) -> anyhow::Result<ExitCode>
                     p.alias, p.to, p.routing.experiment, p.routing.version, p.deployment, p.alias
                 );
             }
+            TrafficCommand::Allocate { .. } => unreachable!("handled above"),
             TrafficCommand::Stop { name } => match experiments::stop(bus, &state, &name).await? {
                 Some((deployment, r)) => println!(
                     "experiment {} v{} stopped: `{deployment}` serves its own model ({}) again",
@@ -172,5 +216,42 @@ pub async fn run(config: &Config, args: TrafficArgs) -> anyhow::Result<ExitCode>
     .await;
     connection.close().await;
     result?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `weir traffic allocate`: the allocator job, supervised as `weir job run`
+/// supervises a job.
+async fn allocate(
+    config: &Config,
+    file: &std::path::Path,
+    running: weir_traffic::allocator::Running,
+    status_every: Duration,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let spec = ExperimentSpec::read(file)?;
+    let connection = connect(config).await?;
+    let started = weir_traffic::allocator::start(&connection.bus, &spec, running).await;
+    let handle = match started {
+        Ok(handle) => handle,
+        Err(error) => {
+            connection.close().await;
+            return Err(error.into());
+        }
+    };
+    eprintln!(
+        "allocator of `{}` running on {}: weights to weir.control.{}",
+        spec.name, connection.description, spec.deployment
+    );
+    let output = crate::job::StatusOutput::new(status_every, json);
+    let name = format!("allocator-{}", spec.name);
+    let statuses = crate::job::supervise(vec![(name, handle)], output).await;
+    connection.close().await;
+    if output.live {
+        for (name, status) in statuses? {
+            println!("{}", crate::job::status_line(&name, &status)?);
+        }
+    } else {
+        statuses?;
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -88,6 +88,10 @@ pub struct Routing {
     /// The experiment has ended: the deployment serves its own model again.
     #[serde(default)]
     pub stopped: bool,
+    /// Weights a bandit's allocator set from the rewards (not an applied
+    /// spec's).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allocated: bool,
     /// When it was published, ms since the epoch.
     #[serde(default)]
     pub at: i64,
@@ -204,6 +208,7 @@ mod tests {
             mirror: None,
             sticky: None,
             stopped: false,
+            allocated: false,
             at: 0,
         }
     }

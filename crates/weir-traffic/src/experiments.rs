@@ -147,6 +147,7 @@ pub fn resolve(
             None => None,
         },
         stopped: false,
+        allocated: false,
         at: weir_core::now_ms(),
     };
     routing.check()?;
@@ -242,6 +243,7 @@ pub async fn stop(
     let routing = Routing {
         version: experiment.routing.version + 1,
         stopped: true,
+        allocated: false,
         at: weir_core::now_ms(),
         ..experiment.routing
     };

@@ -11,11 +11,19 @@
 //!                                                                           variant + propensity
 //! ```
 //!
+//! A bandit's weights move with the rewards: its allocator is a dataflow
+//! job ([`allocator`]) that joins the deployment's feedback with its log
+//! and publishes new weights with a [`policy`].
+//!
 //! - [`spec`]: the experiment spec and its checks;
 //! - [`experiments`]: applying, listing, stopping and promoting
-//!   experiments.
+//!   experiments;
+//! - [`policy`]: bandit policies, from reward statistics to weights;
+//! - [`allocator`]: the allocator job.
 
+pub mod allocator;
 pub mod experiments;
+pub mod policy;
 pub mod spec;
 
 /// What can go wrong with an experiment.
@@ -37,6 +45,9 @@ pub enum TrafficError {
     /// Reading or publishing the routing failed.
     #[error(transparent)]
     Serve(#[from] weir_serve::ServeError),
+    /// The allocator job failed.
+    #[error(transparent)]
+    Dataflow(#[from] weir_dataflow::DataflowError),
     /// The registry refused a change (an alias move).
     #[error(transparent)]
     Meta(#[from] weir_meta::MetaError),

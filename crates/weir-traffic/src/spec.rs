@@ -3,13 +3,15 @@
 //! ```yaml
 //! name: churn-canary
 //! deployment: churn               # the deployment whose traffic is split
-//! kind: canary                    # canary | ab
+//! kind: canary                    # canary | ab | bandit
 //! candidates:                     # registry references: name@alias, name@3
 //!   - {model: churn@champion, weight: 90}
 //!   - {model: churn@challenger, weight: 10}
 //! default: churn@champion         # what serves when it ends (default: the first)
 //! mirror: {model: churn@4, percent: 25}   # a copy of 25 % of the requests
 //! sticky: {key: user_id}          # or {header: X-User}: a user keeps a model
+//! policy: {algorithm: thompson, floor: 0.02, every: 1s}   # bandit: see crate::policy
+//! reward: {window: 1h, lateness: 500ms}   # bandit: which feedback counts
 //! ```
 
 use std::path::Path;
@@ -18,6 +20,7 @@ use serde::Deserialize;
 use weir_serve::routing::{Kind, Sticky};
 
 use crate::TrafficError;
+use crate::policy::Policy;
 
 /// A candidate as written: a registry reference and its weight.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -63,6 +66,51 @@ impl StickySpec {
     }
 }
 
+fn default_window() -> String {
+    "1h".into()
+}
+
+fn default_lateness() -> String {
+    "500ms".into()
+}
+
+/// Which feedback counts as a bandit's reward: the feedback record's
+/// `reward`, when it comes at most `window` after its request.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewardSpec {
+    /// How long after its request a reward still counts: `30m`, `1h`.
+    #[serde(default = "default_window")]
+    pub window: String,
+    /// How late (event time) a record may reach the allocator before it
+    /// is dead-lettered; each new set of weights waits this long.
+    #[serde(default = "default_lateness")]
+    pub lateness: String,
+}
+
+impl Default for RewardSpec {
+    fn default() -> Self {
+        Self {
+            window: default_window(),
+            lateness: default_lateness(),
+        }
+    }
+}
+
+impl RewardSpec {
+    /// `window` and `lateness`; errors name the field.
+    pub fn durations(&self) -> Result<(std::time::Duration, std::time::Duration), String> {
+        let parse = |field: &str, text: &str| {
+            weir_dataflow::duration::parse_duration(text)
+                .map_err(|e| format!("reward.{field}: {e}"))
+        };
+        Ok((
+            parse("window", &self.window)?,
+            parse("lateness", &self.lateness)?,
+        ))
+    }
+}
+
 /// An experiment on one deployment's traffic.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,7 +119,8 @@ pub struct ExperimentSpec {
     pub name: String,
     /// The deployment (applied with `weir deploy` or `weir serve`).
     pub deployment: String,
-    /// Canary (a fixed split) or A/B (a fixed split, sticky by user).
+    /// Canary (a fixed split), A/B (a fixed split, sticky by user) or
+    /// bandit (weights moved by the allocator job from the rewards).
     #[serde(default)]
     pub kind: Kind,
     /// The models sharing the traffic.
@@ -86,6 +135,12 @@ pub struct ExperimentSpec {
     /// Route by a request key or header, so that a user keeps a model.
     #[serde(default)]
     pub sticky: Option<StickySpec>,
+    /// A bandit's policy (default: Thompson sampling).
+    #[serde(default)]
+    pub policy: Option<Policy>,
+    /// Which feedback is a bandit's reward.
+    #[serde(default)]
+    pub reward: Option<RewardSpec>,
 }
 
 impl ExperimentSpec {
@@ -110,6 +165,16 @@ impl ExperimentSpec {
         let text = std::fs::read_to_string(path)
             .map_err(|e| TrafficError::spec(&path.display().to_string(), e.to_string()))?;
         Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The bandit policy: the spec's, or the default one.
+    pub fn policy(&self) -> Policy {
+        self.policy.clone().unwrap_or_default()
+    }
+
+    /// The reward settings: the spec's, or the defaults.
+    pub fn reward(&self) -> RewardSpec {
+        self.reward.clone().unwrap_or_default()
     }
 
     /// The default candidate's reference.
@@ -171,10 +236,18 @@ impl ExperimentSpec {
                 "sticky: an A/B test needs a key or header to route by (`sticky: {key: user_id}`), or a user would see both models"
                     .into(),
             ),
-            Kind::Bandit => Err(
-                "kind: bandit needs the allocator job, which is not built yet; run a canary or an A/B test"
-                    .into(),
-            ),
+            Kind::Bandit => {
+                self.policy().check(self.candidates.len())?;
+                self.reward().durations()?;
+                Ok(())
+            }
+            _ if self.policy.is_some() || self.reward.is_some() => Err(format!(
+                "policy: only a bandit has a policy and rewards (this is `kind: {}`)",
+                match self.kind {
+                    Kind::Ab => "ab",
+                    _ => "canary",
+                }
+            )),
             _ => Ok(()),
         }
     }
@@ -234,6 +307,24 @@ mod tests {
         );
         assert!(error(&format!("{GOOD}kind: ab\n")).starts_with("exp.yaml: sticky:"));
         assert!(error(&format!("{GOOD}kind: coin\n")).starts_with("exp.yaml:6:"));
+        assert!(
+            error(&format!("{GOOD}kind: bandit\npolicy: {{floor: 0.5}}\n"))
+                .starts_with("exp.yaml: policy.floor: 0.5")
+        );
+        assert!(
+            error(&format!(
+                "{GOOD}kind: bandit\npolicy: {{algorithm: greedy}}\n"
+            ))
+            .starts_with("exp.yaml:7:")
+        );
+        assert!(
+            error(&format!("{GOOD}kind: bandit\nreward: {{window: 1 hour}}\n"))
+                .starts_with("exp.yaml: reward.window:")
+        );
+        assert!(
+            error(&format!("{GOOD}policy: {{floor: 0.1}}\n"))
+                .starts_with("exp.yaml: policy: only a bandit")
+        );
         assert!(
             error(&format!("{GOOD}sticky: {{key: a, header: B}}\n"))
                 .starts_with("exp.yaml: sticky: give either")

@@ -95,6 +95,7 @@ async fn a_sticky_ab_test_keeps_each_user_on_one_model_across_replicas_and_split
         mirror: None,
         sticky: Some(Sticky::Header("X-User".into())),
         stopped: false,
+        allocated: false,
         at: 0,
     };
     weir_serve::control::publish(&platform.bus, "clicks", &ab)
@@ -160,6 +161,7 @@ async fn a_sticky_ab_test_keeps_each_user_on_one_model_across_replicas_and_split
     let stopped = Routing {
         version: 2,
         stopped: true,
+        allocated: false,
         ..ab
     };
     weir_serve::control::publish(&platform.bus, "clicks", &stopped)
@@ -215,6 +217,7 @@ async fn a_mirror_answers_a_copy_of_each_request_into_the_log_only() {
         }),
         sticky: None,
         stopped: false,
+        allocated: false,
         at: 0,
     };
     weir_serve::control::publish(&platform.bus, "clicks", &canary)
