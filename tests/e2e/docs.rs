@@ -524,6 +524,33 @@ fn experiments_page() {
         stopped.starts_with("experiment churn-ab had stopped already"),
         "{stopped}"
     );
+    // The bandit: applied at half each, its weights then moved by the
+    // allocator from the rewards of the requests it served.
+    let applied = out("traffic apply docs/examples/churn-bandit.yaml");
+    assert!(
+        applied.starts_with(
+            "experiment churn-bandit v1 on churn: churn-model@2 50.0%, churn-model@1 50.0%"
+        ),
+        "{applied}"
+    );
+    let allocated = stderr(output_of(&outputs, "traffic allocate"));
+    assert!(
+        allocated.contains("allocator `allocator-churn-bandit-v1`"),
+        "{allocated}"
+    );
+    let described = out("traffic describe churn-bandit");
+    let version: u64 = described
+        .strip_prefix("experiment churn-bandit v")
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{described}"));
+    assert!(version > 1, "no allocated weights: {described}");
+    assert!(described.contains("(running) on churn, Bandit"), "{described}");
+    let stopped = out("traffic stop churn-bandit");
+    assert!(
+        stopped.starts_with(&format!("experiment churn-bandit v{} stopped", version + 1)),
+        "{stopped}"
+    );
 }
 
 /// The Weir crates a manifest's `[dependencies]` name.

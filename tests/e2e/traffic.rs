@@ -239,7 +239,12 @@ fn a_bandit_allocator_killed_at_random_points_publishes_what_an_uninterrupted_ru
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let entries = assert_same_state(&platform, "allocator-explore", "allocator-explore-calm", 2);
+    let entries = assert_same_state(
+        &platform,
+        "allocator-explore-v1",
+        "allocator-explore-calm-v1",
+        2,
+    );
     assert!(entries > 0, "no state");
 
     let (crashed, calm) = runtime.block_on(async {

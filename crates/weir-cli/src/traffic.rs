@@ -231,19 +231,18 @@ async fn allocate(
     let spec = ExperimentSpec::read(file)?;
     let connection = connect(config).await?;
     let started = weir_traffic::allocator::start(&connection.bus, &spec, running).await;
-    let handle = match started {
-        Ok(handle) => handle,
+    let (name, handle) = match started {
+        Ok(started) => started,
         Err(error) => {
             connection.close().await;
             return Err(error.into());
         }
     };
     eprintln!(
-        "allocator of `{}` running on {}: weights to weir.control.{}",
+        "allocator `{name}` of experiment `{}` running on {}: weights to weir.control.{}",
         spec.name, connection.description, spec.deployment
     );
     let output = crate::job::StatusOutput::new(status_every, json);
-    let name = format!("allocator-{}", spec.name);
     let statuses = crate::job::supervise(vec![(name, handle)], output).await;
     connection.close().await;
     if output.live {

@@ -40,8 +40,32 @@ pub async fn publish(bus: &Bus, deployment: &str, routing: &Routing) -> Result<(
     Ok(())
 }
 
-/// Every routing published for `deployment`, oldest first, and the offset
-/// after the last.
+/// Which routings take effect: an allocator's weights (`allocated`) only
+/// while their experiment is the one applied last and has not stopped, so
+/// that weights published after a stop route nothing.
+#[derive(Debug, Clone, Default)]
+pub struct InForce {
+    /// The experiment of the latest routing no allocator wrote, and
+    /// whether it stopped.
+    applied: Option<(String, bool)>,
+}
+
+impl InForce {
+    /// Whether `routing`, the next one published, takes effect; notes it.
+    pub fn admit(&mut self, routing: &Routing) -> bool {
+        if routing.allocated {
+            return self
+                .applied
+                .as_ref()
+                .is_some_and(|(experiment, stopped)| *experiment == routing.experiment && !stopped);
+        }
+        self.applied = Some((routing.experiment.clone(), routing.stopped));
+        true
+    }
+}
+
+/// Every routing published for `deployment` that took effect (see
+/// [`InForce`]), oldest first, and the offset after the last.
 pub async fn history(bus: &Bus, deployment: &str) -> Result<(Vec<Routing>, i64), ServeError> {
     let topic = ensure_topic(bus, deployment).await?;
     let (records, next) = bus
@@ -49,9 +73,11 @@ pub async fn history(bus: &Bus, deployment: &str) -> Result<(Vec<Routing>, i64),
         .await
         .map_err(|e| bus_error(&topic, e))?;
     let mut routings = Vec::with_capacity(records.len());
+    let mut in_force = InForce::default();
     for (offset, payload) in records {
         match Routing::from_bytes(&payload) {
-            Ok(routing) => routings.push(routing),
+            Ok(routing) if in_force.admit(&routing) => routings.push(routing),
+            Ok(_) => {}
             Err(error) => tracing::warn!(
                 %topic,
                 offset,
@@ -64,17 +90,21 @@ pub async fn history(bus: &Bus, deployment: &str) -> Result<(Vec<Routing>, i64),
 }
 
 /// Applies the latest routing published for the deployment, if any, and
-/// returns where to follow from.
+/// returns where to follow from, and what is in force there.
 pub async fn apply_latest(
     bus: &Bus,
     deployment: &Deployment,
     registry: &Registry,
-) -> Result<i64, ServeError> {
+) -> Result<(i64, InForce), ServeError> {
     let (routings, next) = history(bus, deployment.name()).await?;
+    let mut in_force = InForce::default();
+    for routing in &routings {
+        in_force.admit(routing);
+    }
     if let Some(routing) = routings.into_iter().next_back().filter(|r| !r.stopped) {
         apply(deployment, registry, routing).await;
     }
-    Ok(next)
+    Ok((next, in_force))
 }
 
 async fn apply(deployment: &Deployment, registry: &Registry, routing: Routing) {
@@ -102,13 +132,14 @@ async fn apply(deployment: &Deployment, registry: &Registry, routing: Routing) {
     }
 }
 
-/// Applies each routing published from offset `from` on, until `stopped`.
-/// Routings published together apply as one: the latest.
+/// Applies each routing published from offset `from` on (where
+/// `in_force` holds), until `stopped`. Routings published together apply
+/// as one: the latest that takes effect.
 pub async fn follow(
     bus: Bus,
     deployment: Arc<Deployment>,
     registry: Arc<Registry>,
-    from: i64,
+    (from, mut in_force): (i64, InForce),
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let topic = weir_core::topics::control(deployment.name());
@@ -128,29 +159,79 @@ pub async fn follow(
             record = consumer.next_raw() => record.map_err(|e| bus_error(&topic, e))?,
             _ = stopped.wait_for(|s| *s) => return Ok(()),
         };
-        let Some(mut record) = record else {
+        let Some(record) = record else {
             return Ok(());
         };
-        // Whatever else has arrived meanwhile: only the latest applies.
+        let mut records = vec![record];
+        // Whatever else has arrived meanwhile.
         while let Ok(next) =
             tokio::time::timeout(Duration::from_millis(5), consumer.next_raw()).await
         {
             match next.map_err(|e| bus_error(&topic, e))? {
-                Some(next) => record = next,
+                Some(next) => records.push(next),
                 None => break,
             }
         }
-        let Some(payload) = record.payload else {
-            continue;
-        };
-        match Routing::from_bytes(&payload) {
-            Ok(routing) => apply(&deployment, &registry, routing).await,
-            Err(error) => tracing::error!(
-                %topic,
-                offset = record.offset,
-                %error,
-                "a control record that is no routing: ignored"
-            ),
+        let mut latest = None;
+        for record in records {
+            let Some(payload) = record.payload else {
+                continue;
+            };
+            match Routing::from_bytes(&payload) {
+                Ok(routing) if in_force.admit(&routing) => latest = Some(routing),
+                Ok(routing) => tracing::debug!(
+                    %topic,
+                    experiment = %routing.experiment,
+                    version = routing.version,
+                    "an allocator's weights for an experiment not running: ignored"
+                ),
+                Err(error) => tracing::error!(
+                    %topic,
+                    offset = record.offset,
+                    %error,
+                    "a control record that is no routing: ignored"
+                ),
+            }
         }
+        if let Some(routing) = latest {
+            apply(&deployment, &registry, routing).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{Candidate, Kind};
+
+    fn routing(experiment: &str, stopped: bool, allocated: bool) -> Routing {
+        Routing {
+            experiment: experiment.into(),
+            version: 1,
+            kind: Kind::Bandit,
+            candidates: vec![Candidate {
+                model: "m@1".into(),
+                weight: 1.0,
+            }],
+            default: "m@1".into(),
+            mirror: None,
+            sticky: None,
+            stopped,
+            allocated,
+            at: 0,
+        }
+    }
+
+    #[test]
+    fn an_allocators_weights_take_effect_only_while_its_experiment_runs() {
+        let mut in_force = InForce::default();
+        assert!(!in_force.admit(&routing("a", false, true)), "nothing applied yet");
+        assert!(in_force.admit(&routing("a", false, false)));
+        assert!(in_force.admit(&routing("a", false, true)));
+        assert!(!in_force.admit(&routing("b", false, true)), "another experiment's");
+        assert!(in_force.admit(&routing("a", true, false)), "the stop");
+        assert!(!in_force.admit(&routing("a", false, true)), "after the stop");
+        assert!(in_force.admit(&routing("b", false, false)));
+        assert!(!in_force.admit(&routing("a", false, true)), "after b was applied");
     }
 }

@@ -128,12 +128,12 @@ pub async fn serve(
     // Experiments: the routing last published on the control topic, before
     // the first request is taken, then each change to it.
     let registry = Arc::new(registry);
-    let from = crate::control::apply_latest(bus, &deployment, &registry).await?;
+    let following = crate::control::apply_latest(bus, &deployment, &registry).await?;
     let router = tokio::spawn(crate::control::follow(
         bus.clone(),
         deployment.clone(),
         registry.clone(),
-        from,
+        following,
         stopped.clone(),
     ));
 

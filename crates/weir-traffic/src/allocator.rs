@@ -27,7 +27,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, Float64Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use weir_bus::Bus;
@@ -50,6 +50,7 @@ const VARIANT: &str = "variant";
 const REWARD: &str = "reward";
 const TIME: &str = "timestamp";
 const DEPLOYMENT: &str = "deployment";
+const SERVED_AT: &str = "served_at";
 
 /// The allocator operator's settings: the routing it moves and the policy.
 #[derive(Debug, Clone)]
@@ -149,7 +150,7 @@ impl OperatorFactory for Allocator {
     }
 
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef, DataflowError> {
-        for name in [VARIANT, REWARD, TIME, DEPLOYMENT] {
+        for name in [VARIANT, REWARD, TIME, DEPLOYMENT, SERVED_AT] {
             input.index_of(name).map_err(|_| {
                 DataflowError::Plan(format!("allocator: `{name}` is not a column of its input"))
             })?;
@@ -164,6 +165,7 @@ impl OperatorFactory for Allocator {
             variant: column(VARIANT),
             reward: column(REWARD),
             time: column(TIME),
+            served_at: column(SERVED_AT),
             output: self.output_schema(input)?,
         }))
     }
@@ -184,6 +186,7 @@ struct AllocatorOperator {
     variant: usize,
     reward: usize,
     time: usize,
+    served_at: usize,
     output: SchemaRef,
 }
 
@@ -212,6 +215,12 @@ impl Operator for AllocatorOperator {
             .downcast_ref::<Float64Array>()
             .expect("float64");
         let times = event_times(batch.column(self.time))?;
+        let served_at: ArrayRef =
+            cast(batch.column(self.served_at), &DataType::Int64).map_err(arrow_error)?;
+        let served_at = served_at
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("int64");
         // Gathered per tick and variant first: one state update each.
         let mut gathered: BTreeMap<(i64, String), ArmStats> = BTreeMap::new();
         let mut unmatched = 0;
@@ -221,7 +230,12 @@ impl Operator for AllocatorOperator {
                 continue;
             }
             let variant = variants.value(row);
-            if rewards.is_null(row) || !self.is_candidate(variant) {
+            // Only the experiment's own traffic: what was served since it
+            // was applied, by one of its candidates.
+            if rewards.is_null(row)
+                || served_at.value(row) < self.settings.routing.at
+                || !self.is_candidate(variant)
+            {
                 continue;
             }
             // The first tick after it: a tick takes what came before it.
@@ -305,12 +319,13 @@ pub struct Running {
 }
 
 /// Starts the allocator job of the bandit experiment `spec` describes,
-/// which must be running (applied, not stopped).
+/// which must be running (applied, not stopped); returns the job's name
+/// and handle.
 pub async fn start(
     bus: &Bus,
     spec: &ExperimentSpec,
     running: Running,
-) -> Result<JobHandle, TrafficError> {
+) -> Result<(String, JobHandle), TrafficError> {
     let (history, _) = control::history(bus, &spec.deployment).await?;
     if !history
         .last()
@@ -354,7 +369,15 @@ pub async fn start(
     };
     let mut job = job(&spec.deployment, allocator, &reading, &running.state_dir);
     job.checkpoint_interval = running.checkpoint_every;
-    Ok(weir_dataflow::job::start(job, bus, running.cluster).await?)
+    let name = job.name.clone();
+    Ok((name, weir_dataflow::job::start(job, bus, running.cluster).await?))
+}
+
+/// The allocator job's name: `allocator-<experiment>-v<version>`, after
+/// the routing as applied, so that a restart resumes its statistics and an
+/// experiment applied again starts afresh.
+pub fn job_name(applied: &Routing) -> String {
+    format!("allocator-{}-v{}", applied.experiment, applied.version)
 }
 
 /// How the allocator job reads the traffic.
@@ -372,7 +395,7 @@ pub struct Reading {
 
 /// The allocator job of `deployment`'s experiment routed by `routing`:
 /// its feedback joined with its log, the [`Allocator`], the control topic.
-/// Its name is `allocator-<experiment>`; its state is under `state_dir`.
+/// Its name is [`job_name`]; its state is under `state_dir`.
 pub fn job(deployment: &str, allocator: Allocator, reading: &Reading, state_dir: &Path) -> JobSpec {
     let source = |topic: String| KafkaSource {
         lateness: reading.lateness,
@@ -382,7 +405,7 @@ pub fn job(deployment: &str, allocator: Allocator, reading: &Reading, state_dir:
         ..KafkaSource::new(topic, TIME)
     };
     let window = i64::try_from(reading.window.as_millis()).unwrap_or(i64::MAX);
-    let name = format!("allocator-{}", allocator.routing.experiment);
+    let name = job_name(&allocator.routing);
     JobSpec::new(
         name,
         Source::Kafka(source(weir_core::topics::feedback(deployment))),
