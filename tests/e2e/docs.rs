@@ -496,7 +496,8 @@ fn experiments_page() {
     );
     let tail = platform.run(&["tail", "weir.feedback.churn", "--from-beginning"], b"");
     let feedback = String::from_utf8_lossy(&tail.stdout).into_owned();
-    assert_eq!(feedback.lines().count(), 41, "{feedback}");
+    // The A/B test's 40, the Python one, the bandit's 60.
+    assert_eq!(feedback.lines().count(), 101, "{feedback}");
     assert!(
         feedback.contains(r#""request_id":"py1","reward":1.0"#),
         "{feedback}"
@@ -545,7 +546,10 @@ fn experiments_page() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("{described}"));
     assert!(version > 1, "no allocated weights: {described}");
-    assert!(described.contains("(running) on churn, Bandit"), "{described}");
+    assert!(
+        described.contains("(running) on churn, Bandit"),
+        "{described}"
+    );
     let stopped = out("traffic stop churn-bandit");
     assert!(
         stopped.starts_with(&format!("experiment churn-bandit v{} stopped", version + 1)),

@@ -771,6 +771,18 @@ async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::
     tracker.set_alias(&name, "challenger", version).await?;
     println!("    registered {name}@{version} (LightGBM, 30 trees) as {name}@challenger");
 
+    // A run cut short may have left an experiment running on the
+    // deployment: the demo owns it.
+    let state = tracker.snapshot();
+    for left in weir_traffic::experiments::list(bus, &state).await? {
+        if left.deployment == "demo-large" && left.running() {
+            weir_traffic::experiments::stop(bus, &state, &left.routing.experiment).await?;
+            println!(
+                "    experiment {} was left running by an earlier run: stopped",
+                left.routing.experiment
+            );
+        }
+    }
     let origin = "topologies/experiments/demo-ab.yaml";
     let experiment = weir_traffic::spec::ExperimentSpec::parse(EXPERIMENT, origin)?;
     let applied =
@@ -912,7 +924,9 @@ async fn bandit_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
         cluster: weir_dataflow::job::Cluster::local(1),
     };
     let (job, allocator) = weir_traffic::allocator::start(bus, &experiment, running).await?;
-    println!("    allocator job `{job}` running: weir.feedback.demo-large ⋈ weir.log.demo-large → weights");
+    println!(
+        "    allocator job `{job}` running: weir.feedback.demo-large ⋈ weir.log.demo-large → weights"
+    );
 
     let mut infer =
         weir_serve::client::Connection::open(serving.address, "/v2/models/demo-large/infer")
@@ -920,10 +934,18 @@ async fn bandit_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
     let mut feedback_route =
         weir_serve::client::Connection::open(serving.address, "/v2/models/demo-large/feedback")
             .await?;
+    let topic = topics::control("demo-large");
+    let (_, from) = weir_serve::control::history(bus, "demo-large").await?;
+    let mut control = bus.consumer(
+        &[&topic],
+        ConsumerOptions {
+            start: StartFrom::Offsets(vec![(topic.clone(), 0, from)]),
+            read_only: true,
+            ..Default::default()
+        },
+    )?;
     let run = weir_core::now_ms();
     let mut rng = StdRng::seed_from_u64(run as u64 ^ 0x5EED);
-    let mut served_per_round = Vec::new();
-    let mut weights = applied.routing.shares();
     for round in 0..6 {
         // 60 requests from random users; an answer of the champion converts
         // with probability 0.3, one of demo-large@1 with 0.1.
@@ -932,13 +954,20 @@ async fn bandit_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
         for i in 0..60 {
             let id = format!("bandit-{run}-{round}-{i}");
             let user = format!("u{:04}", rng.random_range(0..200));
-            let (status, answer) = infer.post(request_body(Some(&id), &user).as_bytes()).await?;
+            let (status, answer) = infer
+                .post(request_body(Some(&id), &user).as_bytes())
+                .await?;
             let answer: Json = serde_json::from_slice(&answer)?;
             anyhow::ensure!(status == 200, "HTTP {status}: {answer}");
-            let model = format!("demo-large@{}", answer["model_version"].as_str().unwrap_or("?"));
+            let model = format!(
+                "demo-large@{}",
+                answer["model_version"].as_str().unwrap_or("?")
+            );
             let rate = if model == champion { 0.3 } else { 0.1 };
             on_champion += usize::from(model == champion);
-            feedback.push(json!({"request_id": id, "reward": if rng.random_bool(rate) { 1.0 } else { 0.0 }}));
+            feedback.push(
+                json!({"request_id": id, "reward": if rng.random_bool(rate) { 1.0 } else { 0.0 }}),
+            );
         }
         let (status, answer) = feedback_route
             .post(Json::Array(feedback).to_string().as_bytes())
@@ -948,26 +977,26 @@ async fn bandit_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
             "feedback: HTTP {status}: {}",
             String::from_utf8_lossy(&answer)
         );
-        served_per_round.push(on_champion);
-        // The weights of the first tick after this round's feedback.
+        // The weights of the first tick after this round's feedback, read
+        // as serving reads them.
         let posted = weir_core::now_ms();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let (history, _) = weir_serve::control::history(bus, "demo-large").await?;
-            if let Some(latest) = history
-                .iter()
-                .rev()
-                .find(|r| r.experiment == "demo-bandit" && r.allocated && r.at > posted)
-            {
-                weights = latest.shares();
-                break;
+        let weights = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let Some(record) = control.next_raw().await? else {
+                    anyhow::bail!("weir.control.demo-large ended");
+                };
+                let routing = weir_serve::routing::Routing::from_bytes(
+                    record.payload.as_deref().unwrap_or_default(),
+                )?;
+                if routing.experiment == "demo-bandit" && routing.allocated && routing.at > posted {
+                    return anyhow::Ok(routing.shares());
+                }
             }
-            anyhow::ensure!(
-                Instant::now() < deadline && !allocator.is_finished(),
-                "the allocator published no weights within 20 s of round {round}'s feedback"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await
+        .with_context(|| {
+            format!("the allocator published no weights within 20 s of round {round}'s feedback")
+        })??;
         println!(
             "    round {}: {on_champion} of 60 requests answered by {champion}; weights now {champion} {:.0} %, demo-large@1 {:.0} %",
             round + 1,

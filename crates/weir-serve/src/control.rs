@@ -54,10 +54,9 @@ impl InForce {
     /// Whether `routing`, the next one published, takes effect; notes it.
     pub fn admit(&mut self, routing: &Routing) -> bool {
         if routing.allocated {
-            return self
-                .applied
-                .as_ref()
-                .is_some_and(|(experiment, stopped)| *experiment == routing.experiment && !stopped);
+            return self.applied.as_ref().is_some_and(|(experiment, stopped)| {
+                *experiment == routing.experiment && !stopped
+            });
         }
         self.applied = Some((routing.experiment.clone(), routing.stopped));
         true
@@ -225,13 +224,25 @@ mod tests {
     #[test]
     fn an_allocators_weights_take_effect_only_while_its_experiment_runs() {
         let mut in_force = InForce::default();
-        assert!(!in_force.admit(&routing("a", false, true)), "nothing applied yet");
+        assert!(
+            !in_force.admit(&routing("a", false, true)),
+            "nothing applied yet"
+        );
         assert!(in_force.admit(&routing("a", false, false)));
         assert!(in_force.admit(&routing("a", false, true)));
-        assert!(!in_force.admit(&routing("b", false, true)), "another experiment's");
+        assert!(
+            !in_force.admit(&routing("b", false, true)),
+            "another experiment's"
+        );
         assert!(in_force.admit(&routing("a", true, false)), "the stop");
-        assert!(!in_force.admit(&routing("a", false, true)), "after the stop");
+        assert!(
+            !in_force.admit(&routing("a", false, true)),
+            "after the stop"
+        );
         assert!(in_force.admit(&routing("b", false, false)));
-        assert!(!in_force.admit(&routing("a", false, true)), "after b was applied");
+        assert!(
+            !in_force.admit(&routing("a", false, true)),
+            "after b was applied"
+        );
     }
 }

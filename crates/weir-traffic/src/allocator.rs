@@ -370,7 +370,10 @@ pub async fn start(
     let mut job = job(&spec.deployment, allocator, &reading, &running.state_dir);
     job.checkpoint_interval = running.checkpoint_every;
     let name = job.name.clone();
-    Ok((name, weir_dataflow::job::start(job, bus, running.cluster).await?))
+    Ok((
+        name,
+        weir_dataflow::job::start(job, bus, running.cluster).await?,
+    ))
 }
 
 /// The allocator job's name: `allocator-<experiment>-v<version>`, after
