@@ -281,7 +281,8 @@ fn a_bandit_allocator_killed_at_random_points_publishes_what_an_uninterrupted_ru
 /// running allocator last published, the requests are logged and their
 /// rewards published 50 ms later (arms converting at 10 %, 20 % and 40 %),
 /// and the allocator answers with weights that take them in. Within 15
-/// rounds the best arm takes most of the traffic.
+/// rounds the best arm takes most of the traffic; stopping the experiment
+/// then stops the allocator.
 #[test]
 fn a_running_allocator_moves_the_traffic_to_the_best_arm() {
     let platform = Platform::start();
@@ -351,13 +352,37 @@ fn a_running_allocator_moves_the_traffic_to_the_best_arm() {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-    allocator.kill().unwrap();
-    allocator.wait().unwrap();
-    let letters = platform.run(
-        &["tail", "weir.dlq.weir.feedback.loop", "--from-beginning"],
-        b"",
+    // Stopping the experiment stops its allocator, at a checkpoint.
+    let stop = Routing {
+        version: routing.version + 1,
+        stopped: true,
+        allocated: false,
+        ..first_routing("converge")
+    };
+    runtime
+        .block_on(weir_serve::control::publish(&bus, "loop", &stop))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = allocator.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            allocator.kill().unwrap();
+            panic!(
+                "the allocator went on after its experiment stopped:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
-    assert!(letters.stdout.is_empty(), "rewards were dead-lettered");
+    let letters = dead_letters(&platform, "loop");
+    assert!(letters.is_empty(), "{letters}");
     let weights = shares(&routing);
     println!(
         "closed loop: last weights {weights:?} (v{}), requests per arm {served_per_arm:?}, ms from the rewards to their weights {waits:?}",

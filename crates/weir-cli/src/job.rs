@@ -106,6 +106,15 @@ pub async fn supervise(
     jobs: Vec<(String, JobHandle)>,
     output: StatusOutput,
 ) -> anyhow::Result<Vec<(String, Status)>> {
+    supervise_until(jobs, output, std::future::pending()).await
+}
+
+/// [`supervise`], and `until` stops them too, as Ctrl-C does.
+pub async fn supervise_until(
+    jobs: Vec<(String, JobHandle)>,
+    output: StatusOutput,
+    until: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<Vec<(String, Status)>> {
     let names: Vec<String> = jobs.iter().map(|(name, _)| name.clone()).collect();
     let mut live = if output.live {
         LiveStatus::for_jobs(&names)
@@ -126,7 +135,10 @@ pub async fn supervise(
         },
     };
     let stop = async {
-        let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = until => {}
+        }
         eprintln!("stopping: checkpointing");
     };
     let statuses = weir_dataflow::supervise::supervise(jobs, every, on_status, stop).await?;

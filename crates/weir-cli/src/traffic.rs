@@ -231,19 +231,35 @@ async fn allocate(
     let spec = ExperimentSpec::read(file)?;
     let connection = connect(config).await?;
     let started = weir_traffic::allocator::start(&connection.bus, &spec, running).await;
-    let (name, handle) = match started {
+    let started = match started {
         Ok(started) => started,
         Err(error) => {
             connection.close().await;
             return Err(error.into());
         }
     };
+    let name = started.name;
     eprintln!(
         "allocator `{name}` of experiment `{}` running on {}: weights to weir.control.{}",
         spec.name, connection.description, spec.deployment
     );
     let output = crate::job::StatusOutput::new(status_every, json);
-    let statuses = crate::job::supervise(vec![(name, handle)], output).await;
+    // The experiment stopped or was applied again: its weights would take
+    // no effect.
+    let superseded = async {
+        match started.superseded.await {
+            Ok(()) => eprintln!(
+                "experiment `{}` stopped or was applied again: the allocator stops",
+                spec.name
+            ),
+            Err(error) => {
+                tracing::warn!(%error, "following the control topic failed");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let statuses =
+        crate::job::supervise_until(vec![(name, started.job)], output, superseded).await;
     connection.close().await;
     if output.live {
         for (name, status) in statuses? {

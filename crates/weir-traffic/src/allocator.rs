@@ -30,7 +30,7 @@ use std::time::Duration;
 use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
-use weir_bus::Bus;
+use weir_bus::{Bus, ConsumerOptions, StartFrom};
 use weir_dataflow::DataflowError;
 use weir_dataflow::aggregate::event_times;
 use weir_dataflow::interval_join::IntervalJoin;
@@ -318,15 +318,30 @@ pub struct Running {
     pub cluster: Cluster,
 }
 
+/// A started allocator job.
+pub struct Started {
+    /// The job's name ([`job_name`]).
+    pub name: String,
+    /// The job.
+    pub job: JobHandle,
+    /// Resolves when the routing it moves is no longer the one applied
+    /// (the experiment stopped, was applied again, or another one was):
+    /// the job should then stop, as its weights take no effect.
+    pub superseded: Superseded,
+}
+
+/// See [`Started::superseded`].
+pub type Superseded =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), TrafficError>> + Send>>;
+
 /// Starts the allocator job of the bandit experiment `spec` describes,
-/// which must be running (applied, not stopped); returns the job's name
-/// and handle.
+/// which must be running (applied, not stopped).
 pub async fn start(
     bus: &Bus,
     spec: &ExperimentSpec,
     running: Running,
-) -> Result<(String, JobHandle), TrafficError> {
-    let (history, _) = control::history(bus, &spec.deployment).await?;
+) -> Result<Started, TrafficError> {
+    let (history, next) = control::history(bus, &spec.deployment).await?;
     if !history
         .last()
         .is_some_and(|latest| latest.experiment == spec.name && !latest.stopped)
@@ -370,10 +385,40 @@ pub async fn start(
     let mut job = job(&spec.deployment, allocator, &reading, &running.state_dir);
     job.checkpoint_interval = running.checkpoint_every;
     let name = job.name.clone();
-    Ok((
+    let job = weir_dataflow::job::start(job, bus, running.cluster).await?;
+    Ok(Started {
         name,
-        weir_dataflow::job::start(job, bus, running.cluster).await?,
-    ))
+        job,
+        superseded: Box::pin(superseded(bus.clone(), spec.deployment.clone(), next)),
+    })
+}
+
+/// Resolves at the first routing published on the deployment's control
+/// topic from offset `from` on that no allocator wrote.
+async fn superseded(bus: Bus, deployment: String, from: i64) -> Result<(), TrafficError> {
+    let topic = weir_core::topics::control(&deployment);
+    let bus_error = |e: weir_bus::BusError| {
+        TrafficError::Serve(weir_serve::ServeError::Internal(format!("{topic}: {e}")))
+    };
+    let mut consumer = bus
+        .consumer(
+            &[&topic],
+            ConsumerOptions {
+                start: StartFrom::Offsets(vec![(topic.clone(), 0, from)]),
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .map_err(bus_error)?;
+    while let Some(record) = consumer.next_raw().await.map_err(bus_error)? {
+        let Some(payload) = record.payload else {
+            continue;
+        };
+        if Routing::from_bytes(&payload).is_ok_and(|routing| !routing.allocated) {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 /// The allocator job's name: `allocator-<experiment>-v<version>`, after
