@@ -258,8 +258,7 @@ async fn allocate(
             }
         }
     };
-    let statuses =
-        crate::job::supervise_until(vec![(name, started.job)], output, superseded).await;
+    let statuses = crate::job::supervise_until(vec![(name, started.job)], output, superseded).await;
     connection.close().await;
     if output.live {
         for (name, status) in statuses? {
