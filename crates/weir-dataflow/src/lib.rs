@@ -30,6 +30,7 @@ pub mod input;
 pub mod interval_join;
 pub mod job;
 mod kafka;
+mod lag;
 pub mod lookup;
 pub mod operator;
 pub mod operators;

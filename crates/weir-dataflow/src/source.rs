@@ -35,6 +35,7 @@ use crate::batch::with_columns;
 use crate::decode::RecordDecoder;
 use crate::input::{KAFKA_TIMESTAMP, Source, Start, kafka_timestamp_field};
 use crate::kafka::{Producer, dead_letter, flush, producer};
+use crate::lag::EndOffsets;
 use crate::lookup::LookupTable;
 use crate::pipeline::Status;
 use crate::store::{OperatorId, Store};
@@ -46,9 +47,6 @@ const POLL_BATCH: usize = 4096;
 /// How many epochs a source may be ahead of the last committed one and
 /// still read.
 const MAX_EPOCHS_AHEAD: u64 = 3;
-
-/// How often an unbounded source asks the broker how far behind it is.
-const LAG_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// What a source checkpoints with each epoch: where to resume.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -120,8 +118,8 @@ pub(crate) struct SourceState {
     epoch: u64,
     interval: Duration,
     next_checkpoint: Instant,
-    /// When an unbounded source next asks the broker for its lag.
-    next_lag_check: Instant,
+    /// An unbounded Kafka source's end offsets, for its lag.
+    end_offsets: Option<EndOffsets>,
     /// Event time below which records are late (-inf until known).
     watermark: i64,
     stop: Arc<AtomicBool>,
@@ -282,6 +280,16 @@ impl SourceState {
                 )
             }
         };
+        let end_offsets = match &reader {
+            Reader::Kafka {
+                consumer, topic, ..
+            } if partitions.values().any(|p| p.end.is_none()) => Some(EndOffsets::start(
+                consumer.clone(),
+                topic.clone(),
+                partitions.keys().copied().collect(),
+            )),
+            _ => None,
+        };
         let mut state = Self {
             op,
             reader,
@@ -299,7 +307,7 @@ impl SourceState {
             epoch: first_epoch,
             interval: setup.checkpoint_interval,
             next_checkpoint: Instant::now() + setup.checkpoint_interval,
-            next_lag_check: Instant::now(),
+            end_offsets,
             watermark: i64::MIN,
             stop,
             checkpoints_taken: checkpoints.load(Ordering::SeqCst),
@@ -545,28 +553,14 @@ impl SourceState {
     /// or not: a source that has caught up must say so, not keep the lag
     /// it last saw. A partition's end is known for a bounded source, is
     /// its offset when the broker last said it was read to the end, and
-    /// is otherwise asked of the broker, at most once a second (a round
-    /// trip).
+    /// is otherwise the latest end offset the broker told ([`EndOffsets`]).
     fn report_progress(&mut self) {
-        let now = Instant::now();
-        let ask = now >= self.next_lag_check;
-        if ask {
-            self.next_lag_check = now + LAG_CHECK_INTERVAL;
-        }
         for (partition, progress) in &mut self.partitions {
-            let known = match (&self.reader, progress.end) {
+            let known = match (&self.end_offsets, progress.end) {
                 (_, Some(end)) => Some(end),
                 _ if progress.caught_up => Some(progress.next_offset),
-                (
-                    Reader::Kafka {
-                        consumer, topic, ..
-                    },
-                    None,
-                ) if ask => consumer
-                    .fetch_watermarks(topic, *partition, Duration::from_millis(200))
-                    .ok()
-                    .map(|(_, high)| high),
-                _ => None,
+                (Some(end_offsets), None) => end_offsets.get(*partition),
+                (None, None) => None,
             };
             if let Some(high) = known {
                 progress.high = progress.high.max(high);

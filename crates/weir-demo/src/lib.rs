@@ -47,6 +47,13 @@
 //! feedback are joined by request id in SQL as the evidence, and the
 //! challenger is promoted: the alias moves, the experiment stops.
 //!
+//! Stage 8 (bandit): `topologies/experiments/demo-bandit.yaml` puts the new
+//! champion against the version before it; the allocator job runs in the
+//! background while rounds of requests are served and their simulated
+//! conversions posted, and the weights it publishes to
+//! `weir.control.demo-large`, which serving follows, move the traffic to
+//! the better model; then the experiment stops.
+//!
 //! Each later component adds its stage here. Safe to run twice: the topic
 //! and schema are reused, the consumer group resumes at its committed
 //! offsets, so each run reads (and dead-letters) only its own records, an
@@ -109,8 +116,9 @@ pub async fn run(bus: &Bus, config: &Config, options: &Options) -> anyhow::Resul
     training_stage(bus, config, &dataset).await?;
     serving_stage(bus, config).await?;
     experiment_stage(bus, config, &dataset).await?;
+    bandit_stage(bus, config).await?;
     println!(
-        "\nNext: `weir tail {TOPIC} -n 3`, `weir tail {} --from-beginning`, `weir features get user_spend u0000`,\n      `weir features serve` (HTTP look-ups), `weir sql \"SELECT * FROM user_spend LIMIT 5\"`,\n      `weir runs list demo`, `weir lineage dataset:demo-training@1`, `weir server` (for the mlflow client),\n      `weir models show demo-large`, `weir evaluate demo-large@1` (on the rows its training held out),\n      `weir serve demo-large`, `weir tail {} -n 1`, `weir lineage deployment:demo-large`,\n      `weir traffic describe demo-ab`, `weir tail weir.feedback.demo-large -n 3`",
+        "\nNext: `weir tail {TOPIC} -n 3`, `weir tail {} --from-beginning`, `weir features get user_spend u0000`,\n      `weir features serve` (HTTP look-ups), `weir sql \"SELECT * FROM user_spend LIMIT 5\"`,\n      `weir runs list demo`, `weir lineage dataset:demo-training@1`, `weir server` (for the mlflow client),\n      `weir models show demo-large`, `weir evaluate demo-large@1` (on the rows its training held out),\n      `weir serve demo-large`, `weir tail {} -n 1`, `weir lineage deployment:demo-large`,\n      `weir traffic describe demo-ab`, `weir tail weir.feedback.demo-large -n 3`,\n      `weir traffic describe demo-bandit`, `weir tail weir.control.demo-large --from-beginning`",
         topics::dlq(TOPIC),
         topics::log("demo-large")
     );
@@ -878,6 +886,138 @@ async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::
         promoted.routing.version,
         name,
         promoted.to
+    );
+    Ok(())
+}
+
+/// The demo's bandit (also in `topologies/experiments/`).
+const BANDIT: &str = include_str!("../../../topologies/experiments/demo-bandit.yaml");
+
+/// Stage 8: a bandit between the champion and the version before it, its
+/// weights moved by the allocator job from simulated conversions while the
+/// deployment serves.
+async fn bandit_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
+    println!(
+        "\n[8] bandit: the champion against demo-large@1, the traffic moved by the allocator job from simulated conversions"
+    );
+    let tracker = weir_meta::Tracker::open_under(bus, &config.state_dir).await?;
+    let origin = "topologies/experiments/demo-bandit.yaml";
+    let experiment = weir_traffic::spec::ExperimentSpec::parse(BANDIT, origin)?;
+    let applied =
+        weir_traffic::experiments::apply(bus, &tracker.snapshot(), &experiment, origin).await?;
+    let champion = applied.routing.candidates[0].model.clone();
+    println!(
+        "    experiment {} v{}: {} and {}, Thompson sampling, new weights every second (weir.control.demo-large)",
+        applied.routing.experiment,
+        applied.routing.version,
+        champion,
+        applied.routing.candidates[1].model
+    );
+    let mut deployment =
+        weir_serve::DeploymentSpec::parse(DEPLOYMENT, "topologies/deployments/demo-large.yaml")?;
+    deployment.http.listen = "127.0.0.1:0".into();
+    let serving = Serving::start(bus, config, &deployment, &tracker).await?;
+    let running = weir_traffic::allocator::Running {
+        state_dir: config.state_dir.join("jobs"),
+        bounded: false,
+        checkpoint_every: Duration::from_secs(1),
+        cluster: weir_dataflow::job::Cluster::local(1),
+    };
+    let started = weir_traffic::allocator::start(bus, &experiment, running).await?;
+    let (job, allocator) = (started.name, started.job);
+    println!(
+        "    allocator job `{job}` running: weir.feedback.demo-large ⋈ weir.log.demo-large → weights"
+    );
+
+    let mut infer =
+        weir_serve::client::Connection::open(serving.address, "/v2/models/demo-large/infer")
+            .await?;
+    let mut feedback_route =
+        weir_serve::client::Connection::open(serving.address, "/v2/models/demo-large/feedback")
+            .await?;
+    let topic = topics::control("demo-large");
+    let (_, from) = weir_serve::control::history(bus, "demo-large").await?;
+    let mut control = bus.consumer(
+        &[&topic],
+        ConsumerOptions {
+            start: StartFrom::Offsets(vec![(topic.clone(), 0, from)]),
+            read_only: true,
+            ..Default::default()
+        },
+    )?;
+    let run = weir_core::now_ms();
+    let mut rng = StdRng::seed_from_u64(run as u64 ^ 0x5EED);
+    for round in 0..6 {
+        // 60 requests from random users; an answer of the champion converts
+        // with probability 0.3, one of demo-large@1 with 0.1.
+        let mut feedback = Vec::new();
+        let mut on_champion = 0;
+        for i in 0..60 {
+            let id = format!("bandit-{run}-{round}-{i}");
+            let user = format!("u{:04}", rng.random_range(0..200));
+            let (status, answer) = infer
+                .post(request_body(Some(&id), &user).as_bytes())
+                .await?;
+            let answer: Json = serde_json::from_slice(&answer)?;
+            anyhow::ensure!(status == 200, "HTTP {status}: {answer}");
+            let model = format!(
+                "demo-large@{}",
+                answer["model_version"].as_str().unwrap_or("?")
+            );
+            let rate = if model == champion { 0.3 } else { 0.1 };
+            on_champion += usize::from(model == champion);
+            feedback.push(
+                json!({"request_id": id, "reward": if rng.random_bool(rate) { 1.0 } else { 0.0 }}),
+            );
+        }
+        let (status, answer) = feedback_route
+            .post(Json::Array(feedback).to_string().as_bytes())
+            .await?;
+        anyhow::ensure!(
+            status == 200,
+            "feedback: HTTP {status}: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        // The weights of the first tick after this round's feedback, read
+        // as serving reads them.
+        let posted = weir_core::now_ms();
+        let weights = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let Some(record) = control.next_raw().await? else {
+                    anyhow::bail!("weir.control.demo-large ended");
+                };
+                let routing = weir_serve::routing::Routing::from_bytes(
+                    record.payload.as_deref().unwrap_or_default(),
+                )?;
+                if routing.experiment == "demo-bandit" && routing.allocated && routing.at > posted {
+                    return anyhow::Ok(routing.shares());
+                }
+            }
+        })
+        .await
+        .with_context(|| {
+            format!("the allocator published no weights within 20 s of round {round}'s feedback")
+        })??;
+        println!(
+            "    round {}: {on_champion} of 60 requests answered by {champion}; weights now {champion} {:.0} %, demo-large@1 {:.0} %",
+            round + 1,
+            weights[0] * 100.0,
+            weights[1] * 100.0
+        );
+    }
+    allocator.stop();
+    tokio::task::spawn_blocking(move || allocator.join()).await??;
+    let summary = serving.stop().await?;
+    let state = tracker.snapshot();
+    let stopped = weir_traffic::experiments::stop(bus, &state, "demo-bandit").await?;
+    tracker.close().await;
+    println!(
+        "    {} requests logged; the allocator stopped at its checkpoint, experiment demo-bandit {}",
+        summary.logged,
+        match stopped {
+            Some((_, routing)) => format!("v{} stopped", routing.version),
+            None => "had stopped".into(),
+        }
     );
     Ok(())
 }
