@@ -839,17 +839,7 @@ async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::
             json!({"request_id": id, "reward": if rng.random_bool(rate) { 1.0 } else { 0.0 }})
         })
         .collect();
-    let mut feedback_route =
-        weir_serve::client::Connection::open(serving.address, "/v2/models/demo-large/feedback")
-            .await?;
-    let (status, answer) = feedback_route
-        .post(Json::Array(feedback).to_string().as_bytes())
-        .await?;
-    anyhow::ensure!(
-        status == 200,
-        "feedback: HTTP {status}: {}",
-        String::from_utf8_lossy(&answer)
-    );
+    post_feedback(serving.address, feedback).await?;
     let summary = serving.stop().await?;
     println!(
         "    {} requests from 40 users, each user on one model: {}; {} logged with their variant and propensity",
@@ -932,19 +922,8 @@ async fn bandit_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
     let mut infer =
         weir_serve::client::Connection::open(serving.address, "/v2/models/demo-large/infer")
             .await?;
-    let mut feedback_route =
-        weir_serve::client::Connection::open(serving.address, "/v2/models/demo-large/feedback")
-            .await?;
-    let topic = topics::control("demo-large");
     let (_, from) = weir_serve::control::history(bus, "demo-large").await?;
-    let mut control = bus.consumer(
-        &[&topic],
-        ConsumerOptions {
-            start: StartFrom::Offsets(vec![(topic.clone(), 0, from)]),
-            read_only: true,
-            ..Default::default()
-        },
-    )?;
+    let mut control = weir_serve::control::reader(bus, "demo-large", from)?;
     let run = weir_core::now_ms();
     let mut rng = StdRng::seed_from_u64(run as u64 ^ 0x5EED);
     for round in 0..6 {
@@ -970,14 +949,7 @@ async fn bandit_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
                 json!({"request_id": id, "reward": if rng.random_bool(rate) { 1.0 } else { 0.0 }}),
             );
         }
-        let (status, answer) = feedback_route
-            .post(Json::Array(feedback).to_string().as_bytes())
-            .await?;
-        anyhow::ensure!(
-            status == 200,
-            "feedback: HTTP {status}: {}",
-            String::from_utf8_lossy(&answer)
-        );
+        post_feedback(serving.address, feedback).await?;
         // The weights of the first tick after this round's feedback, read
         // as serving reads them.
         let posted = weir_core::now_ms();
@@ -1018,6 +990,21 @@ async fn bandit_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
             Some((_, routing)) => format!("v{} stopped", routing.version),
             None => "had stopped".into(),
         }
+    );
+    Ok(())
+}
+
+/// Posts `feedback` records to the deployment's feedback route.
+async fn post_feedback(address: std::net::SocketAddr, feedback: Vec<Json>) -> anyhow::Result<()> {
+    let mut route =
+        weir_serve::client::Connection::open(address, "/v2/models/demo-large/feedback").await?;
+    let (status, answer) = route
+        .post(Json::Array(feedback).to_string().as_bytes())
+        .await?;
+    anyhow::ensure!(
+        status == 200,
+        "feedback: HTTP {status}: {}",
+        String::from_utf8_lossy(&answer)
     );
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
-use weir_bus::{Bus, ConsumerOptions, OutRecord, StartFrom, TopicSpec};
+use weir_bus::{Bus, Consumer, ConsumerOptions, OutRecord, StartFrom, TopicSpec};
 
 use crate::registry::Registry;
 use crate::routing::Routing;
@@ -88,6 +88,22 @@ pub async fn history(bus: &Bus, deployment: &str) -> Result<(Vec<Routing>, i64),
     Ok((routings, next))
 }
 
+/// A reader of the deployment's control topic from offset `from` on (the
+/// offset [`history`] returns reads what comes next), answering quickly.
+pub fn reader(bus: &Bus, deployment: &str, from: i64) -> Result<Consumer, ServeError> {
+    let topic = weir_core::topics::control(deployment);
+    bus.consumer(
+        &[&topic],
+        ConsumerOptions {
+            start: StartFrom::Offsets(vec![(topic.clone(), 0, from)]),
+            read_only: true,
+            settings: vec![("fetch.wait.max.ms".into(), "20".into())],
+            ..Default::default()
+        },
+    )
+    .map_err(|e| bus_error(&topic, e))
+}
+
 /// Applies the latest routing published for the deployment, if any, and
 /// returns where to follow from, and what is in force there.
 pub async fn apply_latest(
@@ -142,17 +158,7 @@ pub async fn follow(
     mut stopped: watch::Receiver<bool>,
 ) -> Result<(), ServeError> {
     let topic = weir_core::topics::control(deployment.name());
-    let mut consumer = bus
-        .consumer(
-            &[&topic],
-            ConsumerOptions {
-                start: StartFrom::Offsets(vec![(topic.clone(), 0, from)]),
-                read_only: true,
-                settings: vec![("fetch.wait.max.ms".into(), "20".into())],
-                ..Default::default()
-            },
-        )
-        .map_err(|e| bus_error(&topic, e))?;
+    let mut consumer = reader(&bus, deployment.name(), from)?;
     loop {
         let record = tokio::select! {
             record = consumer.next_raw() => record.map_err(|e| bus_error(&topic, e))?,

@@ -30,7 +30,7 @@ use std::time::Duration;
 use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
-use weir_bus::{Bus, ConsumerOptions, StartFrom};
+use weir_bus::Bus;
 use weir_dataflow::DataflowError;
 use weir_dataflow::aggregate::event_times;
 use weir_dataflow::interval_join::IntervalJoin;
@@ -396,21 +396,13 @@ pub async fn start(
 /// Resolves at the first routing published on the deployment's control
 /// topic from offset `from` on that no allocator wrote.
 async fn superseded(bus: Bus, deployment: String, from: i64) -> Result<(), TrafficError> {
-    let topic = weir_core::topics::control(&deployment);
-    let bus_error = |e: weir_bus::BusError| {
-        TrafficError::Serve(weir_serve::ServeError::Internal(format!("{topic}: {e}")))
-    };
-    let mut consumer = bus
-        .consumer(
-            &[&topic],
-            ConsumerOptions {
-                start: StartFrom::Offsets(vec![(topic.clone(), 0, from)]),
-                read_only: true,
-                ..Default::default()
-            },
-        )
-        .map_err(bus_error)?;
-    while let Some(record) = consumer.next_raw().await.map_err(bus_error)? {
+    let mut reader = control::reader(&bus, &deployment, from)?;
+    while let Some(record) = reader.next_raw().await.map_err(|e| {
+        weir_serve::ServeError::Internal(format!(
+            "{}: {e}",
+            weir_core::topics::control(&deployment)
+        ))
+    })? {
         let Some(payload) = record.payload else {
             continue;
         };
@@ -483,7 +475,7 @@ pub fn job(deployment: &str, allocator: Allocator, reading: &Reading, state_dir:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use weir_serve::routing::{Candidate, Sticky};
+    use weir_serve::routing::{Candidate, Mirror, Sticky};
 
     #[test]
     fn a_routing_row_is_read_back_as_the_routing() {
@@ -502,8 +494,11 @@ mod tests {
                 },
             ],
             default: "m@1".into(),
-            mirror: None,
-            sticky: Some(Sticky::Key("user_id".into())),
+            mirror: Some(Mirror {
+                model: "m@3".into(),
+                percent: 12.5,
+            }),
+            sticky: Some(Sticky::Header("X-User".into())),
             stopped: false,
             allocated: true,
             at: 1_700_000_000_000,
