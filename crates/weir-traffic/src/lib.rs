@@ -19,11 +19,14 @@
 //! - [`experiments`]: applying, listing, stopping and promoting
 //!   experiments;
 //! - [`policy`]: bandit policies, from reward statistics to weights;
-//! - [`allocator`]: the allocator job.
+//! - [`allocator`]: the allocator job;
+//! - [`sequential`]: the sequential test of a candidate against the
+//!   default, valid under continuous peeking.
 
 pub mod allocator;
 pub mod experiments;
 pub mod policy;
+pub mod sequential;
 pub mod spec;
 
 /// What can go wrong with an experiment.
