@@ -1,6 +1,7 @@
 //! `weir traffic`: online experiments on a deployment's traffic (canary,
 //! sticky A/B, bandit, a mirror) — apply a spec, list, describe, stop,
-//! promote, and run a bandit's allocator job.
+//! promote, run a bandit's allocator job and an experiment's analysis
+//! job, and report where the candidates stand.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,27 +54,53 @@ enum TrafficCommand {
     /// Run a bandit experiment's allocator: a dataflow job that joins the
     /// deployment's feedback with its log and publishes new weights from
     /// the rewards, until Ctrl-C (which checkpoints; the next run resumes
-    /// there).
+    /// there) or the experiment ends.
     Allocate {
         /// The experiment's spec (its policy and reward settings).
         spec: PathBuf,
-        /// Stop at the end of what the feedback and log topics hold now.
-        #[arg(long)]
-        bounded: bool,
-        /// Worker threads.
-        #[arg(short = 'w', long, default_value_t = 1)]
-        threads: usize,
-        /// How often its state and offsets are checkpointed.
-        #[arg(long, value_parser = weir_dataflow::spec::parse_duration, default_value = "1s")]
-        checkpoint_every: Duration,
-        /// Print the job's status as JSON lines this often (when not on a
-        /// terminal, or with `--json`).
-        #[arg(long, value_parser = weir_dataflow::spec::parse_duration, default_value = "5s")]
-        status_every: Duration,
-        /// JSON status lines, also on a terminal.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        job: JobArgs,
     },
+    /// Run an experiment's analysis: a dataflow job that compares each
+    /// candidate with the default on the rewards, with a sequential test
+    /// that may be read at any time, into weir.analysis.<deployment>
+    /// (`weir traffic report` reads it); runs as `allocate` does.
+    Analyze {
+        /// The experiment's spec (its analysis and reward settings).
+        spec: PathBuf,
+        #[command(flatten)]
+        job: JobArgs,
+    },
+    /// Where each candidate stands against the default, from the latest
+    /// analysis; `--html` writes the report with its plots.
+    Report {
+        /// The experiment.
+        name: String,
+        /// Also write the report as HTML here.
+        #[arg(long)]
+        html: Option<PathBuf>,
+    },
+}
+
+/// How an experiment's job runs.
+#[derive(clap::Args)]
+struct JobArgs {
+    /// Stop at the end of what the feedback and log topics hold now.
+    #[arg(long)]
+    bounded: bool,
+    /// Worker threads.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    threads: usize,
+    /// How often its state and offsets are checkpointed.
+    #[arg(long, value_parser = weir_dataflow::spec::parse_duration, default_value = "1s")]
+    checkpoint_every: Duration,
+    /// Print the job's status as JSON lines this often (when not on a
+    /// terminal, or with `--json`).
+    #[arg(long, value_parser = weir_dataflow::spec::parse_duration, default_value = "5s")]
+    status_every: Duration,
+    /// JSON status lines, also on a terminal.
+    #[arg(long)]
+    json: bool,
 }
 
 fn shares(routing: &Routing) -> String {
@@ -87,22 +114,14 @@ fn shares(routing: &Routing) -> String {
 }
 
 pub async fn run(config: &Config, args: TrafficArgs) -> anyhow::Result<ExitCode> {
-    if let TrafficCommand::Allocate {
-        spec,
-        bounded,
-        threads,
-        checkpoint_every,
-        status_every,
-        json,
-    } = args.command
-    {
-        let running = weir_traffic::allocator::Running {
-            state_dir: config.state_dir.join("jobs"),
-            bounded,
-            checkpoint_every,
-            cluster: weir_dataflow::job::Cluster::local(threads),
-        };
-        return allocate(config, &spec, running, status_every, json).await;
+    match args.command {
+        TrafficCommand::Allocate { spec, job } => {
+            return run_job(config, &spec, Job::Allocator, job).await;
+        }
+        TrafficCommand::Analyze { spec, job } => {
+            return run_job(config, &spec, Job::Analysis, job).await;
+        }
+        _ => {}
     }
     // A bad spec is refused before anything is connected to.
     let spec = match &args.command {
@@ -202,7 +221,49 @@ pub async fn run(config: &Config, args: TrafficArgs) -> anyhow::Result<ExitCode>
                     p.alias, p.to, p.routing.experiment, p.routing.version, p.deployment, p.alias
                 );
             }
-            TrafficCommand::Allocate { .. } => unreachable!("handled above"),
+            TrafficCommand::Allocate { .. } | TrafficCommand::Analyze { .. } => {
+                unreachable!("handled above")
+            }
+            TrafficCommand::Report { name, html } => {
+                let e = experiments::find(bus, &state, &name).await?;
+                let rows =
+                    weir_traffic::analysis::read(bus, &e.deployment, &name, e.applied.version)
+                        .await?;
+                println!(
+                    "experiment {} v{} ({}) on {}",
+                    name,
+                    e.applied.version,
+                    if e.running() { "running" } else { "stopped" },
+                    e.deployment
+                );
+                match rows.last() {
+                    None => println!(
+                        "no analysis yet: run `weir traffic analyze` with the experiment's spec"
+                    ),
+                    Some(last) => {
+                        println!(
+                            "as of {} ({} feedback records met no request)",
+                            weir_features::online::rfc3339(Some(last.at)),
+                            last.unmatched
+                        );
+                        crate::features::print_rows(&weir_traffic::report::table(
+                            &e.applied, &rows,
+                        ));
+                    }
+                }
+                if let Some(path) = html {
+                    let (history, _) = weir_serve::control::history(bus, &e.deployment).await?;
+                    let history: Vec<Routing> = history
+                        .into_iter()
+                        .filter(|h| h.experiment == name && h.version >= e.applied.version)
+                        .collect();
+                    std::fs::write(
+                        &path,
+                        weir_traffic::report::html(&e.applied, &history, &rows),
+                    )?;
+                    println!("report written to {}", path.display());
+                }
+            }
             TrafficCommand::Stop { name } => match experiments::stop(bus, &state, &name).await? {
                 Some((deployment, r)) => println!(
                     "experiment {} v{} stopped: `{deployment}` serves its own model ({}) again",
@@ -219,18 +280,34 @@ pub async fn run(config: &Config, args: TrafficArgs) -> anyhow::Result<ExitCode>
     Ok(ExitCode::SUCCESS)
 }
 
-/// `weir traffic allocate`: the allocator job, supervised as `weir job run`
-/// supervises a job.
-async fn allocate(
+/// An experiment's jobs.
+#[derive(Clone, Copy)]
+enum Job {
+    Allocator,
+    Analysis,
+}
+
+/// `weir traffic allocate` and `analyze`: the experiment's job, supervised
+/// as `weir job run` supervises a job, until Ctrl-C or the experiment ends.
+async fn run_job(
     config: &Config,
     file: &std::path::Path,
-    running: weir_traffic::allocator::Running,
-    status_every: Duration,
-    json: bool,
+    which: Job,
+    args: JobArgs,
 ) -> anyhow::Result<ExitCode> {
     let spec = ExperimentSpec::read(file)?;
+    let running = weir_traffic::rewards::Running {
+        state_dir: config.state_dir.join("jobs"),
+        bounded: args.bounded,
+        checkpoint_every: args.checkpoint_every,
+        cluster: weir_dataflow::job::Cluster::local(args.threads),
+    };
     let connection = connect(config).await?;
-    let started = weir_traffic::allocator::start(&connection.bus, &spec, running).await;
+    let bus = &connection.bus;
+    let started = match which {
+        Job::Allocator => weir_traffic::allocator::start(bus, &spec, running).await,
+        Job::Analysis => weir_traffic::analysis::start(bus, &spec, running).await,
+    };
     let started = match started {
         Ok(started) => started,
         Err(error) => {
@@ -239,17 +316,21 @@ async fn allocate(
         }
     };
     let name = started.name;
+    let (what, topic) = match which {
+        Job::Allocator => ("allocator", weir_core::topics::control(&spec.deployment)),
+        Job::Analysis => ("analysis", weir_core::topics::analysis(&spec.deployment)),
+    };
     eprintln!(
-        "allocator `{name}` of experiment `{}` running on {}: weights to weir.control.{}",
-        spec.name, connection.description, spec.deployment
+        "{what} `{name}` of experiment `{}` running on {}: results to {topic}",
+        spec.name, connection.description
     );
-    let output = crate::job::StatusOutput::new(status_every, json);
-    // The experiment stopped or was applied again: its weights would take
-    // no effect.
+    let output = crate::job::StatusOutput::new(args.status_every, args.json);
+    // The experiment stopped or was applied again: what the job computes
+    // would be about an experiment that no longer runs.
     let superseded = async {
         match started.superseded.await {
             Ok(()) => eprintln!(
-                "experiment `{}` stopped or was applied again: the allocator stops",
+                "experiment `{}` stopped or was applied again: the {what} stops",
                 spec.name
             ),
             Err(error) => {

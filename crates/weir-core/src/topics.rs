@@ -70,6 +70,12 @@ pub fn control(deployment: &str) -> String {
     format!("weir.control.{deployment}")
 }
 
+/// An experiment analysis's results on a deployment: each candidate
+/// against the default, tick after tick.
+pub fn analysis(deployment: &str) -> String {
+    format!("weir.analysis.{deployment}")
+}
+
 /// Tuning trials of an experiment, for its workers: the experiment's name
 /// with what a topic name cannot hold as `_`.
 pub fn jobs(experiment: &str) -> String {

@@ -907,7 +907,7 @@ async fn bandit_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
         weir_serve::DeploymentSpec::parse(DEPLOYMENT, "topologies/deployments/demo-large.yaml")?;
     deployment.http.listen = "127.0.0.1:0".into();
     let serving = Serving::start(bus, config, &deployment, &tracker).await?;
-    let running = weir_traffic::allocator::Running {
+    let running = weir_traffic::rewards::Running {
         state_dir: config.state_dir.join("jobs"),
         bounded: false,
         checkpoint_every: Duration::from_secs(1),

@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Each feedback record meets the request it is about on the deployment's
-//! log (which carries the variant that answered); the [`Allocator`]
+//! log (which carries the variant that answered, [`crate::rewards`]); the [`Allocator`]
 //! operator adds its reward to the variant's statistics and, on a grid of
 //! event time (`policy.every`), turns them into weights with the policy
 //! and emits the experiment's next [`Routing`] to the control topic, which
@@ -25,32 +25,20 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
-use arrow::compute::cast;
+use arrow::array::RecordBatch;
 use arrow::datatypes::{DataType, Field, Fields, Schema, SchemaRef};
 use weir_bus::Bus;
 use weir_dataflow::DataflowError;
-use weir_dataflow::aggregate::event_times;
-use weir_dataflow::interval_join::IntervalJoin;
-use weir_dataflow::job::{Cluster, JobHandle, JobSpec, KafkaSource, Sink, Source};
-use weir_dataflow::lookup::JoinKind;
+use weir_dataflow::job::{JobSpec, Sink};
 use weir_dataflow::operator::{Context, Operator, OperatorFactory};
 use weir_dataflow::store::time_bytes;
-use weir_serve::control;
 use weir_serve::routing::{Kind, Routing};
 
 use crate::TrafficError;
 use crate::policy::{ArmStats, Policy};
+use crate::rewards::{self, Columns, Reading, Running, Started};
 use crate::spec::ExperimentSpec;
-
-/// Columns of the joined rows the allocator reads.
-const VARIANT: &str = "variant";
-const REWARD: &str = "reward";
-const TIME: &str = "timestamp";
-const DEPLOYMENT: &str = "deployment";
-const SERVED_AT: &str = "served_at";
 
 /// The allocator operator's settings: the routing it moves and the policy.
 #[derive(Debug, Clone)]
@@ -142,30 +130,20 @@ impl OperatorFactory for Allocator {
         "allocator"
     }
 
-    // All of the experiment's rewards meet on one worker (the log's
-    // deployment column; feedback that met no request has none, and is
-    // only counted).
+    // All of the experiment's rewards meet on one worker.
     fn key_columns(&self) -> Vec<String> {
-        vec![DEPLOYMENT.into()]
+        vec![rewards::DEPLOYMENT.into()]
     }
 
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef, DataflowError> {
-        for name in [VARIANT, REWARD, TIME, DEPLOYMENT, SERVED_AT] {
-            input.index_of(name).map_err(|_| {
-                DataflowError::Plan(format!("allocator: `{name}` is not a column of its input"))
-            })?;
-        }
+        Columns::of(input, "allocator")?;
         Ok(routing_schema())
     }
 
     fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>, DataflowError> {
-        let column = |name| input.index_of(name).expect("checked by output_schema");
         Ok(Box::new(AllocatorOperator {
             settings: self.clone(),
-            variant: column(VARIANT),
-            reward: column(REWARD),
-            time: column(TIME),
-            served_at: column(SERVED_AT),
+            columns: Columns::of(input, "allocator")?,
             output: self.output_schema(input)?,
         }))
     }
@@ -183,72 +161,23 @@ const TICK: &[u8] = b"tick";
 
 struct AllocatorOperator {
     settings: Allocator,
-    variant: usize,
-    reward: usize,
-    time: usize,
-    served_at: usize,
+    columns: Columns,
     output: SchemaRef,
-}
-
-impl AllocatorOperator {
-    fn is_candidate(&self, variant: &str) -> bool {
-        self.settings
-            .routing
-            .candidates
-            .iter()
-            .any(|c| c.model == variant)
-    }
 }
 
 impl Operator for AllocatorOperator {
     fn process(&mut self, batch: &RecordBatch, ctx: &mut Context<'_>) -> Result<(), DataflowError> {
-        let variants: ArrayRef =
-            cast(batch.column(self.variant), &DataType::Utf8).map_err(arrow_error)?;
-        let variants = variants
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("utf8");
-        let rewards: ArrayRef =
-            cast(batch.column(self.reward), &DataType::Float64).map_err(arrow_error)?;
-        let rewards = rewards
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .expect("float64");
-        let times = event_times(batch.column(self.time))?;
-        let served_at: ArrayRef =
-            cast(batch.column(self.served_at), &DataType::Int64).map_err(arrow_error)?;
-        let served_at = served_at
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .expect("int64");
+        let found = self.columns.rewards(batch, &self.settings.routing)?;
         // Gathered per tick and variant first: one state update each.
         let mut gathered: BTreeMap<(i64, String), ArmStats> = BTreeMap::new();
-        let mut unmatched = 0;
-        for (row, time) in times.into_iter().enumerate() {
-            if variants.is_null(row) {
-                unmatched += 1;
-                continue;
-            }
-            let variant = variants.value(row);
-            // Only the experiment's own traffic: what was served since it
-            // was applied, by one of its candidates.
-            if rewards.is_null(row)
-                || served_at.value(row) < self.settings.routing.at
-                || !self.is_candidate(variant)
-            {
-                continue;
-            }
-            // The first tick after it: a tick takes what came before it.
-            let tick = (time.div_euclid(self.settings.every) + 1) * self.settings.every;
-            gathered
-                .entry((tick, variant.to_string()))
-                .or_default()
-                .add(rewards.value(row));
+        for (time, variant, reward) in found.rows {
+            let tick = rewards::next_tick(time, self.settings.every);
+            gathered.entry((tick, variant)).or_default().add(reward);
         }
-        if unmatched > 0 {
+        if found.unmatched > 0 {
             let mut count = ctx.value::<u64>(UNMATCHED);
             let before = count.get(UNMATCHED.as_bytes())?.unwrap_or(0);
-            count.set(UNMATCHED.as_bytes(), &(before + unmatched))?;
+            count.set(UNMATCHED.as_bytes(), &(before + found.unmatched))?;
         }
         for ((tick, variant), stats) in gathered {
             let key = time_bytes(tick);
@@ -305,35 +234,6 @@ impl Operator for AllocatorOperator {
     }
 }
 
-/// How an allocator job runs.
-#[derive(Debug, Clone)]
-pub struct Running {
-    /// Where jobs keep their state.
-    pub state_dir: std::path::PathBuf,
-    /// Stop at the end of what the topics hold now.
-    pub bounded: bool,
-    /// How often state and offsets are checkpointed.
-    pub checkpoint_every: Duration,
-    /// Its workers.
-    pub cluster: Cluster,
-}
-
-/// A started allocator job.
-pub struct Started {
-    /// The job's name ([`job_name`]).
-    pub name: String,
-    /// The job.
-    pub job: JobHandle,
-    /// Resolves when the routing it moves is no longer the one applied
-    /// (the experiment stopped, was applied again, or another one was):
-    /// the job should then stop, as its weights take no effect.
-    pub superseded: Superseded,
-}
-
-/// See [`Started::superseded`].
-pub type Superseded =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), TrafficError>> + Send>>;
-
 /// Starts the allocator job of the bandit experiment `spec` describes,
 /// which must be running (applied, not stopped).
 pub async fn start(
@@ -341,30 +241,7 @@ pub async fn start(
     spec: &ExperimentSpec,
     running: Running,
 ) -> Result<Started, TrafficError> {
-    let (history, next) = control::history(bus, &spec.deployment).await?;
-    if !history
-        .last()
-        .is_some_and(|latest| latest.experiment == spec.name && !latest.stopped)
-    {
-        return Err(TrafficError::Refused(format!(
-            "experiment `{}` is not running on deployment `{}`: apply it first (`weir traffic apply`)",
-            spec.name, spec.deployment
-        )));
-    }
-    // The routing as applied, not one the allocator wrote: those may come
-    // from an epoch a crash undid, and the next versions follow the
-    // applied one's.
-    let routing = history
-        .iter()
-        .rev()
-        .find(|r| r.experiment == spec.name && !r.allocated)
-        .cloned()
-        .ok_or_else(|| {
-            TrafficError::Refused(format!(
-                "experiment `{}`: the control topic keeps no applied routing of it: apply it again",
-                spec.name
-            ))
-        })?;
+    let (routing, next) = rewards::applied(bus, spec).await?;
     if routing.kind != Kind::Bandit {
         return Err(TrafficError::Refused(format!(
             "experiment `{}` is not a bandit: its weights are fixed",
@@ -382,35 +259,8 @@ pub async fn start(
         lateness,
         bounded: running.bounded,
     };
-    let mut job = job(&spec.deployment, allocator, &reading, &running.state_dir);
-    job.checkpoint_interval = running.checkpoint_every;
-    let name = job.name.clone();
-    let job = weir_dataflow::job::start(job, bus, running.cluster).await?;
-    Ok(Started {
-        name,
-        job,
-        superseded: Box::pin(superseded(bus.clone(), spec.deployment.clone(), next)),
-    })
-}
-
-/// Resolves at the first routing published on the deployment's control
-/// topic from offset `from` on that no allocator wrote.
-async fn superseded(bus: Bus, deployment: String, from: i64) -> Result<(), TrafficError> {
-    let mut reader = control::reader(&bus, &deployment, from)?;
-    while let Some(record) = reader.next_raw().await.map_err(|e| {
-        weir_serve::ServeError::Internal(format!(
-            "{}: {e}",
-            weir_core::topics::control(&deployment)
-        ))
-    })? {
-        let Some(payload) = record.payload else {
-            continue;
-        };
-        if Routing::from_bytes(&payload).is_ok_and(|routing| !routing.allocated) {
-            return Ok(());
-        }
-    }
-    Ok(())
+    let job = job(&spec.deployment, allocator, &reading, &running.state_dir);
+    rewards::start(bus, spec, job, running, next).await
 }
 
 /// The allocator job's name: `allocator-<experiment>-v<version>`, after
@@ -420,56 +270,16 @@ pub fn job_name(applied: &Routing) -> String {
     format!("allocator-{}-v{}", applied.experiment, applied.version)
 }
 
-/// How the allocator job reads the traffic.
-#[derive(Debug, Clone)]
-pub struct Reading {
-    /// How long after its request a feedback record may come and still
-    /// count.
-    pub window: Duration,
-    /// How late (event time) a record may arrive before it is
-    /// dead-lettered; the weights wait this long for stragglers.
-    pub lateness: Duration,
-    /// Stop at the end of what the topics hold now (a replay, a test).
-    pub bounded: bool,
-}
-
-/// The allocator job of `deployment`'s experiment routed by `routing`:
-/// its feedback joined with its log, the [`Allocator`], the control topic.
-/// Its name is [`job_name`]; its state is under `state_dir`.
+/// The allocator job of `deployment`'s experiment: its rewards, the
+/// [`Allocator`], the control topic. Its name is [`job_name`]; its state
+/// is under `state_dir`.
 pub fn job(deployment: &str, allocator: Allocator, reading: &Reading, state_dir: &Path) -> JobSpec {
-    let source = |topic: String| KafkaSource {
-        lateness: reading.lateness,
-        // A quiet partition must not hold the weights back for long.
-        idle_timeout: Duration::from_secs(1),
-        bounded: reading.bounded,
-        ..KafkaSource::new(topic, TIME)
+    let sink = Sink::Kafka {
+        topic: weir_core::topics::control(deployment),
+        key: vec!["experiment".into()],
     };
-    let window = i64::try_from(reading.window.as_millis()).unwrap_or(i64::MAX);
     let name = job_name(&allocator.routing);
-    JobSpec::new(
-        name,
-        Source::Kafka(source(weir_core::topics::feedback(deployment))),
-        Sink::Kafka {
-            topic: weir_core::topics::control(deployment),
-            key: vec!["experiment".into()],
-        },
-        state_dir,
-    )
-    .join(IntervalJoin {
-        right: source(weir_core::topics::log(deployment)),
-        on: vec![("request_id".into(), "request_id".into())],
-        // The request came at most `window` before its feedback.
-        lower: -window,
-        upper: 0,
-        kind: JoinKind::Left,
-        columns: vec![
-            (VARIANT.into(), VARIANT.into()),
-            ("propensity".into(), "propensity".into()),
-            (DEPLOYMENT.into(), DEPLOYMENT.into()),
-            (TIME.into(), "served_at".into()),
-        ],
-    })
-    .operator(allocator)
+    rewards::job(name, deployment, reading, allocator, sink, state_dir)
 }
 
 #[cfg(test)]

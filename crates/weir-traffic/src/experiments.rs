@@ -15,6 +15,9 @@ use crate::spec::ExperimentSpec;
 pub struct Experiment {
     /// Its latest routing.
     pub routing: Routing,
+    /// Its latest routing as applied (not written by an allocator, not a
+    /// stop): the one its jobs follow and are named after.
+    pub applied: Routing,
     /// The deployment.
     pub deployment: String,
 }
@@ -208,8 +211,14 @@ pub async fn list(bus: &Bus, state: &State) -> Result<Vec<Experiment>, TrafficEr
             match experiments.iter_mut().find(|e| {
                 e.deployment == deployment.name && e.routing.experiment == routing.experiment
             }) {
-                Some(known) => known.routing = routing,
+                Some(known) => {
+                    if !routing.allocated && !routing.stopped {
+                        known.applied = routing.clone();
+                    }
+                    known.routing = routing;
+                }
                 None => experiments.push(Experiment {
+                    applied: routing.clone(),
                     routing,
                     deployment: deployment.name.clone(),
                 }),

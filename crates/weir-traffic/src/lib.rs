@@ -13,19 +13,29 @@
 //!
 //! A bandit's weights move with the rewards: its allocator is a dataflow
 //! job ([`allocator`]) that joins the deployment's feedback with its log
-//! and publishes new weights with a [`policy`].
+//! and publishes new weights with a [`policy`]. Every experiment's
+//! candidates are compared with its default by its [`analysis`] job, on
+//! the same rewards, with a sequential test that may be read at any time.
 //!
 //! - [`spec`]: the experiment spec and its checks;
 //! - [`experiments`]: applying, listing, stopping and promoting
 //!   experiments;
 //! - [`policy`]: bandit policies, from reward statistics to weights;
+//! - [`rewards`]: an experiment's rewards (its feedback joined with its
+//!   log) as the source of its jobs;
 //! - [`allocator`]: the allocator job;
+//! - [`analysis`]: the analysis job, which compares the candidates
+//!   continuously;
+//! - [`report`]: an experiment's report, as a table and an HTML page;
 //! - [`sequential`]: the sequential test of a candidate against the
 //!   default, valid under continuous peeking.
 
 pub mod allocator;
+pub mod analysis;
 pub mod experiments;
 pub mod policy;
+pub mod report;
+pub mod rewards;
 pub mod sequential;
 pub mod spec;
 
@@ -51,6 +61,9 @@ pub enum TrafficError {
     /// The allocator job failed.
     #[error(transparent)]
     Dataflow(#[from] weir_dataflow::DataflowError),
+    /// Reading a topic failed.
+    #[error(transparent)]
+    Bus(#[from] weir_bus::BusError),
     /// The registry refused a change (an alias move).
     #[error(transparent)]
     Meta(#[from] weir_meta::MetaError),

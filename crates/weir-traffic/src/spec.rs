@@ -11,7 +11,8 @@
 //! mirror: {model: churn@4, percent: 25}   # a copy of 25 % of the requests
 //! sticky: {key: user_id}          # or {header: X-User}: a user keeps a model
 //! policy: {algorithm: thompson, floor: 0.02, every: 1s}   # bandit: see crate::policy
-//! reward: {window: 1h, lateness: 500ms}   # bandit: which feedback counts
+//! reward: {window: 1h, lateness: 500ms}   # which feedback counts
+//! analysis: {every: 10s, alpha: 0.05, tuning: 5000}   # see crate::analysis
 //! ```
 
 use std::path::Path;
@@ -111,6 +112,76 @@ impl RewardSpec {
     }
 }
 
+fn default_every() -> String {
+    "10s".into()
+}
+
+fn default_alpha() -> f64 {
+    0.05
+}
+
+fn default_tuning() -> f64 {
+    5000.0
+}
+
+/// How the experiment's analysis job compares the candidates with the
+/// default ([`crate::sequential`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalysisSpec {
+    /// How often (event time) the comparison is published: `10s`, `1m`.
+    #[serde(default = "default_every")]
+    pub every: String,
+    /// The error rate held over every look.
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    /// The total number of rewards the confidence sequence is tightest at.
+    #[serde(default = "default_tuning")]
+    pub tuning: f64,
+}
+
+impl Default for AnalysisSpec {
+    fn default() -> Self {
+        Self {
+            every: default_every(),
+            alpha: default_alpha(),
+            tuning: default_tuning(),
+        }
+    }
+}
+
+impl AnalysisSpec {
+    /// `every`; errors name the field.
+    pub fn period(&self) -> Result<std::time::Duration, String> {
+        let every = weir_dataflow::duration::parse_duration(&self.every)
+            .map_err(|e| format!("analysis.every: {e}"))?;
+        if every.is_zero() {
+            return Err("analysis.every: must be more than 0".into());
+        }
+        Ok(every)
+    }
+
+    /// The sequential test; errors name the field.
+    pub fn test(&self) -> Result<crate::sequential::SequentialTest, String> {
+        if !(self.alpha > 0.0 && self.alpha < 1.0) {
+            return Err(format!(
+                "analysis.alpha: {} must be between 0 and 1",
+                self.alpha
+            ));
+        }
+        if !(self.tuning.is_finite() && self.tuning > 0.0) {
+            return Err(format!(
+                "analysis.tuning: {} must be a number of rewards more than 0",
+                self.tuning
+            ));
+        }
+        Ok(crate::sequential::SequentialTest {
+            alpha: self.alpha,
+            tuning: self.tuning,
+        })
+    }
+}
+
 /// An experiment on one deployment's traffic.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -138,9 +209,12 @@ pub struct ExperimentSpec {
     /// A bandit's policy (default: Thompson sampling).
     #[serde(default)]
     pub policy: Option<Policy>,
-    /// Which feedback is a bandit's reward.
+    /// Which feedback is a reward.
     #[serde(default)]
     pub reward: Option<RewardSpec>,
+    /// How the analysis compares the candidates.
+    #[serde(default)]
+    pub analysis: Option<AnalysisSpec>,
 }
 
 impl ExperimentSpec {
@@ -175,6 +249,11 @@ impl ExperimentSpec {
     /// The reward settings: the spec's, or the defaults.
     pub fn reward(&self) -> RewardSpec {
         self.reward.clone().unwrap_or_default()
+    }
+
+    /// The analysis settings: the spec's, or the defaults.
+    pub fn analysis(&self) -> AnalysisSpec {
+        self.analysis.clone().unwrap_or_default()
     }
 
     /// The default candidate's reference.
@@ -231,18 +310,17 @@ impl ExperimentSpec {
         if let Some(sticky) = &self.sticky {
             sticky.to_sticky()?;
         }
+        self.reward().durations()?;
+        self.analysis().period()?;
+        self.analysis().test()?;
         match self.kind {
             Kind::Ab if self.sticky.is_none() => Err(
                 "sticky: an A/B test needs a key or header to route by (`sticky: {key: user_id}`), or a user would see both models"
                     .into(),
             ),
-            Kind::Bandit => {
-                self.policy().check(self.candidates.len())?;
-                self.reward().durations()?;
-                Ok(())
-            }
-            _ if self.policy.is_some() || self.reward.is_some() => Err(format!(
-                "policy: only a bandit has a policy and rewards (this is `kind: {}`)",
+            Kind::Bandit => self.policy().check(self.candidates.len()),
+            _ if self.policy.is_some() => Err(format!(
+                "policy: only a bandit has a policy (this is `kind: {}`)",
                 match self.kind {
                     Kind::Ab => "ab",
                     _ => "canary",
@@ -324,6 +402,14 @@ mod tests {
         assert!(
             error(&format!("{GOOD}policy: {{floor: 0.1}}\n"))
                 .starts_with("exp.yaml: policy: only a bandit")
+        );
+        assert!(
+            error(&format!("{GOOD}analysis: {{alpha: 1.5}}\n"))
+                .starts_with("exp.yaml: analysis.alpha: 1.5")
+        );
+        assert!(
+            error(&format!("{GOOD}analysis: {{every: 0s}}\n"))
+                .starts_with("exp.yaml: analysis.every:")
         );
         assert!(
             error(&format!("{GOOD}sticky: {{key: a, header: B}}\n"))

@@ -1,0 +1,311 @@
+//! An experiment's rewards as a dataflow: each feedback record on
+//! `weir.feedback.<d>` joined with the request it is about on
+//! `weir.log.<d>` (which carries the variant that answered), read by the
+//! experiment's jobs — the bandit's [`crate::allocator`] and the
+//! [`crate::analysis`] — each with an operator of its own.
+//!
+//! ```text
+//!  weir.feedback.<d> ─┐ interval join on request_id          operator      sink
+//!                     ├▶ (the request served at most     ─▶ (RocksDB) ─▶ topic
+//!  weir.log.<d> ──────┘  `reward.window` before its feedback)
+//! ```
+//!
+//! Both jobs follow the routing as applied: they run while it is the
+//! deployment's experiment, are named after its version (a restart
+//! resumes, an experiment applied again starts afresh), and
+//! [`Started::superseded`] tells when it no longer is.
+
+use std::path::Path;
+use std::time::Duration;
+
+use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, SchemaRef};
+use weir_bus::Bus;
+use weir_dataflow::DataflowError;
+use weir_dataflow::aggregate::event_times;
+use weir_dataflow::interval_join::IntervalJoin;
+use weir_dataflow::job::{Cluster, JobHandle, JobSpec, KafkaSource, Select, Sink, Source};
+use weir_dataflow::lookup::JoinKind;
+use weir_dataflow::operator::OperatorFactory;
+use weir_serve::control;
+use weir_serve::routing::Routing;
+
+use crate::TrafficError;
+use crate::spec::ExperimentSpec;
+
+/// Columns of the joined rows.
+const VARIANT: &str = "variant";
+const REWARD: &str = "reward";
+const TIME: &str = "timestamp";
+/// The column the experiment's operators key by: the deployment, on every
+/// row, so that all of them meet on one worker.
+pub(crate) const DEPLOYMENT: &str = "deployment";
+const SERVED_AT: &str = "served_at";
+
+/// How an experiment's job reads the traffic.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    /// How long after its request a feedback record may come and still
+    /// count.
+    pub window: Duration,
+    /// How late (event time) a record may arrive before it is
+    /// dead-lettered; each result waits this long for stragglers.
+    pub lateness: Duration,
+    /// Stop at the end of what the topics hold now (a replay, a test).
+    pub bounded: bool,
+}
+
+/// The job of `deployment`'s experiment named `name`: its feedback joined
+/// with its log, then `operator`, into `sink`; its state under
+/// `state_dir`.
+pub fn job(
+    name: String,
+    deployment: &str,
+    reading: &Reading,
+    operator: impl OperatorFactory + 'static,
+    sink: Sink,
+    state_dir: &Path,
+) -> JobSpec {
+    let source = |topic: String| KafkaSource {
+        lateness: reading.lateness,
+        // A quiet partition must not hold the results back for long.
+        idle_timeout: Duration::from_secs(1),
+        bounded: reading.bounded,
+        ..KafkaSource::new(topic, TIME)
+    };
+    let window = i64::try_from(reading.window.as_millis()).unwrap_or(i64::MAX);
+    JobSpec::new(
+        name,
+        Source::Kafka(source(weir_core::topics::feedback(deployment))),
+        sink,
+        state_dir,
+    )
+    .join(IntervalJoin {
+        right: source(weir_core::topics::log(deployment)),
+        on: vec![("request_id".into(), "request_id".into())],
+        // The request came at most `window` before its feedback.
+        lower: -window,
+        upper: 0,
+        kind: JoinKind::Left,
+        columns: vec![
+            (VARIANT.into(), VARIANT.into()),
+            ("propensity".into(), "propensity".into()),
+            (DEPLOYMENT.into(), DEPLOYMENT.into()),
+            (TIME.into(), SERVED_AT.into()),
+        ],
+    })
+    // Every row, feedback that met no request too, keyed by the
+    // deployment: the experiment's state is in one place.
+    .select(Select {
+        filter: None,
+        columns: Some(
+            ["request_id", TIME, REWARD, VARIANT, "propensity", SERVED_AT]
+                .iter()
+                .map(|c| (c.to_string(), format!("\"{c}\"")))
+                .chain([(
+                    DEPLOYMENT.to_string(),
+                    format!("'{}'", deployment.replace('\'', "''")),
+                )])
+                .collect(),
+        ),
+    })
+    .operator(operator)
+}
+
+fn arrow_error(error: arrow::error::ArrowError) -> DataflowError {
+    DataflowError::Execution(format!("rewards: {error}"))
+}
+
+/// Where the columns an experiment's operator reads are in its input.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Columns {
+    variant: usize,
+    reward: usize,
+    time: usize,
+    served_at: usize,
+}
+
+/// The experiment's rewards in a batch of joined rows.
+#[derive(Debug, Default)]
+pub(crate) struct Rewards {
+    /// `(feedback time, variant, reward)` of feedback on the experiment's
+    /// own traffic: served since it was applied, by one of its candidates.
+    pub rows: Vec<(i64, String, f64)>,
+    /// Feedback that met no request within the window (an unknown id, or
+    /// one older than the window).
+    pub unmatched: u64,
+}
+
+impl Columns {
+    /// The columns of `input`; errors name a missing one and `operator`.
+    pub fn of(input: &SchemaRef, operator: &str) -> Result<Self, DataflowError> {
+        let column = |name: &str| {
+            input.index_of(name).map_err(|_| {
+                DataflowError::Plan(format!("{operator}: `{name}` is not a column of its input"))
+            })
+        };
+        column(DEPLOYMENT)?;
+        Ok(Self {
+            variant: column(VARIANT)?,
+            reward: column(REWARD)?,
+            time: column(TIME)?,
+            served_at: column(SERVED_AT)?,
+        })
+    }
+
+    /// The rewards in `batch` that belong to the experiment `routing`
+    /// applied.
+    pub fn rewards(
+        &self,
+        batch: &RecordBatch,
+        routing: &Routing,
+    ) -> Result<Rewards, DataflowError> {
+        let variants: ArrayRef =
+            cast(batch.column(self.variant), &DataType::Utf8).map_err(arrow_error)?;
+        let variants = variants
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("utf8");
+        let rewards: ArrayRef =
+            cast(batch.column(self.reward), &DataType::Float64).map_err(arrow_error)?;
+        let rewards = rewards
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .expect("float64");
+        let served_at: ArrayRef =
+            cast(batch.column(self.served_at), &DataType::Int64).map_err(arrow_error)?;
+        let served_at = served_at
+            .as_any()
+            .downcast_ref::<Int64Array>()
+            .expect("int64");
+        let mut out = Rewards::default();
+        for (row, time) in event_times(batch.column(self.time))?
+            .into_iter()
+            .enumerate()
+        {
+            if variants.is_null(row) {
+                out.unmatched += 1;
+                continue;
+            }
+            let variant = variants.value(row);
+            if rewards.is_null(row)
+                || served_at.value(row) < routing.at
+                || !routing.candidates.iter().any(|c| c.model == variant)
+            {
+                continue;
+            }
+            out.rows
+                .push((time, variant.to_string(), rewards.value(row)));
+        }
+        Ok(out)
+    }
+}
+
+/// The first tick of a grid of period `every` (ms) after `time`: a tick
+/// takes what came before it.
+pub(crate) fn next_tick(time: i64, every: i64) -> i64 {
+    (time.div_euclid(every) + 1) * every
+}
+
+/// How an experiment's job runs.
+#[derive(Debug, Clone)]
+pub struct Running {
+    /// Where jobs keep their state.
+    pub state_dir: std::path::PathBuf,
+    /// Stop at the end of what the topics hold now.
+    pub bounded: bool,
+    /// How often state and offsets are checkpointed.
+    pub checkpoint_every: Duration,
+    /// Its workers.
+    pub cluster: Cluster,
+}
+
+/// A started experiment job.
+pub struct Started {
+    /// The job's name.
+    pub name: String,
+    /// The job.
+    pub job: JobHandle,
+    /// Resolves when the routing it follows is no longer the one applied
+    /// (the experiment stopped, was applied again, or another one was):
+    /// the job should then stop, as what it computes is about an
+    /// experiment that no longer runs.
+    pub superseded: Superseded,
+}
+
+/// See [`Started::superseded`].
+pub type Superseded =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), TrafficError>> + Send>>;
+
+/// The routing of `spec`'s experiment as applied, which must be running,
+/// and the control topic's end offset (where [`Started::superseded`]
+/// follows it from).
+pub(crate) async fn applied(
+    bus: &Bus,
+    spec: &ExperimentSpec,
+) -> Result<(Routing, i64), TrafficError> {
+    let (history, next) = control::history(bus, &spec.deployment).await?;
+    if !history
+        .last()
+        .is_some_and(|latest| latest.experiment == spec.name && !latest.stopped)
+    {
+        return Err(TrafficError::Refused(format!(
+            "experiment `{}` is not running on deployment `{}`: apply it first (`weir traffic apply`)",
+            spec.name, spec.deployment
+        )));
+    }
+    // The routing as applied, not one an allocator wrote: those may come
+    // from an epoch a crash undid.
+    let routing = history
+        .iter()
+        .rev()
+        .find(|r| r.experiment == spec.name && !r.allocated)
+        .cloned()
+        .ok_or_else(|| {
+            TrafficError::Refused(format!(
+                "experiment `{}`: the control topic keeps no applied routing of it: apply it again",
+                spec.name
+            ))
+        })?;
+    Ok((routing, next))
+}
+
+/// Starts `job` (one of `spec`'s experiment's), watching the control
+/// topic from `from` for the experiment to end.
+pub(crate) async fn start(
+    bus: &Bus,
+    spec: &ExperimentSpec,
+    mut job: JobSpec,
+    running: Running,
+    from: i64,
+) -> Result<Started, TrafficError> {
+    job.checkpoint_interval = running.checkpoint_every;
+    let name = job.name.clone();
+    let job = weir_dataflow::job::start(job, bus, running.cluster).await?;
+    Ok(Started {
+        name,
+        job,
+        superseded: Box::pin(superseded(bus.clone(), spec.deployment.clone(), from)),
+    })
+}
+
+/// Resolves at the first routing published on the deployment's control
+/// topic from offset `from` on that no allocator wrote.
+async fn superseded(bus: Bus, deployment: String, from: i64) -> Result<(), TrafficError> {
+    let mut reader = control::reader(&bus, &deployment, from)?;
+    while let Some(record) = reader.next_raw().await.map_err(|e| {
+        weir_serve::ServeError::Internal(format!(
+            "{}: {e}",
+            weir_core::topics::control(&deployment)
+        ))
+    })? {
+        let Some(payload) = record.payload else {
+            continue;
+        };
+        if Routing::from_bytes(&payload).is_ok_and(|routing| !routing.allocated) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
