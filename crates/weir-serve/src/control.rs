@@ -1,7 +1,8 @@
 //! `weir.control.<deployment>`: the routings experiments publish (JSON
-//! [`Routing`] records keyed by the deployment, on one compacted
+//! [`Routing`] records keyed by the experiment, on one compacted
 //! partition) and serving follows, so every replica routes alike and a
-//! change applies without a restart.
+//! change applies without a restart. Compaction keeps each experiment's
+//! latest routing, so its versions go on where they were.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,7 +35,7 @@ pub async fn publish(bus: &Bus, deployment: &str, routing: &Routing) -> Result<(
     let bytes = routing.to_bytes();
     let producer = bus.producer().map_err(|e| bus_error(&topic, e))?;
     producer
-        .send_and_wait(OutRecord::new(&topic, &bytes).key(deployment.as_bytes()))
+        .send_and_wait(OutRecord::new(&topic, &bytes).key(routing.experiment.as_bytes()))
         .await
         .map_err(|e| bus_error(&topic, e))?;
     Ok(())

@@ -274,9 +274,11 @@ pub fn job_name(applied: &Routing) -> String {
 /// [`Allocator`], the control topic. Its name is [`job_name`]; its state
 /// is under `state_dir`.
 pub fn job(deployment: &str, allocator: Allocator, reading: &Reading, state_dir: &Path) -> JobSpec {
+    // Keyed apart from the experiment's applied routings (keyed by its
+    // name): compaction keeps the latest of each.
     let sink = Sink::Kafka {
         topic: weir_core::topics::control(deployment),
-        key: vec!["experiment".into()],
+        key: vec!["experiment".into(), "allocated".into()],
     };
     let name = job_name(&allocator.routing);
     rewards::job(name, deployment, reading, allocator, sink, state_dir)
