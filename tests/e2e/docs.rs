@@ -550,6 +550,25 @@ fn experiments_page() {
         described.contains("(running) on churn, Bandit"),
         "{described}"
     );
+    // The analysis of the same experiment: both variants, the candidate
+    // compared with the default (60 rewards are too few to decide).
+    let analyzed = stderr(output_of(&outputs, "traffic analyze"));
+    assert!(
+        analyzed.contains("analysis `analysis-churn-bandit-v1`"),
+        "{analyzed}"
+    );
+    let report = out("traffic report churn-bandit");
+    assert!(
+        report.starts_with("experiment churn-bandit v1 (running) on churn"),
+        "{report}"
+    );
+    for variant in ["churn-model@2", "churn-model@1"] {
+        assert!(report.contains(variant), "{report}");
+    }
+    assert!(
+        report.contains("default") && report.contains("undecided"),
+        "{report}"
+    );
     let stopped = out("traffic stop churn-bandit");
     assert!(
         stopped.starts_with(&format!("experiment churn-bandit v{} stopped", version + 1)),

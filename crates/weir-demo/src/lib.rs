@@ -43,9 +43,10 @@
 //! registered as `demo-large@challenger`; the A/B test of
 //! `topologies/experiments/demo-ab.yaml` splits the users between it and
 //! the champion, sticky by user, while the deployment serves; simulated
-//! feedback (conversions) is posted to the deployment, the log and the
-//! feedback are joined by request id in SQL as the evidence, and the
-//! challenger is promoted: the alias moves, the experiment stops.
+//! feedback (conversions) is posted to the deployment; the experiment's
+//! analysis job compares the challenger with the champion on the log met
+//! with the feedback (an always-valid sequential test), and a challenger
+//! shown better is promoted: the alias moves, the experiment stops.
 //!
 //! Stage 8 (bandit): `topologies/experiments/demo-bandit.yaml` puts the new
 //! champion against the version before it; the allocator job runs in the
@@ -807,15 +808,15 @@ async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::
         weir_serve::DeploymentSpec::parse(DEPLOYMENT, "topologies/deployments/demo-large.yaml")?;
     deployment.http.listen = "127.0.0.1:0".into();
     let serving = Serving::start(bus, config, &deployment, &tracker).await?;
-    // Three requests from each of 40 users; each user keeps one model.
+    // Eight requests from each of 200 users; each user keeps one model.
     let run = weir_core::now_ms();
     let mut connection =
         weir_serve::client::Connection::open(serving.address, "/v2/models/demo-large/infer")
             .await?;
     let mut models: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
     let mut answered = Vec::new();
-    for round in 0..3 {
-        for user in (0..40).map(|u| format!("u{:04}", u * 3)) {
+    for round in 0..8 {
+        for user in (0..200).map(|u| format!("u{u:04}")) {
             let id = format!("ab-{run}-{user}-{round}");
             let (status, answer) = connection
                 .post(request_body(Some(&id), &user).as_bytes())
@@ -842,7 +843,7 @@ async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::
     post_feedback(serving.address, feedback).await?;
     let summary = serving.stop().await?;
     println!(
-        "    {} requests from 40 users, each user on one model: {}; {} logged with their variant and propensity",
+        "    {} requests from 200 users, each user on one model: {}; {} logged with their variant and propensity",
         answered.len(),
         if sticky { "yes" } else { "NO" },
         summary.logged
@@ -851,32 +852,73 @@ async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::
         "    simulated feedback (a conversion with probability 0.3 on the challenger, 0.15 on the champion) posted to /v2/models/demo-large/feedback → weir.feedback.demo-large"
     );
 
-    // The evidence: the log met with the feedback, by request id.
-    let sql = format!(
-        "SELECT l.variant, l.propensity, count(*) AS requests, sum(f.reward) AS conversions \
-         FROM \"weir.log.demo-large\" l JOIN \"weir.feedback.demo-large\" f ON l.request_id = f.request_id \
-         WHERE l.request_id LIKE 'ab-{run}-%' GROUP BY l.variant, l.propensity ORDER BY l.variant"
-    );
-    let result = weir_sql::adhoc::query(bus, &sql, &HashMap::new()).await?;
-    let table = arrow::util::pretty::pretty_format_batches(&result.batches)?.to_string();
-    for line in table.lines() {
-        println!("    {line}");
-    }
-    // Promoted by hand here: decision rules with a sequential test are the
-    // experiment issue's next part.
-    let promoted = weir_traffic::experiments::promote(bus, &tracker, "demo-ab", None).await;
-    tracker.close().await;
-    let promoted = promoted?;
+    // The evidence: the analysis job over the log met with the feedback.
+    let running = weir_traffic::rewards::Running {
+        state_dir: config.state_dir.join("jobs"),
+        bounded: true,
+        checkpoint_every: Duration::from_secs(1),
+        cluster: weir_dataflow::job::Cluster::local(1),
+    };
+    let started = weir_traffic::analysis::start(bus, &experiment, running).await?;
+    let job = started.name.clone();
+    tokio::task::spawn_blocking(move || started.job.join()).await??;
+    let rows = weir_traffic::analysis::read(
+        bus,
+        &experiment.deployment,
+        &experiment.name,
+        routing.version,
+    )
+    .await?;
     println!(
-        "    promoted: {} moved from version {} to {}; experiment {} v{} stopped, the deployment serves {}@{} as its own model",
-        promoted.alias,
-        promoted.from.map_or("-".into(), |v| v.to_string()),
-        promoted.to,
-        promoted.routing.experiment,
-        promoted.routing.version,
-        name,
-        promoted.to
+        "    analysis job `{job}`: weir.feedback.demo-large ⋈ weir.log.demo-large, each candidate against the champion with an always-valid test → weir.analysis.demo-large"
     );
+    let table = weir_traffic::report::table(routing, &rows);
+    let widths: Vec<usize> = (0..table[0].len())
+        .map(|c| {
+            table
+                .iter()
+                .map(|row| row[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    for row in &table {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("      {}", cells.join("  ").trim_end());
+    }
+    // The decision on the evidence: promote a better challenger, keep the
+    // champion otherwise.
+    let verdict = weir_traffic::report::latest(routing, &rows)
+        .into_iter()
+        .find(|row| row.variant != routing.default)
+        .map(|row| row.verdict);
+    if verdict == Some(weir_traffic::analysis::Verdict::Better) {
+        let promoted = weir_traffic::experiments::promote(bus, &tracker, "demo-ab", None).await;
+        tracker.close().await;
+        let promoted = promoted?;
+        println!(
+            "    the challenger is better: promoted, {} moved from version {} to {}; experiment {} v{} stopped, the deployment serves {}@{} as its own model",
+            promoted.alias,
+            promoted.from.map_or("-".into(), |v| v.to_string()),
+            promoted.to,
+            promoted.routing.experiment,
+            promoted.routing.version,
+            name,
+            promoted.to
+        );
+    } else {
+        let stopped = weir_traffic::experiments::stop(bus, &tracker.snapshot(), "demo-ab").await;
+        tracker.close().await;
+        stopped?;
+        println!(
+            "    the challenger is not shown better ({}): experiment stopped, the champion stays",
+            verdict.map_or("no analysis", weir_traffic::report::verdict_text)
+        );
+    }
     Ok(())
 }
 
@@ -915,6 +957,23 @@ async fn bandit_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
     };
     let started = weir_traffic::allocator::start(bus, &experiment, running).await?;
     let (job, allocator) = (started.name, started.job);
+    // The traffic starts once the allocator has read what the topics hold
+    // (earlier runs' too): the wait for each round's weights is then the
+    // loop's own delay.
+    let caught_up = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let status = allocator.status();
+            let read = |partitions: &BTreeMap<i32, weir_dataflow::job::PartitionStatus>| {
+                !partitions.is_empty() && partitions.values().all(|p| p.lag == 0)
+            };
+            if read(&status.partitions) && read(&status.joined_partitions) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    caught_up.context("the allocator did not read the feedback and the log within 60 s")?;
     println!(
         "    allocator job `{job}` running: weir.feedback.demo-large ⋈ weir.log.demo-large → weights"
     );
