@@ -2,7 +2,8 @@
 //! its weights follow the rewards, and killed at random points it publishes
 //! what an uninterrupted run does, from the same committed state.
 //! `weir traffic analyze`: an experiment's analysis finds a better
-//! candidate and no difference between equals.
+//! candidate and no difference between equals, and its decision rules
+//! promote and roll back through the registry.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -13,7 +14,7 @@ use weir_bus::{Bus, BusConfig};
 use weir_serve::feedback::{Feedback, Writer};
 use weir_serve::log::{Channel, LogEntry, Logger, Tensor};
 use weir_serve::routing::{Candidate, Kind, Routing};
-use weir_traffic::analysis::Verdict;
+use weir_traffic::analysis::{Decision, Verdict};
 
 use crate::dataflow::{assert_same_state, kill_and_restart_with};
 use crate::support::Platform;
@@ -560,4 +561,159 @@ fn an_analysis_finds_the_better_candidate_and_no_difference_between_equals() {
             assert!(last.p_value.unwrap() > 0.05);
         }
     }
+}
+
+/// Decision rules over the real broker and registry: a canary of
+/// `<d>-model@2` against the deployment's champion (`@1`), 20,000
+/// requests split evenly, every one rewarded 0–3 s later. A candidate
+/// converting at 14 % against 10 % is promoted by `weir traffic analyze`
+/// itself (the alias moves to version 2, the experiment stops), one at
+/// 6 % rolled back (the alias stays, the experiment stops); each decision
+/// is taken once, at the first tick with enough evidence, and recorded
+/// with it on `weir.meta`; analysing again does nothing more.
+#[test]
+fn decision_rules_promote_a_better_candidate_and_roll_back_a_worse_one() {
+    let platform = Platform::start();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let bus = runtime.block_on(bus(&platform));
+    let tracker = runtime
+        .block_on(weir_meta::Tracker::open_under(&bus, dir.path()))
+        .unwrap();
+    let mut next = xorshift(0x1405_7B7E_F767_814F);
+    for (deployment, rates, decision) in [
+        ("promoted", [0.10, 0.14], Decision::Promote),
+        ("rolled", [0.10, 0.06], Decision::Rollback),
+    ] {
+        let model = format!("{deployment}-model");
+        runtime.block_on(async {
+            for _ in 0..2 {
+                tracker
+                    .register_version(&model, "models:/none".into(), "run".into(), String::new(), None)
+                    .await
+                    .unwrap();
+            }
+            tracker.set_alias(&model, "champion", 1).await.unwrap();
+            tracker
+                .apply_deployment(
+                    deployment,
+                    &format!("name: {deployment}\nmodels: [{model}@champion]\n"),
+                    vec![format!("{model}@champion")],
+                )
+                .await
+                .unwrap();
+        });
+        let experiment = format!("decide-{deployment}");
+        let path = dir.path().join(format!("{experiment}.yaml"));
+        std::fs::write(
+            &path,
+            format!(
+                "name: {experiment}\ndeployment: {deployment}\nkind: canary\ncandidates:\n  - {{model: {model}@champion, weight: 1}}\n  - {{model: {model}@2, weight: 1}}\nreward: {{window: 1m, lateness: 1s}}\nanalysis: {{every: 10s}}\ndecision: {{promote: true, rollback: true, min_rewards: 500}}\n"
+            ),
+        )
+        .unwrap();
+        platform.run(&["traffic", "apply", path.to_str().unwrap()], b"");
+        // Served from when it was applied.
+        let start = weir_core::now_ms();
+        let arms = [format!("{model}@1"), format!("{model}@2")];
+        let logger = runtime.block_on(Logger::start(&bus, deployment)).unwrap();
+        let mut rewards = Vec::new();
+        for i in 0..20_000 {
+            let (id, arm, ts) = (format!("r{i}"), i % 2, start + i as i64 * 10);
+            runtime.block_on(logger.log(LogEntry {
+                request_id: id.clone(),
+                models: arms[arm].clone(),
+                variant: arms[arm].clone(),
+                propensity: 0.5,
+                channel: Channel::Http,
+                timestamp: ts,
+                latency_us: 900,
+                rows: 1,
+                inputs: vec![("x".into(), Tensor::numbers(vec![1.0]))],
+                features: Vec::new(),
+                outputs: vec![("y".into(), Tensor::numbers(vec![0.5]))],
+                error: None,
+            }));
+            let converted = (next() % 10_000) as f64 / 10_000.0 < rates[arm];
+            rewards.push(Feedback {
+                request_id: id,
+                reward: Some(f64::from(u8::from(converted))),
+                label: None,
+                timestamp: Some(ts + (next() % 3_000) as i64),
+            });
+        }
+        runtime.block_on(async {
+            logger.close().await.unwrap();
+            rewards.sort_by_key(|f| f.timestamp);
+            Writer::start(&bus, deployment)
+                .await
+                .unwrap()
+                .write(&rewards)
+                .await
+                .unwrap();
+        });
+        let analyze = || {
+            platform.run(
+                &["traffic", "analyze", path.to_str().unwrap(), "--bounded"],
+                b"",
+            )
+        };
+        let out = String::from_utf8_lossy(&analyze().stdout).into_owned();
+        let rows = runtime
+            .block_on(weir_traffic::analysis::read(&bus, deployment, &experiment, 1))
+            .unwrap();
+        let decided: Vec<_> = rows.iter().filter(|r| r.decision.is_some()).collect();
+        println!("{deployment}: {out}");
+        assert_eq!(decided.len(), 1, "{rows:?}");
+        let evidence = decided[0];
+        assert_eq!(evidence.decision, Some(decision));
+        assert_eq!(evidence.variant, arms[1]);
+        assert!(evidence.n >= 500 && evidence.p_value.unwrap() <= 0.05);
+        // Decided at the first tick that allowed it.
+        let before: Vec<_> = rows
+            .iter()
+            .filter(|r| r.variant == arms[1] && r.at < evidence.at)
+            .collect();
+        assert!(
+            before
+                .iter()
+                .all(|r| r.n < 500 || !matches!(r.verdict, Verdict::Better | Verdict::Worse)),
+            "{before:?}"
+        );
+        let state = runtime.block_on(weir_meta::tracker::replay(&bus)).unwrap();
+        let champion = state.model(&model).unwrap().aliases.get("champion").copied();
+        let run = {
+            let id = &state
+                .experiment_by_name(weir_traffic::decide::TRACKING_EXPERIMENT)
+                .unwrap()
+                .experiment_id;
+            state
+                .runs_of(id)
+                .find(|r| r.params.get("experiment") == Some(&experiment))
+                .cloned()
+                .expect("the decision's run")
+        };
+        match decision {
+            Decision::Promote => {
+                assert!(out.contains(&format!("decided: promoted {model}@2")), "{out}");
+                assert_eq!(champion, Some(2));
+                assert_eq!(run.params["decision"], "promote");
+            }
+            Decision::Rollback => {
+                assert!(out.contains("decided: rolled back"), "{out}");
+                assert_eq!(champion, Some(1));
+                assert_eq!(run.params["decision"], "rollback");
+            }
+        }
+        assert!(run.latest["p_value"].value <= 0.05);
+        assert_eq!(run.latest["candidate_rewards"].value, evidence.n as f64);
+        let experiment_now = runtime
+            .block_on(weir_traffic::experiments::find(&bus, &state, &experiment))
+            .unwrap();
+        assert!(!experiment_now.running());
+        // Analysed again: the same decision row, nothing more done.
+        let again = String::from_utf8_lossy(&analyze().stdout).into_owned();
+        assert!(!again.contains("decided"), "{again}");
+    }
+    runtime.block_on(tracker.close());
 }

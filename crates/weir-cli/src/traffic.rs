@@ -325,6 +325,52 @@ async fn run_job(
         spec.name, connection.description
     );
     let output = crate::job::StatusOutput::new(args.status_every, args.json);
+    // An analysis with decision rules carries its decision out as soon as
+    // it is made; the experiment then stops, and so does the job.
+    let tracker = match (which, &spec.decision) {
+        (Job::Analysis, Some(_)) => {
+            Some(weir_meta::Tracker::open_under(bus, &config.state_dir).await?)
+        }
+        _ => None,
+    };
+    let version = started.version;
+    let settle = || async {
+        match &tracker {
+            Some(tracker) => {
+                let decided = weir_traffic::decide::settle(
+                    bus,
+                    tracker,
+                    &spec.deployment,
+                    &spec.name,
+                    version,
+                )
+                .await;
+                match decided {
+                    Ok(Some(decided)) => {
+                        println!(
+                            "decided: {} (run {} of `{}` on weir.meta)",
+                            decided.outcome,
+                            decided.run_id,
+                            weir_traffic::decide::TRACKING_EXPERIMENT
+                        );
+                        true
+                    }
+                    Ok(None) => false,
+                    Err(error) => {
+                        tracing::warn!(%error, "carrying out the decision failed");
+                        false
+                    }
+                }
+            }
+            None => false,
+        }
+    };
+    let decisions = async {
+        while !settle().await {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        std::future::pending::<()>().await;
+    };
     // The experiment stopped or was applied again: what the job computes
     // would be about an experiment that no longer runs.
     let superseded = async {
@@ -339,7 +385,20 @@ async fn run_job(
             }
         }
     };
-    let statuses = crate::job::supervise_until(vec![(name, started.job)], output, superseded).await;
+    let stop = async {
+        tokio::select! {
+            () = superseded => {}
+            () = decisions => {}
+        }
+    };
+    let statuses = crate::job::supervise_until(vec![(name, started.job)], output, stop).await;
+    // A bounded run may end before its decision was read.
+    if statuses.is_ok() {
+        settle().await;
+    }
+    if let Some(tracker) = tracker {
+        tracker.close().await;
+    }
     connection.close().await;
     if output.live {
         for (name, status) in statuses? {

@@ -808,7 +808,7 @@ async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::
         weir_serve::DeploymentSpec::parse(DEPLOYMENT, "topologies/deployments/demo-large.yaml")?;
     deployment.http.listen = "127.0.0.1:0".into();
     let serving = Serving::start(bus, config, &deployment, &tracker).await?;
-    // Eight requests from each of 200 users; each user keeps one model.
+    // Eight requests from each of 300 users; each user keeps one model.
     let run = weir_core::now_ms();
     let mut connection =
         weir_serve::client::Connection::open(serving.address, "/v2/models/demo-large/infer")
@@ -816,7 +816,7 @@ async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::
     let mut models: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
     let mut answered = Vec::new();
     for round in 0..8 {
-        for user in (0..200).map(|u| format!("u{u:04}")) {
+        for user in (0..300).map(|u| format!("u{u:04}")) {
             let id = format!("ab-{run}-{user}-{round}");
             let (status, answer) = connection
                 .post(request_body(Some(&id), &user).as_bytes())
@@ -843,7 +843,7 @@ async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::
     post_feedback(serving.address, feedback).await?;
     let summary = serving.stop().await?;
     println!(
-        "    {} requests from 200 users, each user on one model: {}; {} logged with their variant and propensity",
+        "    {} requests from 300 users, each user on one model: {}; {} logged with their variant and propensity",
         answered.len(),
         if sticky { "yes" } else { "NO" },
         summary.logged
@@ -890,35 +890,32 @@ async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::
             .collect();
         println!("      {}", cells.join("  ").trim_end());
     }
-    // The decision on the evidence: promote a better challenger, keep the
-    // champion otherwise.
-    let verdict = weir_traffic::report::latest(routing, &rows)
-        .into_iter()
-        .find(|row| row.variant != routing.default)
-        .map(|row| row.verdict);
-    if verdict == Some(weir_traffic::analysis::Verdict::Better) {
-        let promoted = weir_traffic::experiments::promote(bus, &tracker, "demo-ab", None).await;
-        tracker.close().await;
-        let promoted = promoted?;
-        println!(
-            "    the challenger is better: promoted, {} moved from version {} to {}; experiment {} v{} stopped, the deployment serves {}@{} as its own model",
-            promoted.alias,
-            promoted.from.map_or("-".into(), |v| v.to_string()),
-            promoted.to,
-            promoted.routing.experiment,
-            promoted.routing.version,
-            name,
-            promoted.to
-        );
-    } else {
-        let stopped = weir_traffic::experiments::stop(bus, &tracker.snapshot(), "demo-ab").await;
-        tracker.close().await;
-        stopped?;
-        println!(
-            "    the challenger is not shown better ({}): experiment stopped, the champion stays",
-            verdict.map_or("no analysis", weir_traffic::report::verdict_text)
-        );
-    }
+    // The decision rules (promote when better, roll back when worse),
+    // carried out with their evidence on weir.meta.
+    let decided = weir_traffic::decide::settle(
+        bus,
+        &tracker,
+        &experiment.deployment,
+        &experiment.name,
+        routing.version,
+    )
+    .await;
+    let decided = match decided {
+        Ok(Some(decided)) => decided.outcome + &format!(" (evidence: run {} of `{}`)", decided.run_id, weir_traffic::decide::TRACKING_EXPERIMENT),
+        Ok(None) => match weir_traffic::experiments::stop(bus, &tracker.snapshot(), "demo-ab").await {
+            Ok(_) => "undecided: the experiment stopped, the champion stays".to_string(),
+            Err(error) => {
+                tracker.close().await;
+                return Err(error.into());
+            }
+        },
+        Err(error) => {
+            tracker.close().await;
+            return Err(error.into());
+        }
+    };
+    tracker.close().await;
+    println!("    decision: {decided}");
     Ok(())
 }
 

@@ -248,6 +248,7 @@ pub async fn start(
             spec.name
         )));
     }
+    let version = routing.version;
     let allocator = Allocator::new(routing, spec.policy())
         .map_err(|message| TrafficError::spec(&spec.name, message))?;
     let (window, lateness) = spec
@@ -260,7 +261,7 @@ pub async fn start(
         bounded: running.bounded,
     };
     let job = job(&spec.deployment, allocator, &reading, &running.state_dir);
-    rewards::start(bus, spec, job, running, next).await
+    rewards::start(bus, spec, job, running, (version, next)).await
 }
 
 /// The allocator job's name: `allocator-<experiment>-v<version>`, after

@@ -16,9 +16,12 @@
 //! sequence ([`crate::sequential`]). The published interval is the
 //! intersection of every look's so far and the p-value the least so far —
 //! both stay valid under continuous peeking, and a verdict once reached
-//! holds. The rows go to `weir.analysis.<deployment>` (JSON, keyed by
-//! experiment and variant); [`read`] reads them back for
-//! `weir traffic report`. The job is named `analysis-<experiment>-v<version>`
+//! holds. With decision rules (`decision:` in the spec), the first row
+//! whose verdict a rule takes (`better` to promote, `worse` to roll back,
+//! with enough rewards on both sides) carries the decision, once, which
+//! [`crate::decide`] carries out. The rows go to
+//! `weir.analysis.<deployment>` (JSON, keyed by experiment and variant);
+//! [`read`] reads them back for `weir traffic report`. The job is named `analysis-<experiment>-v<version>`
 //! and follows the applied routing as the allocator does.
 
 use std::collections::BTreeMap;
@@ -41,7 +44,7 @@ use crate::TrafficError;
 use crate::policy::ArmStats;
 use crate::rewards::{self, Columns, Reading, Running, Started};
 use crate::sequential::{Sample, SequentialTest};
-use crate::spec::ExperimentSpec;
+use crate::spec::{DecisionSpec, ExperimentSpec};
 
 /// The analyst's settings: the routing it analyses and its test.
 #[derive(Debug, Clone)]
@@ -52,6 +55,18 @@ pub struct Analyst {
     pub test: SequentialTest,
     /// `analysis.every`, ms.
     pub every: i64,
+    /// What it decides by itself, if anything.
+    pub decision: Option<DecisionSpec>,
+}
+
+/// What the analysis decided (once per experiment version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// The candidate is better: promote it.
+    Promote,
+    /// The candidate is worse: stop the experiment.
+    Rollback,
 }
 
 /// Where a candidate stands against the default.
@@ -97,6 +112,9 @@ pub struct AnalysisRow {
     pub verdict: Verdict,
     /// Feedback so far that met no request within the reward window.
     pub unmatched: u64,
+    /// Set on the row that decided the experiment ([`crate::decide`]).
+    #[serde(default)]
+    pub decision: Option<Decision>,
 }
 
 fn output_schema() -> SchemaRef {
@@ -116,6 +134,7 @@ fn output_schema() -> SchemaRef {
         field("verdict", DataType::Utf8, false),
         field("unmatched", DataType::UInt64, false),
         field("default", DataType::Boolean, false),
+        field("decision", DataType::Utf8, true),
     ]))
 }
 
@@ -123,15 +142,16 @@ fn to_batch(rows: &[AnalysisRow], default: &str) -> Result<RecordBatch, Dataflow
     let floats = |pick: fn(&AnalysisRow) -> Option<f64>| -> ArrayRef {
         Arc::new(rows.iter().map(pick).collect::<Float64Array>())
     };
+    fn text(value: impl Serialize) -> Option<String> {
+        serde_json::to_value(value)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+    }
     let verdicts: Vec<String> = rows
         .iter()
-        .map(|r| {
-            serde_json::to_value(r.verdict)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
-        })
+        .map(|r| text(r.verdict).unwrap_or_default())
         .collect();
+    let decisions: Vec<Option<String>> = rows.iter().map(|r| r.decision.and_then(text)).collect();
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(
             rows.iter().map(|r| r.experiment.as_str()),
@@ -154,6 +174,7 @@ fn to_batch(rows: &[AnalysisRow], default: &str) -> Result<RecordBatch, Dataflow
                 .map(|r| Some(r.variant == default))
                 .collect::<BooleanArray>(),
         ),
+        Arc::new(StringArray::from(decisions)),
     ];
     RecordBatch::try_new(output_schema(), columns)
         .map_err(|e| DataflowError::Execution(format!("analysis: {e}")))
@@ -184,12 +205,14 @@ impl OperatorFactory for Analyst {
 
 /// State, under fixed keys (one experiment per job): each tick's rewards
 /// per variant until the tick, the rewards so far per variant, each
-/// candidate's bounds so far, the feedback that met no request.
+/// candidate's bounds so far, the feedback that met no request, whether
+/// the experiment was decided.
 const PENDING: &str = "pending";
 const ARMS: &str = "arms";
 const ARMS_KEY: &[u8] = b"arms";
 const BOUNDS: &str = "bounds";
 const UNMATCHED: &str = "unmatched";
+const DECIDED: &str = "decided";
 const TICK: &[u8] = b"tick";
 
 /// The tightest interval and least p-value of every look so far.
@@ -307,6 +330,25 @@ impl Operator for AnalystOperator {
             }
             rows.push(row);
         }
+        if let Some(rules) = &self.settings.decision {
+            let mut decided = ctx.value::<bool>(DECIDED);
+            if decided.get(DECIDED.as_bytes())? != Some(true) {
+                let enough = |n: u64| n >= rules.min_rewards;
+                let decision = rows.iter_mut().find_map(|row| {
+                    let decision = match row.verdict {
+                        Verdict::Better if rules.promote => Decision::Promote,
+                        Verdict::Worse if rules.rollback => Decision::Rollback,
+                        _ => return None,
+                    };
+                    (enough(row.n) && enough(default.n)).then(|| {
+                        row.decision = Some(decision);
+                    })
+                });
+                if decision.is_some() {
+                    decided.set(DECIDED.as_bytes(), &true)?;
+                }
+            }
+        }
         ctx.emit(to_batch(&rows, &routing.default)?);
         Ok(())
     }
@@ -343,10 +385,12 @@ pub async fn start(
         .and_then(|(every, test)| Ok((every, test, spec.reward().durations()?)));
     let (every, test, (window, lateness)) =
         checked.map_err(|message| TrafficError::spec(&spec.name, message))?;
+    let version = routing.version;
     let analyst = Analyst {
         routing,
         test,
         every: i64::try_from(every.as_millis()).unwrap_or(i64::MAX),
+        decision: spec.decision.clone(),
     };
     let reading = Reading {
         window,
@@ -354,7 +398,7 @@ pub async fn start(
         bounded: running.bounded,
     };
     let job = job(&spec.deployment, analyst, &reading, &running.state_dir);
-    rewards::start(bus, spec, job, running, next).await
+    rewards::start(bus, spec, job, running, (version, next)).await
 }
 
 /// The rows published for version `version` of `experiment` on

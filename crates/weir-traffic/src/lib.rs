@@ -15,7 +15,9 @@
 //! job ([`allocator`]) that joins the deployment's feedback with its log
 //! and publishes new weights with a [`policy`]. Every experiment's
 //! candidates are compared with its default by its [`analysis`] job, on
-//! the same rewards, with a sequential test that may be read at any time.
+//! the same rewards, with a sequential test that may be read at any time;
+//! decision rules in the spec let it promote a better candidate or roll
+//! back a worse one by itself.
 //!
 //! - [`spec`]: the experiment spec and its checks;
 //! - [`experiments`]: applying, listing, stopping and promoting
@@ -26,12 +28,15 @@
 //! - [`allocator`]: the allocator job;
 //! - [`analysis`]: the analysis job, which compares the candidates
 //!   continuously;
+//! - [`decide`]: carrying out what the analysis decided (promote, roll
+//!   back), with its evidence on `weir.meta`;
 //! - [`report`]: an experiment's report, as a table and an HTML page;
 //! - [`sequential`]: the sequential test of a candidate against the
 //!   default, valid under continuous peeking.
 
 pub mod allocator;
 pub mod analysis;
+pub mod decide;
 pub mod experiments;
 pub mod policy;
 pub mod report;

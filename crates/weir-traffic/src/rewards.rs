@@ -225,6 +225,9 @@ pub struct Running {
 pub struct Started {
     /// The job's name.
     pub name: String,
+    /// The version of the experiment's routing as applied, which the job
+    /// follows.
+    pub version: u64,
     /// The job.
     pub job: JobHandle,
     /// Resolves when the routing it follows is no longer the one applied
@@ -271,20 +274,22 @@ pub(crate) async fn applied(
     Ok((routing, next))
 }
 
-/// Starts `job` (one of `spec`'s experiment's), watching the control
-/// topic from `from` for the experiment to end.
+/// Starts `job` (one of `spec`'s experiment's, following the routing of
+/// version `version` as applied), watching the control topic from `from`
+/// for the experiment to end.
 pub(crate) async fn start(
     bus: &Bus,
     spec: &ExperimentSpec,
     mut job: JobSpec,
     running: Running,
-    from: i64,
+    (version, from): (u64, i64),
 ) -> Result<Started, TrafficError> {
     job.checkpoint_interval = running.checkpoint_every;
     let name = job.name.clone();
     let job = weir_dataflow::job::start(job, bus, running.cluster).await?;
     Ok(Started {
         name,
+        version,
         job,
         superseded: Box::pin(superseded(bus.clone(), spec.deployment.clone(), from)),
     })

@@ -13,6 +13,7 @@
 //! policy: {algorithm: thompson, floor: 0.02, every: 1s}   # bandit: see crate::policy
 //! reward: {window: 1h, lateness: 500ms}   # which feedback counts
 //! analysis: {every: 10s, alpha: 0.05, tuning: 5000}   # see crate::analysis
+//! decision: {promote: true, rollback: true, min_rewards: 100}   # see crate::decide
 //! ```
 
 use std::path::Path;
@@ -182,6 +183,29 @@ impl AnalysisSpec {
     }
 }
 
+fn default_min_rewards() -> u64 {
+    100
+}
+
+/// What the analysis decides by itself ([`crate::decide`]).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionSpec {
+    /// Promote a candidate shown better than the default: its version
+    /// becomes what the deployment's alias points at, and the experiment
+    /// stops.
+    #[serde(default)]
+    pub promote: bool,
+    /// Roll back when a candidate is shown worse: the experiment stops,
+    /// and the deployment serves its own model again.
+    #[serde(default)]
+    pub rollback: bool,
+    /// Rewards the candidate and the default each need before anything is
+    /// decided.
+    #[serde(default = "default_min_rewards")]
+    pub min_rewards: u64,
+}
+
 /// An experiment on one deployment's traffic.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -215,6 +239,9 @@ pub struct ExperimentSpec {
     /// How the analysis compares the candidates.
     #[serde(default)]
     pub analysis: Option<AnalysisSpec>,
+    /// What the analysis decides by itself.
+    #[serde(default)]
+    pub decision: Option<DecisionSpec>,
 }
 
 impl ExperimentSpec {
@@ -313,6 +340,14 @@ impl ExperimentSpec {
         self.reward().durations()?;
         self.analysis().period()?;
         self.analysis().test()?;
+        if let Some(decision) = &self.decision {
+            if !decision.promote && !decision.rollback {
+                return Err("decision: give `promote: true`, `rollback: true` or both".into());
+            }
+            if decision.promote && self.candidates.len() < 2 {
+                return Err("decision.promote: there is no candidate besides the default".into());
+            }
+        }
         match self.kind {
             Kind::Ab if self.sticky.is_none() => Err(
                 "sticky: an A/B test needs a key or header to route by (`sticky: {key: user_id}`), or a user would see both models"
@@ -410,6 +445,10 @@ mod tests {
         assert!(
             error(&format!("{GOOD}analysis: {{every: 0s}}\n"))
                 .starts_with("exp.yaml: analysis.every:")
+        );
+        assert!(
+            error(&format!("{GOOD}decision: {{min_rewards: 10}}\n"))
+                .starts_with("exp.yaml: decision: give")
         );
         assert!(
             error(&format!("{GOOD}sticky: {{key: a, header: B}}\n"))
