@@ -570,7 +570,7 @@ fn an_analysis_finds_the_better_candidate_and_no_difference_between_equals() {
 /// itself (the alias moves to version 2, the experiment stops), one at
 /// 6 % rolled back (the alias stays, the experiment stops); each decision
 /// is taken once, at the first tick with enough evidence, and recorded
-/// with it on `weir.meta`; analysing again does nothing more.
+/// with it on `weir.meta`; read again, it does nothing more.
 #[test]
 fn decision_rules_promote_a_better_candidate_and_roll_back_a_worse_one() {
     let platform = Platform::start();
@@ -586,10 +586,36 @@ fn decision_rules_promote_a_better_candidate_and_roll_back_a_worse_one() {
         ("rolled", [0.10, 0.06], Decision::Rollback),
     ] {
         let model = format!("{deployment}-model");
+        // Versions registered with their metadata only: nothing here
+        // serves them (the log is written as serving writes it).
+        let info = weir_meta::event::ModelInfo {
+            format: "onnx".into(),
+            path: format!("{model}/model.onnx"),
+            sha256: String::new(),
+            size: 0,
+            signature: weir_catalog::Signature {
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+                opsets: Vec::new(),
+                ir_version: 9,
+                producer: "none".into(),
+            },
+            features: vec!["x".into()],
+            label: "y".into(),
+            task: "classification".into(),
+            classes: Vec::new(),
+            dependencies: Default::default(),
+        };
         runtime.block_on(async {
             for _ in 0..2 {
                 tracker
-                    .register_version(&model, "models:/none".into(), "run".into(), String::new(), None)
+                    .register_version(
+                        &model,
+                        format!("models:/{model}"),
+                        "run".into(),
+                        String::new(),
+                        Some(info.clone()),
+                    )
                     .await
                     .unwrap();
             }
@@ -652,18 +678,22 @@ fn decision_rules_promote_a_better_candidate_and_roll_back_a_worse_one() {
                 .await
                 .unwrap();
         });
-        let analyze = || {
-            platform.run(
-                &["traffic", "analyze", path.to_str().unwrap(), "--bounded"],
-                b"",
-            )
-        };
-        let out = String::from_utf8_lossy(&analyze().stdout).into_owned();
+        let output = platform.run(
+            &["traffic", "analyze", path.to_str().unwrap(), "--bounded"],
+            b"",
+        );
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        let err = String::from_utf8_lossy(&output.stderr).into_owned();
         let rows = runtime
-            .block_on(weir_traffic::analysis::read(&bus, deployment, &experiment, 1))
+            .block_on(weir_traffic::analysis::read(
+                &bus,
+                deployment,
+                &experiment,
+                1,
+            ))
             .unwrap();
         let decided: Vec<_> = rows.iter().filter(|r| r.decision.is_some()).collect();
-        println!("{deployment}: {out}");
+        println!("{deployment}: {out}\n{err}");
         assert_eq!(decided.len(), 1, "{rows:?}");
         let evidence = decided[0];
         assert_eq!(evidence.decision, Some(decision));
@@ -681,7 +711,12 @@ fn decision_rules_promote_a_better_candidate_and_roll_back_a_worse_one() {
             "{before:?}"
         );
         let state = runtime.block_on(weir_meta::tracker::replay(&bus)).unwrap();
-        let champion = state.model(&model).unwrap().aliases.get("champion").copied();
+        let champion = state
+            .model(&model)
+            .unwrap()
+            .aliases
+            .get("champion")
+            .copied();
         let run = {
             let id = &state
                 .experiment_by_name(weir_traffic::decide::TRACKING_EXPERIMENT)
@@ -695,7 +730,10 @@ fn decision_rules_promote_a_better_candidate_and_roll_back_a_worse_one() {
         };
         match decision {
             Decision::Promote => {
-                assert!(out.contains(&format!("decided: promoted {model}@2")), "{out}");
+                assert!(
+                    out.contains(&format!("decided: promoted {model}@2")),
+                    "{out}"
+                );
                 assert_eq!(champion, Some(2));
                 assert_eq!(run.params["decision"], "promote");
             }
@@ -711,9 +749,26 @@ fn decision_rules_promote_a_better_candidate_and_roll_back_a_worse_one() {
             .block_on(weir_traffic::experiments::find(&bus, &state, &experiment))
             .unwrap();
         assert!(!experiment_now.running());
-        // Analysed again: the same decision row, nothing more done.
-        let again = String::from_utf8_lossy(&analyze().stdout).into_owned();
-        assert!(!again.contains("decided"), "{again}");
+        // The decision read again does nothing more, and the analysis of
+        // an experiment that ended is refused.
+        let again = runtime
+            .block_on(weir_traffic::decide::settle(
+                &bus,
+                &tracker,
+                deployment,
+                &experiment,
+                1,
+            ))
+            .unwrap();
+        assert!(again.is_none(), "{again:?}");
+        let refused = platform.run_unchecked(
+            &["traffic", "analyze", path.to_str().unwrap(), "--bounded"],
+            b"",
+        );
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains("is not running"),
+            "{refused:?}"
+        );
     }
     runtime.block_on(tracker.close());
 }

@@ -365,11 +365,16 @@ async fn run_job(
             None => false,
         }
     };
+    // Ends once a decision was carried out, or once the experiment has
+    // ended otherwise (`ended`).
+    let ended = std::sync::atomic::AtomicBool::new(false);
     let decisions = async {
-        while !settle().await {
+        if tracker.is_none() {
+            return std::future::pending::<()>().await;
+        }
+        while !settle().await && !ended.load(std::sync::atomic::Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
-        std::future::pending::<()>().await;
     };
     // The experiment stopped or was applied again: what the job computes
     // would be about an experiment that no longer runs.
@@ -385,10 +390,17 @@ async fn run_job(
             }
         }
     };
+    // A decision carried out stops the experiment, which ends the job; one
+    // under way then finishes (its record on weir.meta) before the job
+    // stops.
     let stop = async {
+        let mut decisions = std::pin::pin!(decisions);
         tokio::select! {
-            () = superseded => {}
-            () = decisions => {}
+            () = superseded => {
+                ended.store(true, std::sync::atomic::Ordering::SeqCst);
+                decisions.await;
+            }
+            () = &mut decisions => {}
         }
     };
     let statuses = crate::job::supervise_until(vec![(name, started.job)], output, stop).await;

@@ -901,14 +901,21 @@ async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::
     )
     .await;
     let decided = match decided {
-        Ok(Some(decided)) => decided.outcome + &format!(" (evidence: run {} of `{}`)", decided.run_id, weir_traffic::decide::TRACKING_EXPERIMENT),
-        Ok(None) => match weir_traffic::experiments::stop(bus, &tracker.snapshot(), "demo-ab").await {
-            Ok(_) => "undecided: the experiment stopped, the champion stays".to_string(),
-            Err(error) => {
-                tracker.close().await;
-                return Err(error.into());
+        Ok(Some(decided)) => format!(
+            "{} (the evidence: run {} of `{}` on weir.meta)",
+            decided.outcome,
+            decided.run_id,
+            weir_traffic::decide::TRACKING_EXPERIMENT
+        ),
+        Ok(None) => {
+            match weir_traffic::experiments::stop(bus, &tracker.snapshot(), "demo-ab").await {
+                Ok(_) => "undecided: the experiment stopped, the champion stays".to_string(),
+                Err(error) => {
+                    tracker.close().await;
+                    return Err(error.into());
+                }
             }
-        },
+        }
         Err(error) => {
             tracker.close().await;
             return Err(error.into());

@@ -292,6 +292,7 @@ impl Operator for AnalystOperator {
                 p_value: None,
                 verdict: Verdict::Default,
                 unmatched,
+                decision: None,
             };
             if candidate.model != routing.default {
                 row.verdict = Verdict::TooFew;

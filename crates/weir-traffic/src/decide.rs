@@ -87,7 +87,15 @@ pub async fn settle(
             )
         }
     };
-    let run_id = record(tracker, deployment, &evidence, default.as_ref(), decision, &outcome).await?;
+    let run_id = record(
+        tracker,
+        deployment,
+        &evidence,
+        default.as_ref(),
+        decision,
+        &outcome,
+    )
+    .await?;
     Ok(Some(Decided {
         decision,
         evidence,
