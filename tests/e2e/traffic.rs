@@ -2,8 +2,9 @@
 //! its weights follow the rewards, and killed at random points it publishes
 //! what an uninterrupted run does, from the same committed state.
 //! `weir traffic analyze`: an experiment's analysis finds a better
-//! candidate and no difference between equals, and its decision rules
-//! promote and roll back through the registry.
+//! candidate and no difference between equals, its decision rules
+//! promote and roll back through the registry, and its guardrails roll
+//! back a slow or failing canary.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -563,6 +564,128 @@ fn an_analysis_finds_the_better_candidate_and_no_difference_between_equals() {
     }
 }
 
+/// A deployment `deployment` serving `<deployment>-model@champion`
+/// (version 1; version 2 registered beside it), and a canary
+/// `experiment` between the two applied to it with `extra` in its spec.
+/// Returns the model's name and the spec's path.
+fn canary_on_a_deployment(
+    platform: &Platform,
+    runtime: &tokio::runtime::Runtime,
+    tracker: &weir_meta::Tracker,
+    dir: &Path,
+    deployment: &str,
+    experiment: &str,
+    extra: &str,
+) -> (String, std::path::PathBuf) {
+    let model = format!("{deployment}-model");
+    // Versions registered with their metadata only: nothing here serves
+    // them (the log is written as serving writes it).
+    let info = weir_meta::event::ModelInfo {
+        format: "onnx".into(),
+        path: format!("{model}/model.onnx"),
+        sha256: String::new(),
+        size: 0,
+        signature: weir_catalog::Signature {
+            inputs: Vec::new(),
+            outputs: Vec::new(),
+            opsets: Vec::new(),
+            ir_version: 9,
+            producer: "none".into(),
+        },
+        features: vec!["x".into()],
+        label: "y".into(),
+        task: "classification".into(),
+        classes: Vec::new(),
+        dependencies: Default::default(),
+    };
+    runtime.block_on(async {
+        for _ in 0..2 {
+            tracker
+                .register_version(
+                    &model,
+                    format!("models:/{model}"),
+                    "run".into(),
+                    String::new(),
+                    Some(info.clone()),
+                )
+                .await
+                .unwrap();
+        }
+        tracker.set_alias(&model, "champion", 1).await.unwrap();
+        tracker
+            .apply_deployment(
+                deployment,
+                &format!("name: {deployment}\nmodels: [{model}@champion]\n"),
+                vec![format!("{model}@champion")],
+            )
+            .await
+            .unwrap();
+    });
+    let path = dir.join(format!("{experiment}.yaml"));
+    std::fs::write(
+        &path,
+        format!(
+            "name: {experiment}\ndeployment: {deployment}\nkind: canary\ncandidates:\n  - {{model: {model}@champion, weight: 1}}\n  - {{model: {model}@2, weight: 1}}\nreward: {{window: 1m, lateness: 1s}}\nanalysis: {{every: 10s}}\n{extra}"
+        ),
+    )
+    .unwrap();
+    platform.run(&["traffic", "apply", path.to_str().unwrap()], b"");
+    (model, path)
+}
+
+/// Logs `requests` requests on `deployment` from now on, 10 ms apart,
+/// alternating between `arms`; `outcome(arm, i)` gives each one's latency
+/// (µs), error and reward (with its delay, ms), whose feedback is then
+/// published.
+fn serve(
+    runtime: &tokio::runtime::Runtime,
+    bus: &Bus,
+    deployment: &str,
+    arms: &[String; 2],
+    requests: usize,
+    mut outcome: impl FnMut(usize, usize) -> (i64, Option<String>, Option<(f64, i64)>),
+) {
+    let start = weir_core::now_ms();
+    let logger = runtime.block_on(Logger::start(bus, deployment)).unwrap();
+    let mut rewards = Vec::new();
+    for i in 0..requests {
+        let (id, arm, ts) = (format!("r{i}"), i % 2, start + i as i64 * 10);
+        let (latency_us, error, reward) = outcome(arm, i);
+        runtime.block_on(logger.log(LogEntry {
+            request_id: id.clone(),
+            models: arms[arm].clone(),
+            variant: arms[arm].clone(),
+            propensity: 0.5,
+            channel: Channel::Http,
+            timestamp: ts,
+            latency_us,
+            rows: 1,
+            inputs: vec![("x".into(), Tensor::numbers(vec![1.0]))],
+            features: Vec::new(),
+            outputs: vec![("y".into(), Tensor::numbers(vec![0.5]))],
+            error,
+        }));
+        if let Some((reward, delay)) = reward {
+            rewards.push(Feedback {
+                request_id: id,
+                reward: Some(reward),
+                label: None,
+                timestamp: Some(ts + delay),
+            });
+        }
+    }
+    runtime.block_on(async {
+        logger.close().await.unwrap();
+        rewards.sort_by_key(|f| f.timestamp);
+        Writer::start(bus, deployment)
+            .await
+            .unwrap()
+            .write(&rewards)
+            .await
+            .unwrap();
+    });
+}
+
 /// Decision rules over the real broker and registry: a canary of
 /// `<d>-model@2` against the deployment's champion (`@1`), 20,000
 /// requests split evenly, every one rewarded 0–3 s later. A candidate
@@ -585,98 +708,21 @@ fn decision_rules_promote_a_better_candidate_and_roll_back_a_worse_one() {
         ("promoted", [0.10, 0.14], Decision::Promote),
         ("rolled", [0.10, 0.06], Decision::Rollback),
     ] {
-        let model = format!("{deployment}-model");
-        // Versions registered with their metadata only: nothing here
-        // serves them (the log is written as serving writes it).
-        let info = weir_meta::event::ModelInfo {
-            format: "onnx".into(),
-            path: format!("{model}/model.onnx"),
-            sha256: String::new(),
-            size: 0,
-            signature: weir_catalog::Signature {
-                inputs: Vec::new(),
-                outputs: Vec::new(),
-                opsets: Vec::new(),
-                ir_version: 9,
-                producer: "none".into(),
-            },
-            features: vec!["x".into()],
-            label: "y".into(),
-            task: "classification".into(),
-            classes: Vec::new(),
-            dependencies: Default::default(),
-        };
-        runtime.block_on(async {
-            for _ in 0..2 {
-                tracker
-                    .register_version(
-                        &model,
-                        format!("models:/{model}"),
-                        "run".into(),
-                        String::new(),
-                        Some(info.clone()),
-                    )
-                    .await
-                    .unwrap();
-            }
-            tracker.set_alias(&model, "champion", 1).await.unwrap();
-            tracker
-                .apply_deployment(
-                    deployment,
-                    &format!("name: {deployment}\nmodels: [{model}@champion]\n"),
-                    vec![format!("{model}@champion")],
-                )
-                .await
-                .unwrap();
-        });
+        let (model, path) = canary_on_a_deployment(
+            &platform,
+            &runtime,
+            &tracker,
+            dir.path(),
+            deployment,
+            &format!("decide-{deployment}"),
+            "decision: {promote: true, rollback: true, min_rewards: 500}\n",
+        );
         let experiment = format!("decide-{deployment}");
-        let path = dir.path().join(format!("{experiment}.yaml"));
-        std::fs::write(
-            &path,
-            format!(
-                "name: {experiment}\ndeployment: {deployment}\nkind: canary\ncandidates:\n  - {{model: {model}@champion, weight: 1}}\n  - {{model: {model}@2, weight: 1}}\nreward: {{window: 1m, lateness: 1s}}\nanalysis: {{every: 10s}}\ndecision: {{promote: true, rollback: true, min_rewards: 500}}\n"
-            ),
-        )
-        .unwrap();
-        platform.run(&["traffic", "apply", path.to_str().unwrap()], b"");
-        // Served from when it was applied.
-        let start = weir_core::now_ms();
         let arms = [format!("{model}@1"), format!("{model}@2")];
-        let logger = runtime.block_on(Logger::start(&bus, deployment)).unwrap();
-        let mut rewards = Vec::new();
-        for i in 0..20_000 {
-            let (id, arm, ts) = (format!("r{i}"), i % 2, start + i as i64 * 10);
-            runtime.block_on(logger.log(LogEntry {
-                request_id: id.clone(),
-                models: arms[arm].clone(),
-                variant: arms[arm].clone(),
-                propensity: 0.5,
-                channel: Channel::Http,
-                timestamp: ts,
-                latency_us: 900,
-                rows: 1,
-                inputs: vec![("x".into(), Tensor::numbers(vec![1.0]))],
-                features: Vec::new(),
-                outputs: vec![("y".into(), Tensor::numbers(vec![0.5]))],
-                error: None,
-            }));
+        serve(&runtime, &bus, deployment, &arms, 20_000, |arm, _| {
             let converted = (next() % 10_000) as f64 / 10_000.0 < rates[arm];
-            rewards.push(Feedback {
-                request_id: id,
-                reward: Some(f64::from(u8::from(converted))),
-                label: None,
-                timestamp: Some(ts + (next() % 3_000) as i64),
-            });
-        }
-        runtime.block_on(async {
-            logger.close().await.unwrap();
-            rewards.sort_by_key(|f| f.timestamp);
-            Writer::start(&bus, deployment)
-                .await
-                .unwrap()
-                .write(&rewards)
-                .await
-                .unwrap();
+            let delay = (next() % 3_000) as i64;
+            (900, None, Some((f64::from(u8::from(converted)), delay)))
         });
         let output = platform.run(
             &["traffic", "analyze", path.to_str().unwrap(), "--bounded"],
@@ -755,8 +801,7 @@ fn decision_rules_promote_a_better_candidate_and_roll_back_a_worse_one() {
             .block_on(weir_traffic::decide::settle(
                 &bus,
                 &tracker,
-                deployment,
-                &experiment,
+                &weir_traffic::spec::ExperimentSpec::read(&path).unwrap(),
                 1,
             ))
             .unwrap();
@@ -769,6 +814,117 @@ fn decision_rules_promote_a_better_candidate_and_roll_back_a_worse_one() {
             String::from_utf8_lossy(&refused.stderr).contains("is not running"),
             "{refused:?}"
         );
+    }
+    runtime.block_on(tracker.close());
+}
+
+/// Guardrails over the real broker and registry: canaries of
+/// `<d>-model@2` against the champion, 4,000 requests each. A candidate
+/// answering in 40 ms where the limit is 20 ms is rolled back, as is one
+/// failing 6 % of its requests where the limit is 2 %; the default's own
+/// figures do not count against it, and a candidate within the limits is
+/// left running. The rollback is recorded with its evidence.
+#[test]
+fn guardrails_roll_back_a_slow_or_failing_canary_and_leave_a_sound_one() {
+    let platform = Platform::start();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let bus = runtime.block_on(bus(&platform));
+    let tracker = runtime
+        .block_on(weir_meta::Tracker::open_under(&bus, dir.path()))
+        .unwrap();
+    // (deployment, candidate's latency µs, its error every n requests, the
+    // breach expected)
+    let cases: [(&str, i64, usize, Option<&str>); 3] = [
+        ("slow", 40_000, 0, Some("latency p99")),
+        ("failing", 1_000, 16, Some("error rate")),
+        ("sound", 1_000, 0, None),
+    ];
+    for (deployment, latency, fail_every, breach) in cases {
+        let experiment = format!("guard-{deployment}");
+        let (model, path) = canary_on_a_deployment(
+            &platform,
+            &runtime,
+            &tracker,
+            dir.path(),
+            deployment,
+            &experiment,
+            "guardrails: {latency_p99_ms: 20, error_rate: 0.02, min_requests: 500}\n",
+        );
+        let arms = [format!("{model}@1"), format!("{model}@2")];
+        serve(&runtime, &bus, deployment, &arms, 4_000, |arm, i| {
+            // The default is slow and failing itself: only the candidate's
+            // figures count.
+            match arm {
+                0 => (30_000, (i % 10 == 0).then(|| "default failed".into()), None),
+                _ => (
+                    latency,
+                    (fail_every > 0 && i % (2 * fail_every) == 1).then(|| "failed".into()),
+                    Some((0.0, 100)),
+                ),
+            }
+        });
+        let output = platform.run(
+            &["traffic", "analyze", path.to_str().unwrap(), "--bounded"],
+            b"",
+        );
+        let out = String::from_utf8_lossy(&output.stdout).into_owned();
+        let rows = runtime
+            .block_on(weir_traffic::guardrails::read(
+                &bus,
+                deployment,
+                &experiment,
+                1,
+            ))
+            .unwrap();
+        let candidate: Vec<_> = rows.iter().filter(|r| r.variant == arms[1]).collect();
+        let last = candidate.last().expect("guardrail rows");
+        println!(
+            "{deployment}: {} ticks; candidate {} requests, error rate {:.4}, p99 {:?} ms; {out}",
+            candidate.len(),
+            last.requests,
+            last.error_rate,
+            last.latency_p99_ms
+        );
+        assert_eq!(last.requests, 2_000);
+        let state = runtime.block_on(weir_meta::tracker::replay(&bus)).unwrap();
+        let running = runtime
+            .block_on(weir_traffic::experiments::find(&bus, &state, &experiment))
+            .unwrap()
+            .running();
+        let decided: Vec<_> = candidate.iter().filter(|r| r.decision.is_some()).collect();
+        match breach {
+            Some(what) => {
+                assert_eq!(decided.len(), 1, "{candidate:?}");
+                assert_eq!(decided[0].decision, Some(Decision::Rollback));
+                let said = decided[0].breach.as_deref().unwrap_or_default();
+                assert!(said.starts_with(what), "{said}");
+                assert!(decided[0].requests >= 500);
+                assert!(
+                    out.contains("decided: rolled back") && out.contains(what),
+                    "{out}"
+                );
+                assert!(!running);
+                let id = &state
+                    .experiment_by_name(weir_traffic::decide::TRACKING_EXPERIMENT)
+                    .unwrap()
+                    .experiment_id;
+                let run = state
+                    .runs_of(id)
+                    .find(|r| r.params.get("experiment") == Some(&experiment))
+                    .expect("the decision's run");
+                assert_eq!(run.params["evidence"], "guardrail");
+                assert!(run.latest.contains_key("candidate_latency_p99_ms"));
+            }
+            None => {
+                assert!(decided.is_empty(), "{candidate:?}");
+                assert!(!out.contains("decided"), "{out}");
+                assert!(running);
+                let p99 = last.latency_p99_ms.unwrap();
+                // 1 ms, within the sketch's 1 % error.
+                assert!((p99 - 1.0).abs() <= 0.011, "{p99}");
+            }
+        }
     }
     runtime.block_on(tracker.close());
 }

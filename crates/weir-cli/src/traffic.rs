@@ -251,6 +251,19 @@ pub async fn run(config: &Config, args: TrafficArgs) -> anyhow::Result<ExitCode>
                         ));
                     }
                 }
+                let guarded = weir_traffic::guardrails::read(
+                    bus,
+                    &e.deployment,
+                    &name,
+                    e.applied.version,
+                )
+                .await?;
+                if !guarded.is_empty() {
+                    println!("guardrails");
+                    crate::features::print_rows(&weir_traffic::report::guardrail_table(
+                        &e.applied, &guarded,
+                    ));
+                }
                 if let Some(path) = html {
                     let (history, _) = weir_serve::control::history(bus, &e.deployment).await?;
                     let history: Vec<Routing> = history
@@ -305,12 +318,19 @@ async fn run_job(
     let connection = connect(config).await?;
     let bus = &connection.bus;
     let started = match which {
-        Job::Allocator => weir_traffic::allocator::start(bus, &spec, running).await,
-        Job::Analysis => weir_traffic::analysis::start(bus, &spec, running).await,
+        Job::Allocator => weir_traffic::allocator::start(bus, &spec, running.clone()).await,
+        Job::Analysis => weir_traffic::analysis::start(bus, &spec, running.clone()).await,
     };
-    let started = match started {
-        Ok(started) => started,
-        Err(error) => {
+    // An analysis runs the experiment's guardrails beside it.
+    let guarded = match (&started, which, &spec.guardrails) {
+        (Ok(_), Job::Analysis, Some(_)) => {
+            Some(weir_traffic::guardrails::start(bus, &spec, running).await)
+        }
+        _ => None,
+    };
+    let (started, guardian) = match (started, guarded.transpose()) {
+        (Ok(started), Ok(guardian)) => (started, guardian),
+        (Err(error), _) | (_, Err(error)) => {
             connection.close().await;
             return Err(error.into());
         }
@@ -324,11 +344,22 @@ async fn run_job(
         "{what} `{name}` of experiment `{}` running on {}: results to {topic}",
         spec.name, connection.description
     );
+    let mut jobs = vec![(name, started.job)];
+    if let Some(guardian) = guardian {
+        eprintln!(
+            "guardrails `{}` running: results to {}",
+            guardian.name,
+            weir_core::topics::guardrails(&spec.deployment)
+        );
+        jobs.push((guardian.name, guardian.job));
+    }
     let output = crate::job::StatusOutput::new(args.status_every, args.json);
-    // An analysis with decision rules carries its decision out as soon as
-    // it is made; the experiment then stops, and so does the job.
-    let tracker = match (which, &spec.decision) {
-        (Job::Analysis, Some(_)) => {
+    // An analysis with decision rules or guardrails carries its decision
+    // out as soon as it is made; the experiment then stops, and so do the
+    // jobs.
+    let decides = spec.decision.is_some() || spec.guardrails.is_some();
+    let tracker = match which {
+        Job::Analysis if decides => {
             Some(weir_meta::Tracker::open_under(bus, &config.state_dir).await?)
         }
         _ => None,
@@ -337,14 +368,7 @@ async fn run_job(
     let settle = || async {
         match &tracker {
             Some(tracker) => {
-                let decided = weir_traffic::decide::settle(
-                    bus,
-                    tracker,
-                    &spec.deployment,
-                    &spec.name,
-                    version,
-                )
-                .await;
+                let decided = weir_traffic::decide::settle(bus, tracker, &spec, version).await;
                 match decided {
                     Ok(Some(decided)) => {
                         println!(
@@ -368,8 +392,9 @@ async fn run_job(
     // Ends once a decision was carried out, or once the experiment has
     // ended otherwise (`ended`).
     let ended = std::sync::atomic::AtomicBool::new(false);
+    let deciding = tracker.is_some();
     let decisions = async {
-        if tracker.is_none() {
+        if !deciding {
             return std::future::pending::<()>().await;
         }
         while !settle().await && !ended.load(std::sync::atomic::Ordering::SeqCst) {
@@ -398,12 +423,14 @@ async fn run_job(
         tokio::select! {
             () = superseded => {
                 ended.store(true, std::sync::atomic::Ordering::SeqCst);
-                decisions.await;
+                if deciding {
+                    decisions.await;
+                }
             }
             () = &mut decisions => {}
         }
     };
-    let statuses = crate::job::supervise_until(vec![(name, started.job)], output, stop).await;
+    let statuses = crate::job::supervise_until(jobs, output, stop).await;
     // A bounded run may end before its decision was read.
     if statuses.is_ok() {
         settle().await;

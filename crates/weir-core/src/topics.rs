@@ -76,6 +76,12 @@ pub fn analysis(deployment: &str) -> String {
     format!("weir.analysis.{deployment}")
 }
 
+/// An experiment's guardrails on a deployment: each candidate's latency
+/// and error rate, tick after tick.
+pub fn guardrails(deployment: &str) -> String {
+    format!("weir.guardrails.{deployment}")
+}
+
 /// Tuning trials of an experiment, for its workers: the experiment's name
 /// with what a topic name cannot hold as `_`.
 pub fn jobs(experiment: &str) -> String {

@@ -892,14 +892,7 @@ async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::
     }
     // The decision rules (promote when better, roll back when worse),
     // carried out with their evidence on weir.meta.
-    let decided = weir_traffic::decide::settle(
-        bus,
-        &tracker,
-        &experiment.deployment,
-        &experiment.name,
-        routing.version,
-    )
-    .await;
+    let decided = weir_traffic::decide::settle(bus, &tracker, &experiment, routing.version).await;
     let decided = match decided {
         Ok(Some(decided)) => format!(
             "{} (the evidence: run {} of `{}` on weir.meta)",

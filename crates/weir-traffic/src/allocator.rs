@@ -22,7 +22,6 @@
 //! Feedback whose request is not on the log within the window (an unknown
 //! id, or one older than the window) is counted, not used.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -32,12 +31,11 @@ use weir_bus::Bus;
 use weir_dataflow::DataflowError;
 use weir_dataflow::job::{JobSpec, Sink};
 use weir_dataflow::operator::{Context, Operator, OperatorFactory};
-use weir_dataflow::store::time_bytes;
 use weir_serve::routing::{Kind, Routing};
 
 use crate::TrafficError;
-use crate::policy::{ArmStats, Policy};
-use crate::rewards::{self, Columns, Reading, Running, Started};
+use crate::policy::Policy;
+use crate::rewards::{self, Reading, RewardState, Running, Started};
 use crate::spec::ExperimentSpec;
 
 /// The allocator operator's settings: the routing it moves and the policy.
@@ -136,58 +134,31 @@ impl OperatorFactory for Allocator {
     }
 
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef, DataflowError> {
-        Columns::of(input, "allocator")?;
+        RewardState::new(input, "allocator", self.every)?;
         Ok(routing_schema())
     }
 
     fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>, DataflowError> {
         Ok(Box::new(AllocatorOperator {
             settings: self.clone(),
-            columns: Columns::of(input, "allocator")?,
+            rewards: RewardState::new(input, "allocator", self.every)?,
             output: self.output_schema(input)?,
         }))
     }
 }
 
-/// State, all under fixed keys (one experiment per job): each tick's
-/// rewards per variant until the tick, the statistics per variant, how
-/// many routings were published, how many feedback records met no request.
-const PENDING: &str = "pending";
-const ARMS: &str = "arms";
-const ARMS_KEY: &[u8] = b"arms";
+/// How many routings were published (beside [`RewardState`]'s keys).
 const PUBLISHED: &str = "published";
-const UNMATCHED: &str = "unmatched";
-const TICK: &[u8] = b"tick";
 
 struct AllocatorOperator {
     settings: Allocator,
-    columns: Columns,
+    rewards: RewardState,
     output: SchemaRef,
 }
 
 impl Operator for AllocatorOperator {
     fn process(&mut self, batch: &RecordBatch, ctx: &mut Context<'_>) -> Result<(), DataflowError> {
-        let found = self.columns.rewards(batch, &self.settings.routing)?;
-        // Gathered per tick and variant first: one state update each.
-        let mut gathered: BTreeMap<(i64, String), ArmStats> = BTreeMap::new();
-        for (time, variant, reward) in found.rows {
-            let tick = rewards::next_tick(time, self.settings.every);
-            gathered.entry((tick, variant)).or_default().add(reward);
-        }
-        if found.unmatched > 0 {
-            let mut count = ctx.value::<u64>(UNMATCHED);
-            let before = count.get(UNMATCHED.as_bytes())?.unwrap_or(0);
-            count.set(UNMATCHED.as_bytes(), &(before + found.unmatched))?;
-        }
-        for ((tick, variant), stats) in gathered {
-            let key = time_bytes(tick);
-            let mut pending = ctx.map::<String, ArmStats>(PENDING);
-            let mut sum = pending.get(&key, &variant)?.unwrap_or_default();
-            sum.merge(&stats);
-            pending.insert(&key, &variant, &sum)?;
-            ctx.set_timer(TICK, tick);
-        }
-        Ok(())
+        self.rewards.add(batch, &self.settings.routing, ctx)
     }
 
     fn on_timer(
@@ -196,19 +167,7 @@ impl Operator for AllocatorOperator {
         tick: i64,
         ctx: &mut Context<'_>,
     ) -> Result<(), DataflowError> {
-        let key = time_bytes(tick);
-        let arrived = ctx.map::<String, ArmStats>(PENDING).entries(&key)?;
-        ctx.map::<String, ArmStats>(PENDING).clear(&key)?;
-        let mut arms = ctx.map::<String, ArmStats>(ARMS);
-        for (variant, stats) in arrived {
-            let mut sum = arms.get(ARMS_KEY, &variant)?.unwrap_or_default();
-            sum.merge(&stats);
-            arms.insert(ARMS_KEY, &variant, &sum)?;
-        }
-        let mut stats = Vec::with_capacity(self.settings.routing.candidates.len());
-        for candidate in &self.settings.routing.candidates {
-            stats.push(arms.get(ARMS_KEY, &candidate.model)?.unwrap_or_default());
-        }
+        let stats = self.rewards.tick(tick, &self.settings.routing, ctx)?;
         // Seeded by the tick: a replay draws the same.
         let weights = self.settings.policy.weights(&stats, tick as u64);
         let published = ctx

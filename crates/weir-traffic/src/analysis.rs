@@ -37,12 +37,10 @@ use weir_bus::Bus;
 use weir_dataflow::DataflowError;
 use weir_dataflow::job::{JobSpec, Sink};
 use weir_dataflow::operator::{Context, Operator, OperatorFactory};
-use weir_dataflow::store::time_bytes;
 use weir_serve::routing::Routing;
 
 use crate::TrafficError;
-use crate::policy::ArmStats;
-use crate::rewards::{self, Columns, Reading, Running, Started};
+use crate::rewards::{self, Reading, RewardState, Running, Started};
 use crate::sequential::{Sample, SequentialTest};
 use crate::spec::{DecisionSpec, ExperimentSpec};
 
@@ -191,29 +189,23 @@ impl OperatorFactory for Analyst {
     }
 
     fn output_schema(&self, input: &SchemaRef) -> Result<SchemaRef, DataflowError> {
-        Columns::of(input, "analyst")?;
+        RewardState::new(input, "analyst", self.every)?;
         Ok(output_schema())
     }
 
     fn create(&self, input: &SchemaRef) -> Result<Box<dyn Operator>, DataflowError> {
         Ok(Box::new(AnalystOperator {
             settings: self.clone(),
-            columns: Columns::of(input, "analyst")?,
+            rewards: RewardState::new(input, "analyst", self.every)?,
         }))
     }
 }
 
-/// State, under fixed keys (one experiment per job): each tick's rewards
-/// per variant until the tick, the rewards so far per variant, each
-/// candidate's bounds so far, the feedback that met no request, whether
-/// the experiment was decided.
-const PENDING: &str = "pending";
-const ARMS: &str = "arms";
-const ARMS_KEY: &[u8] = b"arms";
+/// State keys beside [`RewardState`]'s: each candidate's bounds so far,
+/// whether the experiment was decided.
 const BOUNDS: &str = "bounds";
-const UNMATCHED: &str = "unmatched";
+const BOUNDS_KEY: &[u8] = b"bounds";
 const DECIDED: &str = "decided";
-const TICK: &[u8] = b"tick";
 
 /// The tightest interval and least p-value of every look so far.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -225,31 +217,12 @@ struct Bounds {
 
 struct AnalystOperator {
     settings: Analyst,
-    columns: Columns,
+    rewards: RewardState,
 }
 
 impl Operator for AnalystOperator {
     fn process(&mut self, batch: &RecordBatch, ctx: &mut Context<'_>) -> Result<(), DataflowError> {
-        let found = self.columns.rewards(batch, &self.settings.routing)?;
-        let mut gathered: BTreeMap<(i64, String), ArmStats> = BTreeMap::new();
-        for (time, variant, reward) in found.rows {
-            let tick = rewards::next_tick(time, self.settings.every);
-            gathered.entry((tick, variant)).or_default().add(reward);
-        }
-        if found.unmatched > 0 {
-            let mut count = ctx.value::<u64>(UNMATCHED);
-            let before = count.get(UNMATCHED.as_bytes())?.unwrap_or(0);
-            count.set(UNMATCHED.as_bytes(), &(before + found.unmatched))?;
-        }
-        for ((tick, variant), stats) in gathered {
-            let key = time_bytes(tick);
-            let mut pending = ctx.map::<String, ArmStats>(PENDING);
-            let mut sum = pending.get(&key, &variant)?.unwrap_or_default();
-            sum.merge(&stats);
-            pending.insert(&key, &variant, &sum)?;
-            ctx.set_timer(TICK, tick);
-        }
-        Ok(())
+        self.rewards.add(batch, &self.settings.routing, ctx)
     }
 
     fn on_timer(
@@ -258,27 +231,18 @@ impl Operator for AnalystOperator {
         tick: i64,
         ctx: &mut Context<'_>,
     ) -> Result<(), DataflowError> {
-        let key = time_bytes(tick);
-        let arrived = ctx.map::<String, ArmStats>(PENDING).entries(&key)?;
-        ctx.map::<String, ArmStats>(PENDING).clear(&key)?;
-        let mut arms = ctx.map::<String, ArmStats>(ARMS);
-        for (variant, stats) in arrived {
-            let mut sum = arms.get(ARMS_KEY, &variant)?.unwrap_or_default();
-            sum.merge(&stats);
-            arms.insert(ARMS_KEY, &variant, &sum)?;
-        }
         let routing = &self.settings.routing;
-        let default = arms.get(ARMS_KEY, &routing.default)?.unwrap_or_default();
-        let unmatched = ctx
-            .value::<u64>(UNMATCHED)
-            .get(UNMATCHED.as_bytes())?
-            .unwrap_or(0);
+        let arms = self.rewards.tick(tick, routing, ctx)?;
+        let default = routing
+            .candidates
+            .iter()
+            .zip(&arms)
+            .find(|(c, _)| c.model == routing.default)
+            .map(|(_, stats)| *stats)
+            .unwrap_or_default();
+        let unmatched = RewardState::unmatched(ctx)?;
         let mut rows = Vec::with_capacity(routing.candidates.len());
-        for candidate in &routing.candidates {
-            let stats = ctx
-                .map::<String, ArmStats>(ARMS)
-                .get(ARMS_KEY, &candidate.model)?
-                .unwrap_or_default();
+        for (candidate, stats) in routing.candidates.iter().zip(arms) {
             let mut row = AnalysisRow {
                 experiment: routing.experiment.clone(),
                 version: routing.version,
@@ -302,7 +266,7 @@ impl Operator for AnalystOperator {
                     .compare(Sample::from(&default), Sample::from(&stats));
                 if let Some(look) = look {
                     let mut bounds = ctx.map::<String, Bounds>(BOUNDS);
-                    let so_far = bounds.get(ARMS_KEY, &candidate.model)?;
+                    let so_far = bounds.get(BOUNDS_KEY, &candidate.model)?;
                     let merged = match so_far {
                         Some(b) => Bounds {
                             low: b.low.max(look.low),
@@ -315,7 +279,7 @@ impl Operator for AnalystOperator {
                             p_value: look.p_value,
                         },
                     };
-                    bounds.insert(ARMS_KEY, &candidate.model, &merged)?;
+                    bounds.insert(BOUNDS_KEY, &candidate.model, &merged)?;
                     row.lift = Some(look.lift);
                     row.low = Some(merged.low);
                     row.high = Some(merged.high);

@@ -17,7 +17,8 @@
 //! candidates are compared with its default by its [`analysis`] job, on
 //! the same rewards, with a sequential test that may be read at any time;
 //! decision rules in the spec let it promote a better candidate or roll
-//! back a worse one by itself.
+//! back a worse one by itself, and its [`guardrails`] job rolls it back
+//! when a candidate's latency or error rate goes over its limit.
 //!
 //! - [`spec`]: the experiment spec and its checks;
 //! - [`experiments`]: applying, listing, stopping and promoting
@@ -28,8 +29,10 @@
 //! - [`allocator`]: the allocator job;
 //! - [`analysis`]: the analysis job, which compares the candidates
 //!   continuously;
-//! - [`decide`]: carrying out what the analysis decided (promote, roll
-//!   back), with its evidence on `weir.meta`;
+//! - [`guardrails`]: the guardrail job, which rolls an experiment back
+//!   when a candidate's latency or error rate goes over its limit;
+//! - [`decide`]: carrying out what the analysis or the guardrails
+//!   decided (promote, roll back), with its evidence on `weir.meta`;
 //! - [`report`]: an experiment's report, as a table and an HTML page;
 //! - [`sequential`]: the sequential test of a candidate against the
 //!   default, valid under continuous peeking.
@@ -38,6 +41,7 @@ pub mod allocator;
 pub mod analysis;
 pub mod decide;
 pub mod experiments;
+pub mod guardrails;
 pub mod policy;
 pub mod report;
 pub mod rewards;

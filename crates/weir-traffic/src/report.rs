@@ -1,5 +1,6 @@
 //! An experiment's report (`weir traffic report`): where each candidate
-//! stands against the default at the analysis's latest tick, and an HTML
+//! stands against the default at the analysis's latest tick, its
+//! guardrails' figures, and an HTML
 //! page with the weights over time, the cumulative reward per variant and
 //! each candidate's lift with its confidence sequence.
 
@@ -7,6 +8,7 @@ use weir_serve::routing::Routing;
 use weir_web::chart::{Series, escape, line_chart};
 
 use crate::analysis::{AnalysisRow, Verdict};
+use crate::guardrails::GuardrailRow;
 
 /// The latest row of each candidate, in the routing's order.
 pub fn latest<'a>(routing: &Routing, rows: &'a [AnalysisRow]) -> Vec<&'a AnalysisRow> {
@@ -43,6 +45,35 @@ pub fn table(routing: &Routing, rows: &[AnalysisRow]) -> Vec<[String; 7]> {
             },
             number(row.p_value, |p| format!("{p:.4}")),
             verdict_text(row.verdict).into(),
+        ]);
+    }
+    table
+}
+
+/// The guardrails' table: a header and each candidate's latest figures.
+pub fn guardrail_table(routing: &Routing, rows: &[GuardrailRow]) -> Vec<[String; 5]> {
+    let mut table = vec![[
+        "variant".to_string(),
+        "requests".into(),
+        "error rate".into(),
+        "latency p99".into(),
+        "guardrail".into(),
+    ]];
+    for candidate in &routing.candidates {
+        let Some(row) = rows.iter().rev().find(|r| r.variant == candidate.model) else {
+            continue;
+        };
+        table.push([
+            row.variant.clone(),
+            row.requests.to_string(),
+            format!("{:.2}%", row.error_rate * 100.0),
+            row.latency_p99_ms
+                .map_or("-".to_string(), |ms| format!("{ms:.1} ms")),
+            match (&row.breach, candidate.model == routing.default) {
+                (_, true) => "default".into(),
+                (Some(breach), _) => breach.clone(),
+                (None, _) => "within".into(),
+            },
         ]);
     }
     table

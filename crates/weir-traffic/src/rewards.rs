@@ -15,6 +15,7 @@
 //! resumes, an experiment applied again starts afresh), and
 //! [`Started::superseded`] tells when it no longer is.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -27,11 +28,13 @@ use weir_dataflow::aggregate::event_times;
 use weir_dataflow::interval_join::IntervalJoin;
 use weir_dataflow::job::{Cluster, JobHandle, JobSpec, KafkaSource, Select, Sink, Source};
 use weir_dataflow::lookup::JoinKind;
-use weir_dataflow::operator::OperatorFactory;
+use weir_dataflow::operator::{Context, OperatorFactory};
+use weir_dataflow::store::time_bytes;
 use weir_serve::control;
 use weir_serve::routing::Routing;
 
 use crate::TrafficError;
+use crate::policy::ArmStats;
 use crate::spec::ExperimentSpec;
 
 /// Columns of the joined rows.
@@ -119,7 +122,7 @@ fn arrow_error(error: arrow::error::ArrowError) -> DataflowError {
 
 /// Where the columns an experiment's operator reads are in its input.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Columns {
+struct Columns {
     variant: usize,
     reward: usize,
     time: usize,
@@ -128,7 +131,7 @@ pub(crate) struct Columns {
 
 /// The experiment's rewards in a batch of joined rows.
 #[derive(Debug, Default)]
-pub(crate) struct Rewards {
+struct Rewards {
     /// `(feedback time, variant, reward)` of feedback on the experiment's
     /// own traffic: served since it was applied, by one of its candidates.
     pub rows: Vec<(i64, String, f64)>,
@@ -139,7 +142,7 @@ pub(crate) struct Rewards {
 
 impl Columns {
     /// The columns of `input`; errors name a missing one and `operator`.
-    pub fn of(input: &SchemaRef, operator: &str) -> Result<Self, DataflowError> {
+    fn of(input: &SchemaRef, operator: &str) -> Result<Self, DataflowError> {
         let column = |name: &str| {
             input.index_of(name).map_err(|_| {
                 DataflowError::Plan(format!("{operator}: `{name}` is not a column of its input"))
@@ -206,6 +209,103 @@ impl Columns {
 /// takes what came before it.
 pub(crate) fn next_tick(time: i64, every: i64) -> i64 {
     (time.div_euclid(every) + 1) * every
+}
+
+/// State keys, fixed (one experiment per job): each tick's rewards per
+/// variant until the tick, then the statistics per variant; how many
+/// feedback records met no request.
+const PENDING: &str = "pending";
+const ARMS: &str = "arms";
+const ARMS_KEY: &[u8] = b"arms";
+const UNMATCHED: &str = "unmatched";
+const TICK: &[u8] = b"tick";
+
+/// What an experiment's operator keeps of its rewards, on a grid of event
+/// time: a tick's statistics take exactly the rewards whose feedback came
+/// before it (they wait in state for it), so a replay after a crash
+/// computes what an uninterrupted run did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RewardState {
+    columns: Columns,
+    /// The grid's period, ms.
+    every: i64,
+}
+
+impl RewardState {
+    /// The state of an operator (named `operator` in errors) over
+    /// `input`, ticking every `every` ms.
+    pub fn new(input: &SchemaRef, operator: &str, every: i64) -> Result<Self, DataflowError> {
+        Ok(Self {
+            columns: Columns::of(input, operator)?,
+            every,
+        })
+    }
+
+    /// Adds the rewards in `batch` of the experiment `routing` applied to
+    /// the ticks they wait for, and sets those ticks' timers.
+    pub fn add(
+        &self,
+        batch: &RecordBatch,
+        routing: &Routing,
+        ctx: &mut Context<'_>,
+    ) -> Result<(), DataflowError> {
+        let found = self.columns.rewards(batch, routing)?;
+        // Gathered per tick and variant first: one state update each.
+        let mut gathered: BTreeMap<(i64, String), ArmStats> = BTreeMap::new();
+        for (time, variant, reward) in found.rows {
+            gathered
+                .entry((next_tick(time, self.every), variant))
+                .or_default()
+                .add(reward);
+        }
+        if found.unmatched > 0 {
+            let mut count = ctx.value::<u64>(UNMATCHED);
+            let before = count.get(UNMATCHED.as_bytes())?.unwrap_or(0);
+            count.set(UNMATCHED.as_bytes(), &(before + found.unmatched))?;
+        }
+        for ((tick, variant), stats) in gathered {
+            let key = time_bytes(tick);
+            let mut pending = ctx.map::<String, ArmStats>(PENDING);
+            let mut sum = pending.get(&key, &variant)?.unwrap_or_default();
+            sum.merge(&stats);
+            pending.insert(&key, &variant, &sum)?;
+            ctx.set_timer(TICK, tick);
+        }
+        Ok(())
+    }
+
+    /// At `tick` (its timer fired): adds the rewards that waited for it
+    /// to the variants' statistics, and returns those of `routing`'s
+    /// candidates, in order.
+    pub fn tick(
+        &self,
+        tick: i64,
+        routing: &Routing,
+        ctx: &mut Context<'_>,
+    ) -> Result<Vec<ArmStats>, DataflowError> {
+        let key = time_bytes(tick);
+        let arrived = ctx.map::<String, ArmStats>(PENDING).entries(&key)?;
+        ctx.map::<String, ArmStats>(PENDING).clear(&key)?;
+        let mut arms = ctx.map::<String, ArmStats>(ARMS);
+        for (variant, stats) in arrived {
+            let mut sum = arms.get(ARMS_KEY, &variant)?.unwrap_or_default();
+            sum.merge(&stats);
+            arms.insert(ARMS_KEY, &variant, &sum)?;
+        }
+        routing
+            .candidates
+            .iter()
+            .map(|c| Ok(arms.get(ARMS_KEY, &c.model)?.unwrap_or_default()))
+            .collect()
+    }
+
+    /// Feedback records so far that met no request within the window.
+    pub fn unmatched(ctx: &mut Context<'_>) -> Result<u64, DataflowError> {
+        Ok(ctx
+            .value::<u64>(UNMATCHED)
+            .get(UNMATCHED.as_bytes())?
+            .unwrap_or(0))
+    }
 }
 
 /// How an experiment's job runs.

@@ -14,6 +14,7 @@
 //! reward: {window: 1h, lateness: 500ms}   # which feedback counts
 //! analysis: {every: 10s, alpha: 0.05, tuning: 5000}   # see crate::analysis
 //! decision: {promote: true, rollback: true, min_rewards: 100}   # see crate::decide
+//! guardrails: {latency_p99_ms: 250, error_rate: 0.02, min_requests: 100}   # see crate::guardrails
 //! ```
 
 use std::path::Path;
@@ -206,6 +207,66 @@ pub struct DecisionSpec {
     pub min_rewards: u64,
 }
 
+fn default_min_requests() -> u64 {
+    100
+}
+
+/// Limits a candidate must stay within ([`crate::guardrails`]): one over
+/// them, with `min_requests` served, rolls the experiment back.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuardrailSpec {
+    /// The most its latency p99 may be, ms.
+    #[serde(default)]
+    pub latency_p99_ms: Option<f64>,
+    /// The most its share of failed requests may be, in [0, 1].
+    #[serde(default)]
+    pub error_rate: Option<f64>,
+    /// Requests it must have served before a limit counts.
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u64,
+}
+
+impl GuardrailSpec {
+    fn check(&self) -> Result<(), String> {
+        if self.latency_p99_ms.is_none() && self.error_rate.is_none() {
+            return Err("guardrails: give `latency_p99_ms`, `error_rate` or both".into());
+        }
+        if let Some(ms) = self.latency_p99_ms
+            && !(ms.is_finite() && ms > 0.0)
+        {
+            return Err(format!(
+                "guardrails.latency_p99_ms: {ms} must be a number of milliseconds more than 0"
+            ));
+        }
+        if let Some(rate) = self.error_rate
+            && !(0.0..=1.0).contains(&rate)
+        {
+            return Err(format!(
+                "guardrails.error_rate: {rate} must be between 0 and 1"
+            ));
+        }
+        Ok(())
+    }
+
+    /// The limit `latency_p99_ms` and `error_rate` go over, in words.
+    pub fn breach(&self, latency_p99_ms: Option<f64>, error_rate: f64) -> Option<String> {
+        if let (Some(limit), Some(p99)) = (self.latency_p99_ms, latency_p99_ms)
+            && p99 > limit
+        {
+            return Some(format!("latency p99 {p99:.1} ms over {limit} ms"));
+        }
+        match self.error_rate {
+            Some(limit) if error_rate > limit => Some(format!(
+                "error rate {:.2} % over {:.2} %",
+                error_rate * 100.0,
+                limit * 100.0
+            )),
+            _ => None,
+        }
+    }
+}
+
 /// An experiment on one deployment's traffic.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -242,6 +303,9 @@ pub struct ExperimentSpec {
     /// What the analysis decides by itself.
     #[serde(default)]
     pub decision: Option<DecisionSpec>,
+    /// Limits the candidates must stay within.
+    #[serde(default)]
+    pub guardrails: Option<GuardrailSpec>,
 }
 
 impl ExperimentSpec {
@@ -340,6 +404,9 @@ impl ExperimentSpec {
         self.reward().durations()?;
         self.analysis().period()?;
         self.analysis().test()?;
+        if let Some(guardrails) = &self.guardrails {
+            guardrails.check()?;
+        }
         if let Some(decision) = &self.decision {
             if !decision.promote && !decision.rollback {
                 return Err("decision: give `promote: true`, `rollback: true` or both".into());
@@ -445,6 +512,14 @@ mod tests {
         assert!(
             error(&format!("{GOOD}analysis: {{every: 0s}}\n"))
                 .starts_with("exp.yaml: analysis.every:")
+        );
+        assert!(
+            error(&format!("{GOOD}guardrails: {{error_rate: 2}}\n"))
+                .starts_with("exp.yaml: guardrails.error_rate: 2")
+        );
+        assert!(
+            error(&format!("{GOOD}guardrails: {{min_requests: 10}}\n"))
+                .starts_with("exp.yaml: guardrails: give")
         );
         assert!(
             error(&format!("{GOOD}decision: {{min_rewards: 10}}\n"))
