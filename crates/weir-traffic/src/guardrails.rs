@@ -37,7 +37,7 @@ use weir_dataflow::aggregate::event_times;
 use weir_dataflow::job::{JobSpec, KafkaSource, Select, Sink, Source};
 use weir_dataflow::operator::{Context, Operator, OperatorFactory};
 use weir_dataflow::store::time_bytes;
-use weir_dataflow::udaf::quantile::new_sketch;
+use weir_dataflow::udaf::new_sketch;
 use weir_serve::routing::Routing;
 
 use crate::TrafficError;
