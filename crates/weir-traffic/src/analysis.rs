@@ -24,7 +24,6 @@
 //! [`read`] reads them back for `weir traffic report`. The job is named `analysis-<experiment>-v<version>`
 //! and follows the applied routing as the allocator does.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -366,9 +365,16 @@ pub async fn start(
     rewards::start(bus, spec, job, running, (version, next)).await
 }
 
+impl rewards::PublishedRow for AnalysisRow {
+    const WHAT: &'static str = "an analysis row";
+
+    fn identity(&self) -> (&str, u64, i64, &str) {
+        (&self.experiment, self.version, self.at, &self.variant)
+    }
+}
+
 /// The rows published for version `version` of `experiment` on
-/// `deployment`, by tick and variant, each once (a replay after a crash
-/// may have published a row twice, the same both times).
+/// `deployment`, by tick and variant, each once.
 pub async fn read(
     bus: &Bus,
     deployment: &str,
@@ -376,17 +382,5 @@ pub async fn read(
     version: u64,
 ) -> Result<Vec<AnalysisRow>, TrafficError> {
     let topic = weir_core::topics::analysis(deployment);
-    let (records, _) = bus.read_log_records(&topic).await?;
-    let mut rows = BTreeMap::new();
-    for (offset, payload) in records {
-        let row: AnalysisRow = serde_json::from_slice(&payload).map_err(|e| {
-            TrafficError::Refused(format!(
-                "`{topic}` offset {offset}: not an analysis row: {e}"
-            ))
-        })?;
-        if row.experiment == experiment && row.version == version {
-            rows.insert((row.at, row.variant.clone()), row);
-        }
-    }
-    Ok(rows.into_values().collect())
+    rewards::read_rows(bus, &topic, experiment, version).await
 }

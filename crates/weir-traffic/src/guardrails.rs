@@ -403,6 +403,14 @@ pub async fn start(
     rewards::start(bus, spec, job, running, (version, next)).await
 }
 
+impl rewards::PublishedRow for GuardrailRow {
+    const WHAT: &'static str = "a guardrail row";
+
+    fn identity(&self) -> (&str, u64, i64, &str) {
+        (&self.experiment, self.version, self.at, &self.variant)
+    }
+}
+
 /// The rows published for version `version` of `experiment` on
 /// `deployment`, by tick and variant, each once.
 pub async fn read(
@@ -412,17 +420,5 @@ pub async fn read(
     version: u64,
 ) -> Result<Vec<GuardrailRow>, TrafficError> {
     let topic = weir_core::topics::guardrails(deployment);
-    let (records, _) = bus.read_log_records(&topic).await?;
-    let mut rows = BTreeMap::new();
-    for (offset, payload) in records {
-        let row: GuardrailRow = serde_json::from_slice(&payload).map_err(|e| {
-            TrafficError::Refused(format!(
-                "`{topic}` offset {offset}: not a guardrail row: {e}"
-            ))
-        })?;
-        if row.experiment == experiment && row.version == version {
-            rows.insert((row.at, row.variant.clone()), row);
-        }
-    }
-    Ok(rows.into_values().collect())
+    rewards::read_rows(bus, &topic, experiment, version).await
 }

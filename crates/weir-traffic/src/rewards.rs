@@ -414,3 +414,36 @@ async fn superseded(bus: Bus, deployment: String, from: i64) -> Result<(), Traff
     }
     Ok(())
 }
+
+/// A row an experiment's job publishes: about one variant of one version
+/// of the experiment, at one tick.
+pub(crate) trait PublishedRow: serde::de::DeserializeOwned {
+    /// What the rows are, for errors.
+    const WHAT: &'static str;
+
+    /// Its experiment, version, tick and variant.
+    fn identity(&self) -> (&str, u64, i64, &str);
+}
+
+/// The rows published to `topic` for version `version` of `experiment`,
+/// by tick and variant, each once (a replay after a crash may have
+/// published a row twice, the same both times).
+pub(crate) async fn read_rows<T: PublishedRow>(
+    bus: &Bus,
+    topic: &str,
+    experiment: &str,
+    version: u64,
+) -> Result<Vec<T>, TrafficError> {
+    let (records, _) = bus.read_log_records(topic).await?;
+    let mut rows = BTreeMap::new();
+    for (offset, payload) in records {
+        let row: T = serde_json::from_slice(&payload).map_err(|e| {
+            TrafficError::Refused(format!("`{topic}` offset {offset}: not {}: {e}", T::WHAT))
+        })?;
+        let (of, at_version, at, variant) = row.identity();
+        if of == experiment && at_version == version {
+            rows.insert((at, variant.to_string()), row);
+        }
+    }
+    Ok(rows.into_values().collect())
+}
