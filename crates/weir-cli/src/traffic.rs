@@ -365,40 +365,25 @@ async fn run_job(
         _ => None,
     };
     let version = started.version;
-    let settle = || async {
+    let print = |decided: weir_traffic::decide::Decided| {
+        println!(
+            "decided: {} (run {} of `{}` on weir.meta)",
+            decided.outcome,
+            decided.run_id,
+            weir_traffic::decide::TRACKING_EXPERIMENT
+        );
+    };
+    // Set when the experiment ended otherwise: the decisions stop there.
+    let ended = std::sync::atomic::AtomicBool::new(false);
+    let decisions = async {
         match &tracker {
             Some(tracker) => {
-                let decided = weir_traffic::decide::settle(bus, tracker, &spec, version).await;
-                match decided {
-                    Ok(Some(decided)) => {
-                        println!(
-                            "decided: {} (run {} of `{}` on weir.meta)",
-                            decided.outcome,
-                            decided.run_id,
-                            weir_traffic::decide::TRACKING_EXPERIMENT
-                        );
-                        true
-                    }
-                    Ok(None) => false,
-                    Err(error) => {
-                        tracing::warn!(%error, "carrying out the decision failed");
-                        false
-                    }
+                let followed = weir_traffic::decide::follow(bus, tracker, &spec, version, &ended);
+                if let Some(decided) = followed.await {
+                    print(decided);
                 }
             }
-            None => false,
-        }
-    };
-    // Ends once a decision was carried out, or once the experiment has
-    // ended otherwise (`ended`).
-    let ended = std::sync::atomic::AtomicBool::new(false);
-    let deciding = tracker.is_some();
-    let decisions = async {
-        if !deciding {
-            return std::future::pending::<()>().await;
-        }
-        while !settle().await && !ended.load(std::sync::atomic::Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            None => std::future::pending().await,
         }
     };
     // The experiment stopped or was applied again: what the job computes
@@ -423,7 +408,7 @@ async fn run_job(
         tokio::select! {
             () = superseded => {
                 ended.store(true, std::sync::atomic::Ordering::SeqCst);
-                if deciding {
+                if tracker.is_some() {
                     decisions.await;
                 }
             }
@@ -432,8 +417,12 @@ async fn run_job(
     };
     let statuses = crate::job::supervise_until(jobs, output, stop).await;
     // A bounded run may end before its decision was read.
-    if statuses.is_ok() {
-        settle().await;
+    if let (Ok(_), Some(tracker)) = (&statuses, &tracker) {
+        match weir_traffic::decide::settle(bus, tracker, &spec, version).await {
+            Ok(Some(decided)) => print(decided),
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "carrying out the decision failed"),
+        }
     }
     if let Some(tracker) = tracker {
         tracker.close().await;

@@ -13,6 +13,9 @@
 //! replay after a crash, a second `weir traffic analyze`) finds its
 //! experiment version no longer running and does nothing.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use weir_bus::Bus;
 use weir_meta::event::{KeyValue, Metric};
 use weir_meta::tracker::RunReport;
@@ -175,6 +178,32 @@ pub async fn settle(
         outcome,
         run_id,
     }))
+}
+
+/// Carries out the experiment's decision as soon as it is published,
+/// looking every second, until one was carried out (returned) or `ended`
+/// is set (the experiment ended otherwise: `None`). A look that fails is
+/// logged and tried again.
+pub async fn follow(
+    bus: &Bus,
+    tracker: &weir_meta::Tracker,
+    spec: &ExperimentSpec,
+    version: u64,
+    ended: &AtomicBool,
+) -> Option<Decided> {
+    loop {
+        match settle(bus, tracker, spec, version).await {
+            Ok(Some(decided)) => return Some(decided),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::warn!(%error, experiment = %spec.name, "carrying out the decision failed");
+            }
+        }
+        if ended.load(Ordering::SeqCst) {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Records a decision and its evidence as a run.
