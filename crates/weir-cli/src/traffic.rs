@@ -365,29 +365,20 @@ async fn run_job(
         _ => None,
     };
     let version = started.version;
-    let print = |decided: weir_traffic::decide::Decided| {
-        println!(
-            "decided: {} (run {} of `{}` on weir.meta)",
-            decided.outcome,
-            decided.run_id,
-            weir_traffic::decide::TRACKING_EXPERIMENT
-        );
-    };
-    // Set when the experiment ended otherwise: the decisions stop there.
+    // Set once the jobs are over: the decisions then take a last look.
     let ended = std::sync::atomic::AtomicBool::new(false);
+    let decided_now = tokio::sync::Notify::new();
     let decisions = async {
-        match &tracker {
-            Some(tracker) => {
-                let followed = weir_traffic::decide::follow(bus, tracker, &spec, version, &ended);
-                if let Some(decided) = followed.await {
-                    print(decided);
-                }
-            }
-            None => std::future::pending().await,
+        let tracker = tracker.as_ref()?;
+        let decided = weir_traffic::decide::follow(bus, tracker, &spec, version, &ended).await;
+        if decided.is_some() {
+            decided_now.notify_one();
         }
+        decided
     };
-    // The experiment stopped or was applied again: what the job computes
-    // would be about an experiment that no longer runs.
+    // The experiment stopped or was applied again (a decision carried out
+    // stops it too): what the jobs compute would be about an experiment
+    // that no longer runs.
     let superseded = async {
         match started.superseded.await {
             Ok(()) => eprintln!(
@@ -400,29 +391,27 @@ async fn run_job(
             }
         }
     };
-    // A decision carried out stops the experiment, which ends the job; one
-    // under way then finishes (its record on weir.meta) before the job
-    // stops.
     let stop = async {
-        let mut decisions = std::pin::pin!(decisions);
         tokio::select! {
-            () = superseded => {
-                ended.store(true, std::sync::atomic::Ordering::SeqCst);
-                if tracker.is_some() {
-                    decisions.await;
-                }
-            }
-            () = &mut decisions => {}
+            () = superseded => {}
+            () = decided_now.notified() => {}
         }
     };
-    let statuses = crate::job::supervise_until(jobs, output, stop).await;
-    // A bounded run may end before its decision was read.
-    if let (Ok(_), Some(tracker)) = (&statuses, &tracker) {
-        match weir_traffic::decide::settle(bus, tracker, &spec, version).await {
-            Ok(Some(decided)) => print(decided),
-            Ok(None) => {}
-            Err(error) => tracing::warn!(%error, "carrying out the decision failed"),
-        }
+    // The decisions run beside the jobs, not under their stop: one under
+    // way when the jobs end finishes (its record on weir.meta).
+    let supervised = async {
+        let statuses = crate::job::supervise_until(jobs, output, stop).await;
+        ended.store(true, std::sync::atomic::Ordering::SeqCst);
+        statuses
+    };
+    let (statuses, decided) = tokio::join!(supervised, decisions);
+    if let Some(decided) = decided {
+        println!(
+            "decided: {} (run {} of `{}` on weir.meta)",
+            decided.outcome,
+            decided.run_id,
+            weir_traffic::decide::TRACKING_EXPERIMENT
+        );
     }
     if let Some(tracker) = tracker {
         tracker.close().await;
