@@ -1005,10 +1005,17 @@ async fn bandit_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
                 json!({"request_id": id, "reward": if rng.random_bool(rate) { 1.0 } else { 0.0 }}),
             );
         }
+        // The round's feedback, observed now: the tick after this time
+        // takes all of it. (Stamped by the route on arrival instead, a
+        // tick could fall between the stamps and a later reading of the
+        // clock, and the weights waited for below would never come.)
+        let observed = weir_core::now_ms();
+        for record in &mut feedback {
+            record["timestamp"] = json!(observed);
+        }
         post_feedback(serving.address, feedback).await?;
         // The weights of the first tick after this round's feedback, read
         // as serving reads them.
-        let posted = weir_core::now_ms();
         let weights = tokio::time::timeout(Duration::from_secs(20), async {
             loop {
                 let Some(record) = control.next_raw().await? else {
@@ -1017,7 +1024,8 @@ async fn bandit_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
                 let routing = weir_serve::routing::Routing::from_bytes(
                     record.payload.as_deref().unwrap_or_default(),
                 )?;
-                if routing.experiment == "demo-bandit" && routing.allocated && routing.at > posted {
+                if routing.experiment == "demo-bandit" && routing.allocated && routing.at > observed
+                {
                     return anyhow::Ok(routing.shares());
                 }
             }
