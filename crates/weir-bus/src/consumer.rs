@@ -439,9 +439,11 @@ fn partition_count(consumer: &StreamConsumer<QuietEof>, topic: &str) -> Result<i
         match consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(10)) {
             Err(KafkaError::MetadataFetch(
                 RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
-            )) if attempt < 5 => {
+            )) if attempt < 10 => {
+                // Up to about 5 s in all: a broker under load can take
+                // longer than a second to answer a new connection.
                 attempt += 1;
-                std::thread::sleep(std::time::Duration::from_millis(100 * attempt));
+                std::thread::sleep(std::time::Duration::from_millis((100 * attempt).min(1000)));
             }
             result => {
                 break result
