@@ -84,6 +84,21 @@ fn spawn_job(
         .unwrap()
 }
 
+/// How many records `topic` holds (the sum of its partitions' spans).
+fn records_in(platform: &Platform, topic: &str) -> i64 {
+    let describe = platform.run(&["topics", "describe", topic], b"");
+    let text = String::from_utf8_lossy(&describe.stdout);
+    text.lines()
+        .find_map(|line| line.strip_prefix("records"))
+        .and_then(|count| count.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no record count in `weir topics describe {topic}`:
+{text}"
+            )
+        })
+}
+
 /// `{0: 12, 1: 40}` after `marker` in `line`: offsets by partition.
 fn offsets_after(line: &str, marker: &str) -> Option<BTreeMap<i32, i64>> {
     let rest = &line[line.find(marker)? + marker.len()..];
@@ -221,12 +236,33 @@ pub(crate) fn kill_and_restart_with(
     spawn: impl Fn(&std::path::Path) -> Child,
 ) -> Vec<std::path::PathBuf> {
     // Kill the job at pseudo-random points until it has crashed five times
-    // mid-stream, then let it finish.
+    // mid-stream, then let it finish. The kill points follow the job's
+    // progress (the source offsets its commits log), not the clock, so a
+    // fast machine cannot finish the job before the fifth crash: a run
+    // with n crashes still to come is killed at the latest 0–50 ms after
+    // a commit passes 1 / (n + 2) of what was left when it started (and a
+    // little more, at random), so at least 2/7 of the source is left for
+    // the last run.
+    let total = records_in(platform, source);
     let mut crashes = 0;
     let mut delay_state = 7_u64;
+    let mut random = move |bound: i64| {
+        delay_state = delay_state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1);
+        (delay_state >> 33) as i64 % bound.max(1)
+    };
     let started = Instant::now();
-    let mut logs = Vec::new();
+    let mut logs: Vec<std::path::PathBuf> = Vec::new();
     loop {
+        // Where this run starts, as far as the earlier runs' logs tell.
+        let mut furthest: BTreeMap<i32, i64> = BTreeMap::new();
+        for log in &logs {
+            for (partition, offset) in run_offsets(log).committed {
+                let last = furthest.entry(partition).or_insert(offset);
+                *last = (*last).max(offset);
+            }
+        }
         let log = dir.join(format!("run-{}.log", logs.len()));
         let mut child = spawn(&log);
         logs.push(log);
@@ -236,39 +272,44 @@ pub(crate) fn kill_and_restart_with(
             assert!(output.status.success(), "final run failed:\n{log}");
             break;
         }
-        delay_state = delay_state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1);
-        let random = (delay_state >> 33) % 1_200;
-        // Every other run is killed up to 0.3 s after its first commit, so
-        // that the restarts have a checkpoint to resume from; the others
-        // 0.3–1.1 s after they start (they may die before their first
-        // commit, while starting). On an idle machine a later run can
-        // finish its share sooner than that: the delays stay short.
         let run = logs.len() - 1;
-        let delay = if run % 2 == 0 {
-            Duration::from_millis(random / 4)
-        } else {
-            Duration::from_millis(300 + random * 2 / 3)
-        };
-        if run % 2 == 0 {
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !std::fs::read_to_string(logs.last().unwrap())
-                .unwrap_or_default()
-                .contains("committed epoch=")
-                && child.try_wait().unwrap().is_none()
-            {
-                assert!(
-                    Instant::now() < deadline,
-                    "run {} made no commit in 20 s:\n{}",
-                    logs.len() - 1,
-                    std::fs::read_to_string(logs.last().unwrap()).unwrap_or_default()
-                );
-                std::thread::sleep(Duration::from_millis(20));
+        let jitter = random(1_000);
+        // Every other run dies at its target, so that the restarts have a
+        // checkpoint to resume from; the others 0.3–1.1 s after they start
+        // or at their target, whichever comes first (they may die before
+        // their first commit, while starting).
+        let deadline = (run % 2 == 1)
+            .then(|| Instant::now() + Duration::from_millis(300 + random(800) as u64));
+        let stalled = Instant::now() + Duration::from_secs(60);
+        let finished = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
             }
-        }
-        std::thread::sleep(delay);
-        match child.try_wait().unwrap() {
+            if deadline.is_some_and(|at| Instant::now() >= at) {
+                break None;
+            }
+            let now = run_offsets(logs.last().unwrap());
+            // Where it resumed: what its workers logged at their start,
+            // else what the earlier runs logged.
+            let mut resumed = furthest.clone();
+            resumed.extend(now.resumed);
+            let from: i64 = resumed.values().sum();
+            let step = (total - from) / (7 - crashes as i64);
+            let target = from + step + step * jitter / 4_000;
+            resumed.extend(now.committed);
+            let committed: i64 = resumed.values().sum();
+            if committed >= target {
+                std::thread::sleep(Duration::from_millis(random(50) as u64));
+                break None;
+            }
+            assert!(
+                Instant::now() < stalled,
+                "run {run} committed {committed} of {total} records in 60 s, short of {target}:\n{}",
+                std::fs::read_to_string(logs.last().unwrap()).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        match finished.or_else(|| child.try_wait().unwrap()) {
             Some(status) => {
                 let log = std::fs::read_to_string(logs.last().unwrap()).unwrap_or_default();
                 assert!(status.success(), "job failed:\n{log}");
