@@ -1,7 +1,7 @@
 //! Starts `weir broker --memory` on free ports and runs `weir` against it.
 
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -146,9 +146,13 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// The repository root.
+/// The repository root: where cargo says the crate is when the tests
+/// run, not where it was when they were built (a build shared by two
+/// checkouts would read the other one's files).
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("../..")
 }
 
 /// The test Python environment that `cargo xtask test` builds. A test that

@@ -351,12 +351,19 @@ async fn run(case: &Case, dir: &Path) -> Result<(), String> {
 
 /// The view sections of case file `name`.
 pub fn views_of(name: &str) -> Vec<String> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/cases")
-        .join(format!("{name}.case"));
+    let path = cases_dir().join(format!("{name}.case"));
     parse(&path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .views
+}
+
+/// `tests/cases` of this crate: where cargo says the crate is when the
+/// tests run, not where it was when they were built (a build shared by
+/// two checkouts would read the other one's files).
+fn cases_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("tests/cases")
 }
 
 /// How long one case may take.
@@ -365,7 +372,7 @@ const CASE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// The case files, or only those whose name contains `WEIR_CASE` when it
 /// is set (to run one while writing it).
 fn case_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cases");
+    let dir = cases_dir();
     let only = std::env::var("WEIR_CASE").ok();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
