@@ -289,10 +289,20 @@ pub async fn run(
             let guards = timely::execute(config, move |worker| {
                 let _failing = FailOnPanic(&prepared);
                 if let Err(error) = run_worker(worker, &prepared) {
-                    if !prepared.failed.swap(true, Ordering::SeqCst) {
-                        tracing::error!(%error, "dataflow worker failed");
+                    // The first failure is the job's; the others' are
+                    // "another worker failed".
+                    let error = if prepared.failed.load(Ordering::SeqCst) {
+                        prepared.stop.store(true, Ordering::SeqCst);
+                        error
+                    } else {
+                        prepared.fail(error);
+                        DataflowError::Execution(ANOTHER_FAILED.into())
+                    };
+                    // Timely steps a worker until its dataflows complete,
+                    // after this returns: with a peer gone they never do.
+                    for dataflow in worker.installed_dataflows() {
+                        worker.drop_dataflow(dataflow);
                     }
-                    prepared.stop.store(true, Ordering::SeqCst);
                     return Err(error);
                 }
                 Ok(())

@@ -139,3 +139,48 @@ async fn windows_upsert_a_rocksdb_table() {
         assert!((stored["total"].as_f64().unwrap() - row.total).abs() < 1e-6);
     }
 }
+
+/// One worker failing while it starts (here: its file is not Parquet)
+/// fails the whole job, with that worker's error, and the job ends: the
+/// other worker does not wait for it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_fails_at_its_start_fails_the_job() {
+    let h = Harness::start().await;
+    let data = events(2_000, 30, 50, 1_000, 8);
+    publish(&h.bus, "broken-in", 2, &data).await;
+    let archive = h.dir.path().join("archive");
+    let window = Window::tumbling(Duration::from_secs(30)).unwrap();
+    let mut job = spec(
+        "broken-archive",
+        "broken-in",
+        h.dir.path(),
+        window,
+        Sink::Parquet {
+            dir: archive.clone(),
+        },
+    );
+    job.aggregation = None;
+    run(&h, job, 2).await;
+    let files = parquet_files(&archive);
+    assert!(files.len() >= 2, "one file per worker at least: {files:?}");
+    // The second file is the second worker's.
+    std::fs::write(&files[1], b"not parquet").unwrap();
+
+    let (sink, _) = memory();
+    let mut backfill = spec("broken-backfill", "unused", h.dir.path(), window, sink);
+    backfill.source = Source::Parquet(ParquetSource {
+        path: archive.clone(),
+        event_time: "event_time".into(),
+    });
+    let handle = start(backfill, &h.bus, Cluster::local(2)).await.unwrap();
+    // A thread of its own: a job that never ends must fail the test, not
+    // hold it at the runtime's shutdown.
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || sender.send(handle.join()));
+    let ended = receiver
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the job ended within 60 s");
+    let error = ended.expect_err("the job failed").to_string();
+    let name = files[1].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(error.contains(&name), "the error names the file: {error}");
+}
