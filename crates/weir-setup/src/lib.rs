@@ -289,11 +289,22 @@ impl PythonEnvironment {
         let _ = std::fs::remove_dir_all(&self.dir);
         run(Command::new(python3()).args(["-m", "venv"]).arg(&self.dir))?;
         run(Command::new(&python).args(["-m", "pip", "install", "--quiet", "--upgrade", "pip"]))?;
+        let (together, alone) = split_no_deps(&self.requirements);
         let file = self.dir.join("requirements.txt");
-        std::fs::write(&file, &self.requirements).map_err(io(&file))?;
+        std::fs::write(&file, together).map_err(io(&file))?;
         run(Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "-r"])
             .arg(&file))?;
+        for requirement in alone {
+            run(Command::new(&python).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--no-deps",
+                requirement,
+            ]))?;
+        }
         std::fs::write(self.marker(), b"").map_err(io(&self.marker()))?;
         let parent = self.dir.parent().expect("an environment has a parent");
         if let Ok(entries) = std::fs::read_dir(parent) {
@@ -315,6 +326,28 @@ impl PythonEnvironment {
 /// The names of the managed environments.
 pub fn environment_names() -> impl Iterator<Item = &'static str> {
     REQUIREMENTS.iter().map(|(name, _)| *name)
+}
+
+/// The mark of a requirement installed without its dependencies, after
+/// the others: a package whose declared dependencies are far more than
+/// the code used needs.
+const NO_DEPS: &str = "# no-deps";
+
+/// `requirements` without the lines marked [`NO_DEPS`], and those lines'
+/// requirements.
+fn split_no_deps(requirements: &str) -> (String, Vec<&str>) {
+    let mut together = String::new();
+    let mut alone = Vec::new();
+    for line in requirements.lines() {
+        match line.trim_end().strip_suffix(NO_DEPS) {
+            Some(requirement) => alone.push(requirement.trim()),
+            None => {
+                together.push_str(line);
+                together.push('\n');
+            }
+        }
+    }
+    (together, alone)
 }
 
 /// `name`'s requirements with the files they include (`-r other.txt`)
@@ -373,6 +406,17 @@ fn run(command: &mut Command) -> Result<(), SetupError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requirements_marked_no_deps_are_installed_apart() {
+        let (together, alone) = split_no_deps("a==1\nb==2  # no-deps\n# c\n");
+        assert_eq!(together, "a==1\n# c\n");
+        assert_eq!(alone, ["b==2"]);
+        let test = requirements("test").unwrap();
+        let (together, alone) = split_no_deps(&test);
+        assert!(alone.contains(&"obp==0.4.1"), "{alone:?}");
+        assert!(!together.contains("obp=="));
+    }
 
     #[test]
     fn included_requirements_are_inlined() {
