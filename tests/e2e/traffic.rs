@@ -4,7 +4,8 @@
 //! `weir traffic analyze`: an experiment's analysis finds a better
 //! candidate and no difference between equals, its decision rules
 //! promote and roll back through the registry, and its guardrails roll
-//! back a slow or failing canary.
+//! back a slow or failing canary; its off-policy estimates are Open
+//! Bandit Pipeline's.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -90,14 +91,26 @@ type Served = (String, usize, i64);
 /// Logs `served` to `weir.log.<deployment>` as serving does, and their
 /// rewards (id, reward, when) to `weir.feedback.<deployment>`.
 async fn publish(bus: &Bus, deployment: &str, served: &[Served], rewards: &[(String, f64, i64)]) {
+    let propensities = vec![1.0 / 3.0; served.len()];
+    publish_logged(bus, deployment, served, &propensities, rewards).await;
+}
+
+/// [`publish`], each request logged with its propensity.
+async fn publish_logged(
+    bus: &Bus,
+    deployment: &str,
+    served: &[Served],
+    propensities: &[f64],
+    rewards: &[(String, f64, i64)],
+) {
     let logger = Logger::start(bus, deployment).await.unwrap();
-    for (id, arm, ts) in served {
+    for ((id, arm, ts), propensity) in served.iter().zip(propensities) {
         logger
             .log(LogEntry {
                 request_id: id.clone(),
                 models: ARMS[*arm].into(),
                 variant: ARMS[*arm].into(),
-                propensity: 1.0 / 3.0,
+                propensity: *propensity,
                 channel: Channel::Http,
                 timestamp: *ts,
                 latency_us: 900,
@@ -927,4 +940,113 @@ fn guardrails_roll_back_a_slow_or_failing_canary_and_leave_a_sound_one() {
         }
     }
     runtime.block_on(tracker.close());
+}
+
+/// The analysis's off-policy estimates over the real broker, against Open
+/// Bandit Pipeline on the same logged requests. The logging policy moved
+/// (m@2 had 50 %, then 80 %, then 20 % of the traffic, as a bandit's
+/// weights move) while both variants converted twice as often in the
+/// middle third: each variant's naive mean over-counts the third it had
+/// most of, the estimates of "all traffic to it" do not. IPS, SNIPS and
+/// DR equal obp's (`InverseProbabilityWeighting`,
+/// `SelfNormalizedInverseProbabilityWeighting`, `DoublyRobust` with each
+/// variant's mean reward as the reward model) to 1e-9, and IPS and DR hold
+/// the true values within four standard errors.
+#[test]
+fn off_policy_estimates_are_open_bandit_pipelines() {
+    let platform = Platform::start();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = runtime();
+    let bus = runtime.block_on(bus(&platform));
+    let mut next = xorshift(0x2545_F491_4F6C_DD1D);
+    let mut uniform = move || (next() % 1_000_000) as f64 / 1_000_000.0;
+    // Per third: m@2's share of the traffic, and each variant's rate.
+    let thirds = [
+        (0.5, [0.10, 0.12]),
+        (0.8, [0.20, 0.24]),
+        (0.2, [0.10, 0.12]),
+    ];
+    let truth: Vec<f64> = (0..2)
+        .map(|arm| thirds.iter().map(|t| t.1[arm]).sum::<f64>() / 3.0)
+        .collect();
+    let (mut served, mut propensities, mut rewards) = (Vec::new(), Vec::new(), Vec::new());
+    let mut csv = String::from("action,reward,pscore\n");
+    for i in 0..30_000 {
+        let (share, rates) = thirds[i / 10_000];
+        let arm = usize::from(uniform() < share);
+        let propensity = if arm == 1 { share } else { 1.0 - share };
+        let reward = f64::from(u8::from(uniform() < rates[arm]));
+        let (id, ts) = (format!("r{i}"), BASE + i as i64 * 10);
+        rewards.push((id.clone(), reward, ts + (uniform() * 3_000.0) as i64));
+        served.push((id, arm, ts));
+        propensities.push(propensity);
+        csv.push_str(&format!("{arm},{reward},{propensity}\n"));
+    }
+    rewards.sort_by_key(|r| r.2);
+    let experiment = "ope-compare";
+    runtime.block_on(async {
+        weir_serve::control::publish(&bus, "ope", &canary(experiment))
+            .await
+            .unwrap();
+        publish_logged(&bus, "ope", &served, &propensities, &rewards).await;
+    });
+    let rows = analyze(&platform, &runtime, &bus, dir.path(), experiment, "ope");
+
+    let logged = dir.path().join("logged.csv");
+    std::fs::write(&logged, csv).unwrap();
+    let output = std::process::Command::new(crate::support::python())
+        .arg(crate::support::repo().join("tests/python/obp_ope.py"))
+        .arg(&logged)
+        .arg("2")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "obp_ope.py failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let obp: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    for (arm, model) in ARMS[..2].iter().enumerate() {
+        let last = rows
+            .iter()
+            .rev()
+            .find(|r| r.variant == *model)
+            .unwrap_or_else(|| panic!("no rows for {model}: {rows:?}"));
+        let count = served.iter().filter(|s| s.1 == arm).count() as u64;
+        assert_eq!(last.n, count, "{model}: every request's reward counted");
+        let theirs = &obp[arm.to_string()];
+        let ours = [
+            ("ips", last.ips, last.ips_se),
+            ("snips", last.snips, last.snips_se),
+            ("dr", last.dr, last.dr_se),
+        ];
+        println!(
+            "{model}: true value {:.4}, naive mean {:.4}; ips {:?} ± {:?}, snips {:?} ± {:?}, dr {:?} ± {:?}; obp {theirs}",
+            truth[arm],
+            last.mean,
+            last.ips,
+            last.ips_se,
+            last.snips,
+            last.snips_se,
+            last.dr,
+            last.dr_se
+        );
+        for (name, value, error) in ours {
+            let value = value.unwrap_or_else(|| panic!("{model}: no {name}"));
+            let error = error.unwrap_or_else(|| panic!("{model}: no {name} standard error"));
+            let reference = theirs[name].as_f64().unwrap();
+            assert!(
+                (value - reference).abs() <= 1e-9 * reference.abs().max(1.0),
+                "{model} {name}: Weir {value}, obp {reference}"
+            );
+            if name != "snips" {
+                assert!(
+                    (value - truth[arm]).abs() < 4.0 * error,
+                    "{model} {name}: {value} ± {error} is far from the true {}",
+                    truth[arm]
+                );
+            }
+        }
+    }
 }

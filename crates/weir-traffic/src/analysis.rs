@@ -16,7 +16,9 @@
 //! sequence ([`crate::sequential`]). The published interval is the
 //! intersection of every look's so far and the p-value the least so far —
 //! both stay valid under continuous peeking, and a verdict once reached
-//! holds. With decision rules (`decision:` in the spec), the first row
+//! holds. Beside the comparison, each row carries off-policy estimates
+//! ([`crate::ope`]) of what the candidate would have earned with all of
+//! the traffic, from the propensities the log recorded. With decision rules (`decision:` in the spec), the first row
 //! whose verdict a rule takes (`better` to promote, `worse` to roll back,
 //! with enough rewards on both sides) carries the decision, once, which
 //! [`crate::decide`] carries out. The rows go to
@@ -39,6 +41,7 @@ use weir_dataflow::operator::{Context, Operator, OperatorFactory};
 use weir_serve::routing::Routing;
 
 use crate::TrafficError;
+use crate::ope;
 use crate::rewards::{self, Reading, RewardState, Running, Started};
 use crate::sequential::{Sample, SequentialTest};
 use crate::spec::{DecisionSpec, ExperimentSpec};
@@ -112,6 +115,26 @@ pub struct AnalysisRow {
     /// Set on the row that decided the experiment ([`crate::decide`]).
     #[serde(default)]
     pub decision: Option<Decision>,
+    /// What the candidate would have earned per request with all of the
+    /// experiment's traffic, by inverse propensity scoring
+    /// ([`crate::ope`]), and its standard error.
+    #[serde(default)]
+    pub ips: Option<f64>,
+    /// See `ips`.
+    #[serde(default)]
+    pub ips_se: Option<f64>,
+    /// The same by self-normalised inverse propensity scoring.
+    #[serde(default)]
+    pub snips: Option<f64>,
+    /// See `snips`.
+    #[serde(default)]
+    pub snips_se: Option<f64>,
+    /// The same, doubly robust.
+    #[serde(default)]
+    pub dr: Option<f64>,
+    /// See `dr`.
+    #[serde(default)]
+    pub dr_se: Option<f64>,
 }
 
 fn output_schema() -> SchemaRef {
@@ -132,6 +155,12 @@ fn output_schema() -> SchemaRef {
         field("unmatched", DataType::UInt64, false),
         field("default", DataType::Boolean, false),
         field("decision", DataType::Utf8, true),
+        field("ips", DataType::Float64, true),
+        field("ips_se", DataType::Float64, true),
+        field("snips", DataType::Float64, true),
+        field("snips_se", DataType::Float64, true),
+        field("dr", DataType::Float64, true),
+        field("dr_se", DataType::Float64, true),
     ]))
 }
 
@@ -172,6 +201,12 @@ fn to_batch(rows: &[AnalysisRow], default: &str) -> Result<RecordBatch, Dataflow
                 .collect::<BooleanArray>(),
         ),
         Arc::new(StringArray::from(decisions)),
+        floats(|r| r.ips),
+        floats(|r| r.ips_se),
+        floats(|r| r.snips),
+        floats(|r| r.snips_se),
+        floats(|r| r.dr),
+        floats(|r| r.dr_se),
     ];
     RecordBatch::try_new(output_schema(), columns)
         .map_err(|e| DataflowError::Execution(format!("analysis: {e}")))
@@ -240,8 +275,11 @@ impl Operator for AnalystOperator {
             .map(|(_, stats)| *stats)
             .unwrap_or_default();
         let unmatched = RewardState::unmatched(ctx)?;
+        let weighted = RewardState::weighted(routing, ctx)?;
+        let total = weighted.iter().map(|w| w.n).sum();
         let mut rows = Vec::with_capacity(routing.candidates.len());
-        for (candidate, stats) in routing.candidates.iter().zip(arms) {
+        for ((candidate, stats), weighted) in routing.candidates.iter().zip(arms).zip(&weighted) {
+            let estimates = ope::estimate(weighted, total);
             let mut row = AnalysisRow {
                 experiment: routing.experiment.clone(),
                 version: routing.version,
@@ -256,6 +294,12 @@ impl Operator for AnalystOperator {
                 verdict: Verdict::Default,
                 unmatched,
                 decision: None,
+                ips: estimates.map(|e| e.ips.value),
+                ips_se: estimates.map(|e| e.ips.standard_error),
+                snips: estimates.map(|e| e.snips.value),
+                snips_se: estimates.map(|e| e.snips.standard_error),
+                dr: estimates.map(|e| e.dr.value),
+                dr_se: estimates.map(|e| e.dr.standard_error),
             };
             if candidate.model != routing.default {
                 row.verdict = Verdict::TooFew;

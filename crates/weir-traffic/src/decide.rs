@@ -36,16 +36,16 @@ pub enum Evidence {
     /// The analysis's comparison of the rewards.
     Rewards {
         /// The candidate's row.
-        candidate: AnalysisRow,
+        candidate: Box<AnalysisRow>,
         /// The default's.
-        default: Option<AnalysisRow>,
+        default: Option<Box<AnalysisRow>>,
     },
     /// A guardrail the candidate went over.
     Guardrail {
         /// The candidate's row.
-        candidate: GuardrailRow,
+        candidate: Box<GuardrailRow>,
         /// The default's.
-        default: Option<GuardrailRow>,
+        default: Option<Box<GuardrailRow>>,
     },
 }
 
@@ -94,11 +94,12 @@ async fn first_decision(
             let at_default = rows
                 .iter()
                 .find(|r| r.at == row.at && r.variant == default)
-                .cloned();
+                .cloned()
+                .map(Box::new);
             found.push((
                 row.decision.expect("found by it"),
                 Evidence::Guardrail {
-                    candidate: row.clone(),
+                    candidate: Box::new(row.clone()),
                     default: at_default,
                 },
             ));
@@ -109,11 +110,12 @@ async fn first_decision(
         let at_default = rows
             .iter()
             .find(|r| r.at == row.at && r.variant == default)
-            .cloned();
+            .cloned()
+            .map(Box::new);
         found.push((
             row.decision.expect("found by it"),
             Evidence::Rewards {
-                candidate: row.clone(),
+                candidate: Box::new(row.clone()),
                 default: at_default,
             },
         ));
@@ -248,6 +250,8 @@ async fn record(
                 ("lift_low", candidate.low),
                 ("lift_high", candidate.high),
                 ("p_value", candidate.p_value),
+                ("candidate_value_dr", candidate.dr),
+                ("candidate_value_dr_se", candidate.dr_se),
             ] {
                 if let Some(value) = value {
                     metrics.push(metric(key, value));

@@ -35,13 +35,16 @@
 //!   decided (promote, roll back), with its evidence on `weir.meta`;
 //! - [`report`]: an experiment's report, as a table and an HTML page;
 //! - [`sequential`]: the sequential test of a candidate against the
-//!   default, valid under continuous peeking.
+//!   default, valid under continuous peeking;
+//! - [`ope`]: off-policy estimates of what each candidate would have
+//!   earned with all of the traffic, from the logged propensities.
 
 pub mod allocator;
 pub mod analysis;
 pub mod decide;
 pub mod experiments;
 pub mod guardrails;
+pub mod ope;
 pub mod policy;
 pub mod report;
 pub mod rewards;

@@ -1,5 +1,6 @@
 //! An experiment's report (`weir traffic report`): where each candidate
-//! stands against the default at the analysis's latest tick, its
+//! stands against the default at the analysis's latest tick, what it would
+//! have earned with all of the traffic (off-policy), its
 //! guardrails' figures, and an HTML
 //! page with the weights over time, the cumulative reward per variant and
 //! each candidate's lift with its confidence sequence.
@@ -21,7 +22,7 @@ pub fn latest<'a>(routing: &Routing, rows: &'a [AnalysisRow]) -> Vec<&'a Analysi
 
 /// The table `weir traffic report` prints: a header and a row per
 /// candidate.
-pub fn table(routing: &Routing, rows: &[AnalysisRow]) -> Vec<[String; 7]> {
+pub fn table(routing: &Routing, rows: &[AnalysisRow]) -> Vec<[String; 8]> {
     let number = |x: Option<f64>, format: fn(f64) -> String| x.map_or("-".to_string(), format);
     let percent = |x: f64| format!("{:+.1}%", x * 100.0);
     let mut table = vec![[
@@ -32,6 +33,7 @@ pub fn table(routing: &Routing, rows: &[AnalysisRow]) -> Vec<[String; 7]> {
         "interval".into(),
         "p-value".into(),
         "verdict".into(),
+        "all traffic (DR)".into(),
     ]];
     for row in latest(routing, rows) {
         table.push([
@@ -45,6 +47,11 @@ pub fn table(routing: &Routing, rows: &[AnalysisRow]) -> Vec<[String; 7]> {
             },
             number(row.p_value, |p| format!("{p:.4}")),
             verdict_text(row.verdict).into(),
+            // The off-policy estimate with its 95 % (fixed-horizon) margin.
+            match (row.dr, row.dr_se) {
+                (Some(value), Some(error)) => format!("{value:.4} ± {:.4}", 1.96 * error),
+                _ => "-".into(),
+            },
         ]);
     }
     table

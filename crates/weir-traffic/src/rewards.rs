@@ -34,11 +34,13 @@ use weir_serve::control;
 use weir_serve::routing::Routing;
 
 use crate::TrafficError;
+use crate::ope::Weighted;
 use crate::policy::ArmStats;
 use crate::spec::ExperimentSpec;
 
 /// Columns of the joined rows.
 const VARIANT: &str = "variant";
+const PROPENSITY: &str = "propensity";
 const REWARD: &str = "reward";
 const TIME: &str = "timestamp";
 /// The column the experiment's operators key by: the deployment, on every
@@ -93,7 +95,7 @@ pub fn job(
         kind: JoinKind::Left,
         columns: vec![
             (VARIANT.into(), VARIANT.into()),
-            ("propensity".into(), "propensity".into()),
+            (PROPENSITY.into(), PROPENSITY.into()),
             (DEPLOYMENT.into(), DEPLOYMENT.into()),
             (TIME.into(), SERVED_AT.into()),
         ],
@@ -103,7 +105,7 @@ pub fn job(
     .select(Select {
         filter: None,
         columns: Some(
-            ["request_id", TIME, REWARD, VARIANT, "propensity", SERVED_AT]
+            ["request_id", TIME, REWARD, VARIANT, PROPENSITY, SERVED_AT]
                 .iter()
                 .map(|c| (c.to_string(), format!("\"{c}\"")))
                 .chain([(
@@ -124,6 +126,7 @@ fn arrow_error(error: arrow::error::ArrowError) -> DataflowError {
 #[derive(Debug, Clone, Copy)]
 struct Columns {
     variant: usize,
+    propensity: usize,
     reward: usize,
     time: usize,
     served_at: usize,
@@ -132,9 +135,10 @@ struct Columns {
 /// The experiment's rewards in a batch of joined rows.
 #[derive(Debug, Default)]
 struct Rewards {
-    /// `(feedback time, variant, reward)` of feedback on the experiment's
-    /// own traffic: served since it was applied, by one of its candidates.
-    pub rows: Vec<(i64, String, f64)>,
+    /// `(feedback time, variant, reward, propensity)` of feedback on the
+    /// experiment's own traffic: served since it was applied, by one of
+    /// its candidates (the propensity is NaN where the log has none).
+    pub rows: Vec<(i64, String, f64, f64)>,
     /// Feedback that met no request within the window (an unknown id, or
     /// one older than the window).
     pub unmatched: u64,
@@ -151,6 +155,7 @@ impl Columns {
         column(DEPLOYMENT)?;
         Ok(Self {
             variant: column(VARIANT)?,
+            propensity: column(PROPENSITY)?,
             reward: column(REWARD)?,
             time: column(TIME)?,
             served_at: column(SERVED_AT)?,
@@ -176,6 +181,12 @@ impl Columns {
             .as_any()
             .downcast_ref::<Float64Array>()
             .expect("float64");
+        let propensities: ArrayRef =
+            cast(batch.column(self.propensity), &DataType::Float64).map_err(arrow_error)?;
+        let propensities = propensities
+            .as_any()
+            .downcast_ref::<Float64Array>()
+            .expect("float64");
         let served_at: ArrayRef =
             cast(batch.column(self.served_at), &DataType::Int64).map_err(arrow_error)?;
         let served_at = served_at
@@ -198,8 +209,13 @@ impl Columns {
             {
                 continue;
             }
+            let propensity = if propensities.is_null(row) {
+                f64::NAN
+            } else {
+                propensities.value(row)
+            };
             out.rows
-                .push((time, variant.to_string(), rewards.value(row)));
+                .push((time, variant.to_string(), rewards.value(row), propensity));
         }
         Ok(out)
     }
@@ -212,10 +228,12 @@ pub(crate) fn next_tick(time: i64, every: i64) -> i64 {
 }
 
 /// State keys, fixed (one experiment per job): each tick's rewards per
-/// variant until the tick, then the statistics per variant; how many
-/// feedback records met no request.
+/// variant until the tick, then the statistics per variant (plain and
+/// propensity-weighted); how many feedback records met no request.
 const PENDING: &str = "pending";
 const ARMS: &str = "arms";
+const PENDING_WEIGHTED: &str = "pending_weighted";
+const WEIGHTED: &str = "weighted";
 const ARMS_KEY: &[u8] = b"arms";
 const UNMATCHED: &str = "unmatched";
 const TICK: &[u8] = b"tick";
@@ -251,23 +269,28 @@ impl RewardState {
     ) -> Result<(), DataflowError> {
         let found = self.columns.rewards(batch, routing)?;
         // Gathered per tick and variant first: one state update each.
-        let mut gathered: BTreeMap<(i64, String), ArmStats> = BTreeMap::new();
-        for (time, variant, reward) in found.rows {
-            gathered
+        let mut gathered: BTreeMap<(i64, String), (ArmStats, Weighted)> = BTreeMap::new();
+        for (time, variant, reward, propensity) in found.rows {
+            let (stats, weighted) = gathered
                 .entry((next_tick(time, self.every), variant))
-                .or_default()
-                .add(reward);
+                .or_default();
+            stats.add(reward);
+            weighted.add(reward, propensity);
         }
         if found.unmatched > 0 {
             let mut count = ctx.value::<u64>(UNMATCHED);
             let before = count.get(UNMATCHED.as_bytes())?.unwrap_or(0);
             count.set(UNMATCHED.as_bytes(), &(before + found.unmatched))?;
         }
-        for ((tick, variant), stats) in gathered {
+        for ((tick, variant), (stats, weighted)) in gathered {
             let key = time_bytes(tick);
             let mut pending = ctx.map::<String, ArmStats>(PENDING);
             let mut sum = pending.get(&key, &variant)?.unwrap_or_default();
             sum.merge(&stats);
+            pending.insert(&key, &variant, &sum)?;
+            let mut pending = ctx.map::<String, Weighted>(PENDING_WEIGHTED);
+            let mut sum = pending.get(&key, &variant)?.unwrap_or_default();
+            sum.merge(&weighted);
             pending.insert(&key, &variant, &sum)?;
             ctx.set_timer(TICK, tick);
         }
@@ -292,10 +315,35 @@ impl RewardState {
             sum.merge(&stats);
             arms.insert(ARMS_KEY, &variant, &sum)?;
         }
+        let arrived = ctx
+            .map::<String, Weighted>(PENDING_WEIGHTED)
+            .entries(&key)?;
+        ctx.map::<String, Weighted>(PENDING_WEIGHTED).clear(&key)?;
+        let mut weighted = ctx.map::<String, Weighted>(WEIGHTED);
+        for (variant, sums) in arrived {
+            let mut sum = weighted.get(ARMS_KEY, &variant)?.unwrap_or_default();
+            sum.merge(&sums);
+            weighted.insert(ARMS_KEY, &variant, &sum)?;
+        }
+        let arms = ctx.map::<String, ArmStats>(ARMS);
         routing
             .candidates
             .iter()
             .map(|c| Ok(arms.get(ARMS_KEY, &c.model)?.unwrap_or_default()))
+            .collect()
+    }
+
+    /// The propensity-weighted rewards of `routing`'s candidates so far
+    /// (through the last tick), in order.
+    pub fn weighted(
+        routing: &Routing,
+        ctx: &mut Context<'_>,
+    ) -> Result<Vec<Weighted>, DataflowError> {
+        let weighted = ctx.map::<String, Weighted>(WEIGHTED);
+        routing
+            .candidates
+            .iter()
+            .map(|c| Ok(weighted.get(ARMS_KEY, &c.model)?.unwrap_or_default()))
             .collect()
     }
 
