@@ -778,12 +778,29 @@ fn decision_rules_promote_a_better_candidate_and_roll_back_a_worse_one() {
             .copied();
         let run = {
             let id = &state
-                .experiment_by_name(weir_traffic::decide::TRACKING_EXPERIMENT)
+                .experiment_by_name(weir_traffic::TRACKING_EXPERIMENT)
                 .unwrap()
                 .experiment_id;
+            // The version applied is a run of its own, with its routing.
+            let applied = state
+                .runs_of(id)
+                .find(|r| r.run_name == format!("{experiment}-v1"))
+                .expect("the version's run");
+            assert_eq!(applied.params["experiment_version"], "1");
+            assert_eq!(applied.params["kind"], "canary");
+            assert_eq!(
+                applied.params["candidates"],
+                format!("{model}@1=1, {model}@2=1"),
+                "{:?}",
+                applied.params
+            );
+            assert_eq!(applied.tags["weir.traffic.event"], "applied");
             state
                 .runs_of(id)
-                .find(|r| r.params.get("experiment") == Some(&experiment))
+                .find(|r| {
+                    r.params.get("experiment") == Some(&experiment)
+                        && r.params.contains_key("decision")
+                })
                 .cloned()
                 .expect("the decision's run")
         };
@@ -912,19 +929,28 @@ fn guardrails_roll_back_a_slow_or_failing_canary_and_leave_a_sound_one() {
                 assert_eq!(decided[0].decision, Some(Decision::Rollback));
                 let said = decided[0].breach.as_deref().unwrap_or_default();
                 assert!(said.starts_with(what), "{said}");
-                assert!(decided[0].requests >= 500);
+                // At the first tick it was allowed to: every look before
+                // had fewer than `min_requests`.
+                let allowed = candidate
+                    .iter()
+                    .find(|r| r.requests >= 500)
+                    .expect("a tick with enough requests");
+                assert_eq!(decided[0].at, allowed.at, "{candidate:?}");
                 assert!(
                     out.contains("decided: rolled back") && out.contains(what),
                     "{out}"
                 );
                 assert!(!running);
                 let id = &state
-                    .experiment_by_name(weir_traffic::decide::TRACKING_EXPERIMENT)
+                    .experiment_by_name(weir_traffic::TRACKING_EXPERIMENT)
                     .unwrap()
                     .experiment_id;
                 let run = state
                     .runs_of(id)
-                    .find(|r| r.params.get("experiment") == Some(&experiment))
+                    .find(|r| {
+                        r.params.get("experiment") == Some(&experiment)
+                            && r.params.contains_key("decision")
+                    })
                     .expect("the decision's run");
                 assert_eq!(run.params["evidence"], "guardrail");
                 assert!(run.latest.contains_key("candidate_latency_p99_ms"));

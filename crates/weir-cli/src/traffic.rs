@@ -138,7 +138,9 @@ pub async fn run(config: &Config, args: TrafficArgs) -> anyhow::Result<ExitCode>
         match args.command {
             TrafficCommand::Apply { .. } => {
                 let (spec, origin) = spec.expect("read above");
-                let applied = experiments::apply(bus, &state, &spec, &origin).await?;
+                let tracker = weir_meta::Tracker::open_under(bus, &config.state_dir).await?;
+                let applied = experiments::apply(bus, &tracker, &spec, &origin).await?;
+                tracker.close().await;
                 let routing = &applied.routing;
                 if applied.new {
                     println!(
@@ -410,7 +412,7 @@ async fn run_job(
             "decided: {} (run {} of `{}` on weir.meta)",
             decided.outcome,
             decided.run_id,
-            weir_traffic::decide::TRACKING_EXPERIMENT
+            weir_traffic::TRACKING_EXPERIMENT
         );
     }
     if let Some(tracker) = tracker {

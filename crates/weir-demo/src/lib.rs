@@ -786,8 +786,7 @@ async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::
     }
     let origin = "topologies/experiments/demo-ab.yaml";
     let experiment = weir_traffic::spec::ExperimentSpec::parse(EXPERIMENT, origin)?;
-    let applied =
-        weir_traffic::experiments::apply(bus, &tracker.snapshot(), &experiment, origin).await?;
+    let applied = weir_traffic::experiments::apply(bus, &tracker, &experiment, origin).await?;
     let routing = &applied.routing;
     println!(
         "    experiment {} v{} on {}: {}, sticky by user_id (weir.control.{})",
@@ -898,7 +897,7 @@ async fn experiment_stage(bus: &Bus, config: &Config, dataset: &str) -> anyhow::
             "{} (the evidence: run {} of `{}` on weir.meta)",
             decided.outcome,
             decided.run_id,
-            weir_traffic::decide::TRACKING_EXPERIMENT
+            weir_traffic::TRACKING_EXPERIMENT
         ),
         Ok(None) => {
             match weir_traffic::experiments::stop(bus, &tracker.snapshot(), "demo-ab").await {
@@ -932,8 +931,7 @@ async fn bandit_stage(bus: &Bus, config: &Config) -> anyhow::Result<()> {
     let tracker = weir_meta::Tracker::open_under(bus, &config.state_dir).await?;
     let origin = "topologies/experiments/demo-bandit.yaml";
     let experiment = weir_traffic::spec::ExperimentSpec::parse(BANDIT, origin)?;
-    let applied =
-        weir_traffic::experiments::apply(bus, &tracker.snapshot(), &experiment, origin).await?;
+    let applied = weir_traffic::experiments::apply(bus, &tracker, &experiment, origin).await?;
     let champion = applied.routing.candidates[0].model.clone();
     println!(
         "    experiment {} v{}: {} and {}, Thompson sampling, new weights every second (weir.control.demo-large)",

@@ -20,14 +20,12 @@ use weir_bus::Bus;
 use weir_meta::event::{KeyValue, Metric};
 use weir_meta::tracker::RunReport;
 
-use crate::TrafficError;
+use crate::{TRACKING_EXPERIMENT, TrafficError};
+
 use crate::analysis::{self, AnalysisRow, Decision};
 use crate::experiments;
 use crate::guardrails::{self, GuardrailRow};
 use crate::spec::ExperimentSpec;
-
-/// The tracking experiment decisions are recorded in.
-pub const TRACKING_EXPERIMENT: &str = "online-experiments";
 
 /// What a decision was made on: the deciding candidate's row, and the
 /// default's at the same tick.

@@ -3,9 +3,12 @@
 //! `weir.control.<deployment>`, which holds each experiment's history.
 
 use weir_bus::Bus;
+use weir_meta::Tracker;
+use weir_meta::event::KeyValue;
 use weir_meta::state::State;
+use weir_meta::tracker::RunReport;
 use weir_serve::control;
-use weir_serve::routing::{Candidate, Mirror, Routing};
+use weir_serve::routing::{Candidate, Kind, Mirror, Routing, Sticky};
 
 use crate::TrafficError;
 use crate::spec::ExperimentSpec;
@@ -168,15 +171,18 @@ fn same_routing(a: &Routing, b: &Routing) -> bool {
 }
 
 /// Applies `spec` (read from `origin`): publishes its routing as the
-/// experiment's next version, unless it routes as the latest does. A
-/// deployment runs one experiment at a time.
+/// experiment's next version, unless it routes as the latest does, and
+/// records the version on `weir.meta` as a run of
+/// [`crate::TRACKING_EXPERIMENT`] (`<experiment>-v<version>`, the routing
+/// in its params). A deployment runs one experiment at a time.
 pub async fn apply(
     bus: &Bus,
-    state: &State,
+    tracker: &Tracker,
     spec: &ExperimentSpec,
     origin: &str,
 ) -> Result<Applied, TrafficError> {
-    let mut routing = resolve(spec, origin, state)?;
+    let state = tracker.snapshot();
+    let mut routing = resolve(spec, origin, &state)?;
     let (history, _) = control::history(bus, &spec.deployment).await?;
     if let Some(latest) = history.last()
         && !latest.stopped
@@ -198,7 +204,75 @@ pub async fn apply(
     }
     routing.version = mine.map(|r| r.version).max().unwrap_or(0) + 1;
     control::publish(bus, &spec.deployment, &routing).await?;
+    record_version(tracker, spec, &routing, origin).await?;
     Ok(Applied { routing, new: true })
+}
+
+/// Records `routing`, a version of `spec`'s experiment just applied, as a
+/// run on `weir.meta`.
+async fn record_version(
+    tracker: &Tracker,
+    spec: &ExperimentSpec,
+    routing: &Routing,
+    origin: &str,
+) -> Result<(), TrafficError> {
+    let text = |key: &str, value: String| KeyValue {
+        key: key.into(),
+        value,
+    };
+    let candidates = routing
+        .candidates
+        .iter()
+        .map(|c| format!("{}={}", c.model, c.weight))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let kind = match routing.kind {
+        Kind::Canary => "canary",
+        Kind::Ab => "ab",
+        Kind::Bandit => "bandit",
+    };
+    let mut params = vec![
+        text("experiment", routing.experiment.clone()),
+        text("experiment_version", routing.version.to_string()),
+        text("deployment", spec.deployment.clone()),
+        text("kind", kind.into()),
+        text("default", routing.default.clone()),
+        text("candidates", candidates),
+        text("spec", origin.into()),
+    ];
+    if let Some(mirror) = &routing.mirror {
+        params.push(text(
+            "mirror",
+            format!("{} {}%", mirror.model, mirror.percent),
+        ));
+    }
+    if let Some(sticky) = &routing.sticky {
+        params.push(text(
+            "sticky",
+            match sticky {
+                Sticky::Key(key) => format!("key {key}"),
+                Sticky::Header(header) => format!("header {header}"),
+            },
+        ));
+    }
+    let now = weir_core::now_ms();
+    let report = RunReport {
+        experiment: crate::TRACKING_EXPERIMENT.into(),
+        run_name: format!("{}-v{}", routing.experiment, routing.version),
+        start_time: now,
+        end_time: now,
+        params,
+        metrics: Vec::new(),
+        tags: vec![
+            text("weir.traffic.experiment", routing.experiment.clone()),
+            text("weir.traffic.event", "applied".into()),
+        ],
+        datasets: Vec::new(),
+        status: String::new(),
+        artifacts: Vec::new(),
+    };
+    tracker.record_run(report).await?;
+    Ok(())
 }
 
 /// Every experiment of every deployment on `weir.meta`, by deployment,

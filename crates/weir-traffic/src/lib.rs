@@ -39,6 +39,11 @@
 //! - [`ope`]: off-policy estimates of what each candidate would have
 //!   earned with all of the traffic, from the logged propensities.
 
+/// The tracking experiment on `weir.meta` that records online
+/// experiments: each version applied ([`experiments::apply`]) and each
+/// decision carried out ([`decide`]), as runs.
+pub const TRACKING_EXPERIMENT: &str = "online-experiments";
+
 pub mod allocator;
 pub mod analysis;
 pub mod decide;
