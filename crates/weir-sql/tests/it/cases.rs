@@ -271,6 +271,7 @@ async fn run(case: &Case, dir: &Path) -> Result<(), String> {
     let (header, want) = case.rows.as_ref().expect("rows or an error");
     // Upstream views first: each reads the one before's results.
     let mut late = 0;
+    let mut written = 0;
     let mut last = None;
     for path in &paths {
         let name = weir_sql::ViewFile::load(path).unwrap().header.name;
@@ -288,6 +289,7 @@ async fn run(case: &Case, dir: &Path) -> Result<(), String> {
         }
         let status = h.run_to_end(plan).await;
         late = status.late;
+        written = status.records_out;
         let mut accepted = Vec::new();
         for (source, from) in topics.iter().zip(dlq_from) {
             let dead = h.dead_letters(&source.topic, from).await;
@@ -331,7 +333,15 @@ async fn run(case: &Case, dir: &Path) -> Result<(), String> {
         match rows {
             Ok(got) => {
                 if let Err(e) = compare(what, want, &got) {
-                    failures.push(e);
+                    // Where a stream's row went missing: in the job (it
+                    // wrote fewer) or after it (the topic holds fewer).
+                    let held: usize = batches.iter().map(RecordBatch::num_rows).sum();
+                    failures.push(match what {
+                        "the stream" => format!(
+                            "{e}\n  (the job wrote {written} rows; the output topic holds {held})"
+                        ),
+                        _ => e,
+                    });
                 }
             }
             Err(e) => failures.push(format!("{what}: {e}")),
