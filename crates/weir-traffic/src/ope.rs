@@ -159,26 +159,29 @@ pub fn estimate(arm: &Weighted, total: u64) -> Option<Estimates> {
 mod tests {
     use super::*;
 
-    /// The estimators computed term by term, as their definitions read.
-    fn by_definition(rows: &[(usize, f64, f64)], candidate: usize) -> [f64; 4] {
-        let n = rows.len() as f64;
-        let mine: Vec<_> = rows.iter().filter(|r| r.0 == candidate).collect();
-        let ips = mine.iter().map(|r| r.1 / r.2).sum::<f64>() / n;
-        let snips = mine.iter().map(|r| r.1 / r.2).sum::<f64>()
-            / mine.iter().map(|r| 1.0 / r.2).sum::<f64>();
-        let q = mine.iter().map(|r| r.1).sum::<f64>() / mine.len() as f64;
-        let dr = rows
-            .iter()
-            .map(|r| {
-                q + if r.0 == candidate {
-                    (r.1 - q) / r.2
-                } else {
-                    0.0
-                }
-            })
-            .sum::<f64>()
-            / n;
-        [ips, snips, q, dr]
+    /// A logged request: the arm that answered, its reward, its propensity.
+    type Row = (usize, f64, f64);
+
+    /// IPS's term for one request when the target is `candidate`.
+    fn ips_term(row: &Row, candidate: usize) -> f64 {
+        if row.0 == candidate {
+            row.1 / row.2
+        } else {
+            0.0
+        }
+    }
+
+    /// DR's term, with `q` the candidate's mean reward.
+    fn dr_term(row: &Row, candidate: usize, q: f64) -> f64 {
+        q + ips_term(row, candidate) - if row.0 == candidate { q / row.2 } else { 0.0 }
+    }
+
+    /// The mean of `terms` and its standard error (sample deviation / √n).
+    fn mean_and_error(terms: &[f64]) -> (f64, f64) {
+        let n = terms.len() as f64;
+        let mean = terms.iter().sum::<f64>() / n;
+        let variance = terms.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        (mean, (variance / n).sqrt())
     }
 
     #[test]
@@ -190,7 +193,7 @@ mod tests {
             state ^= state << 17;
             (state % 10_000) as f64 / 10_000.0
         };
-        let rows: Vec<(usize, f64, f64)> = (0..5_000)
+        let rows: Vec<Row> = (0..5_000)
             .map(|_| {
                 let propensity = 0.05 + 0.9 * next();
                 let arm = usize::from(next() < 0.5);
@@ -199,42 +202,28 @@ mod tests {
             .collect();
         for candidate in 0..2 {
             let mut arm = Weighted::default();
-            for row in rows.iter().filter(|r| r.0 == candidate) {
+            let mine: Vec<&Row> = rows.iter().filter(|r| r.0 == candidate).collect();
+            for row in &mine {
                 arm.add(row.1, row.2);
             }
             let got = estimate(&arm, rows.len() as u64).unwrap();
-            let want = by_definition(&rows, candidate);
+            // The definitions, term by term.
+            let q = mine.iter().map(|r| r.1).sum::<f64>() / mine.len() as f64;
+            let ips: Vec<f64> = rows.iter().map(|r| ips_term(r, candidate)).collect();
+            let dr: Vec<f64> = rows.iter().map(|r| dr_term(r, candidate, q)).collect();
+            let snips = mine.iter().map(|r| r.1 / r.2).sum::<f64>()
+                / mine.iter().map(|r| 1.0 / r.2).sum::<f64>();
+            let (ips, dr) = (mean_and_error(&ips), mean_and_error(&dr));
             for (name, got, want) in [
-                ("ips", got.ips.value, want[0]),
-                ("snips", got.snips.value, want[1]),
-                ("dm", got.dm.value, want[2]),
-                ("dr", got.dr.value, want[3]),
+                ("ips", got.ips.value, ips.0),
+                ("ips error", got.ips.standard_error, ips.1),
+                ("snips", got.snips.value, snips),
+                ("dm", got.dm.value, q),
+                ("dr", got.dr.value, dr.0),
+                ("dr error", got.dr.standard_error, dr.1),
             ] {
                 assert!((got - want).abs() < 1e-9, "{name}: {got} != {want}");
             }
-            // The standard errors: the terms' deviation over √N.
-            let n = rows.len() as f64;
-            let terms: Vec<f64> = rows
-                .iter()
-                .map(|r| if r.0 == candidate { r.1 / r.2 } else { 0.0 })
-                .collect();
-            let mean = terms.iter().sum::<f64>() / n;
-            let sd = (terms.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-            assert!((got.ips.standard_error - sd / n.sqrt()).abs() < 1e-9);
-            let q = want[2];
-            let terms: Vec<f64> = rows
-                .iter()
-                .map(|r| {
-                    q + if r.0 == candidate {
-                        (r.1 - q) / r.2
-                    } else {
-                        0.0
-                    }
-                })
-                .collect();
-            let mean = terms.iter().sum::<f64>() / n;
-            let sd = (terms.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt();
-            assert!((got.dr.standard_error - sd / n.sqrt()).abs() < 1e-9);
         }
     }
 

@@ -19,9 +19,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::cast;
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
 use weir_bus::Bus;
 use weir_dataflow::DataflowError;
 use weir_dataflow::aggregate::event_times;
@@ -169,30 +169,17 @@ impl Columns {
         batch: &RecordBatch,
         routing: &Routing,
     ) -> Result<Rewards, DataflowError> {
-        let variants: ArrayRef =
-            cast(batch.column(self.variant), &DataType::Utf8).map_err(arrow_error)?;
-        let variants = variants
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .expect("utf8");
-        let rewards: ArrayRef =
-            cast(batch.column(self.reward), &DataType::Float64).map_err(arrow_error)?;
-        let rewards = rewards
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .expect("float64");
-        let propensities: ArrayRef =
-            cast(batch.column(self.propensity), &DataType::Float64).map_err(arrow_error)?;
-        let propensities = propensities
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .expect("float64");
-        let served_at: ArrayRef =
-            cast(batch.column(self.served_at), &DataType::Int64).map_err(arrow_error)?;
-        let served_at = served_at
-            .as_any()
-            .downcast_ref::<Int64Array>()
-            .expect("int64");
+        let column = |index: usize, to: &DataType| -> Result<ArrayRef, DataflowError> {
+            cast(batch.column(index), to).map_err(arrow_error)
+        };
+        let variants = column(self.variant, &DataType::Utf8)?;
+        let variants = variants.as_string::<i32>();
+        let rewards = column(self.reward, &DataType::Float64)?;
+        let rewards = rewards.as_primitive::<Float64Type>();
+        let propensities = column(self.propensity, &DataType::Float64)?;
+        let propensities = propensities.as_primitive::<Float64Type>();
+        let served_at = column(self.served_at, &DataType::Int64)?;
+        let served_at = served_at.as_primitive::<Int64Type>();
         let mut out = Rewards::default();
         for (row, time) in event_times(batch.column(self.time))?
             .into_iter()

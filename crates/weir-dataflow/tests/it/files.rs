@@ -42,6 +42,21 @@ async fn run(h: &Harness, job: JobSpec, threads: usize) {
         .unwrap();
 }
 
+/// A job `name` copying `topic` into Parquet files under `archive`.
+fn archive_job(h: &Harness, name: &str, topic: &str, archive: &Path, window: Window) -> JobSpec {
+    let mut job = spec(
+        name,
+        topic,
+        h.dir.path(),
+        window,
+        Sink::Parquet {
+            dir: archive.to_path_buf(),
+        },
+    );
+    job.aggregation = None;
+    job
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_topic_archived_to_parquet_backfills_the_same_windows() {
     let h = Harness::start().await;
@@ -52,16 +67,7 @@ async fn a_topic_archived_to_parquet_backfills_the_same_windows() {
 
     // Stateless: filter and project into Parquet, one file per worker and
     // epoch, nothing staged left over.
-    let mut job = spec(
-        "archive",
-        "archive-in",
-        h.dir.path(),
-        window,
-        Sink::Parquet {
-            dir: archive.clone(),
-        },
-    );
-    job.aggregation = None;
+    let mut job = archive_job(&h, "archive", "archive-in", &archive, window);
     job.select = Some(Select {
         filter: Some("amount > 100".into()),
         columns: Some(vec![
@@ -150,16 +156,7 @@ async fn a_worker_that_fails_at_its_start_fails_the_job() {
     publish(&h.bus, "broken-in", 2, &data).await;
     let archive = h.dir.path().join("archive");
     let window = Window::tumbling(Duration::from_secs(30)).unwrap();
-    let mut job = spec(
-        "broken-archive",
-        "broken-in",
-        h.dir.path(),
-        window,
-        Sink::Parquet {
-            dir: archive.clone(),
-        },
-    );
-    job.aggregation = None;
+    let job = archive_job(&h, "broken-archive", "broken-in", &archive, window);
     run(&h, job, 2).await;
     let files = parquet_files(&archive);
     assert!(files.len() >= 2, "one file per worker at least: {files:?}");
