@@ -190,14 +190,15 @@ impl Admin {
         let name = topic.to_string();
         let count = self
             .blocking(move |metadata| {
-                metadata
-                    .fetch_metadata(Some(&name), METADATA_TIMEOUT)
-                    .map(|m| {
-                        m.topics()
-                            .iter()
-                            .find(|t| t.name() == name && t.error().is_none())
-                            .map_or(0, |t| t.partitions().len())
-                    })
+                crate::metadata::patiently(|| {
+                    metadata.fetch_metadata(Some(&name), METADATA_TIMEOUT)
+                })
+                .map(|m| {
+                    m.topics()
+                        .iter()
+                        .find(|t| t.name() == name && t.error().is_none())
+                        .map_or(0, |t| t.partitions().len())
+                })
             })
             .await
             .map_err(|e| BusError::kafka(format!("reading metadata of `{topic}`"), e))?;

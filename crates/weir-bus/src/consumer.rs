@@ -431,26 +431,10 @@ pub fn consumer_config(config: &BusConfig, group: &str) -> rdkafka::ClientConfig
 }
 
 fn partition_count(consumer: &StreamConsumer<QuietEof>, topic: &str) -> Result<i32, BusError> {
-    // A new client's first request can fail while its connection is made
-    // (a busy broker, a reset socket); librdkafka retries most requests
-    // itself but not a metadata fetch asked for by hand.
-    let mut attempt = 1;
-    let metadata = loop {
-        match consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(10)) {
-            Err(KafkaError::MetadataFetch(
-                RDKafkaErrorCode::BrokerTransportFailure | RDKafkaErrorCode::AllBrokersDown,
-            )) if attempt < 10 => {
-                // Up to about 5 s in all: a broker under load can take
-                // longer than a second to answer a new connection.
-                attempt += 1;
-                std::thread::sleep(std::time::Duration::from_millis((100 * attempt).min(1000)));
-            }
-            result => {
-                break result
-                    .map_err(|e| BusError::kafka(format!("reading metadata of `{topic}`"), e))?;
-            }
-        }
-    };
+    let metadata = crate::metadata::patiently(|| {
+        consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(10))
+    })
+    .map_err(|e| BusError::kafka(format!("reading metadata of `{topic}`"), e))?;
     let count = metadata
         .topics()
         .iter()

@@ -32,6 +32,7 @@ mod decode_error;
 mod error;
 pub mod framing;
 pub mod ingest;
+mod metadata;
 mod producer;
 mod publisher;
 pub mod registry;
