@@ -8,7 +8,7 @@ use weir_meta::event::KeyValue;
 use weir_meta::state::State;
 use weir_meta::tracker::RunReport;
 use weir_serve::control;
-use weir_serve::routing::{Candidate, Kind, Mirror, Routing, Sticky};
+use weir_serve::routing::{Candidate, Mirror, Routing, Sticky};
 
 use crate::TrafficError;
 use crate::spec::ExperimentSpec;
@@ -226,16 +226,16 @@ async fn record_version(
         .map(|c| format!("{}={}", c.model, c.weight))
         .collect::<Vec<_>>()
         .join(", ");
-    let kind = match routing.kind {
-        Kind::Canary => "canary",
-        Kind::Ab => "ab",
-        Kind::Bandit => "bandit",
-    };
+    // As the spec names it (`canary`, `ab`, `bandit`).
+    let kind = serde_json::to_value(routing.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
     let mut params = vec![
         text("experiment", routing.experiment.clone()),
         text("experiment_version", routing.version.to_string()),
         text("deployment", spec.deployment.clone()),
-        text("kind", kind.into()),
+        text("kind", kind),
         text("default", routing.default.clone()),
         text("candidates", candidates),
         text("spec", origin.into()),

@@ -239,7 +239,14 @@ mod tests {
         let [mut first, second] = halves;
         first.merge(&second);
         assert_eq!(first.n, whole.n);
-        assert!((first.sum_w2r2 - whole.sum_w2r2).abs() < 1e-9);
+        let sums = |w: &Weighted| {
+            [
+                w.sum_r, w.sum_r2, w.sum_w, w.sum_wr, w.sum_w2, w.sum_w2r, w.sum_w2r2,
+            ]
+        };
+        for (merged, once) in sums(&first).into_iter().zip(sums(&whole)) {
+            assert!((merged - once).abs() < 1e-9, "{merged} != {once}");
+        }
     }
 
     #[test]

@@ -271,14 +271,8 @@ impl RewardState {
         }
         for ((tick, variant), (stats, weighted)) in gathered {
             let key = time_bytes(tick);
-            let mut pending = ctx.map::<String, ArmStats>(PENDING);
-            let mut sum = pending.get(&key, &variant)?.unwrap_or_default();
-            sum.merge(&stats);
-            pending.insert(&key, &variant, &sum)?;
-            let mut pending = ctx.map::<String, Weighted>(PENDING_WEIGHTED);
-            let mut sum = pending.get(&key, &variant)?.unwrap_or_default();
-            sum.merge(&weighted);
-            pending.insert(&key, &variant, &sum)?;
+            add_to(ctx, PENDING, &key, &variant, &stats)?;
+            add_to(ctx, PENDING_WEIGHTED, &key, &variant, &weighted)?;
             ctx.set_timer(TICK, tick);
         }
         Ok(())
@@ -294,30 +288,9 @@ impl RewardState {
         ctx: &mut Context<'_>,
     ) -> Result<Vec<ArmStats>, DataflowError> {
         let key = time_bytes(tick);
-        let arrived = ctx.map::<String, ArmStats>(PENDING).entries(&key)?;
-        ctx.map::<String, ArmStats>(PENDING).clear(&key)?;
-        let mut arms = ctx.map::<String, ArmStats>(ARMS);
-        for (variant, stats) in arrived {
-            let mut sum = arms.get(ARMS_KEY, &variant)?.unwrap_or_default();
-            sum.merge(&stats);
-            arms.insert(ARMS_KEY, &variant, &sum)?;
-        }
-        let arrived = ctx
-            .map::<String, Weighted>(PENDING_WEIGHTED)
-            .entries(&key)?;
-        ctx.map::<String, Weighted>(PENDING_WEIGHTED).clear(&key)?;
-        let mut weighted = ctx.map::<String, Weighted>(WEIGHTED);
-        for (variant, sums) in arrived {
-            let mut sum = weighted.get(ARMS_KEY, &variant)?.unwrap_or_default();
-            sum.merge(&sums);
-            weighted.insert(ARMS_KEY, &variant, &sum)?;
-        }
-        let arms = ctx.map::<String, ArmStats>(ARMS);
-        routing
-            .candidates
-            .iter()
-            .map(|c| Ok(arms.get(ARMS_KEY, &c.model)?.unwrap_or_default()))
-            .collect()
+        settle::<ArmStats>(ctx, PENDING, ARMS, &key)?;
+        settle::<Weighted>(ctx, PENDING_WEIGHTED, WEIGHTED, &key)?;
+        of_candidates(ctx, ARMS, routing)
     }
 
     /// The propensity-weighted rewards of `routing`'s candidates so far
@@ -326,12 +299,7 @@ impl RewardState {
         routing: &Routing,
         ctx: &mut Context<'_>,
     ) -> Result<Vec<Weighted>, DataflowError> {
-        let weighted = ctx.map::<String, Weighted>(WEIGHTED);
-        routing
-            .candidates
-            .iter()
-            .map(|c| Ok(weighted.get(ARMS_KEY, &c.model)?.unwrap_or_default()))
-            .collect()
+        of_candidates(ctx, WEIGHTED, routing)
     }
 
     /// Feedback records so far that met no request within the window.
@@ -341,6 +309,67 @@ impl RewardState {
             .get(UNMATCHED.as_bytes())?
             .unwrap_or(0))
     }
+}
+
+/// Per-variant sums that add up: the plain and the weighted rewards.
+trait Sums: Default + serde::Serialize + serde::de::DeserializeOwned {
+    fn merge(&mut self, other: &Self);
+}
+
+impl Sums for ArmStats {
+    fn merge(&mut self, other: &Self) {
+        ArmStats::merge(self, other);
+    }
+}
+
+impl Sums for Weighted {
+    fn merge(&mut self, other: &Self) {
+        Weighted::merge(self, other);
+    }
+}
+
+/// Adds `sums` to `variant`'s entry of the map `name` under `key`.
+fn add_to<T: Sums>(
+    ctx: &mut Context<'_>,
+    name: &str,
+    key: &[u8],
+    variant: &String,
+    sums: &T,
+) -> Result<(), DataflowError> {
+    let mut map = ctx.map::<String, T>(name);
+    let mut sum = map.get(key, variant)?.unwrap_or_default();
+    sum.merge(sums);
+    map.insert(key, variant, &sum)
+}
+
+/// Moves what waited in `pending` under `key` into the running sums of
+/// `merged`.
+fn settle<T: Sums>(
+    ctx: &mut Context<'_>,
+    pending: &str,
+    merged: &str,
+    key: &[u8],
+) -> Result<(), DataflowError> {
+    let arrived = ctx.map::<String, T>(pending).entries(key)?;
+    ctx.map::<String, T>(pending).clear(key)?;
+    for (variant, sums) in arrived {
+        add_to(ctx, merged, ARMS_KEY, &variant, &sums)?;
+    }
+    Ok(())
+}
+
+/// The running sums of `name` for `routing`'s candidates, in order.
+fn of_candidates<T: Sums>(
+    ctx: &mut Context<'_>,
+    name: &str,
+    routing: &Routing,
+) -> Result<Vec<T>, DataflowError> {
+    let map = ctx.map::<String, T>(name);
+    routing
+        .candidates
+        .iter()
+        .map(|c| Ok(map.get(ARMS_KEY, &c.model)?.unwrap_or_default()))
+        .collect()
 }
 
 /// How an experiment's job runs.
